@@ -35,7 +35,7 @@ class GraphError(IonnError, ValueError):
 
 
 class SpecError(IonnError, ValueError):
-    """A layer spec or weight blob was refused (protocol.md §10.3, §12)."""
+    """A layer spec or weight blob was refused (protocol.md §10.3, §14.5)."""
 
 
 class UnsupportedLayerError(SpecError):
