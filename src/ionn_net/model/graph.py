@@ -13,8 +13,9 @@ layer ``layer``. A model input is the output 0 of its ``InputLayer`` node.
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ionn_net.errors import GraphError
@@ -148,7 +149,7 @@ class LayerGraph:
     def __len__(self) -> int:
         return len(self._nodes)
 
-    def __iter__(self) -> Iterable[LayerNode]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[LayerNode]:
         return iter(self._nodes.values())
 
     def __contains__(self, name: object) -> bool:
@@ -212,7 +213,9 @@ class LayerGraph:
                 points.append(name)
         return tuple(points)
 
-    def boundary(self, layers: Iterable[str]) -> tuple[tuple[TensorRef, ...], tuple[TensorRef, ...]]:
+    def boundary(
+        self, layers: Iterable[str]
+    ) -> tuple[tuple[TensorRef, ...], tuple[TensorRef, ...]]:
         """For a set of layers, the tensors flowing in (produced outside, read
         inside) and out (produced inside, read outside or a model output), each in
         deterministic (topological, index) order."""
@@ -260,7 +263,9 @@ class LayerGraph:
         feeds every input layer (Cooper-Harvey-Kennedy iterative algorithm over the
         topological order). Input layers map to ``None`` (the virtual source)."""
         idom: dict[str, str | None] = {}
-        preds = {n: sorted({r.layer for r in self[n].inbound}, key=self.position) for n in self.order}
+        preds = {
+            n: sorted({r.layer for r in self[n].inbound}, key=self.position) for n in self.order
+        }
         for name in self.order:
             if not preds[name]:
                 idom[name] = None
@@ -271,7 +276,9 @@ class LayerGraph:
             idom[name] = cur
         return idom
 
-    def _intersect(self, idom: Mapping[str, str | None], a: str | None, b: str | None) -> str | None:
+    def _intersect(
+        self, idom: Mapping[str, str | None], a: str | None, b: str | None
+    ) -> str | None:
         while a != b:
             if a is None or b is None:
                 return None
@@ -291,8 +298,6 @@ def _topological(nodes: Sequence[LayerNode]) -> list[str]:
             children[parent].append(n.name)
     ready = sorted((name for name, d in indeg.items() if d == 0), key=rank.__getitem__)
     order: list[str] = []
-    import heapq
-
     heap = [(rank[n], n) for n in ready]
     heapq.heapify(heap)
     while heap:

@@ -1,0 +1,297 @@
+"""Content-addressed layer-blob store: in memory, or durable in a directory.
+
+This module owns where verified weight blobs live on the server and how partial
+uploads survive a disconnect or a crash (protocol.md §10.5, §14.5):
+
+* Blobs are named by the SHA-256 of their bytes. A blob is only ever stored after its
+  digest has been verified, and it is verified again on every read from disk; a blob
+  that no longer verifies is deleted and reported missing, never served.
+* Durable writes follow git: write a temporary file in the same directory, ``fsync`` it,
+  ``rename`` it into place, ``fsync`` the directory. A crash at any point leaves either
+  no blob or a complete, verified one.
+* Partial uploads are append-only files whose size is the authoritative resume offset
+  (§10.5.2). A process crash keeps what was written (the page cache survives the
+  process); a torn or corrupt partial is caught by the final digest check and discarded.
+* Tenant scoping: which session uploaded which blob is recorded in a per-session index,
+  so the server reveals only a session's own blobs (§14.5), even after a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from ionn_net.errors import StoreError
+
+__all__ = ["BlobStore", "DirectoryStore", "MemoryStore", "sha256_hex"]
+
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sha256_hex(data: bytes | bytearray | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_digest(digest: str) -> None:
+    if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
+        raise StoreError(f"blob digest: expected 64 lowercase hex digits, got {digest!r}")
+
+
+class BlobStore:
+    """Interface and in-memory bookkeeping shared by both stores.
+
+    Subclasses implement ``_load``, ``_save``, ``_delete`` and the partial-upload
+    primitives. All methods are thread-safe (the server calls them from worker threads).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._sessions: dict[str, set[str]] = {}
+
+    # -- complete blobs -----------------------------------------------------------
+
+    def has(self, digest: str) -> bool:
+        raise NotImplementedError
+
+    def get(self, digest: str) -> bytes:
+        """The verified bytes of ``digest``; :class:`StoreError` if absent or corrupt."""
+        raise NotImplementedError
+
+    def put(self, digest: str, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` after checking that it hashes to ``digest``."""
+        _check_digest(digest)
+        actual = sha256_hex(data)
+        if actual != digest:
+            raise StoreError(f"blob digest mismatch: expected {digest}, bytes hash to {actual}")
+        with self._lock:
+            if not self.has(digest):
+                self._save(digest, bytes(data))
+
+    def _save(self, digest: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    # -- partial uploads (protocol.md §10.5) --------------------------------------
+
+    def partial_offset(self, digest: str) -> int:
+        raise NotImplementedError
+
+    def append_partial(self, digest: str, offset: int, data: bytes | memoryview) -> int:
+        """Append ``data`` at ``offset`` of the partial blob; returns the new offset.
+
+        A mismatched ``offset`` changes nothing and raises :class:`StoreError` (the server
+        answers ``offset_conflict`` with the authoritative offset)."""
+        raise NotImplementedError
+
+    def partial_bytes(self, digest: str) -> bytes:
+        raise NotImplementedError
+
+    def drop_partial(self, digest: str) -> None:
+        raise NotImplementedError
+
+    def complete_partial(self, digest: str) -> None:
+        """Verify the finished partial blob and move it into the store; a blob whose
+        bytes do not hash to ``digest`` is discarded and :class:`StoreError` raised."""
+        with self._lock:
+            data = self.partial_bytes(digest)
+            try:
+                self.put(digest, data)
+            finally:
+                self.drop_partial(digest)
+
+    # -- tenant scoping (protocol.md §14.5) ---------------------------------------
+
+    def record_owner(self, session_hash: str, digest: str) -> None:
+        with self._lock:
+            self._sessions.setdefault(session_hash, set()).add(digest)
+
+    def owned_by(self, session_hash: str) -> frozenset[str]:
+        """Blobs this session uploaded and that are still held and verified."""
+        with self._lock:
+            return frozenset(d for d in self._sessions.get(session_hash, ()) if self.has(d))
+
+    def bytes_owned_by(self, session_hash: str) -> int:
+        raise NotImplementedError
+
+
+class MemoryStore(BlobStore):
+    """Blobs in a dict; partial uploads in bytearrays. Lost when the process ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._blobs: dict[str, bytes] = {}
+        self._partials: dict[str, bytearray] = {}
+
+    def has(self, digest: str) -> bool:
+        return digest in self._blobs
+
+    def get(self, digest: str) -> bytes:
+        try:
+            return self._blobs[digest]
+        except KeyError:
+            raise StoreError(f"blob {digest} is not held") from None
+
+    def _save(self, digest: str, data: bytes) -> None:
+        self._blobs[digest] = data
+
+    def partial_offset(self, digest: str) -> int:
+        with self._lock:
+            return len(self._partials.get(digest, b""))
+
+    def append_partial(self, digest: str, offset: int, data: bytes | memoryview) -> int:
+        _check_digest(digest)
+        with self._lock:
+            buf = self._partials.setdefault(digest, bytearray())
+            if offset != len(buf):
+                raise StoreError(f"offset conflict for {digest}: expected {len(buf)}, got {offset}")
+            buf += data
+            return len(buf)
+
+    def partial_bytes(self, digest: str) -> bytes:
+        with self._lock:
+            return bytes(self._partials.get(digest, b""))
+
+    def drop_partial(self, digest: str) -> None:
+        with self._lock:
+            self._partials.pop(digest, None)
+
+    def bytes_owned_by(self, session_hash: str) -> int:
+        with self._lock:
+            return sum(len(self._blobs[d]) for d in self.owned_by(session_hash))
+
+
+class DirectoryStore(BlobStore):
+    """Blobs as files under ``root/blobs/ab/<digest>``, durable against crashes.
+
+    Layout: ``blobs/`` complete verified blobs; ``partial/<digest>`` append-only partial
+    uploads; ``sessions/<session hash>`` one digest per line, appended and fsynced when a
+    blob completes for that session.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self._fsync = fsync
+        for sub in ("blobs", "partial", "sessions", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._sizes: dict[str, int] = {}
+        self._scan()
+
+    # -- layout -------------------------------------------------------------------
+
+    def _blob_path(self, digest: str) -> Path:
+        return self.root / "blobs" / digest[:2] / digest
+
+    def _partial_path(self, digest: str) -> Path:
+        return self.root / "partial" / digest
+
+    def _scan(self) -> None:
+        """Index blobs and session records left by an earlier process; temp files
+        from an interrupted write are removed (they were never renamed into place)."""
+        for tmp in (self.root / "tmp").iterdir():
+            tmp.unlink(missing_ok=True)
+        for path in (self.root / "blobs").glob("*/*"):
+            if _DIGEST_RE.match(path.name):
+                self._sizes[path.name] = path.stat().st_size
+        for path in (self.root / "sessions").iterdir():
+            digests = {ln for ln in path.read_text().split() if _DIGEST_RE.match(ln)}
+            self._sessions[path.name] = digests
+
+    # -- complete blobs -----------------------------------------------------------
+
+    def has(self, digest: str) -> bool:
+        return digest in self._sizes
+
+    def get(self, digest: str) -> bytes:
+        _check_digest(digest)
+        path = self._blob_path(digest)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            with self._lock:
+                self._sizes.pop(digest, None)
+            raise StoreError(f"blob {digest} is not held") from None
+        if sha256_hex(data) != digest:
+            # Bit rot or tampering: never serve it; forget it so it is uploaded again.
+            with self._lock:
+                path.unlink(missing_ok=True)
+                self._sizes.pop(digest, None)
+            raise StoreError(f"blob {digest} failed verification on read and was discarded")
+        return data
+
+    def _save(self, digest: str, data: bytes) -> None:
+        final = self._blob_path(digest)
+        final.parent.mkdir(exist_ok=True)
+        tmp = self.root / "tmp" / f"{digest}.{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if self._fsync:
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        self._fsync_dir(final.parent)
+        self._sizes[digest] = len(data)
+
+    def _fsync_dir(self, path: Path) -> None:
+        if not self._fsync:
+            return
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- partial uploads ----------------------------------------------------------
+
+    def partial_offset(self, digest: str) -> int:
+        _check_digest(digest)
+        try:
+            return self._partial_path(digest).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def append_partial(self, digest: str, offset: int, data: bytes | memoryview) -> int:
+        _check_digest(digest)
+        with self._lock:
+            current = self.partial_offset(digest)
+            if offset != current:
+                raise StoreError(f"offset conflict for {digest}: expected {current}, got {offset}")
+            with open(self._partial_path(digest), "ab") as fh:
+                fh.write(data)
+            return current + len(data)
+
+    def partial_bytes(self, digest: str) -> bytes:
+        try:
+            return self._partial_path(digest).read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def drop_partial(self, digest: str) -> None:
+        self._partial_path(digest).unlink(missing_ok=True)
+
+    # -- tenant scoping -----------------------------------------------------------
+
+    def record_owner(self, session_hash: str, digest: str) -> None:
+        _check_digest(digest)
+        if not re.match(r"^[0-9a-f]{16,64}$", session_hash):
+            raise StoreError(f"session hash: expected 16-64 hex digits, got {session_hash!r}")
+        with self._lock:
+            if digest in self._sessions.get(session_hash, ()):
+                return
+            super().record_owner(session_hash, digest)
+            path = self.root / "sessions" / session_hash
+            with open(path, "a") as fh:
+                fh.write(digest + "\n")
+                fh.flush()
+                if self._fsync:
+                    os.fsync(fh.fileno())
+
+    def bytes_owned_by(self, session_hash: str) -> int:
+        with self._lock:
+            return sum(self._sizes.get(d, 0) for d in self.owned_by(session_hash))
+
+    def digests(self) -> Iterable[str]:
+        return tuple(self._sizes)

@@ -1,0 +1,104 @@
+"""Layer-blob store: verification, durability, resume and tenant scoping."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ionn_net.errors import StoreError
+from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, sha256_hex
+
+BLOB = os.urandom(10_000)
+DIGEST = sha256_hex(BLOB)
+SESSION = "ab" * 16
+
+
+@pytest.fixture(params=["memory", "directory"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    if request.param == "memory":
+        return MemoryStore()
+    return DirectoryStore(tmp_path / "store")
+
+
+def test_put_then_get_returns_the_same_bytes(store: BlobStore) -> None:
+    store.put(DIGEST, BLOB)
+    assert store.has(DIGEST)
+    assert store.get(DIGEST) == BLOB
+
+
+def test_put_refuses_bytes_that_do_not_match_the_digest(store: BlobStore) -> None:
+    with pytest.raises(StoreError, match="mismatch"):
+        store.put(DIGEST, BLOB + b"x")
+    assert not store.has(DIGEST)
+
+
+def test_get_of_a_missing_blob_is_a_typed_error(store: BlobStore) -> None:
+    with pytest.raises(StoreError, match="not held"):
+        store.get(DIGEST)
+
+
+@pytest.mark.parametrize("bad", ["", "ABC", "g" * 64, "a" * 63, "../" + "a" * 61])
+def test_malformed_digests_are_refused(store: BlobStore, bad: str) -> None:
+    with pytest.raises(StoreError, match="64 lowercase hex"):
+        store.put(bad, b"")
+
+
+def test_partial_upload_resumes_at_the_authoritative_offset(store: BlobStore) -> None:
+    assert store.partial_offset(DIGEST) == 0
+    assert store.append_partial(DIGEST, 0, BLOB[:4000]) == 4000
+    with pytest.raises(StoreError, match="offset conflict"):
+        store.append_partial(DIGEST, 3000, BLOB[3000:5000])
+    assert store.partial_offset(DIGEST) == 4000  # the conflict changed nothing
+    store.append_partial(DIGEST, 4000, BLOB[4000:])
+    store.complete_partial(DIGEST)
+    assert store.get(DIGEST) == BLOB
+    assert store.partial_offset(DIGEST) == 0
+
+
+def test_a_corrupt_partial_is_discarded_on_completion(store: BlobStore) -> None:
+    store.append_partial(DIGEST, 0, BLOB[:-1] + b"\x00")
+    with pytest.raises(StoreError, match="mismatch"):
+        store.complete_partial(DIGEST)
+    assert not store.has(DIGEST)
+    assert store.partial_offset(DIGEST) == 0
+
+
+def test_sessions_see_only_their_own_blobs(store: BlobStore) -> None:
+    store.put(DIGEST, BLOB)
+    store.record_owner(SESSION, DIGEST)
+    assert store.owned_by(SESSION) == {DIGEST}
+    assert store.owned_by("cd" * 16) == frozenset()
+    assert store.bytes_owned_by(SESSION) == len(BLOB)
+
+
+def test_directory_store_survives_a_restart(tmp_path: Path) -> None:
+    first = DirectoryStore(tmp_path)
+    first.put(DIGEST, BLOB)
+    first.record_owner(SESSION, DIGEST)
+    first.append_partial("0" * 64, 0, b"half")
+    second = DirectoryStore(tmp_path)
+    assert second.get(DIGEST) == BLOB
+    assert second.owned_by(SESSION) == {DIGEST}
+    assert second.partial_offset("0" * 64) == 4
+
+
+def test_bit_rot_on_disk_is_detected_and_never_served(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path)
+    store.put(DIGEST, BLOB)
+    path = next((tmp_path / "blobs").glob(f"*/{DIGEST}"))
+    path.write_bytes(b"\x00" + BLOB[1:])
+    with pytest.raises(StoreError, match="failed verification"):
+        store.get(DIGEST)
+    assert not store.has(DIGEST)
+    assert not path.exists()
+
+
+def test_leftover_temp_files_from_a_crash_are_removed(tmp_path: Path) -> None:
+    DirectoryStore(tmp_path)
+    leftover = tmp_path / "tmp" / f"{DIGEST}.123.456"
+    leftover.write_bytes(BLOB[:10])
+    store = DirectoryStore(tmp_path)
+    assert not leftover.exists()
+    assert not store.has(DIGEST)
