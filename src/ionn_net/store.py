@@ -22,7 +22,7 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ionn_net.errors import StoreError
@@ -171,10 +171,18 @@ class DirectoryStore(BlobStore):
     blob completes for that session.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        fsync: bool = True,
+        fault_hook: Callable[[str], None] | None = None,
+    ) -> None:
         super().__init__()
         self.root = Path(root)
         self._fsync = fsync
+        # Crash tests kill the process at each named step of a durable write.
+        self._fault_hook = fault_hook or (lambda _point: None)
         for sub in ("blobs", "partial", "sessions", "tmp"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._sizes: dict[str, int] = {}
@@ -229,10 +237,14 @@ class DirectoryStore(BlobStore):
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
+            self._fault_hook("written")
             if self._fsync:
                 os.fsync(fh.fileno())
+        self._fault_hook("fsynced")
         os.replace(tmp, final)
+        self._fault_hook("renamed")
         self._fsync_dir(final.parent)
+        self._fault_hook("dir_fsynced")
         self._sizes[digest] = len(data)
 
     def _fsync_dir(self, path: Path) -> None:
