@@ -1,0 +1,435 @@
+"""Discrete-event simulation of an incremental upload with queries running meanwhile.
+
+This module owns the replay of an :class:`~ionn_net.planner.workload.UploadPlan`
+against a :class:`~ionn_net.planner.workload.QueryPattern` on a
+:class:`~ionn_net.planner.workload.PlanningContext`, and the metrics read from the
+resulting timeline. It is the referee every upload strategy is measured with.
+
+Model:
+
+* **Upload.** Partitions are sent in order over the uplink, each as its weight bytes
+  divided by the link's weight compression ratio. The upload is a fluid that uses the
+  link whenever no query tensor is on it: while a query's tensors are on the link the
+  upload pauses (queries have priority, protocol.md §8). On a half-duplex link
+  (``Link.half_duplex``, Wi-Fi) downloads pause it too. Bandwidth may change over time
+  (``link_changes``); an optional ``replanner`` is then called at the next partition
+  boundary with the layers already sent and the new link, and its partitions replace
+  the rest of the queue.
+* **Loading.** One loader on the server: a partition becomes usable at
+  ``max(arrival, previous partition usable) + sum of its layers' load times +
+  partition overhead``.
+* **Queries.** One at a time on the client (a query issued while another runs waits).
+  A query takes the best execution plan (policy method) for the layers usable when it
+  starts; each server segment costs upload of its input boundary tensors, one RTT,
+  server time and download of its output boundary tensors, computed here from
+  :meth:`LayerGraph.boundary` independently of the planner's tables. With an adaptive
+  policy the client re-plans the rest of the query at each layer boundary it reaches
+  locally if new layers became usable meanwhile.
+* **Energy.** Client power model of the context: computing, radio active (either
+  direction), idle while waiting for the RTT and server compute.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ionn_net.errors import PlannerError
+from ionn_net.planner.execution import ExecutionPlan, ExecutionPlanner, Segment, planner_for
+from ionn_net.planner.link import Link
+from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, UploadPlan
+
+__all__ = [
+    "PartitionRecord",
+    "QueryRecord",
+    "Replanner",
+    "SimResult",
+    "simulate",
+]
+
+#: Called at a partition boundary after a bandwidth change: (layers sent, new link)
+#: -> partitions to send next.
+Replanner = Callable[[frozenset[str], Link], Sequence[frozenset[str]]]
+
+_MAX_QUERIES = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRecord:
+    """One simulated query. ``server_layers`` ran on the server, the rest locally."""
+
+    index: int
+    issued_s: float
+    started_s: float
+    finished_s: float
+    server_layers: frozenset[str]
+    compute_s: float
+    transfer_s: float
+    wait_s: float
+    energy_j: float
+    replans: int = 0
+
+    @property
+    def latency_s(self) -> float:
+        """From issue to result, including time queued behind earlier queries."""
+        return self.finished_s - self.issued_s
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionRecord:
+    index: int
+    layers: frozenset[str]
+    wire_bytes: float
+    sent_s: float
+    arrived_s: float
+    ready_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    """The timeline of one simulation."""
+
+    queries: tuple[QueryRecord, ...]
+    partitions: tuple[PartitionRecord, ...]
+    local_s: float
+    upload_replans: int = 0
+    notes: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def upload_done_s(self) -> float:
+        """When the last partition became usable (0 without partitions)."""
+        return self.partitions[-1].ready_s if self.partitions else 0.0
+
+    def window(self, since: float = 0.0, until: float = math.inf) -> list[QueryRecord]:
+        return [q for q in self.queries if since <= q.issued_s < until]
+
+    def mean_latency(self, since: float = 0.0, until: float = math.inf) -> float:
+        """Mean latency of the queries issued in ``[since, until)`` (nan if none)."""
+        qs = self.window(since, until)
+        return sum(q.latency_s for q in qs) / len(qs) if qs else math.nan
+
+    def mean_energy(self, since: float = 0.0, until: float = math.inf) -> float:
+        qs = self.window(since, until)
+        return sum(q.energy_j for q in qs) / len(qs) if qs else math.nan
+
+    def first_faster_than_local(self, factor: float = 1.0) -> float | None:
+        """Issue time of the first query faster than ``factor`` x the local latency."""
+        for q in self.queries:
+            if q.latency_s < self.local_s * factor * (1 - 1e-9):
+                return q.issued_s
+        return None
+
+    def completion_time(self, n: int) -> float | None:
+        """When the ``n``-th query finished (``None`` if fewer were simulated)."""
+        return self.queries[n - 1].finished_s if 0 < n <= len(self.queries) else None
+
+    def uploaded_by(self, t: float) -> float:
+        """Wire bytes of the partitions that arrived by time ``t``."""
+        return sum(p.wire_bytes for p in self.partitions if p.arrived_s <= t)
+
+
+class _Uploader:
+    """The upload fluid: progress over the link's free time, and the loader."""
+
+    def __init__(
+        self,
+        ctx: PlanningContext,
+        plan: UploadPlan,
+        link_changes: Sequence[tuple[float, Link]],
+        replanner: Replanner | None,
+    ) -> None:
+        self.ctx = ctx
+        self.queue: deque[frozenset[str]] = deque(plan.partitions)
+        self.changes = list(link_changes)
+        self.replanner = replanner
+        self.now = 0.0
+        self.rem = 0.0
+        self.current: frozenset[str] | None = None
+        self.sent_at = 0.0
+        self.busy: deque[tuple[float, float]] = deque()
+        self.records: list[PartitionRecord] = []
+        self.loader_free = 0.0
+        self.sent_layers: set[str] = set(ctx.held)
+        self.planned_with = 0  # index into self.changes already planned for
+        self.replans = 0
+        self.usable: list[frozenset[str]] = [ctx.held]
+        self.n_usable = 0
+
+    def link_at(self, t: float) -> tuple[int, Link]:
+        idx, link = 0, self.ctx.link
+        for i, (when, new) in enumerate(self.changes):
+            if when <= t:
+                idx, link = i + 1, new
+        return idx, link
+
+    def _next_change(self, t: float) -> float:
+        return next((when for when, _ in self.changes if when > t), math.inf)
+
+    def add_busy(self, start: float, end: float) -> None:
+        if end <= start:
+            return
+        if self.busy and start <= self.busy[-1][1]:
+            self.busy[-1] = (self.busy[-1][0], max(end, self.busy[-1][1]))
+        else:
+            self.busy.append((start, end))
+
+    def _start_next(self) -> bool:
+        idx, link = self.link_at(self.now)
+        if self.replanner is not None and idx > self.planned_with:
+            self.planned_with = idx
+            self.replans += 1
+            fresh = self.replanner(frozenset(self.sent_layers), link)
+            self.queue = deque(p - self.sent_layers for p in fresh if p - self.sent_layers)
+        if not self.queue:
+            return False
+        self.current = self.queue.popleft() - self.sent_layers
+        wb = sum(self.ctx.graph[n].weight_bytes for n in self.current)
+        self.rem = wb / link.weight_ratio
+        self.sent_at = self.now
+        self.records.append(
+            PartitionRecord(len(self.records), self.current, self.rem, self.now, -1, -1)
+        )
+        return True
+
+    def _finish(self) -> None:
+        assert self.current is not None
+        part = self.current
+        g = self.ctx.graph
+        load = sum(float(self.ctx.load_s[g.position(n)]) for n in part) + self.ctx.overhead_s
+        ready = max(self.now, self.loader_free) + load
+        self.loader_free = ready
+        rec = self.records[-1]
+        self.records[-1] = PartitionRecord(
+            rec.index, part, rec.wire_bytes, rec.sent_s, self.now, ready
+        )
+        self.sent_layers |= part
+        self.usable.append(self.usable[-1] | part)
+        self.current = None
+
+    def advance(self, t: float) -> None:
+        """Move the upload forward to time ``t``."""
+        guard = 0
+        while self.now < t:
+            guard += 1
+            if guard > 10_000_000:
+                raise PlannerError("simulation: upload did not converge")
+            if self.current is None and not self._start_next():
+                self.now = t
+                break
+            while self.busy and self.busy[0][1] <= self.now:
+                self.busy.popleft()
+            if self.busy and self.busy[0][0] <= self.now:
+                self.now = min(self.busy[0][1], t)
+                continue
+            horizon = min(
+                t, self.busy[0][0] if self.busy else math.inf, self._next_change(self.now)
+            )
+            bw = self.link_at(self.now)[1].bandwidth
+            if self.rem <= (horizon - self.now) * bw:
+                self.now += self.rem / bw
+                self.rem = 0.0
+                self._finish()
+            else:
+                self.rem -= (horizon - self.now) * bw
+                self.now = horizon
+
+    def finished_by(self, t: float) -> bool:
+        """True when nothing is left to send and every partition is usable at ``t``."""
+        self.advance(t)
+        if self.queue or self.current is not None:
+            return False
+        return not self.records or self.records[-1].ready_s <= t
+
+    def usable_count(self, t: float) -> int:
+        """Partitions usable at time ``t``."""
+        self.advance(t)
+        recs = self.records
+        while self.n_usable < len(recs) and 0 <= recs[self.n_usable].ready_s <= t:
+            self.n_usable += 1
+        return self.n_usable
+
+    def drain(self, limit: float) -> float:
+        """Finish the upload with no more queries; return when it is usable."""
+        while self.current is not None or self.queue:
+            if self.now >= limit:
+                break
+            self.advance(min(limit, self.now + 3600.0))
+        return self.records[-1].ready_s if self.records else 0.0
+
+
+@dataclass
+class _Acc:
+    compute: float = 0.0
+    transfer: float = 0.0
+    wait: float = 0.0
+    server: set[str] = field(default_factory=set)
+    replans: int = 0
+
+
+class _Runner:
+    """Runs queries one at a time against the uploader."""
+
+    def __init__(self, ctx: PlanningContext, policy: ExecutionPolicy, up: _Uploader) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.up = up
+        self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
+        self.plans: dict[tuple[int, int, int], ExecutionPlan] = {}
+        self.seg_costs: dict[tuple[tuple[str, ...], object], tuple[float, float, float]] = {}
+
+    def plan(self, k: int, link_idx: int, link: Link, start: int = 0) -> ExecutionPlan:
+        key = (k, link_idx, start)
+        if key not in self.plans:
+            if len(self.plans) > 4096:
+                self.plans.clear()
+            usable = self.up.usable[k]
+            self.plans[key] = self.planner.solve(
+                self.ctx.times,
+                self.planner.servable(usable),
+                link,
+                objective=self.policy.objective,
+                power=self.ctx.power,
+                start=start,
+            )
+        return self.plans[key]
+
+    def _server_cost(self, seg: Segment, link: Link) -> tuple[float, float, float]:
+        """(up wire bytes, server seconds, down wire bytes) from the graph itself."""
+        key = (seg.layers, link.ratio_key())
+        if key not in self.seg_costs:
+            g = self.ctx.graph
+            ins, outs = g.boundary(seg.layers)
+            up_b = sum(g.tensor_bytes(r) / link.ratio_of(r) for r in ins)
+            down_b = sum(g.tensor_bytes(r) / link.ratio_of(r) for r in outs)
+            srv = sum(float(self.ctx.times.server_s[g.position(n)]) for n in seg.layers)
+            self.seg_costs[key] = (up_b, srv, down_b)
+        return self.seg_costs[key]
+
+    def _run_server(self, seg: Segment, t: float, acc: _Acc) -> float:
+        link = self.up.link_at(t)[1]
+        up_b, srv, down_b = self._server_cost(seg, link)
+        up_s = up_b / link.bandwidth
+        self.up.advance(t)
+        self.up.add_busy(t, t + up_s)
+        t += up_s + link.rtt_s + srv
+        down_s = down_b / link.down
+        if link.half_duplex:
+            self.up.advance(t)
+            self.up.add_busy(t, t + down_s)
+        acc.transfer += up_s + down_s
+        acc.wait += link.rtt_s + srv
+        acc.server.update(seg.layers)
+        return t + down_s
+
+    def run(self, start: float, acc: _Acc) -> float:
+        """Execute one query from time ``start``; return its finish time."""
+        k = self.up.usable_count(start)
+        link_idx, link = self.up.link_at(start)
+        segments = list(self.plan(k, link_idx, link).segments)
+        t, pos, si = start, 0, 0
+        client_s = self.ctx.times.client_s
+        planner = self.planner
+        while si < len(segments):
+            seg = segments[si]
+            si += 1
+            if seg.location == "server":
+                t = self._run_server(seg, t, acc)
+                pos += len(seg.layers)
+                continue
+            for i in range(len(seg.layers)):
+                if self.policy.adaptive and (i > 0 or pos > 0):
+                    at_unit = planner.unit_start[planner.unit_of[pos]] == pos
+                    k_now = self.up.usable_count(t) if at_unit else k
+                    idx_now, link_now = self.up.link_at(t)
+                    if at_unit and (k_now != k or idx_now != link_idx):
+                        k, link_idx, link = k_now, idx_now, link_now
+                        segments, si = list(self.plan(k, link_idx, link, pos).segments), 0
+                        acc.replans += 1
+                        break
+                t += float(client_s[pos])
+                acc.compute += float(client_s[pos])
+                pos += 1
+        return t
+
+
+def _validate_changes(changes: Sequence[tuple[float, Link]]) -> list[tuple[float, Link]]:
+    out: list[tuple[float, Link]] = []
+    last = 0.0
+    for item in changes:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], Link)):
+            raise PlannerError(f"link_changes: expected (time_s, Link) pairs, got {item!r}")
+        when = item[0]
+        if not (isinstance(when, int | float) and math.isfinite(when) and when > last):
+            raise PlannerError(f"link_changes: expected increasing times > 0, got {when!r}")
+        last = float(when)
+        out.append((last, item[1]))
+    return out
+
+
+def simulate(
+    ctx: PlanningContext,
+    plan: UploadPlan,
+    *,
+    policy: ExecutionPolicy | None = None,
+    link_changes: Sequence[tuple[float, Link]] = (),
+    replanner: Replanner | None = None,
+    until_s: float | None = None,
+    max_queries: int = 200_000,
+) -> SimResult:
+    """Replay ``plan`` with the queries of ``ctx.pattern``.
+
+    Queries stop at the pattern's count or duration, at ``until_s`` (issue time), or
+    when neither is given once every partition is usable (at least one query runs).
+    ``policy`` defaults to the plan's own. Bounded by ``max_queries``.
+    """
+    if not 1 <= max_queries <= _MAX_QUERIES:
+        raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
+    pol = policy or plan.policy
+    up = _Uploader(ctx, plan, _validate_changes(link_changes), replanner)
+    runner = _Runner(ctx, pol, up)
+    pattern = ctx.pattern
+    limit = min(
+        until_s if until_s is not None else math.inf,
+        pattern.duration_s if pattern.duration_s is not None else math.inf,
+    )
+    count = pattern.count if pattern.count is not None else max_queries
+    open_ended = math.isinf(limit) and pattern.count is None
+    records: list[QueryRecord] = []
+    prev_end = 0.0
+    for i in range(min(count, max_queries)):
+        if pattern.kind == "rate":
+            assert pattern.rate_qps is not None
+            issued = i / pattern.rate_qps
+        else:
+            issued = prev_end
+        if issued >= limit:
+            break
+        if open_ended and i > 0 and up.finished_by(issued):
+            break
+        started = max(issued, prev_end)
+        acc = _Acc()
+        prev_end = runner.run(started, acc)
+        energy = ctx.power.energy_j(compute_s=acc.compute, transfer_s=acc.transfer, wait_s=acc.wait)
+        records.append(
+            QueryRecord(
+                i,
+                issued,
+                started,
+                prev_end,
+                frozenset(acc.server),
+                acc.compute,
+                acc.transfer,
+                acc.wait,
+                energy,
+                acc.replans,
+            )
+        )
+    up.drain(limit=prev_end + 1e7)
+    return SimResult(
+        queries=tuple(records),
+        partitions=tuple(up.records),
+        local_s=ctx.local_s(),
+        upload_replans=up.replans,
+    )

@@ -1,0 +1,227 @@
+"""Values shared by the upload planners and the simulator.
+
+This module owns the description of a planning problem (:class:`PlanningContext`:
+graph, client and server per-layer times, server load times, link, layers already on
+the server, expected query pattern, objective), of the queries
+(:class:`QueryPattern`), of how a client executes queries (:class:`ExecutionPolicy`)
+and of an upload plan (:class:`UploadPlan`: ordered partitions plus the execution plan
+each one enables).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Literal
+
+import numpy as np
+
+from ionn_net.errors import PlannerError
+from ionn_net.model.graph import LayerGraph
+from ionn_net.planner.energy import OBJECTIVES, PowerModel
+from ionn_net.planner.execution import (
+    METHODS,
+    ExecutionPlan,
+    FloatArray,
+    LayerTimes,
+    planner_for,
+)
+from ionn_net.planner.link import Link
+
+__all__ = ["ExecutionPolicy", "PlanningContext", "QueryPattern", "UploadPlan"]
+
+_MAX_QUERIES = 10_000_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryPattern:
+    """How queries arrive: back-to-back (the next starts when the previous ends) or at
+    a fixed rate, for ``count`` queries and/or ``duration_s`` seconds (either may be
+    ``None``: unknown; the planner then plans for the whole upload)."""
+
+    kind: Literal["back_to_back", "rate"] = "back_to_back"
+    rate_qps: float | None = None
+    count: int | None = None
+    duration_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("back_to_back", "rate"):
+            raise PlannerError(
+                f"query pattern: expected 'back_to_back' or 'rate', got {self.kind!r}"
+            )
+        if self.kind == "rate":
+            r = self.rate_qps
+            if not (isinstance(r, int | float) and math.isfinite(r) and r > 0):
+                raise PlannerError(f"query pattern rate_qps: expected a rate > 0, got {r!r}")
+        elif self.rate_qps is not None:
+            raise PlannerError("query pattern: rate_qps only applies to kind='rate'")
+        c = self.count
+        if c is not None and not (isinstance(c, int) and 1 <= c <= _MAX_QUERIES):
+            raise PlannerError(f"query pattern count: expected 1..{_MAX_QUERIES}, got {c!r}")
+        d = self.duration_s
+        if d is not None and not (isinstance(d, int | float) and math.isfinite(d) and d > 0):
+            raise PlannerError(f"query pattern duration_s: expected a finite > 0, got {d!r}")
+
+    @classmethod
+    def back_to_back(
+        cls, count: int | None = None, duration_s: float | None = None
+    ) -> QueryPattern:
+        return cls(kind="back_to_back", count=count, duration_s=duration_s)
+
+    @classmethod
+    def rate(
+        cls, rate_qps: float, count: int | None = None, duration_s: float | None = None
+    ) -> QueryPattern:
+        return cls(kind="rate", rate_qps=rate_qps, count=count, duration_s=duration_s)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionPolicy:
+    """How the client runs each query.
+
+    ``method`` is the execution-planning method; with ``adaptive`` the client re-plans
+    the rest of a running query at each layer boundary it reaches on its own side
+    when layers became usable on the server since the query's plan was made.
+    """
+
+    method: str = "fine"
+    adaptive: bool = False
+    objective: str = "latency"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise PlannerError(f"policy method: expected one of {METHODS}, got {self.method!r}")
+        if self.objective not in OBJECTIVES:
+            raise PlannerError(
+                f"policy objective: expected one of {OBJECTIVES}, got {self.objective!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadPlan:
+    """Ordered partitions to upload and the execution plans they enable.
+
+    ``exec_plans[k]`` is the plan once ``partitions[: k + 1]`` are usable (plus the
+    layers held before the upload); ``initial_plan`` applies before any of them.
+    """
+
+    strategy: str
+    partitions: tuple[frozenset[str], ...]
+    exec_plans: tuple[ExecutionPlan, ...]
+    initial_plan: ExecutionPlan
+    policy: ExecutionPolicy = field(default_factory=ExecutionPolicy)
+    notes: Mapping[str, object] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.exec_plans) != len(self.partitions):
+            raise PlannerError(
+                f"upload plan: expected one execution plan per partition "
+                f"({len(self.partitions)}), got {len(self.exec_plans)}"
+            )
+        seen: set[str] = set()
+        for i, part in enumerate(self.partitions):
+            if not part:
+                raise PlannerError(f"upload plan: partition {i} is empty")
+            if seen & part:
+                raise PlannerError(f"upload plan: partition {i} repeats {sorted(seen & part)[:3]}")
+            seen |= part
+        object.__setattr__(self, "notes", MappingProxyType(dict(self.notes)))
+
+    @property
+    def layers(self) -> frozenset[str]:
+        return frozenset().union(*self.partitions)
+
+    def upload_bytes(self, graph: LayerGraph) -> int:
+        """Raw weight bytes of all partitions."""
+        return sum(graph[n].weight_bytes for n in self.layers)
+
+
+def _per_layer(
+    graph: LayerGraph, values: Mapping[str, float], what: str, *, default: float | None
+) -> FloatArray:
+    if not isinstance(values, Mapping):
+        raise PlannerError(f"{what}: expected a mapping layer -> ms, got {type(values).__name__}")
+    out = np.empty(len(graph), dtype=np.float64)
+    for pos, name in enumerate(graph.order):
+        v = values.get(name, default)
+        if v is None:
+            raise PlannerError(f"{what}: no value for layer {name!r}")
+        if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+            raise PlannerError(f"{what}[{name!r}]: expected a finite ms >= 0, got {v!r}")
+        out[pos] = float(v) / 1000.0
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanningContext:
+    """Everything an upload planner (and the simulator) needs, validated once.
+
+    Times are per-layer milliseconds; ``load_ms`` defaults to 0 for missing layers;
+    ``held`` are layers already usable on the server (uploaded earlier, by another
+    client or in an earlier visit) and are never uploaded again.
+    """
+
+    graph: LayerGraph
+    client_ms: Mapping[str, float] = field(compare=False)
+    server_ms: Mapping[str, float] = field(compare=False)
+    link: Link
+    load_ms: Mapping[str, float] = field(default_factory=dict, compare=False)
+    held: frozenset[str] = frozenset()
+    partition_overhead_ms: float = 0.0
+    pattern: QueryPattern = field(default_factory=QueryPattern)
+    objective: str = "latency"
+    power: PowerModel = field(default_factory=PowerModel)
+    times: LayerTimes = field(init=False, repr=False, compare=False)
+    load_s: FloatArray = field(init=False, repr=False, compare=False)
+    weight_bytes: FloatArray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.graph, LayerGraph):
+            raise PlannerError(f"graph: expected a LayerGraph, got {type(self.graph).__name__}")
+        if not isinstance(self.link, Link):
+            raise PlannerError(f"link: expected a Link, got {type(self.link).__name__}")
+        if self.objective not in OBJECTIVES:
+            raise PlannerError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
+        po = self.partition_overhead_ms
+        if not (isinstance(po, int | float) and math.isfinite(po) and po >= 0):
+            raise PlannerError(f"partition_overhead_ms: expected a finite ms >= 0, got {po!r}")
+        unknown = [n for n in self.held if n not in self.graph]
+        if unknown:
+            raise PlannerError(f"held: unknown layers {sorted(unknown)[:5]}")
+        object.__setattr__(self, "held", frozenset(self.held))
+        g = self.graph
+        times = LayerTimes(
+            _per_layer(g, self.client_ms, "client_ms", default=None),
+            _per_layer(g, self.server_ms, "server_ms", default=None),
+        )
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "load_s", _per_layer(g, self.load_ms, "load_ms", default=0.0))
+        wb = np.asarray([g[n].weight_bytes for n in g.order], dtype=np.float64)
+        object.__setattr__(self, "weight_bytes", wb)
+
+    @property
+    def overhead_s(self) -> float:
+        return self.partition_overhead_ms / 1000.0
+
+    def with_(self, **changes: object) -> PlanningContext:
+        """A copy with some fields replaced (re-validated)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def local_s(self) -> float:
+        """Latency of a query run entirely on the client."""
+        return float(self.times.client_s.sum())
+
+    def best_plan(
+        self, usable: frozenset[str], *, method: str = "fine", link: Link | None = None
+    ) -> ExecutionPlan:
+        """The best execution plan when ``usable`` layers are on the server."""
+        planner = planner_for(self.graph, method)
+        return planner.solve(
+            self.times,
+            planner.servable(usable),
+            link or self.link,
+            objective=self.objective,
+            power=self.power,
+        )
