@@ -39,6 +39,7 @@ __all__ = [
     "CALL_KEY",
     "fill_call",
     "graph_from_keras",
+    "layer_weight_bytes",
     "model_operations",
     "node_class_name",
 ]
@@ -222,7 +223,7 @@ def _describe(visit: _Visit) -> LayerNode:
         inbound=visit.inbound,
         output_shapes=out_shapes,
         output_dtype=next(iter(dtypes)),
-        weight_bytes=_weight_bytes(op),
+        weight_bytes=layer_weight_bytes(op),
         macs=_macs(op, in_shapes, out_shapes),
         params=params,
     )
@@ -242,7 +243,7 @@ def _shape(name: str, shape: Sequence[int | None]) -> tuple[int, ...]:
     return tuple(int(d) for d in rest if d is not None)
 
 
-def _weight_bytes(op: object) -> int:
+def layer_weight_bytes(op: object) -> int:
     """Bytes of all weights (trainable or not) at their own dtype, e.g. 4 per float32."""
     total = 0
     for w in getattr(op, "weights", ()):
