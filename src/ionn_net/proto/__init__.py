@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ionn_net.config import SETTING_DEFAULTS, SETTING_RANGES, Limits, Setting
 from ionn_net.proto.codecs import Codec, choose_codec, decode, encode, shuffle, unshuffle
+from ionn_net.proto.connection import CONNECTION_TRANSITIONS, Connection, ConnectionState
 from ionn_net.proto.errors import (
     ApplicationError,
     AuthFailed,
@@ -81,6 +82,7 @@ from ionn_net.proto.wire import (
 )
 
 __all__ = [
+    "CONNECTION_TRANSITIONS",
     "FLAG_ACK",
     "FLAG_END_STREAM",
     "FLAG_INCREMENTAL",
@@ -94,6 +96,8 @@ __all__ = [
     "AuthFailed",
     "Codec",
     "CompressionError",
+    "Connection",
+    "ConnectionState",
     "ConnectionTerminated",
     "CreditFrame",
     "DataFrame",

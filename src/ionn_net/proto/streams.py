@@ -118,13 +118,14 @@ def apply_half(state: HalfState, kind: FrameKind) -> HalfState | ErrorCode:
 class OutChunk:
     """A body piece queued by ``send_data``; frames are cut from it when emitted (§8.3)."""
 
-    __slots__ = ("codec", "data", "end_stream", "offset")
+    __slots__ = ("align", "codec", "data", "end_stream", "offset")
 
-    def __init__(self, data: memoryview, codec: Codec, end_stream: bool) -> None:
+    def __init__(self, data: memoryview, codec: Codec, end_stream: bool, align: int = 1) -> None:
         self.data = data
         self.offset = 0
         self.codec = codec
         self.end_stream = end_stream
+        self.align = align  # frame cuts fall on multiples of this (element width)
 
     @property
     def remaining(self) -> int:

@@ -458,6 +458,11 @@ class FrameDecoder:
             self._fail(exc)
             raise
 
+    def close(self) -> None:
+        """Drop buffered and referenced input: the connection is over."""
+        self._data = None
+        self._buf = bytearray()
+
     def _fail(self, exc: ProtocolError) -> None:
         self._error = exc
         self._data = None

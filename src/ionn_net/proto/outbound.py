@@ -1,0 +1,150 @@
+"""Outbound side of a connection: queued frames, send credit and frame cutting (§7, §8, §12.4).
+
+This module owns what a connection has *to send*: the control-frame FIFO and the stream
+queues (through :class:`.Scheduler`), the peer-granted send credit (connection level here,
+stream level on each :class:`.Stream`), and the emission of one frame at a time: HEADERS as
+queued, DATA cut from the queued body into frames of at most ``chunk`` bytes, within credit,
+encoded with the requested codec at emission time (falling back to RAW when compression
+does not pay, §12.4). Cutting late keeps priorities effective: nothing is committed to a
+frame before the scheduler picks it.
+"""
+
+from __future__ import annotations
+
+from ionn_net.config import SETTING_DEFAULTS, Limits, Setting
+from ionn_net.proto.codecs import Codec, encode_if_smaller
+from ionn_net.proto.scheduler import Scheduler
+from ionn_net.proto.streams import HalfState, OutChunk, Stream
+from ionn_net.proto.wire import FLAG_END_STREAM, FRAME_HEADER
+
+__all__ = ["FrameParts", "Outbound"]
+
+#: A frame as (header or whole control frame, payload) -- two writes, no join needed.
+FrameParts = tuple[bytes, bytes | memoryview]
+
+
+class Outbound:
+    """Control FIFO + stream queues + connection send credit of one endpoint."""
+
+    __slots__ = ("body_bytes", "chunk", "level", "min_gain", "scheduler", "send_limit", "sent")
+
+    def __init__(self, limits: Limits) -> None:
+        self.scheduler = Scheduler()
+        self.level = limits.compression_level
+        self.min_gain = limits.min_compression_gain
+        self.chunk = limits.max_chunk
+        self.send_limit = SETTING_DEFAULTS[Setting.INITIAL_CONNECTION_CREDIT]
+        self.sent = 0  # cumulative DATA wire bytes sent (§7)
+        self.body_bytes = 0  # queued, not yet framed body bytes of all streams
+
+    # -- control frames
+
+    def push_control(self, frame: bytes) -> None:
+        self.scheduler.push_control(frame)
+
+    @property
+    def control_frames(self) -> int:
+        return len(self.scheduler.control)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self.scheduler.control_bytes + self.body_bytes
+
+    def clear(self) -> None:
+        """Drop every queued frame (a connection error; the GOAWAY is queued after)."""
+        self.scheduler.clear()
+        self.body_bytes = 0
+
+    # -- streams
+
+    def queue_headers(self, stream: Stream, frame: bytes) -> None:
+        stream.pending_headers = frame
+        self.scheduler.add(stream)
+
+    def queue_data(
+        self, stream: Stream, data: memoryview, codec: Codec, end_stream: bool, align: int
+    ) -> None:
+        if not data and not end_stream:
+            return
+        if not data and stream.outq:
+            stream.outq[-1].end_stream = True  # no extra empty frame needed
+        else:
+            stream.outq.append(OutChunk(data, codec, end_stream, align))
+        stream.out_bytes += len(data)
+        self.body_bytes += len(data)
+        self.scheduler.add(stream)
+
+    def drop(self, stream: Stream) -> None:
+        """Forget the pending output of a reset stream."""
+        self.body_bytes -= stream.out_bytes
+        stream.out_bytes = 0
+        stream.outq.clear()
+        stream.pending_headers = None
+        self.scheduler.remove(stream)
+
+    def credit(self, stream: Stream) -> int:
+        return max(0, min(stream.send_limit - stream.sent, self.send_limit - self.sent))
+
+    def eligible(self, stream: Stream) -> bool:
+        """A frame is ready and, for non-empty DATA, stream and connection credit remain."""
+        if stream.pending_headers is not None:
+            return True
+        chunk = stream.outq[0]
+        if chunk.offset == len(chunk.data):
+            return True  # an empty END_STREAM frame needs no credit
+        return stream.send_limit > stream.sent and self.send_limit > self.sent
+
+    def has_output(self, streams_allowed: bool) -> bool:
+        if self.scheduler.control:
+            return True
+        return streams_allowed and self.scheduler.any_eligible(self.eligible)
+
+    def next_parts(self, streams_allowed: bool) -> tuple[FrameParts, Stream | None] | None:
+        """The next frame and the stream it belongs to (``None`` for control frames)."""
+        control = self.scheduler.pop_control()
+        if control is not None:
+            return (control, b""), None
+        if not streams_allowed:
+            return None
+        stream = self.scheduler.pick(self.eligible)
+        if stream is None:
+            return None
+        headers = stream.pending_headers
+        if headers is not None:
+            stream.pending_headers = None
+            if not stream.outq and stream.local is HalfState.ENDED:
+                stream.end_emitted = True
+            parts: FrameParts = (headers, b"")
+        else:
+            parts = self._emit_data(stream)
+        if not stream.has_output:
+            self.scheduler.remove(stream)
+        return parts, stream
+
+    def _emit_data(self, stream: Stream) -> FrameParts:
+        chunk = stream.outq[0]
+        remaining = len(chunk.data) - chunk.offset
+        size = min(
+            remaining, self.chunk, stream.send_limit - stream.sent, self.send_limit - self.sent
+        )
+        if size < remaining and size >= chunk.align:
+            size -= size % chunk.align  # keep frames on element boundaries (shuffle)
+        piece = chunk.data[chunk.offset : chunk.offset + size]
+        chunk.offset += size
+        end = chunk.end_stream and chunk.offset == len(chunk.data)
+        if chunk.offset == len(chunk.data):
+            stream.outq.popleft()
+        payload: bytes | memoryview = piece
+        codec = Codec.RAW
+        if chunk.codec is not Codec.RAW:
+            # Never longer than ``piece``, so the credit reserved above is enough.
+            codec, payload = encode_if_smaller(piece, chunk.codec, self.level, self.min_gain)
+        wire = len(payload)
+        stream.sent += wire
+        self.sent += wire
+        stream.out_bytes -= size
+        self.body_bytes -= size
+        if end:
+            stream.end_emitted = True
+        flags = FLAG_END_STREAM if end else 0
+        return FRAME_HEADER.pack(0, flags, codec, 0, stream.stream_id, wire, size), payload
