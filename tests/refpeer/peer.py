@@ -212,6 +212,8 @@ class RefPeer:
     def next_frame(self) -> Frame:
         """The next frame, checked at framing level only; a violation is a connection error."""
         while not self._frames:
+            if self.reader.error is not None:
+                self._connection_error(self.reader.error)
             data = bytes(self._pre) if self._pre else self._recv()  # preface leftovers first
             self._pre.clear()
             try:
@@ -414,10 +416,19 @@ class RefPeer:
         rec.remote = new
 
     def _check_body_len(self, rec: StreamRec, end: bool) -> None:
-        """§10.1.2: a body_len above MAX_MESSAGE_SIZE is refused before any body is buffered."""
+        """§10.1.2: a head announcing a body carries body_len, refused above MAX_MESSAGE_SIZE.
+
+        A HEADERS with END_STREAM whose body_len is not 0 ends short of it (PROTOCOL_ERROR).
+        """
         assert rec.head is not None
         body_len = rec.head.get("body_len")
-        if not end and isinstance(body_len, int) and body_len > self.local[S.MAX_MESSAGE_SIZE]:
+        if end:
+            if body_len not in (None, 0):
+                raise PeerError(Code.PROTOCOL_ERROR, f"no body but body_len {body_len}", rec.sid)
+            return
+        if type(body_len) is not int or body_len < 0:
+            raise PeerError(Code.PROTOCOL_ERROR, f"body announced, body_len {body_len!r}", rec.sid)
+        if body_len > self.local[S.MAX_MESSAGE_SIZE]:
             raise PeerError(Code.MESSAGE_TOO_LARGE, f"body_len {body_len} too large", rec.sid)
 
     def _check_body(self, rec: StreamRec, end: bool) -> None:

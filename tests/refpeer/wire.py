@@ -296,21 +296,35 @@ class FrameReader:
     """Incremental frame reader: checks each header before buffering its payload (§3.2).
 
     ``local`` holds the settings this side announced (its receive limits); it is read at every
-    header so that a change applies from the next frame on.
+    header so that a change applies from the next frame on. Frames that precede a violation are
+    returned first; the violation is raised by the next call (and by every later one).
     """
 
     def __init__(self, local: dict[int, int]) -> None:
         self.local = local
         self.buffer = bytearray()
+        self.error: PeerError | None = None
         self._header: tuple[int, int, int, int, int, int, int, bool] | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
+        if self.error is not None:
+            raise self.error
         self.buffer += data
         frames: list[Frame] = []
+        try:
+            self._parse(frames)
+        except PeerError as exc:
+            self.error = exc
+            self.buffer.clear()
+            if not frames:
+                raise
+        return frames
+
+    def _parse(self, frames: list[Frame]) -> None:
         while True:
             if self._header is None:
                 if len(self.buffer) < HEADER_SIZE:
-                    return frames
+                    return
                 ftype, flags, codec, reserved, sid, length, dlen = HEADER.unpack_from(self.buffer)
                 bit31 = bool(sid & 0x8000_0000)
                 sid &= STREAM_ID_MASK
@@ -319,7 +333,7 @@ class FrameReader:
                 self._header = (ftype, flags, codec, reserved, sid, length, dlen, bit31)
             ftype, flags, codec, reserved, sid, length, dlen, bit31 = self._header
             if len(self.buffer) < length:
-                return frames
+                return
             payload = bytes(self.buffer[:length])
             del self.buffer[:length]
             self._header = None
