@@ -77,6 +77,7 @@ from ionn_net.proto.wire import (
     HeadersFrame,
     PingFrame,
     Preface,
+    RawData,
     ResetFrame,
     SettingsFrame,
     UnknownFrame,
@@ -88,6 +89,7 @@ from ionn_net.proto.wire import (
 __all__ = ["CONNECTION_TRANSITIONS", "Connection", "ConnectionState"]
 
 _S = ConnectionState
+_BODY = HalfState.BODY
 
 
 class Connection(ConnectionBase):
@@ -108,6 +110,7 @@ class Connection(ConnectionBase):
         super().__init__(client=client, limits=limits, now=now, versions=versions)
         self._handlers: dict[type, Callable[[Any], None]] = {
             DataFrame: self._on_data,
+            tuple: self._on_raw_data,
             HeadersFrame: self._on_headers,
             ResetFrame: self._on_reset,
             SettingsFrame: self._on_settings,
@@ -188,7 +191,7 @@ class Connection(ConnectionBase):
         dec = self._decoder
         dec.push(mv)
         handlers = self._handlers
-        while (frame := dec.pop()) is not None:
+        while (frame := dec.pop_item()) is not None:
             if self._state is ConnectionState.AWAIT_SETTINGS:
                 self._first_frame(frame)
             try:
@@ -201,19 +204,51 @@ class Connection(ConnectionBase):
                 dec.close()
                 return
 
-    def _first_frame(self, frame: Frame) -> None:
+    def _first_frame(self, frame: Frame | RawData) -> None:
         if not isinstance(frame, SettingsFrame) or frame.ack:
+            name = "DataFrame" if isinstance(frame, tuple) else type(frame).__name__
             raise ProtocolViolation(
-                f"first frame: expected SETTINGS without ACK, got {type(frame).__name__}"
+                f"first frame: expected SETTINGS without ACK, got {name}"
                 f"{' with ACK' if isinstance(frame, SettingsFrame) else ''}"
             )
         self._set_state(ConnectionState.OPEN)
 
     def _on_data(self, f: DataFrame) -> None:
-        sid = f.stream_id
-        n = len(f.data)
+        self._on_raw_data((f.stream_id, f.end_stream, f.codec, f.decoded_length, f.data))
+
+    def _on_raw_data(self, item: RawData) -> None:
+        sid, end, codec, _, payload = item
+        n = len(payload)
         stream = self._streams.get(sid)
-        if stream is None and self._is_idle(sid):
+        if stream is None:
+            self._on_data_closed(sid, n)
+            return
+        self._recv_conn += n
+        stream.received += n
+        if self._recv_conn > self._recv_conn_limit or stream.received > stream.recv_limit:
+            raise FlowControlError(
+                f"DATA frame on stream {sid}: credit exceeded (stream {stream.received} of "
+                f"{stream.recv_limit}, connection {self._recv_conn} of {self._recv_conn_limit})"
+            )
+        total = stream.body_received + n
+        if stream.remote is _BODY and codec == 0 and n > 0 and total < stream.body_len:
+            # Fast path: a RAW middle frame of a body (no table change, nothing to check).
+            stream.body_received = total
+            data = payload
+        else:
+            try:
+                data = self._accept_body(stream, item)
+            except ProtocolError as exc:
+                if exc.stream_id is not None:
+                    self._consume_conn(n)  # not delivered, so the application will not ack it
+                raise
+        self._last_activity = self._now
+        self._events.append(DataReceived(stream_id=sid, data=data, wire_length=n, end_stream=end))
+        if end and stream.finished:
+            self._forget(stream)
+
+    def _on_data_closed(self, sid: int, n: int) -> None:
+        if self._is_idle(sid):
             raise ProtocolViolation(f"DATA frame on stream {sid}: stream is idle (no HEADERS)")
         self._recv_conn += n
         if self._recv_conn > self._recv_conn_limit:
@@ -221,50 +256,31 @@ class Connection(ConnectionBase):
                 f"DATA frame on stream {sid}: connection credit {self._recv_conn_limit} "
                 f"exceeded ({self._recv_conn} bytes)"
             )
-        if stream is None:  # closed: ignored, but its credit is ours to return (§5.3)
-            self._consume_conn(n)
-            return
-        stream.received += n
-        if stream.received > stream.recv_limit:
-            raise FlowControlError(
-                f"DATA frame on stream {sid}: stream credit {stream.recv_limit} exceeded "
-                f"({stream.received} bytes)"
-            )
-        try:
-            data = self._accept_body(stream, f, n)
-        except ProtocolError as exc:
-            if exc.stream_id is not None:
-                self._consume_conn(n)  # not delivered, so the application will not ack it
-            raise
-        self._last_activity = self._now
-        self._events.append(
-            DataReceived(stream_id=sid, data=data, wire_length=n, end_stream=f.end_stream)
-        )
-        if f.end_stream and stream.finished:
-            self._forget(stream)
+        self._consume_conn(n)  # a closed stream's DATA is ignored; its credit returns (§5.3)
 
-    def _accept_body(self, stream: Stream, f: DataFrame, n: int) -> bytes:
-        if n == 0 and not f.end_stream:
-            self._useless_frame(f"empty DATA on stream {f.stream_id}")
-        stream.apply_remote(FrameKind.DATA_END if f.end_stream else FrameKind.DATA, "DATA")
+    def _accept_body(self, stream: Stream, item: RawData) -> bytes:
+        sid, end, codec, dlen, payload = item
+        if not payload and not end:
+            self._useless_frame(f"empty DATA on stream {sid}")
+        stream.apply_remote(FrameKind.DATA_END if end else FrameKind.DATA, "DATA")
         data = (
-            f.data
-            if f.codec == Codec.RAW
-            else decode(f.data, f.codec, f.decoded_length, self.limits.max_decoded_frame_size)
+            payload
+            if codec == Codec.RAW
+            else decode(payload, codec, dlen, self.limits.max_decoded_frame_size)
         )
         stream.body_received += len(data)
-        expected = stream.body_len if stream.body_len is not None else 0
+        expected = stream.body_len
         if stream.body_received > expected:
             raise MessageTooLarge(
-                f"DATA frame on stream {f.stream_id}: body exceeds its body_len {expected} "
+                f"DATA frame on stream {sid}: body exceeds its body_len {expected} "
                 f"({stream.body_received} bytes)",
-                stream_id=f.stream_id,
+                stream_id=sid,
             )
-        if f.end_stream and stream.body_received < expected:
+        if end and stream.body_received < expected:
             raise ProtocolViolation(
-                f"DATA+END_STREAM on stream {f.stream_id}: body ends at "
-                f"{stream.body_received} bytes, short of body_len {expected}",
-                stream_id=f.stream_id,
+                f"DATA+END_STREAM on stream {sid}: body ends at {stream.body_received} bytes, "
+                f"short of body_len {expected}",
+                stream_id=sid,
             )
         return data
 
@@ -288,7 +304,9 @@ class Connection(ConnectionBase):
         if f.stream_error is not None:
             raise f.stream_error
         stream.apply_remote(FrameKind.HEADERS_END if f.end_stream else FrameKind.HEADERS, "HEADERS")
-        stream.body_len = received_body_len(sid, f.head, f.end_stream, self.limits.max_message_size)
+        stream.body_len = (
+            received_body_len(sid, f.head, f.end_stream, self.limits.max_message_size) or 0
+        )
         self._last_activity = self._now
         self._events.append(self._headers_event(f))
         if f.end_stream and stream.finished:
@@ -323,7 +341,7 @@ class Connection(ConnectionBase):
         body_len = received_body_len(sid, f.head, f.end_stream, self.limits.max_message_size)
         stream = self._new_stream(sid, urgency=f.urgency, incremental=f.incremental, local=False)
         stream.remote = HalfState.ENDED if f.end_stream else HalfState.BODY
-        stream.body_len = body_len
+        stream.body_len = body_len or 0
         self._last_accepted_peer_id = sid
         self._events.append(self._headers_event(f))
 
@@ -491,11 +509,10 @@ class Connection(ConnectionBase):
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote is HalfState.ENDED:
             return
-        stream.consumed = min(stream.consumed + wire_length, stream.received)
-        window = self.limits.initial_stream_credit
-        target = min(stream.consumed + window, MAX_CREDIT)
-        if target - stream.recv_limit >= window // 2:
-            stream.recv_limit = target
+        consumed = stream.consumed = min(stream.consumed + wire_length, stream.received)
+        window = self._stream_window
+        if consumed + window - stream.recv_limit >= window >> 1:
+            stream.recv_limit = target = min(consumed + window, MAX_CREDIT)
             self._out.push_control(serialize(CreditFrame(stream_id=stream_id, limit=target)))
 
     # ---------------------------------------------------------------- sending API

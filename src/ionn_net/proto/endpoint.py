@@ -150,6 +150,8 @@ class ConnectionBase:
         self._recv_conn_limit = max(conn_default, self.limits.initial_connection_credit)
         self._recv_conn = 0
         self._consumed_conn = 0
+        self._conn_window = self.limits.initial_connection_credit
+        self._stream_window = self.limits.initial_stream_credit
 
     # ------------------------------------------------------------------ introspection
 
@@ -357,11 +359,14 @@ class ConnectionBase:
             )
 
     def _consume_conn(self, n: int) -> None:
-        self._consumed_conn += n
-        window = self.limits.initial_connection_credit
-        target = min(self._consumed_conn + window, MAX_CREDIT)
-        if target - self._recv_conn_limit >= window // 2 and self._state is not _S.CLOSED:
-            self._recv_conn_limit = target
+        """``n`` received DATA bytes are consumed; grant CREDIT past half a window (§7.3)."""
+        consumed = self._consumed_conn = self._consumed_conn + n
+        window = self._conn_window
+        if (
+            consumed + window - self._recv_conn_limit >= window >> 1
+            and self._state is not _S.CLOSED
+        ):
+            self._recv_conn_limit = target = min(consumed + window, MAX_CREDIT)
             self._out.push_control(serialize(CreditFrame(stream_id=0, limit=target)))
 
     # ---------------------------------------------------------------- output

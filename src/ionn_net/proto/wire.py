@@ -53,6 +53,7 @@ __all__ = [
     "HeadersFrame",
     "PingFrame",
     "Preface",
+    "RawData",
     "ResetFrame",
     "SettingsFrame",
     "UnknownFrame",
@@ -374,6 +375,8 @@ def serialize(frame: Frame) -> bytes:
 # ------------------------------------------------------------------------------ decoder
 
 _Payload = bytes | memoryview
+#: A DATA frame as ``(stream_id, end_stream, codec, decoded_length, payload)``.
+RawData = tuple[int, bool, int, int, bytes]
 _NAMES = {int(t): t.name for t in FrameType}
 
 
@@ -395,6 +398,8 @@ class FrameDecoder:
         lim = limits or Limits()
         self._limits = lim
         self._max_settings_len = 6 * lim.max_settings_entries
+        self._max_frame = lim.max_frame_size
+        self._max_decoded = lim.max_decoded_frame_size
         self._buf = bytearray()  # a partial frame: its header (checked) + payload so far
         self._data: memoryview | None = None
         self._pos = 0
@@ -448,6 +453,19 @@ class FrameDecoder:
 
     def pop(self) -> Frame | None:
         """The next complete frame, or ``None`` when more input is needed."""
+        item = self.pop_item()
+        if type(item) is tuple:
+            sid, end, codec, dlen, data = item
+            return DataFrame(
+                stream_id=sid, data=data, codec=codec, decoded_length=dlen, end_stream=end
+            )
+        return item  # type: ignore[return-value]
+
+    def pop_item(self) -> Frame | RawData | None:
+        """Like :meth:`pop`, but a valid DATA frame comes as a :data:`RawData` tuple.
+
+        The connection's hot path uses this to skip building a :class:`DataFrame` per frame.
+        """
         if self._error is not None:
             raise self._error
         if self._data is None:
@@ -468,7 +486,7 @@ class FrameDecoder:
         self._data = None
         self._buf = bytearray()
 
-    def _pop_direct(self, data: memoryview) -> Frame | None:
+    def _pop_direct(self, data: memoryview) -> Frame | RawData | None:
         pos = self._pos
         end = len(data)
         if end - pos < HEADER_SIZE:
@@ -476,8 +494,21 @@ class FrameDecoder:
             return None
         ftype, flags, codec, _, sid, length, dlen = FRAME_HEADER.unpack_from(data, pos)
         sid &= _STREAM_MASK
-        self._check(ftype, flags, codec, sid, length, dlen=dlen)
         stop = pos + HEADER_SIZE + length
+        if (
+            ftype == 0
+            and length <= self._max_frame
+            and sid
+            and (dlen == length if codec == 0 else codec <= 3 and dlen <= self._max_decoded)
+        ):
+            # Fast path: a valid DATA header (the general checks below say the same).
+            if stop > end:
+                self._stash(data, pos)
+                return None
+            self._pos = stop
+            end_stream = flags & FLAG_END_STREAM == FLAG_END_STREAM
+            return sid, end_stream, codec, dlen, bytes(data[pos + HEADER_SIZE : stop])
+        self._check(ftype, flags, codec, sid, length, dlen=dlen)
         if stop > end:
             self._stash(data, pos)
             return None
