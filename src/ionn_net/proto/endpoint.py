@@ -323,7 +323,7 @@ class ConnectionBase:
         )
 
     def _abandon_all(self) -> None:
-        self._out.clear()
+        self._out.clear_streams()
         for stream in self._streams.values():
             stream.reset = True
             stream.outq.clear()

@@ -50,9 +50,10 @@ class Outbound:
     def buffered_bytes(self) -> int:
         return self.scheduler.control_bytes + self.body_bytes
 
-    def clear(self) -> None:
-        """Drop every queued frame (a connection error; the GOAWAY is queued after)."""
-        self.scheduler.clear()
+    def clear_streams(self) -> None:
+        """Drop all stream output (a connection error). Control frames already queued stay,
+        so a preface and SETTINGS not yet written still precede the GOAWAY (§2, §5.2)."""
+        self.scheduler.clear_streams()
         self.body_bytes = 0
 
     # -- streams

@@ -51,10 +51,9 @@ class Scheduler:
         self.control_bytes -= len(frame)
         return frame
 
-    def clear(self) -> None:
-        """Drop everything (a connection error: only the GOAWAY will follow)."""
-        self.control.clear()
-        self.control_bytes = 0
+    def clear_streams(self) -> None:
+        """Drop every stream (a connection error). Queued control frames stay: they may hold
+        the preface and SETTINGS, which must precede the GOAWAY that follows."""
         for u in range(URGENCY_LEVELS):
             for s in self._fifo[u]:
                 s.scheduled = False
