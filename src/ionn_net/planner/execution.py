@@ -252,6 +252,7 @@ class ExecutionPlanner:
             is_input[graph.position(name)] = True
         self._is_input = is_input
         self._unit_tables: dict[object, tuple[FloatArray, FloatArray]] = {}
+        self._combined: dict[object, FloatArray] = {}
 
     @property
     def units(self) -> int:
@@ -318,37 +319,49 @@ class ExecutionPlanner:
             rtt=w.wait * link.rtt_s,
         )
         k0 = int(self.unit_of[start]) if start < n else self.units
-        units = self._dp(costs, self.unit_tables(link), k0)
+        transfer = self._transfer_table(link, costs.a_up, costs.a_down)
+        units = self._dp(costs, transfer, k0)
         return self._plan_from_units(units, times, link, objective, power)
 
-    def _dp(
-        self, c: _Costs, tables: tuple[FloatArray, FloatArray], k0: int
-    ) -> list[tuple[Location, int, int]]:
+    def _transfer_table(self, link: Link, a_up: float, a_down: float) -> FloatArray:
+        """``a_up * IN + a_down * OUT`` for every unit range, cached per link and weights."""
+        key = (link.ratio_key(), a_up, a_down)
+        table = self._combined.get(key)
+        if table is None:
+            in_t, out_t = self.unit_tables(link)
+            table = a_up * in_t + a_down * out_t
+            if len(self._combined) >= 8:
+                self._combined.clear()
+            self._combined[key] = table
+        return table
+
+    def _dp(self, c: _Costs, transfer: FloatArray, k0: int) -> list[tuple[Location, int, int]]:
         """Run the recurrence from unit ``k0``; return segments as unit ranges."""
-        in_t, out_t = tables
         m = self.units
         inf = math.inf
-        f_c = np.full(m, inf)
-        f_s = np.full(m, inf)
-        came_from_s = np.zeros(m, dtype=np.bool_)
-        seg_start = np.full(m, -1, dtype=np.int64)
+        client = c.client.tolist()
+        server_cum = c.server_cum.tolist()
+        ok = c.ok.tolist()
+        f_c = [inf] * m
+        f_s = [inf] * m
+        came_from_s = [False] * m
+        seg_start = [-1] * m
         g = np.full(m, inf)  # g[k] = F_C[k-1] - server_cum[k]: a server range may start at k
+        buf = np.empty(m)
         prev_c, prev_s = 0.0, inf
         lo = k0
         for k in range(k0, m):
-            g[k] = prev_c - c.server_cum[k]
-            if not c.ok[k]:
+            g[k] = prev_c - server_cum[k]
+            if not ok[k]:
                 lo = k + 1
             elif lo <= k:
-                vals = (
-                    g[lo : k + 1] + c.a_up * in_t[k, lo : k + 1] + c.a_down * out_t[k, lo : k + 1]
-                )
-                best = int(np.argmin(vals))
-                f_s[k] = float(vals[best]) + c.rtt + c.server_cum[k + 1]
+                vals = np.add(g[lo : k + 1], transfer[k, lo : k + 1], out=buf[: k + 1 - lo])
+                best = int(vals.argmin())
+                f_s[k] = float(vals[best]) + c.rtt + server_cum[k + 1]
                 seg_start[k] = lo + best
             came_from_s[k] = prev_s < prev_c
-            f_c[k] = min(prev_c, prev_s) + c.client[k]
-            prev_c, prev_s = float(f_c[k]), float(f_s[k])
+            f_c[k] = min(prev_c, prev_s) + client[k]
+            prev_c, prev_s = f_c[k], f_s[k]
         segs: list[tuple[Location, int, int]] = []
         k = m - 1
         on_server = m > k0 and f_s[k] < f_c[k]

@@ -47,6 +47,7 @@ __all__ = [
     "Replanner",
     "SimResult",
     "simulate",
+    "simulate_partitions",
 ]
 
 #: Called at a partition boundary after a bandwidth change: (layers sent, new link)
@@ -136,12 +137,12 @@ class _Uploader:
     def __init__(
         self,
         ctx: PlanningContext,
-        plan: UploadPlan,
+        partitions: Sequence[frozenset[str]],
         link_changes: Sequence[tuple[float, Link]],
         replanner: Replanner | None,
     ) -> None:
         self.ctx = ctx
-        self.queue: deque[frozenset[str]] = deque(plan.partitions)
+        self.queue: deque[frozenset[str]] = deque(partitions)
         self.changes = list(link_changes)
         self.replanner = replanner
         self.now = 0.0
@@ -154,6 +155,7 @@ class _Uploader:
         self.sent_layers: set[str] = set(ctx.held)
         self.planned_with = 0  # index into self.changes already planned for
         self.replans = 0
+        self.abandoned = 0
         self.usable: list[frozenset[str]] = [ctx.held]
         self.n_usable = 0
 
@@ -164,7 +166,7 @@ class _Uploader:
                 idx, link = i + 1, new
         return idx, link
 
-    def _next_change(self, t: float) -> float:
+    def next_change(self, t: float) -> float:
         return next((when for when, _ in self.changes if when > t), math.inf)
 
     def add_busy(self, start: float, end: float) -> None:
@@ -175,19 +177,35 @@ class _Uploader:
         else:
             self.busy.append((start, end))
 
-    def _start_next(self) -> bool:
+    def _maybe_replan(self) -> None:
+        """After a bandwidth change, ask the replanner for the rest of the upload. The
+        partition in flight keeps going if the new plan still wants any of its layers
+        (they are dropped from the new queue); otherwise it is abandoned and the bytes
+        already sent are lost."""
         idx, link = self.link_at(self.now)
-        if self.replanner is not None and idx > self.planned_with:
-            self.planned_with = idx
-            self.replans += 1
-            fresh = self.replanner(frozenset(self.sent_layers), link)
-            self.queue = deque(p - self.sent_layers for p in fresh if p - self.sent_layers)
+        if self.replanner is None or idx <= self.planned_with:
+            return
+        self.planned_with = idx
+        self.replans += 1
+        fresh = [p - self.sent_layers for p in self.replanner(frozenset(self.sent_layers), link)]
+        wanted = frozenset().union(*fresh) if fresh else frozenset()
+        if self.current is not None:
+            if self.current & wanted:
+                fresh = [p - self.current for p in fresh]
+            else:
+                self.current = None
+                self.records.pop()
+                self.abandoned += 1
+        self.queue = deque(p for p in fresh if p)
+
+    def _start_next(self) -> bool:
+        self._maybe_replan()
         if not self.queue:
             return False
+        link = self.link_at(self.now)[1]
         self.current = self.queue.popleft() - self.sent_layers
         wb = sum(self.ctx.graph[n].weight_bytes for n in self.current)
         self.rem = wb / link.weight_ratio
-        self.sent_at = self.now
         self.records.append(
             PartitionRecord(len(self.records), self.current, self.rem, self.now, -1, -1)
         )
@@ -215,17 +233,17 @@ class _Uploader:
             guard += 1
             if guard > 10_000_000:
                 raise PlannerError("simulation: upload did not converge")
+            self._maybe_replan()
             if self.current is None and not self._start_next():
-                self.now = t
-                break
+                # idle until the next bandwidth change (which may bring a new plan)
+                self.now = min(t, self.next_change(self.now)) if self.replanner else t
+                continue
             while self.busy and self.busy[0][1] <= self.now:
                 self.busy.popleft()
             if self.busy and self.busy[0][0] <= self.now:
                 self.now = min(self.busy[0][1], t)
                 continue
-            horizon = min(
-                t, self.busy[0][0] if self.busy else math.inf, self._next_change(self.now)
-            )
+            horizon = min(t, self.busy[0][0] if self.busy else math.inf, self.next_change(self.now))
             bw = self.link_at(self.now)[1].bandwidth
             if self.rem <= (horizon - self.now) * bw:
                 self.now += self.rem / bw
@@ -323,14 +341,47 @@ class _Runner:
         acc.server.update(seg.layers)
         return t + down_s
 
+    def _run_client(
+        self, seg: Segment, t: float, pos: int, *, k: int, link_idx: int, acc: _Acc
+    ) -> tuple[float, int, tuple[int, int, Link] | None]:
+        """Run a client segment; with an adaptive policy stop at the first layer
+        boundary (a unit start) after new layers became usable or the link changed,
+        returning the new (usable count, link index, link)."""
+        client_s = self.ctx.times.client_s
+        n = len(seg.layers)
+        durations = client_s[pos : pos + n]
+        end = t + float(durations.sum())
+        event = math.inf
+        if self.policy.adaptive:
+            # the query sends nothing during a client segment, so the upload can be
+            # advanced to the segment's end before looking for the next event
+            self.up.advance(end)
+            recs = self.up.records
+            if k < len(recs) and recs[k].ready_s >= 0:
+                event = recs[k].ready_s
+            event = min(event, self.up.next_change(t))
+        if event > end:
+            acc.compute += end - t
+            return end, pos + n, None
+        planner = self.planner
+        for i in range(n):
+            p = pos + i
+            if t >= event and p > 0 and planner.unit_start[planner.unit_of[p]] == p:
+                k_now = self.up.usable_count(t)
+                idx_now, link_now = self.up.link_at(t)
+                if k_now != k or idx_now != link_idx:
+                    return t, p, (k_now, idx_now, link_now)
+            dt = float(durations[i])
+            t += dt
+            acc.compute += dt
+        return t, pos + n, None
+
     def run(self, start: float, acc: _Acc) -> float:
         """Execute one query from time ``start``; return its finish time."""
         k = self.up.usable_count(start)
         link_idx, link = self.up.link_at(start)
         segments = list(self.plan(k, link_idx, link).segments)
         t, pos, si = start, 0, 0
-        client_s = self.ctx.times.client_s
-        planner = self.planner
         while si < len(segments):
             seg = segments[si]
             si += 1
@@ -338,19 +389,11 @@ class _Runner:
                 t = self._run_server(seg, t, acc)
                 pos += len(seg.layers)
                 continue
-            for i in range(len(seg.layers)):
-                if self.policy.adaptive and (i > 0 or pos > 0):
-                    at_unit = planner.unit_start[planner.unit_of[pos]] == pos
-                    k_now = self.up.usable_count(t) if at_unit else k
-                    idx_now, link_now = self.up.link_at(t)
-                    if at_unit and (k_now != k or idx_now != link_idx):
-                        k, link_idx, link = k_now, idx_now, link_now
-                        segments, si = list(self.plan(k, link_idx, link, pos).segments), 0
-                        acc.replans += 1
-                        break
-                t += float(client_s[pos])
-                acc.compute += float(client_s[pos])
-                pos += 1
+            t, pos, changed = self._run_client(seg, t, pos, k=k, link_idx=link_idx, acc=acc)
+            if changed is not None:
+                k, link_idx, link = changed
+                segments, si = list(self.plan(k, link_idx, link, pos).segments), 0
+                acc.replans += 1
         return t
 
 
@@ -384,11 +427,32 @@ def simulate(
     when neither is given once every partition is usable (at least one query runs).
     ``policy`` defaults to the plan's own. Bounded by ``max_queries``.
     """
+    return simulate_partitions(
+        ctx,
+        plan.partitions,
+        policy or plan.policy,
+        link_changes=link_changes,
+        replanner=replanner,
+        until_s=until_s,
+        max_queries=max_queries,
+    )
+
+
+def simulate_partitions(
+    ctx: PlanningContext,
+    partitions: Sequence[frozenset[str]],
+    policy: ExecutionPolicy,
+    *,
+    link_changes: Sequence[tuple[float, Link]] = (),
+    replanner: Replanner | None = None,
+    until_s: float | None = None,
+    max_queries: int = 200_000,
+) -> SimResult:
+    """:func:`simulate` for a bare list of partitions and a policy."""
     if not 1 <= max_queries <= _MAX_QUERIES:
         raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
-    pol = policy or plan.policy
-    up = _Uploader(ctx, plan, _validate_changes(link_changes), replanner)
-    runner = _Runner(ctx, pol, up)
+    up = _Uploader(ctx, partitions, _validate_changes(link_changes), replanner)
+    runner = _Runner(ctx, policy, up)
     pattern = ctx.pattern
     limit = min(
         until_s if until_s is not None else math.inf,
@@ -404,9 +468,7 @@ def simulate(
             issued = i / pattern.rate_qps
         else:
             issued = prev_end
-        if issued >= limit:
-            break
-        if open_ended and i > 0 and up.finished_by(issued):
+        if issued >= limit or (open_ended and i > 0 and up.finished_by(issued)):
             break
         started = max(issued, prev_end)
         acc = _Acc()
@@ -432,4 +494,5 @@ def simulate(
         partitions=tuple(up.records),
         local_s=ctx.local_s(),
         upload_replans=up.replans,
+        notes={"abandoned_partitions": float(up.abandoned)},
     )
