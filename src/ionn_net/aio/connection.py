@@ -1,0 +1,494 @@
+"""One IONN-NET connection in the asyncio idiom: streams, ping, graceful close.
+
+Owns the stream table of the application side, the dispatch of core events to streams
+(a dict from event type to handler), the waiting of senders for outbound room and credit,
+pacing of upload-urgency streams, ``ping()``/``rtt``, and the shutdown paths: graceful
+(GOAWAY, let open streams finish, flush, close -- under one deadline, §13.3) and abort.
+Socket-level behaviour (writer, timers, backpressure) is in :mod:`ionn_net.aio.protocol`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from ionn_net.aio.errors import ConnectionClosedError, StreamResetError
+from ionn_net.aio.options import TransportOptions
+from ionn_net.aio.pacing import Pacer
+from ionn_net.aio.protocol import IonnProtocol, logger
+from ionn_net.aio.stream import Buffer, ServerStream, Stream, _BaseStream
+from ionn_net.config import Limits
+from ionn_net.proto import (
+    Codec,
+    Connection,
+    ConnectionTerminated,
+    DataReceived,
+    ErrorCode,
+    Event,
+    GoAwayReceived,
+    HeadersReceived,
+    PingAcked,
+    ProtocolError,
+    SettingsReceived,
+    StreamReset,
+    UsageError,
+)
+
+__all__ = ["AioConnection", "Handler"]
+
+Handler = Callable[[ServerStream], Awaitable[None]]
+
+
+class AioConnection:
+    """A connection; use :func:`ionn_net.aio.connect` or a ``serve()`` handler to get one.
+
+    Usable as ``async with``: leaving the block closes gracefully (:meth:`aclose`).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: bool,
+        limits: Limits,
+        options: TransportOptions,
+        handler: Handler | None = None,
+        on_closed: Callable[[AioConnection], None] | None = None,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.limits = limits
+        self.options = options
+        self.client = client
+        self.core = Connection(client=client, limits=limits, now=self.loop.time())
+        self.protocol = IonnProtocol(self.core, self, limits, options)
+        self.send_chunk = options.send_chunk or limits.max_chunk * 8
+        self.pacer: Pacer | None = None
+        if options.pacing is not None:
+            self.pacer = Pacer(options.pacing, self.protocol.tcp_info, self.loop.time())
+        self.rtt: float | None = None
+        self._handler = handler
+        self._on_closed = on_closed
+        self._streams: dict[int, _BaseStream] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pings: dict[bytes, tuple[float, asyncio.Future[float]]] = {}
+        self._room: asyncio.Future[None] | None = None
+        self._ready: asyncio.Future[None] = self.loop.create_future()
+        self._closed: asyncio.Future[None] = self.loop.create_future()
+        self._error: ConnectionClosedError | None = None
+        self._goaway: GoAwayReceived | None = None
+        self._closing = False
+        self._dispatch: dict[type[Any], Callable[[Any], None]] = {
+            SettingsReceived: self._on_settings,
+            HeadersReceived: self._on_headers,
+            DataReceived: self._on_data,
+            StreamReset: self._on_stream_reset,
+            PingAcked: self._on_ping_acked,
+            GoAwayReceived: self._on_goaway,
+            ConnectionTerminated: self._on_terminated,
+        }
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.done()
+
+    @property
+    def error(self) -> ConnectionClosedError | None:
+        """Why the connection ended (None while open or after a clean close)."""
+        return self._error
+
+    @property
+    def open_stream_count(self) -> int:
+        return len(self._streams)
+
+    @property
+    def local_address(self) -> Any:
+        return self.protocol.extra("sockname")
+
+    @property
+    def remote_address(self) -> Any:
+        return self.protocol.extra("peername")
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait for the peer's SETTINGS (the handshake), raising ConnectionClosedError."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        except TimeoutError:
+            self.abort(ErrorCode.TIMEOUT, f"no SETTINGS from the peer within {timeout} s")
+            raise self._closed_error() from None
+
+    async def open_stream(
+        self,
+        head: Mapping[str, Any],
+        *,
+        urgency: int = 3,
+        incremental: bool = False,
+        end_stream: bool = False,
+    ) -> Stream:
+        """Open a stream by sending HEADERS with ``head``; waits for a free stream slot."""
+        while True:
+            self._check_open()
+            if self._goaway is not None:
+                raise ConnectionClosedError(
+                    "the peer sent GOAWAY: no new streams on this connection",
+                    error_code=self._goaway.error_code,
+                    remote=True,
+                )
+            if self._stream_slot_free() and self.protocol.send_room > 0:
+                break
+            await self._wait_room(None)
+        stream_id = self.core.open_stream(
+            head, urgency=urgency, incremental=incremental, end_stream=end_stream
+        )
+        stream = Stream(self, stream_id, urgency=urgency, incremental=incremental)
+        stream._local_ended = end_stream
+        self._track(stream)
+        self._after_send()
+        return stream
+
+    async def request(
+        self,
+        head: Mapping[str, Any],
+        body: Buffer = b"",
+        *,
+        urgency: int = 1,
+        incremental: bool = False,
+        codec: Codec | None = None,
+        element_width: int = 1,
+        limit: int | None = None,
+    ) -> tuple[Mapping[str, Any], bytes]:
+        """Send one request message and return the response (head, body).
+
+        ``head`` is sent as given (a body needs ``"body_len"``, §10.1.2; it is added when
+        missing). Cancelling the awaiting task resets the stream with CANCEL.
+        """
+        if body and "body_len" not in head:
+            head = {**head, "body_len": len(memoryview(body).cast("B"))}
+        stream = await self.open_stream(
+            head, urgency=urgency, incremental=incremental, end_stream=not body
+        )
+        try:
+            if body:
+                await stream.send_data(
+                    body, end_stream=True, codec=codec, element_width=element_width
+                )
+        except StreamResetError:
+            # The peer may answer early and reset the rest of our upload: keep the answer.
+            if stream._head is None or not stream._remote_ended:
+                raise
+        response = await stream.receive_head()
+        data = await stream.read_body(limit)
+        return response, data
+
+    async def ping(self, timeout: float | None = None) -> float:
+        """Send PING and return the round trip in seconds (also stored in ``rtt``)."""
+        self._check_open()
+        payload = os.urandom(8)
+        future: asyncio.Future[float] = self.loop.create_future()
+        # perf_counter, not loop.time(): uvloop's clock has millisecond resolution.
+        self._pings[payload] = (time.perf_counter(), future)
+        self.core.ping(payload)
+        self._after_send()
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(future), timeout or self.limits.heartbeat_timeout_s
+            )
+        finally:
+            self._pings.pop(payload, None)
+
+    def close(self, error_code: ErrorCode = ErrorCode.NO_ERROR, debug: str = "") -> None:
+        """Start a graceful close: GOAWAY, let open streams finish, flush, close.
+
+        Bounded by ``TransportOptions.close_timeout_s``; afterwards the socket is aborted.
+        """
+        if self._closing or self.closed:
+            return
+        self._closing = True
+        task = self.loop.create_task(self._drain_and_close(error_code, debug))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """:meth:`close` and wait until the socket is closed."""
+        self.close()
+        await self.wait_closed()
+
+    def abort(self, error_code: ErrorCode = ErrorCode.CANCEL, reason: str = "aborted") -> None:
+        """Drop the connection now (best-effort GOAWAY); streams fail at once."""
+        if self.closed:
+            return
+        if self._error is None:
+            self._error = ConnectionClosedError(reason, error_code=error_code, remote=False)
+        self.protocol.abort(error_code, reason)
+        if self.protocol.transport is None:
+            self.transport_lost(None, reason)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    async def __aenter__(self) -> AioConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ graceful close
+
+    async def _drain_and_close(self, error_code: ErrorCode, debug: str) -> None:
+        deadline = self.loop.time() + self.options.close_timeout_s
+        if not self.core.closed:
+            self.core.close(error_code, debug)
+            self._after_send()
+        try:
+            while self._streams and not self.closed and self.loop.time() < deadline:
+                await asyncio.wait_for(self._wait_room(None), deadline - self.loop.time())
+            self.protocol.flush()
+            self.protocol.close_transport()
+            await asyncio.wait_for(asyncio.shield(self._closed), deadline - self.loop.time())
+        except (TimeoutError, ConnectionClosedError):
+            pass
+        if not self.closed:
+            self.abort(
+                ErrorCode.TIMEOUT, f"graceful close exceeded {self.options.close_timeout_s} s"
+            )
+
+    # ------------------------------------------------------------------ sink (from protocol)
+
+    def events_received(self, events: list[Event]) -> None:
+        dispatch = self._dispatch
+        for event in events:
+            handler = dispatch.get(type(event))
+            if handler is not None:
+                handler(event)
+        # CREDIT frames raise send limits without an event: let blocked senders re-check.
+        self._wake_room()
+
+    def send_room(self) -> None:
+        self._wake_room()
+
+    def transport_lost(self, exc: BaseException | None, reason: str | None) -> None:
+        if self.closed:
+            return
+        if self._error is None and (exc is not None or reason is not None or self._streams):
+            code = ErrorCode.TIMEOUT if reason else ErrorCode.INTERNAL_ERROR
+            text = reason or (f"connection lost: {exc}" if exc else "connection closed by peer")
+            self._error = ConnectionClosedError(
+                text, error_code=code, remote=reason is None, cause=exc
+            )
+        error = self._closed_error()
+        for stream in list(self._streams.values()):
+            stream._on_error(error)
+        self._streams.clear()
+        for _, future in self._pings.values():
+            if not future.done():
+                future.set_exception(error)
+        if not self._ready.done():
+            self._ready.set_exception(error)
+            self._ready.exception()  # mark retrieved: wait_ready may never be called
+        self._wake_room()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
+        self._closed.set_result(None)
+        logger.debug("connection closed: %s", error)
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    # ------------------------------------------------------------------ event handlers
+
+    def _on_settings(self, event: SettingsReceived) -> None:
+        if not self._ready.done():
+            self._ready.set_result(None)
+
+    def _on_headers(self, event: HeadersReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream._on_head(event.head, event.end_stream)
+            return
+        new = ServerStream(
+            self,
+            event.stream_id,
+            event.head,
+            urgency=event.urgency,
+            incremental=event.incremental,
+            end_stream=event.end_stream,
+        )
+        self._track(new)
+        if self._handler is None or self._closing:
+            new.reset(ErrorCode.REFUSED_STREAM)
+            return
+        task = self.loop.create_task(self._run_handler(new, self._handler))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_data(self, event: DataReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is None or stream._error is not None:
+            # Nobody will read it: give the credit back at once.
+            self.core.acknowledge_received_data(event.stream_id, event.wire_length)
+            return
+        self.protocol.add_unconsumed(len(event.data))
+        stream._on_data(event.data, event.wire_length, event.end_stream)
+
+    def _on_stream_reset(self, event: StreamReset) -> None:
+        stream = self._streams.pop(event.stream_id, None)
+        self.protocol.emitted.pop(event.stream_id, None)
+        if stream is None:
+            return
+        side = "the peer" if event.remote else "us after a stream error"
+        stream._on_error(
+            StreamResetError(
+                f"stream {event.stream_id} reset by {side} with {event.error_code.name}",
+                stream_id=event.stream_id,
+                error_code=event.error_code,
+                remote=event.remote,
+            )
+        )
+
+    def _on_ping_acked(self, event: PingAcked) -> None:
+        entry = self._pings.pop(event.payload, None)
+        if entry is None:
+            return  # a keepalive PING of the core
+        start, future = entry
+        self.rtt = time.perf_counter() - start
+        if not future.done():
+            future.set_result(self.rtt)
+
+    def _on_goaway(self, event: GoAwayReceived) -> None:
+        logger.debug(
+            "GOAWAY received: last_stream_id=%d %s", event.last_stream_id, event.error_code
+        )
+        # The core reports our streams above last_stream_id as reset with REFUSED_STREAM
+        # (§13.2: not processed, safe to retry); the others may finish.
+        self._goaway = event
+        self.close()
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        if self._error is None and (event.error is not None or self._streams):
+            who = "the peer" if event.remote else "us"
+            self._error = ConnectionClosedError(
+                f"connection ended by {who} with {event.error_code.name}: {event.reason}",
+                error_code=event.error_code,
+                remote=event.remote,
+                cause=event.error,
+            )
+        if self._error is not None:
+            for stream in list(self._streams.values()):
+                stream._on_error(self._error)
+            self._streams.clear()
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _run_handler(self, stream: ServerStream, handler: Handler) -> None:
+        try:
+            await handler(stream)
+        except asyncio.CancelledError:
+            stream.reset(ErrorCode.CANCEL)
+            return
+        except (StreamResetError, ConnectionClosedError) as exc:
+            logger.debug("handler of stream %d ended: %s", stream.id, exc)
+            return
+        except Exception:
+            logger.exception("handler of stream %d failed", stream.id)
+            stream.reset(ErrorCode.INTERNAL_ERROR)
+            return
+        if not stream.local_ended:
+            logger.warning("handler of stream %d returned without ending its response", stream.id)
+            stream.reset(ErrorCode.INTERNAL_ERROR)
+        elif not stream.remote_ended:
+            stream.reset(ErrorCode.CANCEL)  # answered early: the rest of the request is unwanted
+        else:
+            self._stream_maybe_done(stream)
+
+    # ------------------------------------------------------------------ helpers for streams
+
+    def _track(self, stream: _BaseStream) -> None:
+        self._streams[stream.id] = stream
+        self.protocol.emitted[stream.id] = 0
+
+    def _check_open(self) -> None:
+        if self.closed or self.core.closed or self._error is not None:
+            raise self._closed_error()
+
+    def _closed_error(self) -> ConnectionClosedError:
+        if self._error is not None:
+            return self._error
+        return ConnectionClosedError(
+            "the connection is closed", error_code=ErrorCode.NO_ERROR, remote=False
+        )
+
+    def _stream_slot_free(self) -> bool:
+        return self.core.available_streams > 0
+
+    def _wake_room(self) -> None:
+        room = self._room
+        if room is not None and not room.done():
+            room.set_result(None)
+        self._room = None
+
+    async def _wait_room(self, stream: _BaseStream | None) -> None:
+        if self._room is None:
+            self._room = self.loop.create_future()
+        self.protocol.note_blocked_sender()
+        try:
+            await self._room
+        except asyncio.CancelledError:
+            if stream is not None:
+                stream._cancelled()
+            raise
+
+    async def _wait_send_room(self, stream: _BaseStream, n: int) -> int:
+        """Wait until ``stream`` may hand the core up to ``n`` more bytes; return how many."""
+        want = min(n, self.limits.max_chunk)
+        while True:
+            stream._raise_error()
+            self._check_open()
+            room = self.protocol.send_room
+            queued = stream._fed - self.protocol.emitted.get(stream.id, 0)
+            if room >= want and queued < max(want, 1) and self.protocol.writable:
+                return min(n, room) if n else 0
+            await self._wait_room(stream)
+
+    async def _pace(self, stream: _BaseStream, n: int) -> None:
+        pacer = self.pacer
+        assert pacer is not None
+        try:
+            while (delay := pacer.delay(n, self.loop.time())) > 0:
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            stream._cancelled()
+            raise
+        pacer.consume(n, self.loop.time())
+
+    def _after_send(self) -> None:
+        self.protocol.after_core_call([])
+
+    def _sent(self, stream: _BaseStream) -> None:
+        self.protocol.after_send()
+        self._stream_maybe_done(stream)
+
+    def _consumed(self, stream_id: int, nbytes: int, wire_length: int) -> None:
+        self.protocol.consumed(nbytes)
+        if wire_length and not self.core.closed:
+            with contextlib.suppress(UsageError, ProtocolError):
+                self.core.acknowledge_received_data(stream_id, wire_length)
+            self.protocol.after_send()
+
+    def _reset(self, stream: _BaseStream, error_code: ErrorCode) -> None:
+        self._streams.pop(stream.id, None)
+        self.protocol.emitted.pop(stream.id, None)
+        if not self.core.closed:
+            with contextlib.suppress(UsageError):
+                self.core.reset_stream(stream.id, error_code)
+            self._after_send()
+        self._wake_room()
+
+    def _stream_maybe_done(self, stream: _BaseStream) -> None:
+        done = stream._local_ended and stream._remote_ended and not stream._chunks
+        if done and self._streams.pop(stream.id, None) is not None:
+            self.protocol.emitted.pop(stream.id, None)
+            self._wake_room()

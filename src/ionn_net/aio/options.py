@@ -1,0 +1,83 @@
+"""Transport tuning of the asyncio layer (socket and buffer sizes, deadlines, pacing).
+
+Protocol limits -- everything the peer can observe or abuse -- live in the one
+:class:`ionn_net.config.Limits`. This module owns the knobs that only shape how this
+endpoint drives its own socket: how much unsent data may sit below the scheduler (the
+head-of-line budget of protocol-lessons.md), how much received-but-unread data the
+application may hold before reading pauses, how long a close may drain, and whether
+upload-urgency streams are paced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ionn_net.aio.pacing import PacingConfig
+from ionn_net.errors import ConfigError
+
+__all__ = ["TransportOptions"]
+
+KIB = 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportOptions:
+    """How this endpoint drives its socket; validated at creation (ConfigError).
+
+    * ``notsent_lowat``: ``TCP_NOTSENT_LOWAT`` in bytes (None: kernel default, unbounded).
+    * ``write_high_water`` / ``write_low_water``: the transport's userspace buffer limits;
+      the writer hands the transport one frame at a time while it is below high water.
+    * ``read_buffer_size``: the receive buffer handed to the kernel per read.
+    * ``read_budget``: decoded bytes delivered to streams but not yet consumed by the
+      application before reading pauses (None: the connection's receive credit).
+    * ``send_chunk``: the largest piece of a body handed to the core per call; the sender
+      feeds the core only as credit and the outbound cap allow (None: ``Limits.max_chunk``
+      x 8).
+    * ``stall_timeout_s``: a connection whose outbound queue stays at ``max_outbound_bytes``
+      (or whose transport stays paused) without progress this long is closed with TIMEOUT
+      (None: ``Limits.heartbeat_timeout_s``).
+    * ``close_timeout_s``: deadline of a graceful close (GOAWAY, drain, flush).
+    * ``pacing``: pacing of upload-urgency streams (None: unpaced).
+    """
+
+    notsent_lowat: int | None = 128 * KIB
+    write_high_water: int = 64 * KIB
+    write_low_water: int = 16 * KIB
+    read_buffer_size: int = 256 * KIB
+    read_budget: int | None = None
+    send_chunk: int | None = None
+    stall_timeout_s: float | None = None
+    close_timeout_s: float = 10.0
+    pacing: PacingConfig | None = None
+
+    def __post_init__(self) -> None:
+        _positive("notsent_lowat", self.notsent_lowat, optional=True)
+        _positive("write_high_water", self.write_high_water)
+        if not 0 <= self.write_low_water <= self.write_high_water:
+            raise ConfigError(
+                f"TransportOptions.write_low_water: expected 0..write_high_water "
+                f"({self.write_high_water}), got {self.write_low_water}"
+            )
+        _positive("read_buffer_size", self.read_buffer_size)
+        _positive("read_budget", self.read_budget, optional=True)
+        _positive("send_chunk", self.send_chunk, optional=True)
+        for name in ("stall_timeout_s", "close_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            ):
+                raise ConfigError(f"TransportOptions.{name}: expected seconds > 0, got {value!r}")
+            if value is not None and math.isnan(value):
+                raise ConfigError(f"TransportOptions.{name}: expected seconds > 0, got NaN")
+        if self.pacing is not None and not isinstance(self.pacing, PacingConfig):
+            raise ConfigError(
+                f"TransportOptions.pacing: expected PacingConfig or None, got {self.pacing!r}"
+            )
+
+
+def _positive(name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if type(value) is not int or value <= 0:
+        raise ConfigError(f"TransportOptions.{name}: expected a positive int, got {value!r}")

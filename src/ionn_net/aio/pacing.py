@@ -1,0 +1,252 @@
+"""Pacing of upload-urgency streams near the bottleneck rate.
+
+Why: on a slow link the bytes in flight queue at the bottleneck (a tbf qdisc, a home router),
+and a query frame queued behind them waits for all of them even when the sender's own queues
+are empty (baselines.md: ~100 ms p50 at 20 Mbit/s with TCP_NOTSENT_LOWAT alone). Releasing
+upload bytes at a little under the bottleneck rate keeps that queue near empty, so a query
+sees about one upload frame of extra delay.
+
+Owns three pure pieces (time passed in, no clock reads) and their composition:
+
+* :class:`TokenBucket` -- debt-based bucket: a chunk may leave whenever the balance is not
+  negative, then the balance drops by its size; the average rate is exact and one chunk is
+  never split.
+* :class:`RateEstimator` -- windowed maximum of delivery-rate samples (BBR-style), each the
+  growth of the kernel's ``TCP_INFO`` ``bytes_acked`` over a few round trips. Samples
+  taken while the sender was app-limited are lower bounds and only count when they raise
+  the maximum.
+* :class:`Pacer` -- paces at ``gain`` x the estimate (or the caller's rate); with an estimated
+  rate it periodically probes at ``probe_gain`` for a short while so that a faster path is
+  discovered (a paced sender is app-limited and would otherwise never see it).
+
+Which streams are paced is decided by the caller (urgency >= ``PacingConfig.min_urgency``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ionn_net.aio.sockopts import TcpInfo
+from ionn_net.errors import ConfigError
+
+__all__ = ["Pacer", "PacingConfig", "RateEstimator", "TokenBucket"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PacingConfig:
+    """How upload-urgency streams are paced.
+
+    ``rate_bps`` (bits/s) fixes the bottleneck rate; None estimates it from TCP_INFO.
+    Streams whose urgency is >= ``min_urgency`` are paced (uploads are urgency 5, §8.1).
+    ``burst_s`` bounds how much sending may catch up after a late wake-up (at least two
+    chunks). With an estimated rate (windowed maximum over ``window_s`` of acknowledged-byte
+    rates measured over ``min_span_s``), every ``probe_interval_s`` the pacer sends at
+    ``probe_gain`` x estimate for ``probe_duration_s`` to look for more bandwidth; a small
+    gain keeps the queue a probe builds at the bottleneck to a few milliseconds.
+    """
+
+    rate_bps: float | None = None
+    gain: float = 0.95
+    min_urgency: int = 4
+    burst_s: float = 0.004
+    window_s: float = 20.0
+    sample_interval_s: float = 0.02
+    min_span_s: float = 0.1
+    startup_s: float = 0.5
+    probe_interval_s: float = 8.0
+    probe_duration_s: float = 0.25
+    probe_gain: float = 1.05
+
+    def __post_init__(self) -> None:
+        checks: tuple[tuple[str, float | None, float, float], ...] = (
+            ("rate_bps", self.rate_bps, 1e3, 1e12),
+            ("gain", self.gain, 0.1, 2.0),
+            ("burst_s", self.burst_s, 0.0, 1.0),
+            ("window_s", self.window_s, 0.1, 600.0),
+            ("sample_interval_s", self.sample_interval_s, 0.001, 10.0),
+            ("min_span_s", self.min_span_s, 0.001, 60.0),
+            ("startup_s", self.startup_s, 0.0, 60.0),
+            ("probe_interval_s", self.probe_interval_s, 0.1, 600.0),
+            ("probe_duration_s", self.probe_duration_s, 0.0, 10.0),
+            ("probe_gain", self.probe_gain, 1.0, 4.0),
+        )
+        for name, value, low, high in checks:
+            if value is not None and not low <= value <= high:
+                raise ConfigError(f"PacingConfig.{name}: expected {low}..{high}, got {value!r}")
+        if not 0 <= self.min_urgency <= 7:
+            raise ConfigError(f"PacingConfig.min_urgency: expected 0..7, got {self.min_urgency}")
+
+
+class TokenBucket:
+    """Debt-based token bucket in bytes; ``rate`` in bytes/s; time passed in."""
+
+    __slots__ = ("_balance", "_burst", "_last", "rate")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        if rate <= 0 or burst < 0:
+            raise ConfigError(f"TokenBucket: expected rate > 0 and burst >= 0, got {rate}, {burst}")
+        self.rate = rate
+        self._burst = burst
+        self._balance = 0.0
+        self._last = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._last:
+            self._balance = min(self._burst, self._balance + (now - self._last) * self.rate)
+            self._last = now
+
+    def set_rate(self, rate: float, burst: float, now: float) -> None:
+        """Change the rate from ``now`` on (the debt so far is kept)."""
+        self._refill(now)
+        self.rate = max(rate, 1.0)
+        self._burst = max(burst, 0.0)
+        self._balance = min(self._balance, self._burst)
+
+    def delay(self, now: float) -> float:
+        """Seconds until the next chunk may leave (0.0: now)."""
+        self._refill(now)
+        return 0.0 if self._balance >= 0 else -self._balance / self.rate
+
+    def consume(self, nbytes: int, now: float) -> None:
+        """Charge a chunk that was just released."""
+        self._refill(now)
+        self._balance -= nbytes
+
+
+class RateEstimator:
+    """Windowed maximum of delivery-rate samples (bytes/s)."""
+
+    __slots__ = ("_samples", "_window")
+
+    def __init__(self, window_s: float) -> None:
+        self._window = window_s
+        # Monotone deque (time, rate) with decreasing rates: the front is the window maximum.
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def add(self, rate: float, now: float, *, app_limited: bool) -> None:
+        """Record a sample; an app-limited one counts only if it raises the maximum."""
+        if rate <= 0:
+            return
+        current = self.estimate(now)
+        if app_limited and current is not None and rate <= current:
+            return
+        while self._samples and self._samples[-1][1] <= rate:
+            self._samples.pop()
+        self._samples.append((now, rate))
+
+    def estimate(self, now: float) -> float | None:
+        """The maximum over the window, or None without samples."""
+        while self._samples and self._samples[0][0] < now - self._window:
+            self._samples.popleft()
+        return self._samples[0][1] if self._samples else None
+
+
+class Pacer:
+    """Releases chunks of paced streams at ``gain`` x the bottleneck rate.
+
+    ``info_source`` returns the connection's TCP_INFO (or None); it is polled at most every
+    ``sample_interval_s`` from :meth:`delay`. A rate sample is the growth of
+    ``bytes_acked`` over a span of at least ``min_span_s`` and two smoothed RTTs (one ACK
+    burst on a fast path would otherwise look like a fast link). Until the first estimate
+    exists (and for ``startup_s`` after the first chunk) nothing is paced, so the path is
+    measured at full speed.
+    """
+
+    def __init__(
+        self, config: PacingConfig, info_source: Callable[[], TcpInfo | None], now: float
+    ) -> None:
+        self.config = config
+        self._info = info_source
+        self._estimator = RateEstimator(config.window_s)
+        self._bucket: TokenBucket | None = None
+        self._chunk = 0
+        self._start: float | None = None
+        self._last_sample = -1e18
+        self._history: deque[tuple[float, int, bool]] = deque(maxlen=4096)
+        self._next_probe = now + config.probe_interval_s
+        self._probe_until = -1e18
+        self.samples = 0
+        if config.rate_bps is not None:
+            self._install(config.rate_bps / 8.0, now)
+
+    @property
+    def bottleneck_rate(self) -> float | None:
+        """The rate (bytes/s) currently taken as the bottleneck, or None before estimating."""
+        if self.config.rate_bps is not None:
+            return self.config.rate_bps / 8.0
+        return self._estimator.estimate(self._last_sample)
+
+    @property
+    def pacing_rate(self) -> float | None:
+        """Bytes/s currently released, or None while unpaced."""
+        return None if self._bucket is None else self._bucket.rate
+
+    @property
+    def probing(self) -> bool:
+        return self._last_sample < self._probe_until
+
+    def _burst(self, rate: float) -> float:
+        return max(2.0 * self._chunk, rate * self.config.burst_s)
+
+    def _install(self, bottleneck: float, now: float) -> None:
+        gain = self.config.gain
+        if self.config.rate_bps is None and now < self._probe_until:
+            gain = self.config.probe_gain
+        rate = bottleneck * gain
+        if self._bucket is None:
+            self._bucket = TokenBucket(rate, self._burst(rate), now)
+        else:
+            self._bucket.set_rate(rate, self._burst(rate), now)
+
+    def _rate_sample(self, info: TcpInfo, now: float) -> None:
+        """Add (now, acked) to the history and derive a sample over the span behind it."""
+        history = self._history
+        history.append((now, info.bytes_acked, info.app_limited))
+        span = max(self.config.min_span_s, 2.0 * info.rtt_s)
+        if now - history[0][0] < span:
+            return
+        # Drop points older than needed, keeping the newest one at least `span` back.
+        while len(history) > 2 and now - history[1][0] >= span:
+            history.popleft()
+        t0, acked0, _ = history[0]
+        app_limited = any(limited for _, _, limited in history)
+        rate = (info.bytes_acked - acked0) / (now - t0)
+        self._estimator.add(rate, now, app_limited=app_limited)
+        self.samples += 1
+
+    def _sample(self, now: float) -> None:
+        if now - self._last_sample < self.config.sample_interval_s:
+            return
+        self._last_sample = now
+        info = self._info()
+        if info is None:
+            return
+        self._rate_sample(info, now)
+        if self.config.rate_bps is not None:
+            return
+        if now >= self._next_probe:
+            self._probe_until = now + self.config.probe_duration_s
+            self._next_probe = now + self.config.probe_interval_s
+        estimate = self._estimator.estimate(now)
+        started = self._start is not None and now - self._start >= self.config.startup_s
+        if estimate is not None and started:
+            self._install(estimate, now)
+
+    def delay(self, chunk: int, now: float) -> float:
+        """Seconds to wait before releasing a chunk of ``chunk`` bytes (0.0: now)."""
+        if chunk > self._chunk:
+            self._chunk = chunk
+            if self._bucket is not None:  # the burst floor is two chunks
+                rate = self._bucket.rate
+                self._bucket.set_rate(rate, self._burst(rate), now)
+        if self._start is None:
+            self._start = now
+        self._sample(now)
+        return 0.0 if self._bucket is None else self._bucket.delay(now)
+
+    def consume(self, nbytes: int, now: float) -> None:
+        """Charge a released chunk."""
+        if self._bucket is not None:
+            self._bucket.consume(nbytes, now)

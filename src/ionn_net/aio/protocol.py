@@ -1,0 +1,335 @@
+"""The asyncio adapter around the sans-I/O core: bytes in, frames out, timers, backpressure.
+
+Owns one connection's socket-level behaviour and nothing about streams:
+
+* **Receive**: an ``asyncio.BufferedProtocol`` reads into one preallocated buffer and feeds
+  ``Connection.receive_data(view, now=loop.time())``.
+* **Three-call contract**: after every receive, send or timer call into the core, the
+  writer drains frames first and the events are dispatched second (to the
+  :class:`ConnectionSink`, the stream layer of :mod:`ionn_net.aio.api`).
+* **Writer**: hands the transport ONE frame at a time from the core's scheduler
+  (``next_frame()``) and only while the transport is below its high-water mark, with plain
+  ``transport.write`` calls (``writelines`` had flow-control bugs, cpython #103462). Together
+  with ``TCP_NOTSENT_LOWAT`` and small transport buffers this bounds the bytes that a newly
+  queued urgent frame can wait behind (protocol-lessons.md, head-of-line section).
+* **Read backpressure**: ``pause_reading()`` while the application holds more than the read
+  budget of received-but-unconsumed bytes; reading resumes when it drops to half.
+* **Outbound cap**: bytes queued in the core plus the transport are observable through
+  :attr:`IonnProtocol.outbound_bytes`; senders wait while it is at ``max_outbound_bytes``
+  and a connection that makes no write progress for the stall timeout while stuck is
+  closed with TIMEOUT (§14.3) and a message naming the queued bytes.
+* **Timers**: the core's single deadline (``get_timer``) is one ``loop.call_at`` handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from typing import Any, Protocol, cast
+
+from ionn_net.aio.options import TransportOptions
+from ionn_net.aio.sockopts import AppliedOptions, SocketLike, TcpInfo, configure_socket
+from ionn_net.aio.sockopts import read_tcp_info as _read_tcp_info
+from ionn_net.config import Limits
+from ionn_net.proto import Connection, ErrorCode, Event
+
+__all__ = ["ConnectionSink", "IonnProtocol", "logger"]
+
+logger = logging.getLogger("ionn_net.aio")
+
+_DATA = 0  # frame type of DATA (§4)
+_HEADER_SIZE = 16  # §3.1
+_DATA_FIELDS = struct.Struct(">I4xI")  # stream_id, (length), decoded_length at offset 4
+
+
+class ConnectionSink(Protocol):
+    """What the protocol reports to the stream layer."""
+
+    def events_received(self, events: list[Event]) -> None:
+        """Core events, after the frames they caused have been handed to the transport."""
+
+    def transport_lost(self, exc: BaseException | None, reason: str | None) -> None:
+        """The socket is gone (``reason`` set when we closed it on purpose, e.g. a stall)."""
+
+    def send_room(self) -> None:
+        """The outbound queue shrank or the transport resumed: blocked senders may go on."""
+
+
+class IonnProtocol(asyncio.BufferedProtocol):
+    """One IONN-NET connection's socket adapter (see the module docstring)."""
+
+    def __init__(
+        self, core: Connection, sink: ConnectionSink, limits: Limits, options: TransportOptions
+    ) -> None:
+        self.core = core
+        self.sink = sink
+        self.limits = limits
+        self.options = options
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.socket: SocketLike | None = None
+        self.applied = AppliedOptions(nodelay=False, notsent_lowat=None)
+        self._buffer = bytearray(options.read_buffer_size)
+        self._view = memoryview(self._buffer)
+        self._write_paused = False
+        self._read_paused = False
+        self._unconsumed = 0
+        self._read_budget = options.read_budget or limits.initial_connection_credit
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when: float | None = None
+        self._stall_timeout = options.stall_timeout_s or limits.heartbeat_timeout_s
+        self._stall_handle: asyncio.TimerHandle | None = None
+        self._last_progress = self.loop.time()
+        self._closing_reason: str | None = None
+        self._lost = False
+        self.bytes_written = 0
+        self.bytes_received = 0
+        #: Decoded body bytes emitted per stream (DATA frames handed to the transport).
+        self.emitted: dict[int, int] = {}
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio.Transport: cast, do not check.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.socket = cast(SocketLike, sock)
+            self.applied = configure_socket(self.socket, notsent_lowat=self.options.notsent_lowat)
+        self.transport.set_write_buffer_limits(
+            high=self.options.write_high_water, low=self.options.write_low_water
+        )
+        self._last_progress = self.loop.time()
+        if self.core_is_client:
+            self.core.initiate()
+        self.after_core_call([])
+
+    @property
+    def core_is_client(self) -> bool:
+        return bool(getattr(self.core, "client", False))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.bytes_received += nbytes
+        events = self.core.receive_data(self._view[:nbytes], self.loop.time())
+        self.after_core_call(events)
+
+    def eof_received(self) -> bool | None:
+        logger.debug("peer closed its sending side")
+        return False  # close our side too: the protocol has no half-closed connections
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        self._cancel_timer()
+        if self._stall_handle is not None:
+            self._stall_handle.cancel()
+            self._stall_handle = None
+        self._write_paused = True
+        self.sink.transport_lost(exc, self._closing_reason)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._arm_stall_watchdog()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._last_progress = self.loop.time()
+        self.flush()
+        self._maybe_close()
+        self.sink.send_room()
+
+    # ------------------------------------------------------------------ writer
+
+    @property
+    def outbound_bytes(self) -> int:
+        """Bytes queued for the peer: in the core plus in the transport's buffer."""
+        queued = int(self.core.outbound_buffered_bytes)
+        if self.transport is not None and not self._lost:
+            queued += self.transport.get_write_buffer_size()
+        return queued
+
+    @property
+    def send_room(self) -> int:
+        """How many more bytes senders may queue before the outbound cap."""
+        return self.limits.max_outbound_bytes - self.outbound_bytes
+
+    @property
+    def writable(self) -> bool:
+        return self.transport is not None and not self._lost and not self._write_paused
+
+    def flush(self) -> None:
+        """Hand frames to the transport, one at a time, while it is below high water."""
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        core = self.core
+        emitted = self.emitted
+        written = 0
+        # pause_writing() is called synchronously from inside write() once the transport's
+        # buffer passes high water, which ends this loop with the rest still in the core.
+        while not self._write_paused:
+            frame = core.next_frame()
+            if frame is None:
+                break
+            if frame[0] == _DATA and len(frame) >= _HEADER_SIZE:
+                # Per-stream body bytes that left the core: senders feed the core only
+                # while little of their body is still queued there.
+                sid, decoded = _DATA_FIELDS.unpack_from(frame, 4)
+                count = emitted.get(sid)
+                if count is not None:  # tracked from stream creation to its end
+                    emitted[sid] = count + decoded
+            transport.write(frame)
+            written += len(frame)
+        if written:
+            self.bytes_written += written
+            if not self._write_paused:
+                self._last_progress = self.loop.time()
+            self.sink.send_room()  # body bytes left the core: blocked senders may go on
+
+    def after_core_call(self, events: list[Event]) -> None:
+        """The three-call contract: drain frames, dispatch events, re-arm the core's timer.
+
+        Used after receive and timer calls and after control calls (ping, close, open,
+        reset) that may move the core's deadline earlier.
+        """
+        self.flush()
+        # Dispatched even without events: a CREDIT frame raises send limits silently and
+        # blocked senders must re-check.
+        self.sink.events_received(events)
+        if events:
+            self.flush()  # dispatching may have queued more (credit, answers)
+        self._arm_timer()
+        self._maybe_close()
+
+    def after_send(self) -> None:
+        """After queueing body bytes or acknowledging data: drain frames only.
+
+        Sending and consuming only move the core's deadlines later (activity), so the
+        timer is not re-armed here; an early wake-up finds nothing due and re-arms.
+        """
+        if self.core.has_data_to_send():
+            self.flush()
+        if self.core.closed:
+            self._maybe_close()
+
+    def _maybe_close(self) -> None:
+        """Close the socket once a finished core has nothing left to send."""
+        if self.transport is None or self._lost or not self.core.closed:
+            return
+        if not self.core.has_data_to_send():
+            self.transport.close()  # flushes the transport's own buffer first
+
+    # ------------------------------------------------------------------ read backpressure
+
+    def add_unconsumed(self, nbytes: int) -> None:
+        """Received bytes were queued for the application."""
+        self._unconsumed += nbytes
+        if not self._read_paused and self._unconsumed > self._read_budget:
+            self._read_paused = True
+            if self.transport is not None and not self._lost:
+                self.transport.pause_reading()
+                logger.debug("reading paused: %d bytes unconsumed", self._unconsumed)
+
+    def consumed(self, nbytes: int) -> None:
+        """The application consumed (or discarded) queued bytes."""
+        self._unconsumed -= nbytes
+        if self._read_paused and self._unconsumed <= self._read_budget // 2:
+            self._read_paused = False
+            if self.transport is not None and not self._lost:
+                self.transport.resume_reading()
+                logger.debug("reading resumed: %d bytes unconsumed", self._unconsumed)
+
+    @property
+    def unconsumed_bytes(self) -> int:
+        return self._unconsumed
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._read_paused
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm_timer(self) -> None:
+        if self._lost:
+            return
+        when = self.core.get_timer()
+        if when == self._timer_when:
+            return
+        self._cancel_timer()
+        if when is not None:
+            self._timer_when = when
+            self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_when = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = None
+        if self._lost:
+            return
+        events = self.core.handle_timer(self.loop.time())
+        self.after_core_call(events)
+
+    # ------------------------------------------------------------------ stall watchdog
+
+    def _arm_stall_watchdog(self) -> None:
+        if self._stall_handle is None and not self._lost:
+            delay = max(self._stall_timeout / 4, 0.05)
+            self._stall_handle = self.loop.call_later(delay, self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._stall_handle = None
+        if self._lost:
+            return
+        stuck = self._write_paused or self.send_room <= 0
+        if not stuck:
+            return
+        idle = self.loop.time() - self._last_progress
+        if idle < self._stall_timeout:
+            self._arm_stall_watchdog()
+            return
+        self.abort(
+            ErrorCode.TIMEOUT,
+            f"peer stopped reading: {self.outbound_bytes} bytes queued for it "
+            f"(cap {self.limits.max_outbound_bytes}) without progress for {idle:.1f} s",
+        )
+
+    def note_blocked_sender(self) -> None:
+        """A sender waits for room: watch for a stall even if the transport never paused."""
+        self._arm_stall_watchdog()
+
+    # ------------------------------------------------------------------ shutdown
+
+    def abort(self, error_code: ErrorCode, reason: str) -> None:
+        """Give up on the connection now: try to queue GOAWAY, drop the socket."""
+        if self._lost or self.transport is None:
+            return
+        logger.warning("closing connection: %s", reason)
+        self._closing_reason = reason
+        if not self.core.closed:
+            self.core.close(error_code, reason[: self.limits.max_goaway_debug])
+        # Best effort: the GOAWAY goes out if the socket has room; we do not wait for it.
+        frame = self.core.next_frame()
+        if frame is not None and self.transport.get_write_buffer_size() == 0:
+            self.transport.write(frame)
+        self.transport.abort()
+
+    def close_transport(self) -> None:
+        """Close after the transport's buffer drains (the core has been flushed)."""
+        if self.transport is not None and not self._lost:
+            self.transport.close()
+
+    # ------------------------------------------------------------------ introspection
+
+    def tcp_info(self) -> TcpInfo | None:
+        return None if self.socket is None or self._lost else _read_tcp_info(self.socket)
+
+    def extra(self, name: str) -> Any:
+        return None if self.transport is None else self.transport.get_extra_info(name)

@@ -1,0 +1,159 @@
+"""Socket options of the asyncio layer: latency-friendly TCP settings and ``TCP_INFO``.
+
+Owns the per-socket tuning that keeps unsent bytes below the scheduler small (protocol-lessons,
+head-of-line section): ``TCP_NODELAY`` so small query frames leave at once, and
+``TCP_NOTSENT_LOWAT`` so the kernel accepts only a bounded amount of not-yet-sent data (a
+non-blocking ``send`` returns short once that much is queued, and the transport then buffers
+in userspace where the next frame is still chosen by priority). Also reads Linux ``TCP_INFO``
+(delivery rate, bytes acknowledged, smoothed RTT) for the pacing estimator.
+
+Everything here is a no-op, reported as not applied, on platforms without the option.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from dataclasses import dataclass
+from typing import Protocol
+
+from ionn_net.errors import ConfigError
+
+__all__ = [
+    "SO_MAX_PACING_RATE",
+    "TCP_NOTSENT_LOWAT",
+    "AppliedOptions",
+    "SocketLike",
+    "TcpInfo",
+    "configure_socket",
+    "read_tcp_info",
+    "set_max_pacing_rate",
+]
+
+# Linux values, used when the socket module lacks the names (CPython exposes
+# TCP_NOTSENT_LOWAT only from 3.12 on some builds).
+TCP_NOTSENT_LOWAT: int = getattr(socket, "TCP_NOTSENT_LOWAT", 25)
+SO_MAX_PACING_RATE: int = getattr(socket, "SO_MAX_PACING_RATE", 47)
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", 11 if sys.platform == "linux" else None)
+
+# struct tcp_info (include/uapi/linux/tcp.h): offsets of the fields we read. Checked against
+# a live socket: bytes_acked == bytes sent + 1 (the SYN) after a transfer.
+_TI_FLAGS_OFFSET = 7  # bit 0: tcpi_delivery_rate_app_limited
+_TI_RTT = struct.Struct("=II")  # tcpi_rtt, tcpi_rttvar (microseconds) at offset 68
+_TI_RTT_OFFSET = 68
+_TI_CWND_OFFSET = 80
+_TI_BYTES_ACKED = struct.Struct("=Q")
+_TI_BYTES_ACKED_OFFSET = 120
+_TI_NOTSENT_OFFSET = 144
+_TI_DELIVERY_RATE_OFFSET = 160
+_TI_MIN_SIZE = 168
+_U32 = struct.Struct("=I")
+
+
+class SocketLike(Protocol):
+    """What asyncio's ``transport.get_extra_info("socket")`` returns (a TransportSocket)."""
+
+    @property
+    def family(self) -> int: ...
+
+    def setsockopt(self, level: int, optname: int, value: int | bytes, /) -> None: ...
+
+    def getsockopt(self, level: int, optname: int, buflen: int, /) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppliedOptions:
+    """Which options :func:`configure_socket` managed to set (False: unsupported here)."""
+
+    nodelay: bool
+    notsent_lowat: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpInfo:
+    """The ``TCP_INFO`` fields the pacer uses (Linux only).
+
+    ``delivery_rate`` is the kernel's most recent delivery-rate sample in bytes/s and
+    ``app_limited`` says the sample was taken while the sender had nothing queued (so it is a
+    lower bound of the path rate, not an estimate of it).
+    """
+
+    rtt_s: float
+    rttvar_s: float
+    cwnd_segments: int
+    bytes_acked: int
+    notsent_bytes: int
+    delivery_rate: float
+    app_limited: bool
+
+
+def _is_tcp(sock: SocketLike) -> bool:
+    return sock.family in (socket.AF_INET, socket.AF_INET6)
+
+
+def configure_socket(sock: SocketLike, *, notsent_lowat: int | None) -> AppliedOptions:
+    """Set ``TCP_NODELAY`` and (unless None) ``TCP_NOTSENT_LOWAT`` on a connected TCP socket.
+
+    Non-TCP sockets (e.g. Unix sockets in tests) are left alone. Raises ConfigError for a
+    non-positive low-water mark; an option the platform refuses is reported, not raised.
+    """
+    if notsent_lowat is not None and notsent_lowat <= 0:
+        raise ConfigError(
+            f"notsent_lowat: expected a positive byte count or None, got {notsent_lowat}"
+        )
+    if not _is_tcp(sock):
+        return AppliedOptions(nodelay=False, notsent_lowat=None)
+    nodelay = True
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        nodelay = False
+    applied_lowat: int | None = None
+    if notsent_lowat is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, notsent_lowat)
+            applied_lowat = notsent_lowat
+        except OSError:
+            applied_lowat = None
+    return AppliedOptions(nodelay=nodelay, notsent_lowat=applied_lowat)
+
+
+def set_max_pacing_rate(sock: SocketLike, bytes_per_s: int | None) -> bool:
+    """Ask the kernel to pace this socket at most at ``bytes_per_s`` (None: unlimited).
+
+    Linux TCP paces internally (no ``fq`` qdisc needed since 4.13). Returns whether it was set.
+    """
+    if bytes_per_s is not None and bytes_per_s <= 0:
+        raise ConfigError(f"pacing rate: expected a positive bytes/s or None, got {bytes_per_s}")
+    value = 0xFFFFFFFF if bytes_per_s is None else min(int(bytes_per_s), 0xFFFFFFFE)
+    if not _is_tcp(sock):
+        return False
+    try:
+        # Unsigned 32-bit (larger than a C int, so pass bytes); ~0U means unlimited.
+        sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, _U32.pack(value))
+    except OSError:
+        return False
+    return True
+
+
+def read_tcp_info(sock: SocketLike) -> TcpInfo | None:
+    """Read ``TCP_INFO`` from a TCP socket, or None where unavailable (non-Linux, old kernel)."""
+    if _TCP_INFO is None or not _is_tcp(sock):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+    except OSError:
+        return None
+    if len(raw) < _TI_MIN_SIZE:
+        return None
+    rtt_us, rttvar_us = _TI_RTT.unpack_from(raw, _TI_RTT_OFFSET)
+    return TcpInfo(
+        rtt_s=rtt_us / 1e6,
+        rttvar_s=rttvar_us / 1e6,
+        cwnd_segments=_U32.unpack_from(raw, _TI_CWND_OFFSET)[0],
+        bytes_acked=_TI_BYTES_ACKED.unpack_from(raw, _TI_BYTES_ACKED_OFFSET)[0],
+        notsent_bytes=_U32.unpack_from(raw, _TI_NOTSENT_OFFSET)[0],
+        delivery_rate=float(_TI_BYTES_ACKED.unpack_from(raw, _TI_DELIVERY_RATE_OFFSET)[0]),
+        app_limited=bool(raw[_TI_FLAGS_OFFSET] & 1),
+    )

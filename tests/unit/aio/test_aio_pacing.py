@@ -1,0 +1,160 @@
+"""Unit tests of ionn_net.aio.pacing: token bucket, rate estimator, pacer (time passed in)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ionn_net.aio.pacing import Pacer, PacingConfig, RateEstimator, TokenBucket
+from ionn_net.aio.sockopts import TcpInfo
+from ionn_net.errors import ConfigError
+
+
+def _info(
+    rate: float, *, app_limited: bool = False, acked: int = 0, rtt_s: float = 0.01
+) -> TcpInfo:
+    return TcpInfo(
+        rtt_s=rtt_s,
+        rttvar_s=0.001,
+        cwnd_segments=10,
+        bytes_acked=acked,
+        notsent_bytes=0,
+        delivery_rate=rate,
+        app_limited=app_limited,
+    )
+
+
+def _release_times(bucket: TokenBucket, chunks: int, size: int) -> list[float]:
+    """Simulate a sender that sleeps exactly as told; return when each chunk left."""
+    now = 0.0
+    times = []
+    for _ in range(chunks):
+        now += bucket.delay(now)
+        bucket.consume(size, now)
+        times.append(now)
+    return times
+
+
+def test_token_bucket_holds_the_average_rate() -> None:
+    bucket = TokenBucket(rate=1_000_000.0, burst=0.0, now=0.0)
+    times = _release_times(bucket, 101, 10_000)
+    # 100 chunks of 10 kB after the first at 1 MB/s take exactly 1 s.
+    assert times[-1] == pytest.approx(1.0, rel=1e-9)
+
+
+def test_token_bucket_burst_is_capped_after_idle() -> None:
+    bucket = TokenBucket(rate=1000.0, burst=500.0, now=0.0)
+    # After a long idle period only `burst` bytes of credit exist: the second chunk waits.
+    assert bucket.delay(100.0) == 0.0
+    bucket.consume(1000, 100.0)
+    assert bucket.delay(100.0) == pytest.approx(0.5)
+
+
+def test_token_bucket_rate_change_keeps_debt() -> None:
+    bucket = TokenBucket(rate=1000.0, burst=0.0, now=0.0)
+    bucket.consume(1000, 0.0)
+    bucket.set_rate(2000.0, 0.0, 0.0)
+    assert bucket.delay(0.0) == pytest.approx(0.5)
+
+
+def test_token_bucket_rejects_bad_rate() -> None:
+    with pytest.raises(ConfigError, match="rate"):
+        TokenBucket(rate=0.0, burst=1.0, now=0.0)
+
+
+def test_estimator_windowed_max_expires() -> None:
+    est = RateEstimator(window_s=1.0)
+    assert est.estimate(0.0) is None
+    est.add(100.0, 0.0, app_limited=False)
+    est.add(50.0, 0.5, app_limited=False)
+    assert est.estimate(0.9) == 100.0
+    assert est.estimate(1.2) == 50.0  # the 100 sample left the window
+    assert est.estimate(2.0) is None
+
+
+def test_estimator_ignores_app_limited_samples_below_max() -> None:
+    est = RateEstimator(window_s=10.0)
+    est.add(100.0, 0.0, app_limited=False)
+    est.add(80.0, 0.1, app_limited=True)
+    est.add(150.0, 0.2, app_limited=True)  # a lower bound above the max still counts
+    assert est.estimate(0.3) == 150.0
+    est.add(0.0, 0.4, app_limited=False)  # empty samples are dropped
+    assert est.estimate(0.4) == 150.0
+
+
+def test_pacer_with_given_rate_paces_at_gain() -> None:
+    config = PacingConfig(rate_bps=8_000_000.0, gain=0.5, burst_s=0.0)
+    pacer = Pacer(config, lambda: None, now=0.0)
+    assert pacer.pacing_rate == pytest.approx(500_000.0)
+    now = 0.0
+    for _ in range(11):
+        now += pacer.delay(10_000, now)
+        pacer.consume(10_000, now)
+    # 10 chunks of 10 kB at 0.5 x 1 MB/s; the burst floor is two chunks (catch-up room).
+    assert 0.15 <= now <= 0.2 + 1e-9
+
+
+def test_pacer_estimates_after_startup_and_probes() -> None:
+    clock = [0.0]
+    rate = 2_000_000.0  # bytes/s acknowledged by the path
+
+    def info() -> TcpInfo:
+        return _info(0.0, acked=int(rate * clock[0]))
+
+    config = PacingConfig(
+        gain=0.9,
+        startup_s=0.1,
+        sample_interval_s=0.01,
+        min_span_s=0.05,
+        probe_interval_s=1.0,
+        probe_duration_s=0.05,
+        probe_gain=1.2,
+    )
+    pacer = Pacer(config, info, now=0.0)
+    for step in range(8):  # startup: unpaced while the rate is measured
+        clock[0] = step * 0.01
+        assert pacer.delay(1000, clock[0]) == 0.0
+    assert pacer.pacing_rate is None
+    clock[0] = 0.2
+    pacer.delay(1000, clock[0])
+    assert pacer.bottleneck_rate == pytest.approx(rate)
+    assert pacer.pacing_rate == pytest.approx(0.9 * rate)
+    clock[0] = 1.01  # the probe window opens
+    pacer.delay(1000, clock[0])
+    assert pacer.probing
+    assert pacer.pacing_rate == pytest.approx(1.2 * rate)
+    clock[0] = 1.2  # probe over
+    pacer.delay(1000, clock[0])
+    assert pacer.pacing_rate == pytest.approx(0.9 * rate)
+
+
+def test_pacer_sample_spans_several_rtts() -> None:
+    # A burst of ACKs within one RTT must not be taken as the link rate.
+    acked = [0]
+
+    def info() -> TcpInfo:
+        return _info(0.0, acked=acked[0], rtt_s=0.1)
+
+    pacer = Pacer(PacingConfig(sample_interval_s=0.01, min_span_s=0.01), info, now=0.0)
+    pacer.delay(1000, 0.0)
+    acked[0] = 1_000_000  # a burst right after the first sample
+    pacer.delay(1000, 0.01)
+    assert pacer.samples == 0  # span below 2 x RTT: no sample yet
+    pacer.delay(1000, 0.2)
+    assert pacer.samples == 1
+    assert pacer.bottleneck_rate == pytest.approx(1_000_000 / 0.2)
+
+
+def test_pacer_without_tcp_info_stays_unpaced() -> None:
+    pacer = Pacer(PacingConfig(startup_s=0.0), lambda: None, now=0.0)
+    for t in range(10):
+        assert pacer.delay(1000, t * 0.1) == 0.0
+    assert pacer.pacing_rate is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("gain", 0.0), ("rate_bps", -1.0), ("min_urgency", 9), ("probe_gain", 0.5)],
+)
+def test_pacing_config_validates(field: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=field):
+        PacingConfig(**{field: value})
