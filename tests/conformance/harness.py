@@ -136,13 +136,25 @@ class CoreUnderTest:
         self.drain()
 
     # input
-    def feed(self, data: bytes, now: float | None = None) -> list[ev.Event]:
+    def feed(self, data: bytes, now: float | None = None, *, drain: bool = True) -> list[ev.Event]:
+        """Hand ``data`` to the core; by default its output is drained and parsed at once."""
         if now is not None:
             self.now = now
         new = self.conn.receive_data(data, self.now)
         self.events.extend(new)
-        self.drain()
+        if drain:
+            self.drain()
         return new
+
+    def pull_one(self) -> rw.Frame | None:
+        """Exactly one frame from the core (``next_frame``), parsed like all output."""
+        raw = self.conn.next_frame()
+        if raw is None:
+            return None
+        n = len(self.frames)
+        self._parse(raw)
+        assert len(self.frames) == n + 1 or self.preface is None
+        return self.frames[-1]
 
     def feed_chunks(self, chunks: Sequence[bytes]) -> list[ev.Event]:
         out: list[ev.Event] = []
@@ -158,7 +170,11 @@ class CoreUnderTest:
         return new
 
     def handshake(self, settings: Sequence[tuple[int, int]] = ()) -> CoreUnderTest:
-        """Complete the handshake as the peer would (preface, SETTINGS, ACK)."""
+        """Complete the handshake as the peer would (preface, SETTINGS, ACK).
+
+        The announced ``settings`` also become the limits the core's output is checked against.
+        """
+        self.announce(settings)
         if self.client:
             self.feed(rw.server_preface() + rw.settings_frame(list(settings)) + rw.settings_ack())
         else:
@@ -168,10 +184,17 @@ class CoreUnderTest:
         self.events.clear()
         return self
 
+    def announce(self, settings: Sequence[tuple[int, int]]) -> bytes:
+        """A SETTINGS frame from the test peer; its limits now judge the core's output."""
+        self._reader.local.update(dict(settings))
+        return rw.settings_frame(list(settings))
+
     # output
     def drain(self) -> list[rw.Frame]:
         """Move the core's pending output into ``frames`` (checked by the reference reader)."""
-        data = self.conn.data_to_send()
+        return self._parse(self.conn.data_to_send())
+
+    def _parse(self, data: bytes) -> list[rw.Frame]:
         self.out += data
         if self.preface is None:
             self._pre += data
@@ -186,6 +209,9 @@ class CoreUnderTest:
         except PeerError as exc:  # the core sent a frame the test peer must refuse
             self.output_error = exc
             raise AssertionError(f"the core emitted an invalid frame: {exc}") from exc
+        if self._reader.error is not None:  # valid frames came first, then an invalid one
+            self.output_error = self._reader.error
+            raise AssertionError(f"the core emitted an invalid frame: {self._reader.error}")
         self.frames.extend(new)
         return new
 
