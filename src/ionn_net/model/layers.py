@@ -177,8 +177,8 @@ def build_layers(
     blobs keyed by SHA-256, using the server's own computed shapes."""
     infos = validate_manifest(manifest, limits)
     wanted = set(names) if names is not None else None
-    built: dict[str, Any] = {}
-    for spec in manifest.layers:
+    todo: list[tuple[LayerSpec, list[tuple[int, ...]], list[np.ndarray]]] = []
+    for spec in manifest.layers:  # check every blob before building anything
         if spec.cls == LOCAL_ONLY or (wanted is not None and spec.name not in wanted):
             continue
         shapes = [infos[r.layer].output_shapes[r.index] for r in spec.inbound]
@@ -188,8 +188,8 @@ def build_layers(
             if blob is None:
                 raise SpecError(f"layer {spec.name!r}: blob {spec.blob_sha256} is missing")
             arrays = split_blob(spec, blob, limits)
-        built[spec.name] = build_layer(spec, shapes, arrays, limits=limits)
-    return built
+        todo.append((spec, shapes, arrays))
+    return {spec.name: build_layer(spec, sh, arr, limits=limits) for spec, sh, arr in todo}
 
 
 # -- client side: Keras model -> manifest ------------------------------------------------

@@ -350,7 +350,8 @@ _Infer = Callable[[_Cfg, tuple[Shape, ...]], _Result]
 
 # -- per-class inference: (config, input shapes) -> (outputs, weights, macs) --------------
 # MACs follow the project-wide formulas (also used by keras_graph): convolutions count
-# multiply-accumulates, Dense in*units, pooling output elements * window area, and
+# multiply-accumulates, Dense in*units, pooling output elements * window area, layers
+# that only move data (Reshape, Flatten, Dropout, Identity, InputLayer) zero, and
 # every other layer one per output element.
 
 
@@ -535,12 +536,17 @@ def _elu(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
 
 
 def _no_config(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
-    return _elementwise(ins)
+    return _free(ins[0])
+
+
+def _free(shape: Shape) -> _Result:
+    """Layers that only move or pass data (Identity, Dropout, Reshape, Flatten)."""
+    return (shape,), (), 0
 
 
 def _dropout(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     c.get_rate("rate")  # inference ignores it; noise_shape/seed are training-only
-    return _elementwise(ins)
+    return _free(ins[0])
 
 
 def _merge(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
@@ -620,12 +626,12 @@ def _reshape(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     known = math.prod(t for t in target if t != -1)
     if (-1 in target and total % known) or (-1 not in target and known != total):
         c.fail("target_shape", f"a shape with {total} elements", list(target))
-    return _elementwise((tuple(total // known if t == -1 else t for t in target),))
+    return _free(tuple(total // known if t == -1 else t for t in target))
 
 
 def _flatten(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     c.data_format()
-    return _elementwise(((math.prod(ins[0]),),))
+    return _free((math.prod(ins[0]),))
 
 
 def _rescaling(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:

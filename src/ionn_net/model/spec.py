@@ -272,10 +272,15 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 
 def loads_manifest(
-    data: bytes | bytearray | memoryview | str, limits: SpecLimits = DEFAULT_LIMITS
+    data: bytes | bytearray | memoryview | str,
+    limits: SpecLimits = DEFAULT_LIMITS,
+    *,
+    canonical: bool = False,
 ) -> ModelManifest:
     """Decode a manifest from JSON text (bounded size and depth, no NaN, no duplicate
-    keys) and :func:`parse_manifest` it."""
+    keys) and :func:`parse_manifest` it. With ``canonical=True`` the text must be
+    exactly the canonical encoding (protocol.md §10.3.1), so that the SHA-256 of the
+    received body equals :meth:`ModelManifest.manifest_digest`."""
     if isinstance(data, str):
         size = len(data)
     elif isinstance(data, bytes | bytearray | memoryview):
@@ -293,11 +298,14 @@ def loads_manifest(
         raise SpecError(f"manifest: expected nesting depth <= {limits.max_json_depth}, got {depth}")
     try:
         obj = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
+    except SpecError:
+        raise
     except ValueError as exc:
-        if isinstance(exc, SpecError):
-            raise
         raise SpecError(f"manifest: expected JSON, got a decoding error: {exc}") from None
-    return parse_manifest(obj, limits)
+    manifest = parse_manifest(obj, limits)
+    if canonical and manifest.to_json_bytes() != text.encode("utf-8"):
+        raise SpecError("manifest: expected the canonical encoding (sorted keys, no spaces)")
+    return manifest
 
 
 # -- structural parsing ----------------------------------------------------------------
@@ -369,8 +377,8 @@ def _weight_from_obj(value: object, where: str, limits: SpecLimits) -> WeightSpe
 
 def _layer_from_obj(value: object, index: int, limits: SpecLimits) -> LayerSpec:
     where = f"manifest.layers[{index}]"
-    keys = {"name", "class", "config", "inbound"}
-    obj = _obj(value, where, keys, frozenset({"weights", "blob"}))
+    keys = {"name", "class", "config", "inbound", "weights"}
+    obj = _obj(value, where, keys, frozenset({"blob"}))
     name = _name(obj["name"], f"{where}.name")
     where = f"layer {name!r}"
     cls = obj["class"]
@@ -383,7 +391,7 @@ def _layer_from_obj(value: object, index: int, limits: SpecLimits) -> LayerSpec:
         _ref(r, f"{where}.inbound[{i}]")
         for i, r in enumerate(_list(obj["inbound"], f"{where}.inbound", 0, limits.max_inbound))
     )
-    raw_weights = _list(obj.get("weights", []), f"{where}.weights", 0, limits.max_weights_per_layer)
+    raw_weights = _list(obj["weights"], f"{where}.weights", 0, limits.max_weights_per_layer)
     weights = tuple(
         _weight_from_obj(w, f"{where}.weights[{i}]", limits) for i, w in enumerate(raw_weights)
     )
@@ -475,6 +483,10 @@ def _check_structure(spec: LayerSpec, limits: SpecLimits) -> None:
             )
         _shape(list(w.shape), f"{where}.weights[{i}].shape", limits, min_dims=0)
         _sha(w.sha256, f"{where}.weights[{i}].sha256")
+
+
+def _check_blob(spec: LayerSpec) -> None:
+    where = f"layer {spec.name!r}"
     total = sum(w.nbytes for w in spec.weights)
     if spec.weights:
         _sha(spec.blob_sha256, f"{where}.blob.sha256")
@@ -517,6 +529,7 @@ def validate_layer(
         )
     info = infer_layer(spec.name, spec.cls, spec.config, shapes, limits)
     _check_declared(spec, info)
+    _check_blob(spec)
     return info
 
 
@@ -616,7 +629,6 @@ _FEATURE_KEYS = {
     "depth_multiplier": "depth_multiplier",
 }
 _ACTIVATION_ALIASES = {"swish": "silu", "hard_swish": "hard_silu"}
-_ZERO_COST = frozenset({"InputLayer", "Reshape", "Flatten", "Dropout", "Identity", LOCAL_ONLY})
 _LIST_INPUT = frozenset(
     {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"}
 )
@@ -658,7 +670,7 @@ def graph_from_manifest(m: ModelManifest, limits: SpecLimits = DEFAULT_LIMITS) -
             output_shapes=info.output_shapes,
             output_dtype=info.output_dtype,
             weight_bytes=info.weight_bytes,
-            macs=0 if spec.cls in _ZERO_COST else info.macs,
+            macs=info.macs,
             params=_features(spec, info),
         )
         for spec, info in zip(m.layers, infos.values(), strict=True)
@@ -681,6 +693,7 @@ def split_blob(
     each weight's SHA-256, and finiteness. Returns native-order, C-contiguous copies
     (float32, or int64 for a Normalization ``count``) that never alias ``blob``."""
     _check_structure(spec, limits)
+    _check_blob(spec)
     where = f"layer {spec.name!r}: blob"
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise SpecError(f"{where}: expected bytes, got {type(blob).__name__}")
@@ -724,7 +737,7 @@ def check_weights(spec: LayerSpec, info: LayerInfo, weights: Iterable[object]) -
         raise SpecError(f"{where}: expected {len(info.weights)} weight arrays, got {len(arrays)}")
     out = []
     for i, (a, e, w) in enumerate(zip(arrays, info.weights, spec.weights, strict=True)):
-        if not isinstance(a, np.ndarray):
+        if not isinstance(a, np.ndarray | np.generic):  # Keras returns 0-d weights as scalars
             raise SpecError(f"{where}: weight {i}: expected a numpy array, got {type(a).__name__}")
         if a.dtype != np.dtype(e.dtype) or tuple(a.shape) != e.shape:
             raise SpecError(
