@@ -69,6 +69,7 @@ class AioConnection:
         if options.pacing is not None:
             self.pacer = Pacer(options.pacing, self.protocol.tcp_info, self.loop.time())
         self.rtt: float | None = None
+        self.pings_acked = 0  # every answered PING, ours and the core's keepalive
         self._handler = handler
         self._on_closed = on_closed
         self._streams: dict[int, _BaseStream] = {}
@@ -167,7 +168,7 @@ class AioConnection:
         missing). Cancelling the awaiting task resets the stream with CANCEL.
         """
         if body and "body_len" not in head:
-            head = {**head, "body_len": len(memoryview(body).cast("B"))}
+            head = {**head, "body_len": memoryview(body).nbytes}
         stream = await self.open_stream(
             head, urgency=urgency, incremental=incremental, end_stream=not body
         )
@@ -273,16 +274,15 @@ class AioConnection:
     def transport_lost(self, exc: BaseException | None, reason: str | None) -> None:
         if self.closed:
             return
-        if self._error is None and (exc is not None or reason is not None or self._streams):
+        unfinished = any(not s.finished for s in self._streams.values())
+        if self._error is None and (exc is not None or reason is not None or unfinished):
             code = ErrorCode.TIMEOUT if reason else ErrorCode.INTERNAL_ERROR
             text = reason or (f"connection lost: {exc}" if exc else "connection closed by peer")
             self._error = ConnectionClosedError(
                 text, error_code=code, remote=reason is None, cause=exc
             )
         error = self._closed_error()
-        for stream in list(self._streams.values()):
-            stream._on_error(error)
-        self._streams.clear()
+        self._fail_unfinished(error)
         for _, future in self._pings.values():
             if not future.done():
                 future.set_exception(error)
@@ -290,9 +290,11 @@ class AioConnection:
             self._ready.set_exception(error)
             self._ready.exception()  # mark retrieved: wait_ready may never be called
         self._wake_room()
+        # Cancel what is left of the handlers only after the wake-ups above ran: a handler
+        # blocked on its stream first sees ConnectionClosedError and may handle it.
         for task in list(self._tasks):
             if task is not asyncio.current_task():
-                task.cancel()
+                self.loop.call_soon(task.cancel)
         self._closed.set_result(None)
         logger.debug("connection closed: %s", error)
         if self._on_closed is not None:
@@ -350,6 +352,7 @@ class AioConnection:
         )
 
     def _on_ping_acked(self, event: PingAcked) -> None:
+        self.pings_acked += 1
         entry = self._pings.pop(event.payload, None)
         if entry is None:
             return  # a keepalive PING of the core
@@ -368,18 +371,16 @@ class AioConnection:
         self.close()
 
     def _on_terminated(self, event: ConnectionTerminated) -> None:
-        if self._error is None and (event.error is not None or self._streams):
-            who = "the peer" if event.remote else "us"
-            self._error = ConnectionClosedError(
-                f"connection ended by {who} with {event.error_code.name}: {event.reason}",
-                error_code=event.error_code,
-                remote=event.remote,
-                cause=event.error,
-            )
-        if self._error is not None:
-            for stream in list(self._streams.values()):
-                stream._on_error(self._error)
-            self._streams.clear()
+        who = "the peer" if event.remote else "us"
+        error = ConnectionClosedError(
+            f"connection ended by {who} with {event.error_code.name}: {event.reason}",
+            error_code=event.error_code,
+            remote=event.remote,
+            cause=event.error,
+        )
+        if event.error is not None and self._error is None:
+            self._error = error
+        self._fail_unfinished(self._error or error)
 
     # ------------------------------------------------------------------ handlers
 
@@ -405,6 +406,13 @@ class AioConnection:
             self._stream_maybe_done(stream)
 
     # ------------------------------------------------------------------ helpers for streams
+
+    def _fail_unfinished(self, error: ConnectionClosedError) -> None:
+        """Fail streams still exchanging; completed ones keep their unread chunks."""
+        for stream in list(self._streams.values()):
+            if not stream.finished:
+                stream._on_error(error)
+        self._streams.clear()
 
     def _track(self, stream: _BaseStream) -> None:
         self._streams[stream.id] = stream

@@ -27,7 +27,8 @@ class TransportOptions:
 
     * ``notsent_lowat``: ``TCP_NOTSENT_LOWAT`` in bytes (None: kernel default, unbounded).
     * ``write_high_water`` / ``write_low_water``: the transport's userspace buffer limits;
-      the writer hands the transport one frame at a time while it is below high water.
+      the writer hands the transport one frame at a time while it is below high water
+      (low water None: a quarter of high water).
     * ``read_buffer_size``: the receive buffer handed to the kernel per read.
     * ``read_budget``: decoded bytes delivered to streams but not yet consumed by the
       application before reading pauses (None: the connection's receive credit).
@@ -43,7 +44,7 @@ class TransportOptions:
 
     notsent_lowat: int | None = 128 * KIB
     write_high_water: int = 64 * KIB
-    write_low_water: int = 16 * KIB
+    write_low_water: int | None = None
     read_buffer_size: int = 256 * KIB
     read_budget: int | None = None
     send_chunk: int | None = None
@@ -54,10 +55,11 @@ class TransportOptions:
     def __post_init__(self) -> None:
         _positive("notsent_lowat", self.notsent_lowat, optional=True)
         _positive("write_high_water", self.write_high_water)
-        if not 0 <= self.write_low_water <= self.write_high_water:
+        low = self.write_low_water
+        if low is not None and (type(low) is not int or not 0 <= low <= self.write_high_water):
             raise ConfigError(
                 f"TransportOptions.write_low_water: expected 0..write_high_water "
-                f"({self.write_high_water}), got {self.write_low_water}"
+                f"({self.write_high_water}) or None, got {low!r}"
             )
         _positive("read_buffer_size", self.read_buffer_size)
         _positive("read_budget", self.read_budget, optional=True)

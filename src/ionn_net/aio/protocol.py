@@ -97,9 +97,9 @@ class IonnProtocol(asyncio.BufferedProtocol):
         if sock is not None:
             self.socket = cast(SocketLike, sock)
             self.applied = configure_socket(self.socket, notsent_lowat=self.options.notsent_lowat)
-        self.transport.set_write_buffer_limits(
-            high=self.options.write_high_water, low=self.options.write_low_water
-        )
+        high = self.options.write_high_water
+        low = self.options.write_low_water
+        self.transport.set_write_buffer_limits(high=high, low=high // 4 if low is None else low)
         self._last_progress = self.loop.time()
         if self.core_is_client:
             self.core.initiate()

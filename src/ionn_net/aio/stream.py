@@ -287,10 +287,15 @@ class ServerStream(_BaseStream):
         codec: Codec | None = None,
         element_width: int = 1,
     ) -> None:
-        """Send the response message: HEADERS, then the body (if any) ending the stream."""
+        """Send the response message: HEADERS, then the body (if any) ending the stream.
+
+        ``"body_len"`` (§10.1.2) is added to the head when a body is given without it.
+        """
         if not body:
             await self.send_headers(head, end_stream=True)
             return
+        if "body_len" not in head:
+            head = {**head, "body_len": memoryview(body).nbytes}
         await self.send_headers(head)
         await self.send_data(body, end_stream=True, codec=codec, element_width=element_width)
 
