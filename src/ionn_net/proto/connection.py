@@ -231,7 +231,7 @@ class Connection(ConnectionBase):
                 f"{stream.recv_limit}, connection {self._recv_conn} of {self._recv_conn_limit})"
             )
         total = stream.body_received + n
-        if stream.remote is _BODY and codec == 0 and n > 0 and total < stream.body_len:
+        if not end and stream.remote is _BODY and codec == 0 and n > 0 and total < stream.body_len:
             # Fast path: a RAW middle frame of a body (no table change, nothing to check).
             stream.body_received = total
             data = payload
@@ -243,6 +243,9 @@ class Connection(ConnectionBase):
                     self._consume_conn(n)  # not delivered, so the application will not ack it
                 raise
         self._last_activity = self._now
+        if not data and not end:  # nothing to deliver: return its credit ourselves
+            self.acknowledge_received_data(sid, n)
+            return
         self._events.append(DataReceived(stream_id=sid, data=data, wire_length=n, end_stream=end))
         if end and stream.finished:
             self._forget(stream)
@@ -536,12 +539,12 @@ class Connection(ConnectionBase):
         end_stream: bool = False,
     ) -> int:
         """Open a stream with a HEADERS frame carrying ``head``; returns its id (§6.1)."""
+        if self._goaway_received is not None:
+            raise UsageError("open_stream: the peer sent GOAWAY; open a new connection")
         if self._state is _S.CLOSED or self._state is _S.CLOSING:
             raise UsageError(f"open_stream: connection is {self._state.value}")
         if self.client and not self._preface_sent:
             raise UsageError("open_stream: call initiate() first")
-        if self._goaway_received is not None:
-            raise UsageError("open_stream: the peer sent GOAWAY; open a new connection")
         if type(urgency) is not int or not 0 <= urgency <= 7:
             raise UsageError(f"open_stream: expected urgency 0-7, got {urgency!r}")
         if self.available_streams <= 0:
