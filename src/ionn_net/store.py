@@ -27,13 +27,18 @@ from pathlib import Path
 
 from ionn_net.errors import StoreError
 
-__all__ = ["BlobStore", "DirectoryStore", "MemoryStore", "sha256_hex"]
+__all__ = ["BlobStore", "DirectoryStore", "MemoryStore", "partial_key", "sha256_hex"]
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def partial_key(session_hash: str, digest: str) -> str:
+    """The name of a session's partial upload of ``digest`` (64 hex digits)."""
+    return hashlib.sha256(f"{session_hash}:{digest}".encode()).hexdigest()
 
 
 def _check_digest(digest: str) -> None:
@@ -92,15 +97,20 @@ class BlobStore:
     def drop_partial(self, digest: str) -> None:
         raise NotImplementedError
 
-    def complete_partial(self, digest: str) -> None:
+    def complete_partial(self, digest: str, *, key: str | None = None) -> None:
         """Verify the finished partial blob and move it into the store; a blob whose
-        bytes do not hash to ``digest`` is discarded and :class:`StoreError` raised."""
+        bytes do not hash to ``digest`` is discarded and :class:`StoreError` raised.
+
+        ``key`` names the partial upload when it is not the digest itself: the server
+        keys partials per session (:func:`partial_key`) so that one tenant's resume
+        offset never reveals another tenant's upload (protocol.md §14.5)."""
+        key = key or digest
         with self._lock:
-            data = self.partial_bytes(digest)
+            data = self.partial_bytes(key)
             try:
                 self.put(digest, data)
             finally:
-                self.drop_partial(digest)
+                self.drop_partial(key)
 
     # -- tenant scoping (protocol.md §14.5) ---------------------------------------
 

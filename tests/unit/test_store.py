@@ -102,3 +102,15 @@ def test_leftover_temp_files_from_a_crash_are_removed(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path)
     assert not leftover.exists()
     assert not store.has(DIGEST)
+
+
+def test_partials_keyed_per_session_complete_under_the_real_digest(store: BlobStore) -> None:
+    from ionn_net.store import partial_key
+
+    mine, theirs = partial_key(SESSION, DIGEST), partial_key("cd" * 16, DIGEST)
+    assert mine != theirs and mine != DIGEST
+    store.append_partial(mine, 0, BLOB)
+    assert store.partial_offset(theirs) == 0  # another tenant sees no progress
+    store.complete_partial(DIGEST, key=mine)
+    assert store.get(DIGEST) == BLOB
+    assert store.partial_offset(mine) == 0

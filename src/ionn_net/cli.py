@@ -1,0 +1,389 @@
+"""Console entry points: ``ionn-server`` and ``ionn-demo``.
+
+This module owns argument parsing (every flag validated with a clear message) and
+the terminal output of the demo: a live upload progress bar, one line per query
+(latency and where its layers ran), and a final table comparing strategies. The
+library itself never prints; only this module writes to the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = ["demo_main", "server_main"]
+
+MODELS = ("mobilenetv2", "resnet50", "inceptionv3", "vgg16")
+
+
+def _positive(kind: type[float] | type[int], what: str) -> Any:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}: expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{what}: expected a value > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port: expected an integer, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port: expected 0..65535, got {value}")
+    return value
+
+
+# -- ionn-server ---------------------------------------------------------------------------
+
+
+def _server_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ionn-server",
+        description="Run an IONN edge server: clients upload their models to it layer by "
+        "layer and offload parts of their inference while the upload proceeds.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument(
+        "--port", type=_port, default=7878, help="TCP port (default %(default)s; 0 picks one)"
+    )
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="directory of the durable layer store (default: keep layers in memory only)",
+    )
+    p.add_argument(
+        "--secret-file",
+        type=Path,
+        default=None,
+        help="file holding a shared secret; clients must prove they know it (protocol.md §10.2.3)",
+    )
+    p.add_argument(
+        "--max-models",
+        type=_positive(int, "--max-models"),
+        default=4,
+        help="models per client session (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-bytes",
+        type=_positive(int, "--max-bytes"),
+        default=1 << 30,
+        help="stored blob bytes per client session (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-queries",
+        type=_positive(int, "--max-queries"),
+        default=8,
+        help="concurrent queries per client session (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-streams",
+        type=_positive(int, "--max-streams"),
+        default=100,
+        help="concurrent streams per connection (default %(default)s)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_positive(float, "--idle-timeout"),
+        default=120.0,
+        help="seconds before an idle connection is closed (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="logging level (default %(default)s)",
+    )
+    return p
+
+
+def server_main(argv: list[str] | None = None) -> int:
+    args = _server_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    from ionn_net.aio import run
+    from ionn_net.config import Limits
+    from ionn_net.server import EdgeServer, ServerConfig
+
+    secret = args.secret_file.read_bytes().strip() if args.secret_file else None
+    config = ServerConfig(
+        limits=Limits(max_concurrent_streams=args.max_streams, idle_timeout_s=args.idle_timeout),
+        max_models_per_session=args.max_models,
+        max_bytes_per_session=args.max_bytes,
+        max_queries_per_session=args.max_queries,
+        secret=secret,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with EdgeServer(args.host, args.port, store=args.store, config=config) as server:
+            sys.stdout.write(f"ionn-server listening on {args.host}:{server.port}\n")
+            sys.stdout.flush()
+            await stop.wait()
+
+    run(main())
+    return 0
+
+
+# -- ionn-demo -----------------------------------------------------------------------------
+
+
+def _demo_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ionn-demo",
+        description="Start an edge server and a slowed-down client on this machine, joined by "
+        "an emulated link, and watch queries get faster while the model uploads. Runs "
+        "local-only, all-at-once and the chosen planner one after the other and compares them.",
+    )
+    p.add_argument(
+        "--model",
+        default="resnet50",
+        help=f"one of {', '.join(MODELS)} (random weights), or a path to a .keras file the client loads (default %(default)s)",
+    )
+    p.add_argument(
+        "--mbit",
+        type=_positive(float, "--mbit"),
+        default=80.0,
+        help="link rate in Mbit/s, each direction (default %(default)s: the paper's Wi-Fi)",
+    )
+    p.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.5,
+        help="one-way delay in ms (default %(default)s, ~1 ms RTT)",
+    )
+    p.add_argument(
+        "--slowdown",
+        type=_positive(float, "--slowdown"),
+        default=10.0,
+        help="the client is this many times slower than this machine: each local segment is stretched to slowdown x its measured time (default %(default)s)",
+    )
+    p.add_argument(
+        "--planner",
+        default="ours",
+        choices=("ours", "ionn", "efficiency", "all_at_once", "local"),
+        help="upload planner of the main run (default %(default)s)",
+    )
+    p.add_argument(
+        "--window",
+        type=_positive(float, "--window"),
+        default=None,
+        help="seconds of back-to-back queries per run (default: until the upload ends + 3 s, at most 90 s)",
+    )
+    p.add_argument(
+        "--no-compare",
+        action="store_true",
+        help="run only the chosen planner, not the local-only and all-at-once baselines",
+    )
+    p.add_argument("--quiet", action="store_true", help="no per-query lines")
+    return p
+
+
+@dataclass
+class RunSummary:
+    strategy: str
+    latencies: list[tuple[float, float, int]] = field(
+        default_factory=list
+    )  # (t, ms, server layers)
+    upload_done_s: float | None = None
+    fallbacks: int = 0
+
+    def mean_during_upload(self, window: float) -> float:
+        end = self.upload_done_s if self.upload_done_s is not None else window
+        during = [ms for t, ms, _ in self.latencies if t <= end]
+        return statistics.fmean(during) if during else float("nan")
+
+    def first_offloaded(self) -> float | None:
+        return next((t for t, _, n in self.latencies if n > 0), None)
+
+    def mean_after(self) -> float:
+        if self.upload_done_s is None:
+            return float("nan")
+        after = [ms for t, ms, _ in self.latencies if t > self.upload_done_s]
+        return statistics.fmean(after) if after else float("nan")
+
+
+def _load_model(name: str) -> Any:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    apps = {
+        "mobilenetv2": lambda: keras.applications.MobileNetV2(weights=None),
+        "resnet50": lambda: keras.applications.ResNet50(weights=None),
+        "inceptionv3": lambda: keras.applications.InceptionV3(weights=None),
+        "vgg16": lambda: keras.applications.VGG16(weights=None),
+    }
+    if name.lower() in apps:
+        return apps[name.lower()]()
+    path = Path(name)
+    if path.suffix != ".keras" or not path.is_file():
+        raise SystemExit(
+            f"--model: expected one of {', '.join(MODELS)} or an existing .keras file, got {name!r}"
+        )
+    # The client loads its own model file; only the server must never deserialize.
+    return keras.saving.load_model(path, compile=False)
+
+
+class _Printer:
+    def __init__(self, out: TextIO, quiet: bool) -> None:
+        self.out, self.quiet = out, quiet
+        self.tty = out.isatty()
+        self._last_bar = 0.0
+
+    def bar(self, progress: Any) -> None:
+        now = time.monotonic()
+        if not progress.done and now - self._last_bar < (0.1 if self.tty else 2.0):
+            return
+        self._last_bar = now
+        width = 30
+        filled = int(width * progress.fraction)
+        line = (
+            f"upload [{'#' * filled}{'.' * (width - filled)}] {progress.fraction * 100:5.1f}% "
+            f"{progress.sent_bytes / 1e6:6.1f}/{progress.total_bytes / 1e6:.1f} MB  "
+            f"partitions {progress.partitions_done}/{progress.partitions_total}  "
+            f"layers ready {progress.layers_ready}  {progress.bandwidth_mbit:5.1f} Mbit/s"
+        )
+        self.out.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        if progress.done and self.tty:
+            self.out.write("\n")
+        self.out.flush()
+
+    def query(self, n: int, t: float, result: Any, total_layers: int) -> None:
+        if self.quiet:
+            return
+        where = " | ".join(
+            f"{s.location}{'(fallback)' if s.fallback else ''} {len(s.layers)}"
+            for s in result.segments
+        )
+        line = f"  q{n:<3d} t={t:6.2f}s  {result.total_ms:8.1f} ms  server {result.server_layers:3d}/{total_layers} layers  [{where}]"
+        prefix = "\r\x1b[K" if self.tty else ""
+        self.out.write(prefix + line + "\n")
+        self.out.flush()
+
+    def line(self, text: str) -> None:
+        self.out.write(("\r\x1b[K" if self.tty else "") + text + "\n")
+        self.out.flush()
+
+
+async def _demo_run(
+    args: argparse.Namespace, model: Any, strategy: str, cost: Any, printer: _Printer
+) -> RunSummary:
+    import numpy as np
+
+    from ionn_net.client import ClientConfig, OffloadClient
+    from ionn_net.netem.proxy import LinkSpec, ShapingProxy
+    from ionn_net.server import EdgeServer
+
+    link = LinkSpec(rate_bps=args.mbit * 1e6, delay_ms=args.delay_ms)
+    config = ClientConfig(
+        slowdown=args.slowdown, assumed_mbit=args.mbit, profile_cache=str(_cache_dir() / "profiles")
+    )
+    summary = RunSummary(strategy)
+    rng = np.random.default_rng(0)
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    x = rng.uniform(-1, 1, (1, *shape)).astype(np.float32)
+    printer.line(
+        f"== {strategy}: {args.mbit:g} Mbit/s, {2 * args.delay_ms:g} ms RTT, client slowdown {args.slowdown:g}x"
+    )
+    async with (
+        EdgeServer(cost_model=cost) as server,
+        ShapingProxy("127.0.0.1", server.port, up=link, down=link) as proxy,
+        OffloadClient(
+            "127.0.0.1", proxy.port, model, planner=strategy, config=config, on_progress=printer.bar
+        ) as client,
+    ):
+        start = time.monotonic()
+        n_layers = len(client.graph)
+        n = 0
+        while True:
+            elapsed = time.monotonic() - start
+            done = client.last_progress is not None and client.last_progress.done
+            if done and summary.upload_done_s is None:
+                summary.upload_done_s = elapsed
+            limit = args.window or (min(90.0, (summary.upload_done_s or 1e9) + 3.0))
+            if elapsed >= limit or (strategy == "local" and elapsed >= (args.window or 8.0)):
+                break
+            result = await client.infer_detailed(x)
+            n += 1
+            t = time.monotonic() - start
+            summary.latencies.append((t, result.total_ms, result.server_layers))
+            summary.fallbacks += int(result.fallback)
+            printer.query(n, t, result, n_layers)
+    if strategy == "local":
+        summary.upload_done_s = None
+    return summary
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("IONN_NET_CACHE", Path.home() / ".cache" / "ionn_net"))
+
+
+def _table(summaries: list[RunSummary], window: float) -> str:
+    rows = [
+        "| strategy | queries | mean latency during upload (ms) | first offloaded query (s) | upload done (s) | mean latency after upload (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        first = s.first_offloaded()
+        rows.append(
+            f"| {s.strategy} | {len(s.latencies)} | {s.mean_during_upload(window):.1f} | "
+            f"{'-' if first is None else f'{first:.2f}'} | "
+            f"{'-' if s.upload_done_s is None else f'{s.upload_done_s:.1f}'} | "
+            f"{s.mean_after():.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def demo_main(argv: list[str] | None = None) -> int:
+    args = _demo_parser().parse_args(argv)
+    if args.delay_ms < 0:
+        raise SystemExit(f"--delay-ms: expected >= 0, got {args.delay_ms}")
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    printer = _Printer(sys.stdout, args.quiet)
+    printer.line(
+        f"ionn-demo: building {args.model} (random weights) and calibrating the server ..."
+    )
+    from ionn_net.aio import run
+    from ionn_net.calibrate import load_or_calibrate
+
+    model = _load_model(args.model)
+    cost = load_or_calibrate(_cache_dir())
+    strategies = [args.planner] if args.no_compare else ["local", "all_at_once", args.planner]
+    summaries: list[RunSummary] = []
+
+    async def main() -> None:
+        for strategy in dict.fromkeys(strategies):
+            summaries.append(await _demo_run(args, model, strategy, cost, printer))
+
+    run(main())
+    window = args.window or 0.0
+    printer.line("")
+    printer.line(_table(summaries, window))
+    local = next((s for s in summaries if s.strategy == "local"), None)
+    main_run = summaries[-1]
+    if local is not None and main_run.strategy != "local":
+        ratio = local.mean_during_upload(window) / main_run.mean_during_upload(window)
+        printer.line(
+            f"\n{main_run.strategy}: {ratio:.1f}x faster than local-only during the upload"
+        )
+    return 0

@@ -1,0 +1,678 @@
+"""OffloadClient: collaborative inference while the model uploads (IONN's client).
+
+This module owns the client side of protocol.md §10::
+
+    async with OffloadClient(host, port, model, planner="ours") as client:
+        y = await client.infer(x)
+
+On entry the client describes its Keras model (layer graph, safe manifest, weight
+blobs), profiles its own per-layer execution times (cached per model and device),
+connects, receives the server's cost model and what the server already holds, and
+plans the upload with the chosen strategy. A background task then uploads partitions
+at low priority (urgency 5, incremental) and asks the server to load each one; every
+query (urgency 1) runs with the best execution plan for the layers the server has
+*confirmed* ready, and whose compiled slices exist on both sides, so no query pays for
+compilation.
+
+Guarantee: :meth:`OffloadClient.infer` returns exactly one result equal to local
+execution (within float tolerance) or raises one clear exception. When the server
+fails, times out or disconnects during a query, the client finishes the query locally
+from the last tensors it has, then reconnects in the background (capped exponential
+backoff with jitter) and resumes the upload without re-sending complete layers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ionn_net.aio import AioConnection, ConnectionClosedError, StreamResetError, connect
+from ionn_net.config import Limits
+from ionn_net.errors import ConfigError, IonnError, OffloadError, PlannerError, TensorError
+from ionn_net.messages import (
+    CONTROL_URGENCY,
+    QUERY_URGENCY,
+    UPLOAD_URGENCY,
+    RemoteError,
+    hmac_proof,
+)
+from ionn_net.model.graph import LayerGraph, TensorRef
+from ionn_net.planner.costmodel import ServerCostModel
+from ionn_net.planner.execution import ExecutionPlan, Segment
+from ionn_net.planner.link import Link
+from ionn_net.planner.profiles import ClientProfile, ProfileCache
+from ionn_net.planner.upload import get_planner
+from ionn_net.planner.workload import PlanningContext, QueryPattern, UploadPlan
+from ionn_net.proto import Codec, ErrorCode
+from ionn_net.tensors import decode_tensors, encode_tensors
+
+__all__ = ["ClientConfig", "InferenceResult", "OffloadClient", "SegmentTiming", "UploadProgress"]
+
+logger = logging.getLogger("ionn_net.client")
+
+#: Server time assumed for a layer the server must never run (refused or local-only).
+_NEVER_MS = 1e9
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """Client policy. ``slowdown`` emulates a slower device: every local segment is
+    stretched to ``slowdown`` times its measured duration (the profile too)."""
+
+    limits: Limits = field(default_factory=Limits)
+    session_key: str | None = None
+    query_timeout_s: float = 30.0
+    slowdown: float = 1.0
+    assumed_mbit: float = 50.0
+    profile_cache: str | None = None
+    device_id: str = "local"
+    compress_below_mbit: float = 400.0
+    reconnect: bool = True
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 5.0
+    secret: bytes | None = None
+    upload: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("query_timeout_s", "slowdown", "assumed_mbit", "backoff_initial_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value < 1e9:
+                raise ConfigError(f"{name}: expected a positive number, got {value!r}")
+        if self.slowdown < 1:
+            raise ConfigError(f"slowdown: expected >= 1, got {self.slowdown!r}")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError("backoff_max_s: expected >= backoff_initial_s")
+        key = self.session_key
+        if key is not None and (len(key) != 32 or any(c not in "0123456789abcdef" for c in key)):
+            raise ConfigError(f"session_key: expected 32 lowercase hex digits, got {key!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentTiming:
+    """Where one segment of a query ran and how long it took (milliseconds)."""
+
+    location: str
+    layers: tuple[str, ...]
+    ms: float
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResult:
+    """One query's output and what happened to it."""
+
+    output: np.ndarray | list[np.ndarray]
+    segments: tuple[SegmentTiming, ...]
+    total_ms: float
+    predicted_ms: float
+    fallback: bool
+
+    @property
+    def offloaded(self) -> bool:
+        return any(s.location == "server" and not s.fallback for s in self.segments)
+
+    @property
+    def server_layers(self) -> int:
+        return sum(len(s.layers) for s in self.segments if s.location == "server")
+
+
+@dataclass(frozen=True, slots=True)
+class UploadProgress:
+    """Upload state after each blob and each partition."""
+
+    sent_bytes: int
+    total_bytes: int
+    partitions_done: int
+    partitions_total: int
+    layers_ready: int
+    elapsed_s: float
+    bandwidth_mbit: float
+    done: bool = False
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.total_bytes == 0 else min(1.0, self.sent_bytes / self.total_bytes)
+
+
+@dataclass(slots=True)
+class _Active:
+    """The plan queries use now; its slices exist on both sides."""
+
+    plan: ExecutionPlan
+    ready: frozenset[str]
+
+
+class OffloadClient:
+    """Offloads a Keras model's inference to an edge server (see module docstring)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        model: Any,
+        *,
+        planner: str = "ours",
+        config: ClientConfig | None = None,
+        pattern: QueryPattern | None = None,
+        on_progress: Callable[[UploadProgress], None] | None = None,
+        ssl: Any = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.model = model
+        self.planner_name = planner
+        get_planner(planner)  # validate the name now, with the list of valid ones
+        self.config = config or ClientConfig()
+        self.pattern = pattern or QueryPattern.back_to_back()
+        self._on_progress = on_progress
+        self._ssl = ssl
+        self.session_key = self.config.session_key or os.urandom(16).hex()
+        self._conn: AioConnection | None = None
+        self._connected = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._progress_queues: list[asyncio.Queue[UploadProgress]] = []
+        self._qid = 0
+        self._closing = False
+        self.link = Link.from_mbit(self.config.assumed_mbit, 1.0)
+        self.upload_plan: UploadPlan | None = None
+        self.refused: dict[str, str] = {}
+        self.local_only: dict[str, str] = {}
+        self.stats = {"sent_bytes": 0, "resent_bytes": 0, "fallbacks": 0, "reconnects": 0}
+        self.last_progress: UploadProgress | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def __aenter__(self) -> OffloadClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._prepare_locally)
+        self._started = time.monotonic()
+        try:
+            await self._connect_once()
+        except (OSError, IonnError) as exc:
+            logger.warning("edge server unavailable (%s): running locally until it answers", exc)
+        self._tasks.append(asyncio.create_task(self._run_session(), name="ionn-client-session"))
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.aclose(), 2.0)
+
+    def _prepare_locally(self) -> None:
+        """Graph, manifest, blobs, profile and the whole-model slice (worker thread)."""
+        from ionn_net.executor import Executor
+        from ionn_net.model.layers import extract_manifest
+
+        self.executor = Executor.from_model(self.model)
+        self.graph: LayerGraph = self.executor.graph
+        manifest, self.blobs, self.local_only = extract_manifest(self.model)
+        self.manifest_body = manifest.to_json_bytes()
+        self.model_digest = manifest.manifest_digest()
+        self.layer_blob = {s.name: (s.blob_sha256, s.blob_size) for s in manifest.layers}
+        self.client_ms = self._profile()
+        self.executor.prepare(self.graph.order)
+        self._active = _Active(self._local_plan(), frozenset())
+
+    def _profile(self) -> dict[str, float]:
+        from ionn_net.executor import profile_layers
+
+        cache = ProfileCache(self.config.profile_cache) if self.config.profile_cache else None
+        device = self.config.device_id
+        profile = cache.load(self.model_digest, device) if cache else None
+        if profile is None:
+            ms = profile_layers(self.executor, runs=5)
+            profile = ClientProfile(model_digest=self.model_digest, device_id=device, layer_ms=ms)
+            if cache:
+                cache.store(profile)
+        return {n: v * self.config.slowdown for n, v in profile.layer_ms.items()}
+
+    # -- connection and handshake --------------------------------------------------------
+
+    async def _connect_once(self) -> None:
+        conn = await connect(self.host, self.port, limits=self.config.limits, ssl=self._ssl)
+        try:
+            welcome = await self._handshake(conn)
+            self._adopt_cost_model(welcome.get("cost_model"))
+            rtt = await conn.ping()
+            self.link = replace(self.link, rtt_s=max(rtt, 1e-4))
+            held = await self._request(conn, self._manifest_head(), self.manifest_body)
+        except BaseException:
+            conn.abort()
+            raise
+        self._conn = conn
+        self._held_blobs = set(held.get("blobs_held", []))
+        self._partial = dict(held.get("partial", {}))
+        self._server_ready = frozenset(held.get("layers_ready", []))
+        self.refused = dict(held.get("refused", {}))
+        self._connected.set()
+
+    async def _handshake(self, conn: AioConnection) -> Mapping[str, Any]:
+        nonce = os.urandom(16)
+        hello = {"m": "hello", "client": "ionn_net", "session": self.session_key}
+        head = await self._request(conn, {**hello, "nonce": nonce.hex()}, b"", expect=None)
+        if head.get("m") == "challenge":
+            secret = self.config.secret
+            server_nonce = bytes.fromhex(str(head.get("nonce", "")))
+            if secret is None:
+                raise OffloadError("the server requires a shared secret; none is configured")
+            if head.get("proof") != hmac_proof(secret, "server", nonce, server_nonce):
+                raise OffloadError("the server failed to prove it knows the shared secret")
+            proof = hmac_proof(secret, "client", nonce, server_nonce)
+            head = await self._request(conn, {"m": "auth", "proof": proof}, b"", expect=None)
+        if head.get("m") != "welcome":
+            raise OffloadError(f"handshake: expected welcome, got {head.get('m')!r}")
+        return head
+
+    def _adopt_cost_model(self, doc: object) -> None:
+        try:
+            cost = ServerCostModel.from_doc(doc)
+            self.server_ms = cost.exec_profile(self.graph)
+            self.load_ms = cost.load_profile(self.graph)
+        except PlannerError as exc:
+            logger.warning("invalid server cost model (%s): assuming a 10x faster server", exc)
+            self.server_ms = {n: v / self.config.slowdown / 10 for n, v in self.client_ms.items()}
+            self.load_ms = {}
+
+    def _manifest_head(self) -> dict[str, object]:
+        return {"m": "manifest", "model": self.model_digest, "body_len": len(self.manifest_body)}
+
+    async def _request(
+        self,
+        conn: AioConnection,
+        head: Mapping[str, object],
+        body: bytes | memoryview,
+        *,
+        urgency: int = CONTROL_URGENCY,
+        incremental: bool = False,
+        codec: Codec | None = None,
+        element_width: int = 1,
+        expect: str | None = "ok",
+    ) -> Mapping[str, Any]:
+        reply, _ = await self._request_with_body(
+            conn,
+            head,
+            body,
+            urgency=urgency,
+            incremental=incremental,
+            codec=codec,
+            element_width=element_width,
+        )
+        if expect is not None and reply.get("m") == "error":
+            raise RemoteError(str(reply.get("code")), str(reply.get("message")), reply)
+        return reply
+
+    async def _request_with_body(
+        self,
+        conn: AioConnection,
+        head: Mapping[str, object],
+        body: bytes | memoryview,
+        **kwargs: Any,
+    ) -> tuple[Mapping[str, Any], bytes]:
+        return await conn.request(
+            dict(head), body, limit=self.config.limits.max_message_size, **kwargs
+        )
+
+    # -- planning ------------------------------------------------------------------------
+
+    def _server_times(self) -> dict[str, float]:
+        never = set(self.refused) | set(self.local_only)
+        return {n: (_NEVER_MS if n in never else v) for n, v in self.server_ms.items()}
+
+    def _context(self, held: frozenset[str]) -> PlanningContext:
+        return PlanningContext(
+            graph=self.graph,
+            client_ms=self.client_ms,
+            server_ms=self._server_times(),
+            link=self.link,
+            load_ms=self.load_ms,
+            held=held,
+            pattern=self.pattern,
+        )
+
+    def _local_plan(self) -> ExecutionPlan:
+        seg = Segment("client", self.graph.order)
+        total = sum(self.client_ms.values()) / 1000.0
+        return ExecutionPlan(segments=(seg,), predicted_s=total, breakdown={"client_s": total})
+
+    def _plan_upload(self) -> UploadPlan:
+        planner = get_planner(self.planner_name)
+        plan = planner.plan(self._context(self._server_ready))
+        never = set(self.refused) | set(self.local_only) | set(self.graph.inputs)
+        parts = [p - never - self._server_ready for p in plan.partitions]
+        self._partitions = [p for p in parts if p]
+        return plan
+
+    # -- background session: connect, upload, load ---------------------------------------
+
+    async def _run_session(self) -> None:
+        delay = self.config.backoff_initial_s
+        while not self._closing:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._connected.clear()
+                    await self._connect_once()
+                    self.stats["reconnects"] += 1
+                delay = self.config.backoff_initial_s
+                await self._upload_all()
+                await self._conn_closed()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, IonnError) as exc:
+                if not self.config.reconnect:
+                    logger.warning("edge session ended: %s", exc)
+                    return
+                logger.info("edge session interrupted (%s); retrying in %.1f s", exc, delay)
+            self._active = (
+                _Active(self._local_plan(), frozenset()) if self._conn_down() else (self._active)
+            )
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self.config.backoff_max_s)
+
+    def _conn_down(self) -> bool:
+        return self._conn is None or self._conn.closed
+
+    async def _conn_closed(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            await conn.wait_closed()
+
+    async def _upload_all(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        if not self.config.upload or self.planner_name == "local":
+            self._emit_progress(done=True)
+            return
+        self.upload_plan = await asyncio.to_thread(self._plan_upload)
+        if self._server_ready:
+            await self._activate(self._server_ready)
+        for index, part in enumerate(self._partitions):
+            for name in sorted(part, key=self.graph.position):
+                await self._upload_layer(conn, name)
+            await self._load(conn, part)
+            self._done_parts = index + 1
+            self._emit_progress()
+            await self._maybe_replan()
+        self._emit_progress(done=True)
+
+    async def _upload_layer(self, conn: AioConnection, name: str) -> None:
+        digest, size = self.layer_blob[name]
+        if digest is None or digest in self._held_blobs:
+            return
+        blob = memoryview(self.blobs[digest])
+        offset = int(self._partial.get(digest, 0))
+        codec = Codec.ZSTD_SHUFFLE4 if self._compress() else None
+        while True:
+            head = {
+                "m": "blob",
+                "model": self.model_digest,
+                "sha256": digest,
+                "size": size,
+                "offset": offset,
+                "body_len": size - offset,
+            }
+            started = time.monotonic()
+            reply, _ = await self._request_with_body(
+                conn,
+                head,
+                blob[offset:],
+                urgency=UPLOAD_URGENCY,
+                incremental=True,
+                codec=codec,
+                element_width=4,
+            )
+            if reply.get("m") == "error" and reply.get("code") == "offset_conflict":
+                offset = int(reply.get("offset", 0))  # the server's offset is authoritative
+                continue
+            if reply.get("m") == "error":
+                raise RemoteError(str(reply.get("code")), str(reply.get("message")), reply)
+            break
+        self._measure_bandwidth(size - offset, time.monotonic() - started)
+        self.stats["sent_bytes"] += size - offset
+        self._held_blobs.add(digest)
+        self._emit_progress()
+
+    def _compress(self) -> bool:
+        return self.link.bandwidth * 8 / 1e6 < self.config.compress_below_mbit
+
+    def _measure_bandwidth(self, nbytes: int, seconds: float) -> None:
+        if nbytes < 256 * 1024 or seconds <= 0:
+            return  # too small to say anything about the link
+        measured = nbytes / seconds
+        self.link = self.link.with_bandwidth(0.5 * self.link.bandwidth + 0.5 * measured)
+
+    async def _load(self, conn: AioConnection, part: frozenset[str]) -> None:
+        target = self._server_ready | part
+        plan = self._context(self._server_ready).best_plan(target, link=self.link)
+        runs = [list(s.layers) for s in plan.segments if s.location == "server"]
+        head = {
+            "m": "load",
+            "model": self.model_digest,
+            "layers": sorted(part, key=self.graph.position),
+            "prepare": runs[:16],
+        }
+        reply = await self._request(conn, head, b"")
+        self._server_ready = frozenset(reply.get("layers_ready", [])) & frozenset(self.graph.order)
+        await self._activate(self._server_ready, plan)
+
+    async def _activate(self, ready: frozenset[str], plan: ExecutionPlan | None = None) -> None:
+        """Compile the client side of the best plan for ``ready``, then switch to it."""
+        if plan is None or not plan.server_layers <= ready:
+            plan = self._context(ready).best_plan(ready, link=self.link)
+        for seg in plan.segments:
+            if seg.location == "client":
+                await asyncio.to_thread(self.executor.prepare, seg.layers)
+        self._active = _Active(plan, ready)
+        logger.info(
+            "plan: %d server layers, predicted %.1f ms",
+            len(plan.server_layers),
+            plan.predicted_s * 1000,
+        )
+        for seg in plan.segments:  # fallbacks, so a failed server segment finishes fast
+            if seg.location == "server":
+                await asyncio.to_thread(self.executor.prepare, seg.layers)
+
+    async def _maybe_replan(self) -> None:
+        """Re-plan the rest of the upload when the measured bandwidth moved by > 30%."""
+        assumed = self._planned_bandwidth = getattr(self, "_planned_bandwidth", None)
+        if assumed is None:
+            self._planned_bandwidth = self.link.bandwidth
+            return
+        if abs(self.link.bandwidth / assumed - 1) > 0.3:
+            logger.info("bandwidth now %.1f Mbit/s: re-planning", self.link.bandwidth * 8e-6)
+            self._planned_bandwidth = self.link.bandwidth
+            remaining = self._partitions[self._done_parts :]
+            if remaining:
+                ctx = self._context(self._server_ready)
+                plan = await asyncio.to_thread(
+                    get_planner(self.planner_name).replan,
+                    ctx,
+                    self._server_ready,
+                    self.link,
+                    time.monotonic() - self._started,
+                )
+                never = set(self.refused) | set(self.local_only) | set(self.graph.inputs)
+                parts = [p - never - self._server_ready for p in plan.partitions]
+                self._partitions[self._done_parts :] = [p for p in parts if p]
+
+    # -- progress ------------------------------------------------------------------------
+
+    def _emit_progress(self, *, done: bool = False) -> None:
+        total = sum(self.layer_blob[n][1] for p in getattr(self, "_partitions", []) for n in p)
+        sent = sum(
+            self.layer_blob[n][1]
+            for p in getattr(self, "_partitions", [])
+            for n in p
+            if self.layer_blob[n][0] in self._held_blobs
+        )
+        progress = UploadProgress(
+            sent_bytes=sent,
+            total_bytes=total,
+            partitions_done=getattr(self, "_done_parts", 0),
+            partitions_total=len(getattr(self, "_partitions", [])),
+            layers_ready=len(self._server_ready),
+            elapsed_s=time.monotonic() - self._started,
+            bandwidth_mbit=self.link.bandwidth * 8e-6,
+            done=done,
+        )
+        self.last_progress = progress
+        if self._on_progress is not None:
+            self._on_progress(progress)
+        for queue in self._progress_queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(progress)
+
+    async def progress(self) -> AsyncIterator[UploadProgress]:
+        """Upload progress events until the upload is done (or the client closes)."""
+        queue: asyncio.Queue[UploadProgress] = asyncio.Queue(maxsize=1024)
+        self._progress_queues.append(queue)
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if event.done:
+                    return
+        finally:
+            self._progress_queues.remove(queue)
+
+    async def wait_uploaded(self, timeout: float | None = None) -> None:
+        """Wait until every planned partition is loaded on the server."""
+
+        async def _wait() -> None:
+            while not (self.last_progress and self.last_progress.done):
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(_wait(), timeout)
+
+    # -- queries -------------------------------------------------------------------------
+
+    async def infer(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
+        """The model's output for ``x`` (batch 1), computed collaboratively."""
+        return (await self.infer_detailed(x)).output
+
+    async def infer_detailed(self, x: np.ndarray) -> InferenceResult:
+        feeds = self._check_input(x)
+        active = self._active
+        started = time.perf_counter()
+        deadline = time.monotonic() + self.config.query_timeout_s
+        tensors: dict[TensorRef, np.ndarray] = dict(feeds)
+        timings: list[SegmentTiming] = []
+        for seg in active.plan.segments:
+            t0 = time.perf_counter()
+            fallback = False
+            if seg.location == "server":
+                try:
+                    out = await self._run_remote(seg, tensors, deadline)
+                except (
+                    ConnectionClosedError,
+                    StreamResetError,
+                    RemoteError,
+                    TensorError,
+                    TimeoutError,
+                    OSError,
+                ) as exc:
+                    logger.warning("server segment failed (%s): finishing locally", exc)
+                    self.stats["fallbacks"] += 1
+                    fallback = True
+                    if not isinstance(exc, RemoteError | TensorError):
+                        self._active = _Active(self._local_plan(), frozenset())
+                    out = await self._run_local(seg.layers, tensors)
+            else:
+                out = await self._run_local(seg.layers, tensors)
+            tensors.update(out)
+            ms = (time.perf_counter() - t0) * 1000.0
+            timings.append(SegmentTiming(seg.location, seg.layers, ms, fallback))
+        outputs = [tensors[r] for r in self.graph.outputs]
+        return InferenceResult(
+            output=outputs[0] if len(outputs) == 1 else outputs,
+            segments=tuple(timings),
+            total_ms=(time.perf_counter() - started) * 1000.0,
+            predicted_ms=active.plan.predicted_s * 1000.0,
+            fallback=any(t.fallback for t in timings),
+        )
+
+    def _check_input(self, x: object) -> dict[TensorRef, np.ndarray]:
+        names = self.graph.inputs
+        arrays = x if isinstance(x, Mapping) else {names[0]: x}
+        if set(arrays) != set(names):
+            raise TensorError(f"model inputs: expected {list(names)}, got {sorted(arrays)}")
+        feeds = {}
+        for name in names:
+            arr = np.asarray(arrays[name])
+            want = (1, *self.graph[name].output_shapes[0])
+            if arr.shape != want:
+                raise TensorError(f"input {name!r}: expected shape {want}, got {arr.shape}")
+            if arr.dtype != np.float32:
+                if not np.issubdtype(arr.dtype, np.number):
+                    raise TensorError(f"input {name!r}: expected float32, got {arr.dtype}")
+                arr = arr.astype(np.float32)
+            feeds[TensorRef(name, 0)] = arr
+        return feeds
+
+    async def _run_local(
+        self, layers: Sequence[str], tensors: Mapping[TensorRef, np.ndarray]
+    ) -> dict[TensorRef, np.ndarray]:
+        compiled = self.executor.cached(layers)
+        if compiled is None:
+            compiled = await asyncio.to_thread(self.executor.prepare, layers)
+        feeds = {r: tensors[r] for r in compiled.inputs}
+        t0 = time.perf_counter()
+        out: dict[TensorRef, np.ndarray] = await asyncio.to_thread(compiled, feeds)
+        if self.config.slowdown > 1:
+            await asyncio.sleep((time.perf_counter() - t0) * (self.config.slowdown - 1))
+        return out
+
+    async def _run_remote(
+        self, seg: Segment, tensors: Mapping[TensorRef, np.ndarray], deadline: float
+    ) -> dict[TensorRef, np.ndarray]:
+        conn = self._conn
+        if conn is None or conn.closed:
+            raise ConnectionClosedError(
+                "not connected to the edge server", error_code=ErrorCode.NO_ERROR, remote=False
+            )
+        ins, outs = self.graph.boundary(seg.layers)
+        descs, parts = encode_tensors({str(r): tensors[r] for r in ins})
+        body = b"".join(parts)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("query deadline passed before its server segment")
+        self._qid += 1
+        head = {
+            "m": "query",
+            "model": self.model_digest,
+            "qid": f"q{self._qid}",
+            "deadline_ms": max(1, int(remaining * 1000)),
+            "run": list(seg.layers),
+            "tensors": descs,
+            "body_len": len(body),
+        }
+        codec = Codec.ZSTD if self._compress() else None
+        reply, data = await asyncio.wait_for(
+            self._request_with_body(conn, head, body, urgency=QUERY_URGENCY, codec=codec),
+            remaining,
+        )
+        if reply.get("m") == "error":
+            raise RemoteError(str(reply.get("code")), str(reply.get("message")), reply)
+        expected = {str(r): (1, *self.graph[r.layer].output_shapes[r.index]) for r in outs}
+        decoded = decode_tensors(
+            reply.get("tensors"), data, limits=self.config.limits, expected=expected
+        )
+        return {TensorRef.parse(k): v for k, v in decoded.items()}

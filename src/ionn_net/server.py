@@ -1,0 +1,507 @@
+"""EdgeServer: sessions, incremental model assembly and query execution.
+
+This module owns the server side of protocol.md §10. One :class:`EdgeServer` serves
+many clients, one *session* each (named by the client's session key, so it survives
+reconnects). Per session it keeps the validated manifests, the layers built so far and
+a server-side :class:`~ionn_net.executor.Executor` per model; blobs live in a
+content-addressed :class:`~ionn_net.store.BlobStore` shared by all sessions.
+
+Tenant rule (protocol.md §14.5): the server only ever tells a session about blobs that
+this session uploaded. Storage is deduplicated silently (a blob already stored by
+another tenant is verified again when this session uploads it, and not written twice),
+so nothing about other tenants' models leaks through ``manifest_ok`` / ``have_ok`` or
+resume offsets (partials are keyed per session).
+
+Everything slow (hashing blobs, building Keras layers, compiling slices, running
+inference) runs in worker threads, never on the event loop. A request that fails
+validation is answered with an ``error`` message and changes nothing; an unexpected
+failure is logged once and answered with ``internal``; other sessions are unaffected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ionn_net import __version__
+from ionn_net.aio import ServerStream, serve
+from ionn_net.aio.connection import AioConnection
+from ionn_net.config import Limits
+from ionn_net.errors import ConfigError, IonnError, SpecError, StoreError, TensorError
+from ionn_net.messages import (
+    RequestError,
+    error_head,
+    get_body_len,
+    get_digest,
+    get_hex,
+    get_int,
+    get_layer_list,
+    get_str,
+    hmac_proof,
+    layer_sets,
+)
+from ionn_net.model.graph import LayerGraph, TensorRef
+from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
+from ionn_net.model.schema import LOCAL_ONLY
+from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest
+from ionn_net.planner.costmodel import ServerCostModel
+from ionn_net.proto import Codec, ErrorCode
+from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
+from ionn_net.tensors import decode_tensors, encode_tensors
+
+__all__ = ["EdgeServer", "ServerConfig"]
+
+logger = logging.getLogger("ionn_net.server")
+
+Response = tuple[Mapping[str, object], bytes]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Server policy; wire limits live in ``limits`` (protocol.md §14)."""
+
+    limits: Limits = field(default_factory=Limits)
+    spec_limits: SpecLimits = DEFAULT_LIMITS
+    max_models_per_session: int = 4
+    max_bytes_per_session: int = 1 << 30
+    max_queries_per_session: int = 8
+    max_sessions: int = 1024
+    max_manifest_bytes: int = 16 << 20
+    max_prepare_sets: int = 16
+    inference_threads: int = 2
+    secret: bytes | None = None
+    jit: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_models_per_session",
+            "max_bytes_per_session",
+            "max_queries_per_session",
+            "max_sessions",
+            "max_manifest_bytes",
+            "max_prepare_sets",
+            "inference_threads",
+        ):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ConfigError(f"{name}: expected an integer >= 1, got {value!r}")
+        if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
+            raise ConfigError("secret: expected non-empty bytes or None")
+
+
+class _Model:
+    """One validated model of one session, assembled incrementally."""
+
+    def __init__(self, manifest: ModelManifest, graph: LayerGraph, jit: bool | None) -> None:
+        self.manifest = manifest
+        self.graph = graph
+        self.digest = manifest.manifest_digest()
+        self.specs = {s.name: s for s in manifest.layers}
+        self.blob_sizes = {
+            s.blob_sha256: s.blob_size for s in manifest.layers if s.blob_sha256 is not None
+        }
+        self.refused = {
+            s.name: "this layer's class is kept on the client"
+            for s in manifest.layers
+            if s.cls == LOCAL_ONLY
+        }
+        self.ready: set[str] = set()
+        self.lock = asyncio.Lock()
+        self._jit = jit
+        self._executor: Any = None
+
+    def executor(self) -> Any:
+        if self._executor is None:
+            from ionn_net.executor import Executor  # keras stays out of import time
+
+            self._executor = Executor(self.graph, {}, jit=self._jit)
+        return self._executor
+
+
+class _Session:
+    def __init__(self, key: str, config: ServerConfig) -> None:
+        self.key = key
+        self.hash = hashlib.sha256(key.encode()).hexdigest()[:32]
+        self.models: dict[str, _Model] = {}
+        self.queries = asyncio.Semaphore(config.max_queries_per_session)
+
+
+@dataclass(slots=True)
+class _ConnState:
+    session: _Session | None = None
+    client_nonce: bytes | None = None
+    server_nonce: bytes | None = None
+    pending_key: str | None = None
+
+
+class EdgeServer:
+    """The edge server. ``async with EdgeServer(port=0) as server: server.port``.
+
+    ``store`` is a :class:`BlobStore`, a directory path (durable store) or ``None``
+    (in memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default
+    the server calibrates one on this machine on first start (cached in the store
+    directory when there is one).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        store: BlobStore | str | os.PathLike[str] | None = None,
+        config: ServerConfig | None = None,
+        cost_model: ServerCostModel | None = None,
+        ssl: Any = None,
+    ) -> None:
+        self.host = host
+        self._port = port
+        self.config = config or ServerConfig()
+        if store is None:
+            self.store: BlobStore = MemoryStore()
+        elif isinstance(store, BlobStore):
+            self.store = store
+        else:
+            self.store = DirectoryStore(Path(store))
+        self._cost_model = cost_model
+        self._ssl = ssl
+        self._sessions: dict[str, _Session] = {}
+        self._conns: weakref.WeakKeyDictionary[AioConnection, _ConnState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._server: Any = None
+        self._inference = asyncio.Semaphore(self.config.inference_threads)
+        self._handlers: dict[str, Callable[[_ConnState, ServerStream], Awaitable[Response]]] = {
+            "hello": self._on_hello,
+            "auth": self._on_auth,
+            "manifest": self._on_manifest,
+            "have": self._on_have,
+            "blob": self._on_blob,
+            "load": self._on_load,
+            "query": self._on_query,
+        }
+        self.stats = {"queries": 0, "errors": 0, "blobs": 0, "loads": 0}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise ConfigError("the server is not started")
+        port: int = self._server.port
+        return port
+
+    async def start(self) -> EdgeServer:
+        if self._cost_model is None:
+            self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
+        self._server = await serve(
+            self._handle, self.host, self._port, limits=self.config.limits, ssl=self._ssl
+        )
+        logger.info("edge server listening on %s:%d", self.host, self.port)
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def __aenter__(self) -> EdgeServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _load_or_calibrate(self) -> ServerCostModel:
+        from ionn_net.calibrate import load_or_calibrate
+
+        root = self.store.root if isinstance(self.store, DirectoryStore) else None
+        return load_or_calibrate(root)
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    async def _handle(self, stream: ServerStream) -> None:
+        conn = stream._conn
+        state = self._conns.get(conn)
+        if state is None:  # weak keys: the state goes away with the connection
+            state = self._conns[conn] = _ConnState()
+        kind = stream.head.get("m")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
+        body = b""
+        try:
+            if handler is None:
+                raise RequestError("unknown_message", f"m: unknown message type {kind!r}")
+            if state.session is None and kind not in ("hello", "auth"):
+                raise RequestError("no_session", "send hello first (protocol.md §10.2.1)")
+            head, body = await handler(state, stream)
+        except RequestError as exc:
+            self.stats["errors"] += 1
+            head = error_head(exc.code, str(exc), **exc.extra)
+        except (SpecError, TensorError, StoreError) as exc:
+            self.stats["errors"] += 1
+            head = error_head("bad_request", str(exc))
+        except IonnError as exc:
+            self.stats["errors"] += 1
+            logger.warning("request %r failed: %s", kind, exc)
+            head = error_head("internal", str(exc))
+        await stream.respond(head, body, codec=Codec.ZSTD if body else None)
+
+    async def _read_body(self, stream: ServerStream, limit: int) -> bytes:
+        expected = get_body_len(stream.head, limit=limit)
+        body = await stream.read_body(expected)
+        if len(body) != expected:
+            raise RequestError("bad_request", f"body: expected {expected} bytes, got {len(body)}")
+        return body
+
+    # -- §10.2 session -----------------------------------------------------------------
+
+    async def _on_hello(self, state: _ConnState, stream: ServerStream) -> Response:
+        head = stream.head
+        if state.session is not None or state.pending_key is not None:
+            raise RequestError("bad_request", "hello: the session is already established")
+        key = get_hex(head, "session", digits=32)
+        nonce = bytes.fromhex(get_hex(head, "nonce", digits=32))
+        if self.config.secret is None:
+            return self._welcome(state, key), b""
+        state.client_nonce, state.server_nonce = nonce, os.urandom(16)
+        state.pending_key = key
+        proof = hmac_proof(self.config.secret, "server", nonce, state.server_nonce)
+        return {"m": "challenge", "nonce": state.server_nonce.hex(), "proof": proof}, b""
+
+    async def _on_auth(self, state: _ConnState, stream: ServerStream) -> Response:
+        secret = self.config.secret
+        if secret is None or state.pending_key is None:
+            raise RequestError("bad_request", "auth: no authentication is pending")
+        assert state.client_nonce is not None and state.server_nonce is not None
+        expected = hmac_proof(secret, "client", state.client_nonce, state.server_nonce)
+        proof = stream.head.get("proof")
+        import hmac as _hmac
+
+        if not isinstance(proof, str) or not _hmac.compare_digest(proof, expected):
+            logger.warning("authentication failed from %s", stream._conn.remote_address)
+            stream._conn.close(ErrorCode.AUTH_FAILED, "authentication failed")
+            raise RequestError("bad_request", "auth: wrong proof")
+        key, state.pending_key = state.pending_key, None
+        return self._welcome(state, key), b""
+
+    def _welcome(self, state: _ConnState, key: str) -> dict[str, object]:
+        session = self._sessions.get(key)
+        if session is None:
+            if len(self._sessions) >= self.config.max_sessions:
+                raise RequestError("busy", "the server holds too many sessions")
+            session = self._sessions[key] = _Session(key, self.config)
+        state.session = session
+        assert self._cost_model is not None
+        limits = self.config.limits
+        return {
+            "m": "welcome",
+            "server": f"ionn_net/{__version__}",
+            "session": key,
+            "cost_model": self._cost_model.to_doc(),
+            "limits": {
+                "max_message_size": limits.max_message_size,
+                "max_batch": limits.max_batch,
+                "max_models": self.config.max_models_per_session,
+                "max_bytes": self.config.max_bytes_per_session,
+                "max_queries": self.config.max_queries_per_session,
+            },
+        }
+
+    # -- §10.3 manifest, §10.4 have ----------------------------------------------------
+
+    async def _on_manifest(self, state: _ConnState, stream: ServerStream) -> Response:
+        session = state.session
+        assert session is not None
+        digest = get_digest(stream.head, "model")
+        body = await self._read_body(stream, self.config.max_manifest_bytes)
+        if hashlib.sha256(body).hexdigest() != digest:
+            raise RequestError("bad_manifest", "model: the digest does not match the manifest")
+        model = session.models.get(digest)
+        if model is None:
+            if len(session.models) >= self.config.max_models_per_session:
+                raise RequestError("limit_exceeded", "this session holds too many models")
+            try:
+                model = await asyncio.to_thread(self._parse_model, body)
+            except SpecError as exc:
+                raise RequestError("bad_manifest", str(exc)) from None
+            session.models[digest] = model
+        return {"m": "manifest_ok", "model": digest, **self._holdings(session, model)}, b""
+
+    def _parse_model(self, body: bytes) -> _Model:
+        manifest = loads_manifest(body, self.config.spec_limits)
+        graph = graph_from_manifest(manifest, self.config.spec_limits)
+        return _Model(manifest, graph, self.config.jit)
+
+    def _holdings(self, session: _Session, model: _Model) -> dict[str, object]:
+        owned = self.store.owned_by(session.hash)
+        partial = {}
+        for digest in model.blob_sizes:
+            if digest not in owned:
+                offset = self.store.partial_offset(partial_key(session.hash, digest))
+                if offset:
+                    partial[digest] = offset
+        return {
+            "blobs_held": sorted(d for d in model.blob_sizes if d in owned),
+            "partial": partial,
+            "layers_ready": sorted(model.ready, key=model.graph.position),
+            "refused": dict(model.refused),
+        }
+
+    def _model(self, state: _ConnState, head: Mapping[str, Any]) -> _Model:
+        assert state.session is not None
+        digest = get_digest(head, "model")
+        model = state.session.models.get(digest)
+        if model is None:
+            raise RequestError("unknown_model", f"model {digest}: send its manifest first")
+        return model
+
+    async def _on_have(self, state: _ConnState, stream: ServerStream) -> Response:
+        model = self._model(state, stream.head)
+        assert state.session is not None
+        return {"m": "have_ok", **self._holdings(state.session, model)}, b""
+
+    # -- §10.5 blob ----------------------------------------------------------------------
+
+    async def _on_blob(self, state: _ConnState, stream: ServerStream) -> Response:
+        session = state.session
+        assert session is not None
+        head = stream.head
+        model = self._model(state, head)
+        digest = get_digest(head, "sha256")
+        size = model.blob_sizes.get(digest)
+        if size is None or get_int(head, "size") != size:
+            raise RequestError("unknown_blob", f"blob {digest}: not in this model's manifest")
+        key = partial_key(session.hash, digest)
+        if digest in self.store.owned_by(session.hash):
+            await stream.read_body(get_body_len(head, limit=size))
+            return {"m": "blob_ok", "sha256": digest, "offset": size, "complete": True}, b""
+        offset = get_int(head, "offset", hi=size)
+        current = self.store.partial_offset(key)
+        if offset != current:
+            raise RequestError(
+                "offset_conflict", f"blob {digest}: resume at {current}", offset=current
+            )
+        if self.store.bytes_owned_by(session.hash) + size > self.config.max_bytes_per_session:
+            raise RequestError("limit_exceeded", "this session stores too many bytes")
+        body = await self._read_body(stream, size - offset)
+        new_offset = await asyncio.to_thread(self.store.append_partial, key, offset, body)
+        complete = new_offset == size
+        if complete:
+            try:
+                await asyncio.to_thread(self.store.complete_partial, digest, key=key)
+            except StoreError:
+                raise RequestError(
+                    "digest_mismatch", f"blob {digest}: bytes do not match"
+                ) from None
+            self.store.record_owner(session.hash, digest)
+            self.stats["blobs"] += 1
+        return {"m": "blob_ok", "sha256": digest, "offset": new_offset, "complete": complete}, b""
+
+    # -- §10.6 load ----------------------------------------------------------------------
+
+    async def _on_load(self, state: _ConnState, stream: ServerStream) -> Response:
+        session = state.session
+        assert session is not None
+        model = self._model(state, stream.head)
+        names = get_layer_list(stream.head, "layers")
+        sets = layer_sets(
+            stream.head.get("prepare"), member="prepare", max_sets=self.config.max_prepare_sets
+        )
+        for name in [n for s in sets for n in s] + names:
+            if name not in model.specs:
+                raise RequestError("bad_request", f"layer {name!r}: not in the manifest")
+            if name in model.refused:
+                raise RequestError("bad_request", f"layer {name!r}: {model.refused[name]}")
+        owned = self.store.owned_by(session.hash)
+        missing = [n for n in names if model.specs[n].blob_sha256 not in (None, *owned)]
+        if missing:
+            raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
+        started = time.perf_counter()
+        async with model.lock:
+            await asyncio.to_thread(self._build, model, names)
+            prepared = []
+            for run in sets:
+                if set(run) <= model.ready:
+                    await asyncio.to_thread(model.executor().prepare, run)
+                    prepared.append(run)
+        self.stats["loads"] += 1
+        load_ms = (time.perf_counter() - started) * 1000.0
+        ready = sorted(model.ready, key=model.graph.position)
+        return {
+            "m": "load_ok",
+            "layers_ready": ready,
+            "prepared": prepared,
+            "load_ms": load_ms,
+        }, b""
+
+    def _build(self, model: _Model, names: list[str]) -> None:
+        from ionn_net.model.layers import build_layers
+
+        todo = [n for n in names if n not in model.ready]
+        blobs = {}
+        for name in todo:
+            sha = model.specs[name].blob_sha256
+            if sha is not None:
+                blobs[sha] = self.store.get(sha)  # verified on read
+        built = build_layers(model.manifest, blobs, names=todo, limits=self.config.spec_limits)
+        model.executor().add_layers(built)
+        model.ready.update(todo)
+
+    # -- §10.7 query ---------------------------------------------------------------------
+
+    async def _on_query(self, state: _ConnState, stream: ServerStream) -> Response:
+        session = state.session
+        assert session is not None
+        head = stream.head
+        received = time.monotonic()
+        model = self._model(state, head)
+        qid = get_str(head, "qid", max_len=64)
+        deadline_ms = get_int(head, "deadline_ms", lo=1, hi=3_600_000)
+        run = get_layer_list(head, "run")
+        not_ready = [n for n in run if n not in model.ready]
+        if not run or not_ready:
+            raise RequestError("layer_not_ready", f"layers not ready: {not_ready[:8]}")
+        ins, outs = model.graph.boundary(run)
+        limits = self.config.limits
+        expected = {str(r): (None, *model.graph[r.layer].output_shapes[r.index]) for r in ins}
+        body = await self._read_body(stream, limits.max_message_size)
+        try:
+            tensors = decode_tensors(head.get("tensors"), body, limits=limits, expected=expected)
+        except TensorError as exc:
+            raise RequestError("bad_tensor", str(exc)) from None
+        if session.queries.locked():
+            raise RequestError("busy", "too many concurrent queries in this session")
+        async with session.queries, self._inference:
+            if (time.monotonic() - received) * 1000.0 > deadline_ms:
+                raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
+            feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
+            started = time.perf_counter()
+            result = await asyncio.to_thread(self._run, model, run, feeds)
+            server_ms = (time.perf_counter() - started) * 1000.0
+        self.stats["queries"] += 1
+        descs, parts = encode_tensors({str(r): result[r] for r in outs})
+        out_body = b"".join(parts)
+        order = sorted(run, key=model.graph.position)
+        reply = {
+            "m": "result",
+            "qid": qid,
+            "ran": order,
+            "last": order[-1],
+            "tensors": descs,
+            "server_ms": server_ms,
+            "body_len": len(out_body),
+        }
+        return reply, out_body
+
+    @staticmethod
+    def _run(model: _Model, run: list[str], feeds: Mapping[TensorRef, np.ndarray]) -> Any:
+        compiled = model.executor().prepare(run)  # cached after load's prepare
+        return compiled(feeds)

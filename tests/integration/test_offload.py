@@ -1,0 +1,99 @@
+"""End to end over real sockets: EdgeServer + OffloadClient with MobileNetV2.
+
+The client is slowed 10x (ClientConfig.slowdown) so that offloading pays, and talks to
+the server through the userspace shaping proxy at 40 Mbit/s so that the 14 MB upload
+takes a few seconds and queries run while it is in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ionn_net.client import ClientConfig, OffloadClient
+from ionn_net.netem.proxy import LinkSpec, ShapingProxy
+from ionn_net.server import EdgeServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+LINK = LinkSpec(rate_bps=40e6, delay_ms=1.0)
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    import keras
+
+    keras.utils.set_random_seed(1)
+    return keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+
+
+def inputs(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32) for _ in range(n)]
+
+
+async def test_queries_during_upload_are_correct_and_get_faster(
+    model: Any, cost_model: Any, tmp_path: Path
+) -> None:
+    xs = inputs(30)
+    expected = [model(x, training=False).numpy() for x in xs]
+    config = ClientConfig(slowdown=10.0, profile_cache=str(tmp_path / "profiles"))
+    async with (
+        EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server,
+        ShapingProxy("127.0.0.1", server.port, up=LINK, down=LINK) as proxy,
+        OffloadClient("127.0.0.1", proxy.port, model, planner="ours", config=config) as client,
+    ):
+        results = [await client.infer_detailed(x) for x in xs]
+        await client.wait_uploaded(timeout=120)
+        late = await client.infer_detailed(xs[0])
+    for got, want in zip(results, expected, strict=True):
+        np.testing.assert_allclose(got.output, want, rtol=1e-4, atol=1e-5)
+    assert not any(r.fallback for r in results)
+    assert results[0].server_layers == 0  # nothing was uploaded yet
+    assert late.offloaded
+    first, last = results[0].total_ms, late.total_ms
+    assert last < 0.5 * first, (first, last)
+
+
+async def test_reconnect_uploads_nothing_twice(model: Any, cost_model: Any, tmp_path: Path) -> None:
+    config = ClientConfig(
+        slowdown=10.0, profile_cache=str(tmp_path / "profiles"), session_key="ab" * 16
+    )
+    async with EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server:
+        async with OffloadClient("127.0.0.1", server.port, model, config=config) as first:
+            await first.wait_uploaded(timeout=120)
+            sent = first.stats["sent_bytes"]
+        assert sent > 0
+        async with OffloadClient("127.0.0.1", server.port, model, config=config) as second:
+            await second.wait_uploaded(timeout=120)
+            result = await second.infer_detailed(inputs(1)[0])
+        assert second.stats["sent_bytes"] == 0
+        assert result.offloaded
+
+
+async def test_server_killed_mid_upload_loses_no_query(
+    model: Any, cost_model: Any, tmp_path: Path
+) -> None:
+    xs = inputs(12)
+    expected = [model(x, training=False).numpy() for x in xs]
+    slow = LinkSpec(rate_bps=20e6, delay_ms=1.0)
+    config = ClientConfig(slowdown=5.0, profile_cache=str(tmp_path / "p"), reconnect=False)
+    server = await EdgeServer(cost_model=cost_model).start()
+    proxy = ShapingProxy("127.0.0.1", server.port, up=slow, down=slow)
+    await proxy.__aenter__()
+    try:
+        async with OffloadClient("127.0.0.1", proxy.port, model, config=config) as client:
+            got = []
+            for i, x in enumerate(xs):
+                if i == 4:
+                    await server.close()  # the server goes away mid-upload
+                    await proxy.__aexit__(None, None, None)
+                got.append(await asyncio.wait_for(client.infer(x), 60))
+    finally:
+        await server.close()
+    for g, want in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
