@@ -14,7 +14,9 @@ Backends, the best available first (see also :mod:`ionn_net.netem.select`):
   pushing back on TCP through its queue), and two
   :mod:`ionn_net.netem.pktdelay` processes in ``m`` carry frames across, holding
   each for the delay and dropping the lost ones. TCP stays the kernel's end to end.
-  With ``loss > 0`` GSO is turned off on the endpoints so a drop is one packet.
+
+GSO is off on the endpoint veths (``gso_max_segs 1``): packets are wire-sized, so
+a queue drop or an emulated loss is one packet, as on a real link.
 * ``tbf`` — a veth pair with ``tbf`` only, when no delay, jitter or loss is asked.
 
 Everything created is removed on exit, also when the body raises, on Ctrl-C and
@@ -45,6 +47,7 @@ from typing import IO, Literal
 
 from ionn_net.errors import ConfigError
 from ionn_net.netem.base import BackendUnavailableError, NetemError, is_root, which
+from ionn_net.netem.pktdelay import DelayLineStats
 from ionn_net.netem.probe import ProbeResult
 from ionn_net.netem.proxy import LinkSpec
 
@@ -209,6 +212,9 @@ class NamespaceLink:
         self.addresses = dict(ADDRESSES)
         self.backend: Backend | None = None
         self._procs: list[subprocess.Popen[str]] = []
+        self._delay_lines: list[tuple[str, subprocess.Popen[str]]] = []
+        #: Final counters of the packet delay lines ("up", "down"), set by close().
+        self.delay_line_stats: dict[str, DelayLineStats] = {}
         self._old_sigterm: object = None
 
     # -- set-up -----------------------------------------------------------------------
@@ -308,28 +314,17 @@ class NamespaceLink:
         for role, dev in (("a", "va"), ("b", "vb")):
             ns = self.namespaces[role]
             _run(["ip", "-n", ns, "addr", "add", f"{self.addresses[role]}/30", "dev", dev])
-            if plan.backend == "tbf+pktdelay" and (plan.up.loss or plan.down.loss):
-                # One drop must be one packet, not a 64 KiB GSO burst.
-                _run(
-                    [
-                        "ip",
-                        "-n",
-                        ns,
-                        "link",
-                        "set",
-                        dev,
-                        "gso_max_size",
-                        "1500",
-                        "gso_max_segs",
-                        "1",
-                    ]
-                )
+            # Wire-sized packets: a tbf queue that drops part of a 64 KiB GSO burst after
+            # segmenting it hides the drop from TCP (a real loss, then a timeout), and a
+            # lost frame in the delay line must be one packet.
+            gso = ("gso_max_size", "1500", "gso_max_segs", "1")
+            _run(["ip", "-n", ns, "link", "set", "dev", dev, *gso])
             _run(["ip", "-n", ns, "link", "set", "dev", dev, "up"])
         self._add_qdisc(a, "va", plan.up, plan.backend)
         self._add_qdisc(b, "vb", plan.down, plan.backend)
         if plan.backend == "tbf+pktdelay":
-            self._start_delay_line("ma", "mb", plan.up, 1)
-            self._start_delay_line("mb", "ma", plan.down, 2)
+            self._start_delay_line("ma", "mb", plan.up, "up")
+            self._start_delay_line("mb", "ma", plan.down, "down")
 
     @staticmethod
     def _add_qdisc(ns: str, dev: str, spec: LinkSpec, backend: Backend) -> None:
@@ -350,12 +345,13 @@ class NamespaceLink:
             tbf = ("tbf", "rate", f"{int(spec.rate_bps)}bit", "burst", str(burst))
             _run((*base, *tbf, "latency", f"{queue_s * 1000:.3f}ms"))
 
-    def _start_delay_line(self, src: str, dst: str, spec: LinkSpec, salt: int) -> None:
-        seed = None if self._seed is None else self._seed * 7 + salt
+    def _start_delay_line(self, src: str, dst: str, spec: LinkSpec, label: str) -> None:
+        seed = None if self._seed is None else self._seed * 7 + len(label)
         argv = [sys.executable, "-m", "ionn_net.netem.pktdelay", "--src", src, "--dst", dst]
         argv += ["--delay-ms", str(spec.delay_ms), "--jitter-ms", str(spec.jitter_ms)]
         argv += ["--loss", str(spec.loss)] + ([] if seed is None else ["--seed", str(seed)])
         proc = self.popen_in("m", argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._delay_lines.append((label, proc))
         line = _readline(proc.stdout, 10.0)
         if line.strip() != "ready":
             raise NetemError(f"pktdelay {src}->{dst} did not start: {line!r}")
@@ -397,7 +393,8 @@ class NamespaceLink:
         module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", "")
         if module is None or "<" in name:
             raise ConfigError(f"call_in: expected a module-level function, got {fn!r}")
-        payload = pickle.dumps((module, name, args)).hex()
+        # The child gets this process's sys.path, so what imports here imports there.
+        payload = pickle.dumps((module, name, args, sys.path)).hex()
         proc = self.run_in(
             role,
             [sys.executable, "-m", "ionn_net.netem.netns", "call"],
@@ -452,13 +449,26 @@ class NamespaceLink:
                 server.wait(5)
 
     # -- tear-down ----------------------------------------------------------------------
+    def _stop_delay_lines(self) -> None:
+        """Close each delay line's stdin (its stop signal) and keep its final counters."""
+        for label, proc in self._delay_lines:
+            if proc.poll() is None and proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                continue  # close() kills it
+            tail = proc.stdout.read() if proc.stdout is not None else ""
+            with contextlib.suppress(ValueError, TypeError, IndexError):
+                self.delay_line_stats[label] = DelayLineStats(**json.loads(tail.splitlines()[-1]))
+        self._delay_lines.clear()
+
     def close(self) -> None:
         """Stop every process started here and delete the namespaces (idempotent)."""
+        self._stop_delay_lines()
         for proc in self._procs:
             if proc.poll() is None:
-                with contextlib.suppress(OSError):
-                    if proc.stdin is not None:
-                        proc.stdin.close()
                 proc.terminate()
         for proc in self._procs:
             try:
@@ -466,9 +476,10 @@ class NamespaceLink:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(3)
-            for stream in (proc.stdout, proc.stderr):
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
                 if stream is not None:
-                    stream.close()
+                    with contextlib.suppress(OSError):
+                        stream.close()
         self._procs.clear()
         for name in self.namespaces.values():
             _delete_namespace(name)
@@ -511,7 +522,8 @@ def _readline(stream: IO[str] | None, timeout: float) -> str:
 
 
 def _call_main() -> int:
-    module, name, args = pickle.loads(bytes.fromhex(sys.stdin.read().strip()))
+    module, name, args, path = pickle.loads(bytes.fromhex(sys.stdin.read().strip()))
+    sys.path[:] = path
     target: object = importlib.import_module(module)
     for part in name.split("."):
         target = getattr(target, part)
