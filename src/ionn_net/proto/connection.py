@@ -621,7 +621,12 @@ class Connection(ConnectionBase):
         self._out.queue_data(stream, mv, chosen, end_stream, align)
 
     def reset_stream(self, stream_id: int, error_code: ErrorCode = ErrorCode.CANCEL) -> None:
-        """Abort a stream with RESET (§4.3); a stream already closed is left alone."""
+        """Abort a stream with RESET (§4.3); a stream already closed is left alone.
+
+        A stream we opened whose HEADERS has not been sent yet is simply dropped: the peer
+        has never seen it, and a RESET on a stream idle to the peer is a PROTOCOL_ERROR
+        (§6.2.2). Skipping its id is allowed (ids only need to increase, §6.1.1).
+        """
         stream = self._streams.get(stream_id)
         if stream is None:
             if self._is_idle(stream_id):
@@ -629,10 +634,11 @@ class Connection(ConnectionBase):
             return
         if self._state is ConnectionState.CLOSED:
             return
+        unseen = stream.local_initiated and stream.pending_headers is not None
         self._drop_stream(stream)
-        self._out.push_control(
-            serialize(ResetFrame(stream_id=stream_id, error_code=ErrorCode(error_code)))
-        )
+        if not unseen:
+            frame = ResetFrame(stream_id=stream_id, error_code=ErrorCode(error_code))
+            self._out.push_control(serialize(frame))
         self._finish_drain(report=False)
 
     def ping(self, payload: bytes) -> None:

@@ -334,11 +334,14 @@ def test_unknown_reset_code_is_reported_as_internal_error() -> None:
 def test_local_reset_and_usage_errors() -> None:
     pair = Pair()
     sid = pair.client.open_stream(Q)
+    pair.pump()
     pair.client.reset_stream(sid)
-    assert ResetFrame(stream_id=sid, error_code=ErrorCode.CANCEL) in parse(
-        pair.client.data_to_send(), skip_preface=False
-    )
+    assert parse(pair.client.data_to_send()) == [ResetFrame(stream_id=sid, error_code=8)]
     pair.client.reset_stream(sid)  # already closed: nothing
+    unsent = pair.client.open_stream(Q)
+    pair.client.reset_stream(unsent)  # the peer never saw it: no RESET on an idle stream
+    assert pair.client.data_to_send() == b""
+    assert pair.client.stream_state(unsent) is StreamState.CLOSED
     with pytest.raises(UsageError):
         pair.client.reset_stream(99)
     s2 = pair.client.open_stream(Q)
