@@ -1,7 +1,8 @@
 """Weak-device emulation: run a subprocess under a CPU quota.
 
 Owns :class:`DeviceEmulation` (what is used), :func:`plan_device` (pick a
-mechanism), :class:`CpuQuota` (a cgroup that exists for the ``with`` block) and
+mechanism), :class:`CpuQuota` (a cgroup that exists for the ``with`` block, or
+until interpreter exit at the latest) and
 :func:`measure_slowdown` (a short CPU-bound probe, throttled against unthrottled).
 
 Mechanisms, in order: cgroup v2 ``cpu.max`` (when a cgroup2 hierarchy has the
@@ -16,6 +17,7 @@ estimate that ignores caches, memory bandwidth and I/O.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
@@ -44,6 +46,13 @@ Kind = Literal["cgroup-v2", "cgroup-v1", "slowdown-factor"]
 _PREFIX = "ionn-"
 _counter = itertools.count()
 _MIN_QUOTA_US = 1000  # the kernel refuses smaller CFS quotas
+_open_quotas: set[CpuQuota] = set()
+
+
+@atexit.register
+def _close_open_quotas() -> None:
+    for quota in list(_open_quotas):
+        quota.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +146,7 @@ class CpuQuota:
         try:
             path.mkdir()
             self.path = path
+            _open_quotas.add(self)
             if emu.kind == "cgroup-v2":
                 _enable_cpu_controller(Path(emu.where))
                 (path / "cpu.max").write_text(f"{quota_us} {emu.period_us}\n")
@@ -201,6 +211,7 @@ class CpuQuota:
         with contextlib.suppress(FileNotFoundError):
             self.path.rmdir()
         self.path = None
+        _open_quotas.discard(self)
 
     def __exit__(
         self,

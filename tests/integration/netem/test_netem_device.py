@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,7 @@ def test_plan_and_validation() -> None:
         plan_device(0.5, period_us=10)
 
 
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
 def test_unprivileged_user_gets_the_slowdown_factor_fallback() -> None:
     code = (
         "from ionn_net.netem.device import plan_device, measure_slowdown\n"
