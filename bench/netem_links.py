@@ -93,8 +93,9 @@ def main() -> None:
             continue
         print(
             f"cpu quota {quota:.2f} ({s.emulation.kind}): expected x{s.emulation.factor:.1f}, "
-            f"wall/cpu x{s.slowdown_cpu:.1f}, vs unthrottled run x{s.slowdown:.1f} "
-            f"({s.baseline_wall_s * 1000:.0f} ms -> {s.throttled_wall_s * 1000:.0f} ms)"
+            f"vs unthrottled cpu x{s.slowdown:.1f}, vs unthrottled wall x{s.slowdown_wall:.1f}, "
+            f"own wall/cpu x{s.slowdown_cpu:.1f} (unthrottled {s.baseline_cpu_s * 1000:.0f} ms cpu "
+            f"/ {s.baseline_wall_s * 1000:.0f} ms wall -> {s.throttled_wall_s * 1000:.0f} ms wall)"
         )
 
 

@@ -232,18 +232,23 @@ def _enable_cpu_controller(root: Path) -> None:
 class SlowdownResult:
     """A CPU-bound probe run unthrottled and under the quota.
 
-    ``slowdown`` = throttled wall time / unthrottled wall time; ``slowdown_cpu`` =
-    throttled wall time / its own CPU time (insensitive to other load on the
-    machine). For ``kind="slowdown-factor"`` nothing ran: both are the factor and
+    ``slowdown`` = throttled wall time / unthrottled CPU time: how much longer the
+    work takes on the emulated device than it costs at full speed. The CPU time is
+    used because other load on a shared machine stretches the unthrottled *wall*
+    time; ``slowdown_wall`` is the plain wall-time ratio, for reference.
+    ``slowdown_cpu`` = throttled wall time / its own CPU time. For
+    ``kind="slowdown-factor"`` nothing ran: all three are the factor and
     ``measured`` is False.
     """
 
     emulation: DeviceEmulation
     measured: bool
     baseline_wall_s: float
+    baseline_cpu_s: float
     throttled_wall_s: float
     throttled_cpu_s: float
     slowdown: float
+    slowdown_wall: float
     slowdown_cpu: float
 
 
@@ -272,10 +277,13 @@ def measure_slowdown(
         raise ConfigError(f"iterations: expected 1000..100000000, got {iterations!r}")
     emu = plan_device(quota, period_us=period_us)
     if emu.kind == "slowdown-factor":
-        return SlowdownResult(emu, False, 0.0, 0.0, 0.0, emu.factor, emu.factor)
+        f = emu.factor
+        return SlowdownResult(emu, False, 0.0, 0.0, 0.0, 0.0, f, f, f)
     argv = [sys.executable, "-c", _PROBE.format(n=iterations)]
     base = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    base_wall, _ = _parse_probe(base)
+    base_wall, base_cpu = _parse_probe(base)
     with CpuQuota(quota, period_us=period_us) as cg:
         wall, cpu = _parse_probe(cg.run(argv, timeout=max(60.0, 200 * base_wall / quota)))
-    return SlowdownResult(emu, True, base_wall, wall, cpu, wall / base_wall, wall / cpu)
+    return SlowdownResult(
+        emu, True, base_wall, base_cpu, wall, cpu, wall / base_cpu, wall / base_wall, wall / cpu
+    )

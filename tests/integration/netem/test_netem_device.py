@@ -29,8 +29,9 @@ def test_quota_slows_cpu_bound_probe_by_about_the_quota() -> None:
     assert result.emulation.factor == pytest.approx(20.0)
     # Wall time over the probe's own CPU time: ~20 at 5% of a core.
     assert 13 <= result.slowdown_cpu <= 30, result
-    # Against the unthrottled run (which other load on the machine also slows).
-    assert result.slowdown >= 5, result
+    # Against what the same loop costs unthrottled (its CPU time: other load on
+    # the machine stretches wall time, not CPU time).
+    assert 12 <= result.slowdown <= 40, result
 
 
 def test_cgroup_settings_and_cleanup() -> None:
