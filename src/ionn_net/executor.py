@@ -64,8 +64,10 @@ __all__ = [
     "DEFAULT_JIT",
     "CompiledSlice",
     "Executor",
+    "LayerProfile",
     "LoadTimes",
     "measure_load_times",
+    "measure_profile",
     "profile_layers",
     "time_slice",
 ]
@@ -428,6 +430,27 @@ def time_slice(
     return statistics.median(samples) * 1e3
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerProfile:
+    """What :func:`measure_profile` measured (milliseconds at batch 1).
+
+    ``layer_ms``: per-layer estimate (see :func:`profile_layers`); ``chunks`` and
+    ``chunk_ms``: the compiled ranges timed and their medians (per-call cost included);
+    ``call_overhead_ms``: median of an identity slice; ``whole_ms``: the whole model
+    compiled as one slice, timed in the same interleaved rounds (None unless asked).
+    """
+
+    layer_ms: Mapping[str, float]
+    chunks: tuple[tuple[str, ...], ...]
+    chunk_ms: tuple[float, ...]
+    call_overhead_ms: float
+    whole_ms: float | None
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.layer_ms.values())
+
+
 def profile_layers(
     executor: Executor,
     *,
@@ -451,6 +474,22 @@ def profile_layers(
     layers with the elements they touch). Input layers get 0. Every layer of the graph
     must be held by ``executor``.
     """
+    found = measure_profile(executor, runs=runs, chunks=chunks, warmup=warmup, seed=seed)
+    return dict(found.layer_ms)
+
+
+def measure_profile(
+    executor: Executor,
+    *,
+    runs: int = 5,
+    chunks: int | None = None,
+    warmup: int = 3,
+    seed: int = 0,
+    whole: bool = False,
+) -> LayerProfile:
+    """:func:`profile_layers` with its measurements; ``whole=True`` also compiles the
+    whole model and times it in the same rounds (a check of the profile's total that
+    the machine's load affects like the chunks)."""
     graph = executor.graph
     if runs < 1 or warmup < 0:
         raise ExecutorError(f"runs, warmup: expected >= 1 and >= 0, got {runs}, {warmup}")
@@ -462,14 +501,22 @@ def profile_layers(
         raise ExecutorError(f"chunks: expected >= 1, got {count}")
     parts = _chunks(graph, count)
     slices = [executor.prepare(p) for p in parts]
-    identity = executor.prepare({graph.inputs[0]})
+    extra = [executor.prepare({graph.inputs[0]})]
+    if whole:
+        extra.append(executor.prepare(graph.order))
     values = _random_inputs(graph, seed)
     for compiled in slices:
         values.update(compiled(values))
-    medians = _interleaved_medians([identity, *slices], values, runs=runs, warmup=warmup)
-    overhead, times = medians[0], medians[1:]
+    medians = _interleaved_medians([*extra, *slices], values, runs=runs, warmup=warmup)
+    overhead, times = medians[0], medians[len(extra) :]
     net = [max(t - overhead, 0.1 * t) for t in times]
-    return _apportion(graph, parts, net)
+    return LayerProfile(
+        layer_ms=_apportion(graph, parts, net),
+        chunks=tuple(parts),
+        chunk_ms=tuple(times),
+        call_overhead_ms=overhead,
+        whole_ms=medians[1] if whole else None,
+    )
 
 
 def _random_inputs(graph: LayerGraph, seed: int) -> dict[TensorRef, np.ndarray]:
@@ -584,13 +631,17 @@ class LoadTimes:
     ``build_ms``: median time of ``build(name)`` (instantiate from spec, build, set
     weights). ``trace_ms``: median time to prepare (trace + warm up) a one-layer slice
     minus ``slice_overhead_ms``, the cost of preparing an identity slice (paid once per
-    prepared set, not per layer). ``samples``: layers measured per class.
+    prepared set, not per layer: the planner's ``partition_overhead_ms``).
+    ``samples``: layers measured per class. ``per_layer_ms``: build + net trace time of
+    each measured layer (``(graph[name], ms)`` pairs are load samples for
+    ``ServerCostModel.fit``).
     """
 
     build_ms: Mapping[str, float]
     trace_ms: Mapping[str, float]
     slice_overhead_ms: float
     samples: Mapping[str, int]
+    per_layer_ms: Mapping[str, float]
 
     def layer_ms(self, cls: str) -> float:
         """Estimated build + trace time of one layer of class ``cls`` (the median over
@@ -625,6 +676,7 @@ def measure_load_times(
     build_ms: dict[str, float] = {}
     trace_ms: dict[str, float] = {}
     samples: dict[str, int] = {}
+    per_layer: dict[str, float] = {}
     for cls, names in by_cls.items():
         step = max(1, math.ceil(len(names) / per_class))
         chosen = names[::step][:per_class]
@@ -635,9 +687,14 @@ def measure_load_times(
             builds.append((time.perf_counter() - t0) * 1e3)
             compiled = Executor(graph, {name: layer}, jit=jit).prepare({name})
             traces.append(max(0.0, compiled.build_seconds * 1e3 - overhead))
+            per_layer[name] = builds[-1] + traces[-1]
         build_ms[cls] = statistics.median(builds)
         trace_ms[cls] = statistics.median(traces)
         samples[cls] = len(chosen)
     return LoadTimes(
-        build_ms=build_ms, trace_ms=trace_ms, slice_overhead_ms=overhead, samples=samples
+        build_ms=build_ms,
+        trace_ms=trace_ms,
+        slice_overhead_ms=overhead,
+        samples=samples,
+        per_layer_ms=per_layer,
     )
