@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 QUERY_BYTES = 16 * 1024
+QUERY_SHARE = 0.04  # fraction of the link the queries of the HOL test use
 CHUNK = 64 * 1024
 BLOCK = 4 * 1024 * 1024
 FIFO_HEADER = 5  # u8 kind + u32 length
@@ -411,8 +414,15 @@ async def _open_client(kind: str, host: str, port: int, params: dict[str, Any]) 
 
 
 async def _timed_queries(
-    client: _Client, payload: bytes, count: int, until: Callable[[], bool], rng: random.Random
+    client: _Client,
+    payload: bytes,
+    count: int,
+    until: Callable[[], bool],
+    rng: random.Random,
+    *,
+    gap_s: float,
 ) -> list[float]:
+    """Sequential queries with random gaps (mean ``gap_s``) so they sample every phase."""
     rtts: list[float] = []
     for _ in range(count):
         if until():
@@ -420,7 +430,7 @@ async def _timed_queries(
         start = time.perf_counter()
         await client.query(payload)
         rtts.append(time.perf_counter() - start)
-        await asyncio.sleep(rng.uniform(0.0, 0.01))
+        await asyncio.sleep(rng.uniform(0.0, 2 * gap_s))
     return rtts
 
 
@@ -429,13 +439,16 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
     rng = random.Random(11)
     payload = rng.randbytes(QUERY_BYTES)
     try:
-        await _timed_queries(client, payload, 10, lambda: False, rng)
-        idle = await _timed_queries(client, payload, params["idle_queries"], lambda: False, rng)
+        gap = params.get("gap_s", 0.005)
+        await _timed_queries(client, payload, 10, lambda: False, rng, gap_s=0.002)
+        idle = await _timed_queries(
+            client, payload, params["idle_queries"], lambda: False, rng, gap_s=0.005
+        )
         total = params["upload_bytes"]
         start = time.perf_counter()
         upload = asyncio.create_task(client.upload(total))
         await asyncio.sleep(params["warmup_s"])
-        busy = await _timed_queries(client, payload, 100_000, upload.done, rng)
+        busy = await _timed_queries(client, payload, 100_000, upload.done, rng, gap_s=gap)
         await asyncio.wait_for(upload, params["deadline_s"])
         elapsed = time.perf_counter() - start
     finally:
@@ -445,6 +458,8 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
         "idle_p99": _pct(idle, 99),
         "busy_p50": _pct(busy, 50),
         "busy_p99": _pct(busy, 99),
+        "busy_p90": _pct(busy, 90),
+        "busy_all": sorted(round(x * 1e3, 1) for x in busy),
         "busy_n": len(busy),
         "upload_rate": total / elapsed,
         "upload_bytes": total,
@@ -474,64 +489,88 @@ class Link:
     client_prefix: list[str]
     bind_host: str
     connect_host: str
+    front: Callable[[int], AbstractContextManager[tuple[str, int]]] | None = None
     rate_bps: float | None = None
-    front: Callable[[int], tuple[str, int]] | None = None
+    delay_ms: float = 0.0
 
-    def address(self, server_port: int) -> tuple[str, int]:
+    def address(self, server_port: int) -> AbstractContextManager[tuple[str, int]]:
         if self.front is not None:
             return self.front(server_port)
-        return self.connect_host, server_port
+        return contextlib.nullcontext((self.connect_host, server_port))
 
 
 def _python(role: str, kind: str, extra: Sequence[str]) -> list[str]:
     return [sys.executable, SCRIPT, "--role", role, "--kind", kind, *extra]
 
 
-class _Server:
-    def __init__(self, link: Link, kind: str, profile: str) -> None:
-        argv = link.server_prefix + _python(
-            "server", kind, ["--host", link.bind_host, "--port", "0", "--profile", profile]
-        )
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
-        )
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + 30
-        line = ""
-        while time.monotonic() < deadline and not line.startswith("PORT "):
-            line = self.proc.stdout.readline()
-            if not line and self.proc.poll() is not None:
-                raise RuntimeError(f"{kind} server exited with {self.proc.returncode}")
-        self.port = int(line.split()[1])
+def _read_port(proc: subprocess.Popen[str], marker: str, what: str) -> int:
+    """Read stdout lines until one starts with ``marker``; its last word is the port."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(marker):
+            return int(line.split()[-1])
+        if not line and proc.poll() is not None:
+            break
+    raise RuntimeError(f"{what} did not start (exit code {proc.poll()})")
 
-    def stop(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@contextlib.contextmanager
+def _server(link: Link, kind: str, profile: str) -> Iterator[int]:
+    argv = link.server_prefix + _python(
+        "server", kind, ["--host", link.bind_host, "--port", "0", "--profile", profile]
+    )
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield _read_port(proc, "PORT ", f"{kind} server")
+    finally:
+        _stop(proc)
+
+
+@contextlib.contextmanager
+def _proxy_front(rate_bps: float, delay_ms: float, port: int) -> Iterator[tuple[str, int]]:
+    """The userspace shaping proxy (ionn_net.netem.proxy) in its own process."""
+    argv = [sys.executable, "-m", "ionn_net.netem.proxy", "--target", f"127.0.0.1:{port}"]
+    for side in ("up", "down"):
+        argv += [f"--{side}-rate-bps", str(rate_bps), f"--{side}-delay-ms", str(delay_ms)]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield "127.0.0.1", _read_port(proc, "listening", "shaping proxy")
+    finally:
+        _stop(proc)
 
 
 def run_pair(link: Link, kind: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Start a server of ``kind``, run one client against it, return the client's JSON."""
     profile = params.get("profile", "default")
-    server = _Server(link, kind, profile)
-    try:
-        host, port = link.address(server.port)
+    with (
+        _server(link, kind, profile) as port,
+        link.address(port) as (host, front_port),
+    ):
         argv = link.client_prefix + _python(
             "client",
             kind,
-            ["--host", host, "--port", str(port), "--params", json.dumps(params)],
+            ["--host", host, "--port", str(front_port), "--params", json.dumps(params)],
         )
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{kind} client failed: {done.stderr.strip()[-2000:]}")
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return result
-    finally:
-        server.stop()
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} client failed: {done.stderr.strip()[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
 
 
 def loopback_link() -> Link:
@@ -539,26 +578,184 @@ def loopback_link() -> Link:
 
 
 def bench_bulk(quick: bool) -> None:
+    """Best of several interleaved runs each (the machine is shared: noise only slows)."""
     link = loopback_link()
-    total = (256 if quick else 1024) << 20
-    reps = 2 if quick else 3
-    print(f"== bulk throughput over loopback, {total >> 20} MiB per run, best of {reps}")
-    rates: dict[str, float] = {}
-    for kind, profile in (("raw", "default"), ("ionn", "default"), ("ionn", "bulk")):
-        best = 0.0
-        for _ in range(reps):
+    total = 256 << 20  # one message; MAX_MESSAGE_SIZE is 256 MiB
+    reps = 3 if quick else 6
+    cases = (("raw", "default"), ("ionn", "default"), ("ionn", "bulk"))
+    print(f"== bulk throughput over loopback: {total >> 20} MiB per run, best of {reps}")
+    best = dict.fromkeys(cases, 0.0)
+    for _ in range(reps):
+        for kind, profile in cases:
             params = {"test": "bulk", "bytes": total, "profile": profile}
-            best = max(best, run_pair(link, kind, params, timeout=120)["rate"])
-        rates[f"{kind}/{profile}"] = best
-    raw = rates["raw/default"]
-    for name, rate in rates.items():
-        print(f"  {name:16s} {rate / 1e6:9.1f} MB/s   {rate / raw:6.1%} of raw uvloop")
+            best[kind, profile] = max(
+                best[kind, profile], run_pair(link, kind, params, 120)["rate"]
+            )
+    raw = best["raw", "default"]
+    labels = {
+        ("raw", "default"): "raw uvloop socket, 64 KiB writes",
+        ("ionn", "default"): "ionn_net, default Limits (32 KiB frames)",
+        ("ionn", "bulk"): "ionn_net, bulk Limits (256 KiB frames)",
+    }
+    for case, rate in best.items():
+        print(f"  {labels[case]:42s} {rate / 1e6:8.1f} MB/s  {rate / raw:6.1%} of raw")
+
+
+# --------------------------------------------------------------------------- shaped links
+
+HOL_CASES: tuple[tuple[str, str, str | None], ...] = (
+    ("ionn", "ionn_net (priorities, small buffers)", None),
+    ("ionn", "ionn_net + pacing at given rate", "given"),
+    ("ionn", "ionn_net + pacing, rate estimated", "auto"),
+    ("fifo", "naive FIFO framing, one connection", None),
+    ("second", "upload on a second TCP connection", None),
+    ("grpc", "gRPC aio, one channel", None),
+)
+
+
+@contextlib.contextmanager
+def shaped_link(rate_bps: float, delay_ms: float, backend: str) -> Iterator[tuple[Link, Any]]:
+    """A link shaped both ways; yields it and a handle to probe it."""
+    name = f"{rate_bps / 1e6:g} Mbit/s, {delay_ms:g} ms one-way"
+    if backend == "userspace-proxy":
+        link = Link(
+            name,
+            backend,
+            [],
+            [],
+            "127.0.0.1",
+            "127.0.0.1",
+            front=lambda port: _proxy_front(rate_bps, delay_ms, port),
+            rate_bps=rate_bps,
+            delay_ms=delay_ms,
+        )
+        yield link, None
+        return
+    from ionn_net.netem.netns import NamespaceLink
+
+    with NamespaceLink(rate_bps=rate_bps, delay_ms=delay_ms) as ns:
+        prefix_a = ["ip", "netns", "exec", ns.namespaces["a"]]
+        prefix_b = ["ip", "netns", "exec", ns.namespaces["b"]]
+        host = ns.addresses["b"]
+        link = Link(
+            name,
+            str(ns.backend),
+            prefix_b,
+            prefix_a,
+            host,
+            host,
+            rate_bps=rate_bps,
+            delay_ms=delay_ms,
+        )
+        yield link, ns
+
+
+def probe(link: Link, ns: Any) -> tuple[float, float]:
+    """Measured goodput (bit/s) and idle round trip (ms) of the upload direction."""
+    if ns is not None:
+        result = ns.probe(direction="up", duration_s=1.5, pings=10)
+    else:
+        from ionn_net.netem.probe import probe_link
+
+        argv = [sys.executable, "-m", "ionn_net.netem.probe", "serve", "--host", "127.0.0.1"]
+        server = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            port = _read_port(server, "listening", "probe server")
+            with link.address(port) as (host, front):
+                result = asyncio.run(probe_link(host, front, duration_s=1.5, pings=10))
+        finally:
+            _stop(server)
+    return float(result.measured_rate_bps), float(result.rtt_ms_p50)
+
+
+def _hol_row(label: str, r: dict[str, Any], link_bps: float, grpc_p99: float | None) -> str:
+    gain = f"{grpc_p99 / r['busy_p99']:6.1f}x" if grpc_p99 else "      -"
+    return (
+        f"  {label:38s} {r['idle_p50'] * 1e3:6.1f} {r['idle_p99'] * 1e3:6.1f} |"
+        f" {r['busy_p50'] * 1e3:7.1f} {r['busy_p99'] * 1e3:7.1f} |"
+        f" {(r['busy_p99'] - r['idle_p99']) * 1e3:+7.1f} | {gain} |"
+        f" {r['upload_rate'] * 8 / 1e6:6.1f} {r['upload_rate'] * 8 / link_bps:6.1%} |"
+        f" {r['busy_n']:4d}"
+    )
+
+
+def bench_link(link: Link, ns: Any, quick: bool) -> dict[str, dict[str, Any]]:
+    measured, rtt_ms = probe(link, ns)
+    # Slow links get longer runs so that enough queries are sampled.
+    budget_s = (6.0 if quick else 15.0) * (2.0 if measured < 50e6 else 1.0)
+    upload = min(256 << 20, int(measured / 8 * budget_s))
+    expected_s = upload * 8 / measured
+    # Queries are spaced to use about QUERY_SHARE of the link, leaving the rest to the upload.
+    gap_s = max(0.005, QUERY_BYTES / (QUERY_SHARE * measured / 8))
+    print(
+        f"-- {link.name} [{link.backend}]: probed {measured / 1e6:.1f} Mbit/s goodput, idle RTT"
+        f" {rtt_ms:.1f} ms; upload {upload / 2**20:.0f} MiB (~{expected_s:.0f} s); 16 KiB"
+        f" queries (16 KiB answers) every {gap_s * 1e3:.0f} ms on average"
+    )
+    print(
+        f"  {'transport':38s} {'idle p50/p99 ms':>13s} | {'busy p50/p99 ms':>15s} | p99-idle |"
+        f" p99 gain | {'upload Mbit/s':>13s} | n"
+    )
+    rows: dict[str, dict[str, Any]] = {}
+    for kind, label, pacing in HOL_CASES:
+        params: dict[str, Any] = {
+            "test": "hol",
+            "idle_queries": 30 if quick else 60,
+            "upload_bytes": upload,
+            "warmup_s": 1.0 if quick else 2.0,
+            "gap_s": gap_s,
+            "deadline_s": 3 * expected_s + 30,
+        }
+        if pacing == "given":
+            params["pacing"] = measured
+        elif pacing == "auto":
+            params["pacing"] = "auto"
+        rows[label] = run_pair(link, kind, params, timeout=4 * expected_s + 90)
+    grpc_p99 = rows[HOL_CASES[-1][1]]["busy_p99"]
+    for label, r in rows.items():
+        print(_hol_row(label, r, measured, grpc_p99 if not label.startswith("gRPC") else None))
+    return rows
+
+
+def bench_hol(quick: bool, backend: str | None) -> None:
+    from ionn_net.netem.select import choose_backend
+
+    choice = choose_backend(None if backend is None else backend)
+    print(f"== head-of-line blocking: {choice.message()}")
+    kind = "userspace-proxy" if choice.kind == "userspace-proxy" else "netns"
+    verdicts = []
+    for rate_bps, slack_ms in ((200e6, 5.0), (20e6, 10.0)):
+        for delay_ms in (0.0, 20.0):
+            with shaped_link(rate_bps, delay_ms, kind) as (link, ns):
+                rows = bench_link(link, ns, quick)
+            grpc = rows[HOL_CASES[-1][1]]
+            best_label = min(
+                (label for _, label, _ in HOL_CASES[:3]), key=lambda lb: rows[lb]["busy_p99"]
+            )
+            best = rows[best_label]
+            ok_slack = best["busy_p99"] <= best["idle_p99"] + slack_ms / 1e3
+            ok_grpc = best["busy_p99"] <= grpc["busy_p99"] / 10
+            verdicts.append(
+                f"  {link.name}: best ionn_net = {best_label!r}: p99 during upload"
+                f" {best['busy_p99'] * 1e3:.1f} ms vs idle {best['idle_p99'] * 1e3:.1f} ms"
+                f" (+{slack_ms:g} ms target: {'MET' if ok_slack else 'MISSED'}),"
+                f" gRPC {grpc['busy_p99'] * 1e3:.1f} ms"
+                f" (1/10 target: {'MET' if ok_grpc else 'MISSED'})"
+            )
+    print("== targets")
+    print("\n".join(verdicts))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run (smaller uploads)")
     parser.add_argument("--only", choices=("bulk", "hol"), default=None)
+    parser.add_argument(
+        "--backend",
+        choices=("netem", "tbf+pktdelay", "userspace-proxy"),
+        default=None,
+        help="link emulation (default: the best available)",
+    )
     parser.add_argument(
         "--role", choices=("server", "client"), default=None, help=argparse.SUPPRESS
     )
@@ -580,12 +777,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.only in (None, "bulk"):
         bench_bulk(args.quick)
     if args.only in (None, "hol"):
-        bench_hol(args.quick)
+        bench_hol(args.quick, args.backend)
 
 
 if __name__ == "__main__":
     main()
-
-
-def bench_hol(quick: bool) -> None:
-    raise NotImplementedError

@@ -81,6 +81,7 @@ class AioConnection:
         self._error: ConnectionClosedError | None = None
         self._goaway: GoAwayReceived | None = None
         self._closing = False
+        self._last_opened = 0
         self._dispatch: dict[type[Any], Callable[[Any], None]] = {
             SettingsReceived: self._on_settings,
             HeadersReceived: self._on_headers,
@@ -139,16 +140,21 @@ class AioConnection:
                     error_code=self._goaway.error_code,
                     remote=True,
                 )
-            if self._stream_slot_free() and self.protocol.send_room > 0:
+            # An earlier stream's opening HEADERS still queued in the core could be emitted
+            # after this one's (the core orders stream frames by urgency), which the peer
+            # must refuse (§6.1.1): open only once it has been written.
+            in_order = self.protocol.headers_sent_own >= self._last_opened
+            if in_order and self._stream_slot_free() and self.protocol.send_room > 0:
                 break
             await self._wait_room(None)
         stream_id = self.core.open_stream(
             head, urgency=urgency, incremental=incremental, end_stream=end_stream
         )
+        self._last_opened = stream_id
         stream = Stream(self, stream_id, urgency=urgency, incremental=incremental)
         stream._local_ended = end_stream
         self._track(stream)
-        self._after_send()
+        self.protocol.after_send()  # written with the first body bytes, if any follow now
         return stream
 
     async def request(
@@ -465,12 +471,17 @@ class AioConnection:
         pacer = self.pacer
         assert pacer is not None
         try:
-            while (delay := pacer.delay(n, self.loop.time())) > 0:
+            while True:
+                now = self.loop.time()
+                pacer.account(self.protocol.bytes_written, now)
+                delay = pacer.delay(n, now)
+                if delay <= 0:
+                    break
                 await asyncio.sleep(delay)
         except asyncio.CancelledError:
             stream._cancelled()
             raise
-        pacer.consume(n, self.loop.time())
+        # The chunk itself is charged at the next call, once the writer has sent it.
 
     def _after_send(self) -> None:
         self.protocol.after_core_call([])
@@ -492,7 +503,7 @@ class AioConnection:
         if not self.core.closed:
             with contextlib.suppress(UsageError):
                 self.core.reset_stream(stream.id, error_code)
-            self._after_send()
+            self.protocol.after_send()
         self._wake_room()
 
     def _stream_maybe_done(self, stream: _BaseStream) -> None:

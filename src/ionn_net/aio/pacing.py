@@ -19,7 +19,9 @@ Owns three pure pieces (time passed in, no clock reads) and their composition:
   rate it periodically probes at ``probe_gain`` for a short while so that a faster path is
   discovered (a paced sender is app-limited and would otherwise never see it).
 
-Which streams are paced is decided by the caller (urgency >= ``PacingConfig.min_urgency``).
+Which streams are paced is decided by the caller (urgency >= ``PacingConfig.min_urgency``);
+every byte the connection writes is charged to the bucket (:meth:`Pacer.account`), so the
+paced upload fills only what queries and control frames leave of the link.
 """
 
 from __future__ import annotations
@@ -44,13 +46,15 @@ class PacingConfig:
     chunks). With an estimated rate (windowed maximum over ``window_s`` of acknowledged-byte
     rates measured over ``min_span_s``), every ``probe_interval_s`` the pacer sends at
     ``probe_gain`` x estimate for ``probe_duration_s`` to look for more bandwidth; a small
-    gain keeps the queue a probe builds at the bottleneck to a few milliseconds.
+    gain keeps the queue a probe builds at the bottleneck to a few milliseconds. Paced
+    chunks (hence frames) carry at most ``frame_time_s`` of link time, so an urgent frame
+    waits behind at most that much upload at the bottleneck.
     """
 
     rate_bps: float | None = None
     gain: float = 0.95
     min_urgency: int = 4
-    burst_s: float = 0.004
+    burst_s: float = 0.006
     window_s: float = 20.0
     sample_interval_s: float = 0.02
     min_span_s: float = 0.1
@@ -58,6 +62,7 @@ class PacingConfig:
     probe_interval_s: float = 8.0
     probe_duration_s: float = 0.25
     probe_gain: float = 1.05
+    frame_time_s: float = 0.004
 
     def __post_init__(self) -> None:
         checks: tuple[tuple[str, float | None, float, float], ...] = (
@@ -71,6 +76,7 @@ class PacingConfig:
             ("probe_interval_s", self.probe_interval_s, 0.1, 600.0),
             ("probe_duration_s", self.probe_duration_s, 0.0, 10.0),
             ("probe_gain", self.probe_gain, 1.0, 4.0),
+            ("frame_time_s", self.frame_time_s, 0.0001, 1.0),
         )
         for name, value, low, high in checks:
             if value is not None and not low <= value <= high:
@@ -168,6 +174,7 @@ class Pacer:
         self._next_probe = now + config.probe_interval_s
         self._probe_until = -1e18
         self.samples = 0
+        self._written = 0
         if config.rate_bps is not None:
             self._install(config.rate_bps / 8.0, now)
 
@@ -234,6 +241,13 @@ class Pacer:
         if estimate is not None and started:
             self._install(estimate, now)
 
+    def chunk_size(self, max_chunk: int) -> int:
+        """Bytes per paced chunk: ``frame_time_s`` of link time within [4 KiB, max_chunk]."""
+        rate = self.bottleneck_rate
+        if rate is None:
+            return max_chunk
+        return max(min(4096, max_chunk), min(max_chunk, int(rate * self.config.frame_time_s)))
+
     def delay(self, chunk: int, now: float) -> float:
         """Seconds to wait before releasing a chunk of ``chunk`` bytes (0.0: now)."""
         if chunk > self._chunk:
@@ -247,6 +261,15 @@ class Pacer:
         return 0.0 if self._bucket is None else self._bucket.delay(now)
 
     def consume(self, nbytes: int, now: float) -> None:
-        """Charge a released chunk."""
+        """Charge bytes sent on the connection (paced chunks and everything else)."""
         if self._bucket is not None:
             self._bucket.consume(nbytes, now)
+
+    def account(self, total_written: int, now: float) -> None:
+        """Charge what the connection wrote since the last call (``total_written`` is a
+        running byte count): queries and control frames share the link with the upload, so
+        they delay the next paced chunk instead of overfilling the bottleneck."""
+        delta = total_written - self._written
+        self._written = total_written
+        if delta > 0:
+            self.consume(delta, now)

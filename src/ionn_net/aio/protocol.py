@@ -38,9 +38,11 @@ __all__ = ["ConnectionSink", "IonnProtocol", "logger"]
 
 logger = logging.getLogger("ionn_net.aio")
 
-_DATA = 0  # frame type of DATA (§4)
+_DATA = 0  # frame types of DATA and HEADERS (§4)
+_HEADERS = 1
 _HEADER_SIZE = 16  # §3.1
 _DATA_FIELDS = struct.Struct(">I4xI")  # stream_id, (length), decoded_length at offset 4
+_COALESCE = 16 * 1024  # small frames are joined with what follows, up to this many bytes
 
 
 class ConnectionSink(Protocol):
@@ -85,6 +87,10 @@ class IonnProtocol(asyncio.BufferedProtocol):
         self._lost = False
         self.bytes_written = 0
         self.bytes_received = 0
+        self._flush_scheduled = False
+        self._own_parity = 1 if getattr(core, "client", False) else 0
+        #: Highest id of a stream we opened whose HEADERS has been written.
+        self.headers_sent_own = 0
         #: Decoded body bytes emitted per stream (DATA frames handed to the transport).
         self.emitted: dict[int, int] = {}
 
@@ -161,28 +167,48 @@ class IonnProtocol(asyncio.BufferedProtocol):
         return self.transport is not None and not self._lost and not self._write_paused
 
     def flush(self) -> None:
-        """Hand frames to the transport, one at a time, while it is below high water."""
+        """Hand frames to the transport, one at a time, while it is below high water.
+
+        Small frames (HEADERS, CREDIT, PING) are joined with the frames that follow them up
+        to ``_COALESCE`` bytes, so a request's HEADERS and first DATA leave in one write
+        (one wake-up at the peer); a frame of that size or more is written on its own.
+        """
         transport = self.transport
         if transport is None or self._lost:
             return
         core = self.core
         emitted = self.emitted
         written = 0
+        batch: list[bytes] = []
+        size = 0
         # pause_writing() is called synchronously from inside write() once the transport's
         # buffer passes high water, which ends this loop with the rest still in the core.
         while not self._write_paused:
             frame = core.next_frame()
             if frame is None:
                 break
-            if frame[0] == _DATA and len(frame) >= _HEADER_SIZE:
+            ftype = frame[0]
+            if ftype == _DATA and len(frame) >= _HEADER_SIZE:
                 # Per-stream body bytes that left the core: senders feed the core only
                 # while little of their body is still queued there.
                 sid, decoded = _DATA_FIELDS.unpack_from(frame, 4)
                 count = emitted.get(sid)
                 if count is not None:  # tracked from stream creation to its end
                     emitted[sid] = count + decoded
-            transport.write(frame)
-            written += len(frame)
+            elif ftype == _HEADERS and len(frame) >= _HEADER_SIZE:
+                sid = _DATA_FIELDS.unpack_from(frame, 4)[0]
+                if sid & 1 == self._own_parity and sid > self.headers_sent_own:
+                    self.headers_sent_own = sid
+            batch.append(frame)
+            size += len(frame)
+            if size >= _COALESCE:
+                transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+                written += size
+                batch.clear()
+                size = 0
+        if batch:
+            transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+            written += size
         if written:
             self.bytes_written += written
             if not self._write_paused:
@@ -210,10 +236,16 @@ class IonnProtocol(asyncio.BufferedProtocol):
         Sending and consuming only move the core's deadlines later (activity), so the
         timer is not re-armed here; an early wake-up finds nothing due and re-arms.
         """
-        if self.core.has_data_to_send():
-            self.flush()
-        if self.core.closed:
-            self._maybe_close()
+        # Deferred to the end of this loop turn: what else the application queues in the
+        # same turn (a request's HEADERS then its body) is written together.
+        if not self._flush_scheduled and not self._lost:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
+        self._maybe_close()
 
     def _maybe_close(self) -> None:
         """Close the socket once a finished core has nothing left to send."""

@@ -207,11 +207,16 @@ class _BaseStream:
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
         conn = self._conn
-        paced = conn.pacer is not None and self.urgency >= conn.pacer.config.min_urgency
-        chunk = conn.limits.max_chunk if paced else conn.send_chunk
+        pacer = conn.pacer
+        paced = pacer is not None and self.urgency >= pacer.config.min_urgency
         total = len(view)
         offset = 0
         while True:
+            if pacer is not None and paced:
+                # One frame per paced chunk, of a few milliseconds of link time.
+                chunk = pacer.chunk_size(conn.limits.max_chunk)
+            else:
+                chunk = conn.send_chunk
             n = min(total - offset, chunk)
             n = await conn._wait_send_room(self, n)
             if paced:
