@@ -486,9 +486,9 @@ class OffloadClient:
             len(plan.server_layers),
             plan.predicted_s * 1000,
         )
-        for seg in plan.segments:  # fallbacks, so a failed server segment finishes fast
-            if seg.location == "server":
-                await asyncio.to_thread(self.executor.prepare, seg.layers)
+        # Fallback slices for the server segments are not compiled ahead: a failure is
+        # rare, and compiling every plan's fallback would double the client's compile
+        # work during the upload. A failed segment compiles its slice on demand.
 
     async def _maybe_replan(self) -> None:
         """Re-plan the rest of the upload when the measured bandwidth moved by > 30%."""

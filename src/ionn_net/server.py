@@ -477,6 +477,11 @@ class EdgeServer:
             tensors = decode_tensors(head.get("tensors"), body, limits=limits, expected=expected)
         except TensorError as exc:
             raise RequestError("bad_tensor", str(exc)) from None
+        for ref in ins:  # §9.4: the model's signature fixes the dtype too
+            want = model.graph[ref.layer].output_dtype
+            if tensors[str(ref)].dtype != np.dtype(want):
+                got = tensors[str(ref)].dtype
+                raise RequestError("bad_tensor", f"tensor {ref}: expected {want}, got {got}")
         if session.queries.locked():
             raise RequestError("busy", "too many concurrent queries in this session")
         async with session.queries, self._inference:
