@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ionn_net.config import SETTING_RANGES, Limits, Setting
+from ionn_net.proto._frozen import positional_factory
 from ionn_net.proto.codecs import SHUFFLE_WIDTH, Codec, decode
 from ionn_net.proto.endpoint import (
     CONNECTION_TRANSITIONS,
@@ -90,6 +91,7 @@ __all__ = ["CONNECTION_TRANSITIONS", "Connection", "ConnectionState"]
 
 _S = ConnectionState
 _BODY = HalfState.BODY
+_data_event = positional_factory(DataReceived)  # hot path: see proto._frozen
 
 
 class Connection(ConnectionBase):
@@ -246,7 +248,7 @@ class Connection(ConnectionBase):
         if not data and not end:  # nothing to deliver: return its credit ourselves
             self.acknowledge_received_data(sid, n)
             return
-        self._events.append(DataReceived(stream_id=sid, data=data, wire_length=n, end_stream=end))
+        self._events.append(_data_event(sid, data, n, end))
         if end and stream.finished:
             self._forget(stream)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ionn_net.config import Limits
+from ionn_net.proto._frozen import positional_factory
 from ionn_net.proto.codecs import Codec
 from ionn_net.proto.errors import (
     CompressionError,
@@ -210,6 +211,9 @@ class UnknownFrame:
     codec: int = field(default=0, compare=False)
     decoded_length: int = field(default=-1, compare=False)
 
+
+# Per-frame construction without the frozen-dataclass __init__ cost (see _frozen).
+_make_data = positional_factory(DataFrame)
 
 Frame = (
     DataFrame
@@ -436,9 +440,14 @@ class FrameDecoder:
         """Parse all complete frames in ``data`` (plus what was buffered)."""
         self.push(data)
         frames: list[Frame] = []
-        pop = self.pop
-        while (frame := pop()) is not None:
-            frames.append(frame)
+        pop = self.pop_item
+        make = _make_data
+        while (item := pop()) is not None:
+            if type(item) is tuple:
+                sid, end, codec, dlen, payload = item
+                frames.append(make(sid, payload, codec, dlen, end))
+            else:
+                frames.append(item)  # type: ignore[arg-type]
         return frames
 
     def push(self, data: bytes | bytearray | memoryview) -> None:
@@ -456,9 +465,7 @@ class FrameDecoder:
         item = self.pop_item()
         if type(item) is tuple:
             sid, end, codec, dlen, data = item
-            return DataFrame(
-                stream_id=sid, data=data, codec=codec, decoded_length=dlen, end_stream=end
-            )
+            return _make_data(sid, data, codec, dlen, end)
         return item  # type: ignore[return-value]
 
     def pop_item(self) -> Frame | RawData | None:
@@ -682,13 +689,7 @@ class FrameDecoder:
 
 
 def _build_data(flags: int, codec: int, sid: int, dlen: int, p: _Payload) -> Frame:
-    return DataFrame(
-        stream_id=sid,
-        data=bytes(p),
-        codec=codec,
-        decoded_length=dlen,
-        end_stream=bool(flags & FLAG_END_STREAM),
-    )
+    return _make_data(sid, bytes(p), codec, dlen, bool(flags & FLAG_END_STREAM))
 
 
 def _known_code(value: int) -> int:
