@@ -1,10 +1,18 @@
 """The sans-I/O IONN-NET/1 connection: bytes in, events and bytes out (protocol.md).
 
-This module owns one endpoint's view of a connection: the handshake (§2), the connection
-state machine (:data:`CONNECTION_TRANSITIONS`), stream bookkeeping (§6), flow control with
-absolute credit (§7), the send scheduler (§8, via :class:`.Scheduler`), keepalive and
-timeouts (§13.1, §14.4), GOAWAY drain (§13) and the flood budgets of §14.3. It performs no
-I/O and reads no clock: time arrives as ``now`` (monotonic seconds).
+This module owns :class:`Connection`, the class the I/O layer uses: the receive path (the
+preface and version negotiation of §2, one handler per frame type in a dispatch dict, the
+stream rules of §6, credit checks of §7, the envelope checks of §10.1.2) and the public
+sending API (streams, HEADERS, DATA, RESET, PING, CREDIT via acknowledgements, GOAWAY).
+Shared state, the connection state table, error exits, drain, output and timers live in
+:mod:`.endpoint` (:class:`~.endpoint.ConnectionBase`); queued output and frame cutting in
+:mod:`.outbound`. Nothing here performs I/O or reads a clock: time arrives as ``now``
+(monotonic seconds).
+
+Events: every :class:`.DataReceived` must be handed back through
+:meth:`Connection.acknowledge_received_data` once consumed (even if its stream was reset
+meanwhile): that is what returns flow-control credit to the peer. A local ``close()`` or
+``reset_stream()`` produces no event.
 
 Three-call contract (for the I/O layer):
 
@@ -379,7 +387,8 @@ class Connection(ConnectionBase):
         for ident, value in f.entries:
             self._apply_setting(ident, value)
         self._reply(serialize(SettingsFrame(ack=True)))
-        self._events.append(SettingsReceived(settings=dict(sorted(f.entries))))
+        applied = dict(f.entries)  # in order: a repeated id keeps its last value
+        self._events.append(SettingsReceived(settings=dict(sorted(applied.items()))))
 
     def _apply_setting(self, ident: int, value: int) -> None:
         try:

@@ -450,7 +450,7 @@ class ConnectionBase:
             deadlines.append(self._pings[self._keepalive] + lim.heartbeat_timeout_s)
         elif self._state is _S.OPEN or self._state is _S.CLOSING:
             deadlines.append(self._last_recv + lim.keepalive_interval_s)
-        if self._state is _S.OPEN and not self._streams:
+        if self._idle_applies():
             deadlines.append(self._last_activity + lim.idle_timeout_s)
         when = min(deadlines)
         return None if when == math.inf else when
@@ -494,6 +494,28 @@ class ConnectionBase:
             self._pings[payload] = now
             self._keepalive = payload
             self._out.push_control(serialize(PingFrame(payload=payload)))
-        idle = self._state is _S.OPEN and not self._streams
-        if idle and now >= self._last_activity + lim.idle_timeout_s:
+        if self._idle_applies() and now >= self._last_activity + lim.idle_timeout_s:
             raise ProtocolTimeout(f"idle: no stream activity for {lim.idle_timeout_s} s; closing")
+
+    def _idle_applies(self) -> bool:
+        # An open connection without streams, or a drain (§13.3) that stopped progressing.
+        return (self._state is _S.OPEN and not self._streams) or self._state is _S.CLOSING
+
+    def report_transport_backlog(self, nbytes: int, now: float) -> list[Event]:
+        """The I/O layer reports bytes taken from :meth:`data_to_send` but not yet written.
+
+        Above ``limits.max_outbound_bytes`` the peer is not reading: the connection closes
+        with TIMEOUT (§14.3). Returns the events (a :class:`.ConnectionTerminated` or none).
+        """
+        if self._state is ConnectionState.CLOSED or nbytes <= self.limits.max_outbound_bytes:
+            return []
+        events: list[Event] = []
+        self._events = events
+        self._now = now
+        self._fail(
+            ProtocolTimeout(
+                f"outbound backlog: expected at most {self.limits.max_outbound_bytes} unsent "
+                f"bytes, got {nbytes} (the peer does not read)"
+            )
+        )
+        return events

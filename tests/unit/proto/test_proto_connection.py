@@ -578,3 +578,27 @@ def test_frames_are_cut_to_max_chunk_and_peer_frame_size() -> None:
     frames = [f for f in parse(pair.client.data_to_send()) if isinstance(f, DataFrame)]
     assert [len(f.data) for f in frames] == [10_000, 10_000, 5_000]
     assert [f.end_stream for f in frames] == [False, False, True]
+
+
+def test_drain_that_stops_progressing_times_out() -> None:
+    pair = Pair(server_limits=Limits(keepalive_interval_s=math.inf, idle_timeout_s=60.0))
+    pair.client.open_stream(Q)
+    pair.pump()
+    pair.server.close()
+    pair.server.data_to_send()
+    assert pair.server.state is ConnectionState.CLOSING and pair.server.get_timer() == 60.0
+    assert _terminated(pair.server.handle_timer(60.0)).error_code is ErrorCode.TIMEOUT
+
+
+def test_transport_backlog_above_the_limit_closes_with_timeout() -> None:
+    pair = Pair()
+    assert pair.client.report_transport_backlog(8 << 20, 1.0) == []
+    term = _terminated(pair.client.report_transport_backlog((8 << 20) + 1, 1.0))
+    assert term.error_code is ErrorCode.TIMEOUT and pair.client.closed
+
+
+def test_repeated_setting_ids_keep_the_last_value() -> None:
+    server = server_after_handshake()
+    evs = server.receive_data(settings((1, 1 << 20), (1, 65536)), 0.0)
+    assert evs == [SettingsReceived(settings={1: 65536})]
+    assert server.peer_settings[Setting.MAX_FRAME_SIZE] == 65536
