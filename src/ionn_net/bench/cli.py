@@ -1,0 +1,259 @@
+"""The ``ionn-bench`` console script.
+
+Owns argument parsing (each flag validated with a clear message), scenario lookup
+(a name means ``<scenarios dir>/<name>.toml``), the output directory and the final
+plots and summary. Progress goes to stderr; the paths of what was written go to
+stdout. Exit status: 0 when every run completed (skipped strategies included), 1
+when some run failed, 2 on bad arguments or an unusable environment, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ionn_net.bench.links import BACKEND_CHOICES
+from ionn_net.bench.models import MODELS
+from ionn_net.bench.progress import Console
+from ionn_net.bench.runner import BenchOptions, machine_info, run_scenario
+from ionn_net.bench.scenario import STRATEGIES, Scenario, load_scenario, quick_scenario
+from ionn_net.errors import ConfigError, IonnError
+
+__all__ = ["default_scenarios_dir", "main"]
+
+
+def default_scenarios_dir() -> Path:
+    """``bench/scenarios`` of the working directory, else of this source checkout."""
+    here = Path("bench/scenarios")
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parents[3] / "bench" / "scenarios"
+
+
+def _csv(choices: Sequence[str], what: str) -> Any:
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(t.strip() for t in text.split(",") if t.strip())
+        bad = [t for t in items if t not in choices]
+        if not items or bad:
+            raise argparse.ArgumentTypeError(
+                f"{what}: expected a comma-separated list from {', '.join(choices)}, got {text!r}"
+            )
+        return items
+
+    return parse
+
+
+def _positive(kind: type[float] | type[int], what: str) -> Any:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}: expected a number, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{what}: expected a value > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ionn-bench",
+        description="Run every upload strategy side by side on an emulated link with an "
+        "emulated slow client, and write one JSON per run, latency-over-time plots, the "
+        "simulator's prediction beside each measurement and a markdown summary.",
+        epilog="Scenarios: " + ", ".join(sorted(f.stem for f in _scenario_files())) + ". "
+        "Models: " + ", ".join(MODELS) + ".",
+    )
+    p.add_argument(
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help="scenario names (files in --scenarios-dir) or paths to .toml files (default: wifi)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke run: tiny model, short runs, userspace link, every strategy (~1 min)",
+    )
+    p.add_argument("--scenarios-dir", type=Path, default=None, help="where scenario names resolve")
+    p.add_argument("--models", type=_csv(tuple(MODELS), "--models"), help="override the models")
+    p.add_argument(
+        "--strategies", type=_csv(STRATEGIES, "--strategies"), help="override the strategies"
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="link emulation (default auto: netem > tbf+pktdelay > userspace-proxy; an "
+        "explicit choice fails when it cannot run)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cgroup", "slowdown"),
+        default=None,
+        help="override the scenario's device emulation mode",
+    )
+    p.add_argument("--quota", type=_positive(float, "--quota"), help="CPU quota (cores)")
+    p.add_argument("--slowdown", type=_positive(float, "--slowdown"), help="slowdown factor")
+    p.add_argument("--max-run-s", type=_positive(float, "--max-run-s"), help="bound per run")
+    p.add_argument(
+        "--target-queries", type=_positive(int, "--target-queries"), help="queries per run"
+    )
+    p.add_argument("--probe-s", type=_positive(float, "--probe-s"), default=1.0)
+    p.add_argument("--out", type=Path, default=None, help="output directory (default bench/out/…)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(os.environ.get("IONN_NET_CACHE", Path.home() / ".cache" / "ionn_net")),
+        help="server cost model and client profiles cache (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def _scenario_files(directory: Path | None = None) -> list[Path]:
+    d = directory or default_scenarios_dir()
+    return sorted(d.glob("*.toml")) if d.is_dir() else []
+
+
+def _resolve(names: Sequence[str], directory: Path) -> list[Scenario]:
+    out = []
+    for name in names:
+        path = Path(name)
+        if path.suffix != ".toml":
+            path = directory / f"{name}.toml"
+        if not path.is_file():
+            known = ", ".join(p.stem for p in _scenario_files(directory)) or "none"
+            raise ConfigError(f"scenario {name!r}: no file {path} (known: {known})")
+        out.append(load_scenario(path))
+    return out
+
+
+def _apply_overrides(sc: Scenario, args: argparse.Namespace) -> Scenario:
+    run = sc.run
+    if args.models:
+        run = replace(run, models=args.models)
+    if args.strategies:
+        run = replace(run, strategies=args.strategies)
+    if args.max_run_s:
+        run = replace(run, max_run_s=args.max_run_s)
+    if args.target_queries:
+        run = replace(run, target_queries=args.target_queries)
+    device = sc.device
+    if args.quota:
+        device = replace(device, quota=args.quota)
+    if args.slowdown:
+        device = replace(device, slowdown=args.slowdown)
+    return sc.with_(run=run, device=device)
+
+
+def _write_report(
+    out: Path, groups: list[list[dict[str, Any]]], command: str, console: Console
+) -> Path:
+    from ionn_net.bench.report import plot_group, plot_prediction, summary_markdown
+
+    plots: dict[tuple[str, str], list[str]] = {}
+    for docs in groups:
+        shown = [d for d in docs if d["queries"]]
+        if not shown:
+            continue
+        d = docs[0]
+        key = (d["scenario"]["name"], d["model"]["name"])
+        tag = f"{key[0]}__{key[1]}"
+        main = plot_group(shown, out / "plots" / f"{tag}.png")
+        pred = plot_prediction(shown, out / "plots" / f"{tag}__predicted.png")
+        plots[key] = [str(main.relative_to(out)), str(pred.relative_to(out))]
+    first = next((d for docs in groups for d in docs), None)
+    versions = dict(first["versions"]) if first else {}
+    import matplotlib
+
+    versions["matplotlib"] = matplotlib.__version__
+    text = summary_markdown(
+        groups, command=command, machine=machine_info(), versions=versions, plots=plots
+    )
+    path = out / "summary.md"
+    path.write_text(text)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(sys.stderr, quiet=args.quiet)
+    command = "ionn-bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    try:
+        directory = args.scenarios_dir or default_scenarios_dir()
+        if args.quick:
+            if args.scenarios:
+                raise ConfigError("--quick: expected no scenario names (it has its own)")
+            scenarios = [quick_scenario()]
+            backend = "userspace-proxy" if args.backend == "auto" else args.backend
+        else:
+            scenarios = _resolve(args.scenarios or ["wifi"], directory)
+            backend = args.backend
+        scenarios = [_apply_overrides(s, args) for s in scenarios]
+    except ConfigError as exc:
+        print(f"ionn-bench: {exc}", file=sys.stderr)
+        return 2
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or Path("bench/out") / (f"{stamp}-quick" if args.quick else stamp)
+    out.mkdir(parents=True, exist_ok=True)
+    opts = BenchOptions(
+        out_dir=out,
+        cache_dir=args.cache_dir,
+        backend=backend,
+        device=args.device,
+        probe_s=args.probe_s,
+        seed=args.seed,
+        command=command,
+    )
+    return _run(scenarios, opts, console, out, command)
+
+
+def _run(
+    scenarios: list[Scenario], opts: BenchOptions, console: Console, out: Path, command: str
+) -> int:
+    from ionn_net.aio import run
+
+    groups: list[list[dict[str, Any]]] = []
+
+    async def body() -> None:
+        for scenario in scenarios:
+            groups.extend(await run_scenario(scenario, opts, console))
+
+    status = 0
+    try:
+        run(body())
+    except KeyboardInterrupt:
+        console.line("ionn-bench: interrupted; everything started was stopped")
+        status = 130
+    except (ConfigError, IonnError, OSError) as exc:
+        console.line(f"ionn-bench: {type(exc).__name__}: {exc}")
+        status = 2
+    if groups:
+        summary = _write_report(out, groups, command, console)
+        index = {
+            "command": command,
+            "runs": [
+                {k: d[k] for k in ("strategy", "status", "reason")}
+                | {"scenario": d["scenario"]["name"], "model": d["model"]["name"]}
+                for docs in groups
+                for d in docs
+            ],
+        }
+        (out / "index.json").write_text(json.dumps(index, indent=1))
+        print(f"summary: {summary}")
+        print(f"runs: {out / 'runs'}")
+        print(f"plots: {out / 'plots'}")
+        if status == 0 and any(d["status"] == "error" for docs in groups for d in docs):
+            status = 1
+    return status

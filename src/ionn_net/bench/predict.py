@@ -1,0 +1,165 @@
+"""The planner simulator's timeline of a run, beside the measured one, and the error.
+
+Owns :func:`predict_run`. It replays the run's own upload plan (the partitions the
+client planned, minus layers the server refuses) with
+:func:`ionn_net.planner.simulate.simulate_partitions`, on the inputs the client
+planned with (its per-layer client profile, the server's cost model, load times) and
+the link *as probed* (measured goodput each way, idle round trip, full duplex as the
+emulation is, weights compressed by the ratio the upload codec achieves on this
+model). Queries run back to back with the execution policy the client really uses
+(best ``fine`` plan for the layers ready when a query starts, no mid-query
+re-planning), until the measured run's last query.
+
+Errors reported: per-query latency error (each measured query against the predicted
+query in progress at its issue time: mean and median absolute percentage error,
+mean signed error), and the error of every summary metric (mean latency during
+upload, upload completion, first offloaded query, time to N queries).
+
+Known blind spots of the prediction (they are part of the error): the time the
+client spends planning and compiling slices, CPU contention between client, server
+and link emulation on one machine, and the server cost model's own error.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ionn_net.bench.results import QueryPoint, metrics_from_points
+from ionn_net.model.graph import LayerGraph
+from ionn_net.planner.link import Link
+from ionn_net.planner.simulate import SimResult, simulate_partitions
+from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern
+
+__all__ = ["latency_errors", "predict_run", "sim_points"]
+
+_MAX_SIM_QUERIES = 100_000
+
+
+def _link(doc: Mapping[str, Any], weight_ratio: float) -> Link:
+    link = doc["link"]
+    measured = link.get("measured", {})
+    configured = link["configured"]
+
+    def rate(direction: str) -> float:
+        probe = measured.get(direction) or {}
+        value = probe.get("measured_rate_bps")
+        return float(value if value else configured["rate_bps"])
+
+    rtts = [p.get("rtt_ms_p50") for p in measured.values() if p and p.get("rtt_ms_p50")]
+    rtt_ms = min(rtts) if rtts else float(configured["rtt_ms"])
+    return Link(
+        bandwidth=rate("up") / 8.0,
+        down_bandwidth=rate("down") / 8.0,
+        rtt_s=rtt_ms / 1000.0,
+        weight_ratio=min(max(weight_ratio, 0.01), 1000.0),
+        half_duplex=False,
+    )
+
+
+def sim_points(result: SimResult) -> list[QueryPoint]:
+    return [
+        QueryPoint(
+            issued_s=q.issued_s,
+            ended_s=q.finished_s,
+            latency_ms=q.latency_s * 1000.0,
+            offloaded=bool(q.server_layers),
+        )
+        for q in result.queries
+    ]
+
+
+def latency_errors(
+    measured: Sequence[QueryPoint], predicted: Sequence[QueryPoint]
+) -> dict[str, float | None]:
+    """Each measured query against the predicted query in progress at its issue time."""
+    if not measured or not predicted:
+        return {"mape_pct": None, "median_ape_pct": None, "mean_signed_pct": None}
+    starts = [p.issued_s for p in predicted]
+    ape: list[float] = []
+    signed: list[float] = []
+    for m in measured:
+        k = max(0, bisect.bisect_right(starts, m.issued_s) - 1)
+        pred = predicted[k].latency_ms
+        signed.append((pred - m.latency_ms) / m.latency_ms * 100.0)
+        ape.append(abs(signed[-1]))
+    return {
+        "mape_pct": statistics.fmean(ape),
+        "median_ape_pct": statistics.median(ape),
+        "mean_signed_pct": statistics.fmean(signed),
+    }
+
+
+def _pct(pred: float | None, meas: float | None) -> float | None:
+    if pred is None or meas is None or meas == 0 or not math.isfinite(pred):
+        return None
+    return (pred - meas) / meas * 100.0
+
+
+def _diff(pred: float | None, meas: float | None) -> float | None:
+    return None if pred is None or meas is None else pred - meas
+
+
+def predict_run(
+    doc: Mapping[str, Any], graph: LayerGraph, measured: Sequence[QueryPoint]
+) -> dict[str, Any]:
+    """The prediction block of a run document (see the module docstring)."""
+    per_layer = doc["per_layer"]
+    plan = doc.get("plan") or {}
+    weight_ratio = float(doc["model"].get("weight_ratio", 1.0))
+    link = _link(doc, weight_ratio)
+    objective = (plan.get("policy") or {}).get("objective", "latency")
+    ctx = PlanningContext(
+        graph=graph,
+        client_ms=per_layer["client_ms"],
+        server_ms=per_layer["server_ms"],
+        load_ms=per_layer["load_ms"],
+        link=link,
+        pattern=QueryPattern.back_to_back(),
+        objective=objective,
+    )
+    partitions = [frozenset(p) for p in plan.get("partitions", [])]
+    horizon = max((m.issued_s for m in measured), default=0.0) + 1e-6
+    result = simulate_partitions(
+        ctx,
+        partitions,
+        ExecutionPolicy("fine", objective=objective),
+        until_s=horizon,
+        max_queries=_MAX_SIM_QUERIES,
+    )
+    points = sim_points(result)
+    uploads = doc["strategy"] != "local"
+    done = result.upload_done_s if partitions else (0.0 if uploads else None)
+    n = int(doc["metrics"].get("n", 100))
+    pm = metrics_from_points(points, done, uploads=uploads, n=n)
+    mm = doc["metrics"]
+    errors: dict[str, float | None] = dict(latency_errors(measured, points))
+    errors["mean_during_upload_pct"] = _pct(
+        pm["mean_during_upload_ms"], mm.get("mean_during_upload_ms")
+    )
+    errors["upload_done_pct"] = _pct(pm["upload_done_s"], mm.get("upload_done_s"))
+    errors["first_offloaded_diff_s"] = _diff(pm["first_offloaded_s"], mm.get("first_offloaded_s"))
+    errors["time_to_n_pct"] = _pct(pm["time_to_n_s"], mm.get("time_to_n_s"))
+    return {
+        "link": {
+            "up_bps": link.bandwidth * 8,
+            "down_bps": link.down * 8,
+            "rtt_ms": link.rtt_s * 1000,
+            "weight_ratio": link.weight_ratio,
+            "half_duplex": link.half_duplex,
+        },
+        "policy": "fine, not adaptive (what the client executes)",
+        "queries": [
+            [round(p.issued_s, 4), round(p.latency_ms, 3), len(q.server_layers)]
+            for p, q in zip(points, result.queries, strict=True)
+        ],
+        "partitions": [
+            [round(r.sent_s, 4), round(r.arrived_s, 4), round(r.ready_s, 4), len(r.layers)]
+            for r in result.partitions
+        ],
+        "metrics": pm,
+        "errors": errors,
+    }

@@ -1,0 +1,250 @@
+"""Plots and the markdown summary of a benchmark invocation.
+
+Owns :func:`plot_group` (query latency against time since connect, one line per
+strategy, upload progress on a second axis), :func:`plot_prediction` (measured and
+predicted latency per strategy, with the prediction error) and :func:`summary_markdown`
+(machine, command, link and device, then per scenario x model the table of mean
+latency during upload, time to first offloaded query, time to complete N queries,
+upload completion, and the simulator's error). Matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["common_window", "plot_group", "plot_prediction", "summary_markdown"]
+
+_COLORS = {
+    "local": "#7f7f7f",
+    "all_at_once": "#1f77b4",
+    "neurosurgeon": "#9467bd",
+    "ionn": "#ff7f0e",
+    "efficiency": "#2ca02c",
+    "ours": "#d62728",
+}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _title(docs: Sequence[Mapping[str, Any]]) -> str:
+    d = docs[0]
+    link = d["link"]
+    up = (link.get("measured", {}).get("up") or {}).get("measured_rate_bps")
+    rate = f"{up / 1e6:.1f} Mbit/s measured" if up else ""
+    dev = d["device"]
+    factor = float(dev["effective_factor"])
+    return (
+        f"{d['scenario']['name']} / {d['model']['name']}: {link['backend']} "
+        f"({d['scenario']['link_text']}; {rate}); device {dev['kind']} x{factor:.1f}"
+    )
+
+
+def plot_group(docs: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Latency vs time since connect for every strategy of one scenario x model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    ax2 = ax.twinx()
+    for d in docs:
+        qs = d["queries"]
+        if not qs:
+            continue
+        color = _COLORS.get(d["strategy"])
+        ax.plot(
+            [q["t"] for q in qs],
+            [q["ms"] for q in qs],
+            marker=".",
+            markersize=3,
+            linewidth=1.2,
+            color=color,
+            label=d["strategy"],
+        )
+        prog = [p for p in d["progress"] if p["total"] > 0]
+        if prog and d["strategy"] != "local":
+            ts = [0.0] + [p["t"] for p in prog]
+            fr = [0.0] + [100.0 * p["sent"] / p["total"] for p in prog]
+            ax2.step(ts, fr, where="post", linestyle="--", linewidth=1.0, color=color, alpha=0.6)
+        done = d["metrics"].get("upload_done_s")
+        if done is not None and d["strategy"] != "local":
+            # the moment every planned layer was loaded and usable on the server
+            ax2.plot([done], [102], marker="v", color=color, markersize=7, clip_on=False)
+    ax.set_yscale("log")
+    ax.set_xlabel("time since connect (s)")
+    ax.set_ylabel("query latency (ms, log scale)")
+    ax2.set_ylabel("upload progress (% of planned bytes sent, dashed; v = all loaded)")
+    ax2.set_ylim(0, 105)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(_title(docs), fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_prediction(docs: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Per strategy: measured latency (solid) and the simulator's (dashed)."""
+    plt = _pyplot()
+    shown = [d for d in docs if d["queries"]]
+    cols = 3
+    rows = max(1, math.ceil(len(shown) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(shown) :]:
+        ax.set_visible(False)
+    for ax, d in zip(axes.flat, shown, strict=False):
+        color = _COLORS.get(d["strategy"])
+        qs = d["queries"]
+        ax.plot([q["t"] for q in qs], [q["ms"] for q in qs], color=color, label="measured")
+        pred = d.get("prediction") or {}
+        pq = pred.get("queries") or []
+        if pq:
+            ax.plot([p[0] for p in pq], [p[1] for p in pq], "--", color="black", label="simulated")
+        done = d["metrics"].get("upload_done_s")
+        if done is not None:
+            ax.axvline(done, color=color, alpha=0.5, linewidth=0.8)
+        horizon = max(q["end"] for q in qs)
+        pdone = (pred.get("metrics") or {}).get("upload_done_s")
+        if pdone is not None and pdone <= horizon:
+            ax.axvline(pdone, color="black", alpha=0.4, linewidth=0.8, linestyle=":")
+        ax.set_xlim(0, horizon * 1.02)
+        mape = (pred.get("errors") or {}).get("mape_pct")
+        err = "-" if mape is None else f"{mape:.0f}%"
+        late = "" if pdone is None or pdone <= horizon else f", sim. upload done {pdone:.0f} s"
+        ax.set_title(f"{d['strategy']}: latency error (MAPE) {err}{late}", fontsize=9)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_xlabel("s since connect", fontsize=8)
+        ax.set_ylabel("ms", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(docs) + " - simulator vs measured", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _f(value: object, fmt: str = "{:.1f}") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def common_window(docs: Sequence[Mapping[str, Any]]) -> float | None:
+    """The all_at_once run's upload time (else the longest upload): a window every
+    strategy is compared on."""
+    by = {d["strategy"]: d["metrics"].get("upload_done_s") for d in docs if d["status"] == "ok"}
+    if by.get("all_at_once") is not None:
+        return float(by["all_at_once"])
+    done = [v for v in by.values() if v is not None]
+    return max(done) if done else None
+
+
+def _window_mean(doc: Mapping[str, Any], window: float | None) -> float | None:
+    if window is None:
+        return None
+    ms = [q["ms"] for q in doc["queries"] if q["t"] < window]
+    return sum(ms) / len(ms) if ms else None
+
+
+def _group_table(docs: Sequence[Mapping[str, Any]]) -> list[str]:
+    window = common_window(docs)
+    n = docs[0]["metrics"].get("n", 100) if docs else 100
+    lines = [
+        f"| strategy | queries | mean latency during upload (ms) | mean latency in first "
+        f"{_f(window)} s (ms) | first offloaded query (s) | time to complete {n} queries (s) "
+        f"| upload done (s) | mean latency after upload (ms) | simulated mean during upload "
+        f"(ms) | simulator latency error (MAPE) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in docs:
+        m = d["metrics"]
+        if d["status"] != "ok":
+            lines.append(f"| {d['strategy']} | {d['status']}: {d.get('reason', '')} |" + " |" * 8)
+            continue
+        pred = d.get("prediction") or {}
+        pm = pred.get("metrics") or {}
+        err = (pred.get("errors") or {}).get("mape_pct")
+        done = m.get("upload_done_s")
+        if d["strategy"] != "local" and done is None:
+            done_text = f"not within {_f(d['timing'].get('elapsed_s'), '{:.0f}')} s"
+        else:
+            done_text = _f(done)
+        t_n = m.get("time_to_n_s")
+        t_n_text = _f(t_n) if t_n is not None else f"> {_f(d['timing'].get('elapsed_s'))}"
+        lines.append(
+            f"| {d['strategy']} | {m['queries']} | {_f(m.get('mean_during_upload_ms'))} | "
+            f"{_f(_window_mean(d, window))} | {_f(m.get('first_offloaded_s'), '{:.2f}')} | "
+            f"{t_n_text} | {done_text} | {_f(m.get('mean_after_upload_ms'))} | "
+            f"{_f(pm.get('mean_during_upload_ms'))} | {_f(err, '{:.0f}%')} |"
+        )
+    return lines
+
+
+def _link_lines(doc: Mapping[str, Any]) -> list[str]:
+    link = doc["link"]
+    lines = [f"- link: {link['message']}"]
+    for direction, p in link.get("measured", {}).items():
+        rate = p.get("measured_rate_bps")
+        conf = p.get("configured_rate_bps")
+        rtt = p.get("rtt_ms_p50")
+        lines.append(
+            f"  - {direction}: configured {_f(conf and conf / 1e6)} Mbit/s, "
+            f"{_f(p.get('configured_rtt_ms'))} ms RTT; measured {_f(rate and rate / 1e6)} "
+            f"Mbit/s ({_f(rate and conf and 100 * rate / conf)}% of configured), "
+            f"RTT p50 {_f(rtt, '{:.2f}')} ms"
+        )
+    dev = doc["device"]
+    lines.append(f"- device: {dev['describe']}")
+    return lines
+
+
+def summary_markdown(
+    groups: Sequence[Sequence[Mapping[str, Any]]],
+    *,
+    command: str,
+    machine: Mapping[str, Any],
+    versions: Mapping[str, Any],
+    plots: Mapping[tuple[str, str], Sequence[str]],
+) -> str:
+    """The whole ``summary.md``."""
+    out = ["# ionn-bench results", "", f"Command: `{command}`", ""]
+    out.append("Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
+    out.append("")
+    out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    out.append("")
+    out.append(
+        "Times are seconds since the client connected; latency is from issuing a query to "
+        "its result, queries back to back. 'During upload' means issued before the upload "
+        "finished (the whole run for local, or when the upload did not finish). The "
+        "common-window column compares every strategy over the same span (all_at_once's "
+        "upload time). The simulator replays each run's own upload plan with the probed "
+        "link (see ionn_net.bench.predict)."
+    )
+    for docs in groups:
+        if not docs:
+            continue
+        d = docs[0]
+        out += ["", f"## {d['scenario']['name']} / {d['model']['name']}", ""]
+        out += _link_lines(d)
+        model = d["model"]
+        out.append(
+            f"- model: {model['name']} ({model['layers']} layers, "
+            f"{model['weight_bytes'] / 1e6:.1f} MB weights, upload codec ratio "
+            f"{model.get('weight_ratio', 1.0):.2f}); whole model here {model['whole_ms']:.1f} ms"
+        )
+        out.append("")
+        out += _group_table(docs)
+        for rel in plots.get((d["scenario"]["name"], d["model"]["name"]), ()):
+            out += ["", f"![{rel}]({rel})"]
+    return "\n".join(out) + "\n"

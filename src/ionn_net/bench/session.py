@@ -1,0 +1,234 @@
+"""One measured run inside the worker: an OffloadClient, queries back to back.
+
+Owns :func:`run_session` (called by :class:`~ionn_net.bench.worker.Worker` for each
+``run`` command). The clock of a run starts when the client has connected
+(``OffloadClient.start`` returned: model prepared, handshake, cost model and manifest
+exchanged); every time reported is seconds since then. Queries are issued back to
+back with the same input; each is checked against the whole model's output computed
+locally at preparation. The run stops once ``target_queries`` have completed and the
+upload finished ``tail_s`` ago, or at ``max_run_s`` (the query in flight then gets
+``grace_s`` to finish).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ionn_net.bench.worker import HOST_DEVICE, emit, ranges
+
+if TYPE_CHECKING:
+    from ionn_net.bench.worker import Worker
+
+__all__ = ["run_session"]
+
+_GRACE_S = 60.0
+_NEVER_MS = 1e9
+
+
+def _client_config(worker: Worker, cmd: Mapping[str, Any], run_cache: Path) -> Any:
+    """The ClientConfig for the device setting in ``cmd``."""
+    from ionn_net.client import ClientConfig
+    from ionn_net.planner.profiles import ProfileCache
+
+    prep = worker.prep
+    assert prep is not None
+    device = cmd["device"]
+    mbit = float(cmd["assumed_mbit"])
+    if device["kind"] == "cgroup":
+        assert prep.factor is not None
+        device_id = f"bench-quota-{device['quota']:g}"
+        ProfileCache(run_cache).store(prep.profile.scaled(prep.factor, device_id))
+        config = ClientConfig(
+            slowdown=1.0, profile_cache=str(run_cache), device_id=device_id, assumed_mbit=mbit
+        )
+        return config
+    return ClientConfig(
+        slowdown=float(device["factor"]),
+        profile_cache=str(worker.cache / "profiles"),
+        device_id=HOST_DEVICE,
+        assumed_mbit=mbit,
+    )
+
+
+def _query_doc(
+    index: int, *, issued: float, ended: float, result: Any, ok: bool, graph: Any
+) -> dict[str, Any]:
+    segments = [
+        [
+            s.location,
+            ranges([graph.position(n) for n in s.layers]),
+            round(s.ms, 3),
+            bool(s.fallback),
+        ]
+        for s in result.segments
+    ]
+    return {
+        "i": index,
+        "t": round(issued, 4),
+        "end": round(ended, 4),
+        "ms": round(result.total_ms, 3),
+        "pred_ms": round(result.predicted_ms, 3),
+        "fallback": bool(result.fallback),
+        "server_layers": int(result.server_layers),
+        "ok": ok,
+        "segments": segments,
+    }
+
+
+class _RunState:
+    """The clock of one run and when its upload finished (both on that clock)."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+        self.upload_done: float | None = None
+
+    def now(self) -> float:
+        return 0.0 if self.t0 is None else time.monotonic() - self.t0
+
+
+async def _query_loop(worker: Worker, client: Any, cmd: Mapping[str, Any], run: _RunState) -> str:
+    """Issue queries until a stop condition; returns why it stopped."""
+    prep = worker.prep
+    assert prep is not None
+    target = int(cmd["target_queries"])
+    tail_s = float(cmd["tail_s"])
+    max_run_s = float(cmd["max_run_s"])
+    n = 0
+    while True:
+        t = run.now()
+        done_at = run.upload_done
+        if t >= max_run_s:
+            return "max_run_s"
+        if done_at is not None and n >= target and t >= done_at + tail_s:
+            return "complete"
+        try:
+            result = await asyncio.wait_for(client.infer_detailed(prep.x), max_run_s - t + _GRACE_S)
+        except TimeoutError:
+            emit(worker.out, "log", t=t, level="ERROR", msg="query timed out past max_run_s")
+            return "query_timeout"
+        ended = run.now()
+        output = result.output if not isinstance(result.output, list) else result.output[0]
+        ok = bool(np.allclose(output, prep.expected, rtol=1e-3, atol=1e-4))
+        doc = _query_doc(n, issued=t, ended=ended, result=result, ok=ok, graph=prep.graph)
+        emit(worker.out, "q", **doc)
+        n += 1
+
+
+def _progress_cb(worker: Worker, run: _RunState) -> Callable[[Any], None]:
+    def on_progress(p: Any) -> None:
+        t = run.now()
+        if p.done and run.upload_done is None:
+            run.upload_done = t
+        emit(
+            worker.out,
+            "p",
+            t=round(t, 4),
+            sent=p.sent_bytes,
+            total=p.total_bytes,
+            parts_done=p.partitions_done,
+            parts_total=p.partitions_total,
+            ready=p.layers_ready,
+            mbit=round(p.bandwidth_mbit, 3),
+            done=bool(p.done),
+        )
+
+    return on_progress
+
+
+def _plan_doc(client: Any) -> dict[str, Any]:
+    """The upload plan and per-layer inputs the simulator needs."""
+    g = client.graph
+    plan = client.upload_plan
+    never = set(client.refused) | set(client.local_only) | set(g.inputs)
+    server_ms = {n: (_NEVER_MS if n in never else v) for n, v in client.server_ms.items()}
+    doc: dict[str, Any] = {
+        "client_ms": dict(client.client_ms),
+        "server_ms": server_ms,
+        "load_ms": dict(client.load_ms),
+        "refused": sorted(client.refused),
+        "local_only": sorted(client.local_only),
+        "client_link": {
+            "bandwidth_bps": client.link.bandwidth * 8,
+            "rtt_ms": client.link.rtt_s * 1000,
+        },
+        "stats": dict(client.stats),
+        "plan": None,
+    }
+    if plan is not None:
+        parts = [sorted(p - never, key=g.position) for p in plan.partitions]
+        doc["plan"] = {
+            "strategy": plan.strategy,
+            "partitions": [p for p in parts if p],
+            "policy": {
+                "method": plan.policy.method,
+                "adaptive": plan.policy.adaptive,
+                "objective": plan.policy.objective,
+            },
+            "notes": {str(k): v for k, v in plan.notes.items()},
+        }
+    return doc
+
+
+async def run_session(worker: Worker, cmd: Mapping[str, Any]) -> None:
+    """One run (see the module docstring); reports through ``worker.out``."""
+    from ionn_net.client import OffloadClient
+    from ionn_net.errors import PlannerError
+
+    prep = worker.prep
+    assert prep is not None
+    strategy = str(cmd["strategy"])
+    device = cmd["device"]
+    if device["kind"] == "cgroup" and prep.factor is None:
+        prep.factor = await worker.measure_factor(float(device["quota"]))
+    run = _RunState()
+    with tempfile.TemporaryDirectory(prefix="ionn-bench-run-") as tmp:
+        config = _client_config(worker, cmd, Path(tmp))
+        try:
+            client = OffloadClient(
+                str(cmd["host"]),
+                int(cmd["port"]),
+                prep.model,
+                planner=strategy,
+                config=config,
+                on_progress=_progress_cb(worker, run),
+            )
+        except PlannerError as exc:
+            emit(worker.out, "skipped", strategy=strategy, reason=str(exc))
+            return
+        await _measured(worker, client, cmd, run)
+
+
+async def _measured(worker: Worker, client: Any, cmd: Mapping[str, Any], run: _RunState) -> None:
+    started = time.monotonic()
+    quota = cmd["device"]["kind"] == "cgroup"
+    # start() prepares (graph, manifest, profile, whole-model trace) and connects; the
+    # upload task it spawns has not run yet when it returns, so the run's clock and
+    # every progress event start here.
+    await client.start()
+    run.t0 = time.monotonic()
+    worker.relay.reset(run.t0)
+    emit(worker.out, "connected", prep_s=round(run.t0 - started, 3))
+    reason = "error"
+    quota_on = False
+    try:
+        if quota:
+            await worker.quota(True, "run")
+            quota_on = True
+        reason = await _query_loop(worker, client, cmd, run)
+    finally:
+        if quota_on:
+            with contextlib.suppress(Exception):
+                await worker.quota(False, "run")
+        elapsed = run.now()
+        doc = _plan_doc(client)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.close(), 30.0)
+        emit(worker.out, "run_end", reason=reason, elapsed_s=round(elapsed, 3), **doc)
