@@ -728,7 +728,7 @@ def infer_layer(
     Raises :class:`UnsupportedLayerError` for a class outside the allowlist and
     :class:`SpecError` naming the layer, key, expectation and value otherwise.
     """
-    schema = SCHEMAS.get(cls)
+    schema = SCHEMAS.get(cls) if isinstance(cls, str) else None
     if schema is None:
         raise UnsupportedLayerError(
             f"layer {name!r}: class {_show(cls)} is not in the allowlist "

@@ -367,7 +367,7 @@ def _shape(value: object, where: str, limits: SpecLimits, *, min_dims: int) -> t
 def _weight_from_obj(value: object, where: str, limits: SpecLimits) -> WeightSpec:
     obj = _obj(value, where, {"dtype", "shape", "sha256"})
     dtype = obj["dtype"]
-    if dtype not in WEIGHT_DTYPES:
+    if not isinstance(dtype, str) or dtype not in WEIGHT_DTYPES:
         raise SpecError(
             f"{where}.dtype: expected one of {sorted(WEIGHT_DTYPES)}, got {dtype!r:.40}"
         )
@@ -467,17 +467,18 @@ def _check_structure(spec: LayerSpec, limits: SpecLimits) -> None:
     if not isinstance(spec.config, Mapping):
         raise SpecError(f"{where}.config: expected a mapping, got {type(spec.config).__name__}")
     _screen(_thaw(spec.config), limits, ("layers", spec.name, "config"))
-    if not isinstance(spec.inbound, tuple) or not all(
-        isinstance(r, TensorRef) for r in spec.inbound
-    ):
-        raise SpecError(f"{where}.inbound: expected a tuple of TensorRef")
+    if not isinstance(spec.inbound, tuple) or not all(_is_ref(r) for r in spec.inbound):
+        raise SpecError(f"{where}.inbound: expected a tuple of TensorRef('layer', index)")
+    if not isinstance(spec.weights, tuple):
+        raise SpecError(f"{where}.weights: expected a tuple of WeightSpec")
     if len(spec.weights) > limits.max_weights_per_layer:
         raise SpecError(
             f"{where}.weights: expected at most {limits.max_weights_per_layer}, "
             f"got {len(spec.weights)}"
         )
     for i, w in enumerate(spec.weights):
-        if not isinstance(w, WeightSpec) or w.dtype not in WEIGHT_DTYPES:
+        ok = isinstance(w, WeightSpec) and _is_weight_dtype(w.dtype)
+        if not ok or not isinstance(w.shape, tuple):
             raise SpecError(
                 f"{where}.weights[{i}]: expected a WeightSpec of {sorted(WEIGHT_DTYPES)}"
             )
@@ -541,15 +542,16 @@ def validate_manifest(
     if not isinstance(m, ModelManifest):
         raise SpecError(f"expected a ModelManifest, got {type(m).__name__}")
     _name(m.name, "manifest.name")
-    if not 1 <= len(m.layers) <= limits.max_layers:
+    if not isinstance(m.layers, tuple) or not 1 <= len(m.layers) <= limits.max_layers:
         raise SpecError(
-            f"manifest.layers: expected 1..{limits.max_layers} layers, got {len(m.layers)}"
+            f"manifest.layers: expected a tuple of 1..{limits.max_layers} LayerSpec"
         )
     infos: dict[str, LayerInfo] = {}
     params = act = macs = 0
     for spec in m.layers:
         if not isinstance(spec, LayerSpec):
             raise SpecError(f"manifest.layers: expected LayerSpec items, got {type(spec).__name__}")
+        _check_structure(spec, limits)
         if spec.name in infos:
             raise SpecError(f"layer {spec.name!r}: duplicate layer name")
         shapes = [_producer_shape(spec, ref, infos) for ref in spec.inbound]
@@ -561,6 +563,8 @@ def validate_manifest(
         _cap_total("multiply-accumulates at batch 1", macs, limits.max_model_macs, spec.name)
     _check_inputs(m, infos, limits)
     seen: set[TensorRef] = set()
+    if not isinstance(m.outputs, tuple) or not 1 <= len(m.outputs) <= limits.max_outputs:
+        raise SpecError(f"manifest.outputs: expected a tuple of 1..{limits.max_outputs} refs")
     for ref in m.outputs:
         _producer_shape(None, ref, infos)
         if ref in seen:
@@ -573,8 +577,8 @@ def _producer_shape(
     spec: LayerSpec | None, ref: TensorRef, infos: Mapping[str, LayerInfo]
 ) -> tuple[int, ...]:
     where = f"layer {spec.name!r}: inbound" if spec else "manifest.outputs"
-    if not isinstance(ref, TensorRef):
-        raise SpecError(f"{where}: expected a TensorRef, got {type(ref).__name__}")
+    if not _is_ref(ref):
+        raise SpecError(f"{where}: expected TensorRef('layer', index), got {ref!r:.80}")
     producer = infos.get(ref.layer)
     if producer is None:
         raise SpecError(
@@ -591,6 +595,21 @@ def _producer_shape(
     return producer.output_shapes[ref.index]
 
 
+def _is_ref(ref: object) -> bool:
+    """A TensorRef with a str layer and a non-negative int index (hashable)."""
+    return (
+        isinstance(ref, TensorRef)
+        and isinstance(ref.layer, str)
+        and isinstance(ref.index, int)
+        and not isinstance(ref.index, bool)
+        and ref.index >= 0
+    )
+
+
+def _is_weight_dtype(dtype: object) -> bool:
+    return isinstance(dtype, str) and dtype in WEIGHT_DTYPES
+
+
 def _cap_total(what: str, total: int, cap: int, at: str) -> None:
     if total > cap:
         raise SpecError(
@@ -600,8 +619,12 @@ def _cap_total(what: str, total: int, cap: int, at: str) -> None:
 
 def _check_inputs(m: ModelManifest, infos: Mapping[str, LayerInfo], limits: SpecLimits) -> None:
     declared = {spec.name: spec for spec in m.layers if spec.cls == "InputLayer"}
-    if not 1 <= len(m.inputs) <= limits.max_inputs:
-        raise SpecError(f"manifest.inputs: expected 1..{limits.max_inputs}, got {len(m.inputs)}")
+    if not isinstance(m.inputs, tuple) or not 1 <= len(m.inputs) <= limits.max_inputs:
+        raise SpecError(f"manifest.inputs: expected a tuple of 1..{limits.max_inputs} InputSpec")
+    for i in m.inputs:
+        if not isinstance(i, InputSpec) or not isinstance(i.shape, tuple):
+            raise SpecError(f"manifest.inputs: expected InputSpec items, got {i!r:.80}")
+        _name(i.layer, "manifest.inputs[].layer")
     names = [i.layer for i in m.inputs]
     if sorted(names) != sorted(declared) or len(set(names)) != len(names):
         raise SpecError(
