@@ -73,6 +73,13 @@ def _server_parser() -> argparse.ArgumentParser:
         help="directory of the durable layer store (default: keep layers in memory only)",
     )
     p.add_argument(
+        "--cost-model",
+        type=Path,
+        default=None,
+        help="JSON file of the server cost model to send clients (default: calibrate on this "
+        "machine once and cache the result)",
+    )
+    p.add_argument(
         "--secret-file",
         type=Path,
         default=None,
@@ -135,12 +142,23 @@ def server_main(argv: list[str] | None = None) -> int:
         secret=secret,
     )
 
+    cost = None
+    if args.cost_model is not None:
+        from ionn_net.planner.costmodel import ServerCostModel
+
+        try:
+            cost = ServerCostModel.from_json(args.cost_model.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"--cost-model: cannot use {args.cost_model}: {exc}") from None
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with EdgeServer(args.host, args.port, store=args.store, config=config) as server:
+        async with EdgeServer(
+            args.host, args.port, store=args.store, config=config, cost_model=cost
+        ) as server:
             sys.stdout.write(f"ionn-server listening on {args.host}:{server.port}\n")
             sys.stdout.flush()
             await stop.wait()
