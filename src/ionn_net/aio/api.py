@@ -134,12 +134,17 @@ class Server:
             limits=self.limits,
             options=self.options,
             handler=self._handler,
+            on_made=self._on_made,
             on_closed=self.connections.discard,
         )
+        return conn.protocol
+
+    def _on_made(self, conn: AioConnection) -> None:
+        # Tracked only once the socket (and TLS) is up: a failed TLS handshake never
+        # reaches the protocol, and must not leave a connection behind.
+        self.connections.add(conn)
         if self._closing:
             conn.close()
-        self.connections.add(conn)
-        return conn.protocol
 
     async def _start(self, host: str | None, port: int, ssl: _ssl.SSLContext | None) -> Server:
         loop = asyncio.get_running_loop()

@@ -56,6 +56,7 @@ class AioConnection:
         limits: Limits,
         options: TransportOptions,
         handler: Handler | None = None,
+        on_made: Callable[[AioConnection], None] | None = None,
         on_closed: Callable[[AioConnection], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
@@ -71,6 +72,7 @@ class AioConnection:
         self.rtt: float | None = None
         self.pings_acked = 0  # every answered PING, ours and the core's keepalive
         self._handler = handler
+        self._on_made = on_made
         self._on_closed = on_closed
         self._streams: dict[int, _BaseStream] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -264,6 +266,10 @@ class AioConnection:
             )
 
     # ------------------------------------------------------------------ sink (from protocol)
+
+    def transport_made(self) -> None:
+        if self._on_made is not None:
+            self._on_made(self)
 
     def events_received(self, events: list[Event]) -> None:
         dispatch = self._dispatch

@@ -25,7 +25,13 @@ KIB = 1024
 class TransportOptions:
     """How this endpoint drives its socket; validated at creation (ConfigError).
 
-    * ``notsent_lowat``: ``TCP_NOTSENT_LOWAT`` in bytes (None: kernel default, unbounded).
+    * ``notsent_lowat``: initial ``TCP_NOTSENT_LOWAT`` in bytes (None: kernel default,
+      unbounded, and no adaptation).
+    * ``hol_budget_s``: the low-water mark then follows the measured delivery rate so that
+      the kernel holds about this much link time of unsent data (within 16 KiB..4 MiB): a
+      fixed byte count is far too much on a slow link (128 KiB is 52 ms at 20 Mbit/s) and
+      far too little on a fast one (40 us at 3 GB/s, one wake-up per 128 KiB). None keeps
+      ``notsent_lowat`` fixed.
     * ``write_high_water`` / ``write_low_water``: the transport's userspace buffer limits;
       the writer hands the transport one frame at a time while it is below high water
       (low water None: a quarter of high water).
@@ -43,6 +49,7 @@ class TransportOptions:
     """
 
     notsent_lowat: int | None = 128 * KIB
+    hol_budget_s: float | None = 0.002
     write_high_water: int = 64 * KIB
     write_low_water: int | None = None
     read_buffer_size: int = 256 * KIB
@@ -64,7 +71,7 @@ class TransportOptions:
         _positive("read_buffer_size", self.read_buffer_size)
         _positive("read_budget", self.read_budget, optional=True)
         _positive("send_chunk", self.send_chunk, optional=True)
-        for name in ("stall_timeout_s", "close_timeout_s"):
+        for name in ("stall_timeout_s", "close_timeout_s", "hol_budget_s"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int | float) or not value > 0

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from ionn_net.aio.sockopts import TcpInfo
 from ionn_net.errors import ConfigError
 
-__all__ = ["Pacer", "PacingConfig", "RateEstimator", "TokenBucket"]
+__all__ = ["LinkRateMeter", "Pacer", "PacingConfig", "RateEstimator", "TokenBucket"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,13 +149,44 @@ class RateEstimator:
         return self._samples[0][1] if self._samples else None
 
 
+class LinkRateMeter:
+    """Delivery rate of a TCP connection from ``TCP_INFO``: a windowed maximum of samples,
+    each the growth of ``bytes_acked`` over at least ``min_span_s`` and two smoothed RTTs
+    (one ACK burst on a fast path would otherwise look like a fast link)."""
+
+    __slots__ = ("_estimator", "_history", "_min_span", "samples")
+
+    def __init__(self, window_s: float, min_span_s: float) -> None:
+        self._estimator = RateEstimator(window_s)
+        self._min_span = min_span_s
+        self._history: deque[tuple[float, int, bool]] = deque(maxlen=4096)
+        self.samples = 0
+
+    def update(self, info: TcpInfo, now: float) -> None:
+        """Add (now, bytes_acked) and derive a sample over the span behind it."""
+        history = self._history
+        history.append((now, info.bytes_acked, info.app_limited))
+        span = max(self._min_span, 2.0 * info.rtt_s)
+        if now - history[0][0] < span:
+            return
+        # Drop points older than needed, keeping the newest one at least `span` back.
+        while len(history) > 2 and now - history[1][0] >= span:
+            history.popleft()
+        t0, acked0, _ = history[0]
+        app_limited = any(limited for _, _, limited in history)
+        self._estimator.add((info.bytes_acked - acked0) / (now - t0), now, app_limited=app_limited)
+        self.samples += 1
+
+    def estimate(self, now: float) -> float | None:
+        """Bytes/s: the largest sample of the window, or None before the first."""
+        return self._estimator.estimate(now)
+
+
 class Pacer:
     """Releases chunks of paced streams at ``gain`` x the bottleneck rate.
 
     ``info_source`` returns the connection's TCP_INFO (or None); it is polled at most every
-    ``sample_interval_s`` from :meth:`delay`. A rate sample is the growth of
-    ``bytes_acked`` over a span of at least ``min_span_s`` and two smoothed RTTs (one ACK
-    burst on a fast path would otherwise look like a fast link). Until the first estimate
+    ``sample_interval_s`` from :meth:`delay` into a :class:`LinkRateMeter`. Until the first estimate
     exists (and for ``startup_s`` after the first chunk) nothing is paced, so the path is
     measured at full speed.
     """
@@ -165,15 +196,13 @@ class Pacer:
     ) -> None:
         self.config = config
         self._info = info_source
-        self._estimator = RateEstimator(config.window_s)
+        self._meter = LinkRateMeter(config.window_s, config.min_span_s)
         self._bucket: TokenBucket | None = None
         self._chunk = 0
         self._start: float | None = None
         self._last_sample = -1e18
-        self._history: deque[tuple[float, int, bool]] = deque(maxlen=4096)
         self._next_probe = now + config.probe_interval_s
         self._probe_until = -1e18
-        self.samples = 0
         self._written = 0
         if config.rate_bps is not None:
             self._install(config.rate_bps / 8.0, now)
@@ -183,12 +212,16 @@ class Pacer:
         """The rate (bytes/s) currently taken as the bottleneck, or None before estimating."""
         if self.config.rate_bps is not None:
             return self.config.rate_bps / 8.0
-        return self._estimator.estimate(self._last_sample)
+        return self._meter.estimate(self._last_sample)
 
     @property
     def pacing_rate(self) -> float | None:
         """Bytes/s currently released, or None while unpaced."""
         return None if self._bucket is None else self._bucket.rate
+
+    @property
+    def samples(self) -> int:
+        return self._meter.samples
 
     @property
     def probing(self) -> bool:
@@ -207,22 +240,6 @@ class Pacer:
         else:
             self._bucket.set_rate(rate, self._burst(rate), now)
 
-    def _rate_sample(self, info: TcpInfo, now: float) -> None:
-        """Add (now, acked) to the history and derive a sample over the span behind it."""
-        history = self._history
-        history.append((now, info.bytes_acked, info.app_limited))
-        span = max(self.config.min_span_s, 2.0 * info.rtt_s)
-        if now - history[0][0] < span:
-            return
-        # Drop points older than needed, keeping the newest one at least `span` back.
-        while len(history) > 2 and now - history[1][0] >= span:
-            history.popleft()
-        t0, acked0, _ = history[0]
-        app_limited = any(limited for _, _, limited in history)
-        rate = (info.bytes_acked - acked0) / (now - t0)
-        self._estimator.add(rate, now, app_limited=app_limited)
-        self.samples += 1
-
     def _sample(self, now: float) -> None:
         if now - self._last_sample < self.config.sample_interval_s:
             return
@@ -230,13 +247,13 @@ class Pacer:
         info = self._info()
         if info is None:
             return
-        self._rate_sample(info, now)
+        self._meter.update(info, now)
         if self.config.rate_bps is not None:
             return
         if now >= self._next_probe:
             self._probe_until = now + self.config.probe_duration_s
             self._next_probe = now + self.config.probe_interval_s
-        estimate = self._estimator.estimate(now)
+        estimate = self._meter.estimate(now)
         started = self._start is not None and now - self._start >= self.config.startup_s
         if estimate is not None and started:
             self._install(estimate, now)

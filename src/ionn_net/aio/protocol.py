@@ -25,11 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
 from typing import Any, Protocol, cast
 
 from ionn_net.aio.options import TransportOptions
-from ionn_net.aio.sockopts import AppliedOptions, SocketLike, TcpInfo, configure_socket
+from ionn_net.aio.pacing import LinkRateMeter
+from ionn_net.aio.sockopts import (
+    TCP_NOTSENT_LOWAT,
+    AppliedOptions,
+    SocketLike,
+    TcpInfo,
+    configure_socket,
+)
 from ionn_net.aio.sockopts import read_tcp_info as _read_tcp_info
 from ionn_net.config import Limits
 from ionn_net.proto import Connection, ErrorCode, Event
@@ -43,10 +51,15 @@ _HEADERS = 1
 _HEADER_SIZE = 16  # §3.1
 _DATA_FIELDS = struct.Struct(">I4xI")  # stream_id, (length), decoded_length at offset 4
 _COALESCE = 16 * 1024  # small frames are joined with what follows, up to this many bytes
+_LOWAT_BOUNDS = (16 * 1024, 4 * 1024 * 1024)  # adaptive TCP_NOTSENT_LOWAT range
+_LOWAT_SAMPLE_S = 0.05  # how often the delivery rate is read while sending
 
 
 class ConnectionSink(Protocol):
     """What the protocol reports to the stream layer."""
+
+    def transport_made(self) -> None:
+        """The socket (and TLS, if any) is up; the handshake starts."""
 
     def events_received(self, events: list[Event]) -> None:
         """Core events, after the frames they caused have been handed to the transport."""
@@ -88,6 +101,8 @@ class IonnProtocol(asyncio.BufferedProtocol):
         self.bytes_written = 0
         self.bytes_received = 0
         self._flush_scheduled = False
+        self._meter = LinkRateMeter(window_s=5.0, min_span_s=0.05)
+        self._lowat_sampled = -1e18
         self._own_parity = 1 if getattr(core, "client", False) else 0
         #: Highest id of a stream we opened whose HEADERS has been written.
         self.headers_sent_own = 0
@@ -107,6 +122,7 @@ class IonnProtocol(asyncio.BufferedProtocol):
         low = self.options.write_low_water
         self.transport.set_write_buffer_limits(high=high, low=high // 4 if low is None else low)
         self._last_progress = self.loop.time()
+        self.sink.transport_made()
         if self.core_is_client:
             self.core.initiate()
         self.after_core_call([])
@@ -211,9 +227,36 @@ class IonnProtocol(asyncio.BufferedProtocol):
             written += size
         if written:
             self.bytes_written += written
+            now = self.loop.time()
             if not self._write_paused:
-                self._last_progress = self.loop.time()
+                self._last_progress = now
+            if now - self._lowat_sampled >= _LOWAT_SAMPLE_S:
+                self._lowat_sampled = now
+                self._adapt_lowat(now)
             self.sink.send_room()  # body bytes left the core: blocked senders may go on
+
+    def _adapt_lowat(self, now: float) -> None:
+        """Keep about ``hol_budget_s`` of link time unsent in the kernel (see options)."""
+        budget = self.options.hol_budget_s
+        current = self.applied.notsent_lowat
+        if budget is None or current is None or self.socket is None:
+            return
+        info = _read_tcp_info(self.socket)
+        if info is None:
+            return
+        self._meter.update(info, now)
+        rate = self._meter.estimate(now)
+        if rate is None:
+            return
+        low, high = _LOWAT_BOUNDS
+        wanted = max(low, min(high, int(rate * budget)))
+        if abs(wanted - current) * 4 < current:
+            return  # within 25%: not worth a syscall
+        try:
+            self.socket.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, wanted)
+        except OSError:
+            return
+        self.applied = AppliedOptions(nodelay=self.applied.nodelay, notsent_lowat=wanted)
 
     def after_core_call(self, events: list[Event]) -> None:
         """The three-call contract: drain frames, dispatch events, re-arm the core's timer.

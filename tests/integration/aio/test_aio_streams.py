@@ -180,7 +180,7 @@ async def test_read_body_limit_resets(conn: AioConnection) -> None:
 
 
 async def test_server_applies_transport_options() -> None:
-    options = TransportOptions(notsent_lowat=32 * 1024, write_high_water=8192)
+    options = TransportOptions(notsent_lowat=32 * 1024, write_high_water=8192, hol_budget_s=None)
     async with (
         serve(_echo, "127.0.0.1", 0, options=options) as srv,
         connect("127.0.0.1", srv.port, options=options) as conn,
