@@ -319,11 +319,11 @@ class ExecutionPlanner:
             rtt=w.wait * link.rtt_s,
         )
         k0 = int(self.unit_of[start]) if start < n else self.units
-        transfer = self._transfer_table(link, costs.a_up, costs.a_down)
+        transfer = self.transfer_table(link, costs.a_up, costs.a_down)
         units = self._dp(costs, transfer, k0)
         return self._plan_from_units(units, times, link, objective, power)
 
-    def _transfer_table(self, link: Link, a_up: float, a_down: float) -> FloatArray:
+    def transfer_table(self, link: Link, a_up: float, a_down: float) -> FloatArray:
         """``a_up * IN + a_down * OUT`` for every unit range, cached per link and weights."""
         key = (link.ratio_key(), a_up, a_down)
         table = self._combined.get(key)

@@ -8,47 +8,61 @@ This module owns the strategy registered as ``"ours"``. The idea, step by step:
    served, L(t) the per-query latency with the layers usable at time t. Maximising N
    means maximising the integral of the *throughput* 1/L. With queries at a rate q
    below capacity, the mean latency is the time average of L, so the integral of L
-   is minimised instead. (For the energy objective, the energy saved per query times
+   is minimised instead. (For the energy objective: the energy saved per query times
    the query rate.) Call ``phi`` the per-second benefit: ``1/L`` or ``-q L``.
-2. **Greedy by benefit per link second (Smith's rule).** Uploading partitions one
-   after another, each with benefit rate ``d_phi`` starting when it is usable and cost
-   ``tau`` of link time, the order maximising the integrated benefit of independent
-   jobs is by decreasing ``d_phi / tau``; per-partition load delays cancel out of the
-   exchange argument, so they only matter through the loader being the bottleneck
-   (``tau = max(link time, load time + partition overhead)``) and the horizon (a
-   partition usable after the queries end is worthless). Layers interact (a
-   convolution pays only with its neighbours), so each step re-plans from the current
-   state instead of ranking layers once.
-3. **Candidates = the best partitions for every exchange rate, by Dinkelbach.** For
-   a price ``lam`` (latency per second of upload), the execution planner with a
-   penalty ``lam x upload seconds`` on every layer not yet on the server returns the
-   plan minimising ``L(plan) + lam x tau(new layers)``; its new layers form a
-   candidate partition. Dinkelbach's iteration ``lam <- (L_now - L(P)) / tau(P)``
-   converges to the partition with the highest latency reduction per upload second
-   over *all* sets of layers any execution plan can use, fine DAG cuts included; a
-   ladder of prices around it adds smaller and larger partitions (the frontier), and
-   each candidate is then scored exactly by ``d_phi / tau``. High-ratio partitions
-   are small, so the first offloaded query comes early.
-4. **What the baselines ignore, and this uses.** RTT in every plan; upload sizes
-   after the transport's compression (``Link.weight_ratio``); server load time and
-   the per-partition overhead; link sharing: while queries offload, their tensors
-   pause the upload, so a partition's link time is stretched by ``1 / (1 - share)``
-   with ``share`` the fraction of link time the current plan's queries use; the query
-   pattern (back-to-back or a rate, and its count or duration as the horizon);
-   layers already on the server are free; fine execution cuts (method ``"fine"``);
-   and an adaptive execution policy (the client re-plans a running query at each of
-   its layer boundaries when new layers became usable).
-5. **Online re-planning.** :meth:`OursPlanner.replan` runs the greedy again from
-   the layers already sent with a re-measured link, shortening the horizon by the
-   elapsed time (the simulator calls it at partition boundaries after a bandwidth
-   change).
+2. **Greedy by benefit per second of the bottleneck (Smith's rule).** Partitions go
+   one after another; each has a benefit rate ``d_phi`` from the moment it is usable
+   and occupies the pipeline (link, then the server's loader) for ``tau = max(link
+   time, load time)``. For independent jobs the integrated benefit is maximal in
+   decreasing ``d_phi / tau`` order; load delays cancel out of the exchange argument
+   except through the horizon (a partition usable after the queries end is
+   worthless). Layers interact (a convolution pays only with its neighbours), so each
+   step re-plans from the current state instead of ranking layers once.
+3. **Candidates.** (a) *Dinkelbach over all plans*: for a price ``lam`` (latency per
+   second of upload) the execution planner with a penalty ``lam x upload seconds`` on
+   every layer not yet on the server returns the plan minimising
+   ``L + lam x tau(new layers)``; iterating ``lam <- (L_now - L(P)) / tau(P)``
+   converges to the set with the highest latency reduction per upload second over
+   every set of layers an execution plan can use (fine DAG cuts included); lower
+   prices add the larger sets of the frontier. (b) *Contiguous ranges* of the
+   topological order (connected pieces of the graph, EMDL-style), pre-scored in one
+   vectorised pass by their standalone or merged gain per ``tau``; the best few are
+   evaluated exactly. Every candidate is scored by ``d_phi / tau`` with the execution
+   planner.
+4. **The best set, in pieces.** When the chosen set has a topological prefix that
+   already helps, sending that prefix first earns its gain for as long as the rest
+   takes (``d_phi(prefix) x tau(rest)``), at the price of one more partition overhead
+   and compilation (Sidney's decomposition: the max-ratio set is right, sending it in
+   one go is not).
+5. **Variants, simulated.** The greedy runs with both benefit measures, with and
+   without a horizon; the plans are replayed in the simulator (:mod:`.simulate`) and
+   the best is polished by a bounded local search (split a partition at a fraction of
+   its bytes, merge or swap neighbours, drop the last one), each move judged by
+   simulation. With an open-ended pattern the horizon is the *upload window* (the
+   whole model's link time; the greedy then goes on without a horizon, since the
+   session may last) and a plan is judged by its mean latency over windows of 0.5, 1,
+   2 and 4 times that length, so no single window length is over-fitted; dropping
+   partitions is only a move when the session has a known end.
+6. **What the baselines ignore, and this uses.** RTT in every plan; upload sizes after
+   the transport's compression; server load time, per-partition overhead and the
+   compilation of the run sets each partition triggers; link sharing (while queries
+   offload, their tensors pause the upload, so link times stretch by ``1 / (1 -
+   share)``); the query pattern and its horizon; layers already on the server are
+   free; fine execution cuts; and an adaptive execution policy (a running query
+   re-plans at each of its layer boundaries when new layers became usable).
+7. **Online re-planning.** :meth:`OursPlanner.replan` runs all of this again from the
+   layers already sent with a re-measured link, shortening the horizon by the elapsed
+   time.
+
+The greedy is incremental: its first partition is known after one round, so a client
+can start sending while the rest is planned (``select=False`` skips steps 5's search).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -64,31 +78,41 @@ __all__ = ["OursPlanner"]
 _MAX_SHARE = 0.9
 #: Where :meth:`_Greedy.first_piece` tries to cut the chosen set (fractions of its bytes).
 _PREFIX_FRACTIONS = (0.5, 0.25, 0.125, 0.0625, 0.03125)
+#: Where the local search splits a partition.
+_SPLIT_FRACTIONS = (0.5, 0.25, 0.125)
+#: Window lengths (x the upload window) a plan is judged on when the pattern is open-ended.
+_WINDOWS = (0.5, 1.0, 2.0, 4.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    method: str
+    ladder: tuple[float, ...]
+    iterations: int
+    ranges: int
+    phi: str
+    horizon_s: float
+    #: after the horizon, go on planning the rest as if the session had no end
+    extend: bool = False
 
 
 class _Greedy:
-    """One run of the greedy from a given state (see the module docstring)."""
+    """One run of the greedy from a given state (steps 2-4 of the module docstring)."""
 
-    def __init__(
-        self,
-        ctx: PlanningContext,
-        method: str,
-        ladder: tuple[float, ...],
-        iterations: int,
-        phi: str = "throughput",
-    ) -> None:
+    def __init__(self, ctx: PlanningContext, settings: _Settings) -> None:
         self.ctx = ctx
-        self.phi = phi
-        self.ep = planner_for(ctx.graph, method)
+        self.s = settings
+        self.ep = planner_for(ctx.graph, settings.method)
         self.everything = self.ep.servable(ctx.graph.order)
         self.wire_s = ctx.weight_bytes / ctx.link.weight_ratio / ctx.link.bandwidth
-        self.ladder = ladder
-        self.iterations = iterations
         self.latency = ctx.objective == "latency"
-        self.solves = 0
+        self.gain_table = (
+            self._range_gains() if settings.ranges and self.ep.method == "fine" else None
+        )
+
+    # -- costs and benefits ---------------------------------------------------------------
 
     def solve(self, mask: BoolArray, penalty: FloatArray | None = None) -> ExecutionPlan:
-        self.solves += 1
         c = self.ctx
         return self.ep.solve(
             c.times, mask, c.link, objective=c.objective, power=c.power, penalty=penalty
@@ -119,80 +143,144 @@ class _Greedy:
 
     def gain(self, cur: ExecutionPlan, new: ExecutionPlan) -> float:
         """Benefit per second of switching from ``cur`` to ``new`` (step 1)."""
-        if self.latency and self.phi == "throughput" and self.ctx.pattern.kind == "back_to_back":
+        b2b = self.ctx.pattern.kind == "back_to_back"
+        if self.latency and self.s.phi == "throughput" and b2b:
             if new.predicted_s <= 0:
                 return math.inf
             return 1.0 / new.predicted_s - 1.0 / cur.predicted_s
         return self.query_rate(cur) * (self.cost(cur) - self.cost(new))
 
-    def candidates(
+    def load_s(self, new: BoolArray, plan: ExecutionPlan) -> float:
+        return self.ctx.partition_load_s(float(self.ctx.load_s[new].sum()), len(plan.server_layers))
+
+    # -- candidates (step 3) -------------------------------------------------------------------
+
+    def frontier(
         self, held: BoolArray, cur: ExecutionPlan, unit_cost: FloatArray
-    ) -> list[tuple[BoolArray, ExecutionPlan]]:
-        """Partitions from Dinkelbach's iteration plus a ladder of prices (step 3)."""
-        found: dict[bytes, tuple[BoolArray, ExecutionPlan]] = {}
-
-        def add(sol: ExecutionPlan) -> BoolArray | None:
-            new = self.ep.servable(sol.server_layers) & ~held
-            if not new.any():
-                return None
-            key = new.tobytes()
-            if key not in found:
-                found[key] = (new, self.solve(held | new))
-            return new
-
+    ) -> list[BoolArray]:
+        """(a) Dinkelbach's best set and the larger sets of lower prices."""
+        found: list[BoolArray] = []
         lam = 0.0
-        for _ in range(self.iterations):
-            new = add(self.solve(self.everything, lam * unit_cost))
-            if new is None:
-                break
+        for _ in range(self.s.iterations):
+            new = self.ep.servable(self.solve(self.everything, lam * unit_cost).server_layers)
+            new &= ~held
             tau = float(unit_cost[new].sum())
-            if tau <= 0:
+            if not new.any() or tau <= 0:
+                if new.any():
+                    found.append(new)
                 break
-            ratio = (self.cost(cur) - self.cost(found[new.tobytes()][1])) / tau
+            found.append(new)
+            ratio = (self.cost(cur) - self.cost(self.solve(held | new))) / tau
             if ratio <= lam * (1 + 1e-9):
                 break
             lam = ratio
         if lam > 0:
-            for factor in self.ladder:
-                add(self.solve(self.everything, lam * factor * unit_cost))
-        return list(found.values())
+            for factor in self.s.ladder:
+                sol = self.solve(self.everything, lam * factor * unit_cost)
+                found.append(self.ep.servable(sol.server_layers) & ~held)
+        return found
 
-    def run(
-        self, horizon_s: float, overhead_s: float, max_parts: int, cap_s: float = math.inf
-    ) -> list[frozenset[str]]:
-        """Greedy partitions; ``cap_s`` bounds a partition's link time (when any
-        candidate fits under it)."""
+    def _range_gains(self) -> FloatArray:
+        """``G[b, a]``: latency saved by running positions ``a..b`` as one server
+        segment instead of locally (RTT and boundary transfers included)."""
+        t = self.ctx.times
+        link = self.ctx.link
+        c = np.concatenate(([0.0], np.cumsum(t.client_s)))
+        s = np.concatenate(([0.0], np.cumsum(t.server_s)))
+        transfer = self.ep.transfer_table(link, 1.0 / link.bandwidth, 1.0 / link.down)
+        gains: FloatArray = (c[1:, None] - c[None, :-1]) - (s[1:, None] - s[None, :-1])
+        return gains - transfer - link.rtt_s
+
+    def ranges(self, held: BoolArray, cur: ExecutionPlan, unit_cost: FloatArray) -> list[BoolArray]:
+        """(b) The contiguous ranges of not-yet-sent layers with the best gain (merged
+        with the runs of sent layers they touch) per ``tau``, and the two with the
+        largest gain."""
+        g = self.gain_table
+        n = len(held)
+        free = self.everything & ~held
+        if g is None or not free.any():
+            return []
+        idx = np.arange(n)
+        # first position >= a that cannot join a range starting at a
+        blocked = np.minimum.accumulate(np.where(free, n, idx)[::-1])[::-1]
+        # first / last index of the run of sent layers holding each position
+        run_first = np.maximum.accumulate(np.where(held, 0, idx + 1))
+        run_last = np.minimum.accumulate(np.where(held, n - 1, idx - 1)[::-1])[::-1]
+        before = np.concatenate(([False], held[:-1]))
+        after = np.concatenate((held[1:], [False]))
+        lo = np.where(before, run_first[np.maximum(idx - 1, 0)], idx)
+        hi = np.where(after, run_last[np.minimum(idx + 1, n - 1)], idx)
+        left = np.where(lo < idx, g[np.maximum(idx - 1, 0), lo], 0.0)
+        right = np.where(hi > idx, g[hi, np.minimum(idx + 1, n - 1)], 0.0)
+        marginal = g[hi[:, None], lo[None, :]] - left[None, :] - right[:, None]
+        a_idx, b_idx = idx[None, :], idx[:, None]
+        good = free[None, :] & (b_idx >= a_idx) & (b_idx < blocked[None, :]) & (marginal > 0)
+        if not good.any():
+            return []
+        link = np.concatenate(([0.0], np.cumsum(unit_cost)))
+        load = np.concatenate(([0.0], np.cumsum(self.ctx.load_s)))
+        compile_s = self.ctx.compile_ms_per_layer / 1000.0
+        loading = (load[1:, None] - load[None, :-1]) + self.ctx.overhead_s
+        loading = loading + compile_s * (len(cur.server_layers) + b_idx - a_idx + 1)
+        tau = np.maximum(link[1:, None] - link[None, :-1], loading)
+        score = np.where(good, marginal / np.maximum(tau, 1e-9), -np.inf).ravel()
+        big = np.where(good, marginal, -np.inf).ravel()
+        k = min(self.s.ranges, score.size - 1)
+        picks = set(np.argpartition(-score, k)[:k].tolist())
+        picks |= set(np.argpartition(-big, 2)[:2].tolist())
+        out = []
+        for flat in sorted(picks):
+            b, a = divmod(flat, n)
+            if good[b, a]:
+                mask = np.zeros(n, dtype=np.bool_)
+                mask[a : b + 1] = True
+                out.append(mask)
+        return out
+
+    def candidates(
+        self, held: BoolArray, cur: ExecutionPlan, unit_cost: FloatArray
+    ) -> list[tuple[BoolArray, ExecutionPlan]]:
+        seen: dict[bytes, tuple[BoolArray, ExecutionPlan]] = {}
+        for new in self.frontier(held, cur, unit_cost) + self.ranges(held, cur, unit_cost):
+            key = new.tobytes()
+            if new.any() and key not in seen:
+                seen[key] = (new, self.solve(held | new))
+        return list(seen.values())
+
+    # -- the greedy (steps 2 and 4) --------------------------------------------------------------
+
+    def run(self, max_parts: int) -> list[frozenset[str]]:
         ctx = self.ctx
         names = ctx.graph.order
         held = self.ep.servable(ctx.held)
         cur = self.solve(held)
         t_link = loader_free = 0.0
+        horizon = self.s.horizon_s
         parts: list[frozenset[str]] = []
         while len(parts) < max_parts:
-            slow = 1.0 / (1.0 - self.share(cur))
-            unit_cost = np.where(held, 0.0, self.wire_s * slow)
-            scored: list[tuple[float, float, BoolArray, ExecutionPlan, float, float]] = []
+            unit_cost = np.where(held, 0.0, self.wire_s / (1.0 - self.share(cur)))
+            best: tuple[float, BoolArray, ExecutionPlan] | None = None
             for new, plan in self.candidates(held, cur, unit_cost):
                 link_s = float(unit_cost[new].sum())
-                load_s = float(ctx.load_s[new].sum()) + overhead_s
+                load_s = self.load_s(new, plan)
                 ready = max(t_link + link_s, loader_free) + load_s
                 gain = self.gain(cur, plan)
-                if ready >= horizon_s or not gain > 1e-12:
+                if ready >= horizon or not gain > 1e-12:
                     continue
                 score = gain / max(link_s, load_s, 1e-9)
-                scored.append((score, link_s, new, plan, t_link + link_s, ready))
-            fitting = [c for c in scored if c[1] <= cap_s] or scored
-            if not fitting:
+                if best is None or score > best[0]:
+                    best = (score, new, plan)
+            if best is None:
+                if self.s.extend and not math.isinf(horizon):
+                    horizon = math.inf
+                    continue
                 break
-            _, _, new, plan, _, _ = max(fitting, key=lambda c: c[0])
-            piece = self.first_piece(
-                held, cur=cur, chosen=new, plan=plan, unit_cost=unit_cost, overhead_s=overhead_s
-            )
+            _, new, plan = best
+            piece = self.first_piece(held, cur=cur, chosen=new, plan=plan, unit_cost=unit_cost)
             if piece is not None:
                 new, plan = piece
-            link_s = float(unit_cost[new].sum())
-            t_link += link_s
-            loader_free = max(t_link, loader_free) + float(ctx.load_s[new].sum()) + overhead_s
+            t_link += float(unit_cost[new].sum())
+            loader_free = max(t_link, loader_free) + self.load_s(new, plan)
             cur = plan
             held = held | new
             parts.append(frozenset(names[i] for i in np.flatnonzero(new)))
@@ -206,13 +294,11 @@ class _Greedy:
         chosen: BoolArray,
         plan: ExecutionPlan,
         unit_cost: FloatArray,
-        overhead_s: float,
     ) -> tuple[BoolArray, ExecutionPlan] | None:
-        """Step 2b: the best set is not always best sent in one go. A prefix ``Q``
-        (topological order, by upload bytes) that already helps earns its gain for
-        the time the rest of the set takes, ``d_phi(Q) x tau(rest)``, and costs one
-        more partition overhead, which delays the whole set when the overhead exceeds
-        the rest's link time. Return the prefix with the largest positive balance."""
+        """Step 4: the prefix of ``chosen`` (topological order, cut at a fraction of
+        its bytes) whose head start ``d_phi(prefix) x tau(rest)`` best outweighs the
+        extra partition's load (overhead and compilation) when that exceeds the
+        rest's link time; ``None`` when no prefix pays."""
         positions = np.flatnonzero(chosen)
         if len(positions) < 2:
             return None
@@ -226,14 +312,19 @@ class _Greedy:
             piece[positions[:cut]] = True
             piece_plan = self.solve(held | piece)
             rest_s = total - float(cum[cut - 1])
-            value = self.gain(cur, piece_plan) * rest_s - gain_all * max(0.0, overhead_s - rest_s)
+            extra = self.ctx.partition_load_s(0.0, len(piece_plan.server_layers))
+            value = self.gain(cur, piece_plan) * rest_s - gain_all * max(0.0, extra - rest_s)
             if value > 0 and (best is None or value > best[0]):
                 best = (value, piece, piece_plan)
         return None if best is None else (best[1], best[2])
 
 
+# -- the strategy ---------------------------------------------------------------------------
+
+
 class OursPlanner(UploadPlanner):
-    """Greedy benefit-per-upload-second partitions (see the module docstring)."""
+    """Greedy benefit-per-second partitions, chosen and polished by simulation (see
+    the module docstring)."""
 
     name = "ours"
 
@@ -242,8 +333,9 @@ class OursPlanner(UploadPlanner):
         *,
         method: str = "fine",
         adaptive: bool = True,
-        ladder: tuple[float, ...] = (4.0, 2.0, 0.5, 0.25),
+        ladder: tuple[float, ...] = (0.5, 0.25),
         iterations: int = 6,
+        ranges: int = 6,
         max_partitions: int = 256,
         select: bool = True,
         polish_budget: int = 40,
@@ -252,29 +344,44 @@ class OursPlanner(UploadPlanner):
             raise PlannerError(f"ours method: expected one of {METHODS}, got {method!r}")
         if not all(isinstance(f, int | float) and 0 < f < 1e6 for f in ladder):
             raise PlannerError(f"ours ladder: expected positive factors, got {ladder!r}")
-        if not 1 <= iterations <= 100 or not 1 <= max_partitions <= 10_000:
-            raise PlannerError("ours: iterations in 1..100 and max_partitions in 1..10000")
+        bounds = (1 <= iterations <= 100, 0 <= ranges <= 100, 1 <= max_partitions <= 10_000)
+        if not all(bounds) or not 0 <= polish_budget <= 10_000:
+            raise PlannerError(
+                "ours: iterations 1..100, ranges 0..100, max_partitions 1..10000, "
+                "polish_budget 0..10000"
+            )
         self.method = method
         self.adaptive = adaptive
         self.ladder = tuple(float(f) for f in ladder)
         self.iterations = iterations
+        self.ranges = ranges
         self.max_partitions = max_partitions
         self.select = select
         self.polish_budget = polish_budget
 
     def variants(self, ctx: PlanningContext, elapsed_s: float = 0.0) -> list[list[frozenset[str]]]:
-        """The greedy's partition lists for each benefit measure and size cap."""
-        pattern = ctx.pattern
-        horizon = math.inf
-        if pattern.duration_s is not None:
-            horizon = pattern.duration_s - elapsed_s
-        total_s = float(ctx.weight_bytes.sum()) / ctx.link.weight_ratio / ctx.link.bandwidth
+        """The greedy's partition lists for each benefit measure and horizon."""
+        horizons = [_horizon(ctx, elapsed_s)]
+        open_ended = math.isinf(horizons[0]) and ctx.pattern.count is None
+        if open_ended and self.select:
+            horizons.append(_upload_window(ctx))
         out: list[list[frozenset[str]]] = []
-        for phi, cap in _VARIANTS:
-            greedy = _Greedy(ctx, self.method, self.ladder, self.iterations, phi)
-            parts = greedy.run(horizon, ctx.overhead_s, self.max_partitions, cap * total_s)
-            if parts not in out:
-                out.append(parts)
+        for phi in ("throughput", "latency"):
+            for horizon in horizons:
+                settings = _Settings(
+                    self.method,
+                    self.ladder,
+                    self.iterations,
+                    self.ranges,
+                    phi,
+                    horizon,
+                    extend=open_ended,
+                )
+                parts = _Greedy(ctx, settings).run(self.max_partitions)
+                if parts not in out:
+                    out.append(parts)
+            if not self.select:
+                break
         return out
 
     def partitions(self, ctx: PlanningContext, elapsed_s: float = 0.0) -> list[frozenset[str]]:
@@ -292,48 +399,98 @@ class OursPlanner(UploadPlanner):
     def _plan(self, ctx: PlanningContext, elapsed_s: float) -> UploadPlan:
         policy = ExecutionPolicy(self.method, adaptive=self.adaptive, objective=ctx.objective)
         variants = self.variants(ctx, elapsed_s)
-        parts, notes = variants[0], {"elapsed_s": elapsed_s, "variant": 0}
-        if self.select and (len(variants) > 1 or self.polish_budget > 0):
-            sim_ctx = _evaluation_context(ctx, elapsed_s)
-
-            def score(candidate: list[frozenset[str]]) -> float:
-                return _score(ctx, simulate_partitions(sim_ctx, candidate, policy))
-
-            scores = [score(v) for v in variants]
+        parts = variants[0]
+        notes: dict[str, object] = {"elapsed_s": elapsed_s, "variant": 0}
+        if self.select:
+            judge = _Judge(ctx, policy, elapsed_s)
+            scores = [judge(v) for v in variants]
             best = scores.index(min(scores))
-            parts, evals = _polish(ctx, variants[best], scores[best], score, self.polish_budget)
+            parts, evals = _polish(
+                ctx,
+                variants[best],
+                scores[best],
+                judge,
+                budget=self.polish_budget,
+                may_drop=judge.bounded,
+            )
             notes = {"elapsed_s": elapsed_s, "variant": best, "polish_evaluations": evals}
         return build_plan(ctx, self.name, parts, policy, notes)
 
 
-def _split(ctx: PlanningContext, part: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
-    """Halve a partition along the topological order, by weight bytes."""
+def _horizon(ctx: PlanningContext, elapsed_s: float) -> float:
+    d = ctx.pattern.duration_s
+    return math.inf if d is None else d - elapsed_s
+
+
+def _upload_window(ctx: PlanningContext) -> float:
+    """Link time of every layer not yet on the server (compressed)."""
+    g = ctx.graph
+    left = sum(g[n].weight_bytes for n in g.order if n not in ctx.held)
+    return max(left / ctx.link.weight_ratio / ctx.link.bandwidth, 1e-3)
+
+
+class _Judge:
+    """Scores a partition list by simulation (lower is better, step 5)."""
+
+    def __init__(self, ctx: PlanningContext, policy: ExecutionPolicy, elapsed_s: float) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        pattern = ctx.pattern
+        self.windows: tuple[float, ...] = ()
+        self.bounded = pattern.duration_s is not None or pattern.count is not None
+        if self.bounded:
+            self.sim_ctx = ctx
+        else:
+            w = _upload_window(ctx)
+            self.windows = tuple(f * w for f in _WINDOWS)
+            self.sim_ctx = ctx.with_(pattern=replace(pattern, duration_s=max(self.windows)))
+        del elapsed_s
+
+    def __call__(self, parts: list[frozenset[str]]) -> float:
+        res: SimResult = simulate_partitions(self.sim_ctx, parts, self.policy)
+        metric = res.mean_energy if self.ctx.objective == "energy" else res.mean_latency
+        if not self.windows:
+            return metric()
+        return sum(metric(0.0, w) for w in self.windows) / len(self.windows)
+
+
+def _split(
+    ctx: PlanningContext, part: frozenset[str], fraction: float
+) -> tuple[frozenset[str], frozenset[str]] | None:
+    """Cut a partition along the topological order at ``fraction`` of its bytes."""
     g = ctx.graph
     names = sorted(part, key=g.position)
+    if len(names) < 2:
+        return None
     total = sum(g[n].weight_bytes for n in names)
-    acc, cut = 0, 1
-    for i, name in enumerate(names[:-1], start=1):
-        acc += g[name].weight_bytes
-        cut = i
-        if total and acc * 2 >= total:
-            break
-    if not total:
-        cut = len(names) // 2
+    acc, cut = 0, max(1, round(len(names) * fraction))
+    if total:
+        for i, name in enumerate(names[:-1], start=1):
+            acc += g[name].weight_bytes
+            cut = i
+            if acc >= fraction * total:
+                break
     return frozenset(names[:cut]), frozenset(names[cut:])
 
 
-def _moves(ctx: PlanningContext, parts: list[frozenset[str]]) -> list[list[frozenset[str]]]:
-    """Neighbouring partition lists: split one, merge two adjacent, swap two
-    adjacent, or drop the last (earliest partitions first: early gains weigh most)."""
+def _moves(
+    ctx: PlanningContext, parts: list[frozenset[str]], may_drop: bool
+) -> list[list[frozenset[str]]]:
+    """Neighbouring partition lists: split one, merge or swap two adjacent ones, drop
+    the last when the session has a known end (earliest partitions first: early gains
+    weigh most)."""
     out: list[list[frozenset[str]]] = []
     for k, part in enumerate(parts):
-        if len(part) > 1:
-            a, b = _split(ctx, part)
-            out.append([*parts[:k], a, b, *parts[k + 1 :]])
+        for fraction in _SPLIT_FRACTIONS:
+            halves = _split(ctx, part, fraction)
+            if halves is not None:
+                candidate = [*parts[:k], *halves, *parts[k + 1 :]]
+                if candidate not in out:
+                    out.append(candidate)
         if k + 1 < len(parts):
             out.append([*parts[:k], part | parts[k + 1], *parts[k + 2 :]])
             out.append([*parts[:k], parts[k + 1], part, *parts[k + 2 :]])
-    if parts:
+    if parts and may_drop:
         out.append(parts[:-1])
     return out
 
@@ -343,7 +500,9 @@ def _polish(
     parts: list[frozenset[str]],
     current: float,
     score: Callable[[list[frozenset[str]]], float],
+    *,
     budget: int,
+    may_drop: bool,
 ) -> tuple[list[frozenset[str]], int]:
     """First-improvement local search over :func:`_moves`, at most ``budget``
     simulations."""
@@ -351,7 +510,7 @@ def _polish(
     improved = True
     while improved and evals < budget:
         improved = False
-        for candidate in _moves(ctx, parts):
+        for candidate in _moves(ctx, parts, may_drop):
             if evals >= budget:
                 break
             evals += 1
@@ -360,27 +519,3 @@ def _polish(
                 parts, current, improved = candidate, value, True
                 break
     return parts, evals
-
-
-#: (benefit measure, partition size cap as a fraction of the whole model's link time)
-_VARIANTS: tuple[tuple[str, float], ...] = (
-    ("throughput", math.inf),
-    ("latency", math.inf),
-)
-
-
-def _evaluation_context(ctx: PlanningContext, elapsed_s: float) -> PlanningContext:
-    """The context the variants are simulated in: the expected pattern, bounded by its
-    own duration or count, else by the time the whole model takes on the link."""
-    pattern = ctx.pattern
-    if pattern.duration_s is not None or pattern.count is not None:
-        return ctx
-    window = float(ctx.weight_bytes.sum()) / ctx.link.weight_ratio / ctx.link.bandwidth
-    window = max(window - elapsed_s, 1e-3)
-    return ctx.with_(pattern=replace(pattern, duration_s=window))
-
-
-def _score(ctx: PlanningContext, res: SimResult) -> float:
-    if ctx.objective == "energy":
-        return res.mean_energy()
-    return res.mean_latency()

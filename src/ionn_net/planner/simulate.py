@@ -12,12 +12,13 @@ Model:
   link whenever no query tensor is on it: while a query's tensors are on the link the
   upload pauses (queries have priority, protocol.md §8). On a half-duplex link
   (``Link.half_duplex``, Wi-Fi) downloads pause it too. Bandwidth may change over time
-  (``link_changes``); an optional ``replanner`` is then called at the next partition
-  boundary with the layers already sent and the new link, and its partitions replace
-  the rest of the queue.
+  (``link_changes``); an optional ``replanner`` is then called at once with the
+  layers already sent and the new link; its partitions replace the rest of the queue,
+  and the partition in flight is abandoned unless the new plan still wants it.
 * **Loading.** One loader on the server: a partition becomes usable at
-  ``max(arrival, previous partition usable) + sum of its layers' load times +
-  partition overhead``.
+  ``max(arrival, previous partition usable) + load``, where load is its layers' load
+  times + the partition overhead + compiling the run sets of the best plan with it
+  (``PlanningContext.partition_load_s``). Queries never pay compilation.
 * **Queries.** One at a time on the client (a query issued while another runs waits).
   A query takes the best execution plan (policy method) for the layers usable when it
   starts; each server segment costs upload of its input boundary tensors, one RTT,
@@ -156,6 +157,8 @@ class _Uploader:
         self.planned_with = 0  # index into self.changes already planned for
         self.replans = 0
         self.abandoned = 0
+        #: number of layers the server compiles once ``usable`` layers are ready
+        self.run_set_size: Callable[[frozenset[str], Link], int] | None = None
         self.usable: list[frozenset[str]] = [ctx.held]
         self.n_usable = 0
 
@@ -215,7 +218,11 @@ class _Uploader:
         assert self.current is not None
         part = self.current
         g = self.ctx.graph
-        load = sum(float(self.ctx.load_s[g.position(n)]) for n in part) + self.ctx.overhead_s
+        layer_load = sum(float(self.ctx.load_s[g.position(n)]) for n in part)
+        run_set = 0
+        if self.run_set_size is not None and self.ctx.compile_ms_per_layer > 0:
+            run_set = self.run_set_size(self.usable[-1] | part, self.link_at(self.now)[1])
+        load = self.ctx.partition_load_s(layer_load, run_set)
         ready = max(self.now, self.loader_free) + load
         self.loader_free = ready
         rec = self.records[-1]
@@ -295,7 +302,20 @@ class _Runner:
         self.up = up
         self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
         self.plans: dict[tuple[int, int, int], ExecutionPlan] = {}
+        up.run_set_size = self.run_set_size
         self.seg_costs: dict[tuple[tuple[str, ...], object], tuple[float, float, float]] = {}
+
+    def run_set_size(self, usable: frozenset[str], link: Link) -> int:
+        """Server layers of the best plan with ``usable`` layers: what the server
+        compiles when a partition lands."""
+        plan = self.planner.solve(
+            self.ctx.times,
+            self.planner.servable(usable),
+            link,
+            objective=self.policy.objective,
+            power=self.ctx.power,
+        )
+        return len(plan.server_layers)
 
     def plan(self, k: int, link_idx: int, link: Link, start: int = 0) -> ExecutionPlan:
         key = (k, link_idx, start)

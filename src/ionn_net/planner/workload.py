@@ -161,6 +161,12 @@ class PlanningContext:
     Times are per-layer milliseconds; ``load_ms`` defaults to 0 for missing layers;
     ``held`` are layers already usable on the server (uploaded earlier, by another
     client or in an earlier visit) and are never uploaded again.
+
+    Loading a partition costs its layers' ``load_ms``, plus ``partition_overhead_ms``,
+    plus ``compile_ms_per_layer`` for every layer of the run sets the server compiles
+    for it: the server parts of the best plan once the partition is usable (the
+    client asks the server to prepare them, protocol.md §10.6). Leave it 0 when
+    ``load_ms`` already includes each layer's share of compilation.
     """
 
     graph: LayerGraph
@@ -170,6 +176,7 @@ class PlanningContext:
     load_ms: Mapping[str, float] = field(default_factory=dict, compare=False)
     held: frozenset[str] = frozenset()
     partition_overhead_ms: float = 0.0
+    compile_ms_per_layer: float = 0.0
     pattern: QueryPattern = field(default_factory=QueryPattern)
     objective: str = "latency"
     power: PowerModel = field(default_factory=PowerModel)
@@ -184,9 +191,10 @@ class PlanningContext:
             raise PlannerError(f"link: expected a Link, got {type(self.link).__name__}")
         if self.objective not in OBJECTIVES:
             raise PlannerError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
-        po = self.partition_overhead_ms
-        if not (isinstance(po, int | float) and math.isfinite(po) and po >= 0):
-            raise PlannerError(f"partition_overhead_ms: expected a finite ms >= 0, got {po!r}")
+        for name in ("partition_overhead_ms", "compile_ms_per_layer"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise PlannerError(f"{name}: expected a finite ms >= 0, got {v!r}")
         unknown = [n for n in self.held if n not in self.graph]
         if unknown:
             raise PlannerError(f"held: unknown layers {sorted(unknown)[:5]}")
@@ -204,6 +212,11 @@ class PlanningContext:
     @property
     def overhead_s(self) -> float:
         return self.partition_overhead_ms / 1000.0
+
+    def partition_load_s(self, layer_load_s: float, run_set_layers: int) -> float:
+        """Seconds to make a partition usable: its layers' load time (summed by the
+        caller), the overhead, and compiling ``run_set_layers`` layers of run sets."""
+        return layer_load_s + self.overhead_s + self.compile_ms_per_layer / 1000.0 * run_set_layers
 
     def with_(self, **changes: object) -> PlanningContext:
         """A copy with some fields replaced (re-validated)."""

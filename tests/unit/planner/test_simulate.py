@@ -82,6 +82,16 @@ def test_loader_is_serial_and_partition_overhead_counts() -> None:
     assert p1.ready_s == pytest.approx(6.0 + 2.0)
 
 
+def test_loading_compiles_the_run_sets_of_the_new_best_plan() -> None:
+    c = ctx(QueryPattern.back_to_back(count=1), compile_ms_per_layer=100.0)
+    res = simulate(c, plan_of(c, [A, B]))
+    p0, p1 = res.partitions
+    # after A the server runs {A} (1 layer compiled), after B it runs {A, B} (2 layers)
+    assert p0.ready_s == pytest.approx(1.0 + 0.5 + 0.1)
+    assert p1.ready_s == pytest.approx(6.0 + 0.0 + 0.2)
+    assert c.partition_load_s(0.5, 3) == pytest.approx(0.8)
+
+
 def test_adaptive_policy_uses_layers_that_land_mid_query() -> None:
     # B first (1000 B weights here), ready at 1 s; the first query reaches B at 1.5 s
     g = chain([25, 25, 25], weights=[5000, 1000])

@@ -1,0 +1,305 @@
+"""Upload strategies compared in the planner's simulator, on real model graphs.
+
+Models: MobileNetV2, ResNet50, InceptionV3, VGG16 (Keras, ``weights=None``), converted
+with ``graph_from_keras``. Measured once on this machine and cached under
+``bench/data/planner/<model>.json`` (``--remeasure`` to redo):
+
+* server per-layer ms: ``profile_layers`` (compiled slices, 5 runs) on this CPU, used
+  directly as the server profile (the fitted ``ServerCostModel`` is only evaluated: its
+  leave-one-model-out error is printed);
+* server load: per layer its share of rebuilding the whole model in one call
+  (instantiate from the safe spec, build, set weights; shared in proportion to the
+  per-class medians of ``measure_load_times`` minus manifest validation, which the
+  server does once per session); per partition the preparation
+  of an identity slice (fixed cost) plus compilation of the run sets the client asks
+  the server to prepare (the server parts of the new best plan, as ``client.py``
+  does), at the per-layer rate of compiling the whole model as one slice;
+* weight compression ratio: zstd level 1 with 4-byte shuffle over 1 MiB frames
+  (protocol.md §12) of the model's random-init weights.
+
+Client profile = server profile x 100 (the paper's speed gap; ``--gap`` adds others, 10
+by default). Networks: 80 Mbit/s 1 ms RTT, 20 Mbit/s 20 ms, 5 Mbit/s 50 ms. The
+simulator charges every strategy the same physics (compressed weights, RTT, link
+sharing, serial loader). Each strategy plans with its own published rules and runs
+queries with its own execution policy: ``ionn``/``efficiency`` the collapsed plan
+chosen when a query starts (as published), ``all_at_once``/``local`` the best plan,
+``ours`` fine cuts and mid-query re-planning. Planners know the profiles exactly (no
+prediction error) and the query pattern only as "back-to-back, duration unknown".
+
+Metrics per cell, back-to-back queries from t = 0:
+  mean  mean latency of the queries issued during the upload window W = raw model
+        bytes / bandwidth (the same W for every strategy)
+  first issue time of the first query faster than a local run
+  t100  time until 100 queries have completed
+Then the geometric means of ours/ionn and ours/efficiency (mean latency), first over
+the cells as run, then with every strategy given ours' execution policy (fine cuts,
+adaptive), which isolates the upload order.
+
+Usage: ``python bench/planner_sim.py [--models ...] [--gap 100 10] [--remeasure]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from ionn_net.model.graph import LayerGraph
+from ionn_net.model.graph_io import graph_from_json, graph_to_json
+from ionn_net.planner.costmodel import ServerCostModel
+from ionn_net.planner.link import Link
+from ionn_net.planner.simulate import SimResult, simulate, simulate_partitions
+from ionn_net.planner.upload import get_planner
+from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern
+
+DATA = Path(__file__).resolve().parent / "data" / "planner"
+MODELS = ("MobileNetV2", "ResNet50", "InceptionV3", "VGG16")
+NETWORKS = ((80.0, 1.0), (20.0, 20.0), (5.0, 50.0))
+STRATEGIES = ("local", "all_at_once", "ionn", "efficiency", "ours")
+
+
+@dataclass(frozen=True)
+class Measured:
+    graph: LayerGraph
+    server_ms: dict[str, float]
+    load_ms: dict[str, float]
+    overhead_ms: float
+    compile_ms_per_layer: float
+    weight_ratio: float
+    note: str
+
+
+# -- measurement (TensorFlow) ------------------------------------------------------------
+
+
+def _weight_ratio(model: object) -> float:
+    import numpy as np
+
+    from ionn_net.proto.codecs import Codec, encode
+
+    raw = wire = 0
+    for w in model.weights:  # type: ignore[attr-defined]
+        data = np.ascontiguousarray(w.numpy(), dtype=np.float32).tobytes()
+        for i in range(0, len(data), 1 << 20):
+            chunk = data[i : i + (1 << 20)]
+            raw += len(chunk)
+            wire += min(len(chunk), len(encode(chunk, Codec.ZSTD_SHUFFLE4)))
+    return raw / wire if wire else 1.0
+
+
+def measure(name: str) -> Measured:
+    import keras
+
+    from ionn_net.executor import Executor, measure_load_times, profile_layers
+    from ionn_net.model.layers import build_layers, extract_manifest
+
+    model = getattr(keras.applications, name)(weights=None)
+    executor = Executor.from_model(model)
+    graph = executor.graph
+    t0 = time.perf_counter()
+    server_ms = profile_layers(executor, runs=5)
+    manifest, blobs, _ = extract_manifest(model)
+
+    def build(layer: str) -> object:
+        return build_layers(manifest, blobs, names=[layer])[layer]
+
+    loads = measure_load_times(graph, build, per_class=3)
+    # each build() call validates the whole manifest first; the server does that once
+    # per session, then builds a partition's layers in one call: time both, and
+    # share the batch time among layers in proportion to their class's cost
+    t1 = time.perf_counter()
+    build_layers(manifest, blobs, names=[])
+    validate_ms = (time.perf_counter() - t1) * 1e3
+    t1 = time.perf_counter()
+    rebuilt = build_layers(manifest, blobs)
+    batch_ms = (time.perf_counter() - t1) * 1e3 - validate_ms
+    share = {
+        n.name: max(loads.build_ms.get(n.cls, 0.0) - validate_ms, 0.1)
+        for n in graph
+        if n.name in rebuilt
+    }
+    scale = batch_ms / sum(share.values())
+    load_ms = {n: share.get(n, 0.0) * scale for n in graph.order}
+    whole = Executor(graph, rebuilt).prepare(graph.order).build_seconds * 1e3
+    compile_ms = max(whole - loads.slice_overhead_ms, 0.0) / max(len(rebuilt), 1)
+    ratio = _weight_ratio(model)
+    note = f"measured in {time.perf_counter() - t0:.0f} s on {os.uname().nodename}"
+    return Measured(graph, server_ms, load_ms, loads.slice_overhead_ms, compile_ms, ratio, note)
+
+
+def load_or_measure(name: str, remeasure: bool) -> Measured:
+    path = DATA / f"{name.lower()}.json"
+    if path.exists() and not remeasure:
+        doc = json.loads(path.read_text())
+        return Measured(
+            graph_from_json(doc["graph"]),
+            doc["server_ms"],
+            doc["load_ms"],
+            doc["partition_overhead_ms"],
+            doc["compile_ms_per_layer"],
+            doc["weight_ratio"],
+            doc["note"],
+        )
+    m = measure(name)
+    DATA.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "graph": graph_to_json(m.graph),
+        "server_ms": m.server_ms,
+        "load_ms": m.load_ms,
+        "partition_overhead_ms": m.overhead_ms,
+        "compile_ms_per_layer": m.compile_ms_per_layer,
+        "weight_ratio": m.weight_ratio,
+        "note": m.note,
+    }
+    path.write_text(json.dumps(doc, indent=0, sort_keys=True))
+    return m
+
+
+# -- cost model check ----------------------------------------------------------------------
+
+
+def cost_model_report(measured: dict[str, Measured]) -> None:
+    print("ServerCostModel, leave-one-model-out (fit on the others, evaluate on this one):")
+    for held, m in measured.items():
+        train_exec, train_load = [], []
+        for name, other in measured.items():
+            if name == held:
+                continue
+            g = other.graph
+            train_exec += [(g[n], t) for n, t in other.server_ms.items() if g[n].inbound]
+            train_load += [(g[n], t) for n, t in other.load_ms.items() if g[n].inbound]
+        model = ServerCostModel.fit(train_exec, train_load)
+        ex = model.evaluate([(m.graph[n], t) for n, t in m.server_ms.items() if m.graph[n].inbound])
+        ld = model.evaluate(
+            [(m.graph[n], t) for n, t in m.load_ms.items() if m.graph[n].inbound], which="load"
+        )
+        total_true = sum(m.server_ms.values())
+        total_pred = sum(model.exec_profile(m.graph).values())
+        print(
+            f"  {held:12s} exec MAPE {ex['mape']:6.1f}% median {ex['median_ape']:5.1f}%  "
+            f"whole model {total_pred:7.1f} ms predicted vs {total_true:7.1f} ms  |  "
+            f"load MAPE {ld['mape']:6.1f}%"
+        )
+    print(
+        "  (profile_layers apportions each compiled chunk's time by a fitted MACs/elements\n"
+        "   share, so per-layer 'truth' is itself partly a linear model: the whole-model\n"
+        "   column is the independent check.)"
+    )
+
+
+# -- simulation ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    first: float | None
+    t100: float | None
+    mean_same_policy: float
+
+
+def run_cell(ctx: PlanningContext, window: float, strategy: str) -> Cell:
+    plan = get_planner(strategy).plan(ctx)
+    in_window = ctx.with_(pattern=QueryPattern.back_to_back(duration_s=window))
+    res: SimResult = simulate(in_window, plan)
+    hundred = simulate(ctx.with_(pattern=QueryPattern.back_to_back(count=100)), plan)
+    same = simulate_partitions(in_window, plan.partitions, ExecutionPolicy("fine", adaptive=True))
+    first = res.first_faster_than_local()
+    if first is None:
+        first = hundred.first_faster_than_local()
+    return Cell(
+        res.mean_latency(0.0, window),
+        first,
+        hundred.completion_time(100),
+        same.mean_latency(0.0, window),
+    )
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.3g}"
+
+
+def geomean(values: Sequence[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    ap.add_argument("--gap", nargs="+", type=float, default=[100.0, 10.0])
+    ap.add_argument("--remeasure", action="store_true")
+    args = ap.parse_args(argv)
+
+    measured = {name: load_or_measure(name, args.remeasure) for name in args.models}
+    for name, m in measured.items():
+        print(
+            f"{name}: {len(m.graph)} layers, {m.graph.total_weight_bytes / 1e6:.1f} MB, "
+            f"server {sum(m.server_ms.values()):.1f} ms, rebuild {sum(m.load_ms.values()):.0f} ms, "
+            f"compile {m.compile_ms_per_layer:.1f} ms/layer + {m.overhead_ms:.0f} ms/partition, "
+            f"weight zstd ratio {m.weight_ratio:.3f} "
+            f"({m.note})"
+        )
+    if len(measured) > 1:
+        cost_model_report(measured)
+
+    ratios: dict[str, list[float]] = {"ionn": [], "efficiency": []}
+    same_ratios: dict[str, list[float]] = {"ionn": [], "efficiency": []}
+    failures: list[str] = []
+    t_start = time.perf_counter()
+    for gap in args.gap:
+        print(f"\nclient = server x {gap:g}")
+        head = " ".join(f"{s:>24s}" for s in STRATEGIES)
+        print(f"{'model':12s} {'net':>10s} {'W s':>7s} {'local s':>8s} {head}")
+        print(f"{'':40s}" + " ".join(f"{'mean / first / t100':>24s}" for _ in STRATEGIES))
+        for name, m in measured.items():
+            client_ms = {k: v * gap for k, v in m.server_ms.items()}
+            for mbit, rtt in NETWORKS:
+                link = Link.from_mbit(mbit, rtt, weight_ratio=m.weight_ratio)
+                ctx = PlanningContext(
+                    graph=m.graph,
+                    client_ms=client_ms,
+                    server_ms=m.server_ms,
+                    load_ms=m.load_ms,
+                    link=link,
+                    partition_overhead_ms=m.overhead_ms,
+                    compile_ms_per_layer=m.compile_ms_per_layer,
+                    pattern=QueryPattern.back_to_back(),
+                )
+                window = m.graph.total_weight_bytes / link.bandwidth
+                cells = {s: run_cell(ctx, window, s) for s in STRATEGIES}
+                row = " ".join(
+                    f"{_fmt(c.mean):>8s}/{_fmt(c.first):>7s}/{_fmt(c.t100):>7s}"
+                    for c in cells.values()
+                )
+                print(f"{name:12s} {mbit:4g}M/{rtt:3g}ms {window:7.1f} {ctx.local_s():8.2f} {row}")
+                ours = cells["ours"]
+                for base in ("ionn", "efficiency"):
+                    ratios[base].append(ours.mean / cells[base].mean)
+                    same_ratios[base].append(ours.mean_same_policy / cells[base].mean_same_policy)
+                    if ours.mean > cells[base].mean * (1 + 1e-9):
+                        failures.append(f"{name} {mbit:g}M x{gap:g}: ours > {base}")
+    print(f"\n({time.perf_counter() - t_start:.0f} s of planning and simulation)")
+    for base in ("ionn", "efficiency"):
+        print(
+            f"geomean mean-latency ratio ours/{base}: {geomean(ratios[base]):.3f} as run "
+            f"({1 / geomean(ratios[base]):.2f}x better), "
+            f"{geomean(same_ratios[base]):.3f} with the same execution policy for all "
+            f"({1 / geomean(same_ratios[base]):.2f}x)"
+        )
+    print("ours <= ionn and efficiency in every cell:", failures or "yes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
