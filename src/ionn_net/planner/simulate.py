@@ -32,6 +32,7 @@ Model:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -260,6 +261,17 @@ class _Uploader:
                 self.rem -= (horizon - self.now) * bw
                 self.now = horizon
 
+    def clone(self) -> _Uploader:
+        """An independent copy that never calls the replanner (for look-ahead)."""
+        twin = copy.copy(self)
+        twin.queue = deque(self.queue)
+        twin.busy = deque(self.busy)
+        twin.records = list(self.records)
+        twin.sent_layers = set(self.sent_layers)
+        twin.usable = list(self.usable)
+        twin.replanner = None
+        return twin
+
     def finished_by(self, t: float) -> bool:
         """True when nothing is left to send and every partition is usable at ``t``."""
         self.advance(t)
@@ -302,12 +314,16 @@ class _Runner:
         self.up = up
         self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
         self.plans: dict[tuple[int, int, int], ExecutionPlan] = {}
+        self.run_sets: dict[tuple[frozenset[str], int], int] = {}
         up.run_set_size = self.run_set_size
         self.seg_costs: dict[tuple[tuple[str, ...], object], tuple[float, float, float]] = {}
 
     def run_set_size(self, usable: frozenset[str], link: Link) -> int:
         """Server layers of the best plan with ``usable`` layers: what the server
         compiles when a partition lands."""
+        key = (usable, id(link))
+        if key in self.run_sets:
+            return self.run_sets[key]
         plan = self.planner.solve(
             self.ctx.times,
             self.planner.servable(usable),
@@ -315,7 +331,8 @@ class _Runner:
             objective=self.policy.objective,
             power=self.ctx.power,
         )
-        return len(plan.server_layers)
+        self.run_sets[key] = len(plan.server_layers)
+        return self.run_sets[key]
 
     def plan(self, k: int, link_idx: int, link: Link, start: int = 0) -> ExecutionPlan:
         key = (k, link_idx, start)
@@ -373,13 +390,15 @@ class _Runner:
         end = t + float(durations.sum())
         event = math.inf
         if self.policy.adaptive:
-            # the query sends nothing during a client segment, so the upload can be
-            # advanced to the segment's end before looking for the next event
-            self.up.advance(end)
-            recs = self.up.records
+            # the query sends nothing during this segment: run a copy of the upload to
+            # the segment's end (or the next bandwidth change) to find when the next
+            # partition becomes usable, without committing the real one past ``t``
+            event = self.up.next_change(t)
+            peek = self.up.clone()
+            peek.advance(min(end, event))
+            recs = peek.records
             if k < len(recs) and recs[k].ready_s >= 0:
-                event = recs[k].ready_s
-            event = min(event, self.up.next_change(t))
+                event = min(event, recs[k].ready_s)
         if event > end:
             acc.compute += end - t
             return end, pos + n, None

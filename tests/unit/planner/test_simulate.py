@@ -110,6 +110,25 @@ def test_adaptive_policy_uses_layers_that_land_mid_query() -> None:
     assert adaptive.queries[0].replans == 1
 
 
+def test_a_query_that_replans_mid_segment_still_pauses_the_upload() -> None:
+    # in -> l0 -> l1 -> l2, 100 B tensors; l1 (500 B) is usable at 0.5 s, l2 (5000 B)
+    # is on the link from 0.5 s. The first query computes l0 locally (1 s), then
+    # re-plans and offloads l1: 0.1 s up and 0.1 s down pause l2's upload.
+    g = chain([25, 25, 25, 25], weights=[0, 500, 5000])
+    c = PlanningContext(
+        graph=g,
+        client_ms={"in": 0.0, "l0": 1000.0, "l1": 1000.0, "l2": 1000.0},
+        server_ms={"in": 0.0, "l0": 10.0, "l1": 10.0, "l2": 10.0},
+        link=Link(bandwidth=1000.0),
+        pattern=QueryPattern.back_to_back(count=1),
+    )
+    res = simulate(c, plan_of(c, [frozenset({"l1"}), frozenset({"l2"})], adaptive=True))
+    q = res.queries[0]
+    assert q.server_layers == {"l1"}
+    assert q.latency_s == pytest.approx(1.0 + 0.21 + 1.0)
+    assert res.partitions[1].arrived_s == pytest.approx(5.5 + 0.2)
+
+
 def test_rate_pattern_queues_behind_a_running_query() -> None:
     c = ctx(QueryPattern.rate(0.5, count=3))
     res = simulate(c, plan_of(c, []))

@@ -269,3 +269,25 @@ def test_upload_plan_validates_its_partitions() -> None:
             exec_plans=(),
             initial_plan=base.initial_plan,
         )
+
+
+def test_energy_objective_changes_what_is_worth_uploading() -> None:
+    # offloading l0 is faster (0.09 s of radio vs 0.1 s of compute) but, with a
+    # power-hungry radio, costs more client energy than computing locally
+    from ionn_net.planner.energy import PowerModel
+
+    g = chain([22_500, 10], weights=[1000])
+    client, server = {"in": 0.0, "l0": 100.0}, {"in": 0.0, "l0": 1.0}
+    radio_hungry = PowerModel(compute_w=1.0, transmit_w=10.0, idle_w=0.5)
+    fast = context(g, client, server, power=radio_hungry)
+    frugal = fast.with_(objective="energy")
+    for name in ("ionn", "ours"):
+        assert get_planner(name).plan(fast).partitions == (frozenset({"l0"}),)
+        plan = get_planner(name).plan(frugal)
+        assert plan.partitions == ()
+        assert plan.policy.objective == "energy"
+    ctx = frugal.with_(pattern=QueryPattern.back_to_back(count=3))
+    res = simulate(ctx, get_planner("all_at_once").plan(ctx))
+    # queries after the upload still run locally: energy is what the policy minimises
+    assert res.queries[-1].server_layers == frozenset()
+    assert res.queries[-1].energy_j == pytest.approx(0.1 * 1.0)
