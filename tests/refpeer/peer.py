@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .channels import Channel, PeerTimeout
@@ -162,11 +163,29 @@ class RefPeer:
         self.log: list[Incoming] = []
         self._pre = bytearray()
         self._frames: list[Frame] = []
+        self._cork: bytearray | None = None
 
     # ----- raw output -----------------------------------------------------------------------
 
     def send_raw(self, data: bytes) -> None:
+        if self._cork is not None:
+            self._cork += data
+            return
         self.channel.send(data)
+
+    @contextlib.contextmanager
+    def corked(self) -> Iterator[None]:
+        """Coalesce everything sent inside into one write (flushed before waiting to read)."""
+        self._cork = bytearray()
+        try:
+            yield
+        finally:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._cork = self._cork, None
+        if pending:
+            self.channel.send(bytes(pending))
 
     def send_settings(self, entries: dict[int, int] | None = None) -> None:
         entries = self.announced if entries is None else entries
@@ -193,6 +212,7 @@ class RefPeer:
     # ----- input --------------------------------------------------------------------------
 
     def _recv(self) -> bytes:
+        self.flush()  # never wait for the peer while holding back our own bytes
         if self.eof:
             raise PeerClosed("the peer closed the connection")
         data = self.channel.recv(1 << 20, self.timeout)
@@ -599,12 +619,12 @@ class RefPeer:
         """Poll until the peer's message on ``sid`` is complete; PeerClosed if it was reset."""
         rec = self.streams[sid]
         for _ in range(1_000_000):
-            if rec.reset_code is not None:
-                raise PeerClosed(f"stream {sid} reset with {rec.reset_code.name}")
-            if rec.remote is Half.ENDED:
+            if rec.remote is Half.ENDED:  # complete, even if a RESET followed it
                 assert rec.head is not None
                 rec.delivered = True
                 return Message(sid, rec.head, bytes(rec.body))
+            if rec.reset_code is not None:
+                raise PeerClosed(f"stream {sid} reset with {rec.reset_code.name}")
             self.poll()
         raise PeerTimeout(f"message on stream {sid} never completed")
 
@@ -620,9 +640,16 @@ class RefPeer:
         """Client exchange of §10.1: a request message, then the response message."""
         if body:
             head = {**head, "body_len": len(body)}
-        sid = self.open_stream(head, urgency=urgency, incremental=incremental, end_stream=not body)
-        if body:
-            self.send_body(sid, body, codec=codec)
+        with self.corked():  # HEADERS and a small body leave in one write
+            sid = self.open_stream(
+                head, urgency=urgency, incremental=incremental, end_stream=not body
+            )
+            if body:
+                try:
+                    self.send_body(sid, body, codec=codec)
+                except (PeerClosed, UsageError):  # the peer answered early and reset the upload
+                    if self.streams[sid].reset_code is None:
+                        raise
         return self.read_message(sid)
 
     def accept_request(self) -> Message:
