@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,7 +27,7 @@ from typing import Any
 from ionn_net.bench.scenario import LinkConfig
 from ionn_net.errors import ConfigError
 from ionn_net.netem.base import NetemError
-from ionn_net.netem.probe import ProbeResult, ProbeServer, probe_link
+from ionn_net.netem.probe import ProbeResult
 from ionn_net.netem.proxy import LinkSpec, ShapingProxy
 from ionn_net.netem.select import BACKENDS, choose_backend
 
@@ -163,21 +164,39 @@ class BenchLink:
         return out
 
     async def _probe_proxy(self, direction: str) -> ProbeResult:
+        """Probe through a proxy in this process, with the probe's two ends in child
+        processes: the proxy then has this event loop to itself, as in a real run."""
         spec = self.spec()
-        async with (
-            ProbeServer(_LOOPBACK) as server,
-            ShapingProxy(_LOOPBACK, server.port, up=spec, down=spec, seed=self._seed) as proxy,
-        ):
-            return await probe_link(
-                _LOOPBACK,
-                proxy.port,
-                duration_s=self._probe_s,
-                pings=20,
-                direction="up" if direction == "up" else "down",
-                backend=self.kind,
-                configured_rate_bps=spec.rate_bps,
-                configured_rtt_ms=2 * spec.delay_ms,
-            )
+        probe = [sys.executable, "-m", "ionn_net.netem.probe"]
+        server = await asyncio.create_subprocess_exec(
+            *probe, "serve", "--host", _LOOPBACK, "--duration-s", "120",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert server.stdout is not None
+            line = await asyncio.wait_for(server.stdout.readline(), 30)
+            fields = line.decode().split()
+            if len(fields) != 3 or fields[0] != "listening":
+                raise NetemError(f"probe server did not start: {line!r}")
+            async with ShapingProxy(
+                _LOOPBACK, int(fields[2]), up=spec, down=spec, seed=self._seed
+            ) as proxy:
+                argv = [*probe, "client", "--host", _LOOPBACK, "--port", str(proxy.port)]
+                argv += ["--duration-s", str(self._probe_s), "--pings", "20"]
+                argv += ["--direction", direction, "--backend", self.kind]
+                argv += ["--configured-rate-bps", str(spec.rate_bps)]
+                argv += ["--configured-rtt-ms", str(2 * spec.delay_ms)]
+                client = await asyncio.create_subprocess_exec(
+                    *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+                )
+                out, err = await asyncio.wait_for(client.communicate(), self._probe_s + 60)
+            if client.returncode != 0:
+                raise NetemError(f"probe client failed: {err.decode().strip()[-500:]}")
+            return ProbeResult(**json.loads(out))
+        finally:
+            if server.returncode is None:
+                server.terminate()
+            await asyncio.wait_for(server.wait(), 10)
 
     # -- what the runner needs -----------------------------------------------------------
 

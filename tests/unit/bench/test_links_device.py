@@ -35,7 +35,7 @@ async def test_userspace_link_is_probed_and_forwards_to_the_server() -> None:
             for direction in ("up", "down"):
                 probe = report.probes[direction]
                 assert probe.configured_rate_bps == 20e6
-                assert 0.9 < (probe.rate_ratio() or 0) < 1.1
+                assert 0.85 < (probe.rate_ratio() or 0) < 1.1
                 assert probe.rtt_ms_p50 is not None and 19.0 < probe.rtt_ms_p50 < 35.0
             assert link.prefix("client") == [] and link.server_host == "127.0.0.1"
             host, proxied = await link.attach(port)
