@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.conformance.harness import CoreUnderTest, Outcome
+from tests.conformance.harness import CoreUnderTest, Outcome, check_invalid_vector
+from tests.conformance.vectors import category, vid
 from tests.helpers.edge_server import running_server
 from tests.refpeer import Code, Message, PeerClosed, RefPeer, SocketChannel
 from tests.refpeer import wire as rw
@@ -178,6 +179,12 @@ def test_an_answer_given_before_the_body_is_read_reaches_the_client(server: Any)
 
 
 @pytest.mark.spec("10.1.2")
+@pytest.mark.parametrize("vector", category("invalid", "10.1.2"), ids=vid)
+def test_body_len_rules_as_golden_vectors(vector: dict[str, object]) -> None:
+    check_invalid_vector(vector)
+
+
+@pytest.mark.spec("10.1.2")
 def test_body_announced_without_body_len_is_a_stream_error() -> None:
     core = CoreUnderTest().handshake()
     core.feed(rw.headers_frame(1, {"m": "blob"}))
@@ -324,7 +331,7 @@ def test_other_messages_while_auth_pending_close_with_auth_failed(auth_server: A
     sid = peer.open_stream(head, end_stream=not body)
     if body:
         peer.send_body(sid, body)
-    peer.timeout = 3.0  # silence past this deadline is a failure (no GOAWAY came)
+    peer.timeout = 1.5  # silence past this deadline is a failure (no GOAWAY came)
     seen = peer.drain()
     goaways = [i for i in seen if i.kind == "goaway"]
     assert goaways and goaways[0].code == Code.AUTH_FAILED, [i.kind for i in seen]

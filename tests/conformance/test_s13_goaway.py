@@ -91,6 +91,7 @@ def test_goaway_with_an_error_code_is_a_connection_error() -> None:
     term = core.terminated()
     assert term is not None and term.remote and term.error_code == ErrorCode.ENHANCE_YOUR_CALM
     assert core.conn.closed
+    assert core.goaways() == [], "the receiver of an error GOAWAY closes without its own"
 
 
 @pytest.mark.spec("13.3")

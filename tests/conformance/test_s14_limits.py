@@ -75,14 +75,19 @@ def test_control_replies_for_a_peer_that_does_not_read() -> None:
 
 
 @pytest.mark.spec("14.3")
-@pytest.mark.parametrize("kind", ["empty_data", "unknown"])
+@pytest.mark.parametrize(
+    "kind", ["empty_data", "unknown", "stray_ping_ack", "stray_settings_ack", "idle_credit"]
+)
 def test_useless_frames_budget(kind: str) -> None:
-    core = CoreUnderTest().handshake()
-    if kind == "empty_data":
-        core.feed(rw.headers_frame(1, {"m": "q", "body_len": 5}))
-        frame = rw.data_frame(1, b"")
-    else:
-        frame = rw.build_frame(0x55, 0, 0, b"")
+    core = CoreUnderTest(limits=Limits(control_frames_per_window=10_000)).handshake()
+    core.feed(rw.headers_frame(1, {"m": "q", "body_len": 5}))
+    frame = {
+        "empty_data": rw.data_frame(1, b""),
+        "unknown": rw.build_frame(0x55, 0, 0, b""),
+        "stray_ping_ack": rw.ping_frame(b"nobody!!", ack=True),
+        "stray_settings_ack": rw.settings_ack(),
+        "idle_credit": rw.credit_frame(0, 1),  # raises no limit
+    }[kind]
     core.feed(frame * 100)
     assert core.outcome() == Outcome("ignored")
     core.feed(frame)

@@ -324,7 +324,8 @@ class RefPeer:
 
     def _on_credit(self, f: Frame) -> Incoming:
         (limit,) = struct.unpack(">Q", f.payload)
-        limit = min(limit, MAX_CREDIT)
+        if limit > MAX_CREDIT:  # §7.3: limits are at most 2^62
+            raise PeerError(Code.PROTOCOL_ERROR, f"CREDIT {limit} above 2^62")
         if f.stream_id == 0:
             self.conn_send_limit = max(self.conn_send_limit, limit)  # §7.3: never decreases
             return Incoming("credit", f, 0)
@@ -367,6 +368,8 @@ class RefPeer:
             if rec is None:
                 return Incoming("refused", f, f.stream_id, code=Code.REFUSED_STREAM)
         elif rec.closed:
+            if not self._ours(rec.sid):  # §6.2.2: a peer id is never reopened
+                raise PeerError(Code.PROTOCOL_ERROR, f"HEADERS reopening stream {rec.sid}")
             return Incoming("ignored", f, f.stream_id)
         self._advance_remote(rec, True, f.end_stream)
         urgency, pflags = f.payload[0], f.payload[1]

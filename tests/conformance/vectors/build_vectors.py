@@ -239,6 +239,16 @@ def valid() -> list[dict[str, object]]:
         build_frame(0xFF, 0, 0, b""),
         {"type": "UNKNOWN", "type_code": 0xFF, "flags": 0, "stream_id": 0, "payload_hex": ""},
     )
+    for name, raw in (  # §3.4: ignored whatever their codec byte (parse-only: codec dropped)
+        ("unknown_type_with_codec", build_frame(0x7F, 0, 1, b"x", codec=1)),
+        ("unknown_type_raw_decoded_mismatch", build_frame(0x7F, 0, 1, b"x", decoded_length=2)),
+    ):
+        add(
+            name,
+            raw,
+            {"type": "UNKNOWN", "type_code": 0x7F, "flags": 0, "stream_id": 1, "payload_hex": "78"},
+            roundtrip=False,
+        )
     return v
 
 
@@ -444,6 +454,16 @@ def invalid() -> list[dict[str, object]]:
             )
     inv.append(_inv("setting_3_above_range", settings_frame([(3, 2**31)]), pe, "connection", "4.4"))
     inv += [
+        _inv("credit_above_2_pow_62", credit_frame(0, 2**62 + 1), pe, "connection", "7.3"),
+        _inv("credit_2_pow_64_minus_1", credit_frame(0, 2**64 - 1), pe, "connection", "7.3"),
+        _inv(
+            "stream_credit_above_2_pow_62",
+            credit_frame(1, 2**62 + 1),
+            pe,
+            "connection",
+            "7.3",
+            prefix=OPEN1,
+        ),
         _inv("credit_on_idle_stream", credit_frame(1, 1 << 30), pe, "connection", "4.7"),
         _inv("data_on_idle_stream", build_frame(T.DATA, 0, 1, b"x"), pe, "connection", "6.2.2"),
         _inv("reset_on_idle_stream", reset_frame(3, Code.CANCEL), pe, "connection", "6.2.2"),
@@ -485,6 +505,24 @@ def invalid() -> list[dict[str, object]]:
             "stream",
             "6.2.1",
             prefix=OPEN1_END,
+        ),
+        _inv(
+            "end_stream_with_nonzero_body_len",
+            headers_frame(1, {"m": "x", "body_len": 5}, end_stream=True),
+            pe,
+            "stream",
+            "10.1.2",
+        ),
+        _inv(
+            "body_announced_without_body_len", headers_frame(1, {"m": "x"}), pe, "stream", "10.1.2"
+        ),
+        _inv(
+            "headers_reopening_a_closed_peer_stream",
+            headers_frame(1, {"m": "x"}, end_stream=True),
+            pe,
+            "connection",
+            "6.2.2",
+            prefix=OPEN1_END + reset_frame(1, 8),
         ),
         _inv(
             "second_headers_in_body",
@@ -648,22 +686,6 @@ def invalid() -> list[dict[str, object]]:
 
 def acceptable() -> list[dict[str, object]]:
     return [
-        {
-            "name": "unknown_type_with_codec",
-            "hex": build_frame(0x7F, 0, 1, b"x", codec=1).hex(),
-            "prefix_hex": "",
-            "outcomes": ["ignored", "PROTOCOL_ERROR"],
-            "section": "3.4",
-            "why": "§3.3 forbids codec != 0 outside DATA; §3.4 ignores unknown types",
-        },
-        {
-            "name": "unknown_type_raw_decoded_mismatch",
-            "hex": build_frame(0x7F, 0, 1, b"x", decoded_length=2).hex(),
-            "prefix_hex": "",
-            "outcomes": ["ignored", "COMPRESSION_ERROR"],
-            "section": "3.4",
-            "why": "§3.3 requires decoded_length == length for codec 0; §3.4 ignores unknown types",
-        },
         {
             "name": "head_depth_33",
             "hex": headers_frame(
