@@ -148,7 +148,8 @@ def build_layer(
     if spec.cls == "InputLayer":
         return factory(shape=kwargs["shape"], dtype="float32", name=spec.name)
     layer = factory(**kwargs, dtype="float32", name=spec.name)
-    symbolic = [keras.Input(shape=s, dtype="float32") for s in _int_shapes(input_shapes)]
+    # Bare symbolic tensors (not keras.Input, which builds an InputLayer each time).
+    symbolic = [keras.KerasTensor((None, *s), dtype="float32") for s in _int_shapes(input_shapes)]
     out = layer(symbolic if spec.cls in _LIST_INPUT else symbolic[0])
     got = tuple(out.shape[1:])
     if got != info.output_shapes[0]:

@@ -543,9 +543,7 @@ def validate_manifest(
         raise SpecError(f"expected a ModelManifest, got {type(m).__name__}")
     _name(m.name, "manifest.name")
     if not isinstance(m.layers, tuple) or not 1 <= len(m.layers) <= limits.max_layers:
-        raise SpecError(
-            f"manifest.layers: expected a tuple of 1..{limits.max_layers} LayerSpec"
-        )
+        raise SpecError(f"manifest.layers: expected a tuple of 1..{limits.max_layers} LayerSpec")
     infos: dict[str, LayerInfo] = {}
     params = act = macs = 0
     for spec in m.layers:
@@ -767,6 +765,6 @@ def check_weights(spec: LayerSpec, info: LayerInfo, weights: Iterable[object]) -
                 f"{where}: weight {i} ({e.role}): expected {e.dtype} {list(e.shape)}, "
                 f"got {a.dtype} {list(a.shape)}"
             )
-        wire = a.astype(_NP_DTYPES[e.dtype], order="C").tobytes()
-        out.append(_decode_weight(spec.name, i, w, memoryview(wire)))
+        wire = np.asarray(a).astype(_NP_DTYPES[e.dtype], order="C", copy=False)
+        out.append(_decode_weight(spec.name, i, w, wire.reshape(-1).view(np.uint8).data))
     return out
