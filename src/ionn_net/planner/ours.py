@@ -382,7 +382,40 @@ class OursPlanner(UploadPlanner):
                     out.append(parts)
             if not self.select:
                 break
+        if self.select:
+            levels = self.penalty_levels(ctx)
+            if levels and levels not in out:
+                out.append(levels)
         return out
+
+    def penalty_levels(self, ctx: PlanningContext) -> list[frozenset[str]]:
+        """IONN's ladder of upload penalties (1, 1/2, ..., then 0) redone with this
+        model: fine cuts, RTT, compressed sizes, load and compile time in the penalty,
+        and layers already sent are free. Another variant for the judge."""
+        ep = planner_for(ctx.graph, self.method)
+        link = ctx.link
+        unit = ctx.weight_bytes / link.weight_ratio / link.bandwidth + ctx.load_s
+        unit = unit + ctx.compile_ms_per_layer / 1000.0
+        everything = ep.servable(ctx.graph.order)
+        held = ep.servable(ctx.held)
+        names = ctx.graph.order
+        parts: list[frozenset[str]] = []
+        for level in range(11):
+            p = 0.5**level if level < 10 else 0.0
+            penalty = np.where(held, 0.0, p * unit)
+            sol = ep.solve(
+                ctx.times,
+                everything,
+                link,
+                objective=ctx.objective,
+                power=ctx.power,
+                penalty=penalty,
+            )
+            new = ep.servable(sol.server_layers) & ~held
+            if new.any():
+                parts.append(frozenset(names[i] for i in np.flatnonzero(new)))
+                held = held | new
+        return parts
 
     def partitions(self, ctx: PlanningContext, elapsed_s: float = 0.0) -> list[frozenset[str]]:
         """The chosen partitions, in upload order."""

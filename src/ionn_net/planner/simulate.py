@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from ionn_net.errors import PlannerError
 from ionn_net.planner.execution import ExecutionPlan, ExecutionPlanner, Segment, planner_for
 from ionn_net.planner.link import Link
-from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, UploadPlan
+from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern, UploadPlan
 
 __all__ = [
     "PartitionRecord",
@@ -436,6 +436,45 @@ class _Runner:
         return t
 
 
+def _issue_time(pattern: QueryPattern, i: int, prev_end: float) -> float:
+    if pattern.kind == "rate":
+        assert pattern.rate_qps is not None
+        return i / pattern.rate_qps
+    return prev_end
+
+
+def _repeat(
+    records: list[QueryRecord], rec: QueryRecord, pattern: QueryPattern, limit: float, total: int
+) -> float:
+    """Append copies of ``rec`` (same service time) until the pattern's limit or
+    ``total`` queries; return the last finish time."""
+    service = rec.finished_s - rec.started_s
+    prev_end = rec.finished_s
+    i = rec.index + 1
+    while i < total:
+        issued = _issue_time(pattern, i, prev_end)
+        if issued >= limit:
+            break
+        started = max(issued, prev_end)
+        prev_end = started + service
+        records.append(
+            QueryRecord(
+                i,
+                issued,
+                started,
+                prev_end,
+                rec.server_layers,
+                rec.compute_s,
+                rec.transfer_s,
+                rec.wait_s,
+                rec.energy_j,
+                0,
+            )
+        )
+        i += 1
+    return prev_end
+
+
 def _validate_changes(changes: Sequence[tuple[float, Link]]) -> list[tuple[float, Link]]:
     out: list[tuple[float, Link]] = []
     last = 0.0
@@ -501,32 +540,35 @@ def simulate_partitions(
     open_ended = math.isinf(limit) and pattern.count is None
     records: list[QueryRecord] = []
     prev_end = 0.0
-    for i in range(min(count, max_queries)):
-        if pattern.kind == "rate":
-            assert pattern.rate_qps is not None
-            issued = i / pattern.rate_qps
-        else:
-            issued = prev_end
+    total = min(count, max_queries)
+    i = 0
+    while i < total:
+        issued = _issue_time(pattern, i, prev_end)
         if issued >= limit or (open_ended and i > 0 and up.finished_by(issued)):
             break
         started = max(issued, prev_end)
         acc = _Acc()
+        steady = up.finished_by(started) and math.isinf(up.next_change(started))
         prev_end = runner.run(started, acc)
         energy = ctx.power.energy_j(compute_s=acc.compute, transfer_s=acc.transfer, wait_s=acc.wait)
-        records.append(
-            QueryRecord(
-                i,
-                issued,
-                started,
-                prev_end,
-                frozenset(acc.server),
-                acc.compute,
-                acc.transfer,
-                acc.wait,
-                energy,
-                acc.replans,
-            )
+        rec = QueryRecord(
+            i,
+            issued,
+            started,
+            prev_end,
+            frozenset(acc.server),
+            acc.compute,
+            acc.transfer,
+            acc.wait,
+            energy,
+            acc.replans,
         )
+        records.append(rec)
+        i += 1
+        if steady and not open_ended:
+            # nothing changes any more: every later query repeats this one
+            prev_end = _repeat(records, rec, pattern, limit, total)
+            break
     up.drain(limit=prev_end + 1e7)
     return SimResult(
         queries=tuple(records),
