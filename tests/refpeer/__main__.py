@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from .channels import SocketChannel
+from .channels import PeerTimeout, SocketChannel
 from .peer import PeerClosed, RefPeer
 from .session import hello
 from .wire import Code, PeerError
@@ -26,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session", default=None, help="32 hex digits (random by default)")
     parser.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
-    peer = RefPeer(
-        SocketChannel.connect(args.host, args.port, args.timeout), client=True, timeout=args.timeout
-    )
+    try:
+        channel = SocketChannel.connect(args.host, args.port, args.timeout)
+    except OSError as exc:
+        print(f"refpeer: cannot connect: {exc}", file=sys.stderr)
+        return 1
+    peer = RefPeer(channel, client=True, timeout=args.timeout)
     try:
         peer.handshake()
         print(json.dumps({"version": peer.version, "server_settings": peer.peer}))
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(have.head, sort_keys=True))
         peer.ping(b"cli-ping")
         peer.goaway(Code.NO_ERROR, "refpeer done")
-    except (PeerError, PeerClosed, OSError) as exc:
+    except (PeerError, PeerClosed, PeerTimeout, OSError) as exc:
         print(f"refpeer: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
