@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import zstandard
@@ -41,6 +42,7 @@ OUT = Path(__file__).resolve().parent / "frames.json"
 BODY = {"m": "echo", "body_len": 16 << 20}  # announces a body (§10.1.2) below every limit
 OPEN1 = headers_frame(1, BODY, urgency=2)  # opens stream 1, body follows
 OPEN1_END = headers_frame(1, {"m": "echo"}, end_stream=True)
+FSE, PE, CE = Code.FRAME_SIZE_ERROR, Code.PROTOCOL_ERROR, Code.COMPRESSION_ERROR
 
 
 def hdr(ftype: int, codec: int, sid: int, length: int, dlen: int) -> bytes:
@@ -58,13 +60,20 @@ def raw_zstd_frame(descriptor: int, fields: bytes, content: bytes) -> bytes:
     return b"\x28\xb5\x2f\xfd" + bytes([descriptor]) + fields + block + content
 
 
-def valid() -> list[dict[str, object]]:
-    head = b'{"m":"hello","n":1}'
-    v: list[dict[str, object]] = []
+Adder = Callable[..., None]
 
+
+def _adder(v: list[dict[str, object]]) -> Adder:
     def add(name: str, raw: bytes, frame: dict[str, object], *, roundtrip: bool = True) -> None:
         v.append({"name": name, "hex": raw.hex(), "frame": frame, "roundtrip": roundtrip})
 
+    return add
+
+
+def _valid_stream_frames() -> list[dict[str, object]]:
+    head = b'{"m":"hello","n":1}'
+    v: list[dict[str, object]] = []
+    add = _adder(v)
     add(
         "headers_end_stream",
         headers_frame(1, head, urgency=1, end_stream=True),
@@ -119,6 +128,12 @@ def valid() -> list[dict[str, object]]:
         },
         roundtrip=False,
     )
+    return v
+
+
+def _valid_data_frames() -> list[dict[str, object]]:
+    v: list[dict[str, object]] = []
+    add = _adder(v)
     for name, payload, end, sid in (
         ("data_end_stream", b"abc", True, 1),
         ("data_empty_end_stream", b"", True, 7),
@@ -161,6 +176,12 @@ def valid() -> list[dict[str, object]]:
         },
         roundtrip=False,
     )
+    return v
+
+
+def _valid_reset_settings_ping() -> list[dict[str, object]]:
+    v: list[dict[str, object]] = []
+    add = _adder(v)
     add(
         "reset_cancel",
         reset_frame(1, Code.CANCEL),
@@ -197,6 +218,12 @@ def valid() -> list[dict[str, object]]:
         ping_frame(b"12345678", ack=True),
         {"type": "PING", "ack": True, "payload_hex": b"12345678".hex()},
     )
+    return v
+
+
+def _valid_goaway_credit_unknown() -> list[dict[str, object]]:
+    v: list[dict[str, object]] = []
+    add = _adder(v)
     add(
         "goaway_no_debug",
         goaway_frame(0, Code.NO_ERROR),
@@ -252,6 +279,16 @@ def valid() -> list[dict[str, object]]:
     return v
 
 
+def valid() -> list[dict[str, object]]:
+    parts = (
+        _valid_stream_frames,
+        _valid_data_frames,
+        _valid_reset_settings_ping,
+        _valid_goaway_credit_unknown,
+    )
+    return [vector for part in parts for vector in part()]
+
+
 def decode_only() -> list[dict[str, object]]:
     body = b"".join(struct.pack("<f", i / 7) for i in range(2048))
     out = []
@@ -288,13 +325,12 @@ def _inv(
     }
 
 
-def invalid() -> list[dict[str, object]]:
-    fse, pe, ce = Code.FRAME_SIZE_ERROR, Code.PROTOCOL_ERROR, Code.COMPRESSION_ERROR
+def _invalid_sizes() -> list[dict[str, object]]:
     inv = [
         _inv(
             "data_length_above_max_frame_size",
             hdr(0, 0, 1, 65537, 65537),
-            fse,
+            FSE,
             "connection",
             "3.2",
             prefix=OPEN1,
@@ -302,7 +338,7 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "data_decoded_length_above_limit",
             hdr(0, 1, 1, 100, 1048577),
-            fse,
+            FSE,
             "connection",
             "3.2",
             prefix=OPEN1,
@@ -310,32 +346,37 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "headers_length_above_max_header_size",
             hdr(1, 0, 1, 65537, 65537),
-            fse,
+            FSE,
             "connection",
             "3.2",
         ),
         _inv(
             "unknown_type_length_above_max_frame_size",
             hdr(0x7F, 0, 1, 65537, 65537),
-            fse,
+            FSE,
             "connection",
             "3.4",
         ),
         _inv(
             "unknown_type_decoded_above_limit",
             hdr(0x7F, 0, 1, 10, 1048577),
-            fse,
+            FSE,
             "connection",
             "3.4",
         ),
         _inv(
             "headers_payload_3_bytes",
             build_frame(1, 0, 1, b"\x00\x00\x00"),
-            fse,
+            FSE,
             "connection",
             "4.2",
         ),
     ]
+    return inv
+
+
+def _invalid_control_sizes() -> list[dict[str, object]]:
+    inv: list[dict[str, object]] = []
     for ftype, sizes in (
         (T.RESET, (0, 3, 5, 8)),
         (T.PING, (0, 7, 9, 16)),
@@ -348,48 +389,53 @@ def invalid() -> list[dict[str, object]]:
                 _inv(
                     f"{ftype.name.lower()}_payload_{n}",
                     build_frame(ftype, 0, sid, b"\0" * n),
-                    fse,
+                    FSE,
                     "connection",
                     "3.2",
                     prefix=OPEN1 if sid else b"",
                 )
             )
+    return inv
+
+
+def _invalid_codec_and_stream_zero() -> list[dict[str, object]]:
+    inv: list[dict[str, object]] = []
     inv += [
         _inv(
-            "settings_payload_5", build_frame(T.SETTINGS, 0, 0, b"\0" * 5), fse, "connection", "4.4"
+            "settings_payload_5", build_frame(T.SETTINGS, 0, 0, b"\0" * 5), FSE, "connection", "4.4"
         ),
-        _inv("settings_33_entries", settings_frame([(0x40, 0)] * 33), fse, "connection", "4.4"),
+        _inv("settings_33_entries", settings_frame([(0x40, 0)] * 33), FSE, "connection", "4.4"),
         _inv(
             "settings_ack_with_payload",
             build_frame(T.SETTINGS, ACK, 0, b"\0\x01\0\x01\0\0"),
-            fse,
+            FSE,
             "connection",
             "4.4",
         ),
         _inv(
-            "ping_codec_1", build_frame(T.PING, 0, 0, b"\0" * 8, codec=1), pe, "connection", "3.3"
+            "ping_codec_1", build_frame(T.PING, 0, 0, b"\0" * 8, codec=1), PE, "connection", "3.3"
         ),
         _inv(
             "headers_codec_1",
             build_frame(T.HEADERS, 0, 1, b"\0\0\0\0{}", codec=1),
-            pe,
+            PE,
             "connection",
             "3.3",
         ),
         _inv(
-            "settings_codec_2", build_frame(T.SETTINGS, 0, 0, b"", codec=2), pe, "connection", "3.3"
+            "settings_codec_2", build_frame(T.SETTINGS, 0, 0, b"", codec=2), PE, "connection", "3.3"
         ),
         _inv(
             "credit_codec_3",
             build_frame(T.CREDIT, 0, 0, b"\0" * 8, codec=3),
-            pe,
+            PE,
             "connection",
             "3.3",
         ),
         _inv(
             "raw_data_decoded_length_mismatch",
             build_frame(T.DATA, 0, 1, b"abc", decoded_length=4),
-            ce,
+            CE,
             "connection",
             "3.3",
             prefix=OPEN1,
@@ -397,19 +443,24 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "raw_ping_decoded_length_mismatch",
             build_frame(T.PING, 0, 0, b"\0" * 8, decoded_length=9),
-            ce,
+            CE,
             "connection",
             "3.3",
         ),
-        _inv("data_on_stream_0", build_frame(T.DATA, 0, 0, b"x"), pe, "connection", "4"),
-        _inv("headers_on_stream_0", headers_frame(0, {"m": "x"}), pe, "connection", "4"),
-        _inv("reset_on_stream_0", reset_frame(0, Code.CANCEL), pe, "connection", "4"),
-        _inv("settings_on_stream_1", build_frame(T.SETTINGS, 0, 1, b""), pe, "connection", "4"),
-        _inv("ping_on_stream_1", build_frame(T.PING, 0, 1, b"\0" * 8), pe, "connection", "4"),
-        _inv("goaway_on_stream_1", build_frame(T.GOAWAY, 0, 1, b"\0" * 8), pe, "connection", "4"),
-        _inv("headers_urgency_8", headers_frame(1, {"m": "x"}, urgency=8), pe, "stream", "4.2"),
-        _inv("headers_urgency_255", headers_frame(1, {"m": "x"}, urgency=255), pe, "stream", "4.2"),
+        _inv("data_on_stream_0", build_frame(T.DATA, 0, 0, b"x"), PE, "connection", "4"),
+        _inv("headers_on_stream_0", headers_frame(0, {"m": "x"}), PE, "connection", "4"),
+        _inv("reset_on_stream_0", reset_frame(0, Code.CANCEL), PE, "connection", "4"),
+        _inv("settings_on_stream_1", build_frame(T.SETTINGS, 0, 1, b""), PE, "connection", "4"),
+        _inv("ping_on_stream_1", build_frame(T.PING, 0, 1, b"\0" * 8), PE, "connection", "4"),
+        _inv("goaway_on_stream_1", build_frame(T.GOAWAY, 0, 1, b"\0" * 8), PE, "connection", "4"),
+        _inv("headers_urgency_8", headers_frame(1, {"m": "x"}, urgency=8), PE, "stream", "4.2"),
+        _inv("headers_urgency_255", headers_frame(1, {"m": "x"}, urgency=255), PE, "stream", "4.2"),
     ]
+    return inv
+
+
+def _invalid_heads() -> list[dict[str, object]]:
+    inv: list[dict[str, object]] = []
     bad_heads = {
         "head_not_json": b"{not json",
         "head_not_utf8": b'{"m":"\xff\xfe"}',
@@ -424,7 +475,12 @@ def invalid() -> list[dict[str, object]]:
         "head_empty": b"",
         "head_trailing_garbage": b'{"m":"x"}x',
     }
-    inv += [_inv(n, headers_frame(1, h), pe, "stream", "4.2") for n, h in bad_heads.items()]
+    inv += [_inv(n, headers_frame(1, h), PE, "stream", "4.2") for n, h in bad_heads.items()]
+    return inv
+
+
+def _invalid_settings() -> list[dict[str, object]]:
+    inv: list[dict[str, object]] = []
     for sid, (low, high) in {
         1: (65536, 16777215),
         2: (1048576, 67108864),
@@ -437,7 +493,7 @@ def invalid() -> list[dict[str, object]]:
             _inv(
                 f"setting_{sid}_below_range",
                 settings_frame([(sid, low - 1)]),
-                pe,
+                PE,
                 "connection",
                 "4.4",
             )
@@ -447,30 +503,35 @@ def invalid() -> list[dict[str, object]]:
                 _inv(
                     f"setting_{sid}_above_range",
                     settings_frame([(sid, high + 1)]),
-                    pe,
+                    PE,
                     "connection",
                     "4.4",
                 )
             )
-    inv.append(_inv("setting_3_above_range", settings_frame([(3, 2**31)]), pe, "connection", "4.4"))
+    inv.append(_inv("setting_3_above_range", settings_frame([(3, 2**31)]), PE, "connection", "4.4"))
+    return inv
+
+
+def _invalid_streams() -> list[dict[str, object]]:
+    inv: list[dict[str, object]] = []
     inv += [
-        _inv("credit_above_2_pow_62", credit_frame(0, 2**62 + 1), pe, "connection", "7.3"),
-        _inv("credit_2_pow_64_minus_1", credit_frame(0, 2**64 - 1), pe, "connection", "7.3"),
+        _inv("credit_above_2_pow_62", credit_frame(0, 2**62 + 1), PE, "connection", "7.3"),
+        _inv("credit_2_pow_64_minus_1", credit_frame(0, 2**64 - 1), PE, "connection", "7.3"),
         _inv(
             "stream_credit_above_2_pow_62",
             credit_frame(1, 2**62 + 1),
-            pe,
+            PE,
             "connection",
             "7.3",
             prefix=OPEN1,
         ),
-        _inv("credit_on_idle_stream", credit_frame(1, 1 << 30), pe, "connection", "4.7"),
-        _inv("data_on_idle_stream", build_frame(T.DATA, 0, 1, b"x"), pe, "connection", "6.2.2"),
-        _inv("reset_on_idle_stream", reset_frame(3, Code.CANCEL), pe, "connection", "6.2.2"),
+        _inv("credit_on_idle_stream", credit_frame(1, 1 << 30), PE, "connection", "4.7"),
+        _inv("data_on_idle_stream", build_frame(T.DATA, 0, 1, b"x"), PE, "connection", "6.2.2"),
+        _inv("reset_on_idle_stream", reset_frame(3, Code.CANCEL), PE, "connection", "6.2.2"),
         _inv(
             "data_on_idle_stream_above_open",
             build_frame(T.DATA, 0, 3, b"x"),
-            pe,
+            PE,
             "connection",
             "6.2.2",
             prefix=OPEN1,
@@ -478,18 +539,24 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "headers_even_stream_from_client",
             headers_frame(2, {"m": "x"}),
-            pe,
+            PE,
             "connection",
             "6.1.1",
         ),
         _inv(
             "headers_decreasing_stream_id",
             headers_frame(1, {"m": "x"}),
-            pe,
+            PE,
             "connection",
             "6.1.1",
             prefix=headers_frame(3, {"m": "x"}, end_stream=True),
         ),
+    ]
+    return inv
+
+
+def _invalid_stream_states() -> list[dict[str, object]]:
+    return [
         _inv(
             "data_after_end_stream",
             build_frame(T.DATA, 0, 1, b"x"),
@@ -509,17 +576,17 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "end_stream_with_nonzero_body_len",
             headers_frame(1, {"m": "x", "body_len": 5}, end_stream=True),
-            pe,
+            PE,
             "stream",
             "10.1.2",
         ),
         _inv(
-            "body_announced_without_body_len", headers_frame(1, {"m": "x"}), pe, "stream", "10.1.2"
+            "body_announced_without_body_len", headers_frame(1, {"m": "x"}), PE, "stream", "10.1.2"
         ),
         _inv(
             "headers_reopening_a_closed_peer_stream",
             headers_frame(1, {"m": "x"}, end_stream=True),
-            pe,
+            PE,
             "connection",
             "6.2.2",
             prefix=OPEN1_END + reset_frame(1, 8),
@@ -527,18 +594,21 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "second_headers_in_body",
             headers_frame(1, {"m": "x"}),
-            pe,
+            PE,
             "stream",
             "6.2.1",
             prefix=OPEN1,
         ),
     ]
+
+
+def _invalid_zstd() -> list[dict[str, object]]:
     body = b"\x01" * 4096
-    inv += [
+    inv: list[dict[str, object]] = [
         _inv(
             "zstd_no_content_size",
             build_frame(T.DATA, 0, 1, zstd(body, content_size=False), codec=1, decoded_length=4096),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
@@ -546,7 +616,7 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "zstd_content_size_mismatch",
             build_frame(T.DATA, 0, 1, zstd(body), codec=1, decoded_length=4095),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
@@ -554,7 +624,7 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "zstd_trailing_bytes",
             build_frame(T.DATA, 0, 1, zstd(body) + b"\0", codec=1, decoded_length=4096),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
@@ -564,7 +634,7 @@ def invalid() -> list[dict[str, object]]:
             build_frame(
                 T.DATA, 0, 1, zstd(body[:2048]) + zstd(body[:2048]), codec=1, decoded_length=2048
             ),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
@@ -579,7 +649,7 @@ def invalid() -> list[dict[str, object]]:
                 codec=1,
                 decoded_length=4096,
             ),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
@@ -587,7 +657,7 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "zstd_corrupt",
             build_frame(T.DATA, 0, 1, zstd(body)[:8] + b"\xff" * 20, codec=1, decoded_length=4096),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
@@ -595,15 +665,21 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "zstd_not_a_frame",
             build_frame(T.DATA, 0, 1, b"hello world", codec=1, decoded_length=11),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
         ),
+    ]
+    return inv
+
+
+def _invalid_zstd_bounds() -> list[dict[str, object]]:
+    return [
         _inv(
             "zstd_bomb_declared_1mib_within_limit_but_truncated",
             build_frame(T.DATA, 0, 1, zstd(b"\0" * 1048576)[:-3], codec=1, decoded_length=1048576),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
@@ -618,7 +694,7 @@ def invalid() -> list[dict[str, object]]:
                 codec=1,
                 decoded_length=4096,
             ),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
@@ -633,7 +709,7 @@ def invalid() -> list[dict[str, object]]:
                 codec=1,
                 decoded_length=256,
             ),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
@@ -643,15 +719,21 @@ def invalid() -> list[dict[str, object]]:
             build_frame(
                 T.DATA, 0, 1, raw_zstd_frame(0x21, bytes([7, 3]), b"abc"), codec=1, decoded_length=3
             ),
-            ce,
+            CE,
             "connection",
             "12.1",
             prefix=OPEN1,
         ),
+    ]
+
+
+def _invalid_codec_lengths() -> list[dict[str, object]]:
+    body = b"\x01" * 4096
+    return [
         _inv(
             "shuffle4_length_not_multiple",
             build_frame(T.DATA, 0, 1, zstd(body[:4094]), codec=2, decoded_length=4094),
-            ce,
+            CE,
             "connection",
             "12.2",
             prefix=OPEN1,
@@ -659,7 +741,7 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "shuffle2_length_not_multiple",
             build_frame(T.DATA, 0, 1, zstd(body[:4095]), codec=3, decoded_length=4095),
-            ce,
+            CE,
             "connection",
             "12.2",
             prefix=OPEN1,
@@ -667,7 +749,7 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "unknown_codec_4",
             build_frame(T.DATA, 0, 1, b"abc", codec=4, decoded_length=3),
-            ce,
+            CE,
             "connection",
             "12.3",
             prefix=OPEN1,
@@ -675,13 +757,28 @@ def invalid() -> list[dict[str, object]]:
         _inv(
             "unknown_codec_255",
             build_frame(T.DATA, 0, 1, b"abc", codec=255, decoded_length=3),
-            ce,
+            CE,
             "connection",
             "12.3",
             prefix=OPEN1,
         ),
     ]
-    return inv
+
+
+def invalid() -> list[dict[str, object]]:
+    parts = (
+        _invalid_sizes,
+        _invalid_control_sizes,
+        _invalid_codec_and_stream_zero,
+        _invalid_heads,
+        _invalid_settings,
+        _invalid_streams,
+        _invalid_stream_states,
+        _invalid_zstd,
+        _invalid_zstd_bounds,
+        _invalid_codec_lengths,
+    )
+    return [vector for part in parts for vector in part()]
 
 
 def acceptable() -> list[dict[str, object]]:
