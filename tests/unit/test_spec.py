@@ -439,6 +439,26 @@ def test_json_too_deep_is_refused_before_decoding() -> None:
     assert loads_manifest(text).name == "x"
 
 
+@pytest.mark.timeout(30)
+def test_adversarial_text_is_decoded_in_linear_time() -> None:
+    # escaped quotes that never close: quadratic for a naive regex pre-scan
+    for text in ['"' + '\\"' * 2_000_000, "[" * 4_000_000, '{"a":' * 1_000_000]:
+        with pytest.raises(SpecError):
+            loads_manifest(text)
+
+
+def test_cyclic_or_deep_hand_built_config_is_refused() -> None:
+    loop: list[object] = []
+    loop.append(loop)
+    deep: object = 1
+    for _ in range(100_000):
+        deep = (deep,)
+    for value in (loop, deep):
+        spec = LayerSpec("d", "Dense", {"units": value}, (TensorRef("x", 0),))
+        with pytest.raises(SpecError, match="nesting depth"):
+            validate_layer(spec, [[4]])
+
+
 def test_self_referencing_object_terminates() -> None:
     obj, _ = tiny_cnn()
     loop: list[object] = []

@@ -208,10 +208,13 @@ def _path(parts: Sequence[object]) -> str:
     return out
 
 
-def _screen(obj: object, limits: SpecLimits, where: Sequence[object] = ()) -> None:
+def _screen(
+    obj: object, limits: SpecLimits, where: Sequence[object] = (), *, frozen: bool = False
+) -> None:
     """Walk ``obj`` iteratively and refuse anything that is not plain bounded JSON:
     other types, non-finite floats, non-string keys, long strings, too deep or too
-    many values, and any key in :data:`FORBIDDEN_KEYS`."""
+    many values, and any key in :data:`FORBIDDEN_KEYS`. With ``frozen`` (a
+    LayerSpec's config), read-only mappings and tuples stand for objects and lists."""
     stack: list[tuple[object, tuple[object, ...]]] = [(obj, tuple(where))]
     count = 0
     while stack:
@@ -223,7 +226,7 @@ def _screen(obj: object, limits: SpecLimits, where: Sequence[object] = ()) -> No
             raise SpecError(
                 f"{_path(path)}: expected nesting depth <= {limits.max_json_depth}, got deeper"
             )
-        if isinstance(value, dict):
+        if isinstance(value, dict) or (frozen and isinstance(value, Mapping)):
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise SpecError(
@@ -235,7 +238,7 @@ def _screen(obj: object, limits: SpecLimits, where: Sequence[object] = ()) -> No
                         "(it names code or a class to deserialize)"
                     )
                 stack.append((item, (*path, key)))
-        elif isinstance(value, list):
+        elif isinstance(value, list) or (frozen and isinstance(value, tuple)):
             stack.extend((item, (*path, i)) for i, item in enumerate(value))
         elif not isinstance(value, _SCALARS):
             raise SpecError(f"{_path(path)}: expected a JSON value, got {type(value).__name__}")
@@ -246,16 +249,6 @@ def _screen(obj: object, limits: SpecLimits, where: Sequence[object] = ()) -> No
                 f"{_path(path)}: expected a string of at most {limits.max_string_chars} "
                 f"characters, got {len(value)}"
             )
-
-
-def _max_nesting(text: str) -> int:
-    """Deepest bracket nesting of a JSON text, ignoring brackets inside strings."""
-    bare = re.sub(r'"(?:[^"\\]|\\.)*"', "", text)
-    codes = np.frombuffer(bare.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    steps = np.zeros(codes.shape, dtype=np.int64)
-    steps[(codes == ord("[")) | (codes == ord("{"))] = 1
-    steps[(codes == ord("]")) | (codes == ord("}"))] = -1
-    return int(np.cumsum(steps).max()) if steps.size else 0
 
 
 def _refuse_constant(name: str) -> NoReturn:
@@ -293,13 +286,16 @@ def loads_manifest(
         text = data if isinstance(data, str) else bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(f"manifest: expected UTF-8 JSON, got {exc.reason}") from None
-    depth = _max_nesting(text)
-    if depth > limits.max_json_depth:
-        raise SpecError(f"manifest: expected nesting depth <= {limits.max_json_depth}, got {depth}")
     try:
+        # The C decoder is linear in the input and stops deep nesting with a clean
+        # RecursionError (around 1000 levels); _screen then enforces max_json_depth.
         obj = json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_duplicates)
     except SpecError:
         raise
+    except RecursionError:
+        raise SpecError(
+            f"manifest: expected nesting depth <= {limits.max_json_depth}, got deeper"
+        ) from None
     except ValueError as exc:
         raise SpecError(f"manifest: expected JSON, got a decoding error: {exc}") from None
     manifest = parse_manifest(obj, limits)
@@ -466,7 +462,7 @@ def _check_structure(spec: LayerSpec, limits: SpecLimits) -> None:
         raise SpecError(f"{where}: expected a class name string, got {type(spec.cls).__name__}")
     if not isinstance(spec.config, Mapping):
         raise SpecError(f"{where}.config: expected a mapping, got {type(spec.config).__name__}")
-    _screen(_thaw(spec.config), limits, ("layers", spec.name, "config"))
+    _screen(spec.config, limits, ("layers", spec.name, "config"), frozen=True)
     if not isinstance(spec.inbound, tuple) or not all(_is_ref(r) for r in spec.inbound):
         raise SpecError(f"{where}.inbound: expected a tuple of TensorRef('layer', index)")
     if not isinstance(spec.weights, tuple):
