@@ -29,11 +29,16 @@ prediction error) and the query pattern only as "back-to-back, duration unknown"
 Metrics per cell, back-to-back queries from t = 0:
   mean  mean latency of the queries issued during the upload window W = raw model
         bytes / bandwidth (the same W for every strategy)
-  first issue time of the first query faster than a local run
+  first issue time of the first query faster than a local run (0: the very first
+        query, which mid-query re-planning speeds up while the upload runs)
   t100  time until 100 queries have completed
 Then the geometric means of ours/ionn and ours/efficiency (mean latency), first over
 the cells as run, then with every strategy given ours' execution policy (fine cuts,
 adaptive), which isolates the upload order.
+
+The cached measurements were taken on the shared 2-vCPU machine while other jobs ran
+(load average ~6), so absolute times are inflated and noisy; every strategy is
+simulated on the same cached numbers, so the ratios compare like with like.
 
 Usage: ``python bench/planner_sim.py [--models ...] [--gap 100 10] [--remeasure]``.
 """
