@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -68,19 +69,19 @@ def _limits(profile: str) -> Any:
             initial_stream_credit=16 << 20,
             initial_connection_credit=32 << 20,
         )
-    if profile == "small":
-        return Limits(max_chunk=16 * 1024)
+    if profile == "wide":
+        return Limits(initial_stream_credit=8 << 20, initial_connection_credit=32 << 20)
     return Limits()
 
 
 def _ionn_options(params: dict[str, Any]) -> Any:
     from ionn_net.aio import PacingConfig, TransportOptions
 
+    extra = dict(params.get("transport", {}))
     pacing = params.get("pacing")
-    if pacing is None:
-        return TransportOptions()
-    rate = None if pacing == "auto" else float(pacing)
-    return TransportOptions(pacing=PacingConfig(rate_bps=rate))
+    if pacing is not None:
+        extra["pacing"] = PacingConfig(rate_bps=None if pacing == "auto" else float(pacing))
+    return TransportOptions(**extra)
 
 
 # --------------------------------------------------------------------------- servers
@@ -430,8 +431,17 @@ async def _timed_queries(
         start = time.perf_counter()
         await client.query(payload)
         rtts.append(time.perf_counter() - start)
-        await asyncio.sleep(rng.uniform(0.0, 2 * gap_s))
+        pause = rng.uniform(0.0, 2 * gap_s)
+        deadline = time.perf_counter() + pause
+        while not until() and time.perf_counter() < deadline:  # stop early when done
+            await asyncio.sleep(min(0.005, pause))
     return rtts
+
+
+async def _timed(work: Awaitable[None]) -> float:
+    start = time.perf_counter()
+    await work
+    return time.perf_counter() - start
 
 
 async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[str, Any]:
@@ -445,12 +455,10 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
             client, payload, params["idle_queries"], lambda: False, rng, gap_s=0.005
         )
         total = params["upload_bytes"]
-        start = time.perf_counter()
-        upload = asyncio.create_task(client.upload(total))
-        await asyncio.sleep(params["warmup_s"])
+        upload = asyncio.create_task(_timed(client.upload(total)))
+        await asyncio.wait([upload], timeout=params["warmup_s"])
         busy = await _timed_queries(client, payload, 100_000, upload.done, rng, gap_s=gap)
-        await asyncio.wait_for(upload, params["deadline_s"])
-        elapsed = time.perf_counter() - start
+        elapsed = await asyncio.wait_for(upload, params["deadline_s"])
     finally:
         await client.close()
     return {
@@ -467,6 +475,15 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
 
 
 async def _client_main(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    result = await _client_test(kind, host, port, params)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    result["client_user_s"] = after.ru_utime - before.ru_utime
+    result["client_sys_s"] = after.ru_stime - before.ru_stime
+    return result
+
+
+async def _client_test(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[str, Any]:
     if params["test"] == "bulk":
         if kind == "raw":
             rate = await _bulk_raw(host, port, params["bytes"])

@@ -30,8 +30,10 @@ class TransportOptions:
     * ``hol_budget_s``: the low-water mark then follows the measured delivery rate so that
       the kernel holds about this much link time of unsent data (within 16 KiB..4 MiB): a
       fixed byte count is far too much on a slow link (128 KiB is 52 ms at 20 Mbit/s) and
-      far too little on a fast one (40 us at 3 GB/s, one wake-up per 128 KiB). None keeps
-      ``notsent_lowat`` fixed.
+      far too little on a fast one (40 us at 3 GB/s, one wake-up per 128 KiB). It is also
+      how late the event loop may wake up before the link idles: 20 ms keeps a loaded
+      2-core machine at full rate; pacing, not this budget, keeps queries fast on slow
+      links. None keeps ``notsent_lowat`` fixed.
     * ``write_high_water`` / ``write_low_water``: the transport's userspace buffer limits;
       the writer hands the transport one frame at a time while it is below high water
       (low water None: a quarter of high water).
@@ -49,7 +51,7 @@ class TransportOptions:
     """
 
     notsent_lowat: int | None = 128 * KIB
-    hol_budget_s: float | None = 0.002
+    hol_budget_s: float | None = 0.02
     write_high_water: int = 64 * KIB
     write_low_water: int | None = None
     read_buffer_size: int = 256 * KIB

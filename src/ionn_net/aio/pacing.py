@@ -6,18 +6,19 @@ are empty (baselines.md: ~100 ms p50 at 20 Mbit/s with TCP_NOTSENT_LOWAT alone).
 upload bytes at a little under the bottleneck rate keeps that queue near empty, so a query
 sees about one upload frame of extra delay.
 
-Owns three pure pieces (time passed in, no clock reads) and their composition:
+Owns pure pieces (time passed in, no clock reads) and their composition:
 
 * :class:`TokenBucket` -- debt-based bucket: a chunk may leave whenever the balance is not
   negative, then the balance drops by its size; the average rate is exact and one chunk is
   never split.
-* :class:`RateEstimator` -- windowed maximum of delivery-rate samples (BBR-style), each the
-  growth of the kernel's ``TCP_INFO`` ``bytes_acked`` over a few round trips. Samples
-  taken while the sender was app-limited are lower bounds and only count when they raise
-  the maximum.
-* :class:`Pacer` -- paces at ``gain`` x the estimate (or the caller's rate); with an estimated
-  rate it periodically probes at ``probe_gain`` for a short while so that a faster path is
-  discovered (a paced sender is app-limited and would otherwise never see it).
+* :class:`RateEstimator` -- windowed maximum of rate samples; app-limited samples are lower
+  bounds and only count when they raise the maximum.
+* :class:`LinkRateMeter` -- rate samples from the growth of the kernel's ``TCP_INFO``
+  ``bytes_acked`` over a few round trips.
+* :class:`Pacer` -- paces at ``gain`` x the bottleneck rate, given by the caller or
+  estimated: measured during a short unpaced startup, then steered by the queueing delay
+  (smoothed minus minimum RTT) the upload causes, which finds a faster path without the
+  probing bursts BBR uses and backs off when the path slows.
 
 Which streams are paced is decided by the caller (urgency >= ``PacingConfig.min_urgency``);
 every byte the connection writes is charged to the bucket (:meth:`Pacer.account`), so the
@@ -38,49 +39,56 @@ __all__ = ["LinkRateMeter", "Pacer", "PacingConfig", "RateEstimator", "TokenBuck
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PacingConfig:
-    """How upload-urgency streams are paced.
+    """How upload-urgency streams are paced (see :class:`Pacer`).
 
-    ``rate_bps`` (bits/s) fixes the bottleneck rate; None estimates it from TCP_INFO.
-    Streams whose urgency is >= ``min_urgency`` are paced (uploads are urgency 5, §8.1).
-    ``burst_s`` bounds how much sending may catch up after a late wake-up (at least two
-    chunks). With an estimated rate (windowed maximum over ``window_s`` of acknowledged-byte
-    rates measured over ``min_span_s``), every ``probe_interval_s`` the pacer sends at
-    ``probe_gain`` x estimate for ``probe_duration_s`` to look for more bandwidth; a small
-    gain keeps the queue a probe builds at the bottleneck to a few milliseconds. Paced
-    chunks (hence frames) carry at most ``frame_time_s`` of link time, so an urgent frame
-    waits behind at most that much upload at the bottleneck.
+    ``rate_bps`` (bits/s) fixes the bottleneck rate; None estimates it (startup measurement,
+    then steering by queueing delay). Streams whose urgency is >= ``min_urgency`` are paced
+    (uploads are urgency 5, §8.1) at ``gain`` x the bottleneck rate, counting every byte the
+    connection writes. ``burst_s`` bounds how much sending may catch up after a late
+    wake-up (at least two chunks). Each release carries about ``chunk_time_s`` of link time
+    (on a slow link one smaller frame), so an urgent frame waits behind about that much
+    upload at the bottleneck.
     """
 
     rate_bps: float | None = None
     gain: float = 0.95
     min_urgency: int = 4
     burst_s: float = 0.006
-    window_s: float = 20.0
-    sample_interval_s: float = 0.02
-    min_span_s: float = 0.1
-    startup_s: float = 0.5
-    probe_interval_s: float = 8.0
-    probe_duration_s: float = 0.25
-    probe_gain: float = 1.05
-    frame_time_s: float = 0.004
+    chunk_time_s: float = 0.003
+    window_s: float = 5.0
+    sample_interval_s: float = 0.01
+    min_span_s: float = 0.25
+    startup_s: float = 1.0
+    control_interval_s: float = 0.05
+    queue_low_s: float = 0.001
+    queue_high_s: float = 0.004
+    increase: float = 0.01
+    decrease: float = 0.03
 
     def __post_init__(self) -> None:
         checks: tuple[tuple[str, float | None, float, float], ...] = (
             ("rate_bps", self.rate_bps, 1e3, 1e12),
             ("gain", self.gain, 0.1, 2.0),
             ("burst_s", self.burst_s, 0.0, 1.0),
+            ("chunk_time_s", self.chunk_time_s, 0.0001, 1.0),
             ("window_s", self.window_s, 0.1, 600.0),
             ("sample_interval_s", self.sample_interval_s, 0.001, 10.0),
             ("min_span_s", self.min_span_s, 0.001, 60.0),
             ("startup_s", self.startup_s, 0.0, 60.0),
-            ("probe_interval_s", self.probe_interval_s, 0.1, 600.0),
-            ("probe_duration_s", self.probe_duration_s, 0.0, 10.0),
-            ("probe_gain", self.probe_gain, 1.0, 4.0),
-            ("frame_time_s", self.frame_time_s, 0.0001, 1.0),
+            ("control_interval_s", self.control_interval_s, 0.001, 60.0),
+            ("queue_low_s", self.queue_low_s, 0.0, 10.0),
+            ("queue_high_s", self.queue_high_s, 0.0, 10.0),
+            ("increase", self.increase, 0.0, 1.0),
+            ("decrease", self.decrease, 0.0, 0.9),
         )
         for name, value, low, high in checks:
             if value is not None and not low <= value <= high:
                 raise ConfigError(f"PacingConfig.{name}: expected {low}..{high}, got {value!r}")
+        if self.queue_low_s > self.queue_high_s:
+            raise ConfigError(
+                f"PacingConfig.queue_low_s: expected <= queue_high_s ({self.queue_high_s}), "
+                f"got {self.queue_low_s}"
+            )
         if not 0 <= self.min_urgency <= 7:
             raise ConfigError(f"PacingConfig.min_urgency: expected 0..7, got {self.min_urgency}")
 
@@ -185,10 +193,19 @@ class LinkRateMeter:
 class Pacer:
     """Releases chunks of paced streams at ``gain`` x the bottleneck rate.
 
-    ``info_source`` returns the connection's TCP_INFO (or None); it is polled at most every
-    ``sample_interval_s`` from :meth:`delay` into a :class:`LinkRateMeter`. Until the first estimate
-    exists (and for ``startup_s`` after the first chunk) nothing is paced, so the path is
-    measured at full speed.
+    With ``PacingConfig.rate_bps`` the bottleneck rate is given. Otherwise it is estimated:
+
+    1. *Startup*: for ``startup_s`` after the first chunk nothing is paced, and a
+       :class:`LinkRateMeter` measures what the path delivers (``bytes_acked`` growth over
+       ``min_span_s`` spans): the largest such rate is the first estimate.
+    2. *Steady state*: the queueing delay the upload causes (smoothed RTT minus the minimum
+       RTT, from ``TCP_INFO``) steers the estimate every control interval (four minimum RTTs,
+       at least ``control_interval_s``): above ``queue_high_s`` it shrinks by ``decrease``,
+       below ``queue_low_s`` it grows by ``increase``. This finds a faster path without
+       probing bursts and backs off when the path slows or other traffic shares it.
+
+    ``info_source`` returns the connection's TCP_INFO (or None: then nothing is paced
+    unless the rate was given).
     """
 
     def __init__(
@@ -198,21 +215,22 @@ class Pacer:
         self._info = info_source
         self._meter = LinkRateMeter(config.window_s, config.min_span_s)
         self._bucket: TokenBucket | None = None
+        self._estimate: float | None = None
         self._chunk = 0
         self._start: float | None = None
         self._last_sample = -1e18
-        self._next_probe = now + config.probe_interval_s
-        self._probe_until = -1e18
+        self._last_control = -1e18
+        self._active_since_control = False
         self._written = 0
+        self.queue_delay_s: float | None = None
         if config.rate_bps is not None:
-            self._install(config.rate_bps / 8.0, now)
+            self._estimate = config.rate_bps / 8.0
+            self._install(now)
 
     @property
     def bottleneck_rate(self) -> float | None:
         """The rate (bytes/s) currently taken as the bottleneck, or None before estimating."""
-        if self.config.rate_bps is not None:
-            return self.config.rate_bps / 8.0
-        return self._meter.estimate(self._last_sample)
+        return self._estimate
 
     @property
     def pacing_rate(self) -> float | None:
@@ -223,50 +241,71 @@ class Pacer:
     def samples(self) -> int:
         return self._meter.samples
 
-    @property
-    def probing(self) -> bool:
-        return self._last_sample < self._probe_until
-
     def _burst(self, rate: float) -> float:
         return max(2.0 * self._chunk, rate * self.config.burst_s)
 
-    def _install(self, bottleneck: float, now: float) -> None:
-        gain = self.config.gain
-        if self.config.rate_bps is None and now < self._probe_until:
-            gain = self.config.probe_gain
-        rate = bottleneck * gain
+    def _install(self, now: float) -> None:
+        assert self._estimate is not None
+        rate = self._estimate * self.config.gain
         if self._bucket is None:
             self._bucket = TokenBucket(rate, self._burst(rate), now)
         else:
             self._bucket.set_rate(rate, self._burst(rate), now)
 
+    def _control(self, info: TcpInfo, now: float) -> None:
+        """Steer the estimate by the queueing delay (steady state, estimated mode)."""
+        assert self._estimate is not None
+        cfg = self.config
+        interval = max(cfg.control_interval_s, 4.0 * info.min_rtt_s)
+        if now - self._last_control < interval:
+            return
+        self._last_control = now
+        active, self._active_since_control = self._active_since_control, False
+        queue = max(0.0, info.rtt_s - info.min_rtt_s)
+        self.queue_delay_s = queue
+        if queue > cfg.queue_high_s:
+            self._estimate *= 1.0 - cfg.decrease
+        elif queue < cfg.queue_low_s and active:
+            self._estimate *= 1.0 + cfg.increase
+        else:
+            return
+        self._install(now)
+
     def _sample(self, now: float) -> None:
         if now - self._last_sample < self.config.sample_interval_s:
             return
         self._last_sample = now
+        if self.config.rate_bps is not None:
+            return
         info = self._info()
         if info is None:
             return
-        self._meter.update(info, now)
-        if self.config.rate_bps is not None:
+        if self._estimate is not None:
+            self._control(info, now)
             return
-        if now >= self._next_probe:
-            self._probe_until = now + self.config.probe_duration_s
-            self._next_probe = now + self.config.probe_interval_s
-        estimate = self._meter.estimate(now)
+        self._meter.update(info, now)
         started = self._start is not None and now - self._start >= self.config.startup_s
-        if estimate is not None and started:
-            self._install(estimate, now)
+        estimate = self._meter.estimate(now)
+        if started and estimate is not None:
+            self._estimate = estimate
+            self._last_control = now
+            self._install(now)
 
-    def chunk_size(self, max_chunk: int) -> int:
-        """Bytes per paced chunk: ``frame_time_s`` of link time within [4 KiB, max_chunk]."""
-        rate = self.bottleneck_rate
+    def chunk_size(self, upper: int) -> int:
+        """Bytes released per token wait: ``chunk_time_s`` of link time within [4 KiB, upper].
+
+        On a slow link that is less than a frame, so frames shrink with it; on a fast one
+        it is several frames per wake-up (the core still cuts frames at ``max_chunk``).
+        Unpaced (startup, or no estimate): ``upper``.
+        """
+        rate = self.pacing_rate
         if rate is None:
-            return max_chunk
-        return max(min(4096, max_chunk), min(max_chunk, int(rate * self.config.frame_time_s)))
+            return upper
+        return max(min(4096, upper), min(upper, int(rate * self.config.chunk_time_s)))
 
     def delay(self, chunk: int, now: float) -> float:
         """Seconds to wait before releasing a chunk of ``chunk`` bytes (0.0: now)."""
+        self._active_since_control = True
         if chunk > self._chunk:
             self._chunk = chunk
             if self._bucket is not None:  # the burst floor is two chunks

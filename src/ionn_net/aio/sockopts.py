@@ -46,6 +46,7 @@ _TI_CWND_OFFSET = 80
 _TI_BYTES_ACKED = struct.Struct("=Q")
 _TI_BYTES_ACKED_OFFSET = 120
 _TI_NOTSENT_OFFSET = 144
+_TI_MIN_RTT_OFFSET = 148
 _TI_DELIVERY_RATE_OFFSET = 160
 _TI_MIN_SIZE = 168
 _U32 = struct.Struct("=I")
@@ -76,11 +77,13 @@ class TcpInfo:
 
     ``delivery_rate`` is the kernel's most recent delivery-rate sample in bytes/s and
     ``app_limited`` says the sample was taken while the sender had nothing queued (so it is a
-    lower bound of the path rate, not an estimate of it).
+    lower bound of the path rate, not an estimate of it). ``rtt_s`` is the smoothed round
+    trip and ``min_rtt_s`` the smallest seen: their difference is the queueing delay.
     """
 
     rtt_s: float
     rttvar_s: float
+    min_rtt_s: float
     cwnd_segments: int
     bytes_acked: int
     notsent_bytes: int
@@ -151,6 +154,7 @@ def read_tcp_info(sock: SocketLike) -> TcpInfo | None:
     return TcpInfo(
         rtt_s=rtt_us / 1e6,
         rttvar_s=rttvar_us / 1e6,
+        min_rtt_s=_U32.unpack_from(raw, _TI_MIN_RTT_OFFSET)[0] / 1e6,
         cwnd_segments=_U32.unpack_from(raw, _TI_CWND_OFFSET)[0],
         bytes_acked=_TI_BYTES_ACKED.unpack_from(raw, _TI_BYTES_ACKED_OFFSET)[0],
         notsent_bytes=_U32.unpack_from(raw, _TI_NOTSENT_OFFSET)[0],

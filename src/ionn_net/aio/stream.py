@@ -213,8 +213,8 @@ class _BaseStream:
         offset = 0
         while True:
             if pacer is not None and paced:
-                # One frame per paced chunk, of a few milliseconds of link time.
-                chunk = pacer.chunk_size(conn.limits.max_chunk)
+                # A few milliseconds of link time per release (see PacingConfig).
+                chunk = pacer.chunk_size(conn.send_chunk)
             else:
                 chunk = conn.send_chunk
             n = min(total - offset, chunk)

@@ -30,10 +30,10 @@ async def test_paced_upload_respects_the_rate_but_queries_are_not_paced() -> Non
         paced_s = time.perf_counter() - started
         assert head["n"] == len(body)
         # No faster than the rate allows (less one burst); load can only make it slower.
-        burst = max(2 * conn.pacer.chunk_size(conn.limits.max_chunk), RATE_BPS / 8 * 0.006)
+        burst = max(2 * conn.pacer.chunk_size(conn.send_chunk), RATE_BPS / 8 * 0.006)
         assert paced_s >= (len(body) - burst) / (RATE_BPS / 8) * 0.95
-        # Paced chunks are a few milliseconds of link time each (one frame each).
-        assert conn.pacer.chunk_size(conn.limits.max_chunk) == int(RATE_BPS / 8 * 0.004)
+        # Paced releases are a few milliseconds of link time each.
+        assert conn.pacer.chunk_size(conn.send_chunk) == int(RATE_BPS / 8 * 0.003)
         # The same body at query urgency is not paced: it is much faster on loopback.
         started = time.perf_counter()
         head, _ = await conn.request({"m": "q"}, body, urgency=1)

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from ionn_net.aio.pacing import Pacer, PacingConfig, RateEstimator, TokenBucket
+from ionn_net.aio.pacing import LinkRateMeter, Pacer, PacingConfig, RateEstimator, TokenBucket
 from ionn_net.aio.sockopts import TcpInfo
 from ionn_net.errors import ConfigError
 
 
 def _info(
-    rate: float, *, app_limited: bool = False, acked: int = 0, rtt_s: float = 0.01
+    rate: float,
+    *,
+    app_limited: bool = False,
+    acked: int = 0,
+    rtt_s: float = 0.01,
+    min_rtt_s: float = 0.01,
 ) -> TcpInfo:
     return TcpInfo(
         rtt_s=rtt_s,
         rttvar_s=0.001,
+        min_rtt_s=min_rtt_s,
         cwnd_segments=10,
         bytes_acked=acked,
         notsent_bytes=0,
@@ -93,24 +99,27 @@ def test_pacer_with_given_rate_paces_at_gain() -> None:
     assert 0.15 <= now <= 0.2 + 1e-9
 
 
-def test_pacer_estimates_after_startup_and_probes() -> None:
+def test_pacer_estimates_at_startup_then_steers_by_queueing_delay() -> None:
     clock = [0.0]
     rate = 2_000_000.0  # bytes/s acknowledged by the path
+    rtt = [0.010]
 
     def info() -> TcpInfo:
-        return _info(0.0, acked=int(rate * clock[0]))
+        return _info(0.0, acked=int(rate * clock[0]), rtt_s=rtt[0], min_rtt_s=0.010)
 
     config = PacingConfig(
         gain=0.9,
-        startup_s=0.1,
+        startup_s=0.2,
         sample_interval_s=0.01,
         min_span_s=0.05,
-        probe_interval_s=1.0,
-        probe_duration_s=0.05,
-        probe_gain=1.2,
+        control_interval_s=0.05,
+        queue_low_s=0.001,
+        queue_high_s=0.004,
+        increase=0.01,
+        decrease=0.03,
     )
     pacer = Pacer(config, info, now=0.0)
-    for step in range(8):  # startup: unpaced while the rate is measured
+    for step in range(19):  # startup: unpaced while the rate is measured
         clock[0] = step * 0.01
         assert pacer.delay(1000, clock[0]) == 0.0
     assert pacer.pacing_rate is None
@@ -118,30 +127,36 @@ def test_pacer_estimates_after_startup_and_probes() -> None:
     pacer.delay(1000, clock[0])
     assert pacer.bottleneck_rate == pytest.approx(rate)
     assert pacer.pacing_rate == pytest.approx(0.9 * rate)
-    clock[0] = 1.01  # the probe window opens
+    # No queue while sending: the estimate creeps up, one step per control interval.
+    clock[0] = 0.26
     pacer.delay(1000, clock[0])
-    assert pacer.probing
-    assert pacer.pacing_rate == pytest.approx(1.2 * rate)
-    clock[0] = 1.2  # probe over
+    assert pacer.bottleneck_rate == pytest.approx(rate * 1.01)
+    clock[0] = 0.28  # within the same interval: unchanged
     pacer.delay(1000, clock[0])
-    assert pacer.pacing_rate == pytest.approx(0.9 * rate)
+    assert pacer.bottleneck_rate == pytest.approx(rate * 1.01)
+    # A queue builds (RTT 8 ms above its minimum): back off.
+    rtt[0] = 0.018
+    clock[0] = 0.32
+    pacer.delay(1000, clock[0])
+    assert pacer.queue_delay_s == pytest.approx(0.008)
+    assert pacer.bottleneck_rate == pytest.approx(rate * 1.01 * 0.97)
+    assert pacer.pacing_rate == pytest.approx(0.9 * rate * 1.01 * 0.97)
+    # Between the thresholds: hold.
+    rtt[0] = 0.012
+    clock[0] = 0.40
+    pacer.delay(1000, clock[0])
+    assert pacer.bottleneck_rate == pytest.approx(rate * 1.01 * 0.97)
 
 
-def test_pacer_sample_spans_several_rtts() -> None:
+def test_rate_meter_sample_spans_several_rtts() -> None:
     # A burst of ACKs within one RTT must not be taken as the link rate.
-    acked = [0]
-
-    def info() -> TcpInfo:
-        return _info(0.0, acked=acked[0], rtt_s=0.1)
-
-    pacer = Pacer(PacingConfig(sample_interval_s=0.01, min_span_s=0.01), info, now=0.0)
-    pacer.delay(1000, 0.0)
-    acked[0] = 1_000_000  # a burst right after the first sample
-    pacer.delay(1000, 0.01)
-    assert pacer.samples == 0  # span below 2 x RTT: no sample yet
-    pacer.delay(1000, 0.2)
-    assert pacer.samples == 1
-    assert pacer.bottleneck_rate == pytest.approx(1_000_000 / 0.2)
+    meter = LinkRateMeter(window_s=10.0, min_span_s=0.01)
+    meter.update(_info(0.0, acked=0, rtt_s=0.1), 0.0)
+    meter.update(_info(0.0, acked=1_000_000, rtt_s=0.1), 0.01)  # a burst right after
+    assert meter.samples == 0  # span below 2 x RTT: no sample yet
+    meter.update(_info(0.0, acked=1_000_000, rtt_s=0.1), 0.2)
+    assert meter.samples == 1
+    assert meter.estimate(0.2) == pytest.approx(1_000_000 / 0.2)
 
 
 def test_pacer_without_tcp_info_stays_unpaced() -> None:
@@ -153,7 +168,13 @@ def test_pacer_without_tcp_info_stays_unpaced() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("gain", 0.0), ("rate_bps", -1.0), ("min_urgency", 9), ("probe_gain", 0.5)],
+    [
+        ("gain", 0.0),
+        ("rate_bps", -1.0),
+        ("min_urgency", 9),
+        ("decrease", 1.0),
+        ("queue_low_s", 1.0),
+    ],
 )
 def test_pacing_config_validates(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=field):
