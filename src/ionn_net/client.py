@@ -273,8 +273,10 @@ class OffloadClient:
             secret = self.config.secret
             server_nonce = bytes.fromhex(str(head.get("nonce", "")))
             if secret is None:
+                conn.abort(ErrorCode.AUTH_FAILED, "no shared secret configured")
                 raise OffloadError("the server requires a shared secret; none is configured")
             if head.get("proof") != hmac_proof(secret, "server", nonce, server_nonce):
+                conn.abort(ErrorCode.AUTH_FAILED, "the server's proof is wrong")
                 raise OffloadError("the server failed to prove it knows the shared secret")
             proof = hmac_proof(secret, "client", nonce, server_nonce)
             head = await self._request(conn, {"m": "auth", "proof": proof}, b"", expect=None)

@@ -26,7 +26,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ class ServerConfig:
     max_bytes_per_session: int = 1 << 30
     max_queries_per_session: int = 8
     max_sessions: int = 1024
+    max_connections_per_address: int = 16
     max_manifest_bytes: int = 16 << 20
     max_prepare_sets: int = 16
     inference_threads: int = 2
@@ -88,6 +89,7 @@ class ServerConfig:
             "max_bytes_per_session",
             "max_queries_per_session",
             "max_sessions",
+            "max_connections_per_address",
             "max_manifest_bytes",
             "max_prepare_sets",
             "inference_threads",
@@ -232,6 +234,11 @@ class EdgeServer:
         conn = stream._conn
         state = self._conns.get(conn)
         if state is None:  # weak keys: the state goes away with the connection
+            if self._too_many_from(conn):
+                logger.warning("refusing a connection from %s: too many", conn.remote_address)
+                conn.close(ErrorCode.ENHANCE_YOUR_CALM, "too many connections from this address")
+                await stream.respond(error_head("busy", "too many connections from this address"))
+                return
             state = self._conns[conn] = _ConnState()
         kind = stream.head.get("m")
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
@@ -239,6 +246,9 @@ class EdgeServer:
         try:
             if handler is None:
                 raise RequestError("unknown_message", f"m: unknown message type {kind!r}")
+            if state.pending_key is not None and kind != "auth":
+                self._refuse_auth(stream, f"{kind!r} while authentication is pending")
+                return
             if state.session is None and kind not in ("hello", "auth"):
                 raise RequestError("no_session", "send hello first (protocol.md §10.2.1)")
             head, body = await handler(state, stream)
@@ -253,6 +263,11 @@ class EdgeServer:
             logger.warning("request %r failed: %s", kind, exc)
             head = error_head("internal", str(exc))
         await stream.respond(head, body, codec=Codec.ZSTD if body else None)
+
+    def _too_many_from(self, conn: AioConnection) -> bool:
+        host = _host(conn.remote_address)
+        live = sum(1 for c in self._conns if not c.closed and _host(c.remote_address) == host)
+        return live >= self.config.max_connections_per_address
 
     async def _read_body(self, stream: ServerStream, limit: int) -> bytes:
         expected = get_body_len(stream.head, limit=limit)
@@ -286,11 +301,16 @@ class EdgeServer:
         import hmac as _hmac
 
         if not isinstance(proof, str) or not _hmac.compare_digest(proof, expected):
-            logger.warning("authentication failed from %s", stream._conn.remote_address)
-            stream._conn.close(ErrorCode.AUTH_FAILED, "authentication failed")
+            self._refuse_auth(stream, "wrong proof")
             raise RequestError("bad_request", "auth: wrong proof")
         key, state.pending_key = state.pending_key, None
         return self._welcome(state, key), b""
+
+    @staticmethod
+    def _refuse_auth(stream: ServerStream, why: str) -> None:
+        """§10.2.3: GOAWAY AUTH_FAILED, revealing nothing."""
+        logger.warning("authentication failed from %s: %s", stream._conn.remote_address, why)
+        stream._conn.close(ErrorCode.AUTH_FAILED, "authentication failed")
 
     def _welcome(self, state: _ConnState, key: str) -> dict[str, object]:
         session = self._sessions.get(key)
@@ -336,7 +356,7 @@ class EdgeServer:
         return {"m": "manifest_ok", "model": digest, **self._holdings(session, model)}, b""
 
     def _parse_model(self, body: bytes) -> _Model:
-        manifest = loads_manifest(body, self.config.spec_limits)
+        manifest = loads_manifest(body, self.config.spec_limits, canonical=True)
         graph = graph_from_manifest(manifest, self.config.spec_limits)
         return _Model(manifest, graph, self.config.jit)
 
@@ -391,8 +411,8 @@ class EdgeServer:
             )
         if self.store.bytes_owned_by(session.hash) + size > self.config.max_bytes_per_session:
             raise RequestError("limit_exceeded", "this session stores too many bytes")
-        body = await self._read_body(stream, size - offset)
-        new_offset = await asyncio.to_thread(self.store.append_partial, key, offset, body)
+        body_len = get_body_len(head, limit=size - offset)
+        new_offset = await self._append_body(stream, key, offset, body_len)
         complete = new_offset == size
         if complete:
             try:
@@ -404,6 +424,30 @@ class EdgeServer:
             self.store.record_owner(session.hash, digest)
             self.stats["blobs"] += 1
         return {"m": "blob_ok", "sha256": digest, "offset": new_offset, "complete": complete}, b""
+
+    async def _append_body(self, stream: ServerStream, key: str, offset: int, body_len: int) -> int:
+        """Append the body to the partial blob as it arrives, about 1 MiB at a time, so
+        that an upload cut at any byte resumes from what was received (§10.5.2)."""
+        pending: list[bytes] = []
+        pending_bytes = 0
+        received = 0
+        try:
+            async for chunk in stream:
+                received += len(chunk)
+                if received > body_len:
+                    raise RequestError("bad_request", f"body: more than body_len={body_len}")
+                pending.append(chunk)
+                pending_bytes += len(chunk)
+                if pending_bytes >= 1 << 20:
+                    data, pending, pending_bytes = b"".join(pending), [], 0
+                    offset = await asyncio.to_thread(self.store.append_partial, key, offset, data)
+        finally:
+            if pending:  # also when the client vanished: keep what arrived
+                data = b"".join(pending)
+                offset = await asyncio.to_thread(self.store.append_partial, key, offset, data)
+        if received != body_len:
+            raise RequestError("bad_request", f"body: expected {body_len} bytes, got {received}")
+        return offset
 
     # -- §10.6 load ----------------------------------------------------------------------
 
@@ -471,17 +515,12 @@ class EdgeServer:
             raise RequestError("layer_not_ready", f"layers not ready: {not_ready[:8]}")
         ins, outs = model.graph.boundary(run)
         limits = self.config.limits
-        expected = {str(r): (None, *model.graph[r.layer].output_shapes[r.index]) for r in ins}
         body = await self._read_body(stream, limits.max_message_size)
         try:
-            tensors = decode_tensors(head.get("tensors"), body, limits=limits, expected=expected)
-        except TensorError as exc:
+            tensors = decode_tensors(head.get("tensors"), body, limits=limits)
+        except TensorError as exc:  # malformed descriptors or payload, NaN/Inf (§9)
             raise RequestError("bad_tensor", str(exc)) from None
-        for ref in ins:  # §9.4: the model's signature fixes the dtype too
-            want = model.graph[ref.layer].output_dtype
-            if tensors[str(ref)].dtype != np.dtype(want):
-                got = tensors[str(ref)].dtype
-                raise RequestError("bad_tensor", f"tensor {ref}: expected {want}, got {got}")
+        self._check_boundary(model.graph, ins, tensors, limits.max_batch)
         if session.queries.locked():
             raise RequestError("busy", "too many concurrent queries in this session")
         async with session.queries, self._inference:
@@ -507,6 +546,35 @@ class EdgeServer:
         return reply, out_body
 
     @staticmethod
+    def _check_boundary(
+        graph: LayerGraph, ins: Sequence[TensorRef], tensors: Mapping[str, np.ndarray], batch: int
+    ) -> None:
+        """§10.7: the tensors must be exactly the boundary inputs of the run set, with the
+        model's shapes and dtypes (§9.4); anything else is ``bad_request``."""
+        want = {str(r) for r in ins}
+        if set(tensors) != want:
+            raise RequestError(
+                "bad_request", f"tensors: expected {sorted(want)}, got {sorted(tensors)}"
+            )
+        for ref in ins:
+            node, arr = graph[ref.layer], tensors[str(ref)]
+            shape = node.output_shapes[ref.index]
+            if arr.shape[1:] != shape or not 1 <= arr.shape[0] <= batch:
+                raise RequestError(
+                    "bad_request",
+                    f"tensor {ref}: expected shape (1..{batch}, "
+                    f"{', '.join(map(str, shape))}), got {arr.shape}",
+                )
+            if arr.dtype != np.dtype(node.output_dtype):
+                raise RequestError(
+                    "bad_request", f"tensor {ref}: expected {node.output_dtype}, got {arr.dtype}"
+                )
+
+    @staticmethod
     def _run(model: _Model, run: list[str], feeds: Mapping[TensorRef, np.ndarray]) -> Any:
         compiled = model.executor().prepare(run)  # cached after load's prepare
         return compiled(feeds)
+
+
+def _host(address: Any) -> Any:
+    return address[0] if isinstance(address, tuple) and address else address

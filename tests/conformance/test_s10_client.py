@@ -199,9 +199,6 @@ def test_client_falls_back_on_an_invalid_cost_model(
 
 
 @pytest.mark.spec("10.2.3")
-@pytest.mark.xfail(
-    strict=True, reason="OffloadClient closes with GOAWAY CANCEL, not AUTH_FAILED (reported)"
-)
 def test_client_refuses_a_server_that_cannot_prove_the_secret(
     fake: tuple[FakeServer, int], model: Any
 ) -> None:

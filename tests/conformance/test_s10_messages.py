@@ -307,10 +307,6 @@ def test_wrong_proof_closes_with_auth_failed(auth_server: Any) -> None:
 
 
 @pytest.mark.spec("10.2.3")
-@pytest.mark.xfail(
-    strict=True,
-    reason="EdgeServer answers no_session instead of GOAWAY AUTH_FAILED (reported)",
-)
 @pytest.mark.parametrize("m", ["have", "manifest"])
 def test_other_messages_while_auth_pending_close_with_auth_failed(auth_server: Any, m: str) -> None:
     peer = connect(auth_server)
@@ -557,10 +553,6 @@ def test_query_with_a_non_finite_input_is_bad_tensor(loaded: tuple[RefPeer, Mode
 
 @pytest.mark.slow
 @pytest.mark.spec("10.7")
-@pytest.mark.xfail(
-    strict=True,
-    reason="EdgeServer answers bad_tensor; protocol.md §10.7 requires bad_request (reported)",
-)
 @pytest.mark.parametrize("flaw", ["ref", "shape"])
 def test_query_tensors_must_be_the_boundary_inputs(
     loaded: tuple[RefPeer, Model], flaw: str

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ionn_net.aio import AioConnection, connect
+from ionn_net.aio import AioConnection, ConnectionClosedError, connect
 from ionn_net.model.spec import canonical_json
 from ionn_net.planner.costmodel import ServerCostModel
+from ionn_net.proto import ErrorCode
 from ionn_net.server import EdgeServer, ServerConfig
 from ionn_net.tensors import decode_tensors, encode_tensors
 from tests.helpers.manifests import tiny_cnn
@@ -175,9 +176,9 @@ async def test_wrong_tensor_shape_and_dtype_are_refused(server: EdgeServer) -> N
         tenant = Tenant(conn)
         await tenant.upload_and_load()
         reply = await tenant.query(np.ones((1, 8, 9, 3), np.float32))
-        assert reply["code"] == "bad_tensor"
+        assert reply["code"] == "bad_request"  # §10.7: not the model's boundary shape
         reply = await tenant.query(np.ones((1, 8, 8, 3), np.float64))
-        assert reply["code"] == "bad_tensor"
+        assert reply["code"] == "bad_request"
         assert (await tenant.query(np.ones((1, 8, 8, 3), np.float32)))["m"] == "result"
 
 
@@ -288,3 +289,66 @@ async def test_a_client_vanishing_mid_blob_affects_nobody_else(server: EdgeServe
 def test_cost_model_in_welcome_round_trips() -> None:
     doc = ServerCostModel().to_doc()
     assert ServerCostModel.from_doc(json.loads(json.dumps(doc))) == ServerCostModel()
+
+
+async def test_an_upload_cut_mid_blob_resumes_from_the_bytes_received(server: EdgeServer) -> None:
+    session = os.urandom(16).hex()
+    tenant_conn = await connect("127.0.0.1", server.port)
+    await hello(tenant_conn, session)
+    tenant = Tenant(tenant_conn)
+    await call(tenant_conn, {"m": "manifest", "model": tenant.digest}, tenant.body)
+    sha, blob = max(tenant.builder.blobs.items(), key=lambda kv: len(kv[1]))
+    stream = await tenant_conn.open_stream(
+        {
+            "m": "blob",
+            "model": tenant.digest,
+            "sha256": sha,
+            "size": len(blob),
+            "offset": 0,
+            "body_len": len(blob),
+        }
+    )
+    await stream.send_data(blob[:200])
+    await asyncio.sleep(0.2)  # let the server read it
+    tenant_conn.abort()  # the client vanishes mid-blob
+    async with connect("127.0.0.1", server.port) as conn:
+        await hello(conn, session)
+        head, _ = await call(conn, {"m": "manifest", "model": tenant.digest}, tenant.body)
+        for _ in range(100):  # the server notices the vanished client, then keeps its bytes
+            if sha in head["partial"]:
+                break
+            await asyncio.sleep(0.05)
+            head, _ = await call(conn, {"m": "have", "model": tenant.digest})
+        offset = head["partial"][sha]
+        assert offset == 200
+        reply, _ = await call(
+            conn,
+            {
+                "m": "blob",
+                "model": tenant.digest,
+                "sha256": sha,
+                "size": len(blob),
+                "offset": offset,
+            },
+            blob[offset:],
+        )
+        assert reply["complete"] and reply["offset"] == len(blob)
+
+
+async def test_connections_per_address_are_capped() -> None:
+    config = ServerConfig(max_connections_per_address=2)
+    async with EdgeServer(config=config, cost_model=ServerCostModel()) as srv:
+        conns = [await connect("127.0.0.1", srv.port) for _ in range(3)]
+        try:
+            assert (await hello(conns[0]))["m"] == "welcome"
+            assert (await hello(conns[1]))["m"] == "welcome"
+            try:
+                third = await hello(conns[2])
+            except ConnectionClosedError as exc:  # the GOAWAY overtook the error reply
+                assert exc.error_code == ErrorCode.ENHANCE_YOUR_CALM
+            else:
+                assert third["m"] == "error" and third["code"] == "busy"
+            assert (await hello(conns[1]))["code"] == "bad_request"  # others unaffected
+        finally:
+            for c in conns:
+                c.abort()
