@@ -47,7 +47,7 @@ from ionn_net.messages import (
 )
 from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.planner.costmodel import ServerCostModel
-from ionn_net.planner.execution import ExecutionPlan, Segment
+from ionn_net.planner.execution import ExecutionPlan, LayerTimes, Segment, local_plan
 from ionn_net.planner.link import Link
 from ionn_net.planner.profiles import ClientProfile, ProfileCache
 from ionn_net.planner.upload import get_planner
@@ -289,10 +289,12 @@ class OffloadClient:
             cost = ServerCostModel.from_doc(doc)
             self.server_ms = cost.exec_profile(self.graph)
             self.load_ms = cost.load_profile(self.graph)
+            self.partition_overhead_ms = cost.partition_overhead_ms
         except PlannerError as exc:
             logger.warning("invalid server cost model (%s): assuming a 10x faster server", exc)
             self.server_ms = {n: v / self.config.slowdown / 10 for n, v in self.client_ms.items()}
             self.load_ms = {}
+            self.partition_overhead_ms = 0.0
 
     def _manifest_head(self) -> dict[str, object]:
         return {"m": "manifest", "model": self.model_digest, "body_len": len(self.manifest_body)}
@@ -348,12 +350,12 @@ class OffloadClient:
             load_ms=self.load_ms,
             held=held,
             pattern=self.pattern,
+            partition_overhead_ms=self.partition_overhead_ms,
         )
 
     def _local_plan(self) -> ExecutionPlan:
-        seg = Segment("client", self.graph.order)
-        total = sum(self.client_ms.values()) / 1000.0
-        return ExecutionPlan(segments=(seg,), predicted_s=total, breakdown={"client_s": total})
+        times = LayerTimes.from_ms(self.graph, self.client_ms, self.client_ms)
+        return local_plan(self.graph, times, self.link)
 
     def _plan_upload(self) -> UploadPlan:
         planner = get_planner(self.planner_name)

@@ -53,7 +53,7 @@ from ionn_net.messages import (
 from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
 from ionn_net.model.schema import LOCAL_ONLY
-from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest
+from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest, split_blob
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
 from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
@@ -487,17 +487,25 @@ class EdgeServer:
         }, b""
 
     def _build(self, model: _Model, names: list[str]) -> None:
-        from ionn_net.model.layers import build_layers
+        """Build the named layers from verified blobs (worker thread). The manifest was
+        validated as a whole when it arrived; each layer is re-validated on its own by
+        ``build_layer`` with the input shapes of the server's own graph."""
+        from ionn_net.model.layers import build_layer
 
-        todo = [n for n in names if n not in model.ready]
-        blobs = {}
-        for name in todo:
-            sha = model.specs[name].blob_sha256
-            if sha is not None:
-                blobs[sha] = self.store.get(sha)  # verified on read
-        built = build_layers(model.manifest, blobs, names=todo, limits=self.config.spec_limits)
+        limits = self.config.spec_limits
+        built = {}
+        for name in names:
+            if name in model.ready:
+                continue
+            spec = model.specs[name]
+            shapes = [model.graph[r.layer].output_shapes[r.index] for r in spec.inbound]
+            weights = []
+            if spec.blob_sha256 is not None:
+                blob = self.store.get(spec.blob_sha256)  # verified on read
+                weights = split_blob(spec, blob, limits)
+            built[name] = build_layer(spec, shapes, weights, limits=limits)
         model.executor().add_layers(built)
-        model.ready.update(todo)
+        model.ready.update(built)
 
     # -- §10.7 query ---------------------------------------------------------------------
 
