@@ -88,7 +88,7 @@ def test_bit_rot_on_disk_is_detected_and_never_served(tmp_path: Path) -> None:
     store = DirectoryStore(tmp_path)
     store.put(DIGEST, BLOB)
     path = next((tmp_path / "blobs").glob(f"*/{DIGEST}"))
-    path.write_bytes(b"\x00" + BLOB[1:])
+    path.write_bytes(bytes([BLOB[0] ^ 1]) + BLOB[1:])
     with pytest.raises(StoreError, match="failed verification"):
         store.get(DIGEST)
     assert not store.has(DIGEST)
