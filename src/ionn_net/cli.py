@@ -180,7 +180,8 @@ def _demo_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default="resnet50",
-        help=f"one of {', '.join(MODELS)} (random weights), or a path to a .keras file the client loads (default %(default)s)",
+        help=f"one of {', '.join(MODELS)} (random weights), or a path to a .keras file the "
+        "client loads (default %(default)s)",
     )
     p.add_argument(
         "--mbit",
@@ -198,7 +199,8 @@ def _demo_parser() -> argparse.ArgumentParser:
         "--slowdown",
         type=_positive(float, "--slowdown"),
         default=10.0,
-        help="the client is this many times slower than this machine: each local segment is stretched to slowdown x its measured time (default %(default)s)",
+        help="the client is this many times slower than this machine: each local segment is "
+        "stretched to slowdown x its measured time (default %(default)s)",
     )
     p.add_argument(
         "--planner",
@@ -210,7 +212,8 @@ def _demo_parser() -> argparse.ArgumentParser:
         "--window",
         type=_positive(float, "--window"),
         default=None,
-        help="seconds of back-to-back queries per run (default: until the upload ends + 3 s, at most 90 s)",
+        help="seconds of back-to-back queries per run (default: until the upload ends + 3 s, "
+        "at most 90 s)",
     )
     p.add_argument(
         "--no-compare",
@@ -299,7 +302,10 @@ class _Printer:
             f"{s.location}{'(fallback)' if s.fallback else ''} {len(s.layers)}"
             for s in result.segments
         )
-        line = f"  q{n:<3d} t={t:6.2f}s  {result.total_ms:8.1f} ms  server {result.server_layers:3d}/{total_layers} layers  [{where}]"
+        line = (
+            f"  q{n:<3d} t={t:6.2f}s  {result.total_ms:8.1f} ms  "
+            f"server {result.server_layers:3d}/{total_layers} layers  [{where}]"
+        )
         prefix = "\r\x1b[K" if self.tty else ""
         self.out.write(prefix + line + "\n")
         self.out.flush()
@@ -327,7 +333,8 @@ async def _demo_run(
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     x = rng.uniform(-1, 1, (1, *shape)).astype(np.float32)
     printer.line(
-        f"== {strategy}: {args.mbit:g} Mbit/s, {2 * args.delay_ms:g} ms RTT, client slowdown {args.slowdown:g}x"
+        f"== {strategy}: {args.mbit:g} Mbit/s, {2 * args.delay_ms:g} ms RTT, "
+        f"client slowdown {args.slowdown:g}x"
     )
     async with (
         EdgeServer(cost_model=cost) as server,
@@ -364,7 +371,8 @@ def _cache_dir() -> Path:
 
 def _table(summaries: list[RunSummary]) -> str:
     rows = [
-        "| strategy | queries | mean latency during upload (ms) | first offloaded query (s) | upload done (s) | mean latency after upload (ms) |",
+        "| strategy | queries | mean latency during upload (ms) | first offloaded query (s) "
+        "| upload done (s) | mean latency after upload (ms) |",
         "|---|---|---|---|---|---|",
     ]
     for s in summaries:

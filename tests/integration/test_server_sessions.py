@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.helpers.manifests import tiny_cnn
 
 from ionn_net.aio import AioConnection, ConnectionClosedError, connect
 from ionn_net.model.spec import canonical_json
@@ -22,7 +23,6 @@ from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import ErrorCode
 from ionn_net.server import EdgeServer, ServerConfig
 from ionn_net.tensors import decode_tensors, encode_tensors
-from tests.helpers.manifests import tiny_cnn
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -187,6 +187,7 @@ async def test_query_on_layers_not_loaded(server: EdgeServer) -> None:
         await hello(conn)
         tenant = Tenant(conn)
         head, _ = await call(conn, {"m": "manifest", "model": tenant.digest}, tenant.body)
+        assert head["layers_ready"] == []
         reply = await tenant.query(np.ones((1, 8, 8, 3), np.float32))
         assert reply["code"] == "layer_not_ready"
 

@@ -108,7 +108,7 @@ def test_partials_keyed_per_session_complete_under_the_real_digest(store: BlobSt
     from ionn_net.store import partial_key
 
     mine, theirs = partial_key(SESSION, DIGEST), partial_key("cd" * 16, DIGEST)
-    assert mine != theirs and mine != DIGEST
+    assert mine not in (theirs, DIGEST)
     store.append_partial(mine, 0, BLOB)
     assert store.partial_offset(theirs) == 0  # another tenant sees no progress
     store.complete_partial(DIGEST, key=mine)
