@@ -31,9 +31,18 @@ def model() -> Any:
     return keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
 
 
-def inputs(n: int) -> list[np.ndarray]:
+@pytest.fixture(scope="module")
+def small_model() -> Any:
+    """A narrow MobileNetV2 (2 MB of weights) for the tests about sessions, not speed."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    return keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35)
+
+
+def inputs(n: int, side: int = 224) -> list[np.ndarray]:
     rng = np.random.default_rng(0)
-    return [rng.uniform(-1, 1, (1, 224, 224, 3)).astype(np.float32) for _ in range(n)]
+    return [rng.uniform(-1, 1, (1, side, side, 3)).astype(np.float32) for _ in range(n)]
 
 
 async def test_queries_during_upload_are_correct_and_get_faster(
@@ -59,7 +68,10 @@ async def test_queries_during_upload_are_correct_and_get_faster(
     assert last < 0.5 * first, (first, last)
 
 
-async def test_reconnect_uploads_nothing_twice(model: Any, cost_model: Any, tmp_path: Path) -> None:
+async def test_reconnect_uploads_nothing_twice(
+    small_model: Any, cost_model: Any, tmp_path: Path
+) -> None:
+    model = small_model
     config = ClientConfig(
         slowdown=10.0, profile_cache=str(tmp_path / "profiles"), session_key="ab" * 16
     )
@@ -70,17 +82,18 @@ async def test_reconnect_uploads_nothing_twice(model: Any, cost_model: Any, tmp_
         assert sent > 0
         async with OffloadClient("127.0.0.1", server.port, model, config=config) as second:
             await second.wait_uploaded(timeout=120)
-            result = await second.infer_detailed(inputs(1)[0])
+            result = await second.infer_detailed(inputs(1, 96)[0])
         assert second.stats["sent_bytes"] == 0
         assert result.offloaded
 
 
-async def test_server_killed_mid_upload_loses_no_query(
-    model: Any, cost_model: Any, tmp_path: Path
+async def test_server_closed_mid_upload_loses_no_query(
+    small_model: Any, cost_model: Any, tmp_path: Path
 ) -> None:
-    xs = inputs(12)
+    model = small_model
+    xs = inputs(12, 96)
     expected = [model(x, training=False).numpy() for x in xs]
-    slow = LinkSpec(rate_bps=20e6, delay_ms=1.0)
+    slow = LinkSpec(rate_bps=4e6, delay_ms=1.0)
     config = ClientConfig(slowdown=5.0, profile_cache=str(tmp_path / "p"), reconnect=False)
     server = await EdgeServer(cost_model=cost_model).start()
     proxy = ShapingProxy("127.0.0.1", server.port, up=slow, down=slow)
