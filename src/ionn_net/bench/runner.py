@@ -127,6 +127,8 @@ class _Group:
         self.worker: Child | None = None
         self.address: tuple[str, int] | None = None
         self.ready: dict[str, Any] | None = None
+        self.worker_pid = 0
+        self.factor_probe: dict[str, Any] | None = None  # measured once per worker
         self.server_stats: dict[str, Any] = {}
 
     def _python(self, side: str, module: str, *args: str) -> list[str]:
@@ -158,7 +160,8 @@ class _Group:
     async def _prepare_worker(self) -> dict[str, Any]:
         worker = self.worker
         assert worker is not None
-        await worker.expect("started", self.opts.prep_timeout_s)
+        started = await worker.expect("started", self.opts.prep_timeout_s)
+        self.worker_pid = int(started["pid"])  # the Python process (not a wrapper's)
         worker.send({"cmd": "prepare"})
         return await worker.expect("ready", self.opts.prep_timeout_s)
 
@@ -212,6 +215,7 @@ class _Group:
         return docs
 
     async def _restart_worker(self) -> None:
+        self.factor_probe = None  # a new process measures again
         if self.worker is not None:
             await self.worker.close()
         await self._start_worker()
@@ -237,7 +241,8 @@ class _Group:
                 "name": self.model,
                 "note": MODELS[self.model].note,
                 **{k: r.get(k) for k in ("digest", "layers", "params", "weight_bytes")},
-                **{k: r.get(k) for k in ("whole_ms", "profile_ms", "weight_ratio")},
+                **{k: r.get(k) for k in ("whole_ms", "profile_ms", "profile_raw_ms")},
+                "weight_ratio": r.get("weight_ratio"),
                 "layer_order": [layer["name"] for layer in order],
             },
             "strategy": strategy,
@@ -277,6 +282,7 @@ class _Group:
 
     async def _run_one(self, strategy: str) -> dict[str, Any]:
         doc = self._base_doc(strategy)
+        self._apply_factor(doc)
         worker = self.worker
         assert worker is not None
         limit = self.scenario.run.max_run_s
@@ -322,10 +328,8 @@ class _Group:
             elif kind == "quota":
                 self._quota(worker, doc, bool(ev["on"]))
             elif kind == "factor":
-                doc["device"]["measured_factor"] = ev["factor"]
-                doc["device"]["effective_factor"] = ev["factor"]
-                doc["device"]["factor_probe"] = ev
-                doc["device"]["describe"] = self.device.describe(ev["factor"])
+                self.factor_probe = ev
+                self._apply_factor(doc)
             elif kind == "connected":
                 doc["timing"]["prep_s"] = ev["prep_s"]
                 bar.set_phase("running")
@@ -339,10 +343,20 @@ class _Group:
                 self._run_end(doc, ev)
                 return
 
+    def _apply_factor(self, doc: dict[str, Any]) -> None:
+        """Record the slowdown the quota achieved (the worker measures it once)."""
+        ev = self.factor_probe
+        if ev is None:
+            return
+        doc["device"]["measured_factor"] = ev["factor"]
+        doc["device"]["effective_factor"] = ev["factor"]
+        doc["device"]["factor_probe"] = ev
+        doc["device"]["describe"] = self.device.describe(ev["factor"])
+
     def _quota(self, worker: Child, doc: dict[str, Any], on: bool) -> None:
         if self.quota is None:
             raise BenchError("the worker asked for a CPU quota, but none is set up")
-        self.quota.move(worker.pid, on)
+        self.quota.move(self.worker_pid, on)
         worker.send({"cmd": "quota_ok", "on": on})
 
     @staticmethod

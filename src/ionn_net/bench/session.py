@@ -50,9 +50,10 @@ def _client_config(worker: Worker, cmd: Mapping[str, Any], run_cache: Path) -> A
             slowdown=1.0, profile_cache=str(run_cache), device_id=device_id, assumed_mbit=mbit
         )
         return config
+    ProfileCache(run_cache).store(prep.profile)
     return ClientConfig(
         slowdown=float(device["factor"]),
-        profile_cache=str(worker.cache / "profiles"),
+        profile_cache=str(run_cache),
         device_id=HOST_DEVICE,
         assumed_mbit=mbit,
     )
