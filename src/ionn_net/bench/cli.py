@@ -38,27 +38,27 @@ def default_scenarios_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "bench" / "scenarios"
 
 
-def _csv(choices: Sequence[str], what: str) -> Any:
+def _csv(choices: Sequence[str]) -> Any:
     def parse(text: str) -> tuple[str, ...]:
         items = tuple(t.strip() for t in text.split(",") if t.strip())
         bad = [t for t in items if t not in choices]
         if not items or bad:
             raise argparse.ArgumentTypeError(
-                f"{what}: expected a comma-separated list from {', '.join(choices)}, got {text!r}"
+                f"expected a comma-separated list from {', '.join(choices)}, got {text!r}"
             )
         return items
 
     return parse
 
 
-def _positive(kind: type[float] | type[int], what: str) -> Any:
+def _positive(kind: type[float] | type[int]) -> Any:
     def parse(text: str) -> float | int:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{what}: expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
         if value <= 0:
-            raise argparse.ArgumentTypeError(f"{what}: expected a value > 0, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text!r}")
         return value
 
     return parse
@@ -82,13 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="CI smoke run: tiny model, short runs, userspace link, every strategy (~1 min)",
+        help="CI smoke run: a small CNN, 5 s runs, userspace link, every strategy (1-2 min)",
     )
     p.add_argument("--scenarios-dir", type=Path, default=None, help="where scenario names resolve")
-    p.add_argument("--models", type=_csv(tuple(MODELS), "--models"), help="override the models")
-    p.add_argument(
-        "--strategies", type=_csv(STRATEGIES, "--strategies"), help="override the strategies"
-    )
+    p.add_argument("--models", type=_csv(tuple(MODELS)), help="override the models")
+    p.add_argument("--strategies", type=_csv(STRATEGIES), help="override the strategies")
     p.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,
@@ -102,13 +100,16 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="override the scenario's device emulation mode",
     )
-    p.add_argument("--quota", type=_positive(float, "--quota"), help="CPU quota (cores)")
-    p.add_argument("--slowdown", type=_positive(float, "--slowdown"), help="slowdown factor")
-    p.add_argument("--max-run-s", type=_positive(float, "--max-run-s"), help="bound per run")
+    p.add_argument("--quota", type=_positive(float), help="CPU quota (cores)")
+    p.add_argument("--slowdown", type=_positive(float), help="slowdown factor")
+    p.add_argument("--max-run-s", type=_positive(float), help="bound per run")
+    p.add_argument("--target-queries", type=_positive(int), help="queries per run")
     p.add_argument(
-        "--target-queries", type=_positive(int, "--target-queries"), help="queries per run"
+        "--probe-s",
+        type=_positive(float),
+        default=1.0,
+        help="seconds of bulk transfer per direction when probing the link (default 1)",
     )
-    p.add_argument("--probe-s", type=_positive(float, "--probe-s"), default=1.0)
     p.add_argument("--out", type=Path, default=None, help="output directory (default bench/out/…)")
     p.add_argument(
         "--cache-dir",
@@ -116,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("IONN_NET_CACHE", Path.home() / ".cache" / "ionn_net")),
         help="server cost model and client profiles cache (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="model weights, inputs, link jitter/loss")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 

@@ -1,0 +1,74 @@
+"""``ionn-bench`` arguments: validation and scenario resolution (nothing is run)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from ionn_net.bench import cli
+from ionn_net.bench.scenario import quick_scenario
+
+
+def test_help_lists_scenarios_models_and_backends(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for word in ("--quick", "userspace-proxy", "tbf+pktdelay", "wifi", "lte", "vgg16"):
+        assert word in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "alexnet"], "expected a comma-separated list"),
+        (["--strategies", "ours,best"], "expected a comma-separated list"),
+        (["--quota", "-1"], "expected a value > 0"),
+        (["--backend", "tc"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_flag(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_scenario_and_quick_with_names_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["nosuch", "--out", str(tmp_path)]) == 2
+    assert "no file" in capsys.readouterr().err
+    assert cli.main(["--quick", "wifi", "--out", str(tmp_path)]) == 2
+    assert "--quick" in capsys.readouterr().err
+
+
+def test_overrides_replace_only_what_was_given() -> None:
+    args = argparse.Namespace(
+        models=("vgg16",),
+        strategies=None,
+        max_run_s=30.0,
+        target_queries=None,
+        quota=0.25,
+        slowdown=None,
+    )
+    sc = cli._apply_overrides(quick_scenario(), args)
+    assert sc.run.models == ("vgg16",)
+    assert sc.run.max_run_s == 30.0
+    assert sc.run.strategies == quick_scenario().run.strategies
+    assert sc.device.quota == 0.25
+    assert sc.device.slowdown == quick_scenario().device.slowdown
+
+
+def test_scenario_names_resolve_in_the_scenarios_directory(tmp_path: Path) -> None:
+    (tmp_path / "mine.toml").write_text(
+        'name = "mine"\n[link]\nrate_mbit = 1.0\n[run]\nmodels = ["cnn_small"]\n'
+    )
+    [sc] = cli._resolve(["mine"], tmp_path)
+    assert sc.name == "mine" and sc.link.rate_mbit == 1.0
+    [same] = cli._resolve([str(tmp_path / "mine.toml")], Path("/nonexistent"))
+    assert same.name == "mine"
