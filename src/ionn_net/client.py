@@ -180,6 +180,8 @@ class OffloadClient:
         self._tasks: list[asyncio.Task[None]] = []
         self._progress_queues: list[asyncio.Queue[UploadProgress]] = []
         self._qid = 0
+        self._ping_rtt = 1e-3
+        self._done_parts = self._uploaded_parts = 0
         self._closing = False
         self.link = Link.from_mbit(self.config.assumed_mbit, 1.0)
         self.upload_plan: UploadPlan | None = None
@@ -228,12 +230,15 @@ class OffloadClient:
         self.manifest_body = manifest.to_json_bytes()
         self.model_digest = manifest.manifest_digest()
         self.layer_blob = {s.name: (s.blob_sha256, s.blob_size) for s in manifest.layers}
-        self.client_ms = self._profile()
-        self.executor.prepare(self.graph.order)
+        whole = self.executor.prepare(self.graph.order)
+        self.client_ms = self._profile(whole)
         self._active = _Active(self._local_plan(), frozenset())
 
-    def _profile(self) -> dict[str, float]:
-        from ionn_net.executor import profile_layers
+    def _profile(self, whole: Any) -> dict[str, float]:
+        """Per-layer client milliseconds: the cached (or freshly measured) profile,
+        rescaled so that it sums to the whole model's latency measured now: a profile
+        taken while the device was busy must not make offloading look better than it is."""
+        from ionn_net.executor import profile_layers, time_slice
 
         cache = ProfileCache(self.config.profile_cache) if self.config.profile_cache else None
         device = self.config.device_id
@@ -243,7 +248,13 @@ class OffloadClient:
             profile = ClientProfile(model_digest=self.model_digest, device_id=device, layer_ms=ms)
             if cache:
                 cache.store(profile)
-        return {n: v * self.config.slowdown for n, v in profile.layer_ms.items()}
+        feeds = {
+            r: np.zeros((1, *self.graph[r.layer].output_shapes[r.index]), np.float32)
+            for r in whole.inputs
+        }
+        now_ms = time_slice(whole, feeds, runs=5)
+        scale = now_ms / max(profile.total_ms, 1e-6)
+        return {n: v * scale * self.config.slowdown for n, v in profile.layer_ms.items()}
 
     # -- connection and handshake --------------------------------------------------------
 
@@ -253,7 +264,8 @@ class OffloadClient:
             welcome = await self._handshake(conn)
             self._adopt_cost_model(welcome.get("cost_model"))
             rtt = await conn.ping()
-            self.link = replace(self.link, rtt_s=max(rtt, 1e-4))
+            self._ping_rtt = max(rtt, 1e-4)
+            self.link = replace(self.link, rtt_s=self._ping_rtt)
             held = await self._request(conn, self._manifest_head(), self.manifest_body)
         except BaseException:
             conn.abort()
@@ -360,9 +372,16 @@ class OffloadClient:
     def _plan_upload(self) -> UploadPlan:
         planner = get_planner(self.planner_name)
         plan = planner.plan(self._context(self._server_ready))
+        self._done_parts = self._uploaded_parts = 0
         never = set(self.refused) | set(self.local_only) | set(self.graph.inputs)
         parts = [p - never - self._server_ready for p in plan.partitions]
-        self._partitions = [p for p in parts if p]
+        # Steady state: whatever the strategy's horizon, the session may outlast it, so
+        # the layers the best plan with everything uploaded runs on the server follow
+        # as a last partition (a no-op for ionn and all_at_once, which include them).
+        ctx = self._context(self._server_ready)
+        best = ctx.best_plan(frozenset(self.graph.order) - never, link=self.link)
+        rest = best.server_layers - never - self._server_ready - frozenset().union(*parts)
+        self._partitions = [p for p in (*parts, rest) if p]
         return plan
 
     # -- background session: connect, upload, load ---------------------------------------
@@ -408,14 +427,42 @@ class OffloadClient:
         self.upload_plan = await asyncio.to_thread(self._plan_upload)
         if self._server_ready:
             await self._activate(self._server_ready)
-        for index, part in enumerate(self._partitions):
-            for name in sorted(part, key=self.graph.position):
-                await self._upload_layer(conn, name)
-            await self._load(conn, part)
-            self._done_parts = index + 1
-            self._emit_progress()
-            await self._maybe_replan()
+        # Pipeline: the next partition's blobs go up while the server loads (and both
+        # sides compile for) the previous one; loads run one at a time, in plan order.
+        loads: asyncio.Queue[frozenset[str] | None] = asyncio.Queue()
+        loader = asyncio.create_task(self._load_in_order(conn, loads))
+        try:
+            index = 0
+            while index < len(self._partitions):
+                part = self._partitions[index]
+                for name in sorted(part, key=self.graph.position):
+                    await self._upload_layer(conn, name)
+                    if loader.done():
+                        loader.result()  # a failed load ends the session attempt
+                loads.put_nowait(part)
+                index += 1
+                self._uploaded_parts = index
+                await self._maybe_replan()
+            loads.put_nowait(None)
+            await loader
+        finally:
+            loader.cancel()
         self._emit_progress(done=True)
+
+    async def _load_in_order(
+        self, conn: AioConnection, loads: asyncio.Queue[frozenset[str] | None]
+    ) -> None:
+        finished = False
+        while not finished:
+            batch = [await loads.get()]
+            while not loads.empty():  # the loader fell behind: load what is waiting at once
+                batch.append(loads.get_nowait())
+            finished = batch[-1] is None
+            parts = [p for p in batch if p is not None]
+            if parts:
+                await self._load(conn, frozenset().union(*parts))
+                self._done_parts += len(parts)
+                self._emit_progress()
 
     async def _upload_layer(self, conn: AioConnection, name: str) -> None:
         digest, size = self.layer_blob[name]
@@ -503,7 +550,8 @@ class OffloadClient:
         if abs(self.link.bandwidth / assumed - 1) > 0.3:
             logger.info("bandwidth now %.1f Mbit/s: re-planning", self.link.bandwidth * 8e-6)
             self._planned_bandwidth = self.link.bandwidth
-            remaining = self._partitions[self._done_parts :]
+            done = self._uploaded_parts
+            remaining = self._partitions[done:]
             if remaining:
                 ctx = self._context(self._server_ready)
                 plan = await asyncio.to_thread(
@@ -515,7 +563,7 @@ class OffloadClient:
                 )
                 never = set(self.refused) | set(self.local_only) | set(self.graph.inputs)
                 parts = [p - never - self._server_ready for p in plan.partitions]
-                self._partitions[self._done_parts :] = [p for p in parts if p]
+                self._partitions[done:] = [p for p in parts if p]
 
     # -- progress ------------------------------------------------------------------------
 
@@ -613,6 +661,20 @@ class OffloadClient:
             fallback=any(t.fallback for t in timings),
         )
 
+    def _observe_round_trip(
+        self, seconds: float, up_bytes: int, down_bytes: int, reply: Mapping[str, Any]
+    ) -> None:
+        """Learn the *effective* round-trip cost of a server segment: what a query pays
+        beyond the server's compute and the raw transfer time (queueing behind the upload
+        at the bottleneck, framing, scheduling). Plans charge it per round trip, so a
+        loaded link leads to plans with fewer client/server transitions."""
+        server_s = reply.get("server_ms")
+        if not isinstance(server_s, int | float) or not 0 <= server_s < 1e7:
+            return
+        transfer = up_bytes / self.link.bandwidth + down_bytes / self.link.down
+        overhead = max(seconds - server_s / 1000.0 - transfer, self._ping_rtt)
+        self.link = replace(self.link, rtt_s=0.7 * self.link.rtt_s + 0.3 * overhead)
+
     def _check_input(self, x: object) -> dict[TensorRef, np.ndarray]:
         names = self.graph.inputs
         arrays = x if isinstance(x, Mapping) else {names[0]: x}
@@ -669,12 +731,14 @@ class OffloadClient:
             "body_len": len(body),
         }
         codec = Codec.ZSTD if self._compress() else None
+        sent = time.monotonic()
         reply, data = await asyncio.wait_for(
             self._request_with_body(conn, head, body, urgency=QUERY_URGENCY, codec=codec),
             remaining,
         )
         if reply.get("m") == "error":
             raise RemoteError(str(reply.get("code")), str(reply.get("message")), reply)
+        self._observe_round_trip(time.monotonic() - sent, len(body), len(data), reply)
         expected = {str(r): (1, *self.graph[r.layer].output_shapes[r.index]) for r in outs}
         decoded = decode_tensors(
             reply.get("tensors"), data, limits=self.config.limits, expected=expected
