@@ -126,7 +126,8 @@ class Server:
         self.connections: set[AioConnection] = set()
         self._server: asyncio.Server | None = None
         self._closing = False
-        self._closed = asyncio.get_running_loop().create_future()
+        self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._finisher: asyncio.Task[None] | None = None
 
     def _protocol_factory(self) -> asyncio.BaseProtocol:
         conn = AioConnection(
@@ -175,9 +176,7 @@ class Server:
             self._server.close()
         for conn in list(self.connections):
             conn.close()
-        task = asyncio.get_running_loop().create_task(self._finish())
-        task.add_done_callback(lambda _: None)
-        self._finisher = task
+        self._finisher = asyncio.get_running_loop().create_task(self._finish())
 
     async def _finish(self) -> None:
         try:

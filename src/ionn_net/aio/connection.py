@@ -253,7 +253,7 @@ class AioConnection:
             self.core.close(error_code, debug)
             self._after_send()
         try:
-            while self._streams and not self.closed and self.loop.time() < deadline:
+            while self._unfinished() and not self.closed and self.loop.time() < deadline:
                 await asyncio.wait_for(self._wait_room(None), deadline - self.loop.time())
             self.protocol.flush()
             self.protocol.close_transport()
@@ -286,7 +286,7 @@ class AioConnection:
     def transport_lost(self, exc: BaseException | None, reason: str | None) -> None:
         if self.closed:
             return
-        unfinished = any(not s.finished for s in self._streams.values())
+        unfinished = self._unfinished()
         if self._error is None and (exc is not None or reason is not None or unfinished):
             code = ErrorCode.TIMEOUT if reason else ErrorCode.INTERNAL_ERROR
             text = reason or (f"connection lost: {exc}" if exc else "connection closed by peer")
@@ -418,6 +418,10 @@ class AioConnection:
             self._stream_maybe_done(stream)
 
     # ------------------------------------------------------------------ helpers for streams
+
+    def _unfinished(self) -> bool:
+        """Some stream is still exchanging (completed ones may hold unread chunks)."""
+        return any(not stream.finished for stream in self._streams.values())
 
     def _fail_unfinished(self, error: ConnectionClosedError) -> None:
         """Fail streams still exchanging; completed ones keep their unread chunks."""

@@ -64,6 +64,7 @@ class PacingConfig:
     queue_high_s: float = 0.004
     increase: float = 0.01
     decrease: float = 0.03
+    min_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         checks: tuple[tuple[str, float | None, float, float], ...] = (
@@ -80,6 +81,7 @@ class PacingConfig:
             ("queue_high_s", self.queue_high_s, 0.0, 10.0),
             ("increase", self.increase, 0.0, 1.0),
             ("decrease", self.decrease, 0.0, 0.9),
+            ("min_fraction", self.min_fraction, 0.0, 1.0),
         )
         for name, value, low, high in checks:
             if value is not None and not low <= value <= high:
@@ -162,13 +164,14 @@ class LinkRateMeter:
     each the growth of ``bytes_acked`` over at least ``min_span_s`` and two smoothed RTTs
     (one ACK burst on a fast path would otherwise look like a fast link)."""
 
-    __slots__ = ("_estimator", "_history", "_min_span", "samples")
+    __slots__ = ("_estimator", "_history", "_min_span", "latest", "samples")
 
     def __init__(self, window_s: float, min_span_s: float) -> None:
         self._estimator = RateEstimator(window_s)
         self._min_span = min_span_s
         self._history: deque[tuple[float, int, bool]] = deque(maxlen=4096)
         self.samples = 0
+        self.latest: float | None = None  # the most recent sample (bytes/s)
 
     def update(self, info: TcpInfo, now: float) -> None:
         """Add (now, bytes_acked) and derive a sample over the span behind it."""
@@ -182,7 +185,8 @@ class LinkRateMeter:
             history.popleft()
         t0, acked0, _ = history[0]
         app_limited = any(limited for _, _, limited in history)
-        self._estimator.add((info.bytes_acked - acked0) / (now - t0), now, app_limited=app_limited)
+        self.latest = (info.bytes_acked - acked0) / (now - t0)
+        self._estimator.add(self.latest, now, app_limited=app_limited)
         self.samples += 1
 
     def estimate(self, now: float) -> float | None:
@@ -200,9 +204,11 @@ class Pacer:
        ``min_span_s`` spans): the largest such rate is the first estimate.
     2. *Steady state*: the queueing delay the upload causes (smoothed RTT minus the minimum
        RTT, from ``TCP_INFO``) steers the estimate every control interval (four minimum RTTs,
-       at least ``control_interval_s``): above ``queue_high_s`` it shrinks by ``decrease``,
-       below ``queue_low_s`` it grows by ``increase``. This finds a faster path without
-       probing bursts and backs off when the path slows or other traffic shares it.
+       at least ``control_interval_s``): above ``queue_high_s``, if the path also delivers
+       less than is sent, it shrinks by ``decrease`` (never below ``min_fraction`` of the
+       startup estimate); below ``queue_low_s`` it grows by ``increase``. This finds a
+       faster path without probing bursts and backs off when the path slows or other
+       traffic shares it.
 
     ``info_source`` returns the connection's TCP_INFO (or None: then nothing is paced
     unless the rate was given).
@@ -216,6 +222,7 @@ class Pacer:
         self._meter = LinkRateMeter(config.window_s, config.min_span_s)
         self._bucket: TokenBucket | None = None
         self._estimate: float | None = None
+        self._floor = 0.0
         self._chunk = 0
         self._start: float | None = None
         self._last_sample = -1e18
@@ -263,8 +270,14 @@ class Pacer:
         active, self._active_since_control = self._active_since_control, False
         queue = max(0.0, info.rtt_s - info.min_rtt_s)
         self.queue_delay_s = queue
-        if queue > cfg.queue_high_s:
-            self._estimate *= 1.0 - cfg.decrease
+        sending = self._bucket.rate if self._bucket is not None else None
+        delivered = self._meter.latest
+        # A queue is ours to drain only if the path delivers less than we send; a longer
+        # RTT with everything delivered (a slower delay line, cross traffic that left) is
+        # no reason to slow down, and backing off on it could starve the upload.
+        behind = sending is None or delivered is None or delivered < 0.97 * sending
+        if queue > cfg.queue_high_s and behind:
+            self._estimate = max(self._floor, self._estimate * (1.0 - cfg.decrease))
         elif queue < cfg.queue_low_s and active:
             self._estimate *= 1.0 + cfg.increase
         else:
@@ -280,14 +293,15 @@ class Pacer:
         info = self._info()
         if info is None:
             return
+        self._meter.update(info, now)
         if self._estimate is not None:
             self._control(info, now)
             return
-        self._meter.update(info, now)
         started = self._start is not None and now - self._start >= self.config.startup_s
         estimate = self._meter.estimate(now)
         if started and estimate is not None:
             self._estimate = estimate
+            self._floor = estimate * self.config.min_fraction
             self._last_control = now
             self._install(now)
 

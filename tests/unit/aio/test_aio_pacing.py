@@ -102,10 +102,15 @@ def test_pacer_with_given_rate_paces_at_gain() -> None:
 def test_pacer_estimates_at_startup_then_steers_by_queueing_delay() -> None:
     clock = [0.0]
     rate = 2_000_000.0  # bytes/s acknowledged by the path
+    slow_from = [1e9]  # from then on the path delivers only 1.5 MB/s
     rtt = [0.010]
 
+    def acked(t: float) -> int:
+        cut = min(t, slow_from[0])
+        return int(rate * cut + 1_500_000.0 * max(0.0, t - cut))
+
     def info() -> TcpInfo:
-        return _info(0.0, acked=int(rate * clock[0]), rtt_s=rtt[0], min_rtt_s=0.010)
+        return _info(0.0, acked=acked(clock[0]), rtt_s=rtt[0], min_rtt_s=0.010)
 
     config = PacingConfig(
         gain=0.9,
@@ -134,16 +139,21 @@ def test_pacer_estimates_at_startup_then_steers_by_queueing_delay() -> None:
     clock[0] = 0.28  # within the same interval: unchanged
     pacer.delay(1000, clock[0])
     assert pacer.bottleneck_rate == pytest.approx(rate * 1.01)
-    # A queue builds (RTT 8 ms above its minimum): back off.
+    # A longer RTT while everything sent is delivered: not our queue, hold.
     rtt[0] = 0.018
     clock[0] = 0.32
     pacer.delay(1000, clock[0])
     assert pacer.queue_delay_s == pytest.approx(0.008)
+    assert pacer.bottleneck_rate == pytest.approx(rate * 1.01)
+    # The path now delivers less than we send and the queue grows: back off.
+    slow_from[0] = 0.32
+    clock[0] = 0.38
+    pacer.delay(1000, clock[0])
     assert pacer.bottleneck_rate == pytest.approx(rate * 1.01 * 0.97)
     assert pacer.pacing_rate == pytest.approx(0.9 * rate * 1.01 * 0.97)
     # Between the thresholds: hold.
     rtt[0] = 0.012
-    clock[0] = 0.40
+    clock[0] = 0.44
     pacer.delay(1000, clock[0])
     assert pacer.bottleneck_rate == pytest.approx(rate * 1.01 * 0.97)
 
