@@ -350,7 +350,6 @@ class AioConnection:
 
     def _on_stream_reset(self, event: StreamReset) -> None:
         stream = self._streams.pop(event.stream_id, None)
-        self.protocol.emitted.pop(event.stream_id, None)
         if stream is None:
             return
         side = "the peer" if event.remote else "us after a stream error"
@@ -432,7 +431,6 @@ class AioConnection:
 
     def _track(self, stream: _BaseStream) -> None:
         self._streams[stream.id] = stream
-        self.protocol.emitted[stream.id] = 0
 
     def _check_open(self) -> None:
         if self.closed or self.core.closed or self._error is not None:
@@ -472,7 +470,7 @@ class AioConnection:
             stream._raise_error()
             self._check_open()
             room = self.protocol.send_room
-            queued = stream._fed - self.protocol.emitted.get(stream.id, 0)
+            queued = self.core.stream_outbound_bytes(stream.id)
             if room >= want and queued < max(want, 1) and self.protocol.writable:
                 return min(n, room) if n else 0
             await self._wait_room(stream)
@@ -509,7 +507,6 @@ class AioConnection:
 
     def _reset(self, stream: _BaseStream, error_code: ErrorCode) -> None:
         self._streams.pop(stream.id, None)
-        self.protocol.emitted.pop(stream.id, None)
         if not self.core.closed:
             with contextlib.suppress(UsageError):
                 self.core.reset_stream(stream.id, error_code)
@@ -519,5 +516,4 @@ class AioConnection:
     def _stream_maybe_done(self, stream: _BaseStream) -> None:
         done = stream._local_ended and stream._remote_ended and not stream._chunks
         if done and self._streams.pop(stream.id, None) is not None:
-            self.protocol.emitted.pop(stream.id, None)
-            self._wake_room()
+                self._wake_room()

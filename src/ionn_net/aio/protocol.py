@@ -46,10 +46,9 @@ __all__ = ["ConnectionSink", "IonnProtocol", "logger"]
 
 logger = logging.getLogger("ionn_net.aio")
 
-_DATA = 0  # frame types of DATA and HEADERS (§4)
-_HEADERS = 1
+_HEADERS = 1  # frame type of HEADERS (§4)
 _HEADER_SIZE = 16  # §3.1
-_DATA_FIELDS = struct.Struct(">I4xI")  # stream_id, (length), decoded_length at offset 4
+_STREAM_ID = struct.Struct(">I")  # at offset 4
 _COALESCE = 16 * 1024  # small frames are joined with what follows, up to this many bytes
 _LOWAT_BOUNDS = (16 * 1024, 4 * 1024 * 1024)  # adaptive TCP_NOTSENT_LOWAT range
 _LOWAT_SAMPLE_S = 0.05  # how often the delivery rate is read while sending
@@ -106,8 +105,6 @@ class IonnProtocol(asyncio.BufferedProtocol):
         self._own_parity = 1 if getattr(core, "client", False) else 0
         #: Highest id of a stream we opened whose HEADERS has been written.
         self.headers_sent_own = 0
-        #: Decoded body bytes emitted per stream (DATA frames handed to the transport).
-        self.emitted: dict[int, int] = {}
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -193,7 +190,6 @@ class IonnProtocol(asyncio.BufferedProtocol):
         if transport is None or self._lost:
             return
         core = self.core
-        emitted = self.emitted
         written = 0
         batch: list[bytes] = []
         size = 0
@@ -203,16 +199,8 @@ class IonnProtocol(asyncio.BufferedProtocol):
             frame = core.next_frame()
             if frame is None:
                 break
-            ftype = frame[0]
-            if ftype == _DATA and len(frame) >= _HEADER_SIZE:
-                # Per-stream body bytes that left the core: senders feed the core only
-                # while little of their body is still queued there.
-                sid, decoded = _DATA_FIELDS.unpack_from(frame, 4)
-                count = emitted.get(sid)
-                if count is not None:  # tracked from stream creation to its end
-                    emitted[sid] = count + decoded
-            elif ftype == _HEADERS and len(frame) >= _HEADER_SIZE:
-                sid = _DATA_FIELDS.unpack_from(frame, 4)[0]
+            if frame[0] == _HEADERS and len(frame) >= _HEADER_SIZE:
+                sid = _STREAM_ID.unpack_from(frame, 4)[0]
                 if sid & 1 == self._own_parity and sid > self.headers_sent_own:
                     self.headers_sent_own = sid
             batch.append(frame)

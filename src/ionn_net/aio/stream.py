@@ -46,7 +46,6 @@ class _BaseStream:
         self._local_ended = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._fed = 0  # body bytes handed to the core (compare IonnProtocol.emitted)
         self._unacked = 0  # wire bytes consumed by the application, credit not yet returned
         self._unacked_bytes = 0
 
@@ -230,7 +229,6 @@ class _BaseStream:
                 codec=codec,
                 element_width=element_width,
             )
-            self._fed += n
             offset += n
             if end_stream and last:
                 self._local_ended = True
