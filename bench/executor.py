@@ -4,10 +4,11 @@ For each model (default MobileNetV2 and ResNet50, ``weights=None``, batch 1) pri
   * the whole model compiled by the executor: build + warm-up time and median latency,
     next to ``model.predict_on_batch`` measured in the same run,
   * the same model as 4 and as 8 partitions cut at single-tensor cut points (balanced
-    by MACs): summed latency of the chain and its ratio to the whole model (issue
-    target <= 1.15x), measured two ways: ``raw`` calls the compiled functions on
-    TensorFlow tensors (compute only), ``api`` goes through ``CompiledSlice.__call__``
-    with numpy in and out (validation and copies included, as on the query path),
+    by MACs, preferring small boundary tensors): summed latency of the chain and its
+    ratio to the whole model (issue target <= 1.15x), measured two ways: ``raw`` calls
+    the compiled functions on TensorFlow tensors (compute only), ``api`` goes through
+    ``CompiledSlice.__call__`` with numpy in and out (validation and input copies
+    included, as on the query path),
   * build + warm-up seconds of each partition,
   * XLA (``jit_compile=True``) against the default, for the whole model and 4 partitions.
 Latencies are medians of ``--runs`` interleaved rounds (every variant once per round),
@@ -36,7 +37,8 @@ from ionn_net.model.graph import LayerGraph, TensorRef
 
 def balanced_cuts(graph: LayerGraph, parts: int) -> list[tuple[str, ...]]:
     """``parts`` contiguous partitions ending at single-tensor cut points, each holding
-    about the same share of the model's MACs."""
+    about the same share of the model's MACs. Near each target (within a third of a
+    share) the cut with the smallest tensor wins, as a planner would choose."""
     order = graph.order
     cuts = [c for c in graph.cut_points() if c != order[-1]]
     cum: dict[str, float] = {}
@@ -47,8 +49,12 @@ def balanced_cuts(graph: LayerGraph, parts: int) -> list[tuple[str, ...]]:
     ends: list[str] = []
     for i in range(1, parts):
         target = acc * i / parts
-        free = [c for c in cuts if c not in ends and (not ends or cum[c] > cum[ends[-1]])]
-        ends.append(min(free, key=lambda c: abs(cum[c] - target)))
+        free = [c for c in cuts if not ends or cum[c] > cum[ends[-1]]]
+        near = [c for c in free if abs(cum[c] - target) <= acc / parts / 3]
+        if near:
+            ends.append(min(near, key=lambda c: graph.tensor_bytes(TensorRef(c))))
+        else:
+            ends.append(min(free, key=lambda c: abs(cum[c] - target)))
     result: list[tuple[str, ...]] = []
     current: list[str] = []
     for name in order:
@@ -113,7 +119,9 @@ def bench_model(name: str, runs: int) -> None:
         chains[parts] = Chain([plain.prepare(p) for p in plan], x, graph)
         builds = ", ".join(f"{s.build_seconds:.2f}" for s in chains[parts].slices)
         sizes = ", ".join(str(len(p)) for p in plan)
-        print(f"{parts} partitions (layers {sizes}): build + warm-up s [{builds}]")
+        kib = ", ".join(f"{graph.tensor_bytes(TensorRef(p[-1])) // 1024}" for p in plan[:-1])
+        print(f"{parts} partitions (layers {sizes}; cut tensors KiB {kib})")
+        print(f"  build + warm-up s [{builds}]")
     t0 = time.perf_counter()
     xla_whole = Chain([xla.prepare(graph.order)], x, graph)
     xla_whole_build = time.perf_counter() - t0

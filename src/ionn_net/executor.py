@@ -23,8 +23,11 @@ Design decisions (numbers from ``bench/executor.py`` on the 2-vCPU machines):
 * Batch dimension: fixed at 1 when ``max_batch == 1`` (IONN queries are single
   samples; a static shape lets grappler specialise), otherwise ``None`` with the
   batch checked against ``max_batch`` at call time (still one trace).
-* XLA (``jit_compile=True``) is off by default: on these CPUs it made MobileNetV2 about
-  4x slower (134 ms vs 31 ms) and tripled build time.
+* XLA (``jit_compile=True``) is off by default: on these CPUs it made MobileNetV2 7-12x
+  slower (depthwise convolutions) and ResNet50 about 1.1x slower, and took 2-3x longer
+  to build.
+* Outputs are returned as read-only numpy views of the output tensors (no copy; a
+  copy of a 112x112x96 activation cost ~2 ms per call in a partition chain).
 * Each slice is warmed up with one call on zeros inside :meth:`Executor.prepare`, so
   tracing never happens on the query path. Building runs off the event loop
   (``asyncio.to_thread``); the cache is guarded by a lock and a set being built by
@@ -105,7 +108,8 @@ class CompiledSlice:
         return int(self._poly.experimental_get_tracing_count())
 
     def __call__(self, tensors: Mapping[TensorRef, np.ndarray]) -> dict[TensorRef, np.ndarray]:
-        """Run on ``tensors`` (extra entries are ignored); return the outputs."""
+        """Run on ``tensors`` (extra entries are ignored); return the outputs as
+        read-only arrays (``batch`` first, the graph's dtype)."""
         feeds = self.validate(tensors)
         return dict(zip(self.outputs, self._run(feeds), strict=True))
 
@@ -146,7 +150,8 @@ class CompiledSlice:
             results = self._fn(*feeds)
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             raise ExecutorError(f"slice of {len(self.layers)} layers failed: {exc}") from exc
-        return [np.asarray(r.numpy()) for r in results]
+        # np.asarray views the output buffer (read-only, no copy); .numpy() would copy
+        return [np.asarray(r) for r in results]
 
 
 class Executor:

@@ -75,6 +75,7 @@ def test_whole_model_matches_keras(model: keras.Model, client: Executor) -> None
     out = client.run_local(x)
     assert set(out) == {TensorRef("dense")}
     assert out[TensorRef("dense")].dtype == np.float32
+    assert not out[TensorRef("dense")].flags.writeable  # a view of the output, not a copy
 
 
 def test_non_contiguous_set_runs_with_boundary_io(model: keras.Model, client: Executor) -> None:
