@@ -21,6 +21,8 @@ failure is logged once and answered with ``internal``; other sessions are unaffe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -416,7 +418,9 @@ class EdgeServer:
         complete = new_offset == size
         if complete:
             try:
-                await asyncio.to_thread(self.store.complete_partial, digest, key=key)
+                await _to_thread_to_the_end(
+                    functools.partial(self.store.complete_partial, digest, key=key)
+                )
             except StoreError:
                 raise RequestError(
                     "digest_mismatch", f"blob {digest}: bytes do not match"
@@ -440,11 +444,13 @@ class EdgeServer:
                 pending_bytes += len(chunk)
                 if pending_bytes >= 1 << 20:
                     data, pending, pending_bytes = b"".join(pending), [], 0
-                    offset = await asyncio.to_thread(self.store.append_partial, key, offset, data)
+                    offset = await _to_thread_to_the_end(
+                        self.store.append_partial, key, offset, data
+                    )
         finally:
             if pending:  # also when the client vanished: keep what arrived
                 data = b"".join(pending)
-                offset = await asyncio.to_thread(self.store.append_partial, key, offset, data)
+                offset = await _to_thread_to_the_end(self.store.append_partial, key, offset, data)
         if received != body_len:
             raise RequestError("bad_request", f"body: expected {body_len} bytes, got {received}")
         return offset
@@ -470,11 +476,11 @@ class EdgeServer:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
         async with model.lock:
-            await asyncio.to_thread(self._build, model, names)
+            await _to_thread_to_the_end(self._build, model, names)
             prepared = []
             for run in sets:
                 if set(run) <= model.ready:
-                    await asyncio.to_thread(model.executor().prepare, run)
+                    await _to_thread_to_the_end(model.executor().prepare, run)
                     prepared.append(run)
         self.stats["loads"] += 1
         load_ms = (time.perf_counter() - started) * 1000.0
@@ -536,7 +542,7 @@ class EdgeServer:
                 raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
             feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
             started = time.perf_counter()
-            result = await asyncio.to_thread(self._run, model, run, feeds)
+            result = await _to_thread_to_the_end(self._run, model, run, feeds)
             server_ms = (time.perf_counter() - started) * 1000.0
         self.stats["queries"] += 1
         descs, parts = encode_tensors({str(r): result[r] for r in outs})
@@ -582,6 +588,21 @@ class EdgeServer:
     def _run(model: _Model, run: list[str], feeds: Mapping[TensorRef, np.ndarray]) -> Any:
         compiled = model.executor().prepare(run)  # cached after load's prepare
         return compiled(feeds)
+
+
+async def _to_thread_to_the_end(func: Callable[..., Any], *args: Any) -> Any:
+    """``asyncio.to_thread`` that, when cancelled (a RESET, a vanished client, §14.3),
+    waits for the thread to finish before re-raising: a thread cannot be stopped, so the
+    locks and slots its caller holds (session queries, inference threads, the model lock)
+    stay taken until the work has really stopped (Rapid Reset, MadeYouReset). Without this
+    a client dropping connections mid-query could queue unbounded inference."""
+    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait({work})
+        raise
 
 
 def _host(address: Any) -> Any:
