@@ -10,10 +10,12 @@ when some run failed, 2 on bad arguments or an unusable environment, 130 on Ctrl
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import json
 import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -226,15 +228,34 @@ def _run(
     from ionn_net.aio import run
 
     groups: list[list[dict[str, Any]]] = []
+    stopped: list[int] = []
 
     async def body() -> None:
-        for scenario in scenarios:
-            groups.extend(await run_scenario(scenario, opts, console))
+        # SIGINT and SIGTERM cancel the run, so every context manager on the way out
+        # stops its children and removes its namespaces and cgroups. (SIGINT may have
+        # been ignored by a non-interactive parent shell; SIGTERM would kill at once.)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop(sig: int) -> None:
+            if not stopped:
+                stopped.append(sig)
+                task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop, sig)
+        try:
+            for scenario in scenarios:
+                groups.extend(await run_scenario(scenario, opts, console))
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
 
     status = 0
     try:
         run(body())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         console.line("ionn-bench: interrupted; everything started was stopped")
         status = 130
     except (ConfigError, IonnError, OSError) as exc:

@@ -7,14 +7,16 @@ Owns :func:`resolve_device` (scenario setting -> :class:`DeviceSetting`) and
 Two mechanisms:
 
 * ``cgroup-v1`` / ``cgroup-v2``: a CPU quota (``quota`` cores, CFS period short
-  enough that a query is throttled smoothly rather than in 100 ms bursts). The quota
-  is applied only *after* the client has prepared and connected: under a quota,
-  TensorFlow's tracing slows as much as inference (a 2 s whole-model trace takes
-  20-40 s), which is an artefact of emulating a phone with TensorFlow rather than a
-  property of the device. The slowdown the quota achieves is measured on the
-  compiled whole model (throttled / unthrottled median), and the client's per-layer
-  profile is this machine's scaled by it. Slices the client compiles *during* a run
-  (when a new plan activates) are compiled under the quota and delay that plan.
+  enough that a query is throttled smoothly rather than in 100 ms bursts). The client
+  process enters it just before ``OffloadClient.start``: the client measures its own
+  whole model there and rescales its per-layer profile to that time, so it learns the
+  device's speed only if throttled. Under a quota TensorFlow's tracing slows as much
+  as inference (a 2 s whole-model trace takes 20-40 s), an artefact of emulating a
+  phone with TensorFlow: the start-up trace costs wall time only (a run's clock starts
+  after ``start``), but slices compiled during a run (when a new plan activates) and
+  the client's upload planning delay the run itself. The slowdown the quota achieves
+  is also measured on the compiled whole model (throttled median / unthrottled
+  minimum) and recorded.
 * ``slowdown-factor``: no throttling; the client stretches each local segment to
   ``factor`` x its measured time by sleeping (``ClientConfig.slowdown``) and scales
   its profile by ``factor``. The CPU is then free during the stretch (the server and
@@ -68,7 +70,7 @@ class DeviceSetting:
         got = "" if measured is None else f", measured slowdown {measured:.1f}x"
         return (
             f"{self.kind} CPU quota {self.quota:g} core (period {self.period_us} us) at "
-            f"{self.where}{got}; applied after the client prepared and connected"
+            f"{self.where}{got}; the whole client runs under it from OffloadClient.start on"
         )
 
 

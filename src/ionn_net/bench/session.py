@@ -43,13 +43,14 @@ def _client_config(worker: Worker, cmd: Mapping[str, Any], run_cache: Path) -> A
     device = cmd["device"]
     mbit = float(cmd["assumed_mbit"])
     if device["kind"] == "cgroup":
+        # The client rescales its cached profile to the whole-model time it measures
+        # at start(), which runs under the quota: it thus learns the device's speed.
         assert prep.factor is not None
         device_id = f"bench-quota-{device['quota']:g}"
         ProfileCache(run_cache).store(prep.profile.scaled(prep.factor, device_id))
-        config = ClientConfig(
+        return ClientConfig(
             slowdown=1.0, profile_cache=str(run_cache), device_id=device_id, assumed_mbit=mbit
         )
-        return config
     ProfileCache(run_cache).store(prep.profile)
     return ClientConfig(
         slowdown=float(device["factor"]),
@@ -208,28 +209,32 @@ async def run_session(worker: Worker, cmd: Mapping[str, Any]) -> None:
 
 
 async def _measured(worker: Worker, client: Any, cmd: Mapping[str, Any], run: _RunState) -> None:
-    started = time.monotonic()
-    quota = cmd["device"]["kind"] == "cgroup"
-    # start() prepares (graph, manifest, profile, whole-model trace) and connects; the
-    # upload task it spawns has not run yet when it returns, so the run's clock and
-    # every progress event start here.
-    await client.start()
-    run.t0 = time.monotonic()
-    worker.relay.reset(run.t0)
-    emit(worker.out, "connected", prep_s=round(run.t0 - started, 3))
-    reason = "error"
     quota_on = False
+    reason = "error"
     try:
-        if quota:
+        if cmd["device"]["kind"] == "cgroup":
+            # Before start(): the client measures its whole model there and scales its
+            # profile to that, so it must run throttled (its trace then is too: slow,
+            # but before the run's clock starts).
             await worker.quota(True, "run")
             quota_on = True
+        started = time.monotonic()
+        # start() prepares (graph, manifest, profile, whole-model trace) and connects;
+        # the upload task it spawns has not run yet when it returns, so the run's clock
+        # and every progress event start here.
+        await client.start()
+        run.t0 = time.monotonic()
+        worker.relay.reset(run.t0)
+        emit(worker.out, "connected", prep_s=round(run.t0 - started, 3))
         reason = await _query_loop(worker, client, cmd, run)
     finally:
         if quota_on:
             with contextlib.suppress(Exception):
                 await worker.quota(False, "run")
         elapsed = run.now()
-        doc = _plan_doc(client)
+        # Without a start (it raised) there is nothing to report: the error event is.
+        doc = _plan_doc(client) if run.t0 is not None else None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.close(), 30.0)
-        emit(worker.out, "run_end", reason=reason, elapsed_s=round(elapsed, 3), **doc)
+        if doc is not None:
+            emit(worker.out, "run_end", reason=reason, elapsed_s=round(elapsed, 3), **doc)

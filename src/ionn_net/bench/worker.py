@@ -17,14 +17,14 @@ progress), ``q`` (one query), ``log`` (the client's own log lines), ``run_end``
 
 Device emulation (see :mod:`.device`). With a factor (``kind="slowdown"``) the client
 stretches its local segments itself (``ClientConfig.slowdown``). With a CPU quota
-(``kind="cgroup"``) the runner moves this process into a cgroup on request: first to
-measure the slowdown the quota achieves on the compiled whole model, then for the run
-itself, *after* the client has prepared (built its graph and manifest and traced its
-whole model) and connected. TensorFlow's tracing is slowed by the quota as much as
-inference (2 s -> 20-40 s for a whole model), which a phone running a compiled model
-would not pay; queries and slices traced during the run do pay it. The client's
-per-layer profile is this machine's (normalised to the whole model's time), scaled
-by the measured factor.
+(``kind="cgroup"``) the runner moves this process into a cgroup on request: once to
+measure the slowdown the quota achieves on the compiled whole model (recorded), then
+for each run from just before ``OffloadClient.start`` to the end of the run.
+``start`` measures the client's whole model and rescales its per-layer profile to
+that time, so it must run throttled to learn the device's speed; its whole-model trace
+is throttled too (2 s -> 20-40 s), which costs wall time but not run time: a run's
+clock starts once ``start`` has returned. Slices the client compiles during a run
+(when a new plan activates) are compiled under the quota, as its planning is.
 """
 
 from __future__ import annotations
