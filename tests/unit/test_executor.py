@@ -365,3 +365,14 @@ def test_profile_sum_close_to_whole_model() -> None:
     convs = [prof[n.name] for n in ex.graph if n.cls == "Conv2D"]
     relus = [prof[n.name] for n in ex.graph if n.cls == "ReLU"]
     assert max(convs) > min(relus)
+
+
+def test_sequential_model() -> None:
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential(
+        [keras.Input((5,)), L.Dense(7, activation="tanh"), L.Dropout(0.5), L.Dense(2)]
+    )
+    ex = Executor.from_model(model)
+    x = np.random.default_rng(1).random((1, 5)).astype("float32")
+    # Dropout must be inactive: the executor runs layers in inference mode
+    np.testing.assert_allclose(ex.predict(x), model.predict_on_batch(x), rtol=1e-6, atol=1e-7)
