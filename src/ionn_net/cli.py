@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -315,14 +316,53 @@ class _Printer:
         self.out.flush()
 
 
+@contextlib.asynccontextmanager
+async def _server_process(cost_file: Path) -> Any:
+    """A fresh ``ionn-server`` in its own process (its own interpreter and GIL, like a real
+    edge server), on a free loopback port; yields the port and kills it afterwards."""
+    exe = Path(sys.executable).parent / "ionn-server"
+    argv = (
+        [str(exe)]
+        if exe.exists()
+        else [
+            sys.executable,
+            "-c",
+            "from ionn_net.cli import server_main; raise SystemExit(server_main())",
+        ]
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        "--port",
+        "0",
+        "--cost-model",
+        str(cost_file),
+        "--log-level",
+        "ERROR",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 120)).decode()
+        if "listening on" not in line:
+            raise SystemExit(f"ionn-demo: the edge server did not start ({line.strip()!r})")
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
 async def _demo_run(
-    args: argparse.Namespace, model: Any, strategy: str, cost: Any, printer: _Printer
+    args: argparse.Namespace, model: Any, strategy: str, cost_file: Path, printer: _Printer
 ) -> RunSummary:
     import numpy as np
 
     from ionn_net.client import ClientConfig, OffloadClient
     from ionn_net.netem.proxy import LinkSpec, ShapingProxy
-    from ionn_net.server import EdgeServer
 
     link = LinkSpec(rate_bps=args.mbit * 1e6, delay_ms=args.delay_ms)
     config = ClientConfig(
@@ -337,8 +377,8 @@ async def _demo_run(
         f"client slowdown {args.slowdown:g}x"
     )
     async with (
-        EdgeServer(cost_model=cost) as server,
-        ShapingProxy("127.0.0.1", server.port, up=link, down=link) as proxy,
+        _server_process(cost_file) as port,
+        ShapingProxy("127.0.0.1", port, up=link, down=link) as proxy,
         OffloadClient(
             "127.0.0.1", proxy.port, model, planner=strategy, config=config, on_progress=printer.bar
         ) as client,
@@ -404,9 +444,12 @@ def demo_main(argv: list[str] | None = None) -> int:
     strategies = [args.planner] if args.no_compare else ["local", "all_at_once", args.planner]
     summaries: list[RunSummary] = []
 
+    cost_file = _cache_dir() / "demo-costmodel.json"
+    cost_file.write_text(cost.to_json())
+
     async def main() -> None:
         for strategy in dict.fromkeys(strategies):
-            summaries.append(await _demo_run(args, model, strategy, cost, printer))
+            summaries.append(await _demo_run(args, model, strategy, cost_file, printer))
 
     run(main())
     printer.line("")

@@ -24,6 +24,7 @@ backoff with jitter) and resumes the upload without re-sending complete layers.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -181,6 +182,10 @@ class OffloadClient:
         self._progress_queues: list[asyncio.Queue[UploadProgress]] = []
         self._qid = 0
         self._ping_rtt = 1e-3
+        self._server_scale = 1.0  # measured / predicted server compute, learned online
+        self._rate_samples: collections.deque[tuple[int, float]] = collections.deque()
+        self._planned_bandwidth: float | None = None
+        self._planned_at = 0.0
         self._done_parts = self._uploaded_parts = 0
         self._closing = False
         self.link = Link.from_mbit(self.config.assumed_mbit, 1.0)
@@ -351,7 +356,8 @@ class OffloadClient:
 
     def _server_times(self) -> dict[str, float]:
         never = set(self.refused) | set(self.local_only)
-        return {n: (_NEVER_MS if n in never else v) for n, v in self.server_ms.items()}
+        k = self._server_scale
+        return {n: (_NEVER_MS if n in never else v * k) for n, v in self.server_ms.items()}
 
     def _context(self, held: frozenset[str]) -> PlanningContext:
         return PlanningContext(
@@ -505,10 +511,17 @@ class OffloadClient:
         return self.link.bandwidth * 8 / 1e6 < self.config.compress_below_mbit
 
     def _measure_bandwidth(self, nbytes: int, seconds: float) -> None:
-        if nbytes < 256 * 1024 or seconds <= 0:
-            return  # too small to say anything about the link
-        measured = nbytes / seconds
-        self.link = self.link.with_bandwidth(0.5 * self.link.bandwidth + 0.5 * measured)
+        """Upload rate over the last few blobs (at least 4 MiB when available): single
+        blobs are too noisy to re-plan on."""
+        if seconds <= 0:
+            return
+        samples = self._rate_samples
+        samples.append((nbytes, seconds))
+        while len(samples) > 2 and sum(b for b, _ in list(samples)[1:]) >= 4 << 20:
+            samples.popleft()
+        total = sum(b for b, _ in samples)
+        if total >= 1 << 20:
+            self.link = self.link.with_bandwidth(total / sum(t for _, t in samples))
 
     async def _load(self, conn: AioConnection, part: frozenset[str]) -> None:
         target = self._server_ready | part
@@ -542,28 +555,29 @@ class OffloadClient:
         # work during the upload. A failed segment compiles its slice on demand.
 
     async def _maybe_replan(self) -> None:
-        """Re-plan the rest of the upload when the measured bandwidth moved by > 30%."""
-        assumed = self._planned_bandwidth = getattr(self, "_planned_bandwidth", None)
-        if assumed is None:
-            self._planned_bandwidth = self.link.bandwidth
+        """Re-plan the rest of the upload when the measured bandwidth has moved by more
+        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU)."""
+        now = time.monotonic()
+        if self._planned_bandwidth is None:
+            self._planned_bandwidth, self._planned_at = self.link.bandwidth, now
             return
-        if abs(self.link.bandwidth / assumed - 1) > 0.3:
-            logger.info("bandwidth now %.1f Mbit/s: re-planning", self.link.bandwidth * 8e-6)
-            self._planned_bandwidth = self.link.bandwidth
-            done = self._uploaded_parts
-            remaining = self._partitions[done:]
-            if remaining:
-                ctx = self._context(self._server_ready)
-                plan = await asyncio.to_thread(
-                    get_planner(self.planner_name).replan,
-                    ctx,
-                    self._server_ready,
-                    self.link,
-                    time.monotonic() - self._started,
-                )
-                never = set(self.refused) | set(self.local_only) | set(self.graph.inputs)
-                parts = [p - never - self._server_ready for p in plan.partitions]
-                self._partitions[done:] = [p for p in parts if p]
+        moved = abs(self.link.bandwidth / self._planned_bandwidth - 1) > 0.3
+        done = self._uploaded_parts
+        if not moved or now - self._planned_at < 5.0 or done >= len(self._partitions):
+            return
+        logger.info("bandwidth now %.1f Mbit/s: re-planning", self.link.bandwidth * 8e-6)
+        self._planned_bandwidth, self._planned_at = self.link.bandwidth, now
+        sent = self._server_ready.union(*self._partitions[:done])  # uploaded, maybe not loaded
+        plan = await asyncio.to_thread(
+            get_planner(self.planner_name).replan,
+            self._context(self._server_ready),
+            sent - self._server_ready,
+            self.link,
+            now - self._started,
+        )
+        never = set(self.refused) | set(self.local_only) | set(self.graph.inputs)
+        parts = [p - never - sent for p in plan.partitions]
+        self._partitions[done:] = [p for p in parts if p]
 
     # -- progress ------------------------------------------------------------------------
 
@@ -668,12 +682,20 @@ class OffloadClient:
         beyond the server's compute and the raw transfer time (queueing behind the upload
         at the bottleneck, framing, scheduling). Plans charge it per round trip, so a
         loaded link leads to plans with fewer client/server transitions."""
-        server_s = reply.get("server_ms")
-        if not isinstance(server_s, int | float) or not 0 <= server_s < 1e7:
+        server_ms = reply.get("server_ms")
+        if not isinstance(server_ms, int | float) or not 0 <= server_ms < 1e7:
             return
         transfer = up_bytes / self.link.bandwidth + down_bytes / self.link.down
-        overhead = max(seconds - server_s / 1000.0 - transfer, self._ping_rtt)
+        overhead = max(seconds - server_ms / 1000.0 - transfer, self._ping_rtt)
         self.link = replace(self.link, rtt_s=0.7 * self.link.rtt_s + 0.3 * overhead)
+        # The server's cost model may have been calibrated on a busier (or idler) machine:
+        # scale its predictions by what the server really takes for these layers.
+        ran = reply.get("ran")
+        if isinstance(ran, list) and ran:
+            predicted = sum(self.server_ms.get(str(n), 0.0) for n in ran)
+            if predicted > 0.05 and server_ms > 0:
+                ratio = min(max(server_ms / predicted, 0.05), 20.0)
+                self._server_scale = 0.7 * self._server_scale + 0.3 * ratio
 
     def _check_input(self, x: object) -> dict[TensorRef, np.ndarray]:
         names = self.graph.inputs
@@ -703,7 +725,12 @@ class OffloadClient:
         t0 = time.perf_counter()
         out: dict[TensorRef, np.ndarray] = await asyncio.to_thread(compiled, feeds)
         if self.config.slowdown > 1:
-            await asyncio.sleep((time.perf_counter() - t0) * (self.config.slowdown - 1))
+            # The emulated device runs at its own, steady speed: the segment lasts what the
+            # (slowed) profile says, measured at start on this machine. Stretching the
+            # measured time instead would multiply every hiccup of this shared host by
+            # the slowdown factor.
+            target = sum(self.client_ms[n] for n in layers) / 1000.0
+            await asyncio.sleep(max(0.0, target - (time.perf_counter() - t0)))
         return out
 
     async def _run_remote(
