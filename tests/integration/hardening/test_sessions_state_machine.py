@@ -283,12 +283,6 @@ class SessionMachine(RuleBasedStateMachine):
             self._note(c, head)
 
     def teardown(self) -> None:
-                "SM",
-                self.asked,
-                self.restarts,
-                [sorted(c.complete) and len(c.complete) for c in self.clients],
-                [c.loaded for c in self.clients],
-            )
 
         async def go() -> None:
             for c in self.clients:
