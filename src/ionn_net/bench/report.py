@@ -191,6 +191,34 @@ def _group_table(docs: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _pct(value: object) -> str:
+    return _f(value, "{:+.0f}%")
+
+
+def _prediction_table(docs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The simulator's metrics beside the measured ones, with the errors."""
+    lines = [
+        "| strategy | mean during upload: measured / simulated (ms) | error | upload done: "
+        "measured / simulated (s) | error | first offloaded: measured / simulated (s) | "
+        "per-query latency error: MAPE / median / mean signed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in docs:
+        pred = d.get("prediction") or {}
+        if d["status"] != "ok" or "metrics" not in pred:
+            continue
+        m, pm, e = d["metrics"], pred["metrics"], pred.get("errors") or {}
+        lines.append(
+            f"| {d['strategy']} | {_f(m.get('mean_during_upload_ms'))} / "
+            f"{_f(pm.get('mean_during_upload_ms'))} | {_pct(e.get('mean_during_upload_pct'))} | "
+            f"{_f(m.get('upload_done_s'))} / {_f(pm.get('upload_done_s'))} | "
+            f"{_pct(e.get('upload_done_pct'))} | {_f(m.get('first_offloaded_s'), '{:.2f}')} / "
+            f"{_f(pm.get('first_offloaded_s'), '{:.2f}')} | {_f(e.get('mape_pct'), '{:.0f}%')} / "
+            f"{_f(e.get('median_ape_pct'), '{:.0f}%')} / {_pct(e.get('mean_signed_pct'))} |"
+        )
+    return lines
+
+
 def _link_lines(doc: Mapping[str, Any]) -> list[str]:
     link = doc["link"]
     lines = [f"- link: {link['message']}"]
@@ -245,6 +273,8 @@ def summary_markdown(
         )
         out.append("")
         out += _group_table(docs)
+        out += ["", "Simulator (replaying each run's plan with the probed link) vs measured:", ""]
+        out += _prediction_table(docs)
         for rel in plots.get((d["scenario"]["name"], d["model"]["name"]), ()):
             out += ["", f"![{rel}]({rel})"]
     return "\n".join(out) + "\n"

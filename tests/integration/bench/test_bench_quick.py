@@ -107,12 +107,15 @@ def test_summary_table_has_a_row_per_strategy(quick_run: Any) -> None:
     out, _ = quick_run
     text = (out / "summary.md").read_text()
     assert "## quick / cnn_small" in text
-    rows = [
-        line.split("|")[1].strip()
-        for line in text.splitlines()
-        if line.startswith("| ") and "---" not in line and not line.startswith("| strategy ")
-    ]
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| strategy "))
+    rows = []
+    for line in lines[start + 2 :]:  # the first table: header, rule, then one row each
+        if not line.startswith("| "):
+            break
+        rows.append(line.split("|")[1].strip())
     assert rows == list(STRATEGIES)
+    assert "Simulator (replaying each run's plan" in text
     assert "mean latency during upload (ms)" in text
     assert "time to complete 30 queries (s)" in text
     assert "simulator latency error" in text

@@ -106,7 +106,7 @@ def test_summary_has_one_row_per_strategy_and_the_common_window() -> None:
         plots={("wifi", "mobilenetv2"): ["plots/a.png"]},
     )
     assert "Command: `ionn-bench wifi`" in text
-    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = first_table(text)
     assert [r.split("|")[1].strip() for r in rows[1:]] == [d["strategy"] for d in ds]
     assert "mean latency in first 6.0 s" in rows[0]
     skipped = next(r for r in rows if r.startswith("| neurosurgeon"))
@@ -115,3 +115,24 @@ def test_summary_has_one_row_per_strategy_and_the_common_window() -> None:
     assert "measured 79.0 Mbit/s (98.8% of configured)" in text
     local = next(r for r in rows if r.startswith("| local"))
     assert "| 400.0 |" in local  # local: every query is 'during upload'
+    # the simulator table: measured / simulated, the error, for every run that ran
+    sim = text.split("Simulator (replaying")[1]
+    sim_rows = first_table(sim)[1:]
+    assert [r.split("|")[1].strip() for r in sim_rows] == [
+        d["strategy"] for d in ds if d["status"] == "ok"
+    ]
+    ours = next(r for r in sim_rows if r.startswith("| ours"))
+    assert "/ 300.0 |" in ours and "| 10% /" in ours
+
+
+def first_table(text: str) -> list[str]:
+    """The rows (header first) of the first markdown table in ``text``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if "---" not in line:
+            rows.append(line)
+    return rows
