@@ -392,47 +392,40 @@ async def test_code_shaped_manifests_are_refused_without_side_effects(
 
 
 def _desc(**over: Any) -> dict[str, Any]:
-    return {"ref": "x:0", "dtype": "<f4", "shape": [1, IN], **over}
+    desc: dict[str, Any] = {"ref": "x:0", "dtype": "float32", "shape": [1, IN], "nbytes": 4 * IN}
+    return {**desc, **over}
 
 
-@pytest.mark.parametrize(
-    ("desc", "body"),
-    [
-        (_desc(), np.full((1, IN), np.nan, np.float32).tobytes()),
-        (_desc(), np.full((1, IN), np.inf, np.float32).tobytes()),
-        (_desc(dtype=">f4"), bytes(4 * IN)),
-        (_desc(dtype="|V4"), bytes(4 * IN)),
-        (_desc(dtype="<U1"), bytes(4 * IN)),
-        (_desc(shape=[2**62, 4]), b""),
-        (_desc(shape=[0, 2**40]), b""),
-        (_desc(shape=[-1, IN]), bytes(4 * IN)),
-        (_desc(shape=[1] * 9 + [IN]), bytes(4 * IN)),
-        (_desc(shape=[1, IN]), bytes(4 * IN - 1)),
-        (_desc(shape=[2, IN]), bytes(8 * IN)),  # batch above max_batch
-        (_desc(shape=[1, IN + 1]), bytes(4 * (IN + 1))),  # not the model's signature
-    ],
-    ids=[
-        "nan",
-        "inf",
-        "big_endian",
-        "void",
-        "unicode",
-        "overflow",
-        "zero_dim",
-        "negative",
-        "ndim",
-        "short_body",
-        "batch",
-        "signature",
-    ],
-)
-async def test_bad_tensors_are_refused(
-    server: EdgeServer, good: Tenant, desc: dict[str, Any], body: bytes
-) -> None:
+F32 = 4 * IN
+BAD_TENSORS: dict[str, tuple[dict[str, Any], bytes, str]] = {
+    "nan": (_desc(), np.full((1, IN), np.nan, np.float32).tobytes(), "finite"),
+    "inf": (_desc(), np.full((1, IN), -np.inf, np.float32).tobytes(), "finite"),
+    "big_endian": (_desc(dtype=">f4"), bytes(F32), "dtype"),
+    "void": (_desc(dtype="V4"), bytes(F32), "dtype"),
+    "numpy_str": (_desc(dtype="<f4"), bytes(F32), "dtype"),
+    "unicode": (_desc(dtype="U1"), bytes(F32), "dtype"),
+    "overflow": (_desc(shape=[2**62, 4], nbytes=0), b"", "shape"),
+    "zero_dim": (_desc(shape=[0, 2**40], nbytes=0), b"", "shape"),
+    "negative": (_desc(shape=[-1, IN]), bytes(F32), "shape"),
+    "ndim": (_desc(shape=[1] * 9), bytes(4), "shape"),
+    "nbytes_lie": (_desc(nbytes=4 * IN - 1), bytes(F32 - 1), "nbytes"),
+    "short_body": (_desc(), bytes(F32 - 1), "body"),
+    "huge": (_desc(shape=[1, 2**31 - 1], nbytes=4 * (2**31 - 1)), b"", "at most"),
+    "batch": (_desc(shape=[2, IN], nbytes=2 * F32), bytes(2 * F32), "1..1"),
+    "signature": (_desc(shape=[1, IN + 1], nbytes=F32 + 4), bytes(F32 + 4), "expected shape"),
+    "float64": (_desc(dtype="float64", nbytes=2 * F32), bytes(2 * F32), "expected float32"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TENSORS))
+async def test_bad_tensors_are_refused(server: EdgeServer, good: Tenant, case: str) -> None:
+    desc, body, reason = BAD_TENSORS[case]
     before = _maxrss_mib()
     head, _ = good.query_head(np.zeros((1, IN), np.float32))
-    reply, _ = await call(good.conn, {**head, "tensors": [desc]}, body)
+    head = {**head, "tensors": [desc], "body_len": len(body)}
+    reply, _ = await call(good.conn, head, body)
     assert reply["m"] == "error" and reply["code"] in ("bad_tensor", "bad_request"), reply
+    assert reason in reply["message"], reply
     assert _maxrss_mib() - before < 32
     await good.check_works()
 
