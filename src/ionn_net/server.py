@@ -242,6 +242,11 @@ class EdgeServer:
                 await stream.respond(error_head("busy", "too many connections from this address"))
                 return
             state = self._conns[conn] = _ConnState()
+            # §14.4: a session (welcome) within the handshake deadline, or the connection
+            # goes; otherwise requests before hello would hold it open forever.
+            asyncio.get_running_loop().call_later(
+                self.config.limits.handshake_timeout_s, self._check_hello, weakref.ref(conn)
+            )
         kind = stream.head.get("m")
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
         body = b""
@@ -265,6 +270,14 @@ class EdgeServer:
             logger.warning("request %r failed: %s", kind, exc)
             head = error_head("internal", str(exc))
         await stream.respond(head, body, codec=Codec.ZSTD if body else None)
+
+    def _check_hello(self, ref: weakref.ref[AioConnection]) -> None:
+        conn = ref()
+        state = self._conns.get(conn) if conn is not None else None
+        if conn is None or conn.closed or state is None or state.session is not None:
+            return
+        logger.warning("closing %s: no session after the handshake deadline", conn.remote_address)
+        conn.close(ErrorCode.TIMEOUT, "no hello within the handshake deadline")
 
     def _too_many_from(self, conn: AioConnection) -> bool:
         host = _host(conn.remote_address)
