@@ -23,7 +23,7 @@ from tests.helpers.manifests import tiny_cnn
 from tests.integration.hardening.tenant import IN, RawPeer, Tenant, call, mlp
 from tests.refpeer import wire as rw
 
-from ionn_net.aio import connect
+from ionn_net.aio import ConnectionClosedError, connect
 from ionn_net.config import Limits
 from ionn_net.model.spec import canonical_json
 from ionn_net.planner.costmodel import ServerCostModel
@@ -258,6 +258,24 @@ async def test_slowloris_handshake_is_timed_out(server: EdgeServer, good: Tenant
                     raise ConnectionResetError("closed by the server")
     await peer.read_until_closed(5)
     assert time.monotonic() - started < LIMITS.handshake_timeout_s + 2.0
+    await good.check_works()
+
+
+async def test_requests_without_hello_do_not_hold_a_connection(
+    server: EdgeServer, good: Tenant
+) -> None:
+    """Application-level slowloris: framing done, PINGs answered, requests sent, but never
+    a hello: the connection goes at the handshake deadline (§14.4), not at the idle one."""
+    conn = await connect("127.0.0.1", server.port)
+    started = time.monotonic()
+    with pytest.raises(ConnectionClosedError) as info:
+        for _ in range(100):
+            head, _ = await call(conn, {"m": "have", "model": "0" * 64})
+            assert head["code"] == "no_session"
+            await asyncio.sleep(0.1)
+    assert info.value.error_code.name == "TIMEOUT"
+    assert time.monotonic() - started < LIMITS.handshake_timeout_s + 1.5
+    conn.abort()
     await good.check_works()
 
 
