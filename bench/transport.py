@@ -284,7 +284,11 @@ class _FifoConn:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
-        self.replies: asyncio.Queue[int] = asyncio.Queue()
+        # Query answers and the upload's completion come back on one byte stream.
+        self.replies: dict[int, asyncio.Queue[int]] = {
+            K_REPLY: asyncio.Queue(),
+            K_DONE: asyncio.Queue(),
+        }
         self.task = asyncio.create_task(self._read())
 
     @classmethod
@@ -296,12 +300,11 @@ class _FifoConn:
         while True:
             head = await self.reader.readexactly(FIFO_HEADER)
             await self.reader.readexactly(int.from_bytes(head[1:], "big"))
-            self.replies.put_nowait(head[0])
+            self.replies[head[0]].put_nowait(head[0])
 
     async def query(self, payload: bytes) -> None:
         self.writer.write(bytes([K_QUERY]) + len(payload).to_bytes(4, "big") + payload)
-        if await self.replies.get() != K_REPLY:
-            raise RuntimeError("fifo: unexpected reply")
+        await self.replies[K_REPLY].get()
 
     async def upload(self, total: int) -> None:
         block = _block()
@@ -313,8 +316,7 @@ class _FifoConn:
             sent += size
             await self.writer.drain()
         self.writer.write(bytes([K_UPLOAD_END]) + bytes(4))
-        if await self.replies.get() != K_DONE:
-            raise RuntimeError("fifo: unexpected upload reply")
+        await self.replies[K_DONE].get()
 
     async def close(self) -> None:
         self.task.cancel()
@@ -670,7 +672,10 @@ def shaped_link(rate_bps: float, delay_ms: float, backend: str) -> Iterator[tupl
 def probe(link: Link, ns: Any) -> tuple[float, float]:
     """Measured goodput (bit/s) and idle round trip (ms) of the upload direction."""
     if ns is not None:
-        result = ns.probe(direction="up", duration_s=1.5, pings=10)
+        # Two probes, the faster kept: on a shared machine a probe can only read low.
+        first = ns.probe(direction="up", duration_s=1.5, pings=10)
+        second = ns.probe(direction="up", duration_s=1.5, pings=10)
+        result = max(first, second, key=lambda r: float(r.measured_rate_bps or 0.0))
     else:
         from ionn_net.netem.probe import probe_link
 
@@ -721,7 +726,7 @@ def bench_link(link: Link, ns: Any, quick: bool) -> dict[str, dict[str, Any]]:
     for kind, label, pacing in HOL_CASES:
         params: dict[str, Any] = {
             "test": "hol",
-            "idle_queries": 30 if quick else 60,
+            "idle_queries": 50 if quick else 150,
             "upload_bytes": upload,
             "warmup_s": 1.0 if quick else 2.0,
             "gap_s": gap_s,

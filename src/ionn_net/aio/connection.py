@@ -463,15 +463,21 @@ class AioConnection:
                 stream._cancelled()
             raise
 
-    async def _wait_send_room(self, stream: _BaseStream, n: int) -> int:
-        """Wait until ``stream`` may hand the core up to ``n`` more bytes; return how many."""
+    async def _wait_send_room(self, stream: _BaseStream, n: int, *, paced: bool = False) -> int:
+        """Wait until ``stream`` may hand the core up to ``n`` more bytes; return how many.
+
+        An unpaced stream keeps up to one more piece queued in the core while the writer
+        drains the previous one (so feeding and writing overlap); a paced stream hands over
+        its next release only once the previous one has left, so releases keep their timing.
+        """
         want = min(n, self.limits.max_chunk)
+        ahead = max(want, 1) if paced else 2 * self.send_chunk
         while True:
             stream._raise_error()
             self._check_open()
             room = self.protocol.send_room
             queued = self.core.stream_outbound_bytes(stream.id)
-            if room >= want and queued < max(want, 1) and self.protocol.writable:
+            if room >= want and queued < ahead and self.protocol.writable:
                 return min(n, room) if n else 0
             await self._wait_room(stream)
 
@@ -516,4 +522,4 @@ class AioConnection:
     def _stream_maybe_done(self, stream: _BaseStream) -> None:
         done = stream._local_ended and stream._remote_ended and not stream._chunks
         if done and self._streams.pop(stream.id, None) is not None:
-                self._wake_room()
+            self._wake_room()

@@ -217,7 +217,7 @@ class _BaseStream:
             else:
                 chunk = conn.send_chunk
             n = min(total - offset, chunk)
-            n = await conn._wait_send_room(self, n)
+            n = await conn._wait_send_room(self, n, paced=paced)
             if paced:
                 await conn._pace(self, n)
             self._raise_error()
