@@ -138,6 +138,7 @@ class _Session:
         self.hash = hashlib.sha256(key.encode()).hexdigest()[:32]
         self.models: dict[str, _Model] = {}
         self.queries = asyncio.Semaphore(config.max_queries_per_session)
+        self.last_used = time.monotonic()
 
 
 @dataclass(slots=True)
@@ -247,6 +248,8 @@ class EdgeServer:
             asyncio.get_running_loop().call_later(
                 self.config.limits.handshake_timeout_s, self._check_hello, weakref.ref(conn)
             )
+        if state.session is not None:
+            state.session.last_used = time.monotonic()
         kind = stream.head.get("m")
         handler = self._handlers.get(kind) if isinstance(kind, str) else None
         body = b""
@@ -330,9 +333,10 @@ class EdgeServer:
     def _welcome(self, state: _ConnState, key: str) -> dict[str, object]:
         session = self._sessions.get(key)
         if session is None:
-            if len(self._sessions) >= self.config.max_sessions:
+            if len(self._sessions) >= self.config.max_sessions and not self._evict_idle():
                 raise RequestError("busy", "the server holds too many sessions")
             session = self._sessions[key] = _Session(key, self.config)
+        session.last_used = time.monotonic()
         state.session = session
         assert self._cost_model is not None
         limits = self.config.limits
@@ -349,6 +353,20 @@ class EdgeServer:
                 "max_queries": self.config.max_queries_per_session,
             },
         }
+
+    def _evict_idle(self) -> bool:
+        """At capacity, forget the least recently used session that has no live
+        connection: otherwise hellos with fresh keys (one per connection) would fill the
+        table for good and lock every new client out. Its blobs stay in the store with
+        their owner records, so the client only re-sends its manifest and loads again."""
+        live = {id(st.session) for c, st in list(self._conns.items()) if not c.closed}
+        idle = [s for s in self._sessions.values() if id(s) not in live]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda s: s.last_used)
+        del self._sessions[victim.key]
+        logger.info("forgot idle session %s to make room", victim.hash[:8])
+        return True
 
     # -- §10.3 manifest, §10.4 have ----------------------------------------------------
 
