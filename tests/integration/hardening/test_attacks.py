@@ -474,7 +474,9 @@ async def test_bytes_per_session_are_capped(good: Tenant) -> None:
     await good.check_works()
 
 
-async def test_sessions_are_capped_per_server() -> None:
+async def test_session_table_cannot_be_filled_by_fresh_keys() -> None:
+    """Hellos with fresh session keys (one per connection) would fill ``max_sessions`` for
+    good; sessions without a live connection are forgotten first, and keep their blobs."""
     config = ServerConfig(limits=LIMITS, max_sessions=2)
     async with (
         EdgeServer(config=config, cost_model=ServerCostModel()) as srv,
@@ -482,8 +484,23 @@ async def test_sessions_are_capped_per_server() -> None:
     ):
         first = Tenant(conn)
         await first.setup()
-        for i in range(3):
+        async with connect("127.0.0.1", srv.port) as c1:  # a tenant that leaves
+            gone = Tenant(c1)
+            await gone.setup()
+        for _ in range(5):  # an attacker cycling through keys and connections
             async with connect("127.0.0.1", srv.port) as c2:
-                reply = await Tenant(c2).hello()
-                assert reply["m"] == ("welcome" if i == 0 else "error"), reply
+                assert (await Tenant(c2).hello())["m"] == "welcome"
+        assert gone.session not in srv._sessions  # forgotten to make room
+        async with connect("127.0.0.1", srv.port) as c2, connect("127.0.0.1", srv.port) as c3:
+            assert (await Tenant(c2).hello())["m"] == "welcome"
+            reply = await Tenant(c3).hello()  # two live sessions: the table is really full
+            assert reply["m"] == "error" and reply["code"] == "busy", reply
         await first.check_works()
+        async with connect("127.0.0.1", srv.port) as c4:  # the forgotten tenant comes back
+            back = Tenant(c4, session=gone.session)
+            await back.hello()
+            head = await back.manifest()
+            assert sorted(head["blobs_held"]) == sorted(back.builder.blobs)  # nothing re-sent
+            assert head["layers_ready"] == []
+            assert (await back.load())["m"] == "load_ok"
+            await back.check_works()
