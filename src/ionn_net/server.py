@@ -139,6 +139,7 @@ class _Session:
         self.models: dict[str, _Model] = {}
         self.queries = asyncio.Semaphore(config.max_queries_per_session)
         self.last_used = time.monotonic()
+        self.partials: set[str] = set()  # blobs with an unfinished upload in the store
 
 
 @dataclass(slots=True)
@@ -358,13 +359,16 @@ class EdgeServer:
         """At capacity, forget the least recently used session that has no live
         connection: otherwise hellos with fresh keys (one per connection) would fill the
         table for good and lock every new client out. Its blobs stay in the store with
-        their owner records, so the client only re-sends its manifest and loads again."""
+        their owner records, so the client only re-sends its manifest and loads again; its
+        unfinished uploads are dropped (they would otherwise stay on disk forever)."""
         live = {id(st.session) for c, st in list(self._conns.items()) if not c.closed}
         idle = [s for s in self._sessions.values() if id(s) not in live]
         if not idle:
             return False
         victim = min(idle, key=lambda s: s.last_used)
         del self._sessions[victim.key]
+        for digest in victim.partials:  # stale partial uploads expire with their session
+            self.store.drop_partial(partial_key(victim.hash, digest))
         logger.info("forgot idle session %s to make room", victim.hash[:8])
         return True
 
@@ -401,6 +405,7 @@ class EdgeServer:
                 offset = self.store.partial_offset(partial_key(session.hash, digest))
                 if offset:
                     partial[digest] = offset
+                    session.partials.add(digest)  # left by an earlier connection or process
         return {
             "blobs_held": sorted(d for d in model.blob_sizes if d in owned),
             "partial": partial,
@@ -442,9 +447,13 @@ class EdgeServer:
             raise RequestError(
                 "offset_conflict", f"blob {digest}: resume at {current}", offset=current
             )
-        if self.store.bytes_owned_by(session.hash) + size > self.config.max_bytes_per_session:
+        # Unfinished uploads reserve their whole size: partials count against the budget.
+        sizes = {d: n for m in session.models.values() for d, n in m.blob_sizes.items()}
+        reserved = sum(sizes.get(d, 0) for d in session.partials - {digest}) + size
+        if self.store.bytes_owned_by(session.hash) + reserved > self.config.max_bytes_per_session:
             raise RequestError("limit_exceeded", "this session stores too many bytes")
         body_len = get_body_len(head, limit=size - offset)
+        session.partials.add(digest)
         new_offset = await self._append_body(stream, key, offset, body_len)
         complete = new_offset == size
         if complete:
@@ -456,6 +465,8 @@ class EdgeServer:
                 raise RequestError(
                     "digest_mismatch", f"blob {digest}: bytes do not match"
                 ) from None
+            finally:
+                session.partials.discard(digest)  # stored, or dropped as corrupt
             self.store.record_owner(session.hash, digest)
             self.stats["blobs"] += 1
         return {"m": "blob_ok", "sha256": digest, "offset": new_offset, "complete": complete}, b""
