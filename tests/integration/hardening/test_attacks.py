@@ -28,6 +28,7 @@ from ionn_net.config import Limits
 from ionn_net.model.spec import canonical_json
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.server import EdgeServer, ServerConfig
+from ionn_net.store import partial_key
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -474,6 +475,31 @@ async def test_bytes_per_session_are_capped(good: Tenant) -> None:
     await good.check_works()
 
 
+async def test_unfinished_uploads_count_against_the_byte_budget(good: Tenant) -> None:
+    """Partial blobs that are never finished would otherwise fill the disk: each one
+    reserves its full size in the session's budget."""
+    config = ServerConfig(limits=LIMITS, max_bytes_per_session=3000)
+    async with (
+        EdgeServer(config=config, cost_model=ServerCostModel()) as srv,
+        connect("127.0.0.1", srv.port) as conn,
+    ):
+        first = Tenant(conn)
+        await first.hello()
+        await first.manifest()
+        second = Tenant(conn, session=first.session, built=mlp(seed=1, name="other"))
+        await second.manifest()
+        big1, big2 = next(iter(first.builder.blobs)), next(iter(second.builder.blobs))
+        reply = await first.blob(big1, 0, first.builder.blobs[big1][:100])  # 1632 reserved
+        assert reply["m"] == "blob_ok" and not reply["complete"]
+        reply = await second.blob(big2, 0, second.builder.blobs[big2][:100])  # 1632 more
+        assert reply["m"] == "error" and reply["code"] == "limit_exceeded", reply
+        have, _ = await call(conn, {"m": "have", "model": second.digest})
+        assert have["partial"] == {}
+        rest = first.builder.blobs[big1][100:]  # finishing the first one is still allowed
+        assert (await first.blob(big1, 100, rest))["complete"]
+    await good.check_works()
+
+
 async def test_session_table_cannot_be_filled_by_fresh_keys() -> None:
     """Hellos with fresh session keys (one per connection) would fill ``max_sessions`` for
     good; sessions without a live connection are forgotten first, and keep their blobs."""
@@ -484,13 +510,20 @@ async def test_session_table_cannot_be_filled_by_fresh_keys() -> None:
     ):
         first = Tenant(conn)
         await first.setup()
-        async with connect("127.0.0.1", srv.port) as c1:  # a tenant that leaves
+        async with connect("127.0.0.1", srv.port) as c1:  # a tenant that leaves mid-upload
             gone = Tenant(c1)
             await gone.setup()
+            left = Tenant(c1, session=gone.session, built=mlp(seed=2, name="left"))
+            await left.manifest()
+            sha = next(iter(left.builder.blobs))
+            assert not (await left.blob(sha, 0, left.builder.blobs[sha][:64]))["complete"]
+        key = partial_key(hashlib.sha256(gone.session.encode()).hexdigest()[:32], sha)
+        assert srv.store.partial_offset(key) == 64
         for _ in range(5):  # an attacker cycling through keys and connections
             async with connect("127.0.0.1", srv.port) as c2:
                 assert (await Tenant(c2).hello())["m"] == "welcome"
         assert gone.session not in srv._sessions  # forgotten to make room
+        assert srv.store.partial_offset(key) == 0  # and its unfinished upload expired
         async with connect("127.0.0.1", srv.port) as c2, connect("127.0.0.1", srv.port) as c3:
             assert (await Tenant(c2).hello())["m"] == "welcome"
             reply = await Tenant(c3).hello()  # two live sessions: the table is really full
