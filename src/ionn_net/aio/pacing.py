@@ -62,7 +62,7 @@ class PacingConfig:
     control_interval_s: float = 0.05
     queue_low_s: float = 0.001
     queue_high_s: float = 0.004
-    increase: float = 0.01
+    increase: float = 0.005
     decrease: float = 0.03
     min_fraction: float = 0.25
 
@@ -203,7 +203,8 @@ class Pacer:
        :class:`LinkRateMeter` measures what the path delivers (``bytes_acked`` growth over
        ``min_span_s`` spans): the largest such rate is the first estimate.
     2. *Steady state*: the queueing delay the upload causes (smoothed RTT minus the minimum
-       RTT, from ``TCP_INFO``) steers the estimate every control interval (four minimum RTTs,
+       RTT, plus the kernel's unsent bytes at the paced rate, from ``TCP_INFO``) steers the
+       estimate every control interval (four minimum RTTs,
        at least ``control_interval_s``): above ``queue_high_s``, if the path also delivers
        less than is sent, it shrinks by ``decrease`` (never below ``min_fraction`` of the
        startup estimate); below ``queue_low_s`` it grows by ``increase``. This finds a
@@ -268,15 +269,18 @@ class Pacer:
             return
         self._last_control = now
         active, self._active_since_control = self._active_since_control, False
-        queue = max(0.0, info.rtt_s - info.min_rtt_s)
-        self.queue_delay_s = queue
         sending = self._bucket.rate if self._bucket is not None else None
+        # Our queue is in the network (RTT above its minimum) and, when the kernel's own
+        # pacing (BBR) holds back what we release too fast, in the socket (not yet sent).
+        in_socket = info.notsent_bytes / sending if sending else 0.0
+        queue = max(0.0, info.rtt_s - info.min_rtt_s) + in_socket
+        self.queue_delay_s = queue
         delivered = self._meter.latest
-        # A queue is ours to drain only if the path delivers less than we send; a longer
-        # RTT with everything delivered (a slower delay line, cross traffic that left) is
-        # no reason to slow down, and backing off on it could starve the upload.
+        # Unsent bytes in our socket are always ours. A longer RTT is ours to drain only
+        # if the path delivers less than we send: with everything delivered (a slower
+        # delay line, cross traffic that left) backing off could starve the upload.
         behind = sending is None or delivered is None or delivered < 0.97 * sending
-        if queue > cfg.queue_high_s and behind:
+        if in_socket > cfg.queue_high_s or (queue > cfg.queue_high_s and behind):
             self._estimate = max(self._floor, self._estimate * (1.0 - cfg.decrease))
         elif queue < cfg.queue_low_s and active:
             self._estimate *= 1.0 + cfg.increase
