@@ -5,8 +5,10 @@ process. Clients (asyncio API, a Dense-only model whose answers numpy checks exa
 
 * ``--clients`` steady tenants: one session each; upload (resuming from the server's
   offsets after every cut), load, then query in a loop;
-* one churn tenant cycling through a pool of ``--pool`` sessions, so uploads and resumes
-  happen all through the run (each session's blobs are uploaded once, then never again).
+* one churn tenant cycling through a pool of ``--pool`` sessions (each session's blobs are
+  uploaded once, then never again: reconnects must not re-send them);
+* one uploader: a fresh tenant per cycle uploading a 260 KiB model in paced 16 KiB
+  requests, so faults cut uploads mid-blob and resumes happen all through the run.
 
 Every query is retried on new connections until it gets a correct answer; a query that
 gets none within ``--query-budget-s`` counts as lost. A fault task injects a random toxic
@@ -80,13 +82,13 @@ class Totals:
     kinds: dict[str, int] = field(default_factory=dict)
 
 
-def build_model(seed: int) -> tuple[dict[str, Any], ManifestBuilder]:
+def build_model(seed: int, hidden: int = HIDDEN) -> tuple[dict[str, Any], ManifestBuilder]:
     rng = np.random.default_rng(seed)
     b = ManifestBuilder(name=f"soak{seed}")
     x = b.input("x", [IN])
-    w1 = [rng.standard_normal((IN, HIDDEN)), rng.standard_normal(HIDDEN)]
-    h = b.add("d1", "Dense", {"units": HIDDEN, "activation": "relu"}, [x], _f32(w1))
-    w2 = [rng.standard_normal((HIDDEN, OUT)) * 0.1, rng.standard_normal(OUT)]
+    w1 = [rng.standard_normal((IN, hidden)), rng.standard_normal(hidden)]
+    h = b.add("d1", "Dense", {"units": hidden, "activation": "relu"}, [x], _f32(w1))
+    w2 = [rng.standard_normal((hidden, OUT)) * 0.1, rng.standard_normal(OUT)]
     out = b.add("d2", "Dense", {"units": OUT, "activation": "softmax"}, [h], _f32(w2))
     return b.obj([out]), b
 
@@ -106,10 +108,11 @@ def reference(b: ManifestBuilder, x: np.ndarray) -> np.ndarray:
 class SoakTenant:
     """One session: keeps a connection, resumes uploads, answers every query once."""
 
-    def __init__(self, port: int, seed: int, totals: Totals) -> None:
+    def __init__(self, port: int, seed: int, totals: Totals, hidden: int = HIDDEN) -> None:
         self.port, self.totals = port, totals
         self.session = hashlib.sha256(f"soak-{seed}".encode()).hexdigest()[:32]
-        self.obj, self.builder = build_model(seed)
+        self.obj, self.builder = build_model(seed, hidden)
+        self.piece = 0  # > 0: upload in requests of this size, paced
         self.body = canonical_json(self.obj)
         self.digest = hashlib.sha256(self.body).hexdigest()
         self.conn: AioConnection | None = None
@@ -149,16 +152,22 @@ class SoakTenant:
             if sha in self.completed:
                 self.totals.complete_blobs_resent += 1  # would be a resume bug
             offset = int(partial.get(sha, 0))
-            head = {
-                "m": "blob",
-                "model": self.digest,
-                "sha256": sha,
-                "size": len(blob),
-                "offset": offset,
-            }
-            self.totals.blob_bytes_sent += len(blob) - offset
-            reply, _ = await asyncio.wait_for(self.conn.request(head, blob[offset:]), 10.0)
-            assert reply.get("complete"), reply
+            while True:
+                end = min(len(blob), offset + self.piece) if self.piece else len(blob)
+                head = {
+                    "m": "blob",
+                    "model": self.digest,
+                    "sha256": sha,
+                    "size": len(blob),
+                    "offset": offset,
+                }
+                self.totals.blob_bytes_sent += end - offset
+                reply, _ = await asyncio.wait_for(self.conn.request(head, blob[offset:end]), 10.0)
+                assert reply["m"] == "blob_ok", reply
+                offset = int(reply["offset"])
+                if reply["complete"]:
+                    break
+                await asyncio.sleep(0.02)
             self.completed.add(sha)
         if not held >= set(self.builder.blobs):
             self.totals.uploads += 1
@@ -222,6 +231,24 @@ async def churn(pool: list[SoakTenant], stop: float, budget: float) -> None:
             tenant.conn.abort()
             tenant.conn = None
             tenant.ready = False
+
+
+async def uploader(port: int, stop: float, totals: Totals, budget: float) -> None:
+    """A new tenant (fresh session key, fresh model) per cycle, uploading in 16 KiB requests
+    20 ms apart like a paced phone, so faults land mid-blob and uploads resume all through
+    the run; one query checks the model, then it leaves. Old sessions are forgotten by the
+    server when its session table is full (their stale partial uploads with them)."""
+    rng = np.random.default_rng(7)
+    seed = 5000
+    while time.monotonic() < stop:
+        seed += 1
+        tenant = SoakTenant(port, seed, totals, hidden=1024)
+        totals.blob_bytes_needed += sum(len(b) for b in tenant.builder.blobs.values())
+        tenant.piece = 16 * 1024
+        await tenant.query(rng, budget)
+        if tenant.conn is not None:
+            tenant.conn.abort()
+        totals.kinds["upload_cycles"] = totals.kinds.get("upload_cycles", 0) + 1
 
 
 async def faults(proxy: FaultProxy, stop: float, totals: Totals) -> None:
@@ -325,7 +352,9 @@ async def sampler(server: EdgeServer, stop: float, every: float, out: list[Any])
 async def main(args: argparse.Namespace) -> int:
     totals = Totals()
     limits = Limits(handshake_timeout_s=2.0, keepalive_interval_s=1.0, heartbeat_timeout_s=3.0)
-    config = ServerConfig(limits=limits, max_connections_per_address=64)
+    # A small session table: the uploader's departed tenants are forgotten (LRU, no live
+    # connection) so the table, and what the sessions hold, stays bounded.
+    config = ServerConfig(limits=limits, max_connections_per_address=64, max_sessions=24)
     samples: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="ionn-soak-") as tmp:
         server = EdgeServer(store=Path(tmp), config=config, cost_model=ServerCostModel())
@@ -339,6 +368,7 @@ async def main(args: argparse.Namespace) -> int:
             jobs = [
                 *(steady(t, stop, i, args.query_budget_s) for i, t in enumerate(tenants)),
                 churn(pool, stop, args.query_budget_s),
+                uploader(proxy.port, stop, totals, args.query_budget_s),
                 faults(proxy, stop, totals),
                 attacks(server.port, stop, totals),
                 sampler(server, stop, args.sample_s, samples),
