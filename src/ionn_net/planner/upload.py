@@ -200,6 +200,7 @@ _REGISTRY: dict[str, str] = {
     "ionn": "ionn_net.planner.upload:IonnPlanner",
     "efficiency": "ionn_net.planner.efficiency:EfficiencyPlanner",
     "ours": "ionn_net.planner.ours:OursPlanner",
+    "neurosurgeon": "ionn_net.planner.neurosurgeon:NeuroSurgeonPlanner",
 }
 
 
