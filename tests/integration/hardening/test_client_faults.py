@@ -99,7 +99,7 @@ async def test_every_query_gets_one_correct_answer_under_faults(model: Any, tmp_
 async def test_upload_cut_repeatedly_resumes_without_resending_layers(
     model: Any, tmp_path: Path
 ) -> None:
-    cut = LimitData(nbytes=400_000, direction="up", mode="rst")  # every connection dies
+    cut = LimitData(nbytes=1_500_000, direction="up", mode="rst")  # every connection dies
     async with (
         EdgeServer(store=tmp_path / "store", cost_model=ServerCostModel()) as server,
         FaultProxy("127.0.0.1", server.port, toxics=(cut,)) as proxy,

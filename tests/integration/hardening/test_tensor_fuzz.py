@@ -69,7 +69,7 @@ def _check_accepted(descs: Any, out: dict[str, np.ndarray], body: bytes) -> None
     assert total == len(body)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(
     descs=st.lists(descriptors(), max_size=3) | json_values,
     body=st.binary(max_size=512),
