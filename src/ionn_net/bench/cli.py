@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="override the scenario's device emulation mode",
     )
+    p.add_argument(
+        "--server-costs",
+        choices=("calibrated", "workload"),
+        default="calibrated",
+        help="the cost model the server announces: calibrated on small models (the "
+        "library's default) or fitted on the benchmark model's own layers timed here",
+    )
     p.add_argument("--quota", type=_positive(float), help="CPU quota (cores)")
     p.add_argument("--slowdown", type=_positive(float), help="slowdown factor")
     p.add_argument("--max-run-s", type=_positive(float), help="bound per run")
@@ -218,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         probe_s=args.probe_s,
         seed=args.seed,
         command=command,
+        server_costs=args.server_costs,
     )
     return _run(scenarios, opts, console, out, command)
 
@@ -247,7 +255,7 @@ def _run(
             loop.add_signal_handler(sig, stop, sig)
         try:
             for scenario in scenarios:
-                groups.extend(await run_scenario(scenario, opts, console))
+                await run_scenario(scenario, opts, console, groups)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -261,6 +269,7 @@ def _run(
     except (ConfigError, IonnError, OSError) as exc:
         console.line(f"ionn-bench: {type(exc).__name__}: {exc}")
         status = 2
+    groups = [docs for docs in groups if docs]
     if groups:
         summary = _write_report(out, groups, command, console)
         index = {

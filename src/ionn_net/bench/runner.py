@@ -60,6 +60,7 @@ class BenchOptions:
     seed: int = 0
     command: str = ""
     prep_timeout_s: float = 900.0
+    server_costs: str = "calibrated"
 
 
 def _git_commit() -> str | None:
@@ -128,6 +129,7 @@ class _Group:
         self.address: tuple[str, int] | None = None
         self.ready: dict[str, Any] | None = None
         self.worker_pid = 0
+        self.cost_model: dict[str, Any] = {}
         self.factor_probe: dict[str, Any] | None = None  # measured once per worker
         self.server_stats: dict[str, Any] = {}
 
@@ -139,6 +141,9 @@ class _Group:
         argv = self._python(
             "server", "ionn_net.bench.serverproc", "--host", host, "--cache-dir", cache
         )
+        argv += ["--seed", str(self.opts.seed)]
+        if self.opts.server_costs == "workload":
+            argv += ["--workload-model", self.model]
         self.server = await Child("server", argv, self._log("server")).start()
 
     async def _start_worker(self) -> None:
@@ -171,6 +176,13 @@ class _Group:
         await self._start_worker()
         assert self.server is not None
         listening = await self.server.expect("listening", self.opts.prep_timeout_s)
+        self.cost_model = {k: listening.get(k) for k in ("cost_model", "cost_model_doc")}
+        info = listening.get("cost_model") or {}
+        if info.get("kind") == "workload":
+            self.console.line(
+                f"   server cost model fitted on {self.model}: predicts the whole model at "
+                f"{info['predicted_whole_ms']:.1f} ms, measured {info['whole_ms']:.1f} ms"
+            )
         self.address = await self.link.attach(int(listening["port"]))
         self.ready = await self._prepare_worker()
         r = self.ready
@@ -194,15 +206,14 @@ class _Group:
             await server.close()
         await self.link.detach()
 
-    async def run_all(self) -> list[dict[str, Any]]:
-        docs = []
+    async def run_all(self, docs: list[dict[str, Any]]) -> None:
+        """Every strategy in turn; each finished run is appended to ``docs`` at once
+        (so an interrupted group still reports the runs it completed)."""
         for strategy in self.scenario.run.strategies:
             if self.worker is None or not self.worker.alive:
                 await self._restart_worker()
-            doc = await self._run_one(strategy)
-            docs.append(doc)
+            docs.append(await self._run_one(strategy))
             await asyncio.sleep(_PAUSE_S)
-        return docs
 
     def failed(self, reason: str) -> list[dict[str, Any]]:
         """Documents for every strategy of a group that could not start."""
@@ -256,6 +267,7 @@ class _Group:
                 "describe": self.device.describe(),
             },
             "versions": dict(r.get("versions", {})),
+            "server": dict(self.cost_model),
             "machine": machine_info(),
             "command": self.opts.command,
             "timing": {"started": datetime.datetime.now(datetime.UTC).isoformat()},
@@ -387,12 +399,12 @@ class _Group:
 
 
 async def run_scenario(
-    scenario: Scenario, opts: BenchOptions, console: Console
-) -> list[list[dict[str, Any]]]:
-    """Every model x strategy of ``scenario``; returns the run documents per model."""
+    scenario: Scenario, opts: BenchOptions, console: Console, groups: list[list[dict[str, Any]]]
+) -> None:
+    """Every model x strategy of ``scenario``; the run documents of each model are
+    appended to ``groups`` as a list that grows run by run."""
     device = resolve_device(scenario.device, override=opts.device)
     console.line(f"== scenario {scenario.name}: {scenario.link.describe()}")
-    groups: list[list[dict[str, Any]]] = []
     async with BenchLink(
         scenario.link, backend=opts.backend, probe_s=opts.probe_s, seed=opts.seed
     ) as link:
@@ -408,15 +420,16 @@ async def run_scenario(
                 group = _Group(
                     scenario, model, link, device=device, quota=quota_cm, opts=opts, console=console
                 )
+                docs: list[dict[str, Any]] = []
+                groups.append(docs)
                 try:
                     await group.open()
-                    groups.append(await group.run_all())
+                    await group.run_all(docs)
                 except BenchError as exc:
                     console.line(f"   ERROR {scenario.name}/{model}: {exc}")
-                    groups.append(group.failed(str(exc)))
+                    docs += group.failed(str(exc))[len(docs) :]
                 finally:
                     await group.close()
-    return groups
 
 
 def _warn_rate(link: BenchLink, console: Console) -> None:

@@ -104,7 +104,7 @@ class Prepared:
     factor: float | None = None
 
 
-def _time_calls(fn: Callable[[], object], runs: int, budget_s: float) -> list[float]:
+def time_calls(fn: Callable[[], object], runs: int, budget_s: float) -> list[float]:
     """Milliseconds of up to ``runs`` calls after one untimed call, within ``budget_s``."""
     started = time.perf_counter()
     fn()
@@ -152,7 +152,7 @@ def prepare(name: str, cache_dir: Path, seed: int) -> Prepared:
     whole = executor.prepare(graph.order)
     feeds = {TensorRef(graph.inputs[0], 0): x}
     expected = next(iter(whole(feeds).values()))
-    samples = _time_calls(lambda: whole(feeds), 10, 30.0)
+    samples = time_calls(lambda: whole(feeds), 10, 30.0)
     # The fastest call: other load on a shared machine only ever slows a call down,
     # so the minimum is the best estimate of this machine's own speed.
     whole_ms = min(samples)
@@ -253,7 +253,7 @@ class Worker:
         assert prep is not None
         await self.quota(True, "measure")
         try:
-            samples = await asyncio.to_thread(_time_calls, lambda: prep.whole(prep.feeds), 3, 20.0)
+            samples = await asyncio.to_thread(time_calls, lambda: prep.whole(prep.feeds), 3, 20.0)
         finally:
             await self.quota(False, "measure")
         slowed = statistics.median(samples)  # throttling is the point here: no minimum
