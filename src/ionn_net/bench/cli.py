@@ -127,6 +127,13 @@ def _parser() -> argparse.ArgumentParser:
         help="server cost model and client profiles cache (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="model weights, inputs, link jitter/loss")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run nothing: rebuild the plots and summary of DIR from its runs/*.json",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
@@ -200,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(sys.stderr, quiet=args.quiet)
     command = "ionn-bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    if args.report is not None:
+        return _report_only(args.report, console)
     try:
         directory = args.scenarios_dir or default_scenarios_dir()
         if args.quick:
@@ -228,6 +237,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         server_costs=args.server_costs,
     )
     return _run(scenarios, opts, console, out, command)
+
+
+def load_groups(out: Path) -> list[list[dict[str, Any]]]:
+    """The run documents under ``out/runs``, grouped by scenario x model (in first-seen
+    order of their start times) with strategies in the bench's order."""
+    from ionn_net.bench.results import check_run_doc
+
+    docs = []
+    for path in sorted((out / "runs").glob("*.json")):
+        try:
+            docs.append(check_run_doc(json.loads(path.read_text())))
+        except (ValueError, ConfigError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    docs.sort(key=lambda d: str(d.get("timing", {}).get("started", "")))
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for d in docs:
+        groups.setdefault((d["scenario"]["name"], d["model"]["name"]), []).append(d)
+    rank = {s: i for i, s in enumerate(STRATEGIES)}
+    return [sorted(g, key=lambda d: rank.get(d["strategy"], len(rank))) for g in groups.values()]
+
+
+def _report_only(out: Path, console: Console) -> int:
+    try:
+        groups = load_groups(out)
+        if not groups:
+            raise ConfigError(f"--report: no run documents in {out / 'runs'}")
+    except ConfigError as exc:
+        print(f"ionn-bench: {exc}", file=sys.stderr)
+        return 2
+    commands = sorted({str(d.get("command", "")) for g in groups for d in g})
+    summary = _write_report(out, groups, " ; ".join(commands), console)
+    print(f"summary: {summary}")
+    return 0
 
 
 def _run(

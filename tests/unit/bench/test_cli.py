@@ -72,3 +72,61 @@ def test_scenario_names_resolve_in_the_scenarios_directory(tmp_path: Path) -> No
     assert sc.name == "mine" and sc.link.rate_mbit == 1.0
     [same] = cli._resolve([str(tmp_path / "mine.toml")], Path("/nonexistent"))
     assert same.name == "mine"
+
+
+def _run_doc(strategy: str, started: str) -> dict[str, object]:
+    from ionn_net.bench.results import SCHEMA, run_metrics
+
+    queries = [
+        {
+            "i": i,
+            "t": i * 0.1,
+            "end": i * 0.1 + 0.05,
+            "ms": 50.0,
+            "segments": [["client", [[0, 3]], 50.0, False]],
+            "ok": True,
+            "fallback": False,
+        }
+        for i in range(5)
+    ]
+    doc: dict[str, object] = {
+        "schema": SCHEMA,
+        "scenario": {"name": "wifi", "link_text": "80 Mbit/s"},
+        "model": {"name": "cnn_small", "layers": 4, "weight_bytes": 1e6, "whole_ms": 5.0},
+        "strategy": strategy,
+        "status": "ok",
+        "reason": "complete",
+        "link": {"backend": "userspace-proxy", "message": "m", "measured": {}},
+        "device": {"kind": "slowdown-factor", "effective_factor": 10.0, "describe": "x10"},
+        "versions": {"tensorflow": "2"},
+        "machine": {"cpus": 2},
+        "command": "ionn-bench wifi",
+        "timing": {"started": started, "elapsed_s": 0.5},
+        "queries": queries,
+        "progress": [],
+    }
+    doc["metrics"] = run_metrics(doc, n=5)
+    return doc
+
+
+@pytest.mark.slow
+def test_report_mode_rebuilds_plots_and_summary_from_run_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # written in another order than the bench's: the summary puts local first
+    for strategy, started in (("ours", "2026-01-01T00:00:02"), ("local", "2026-01-01T00:00:01")):
+        path = runs / f"wifi__cnn_small__{strategy}.json"
+        path.write_text(json.dumps(_run_doc(strategy, started)))
+    groups = cli.load_groups(tmp_path)
+    assert [[d["strategy"] for d in g] for g in groups] == [["local", "ours"]]
+    assert cli.main(["--report", str(tmp_path)]) == 0
+    text = (tmp_path / "summary.md").read_text()
+    assert "| local | 5 |" in text and "| ours | 5 |" in text
+    assert (tmp_path / "plots" / "wifi__cnn_small.png").stat().st_size > 10_000
+    (runs / "bad.json").write_text("{}")
+    assert cli.main(["--report", str(tmp_path)]) == 2
+    assert "bad.json" in capsys.readouterr().err
