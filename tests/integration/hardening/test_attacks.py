@@ -258,7 +258,7 @@ async def test_slowloris_handshake_is_timed_out(server: EdgeServer, good: Tenant
                 if peer.reader.at_eof():
                     raise ConnectionResetError("closed by the server")
     await peer.read_until_closed(5)
-    assert time.monotonic() - started < LIMITS.handshake_timeout_s + 2.0
+    assert time.monotonic() - started < LIMITS.handshake_timeout_s + 3.0
     await good.check_works()
 
 
@@ -275,7 +275,7 @@ async def test_requests_without_hello_do_not_hold_a_connection(
             assert head["code"] == "no_session"
             await asyncio.sleep(0.1)
     assert info.value.error_code.name == "TIMEOUT"
-    assert time.monotonic() - started < LIMITS.handshake_timeout_s + 1.5
+    assert time.monotonic() - started < LIMITS.handshake_timeout_s + 3.0
     conn.abort()
     await good.check_works()
 
@@ -285,7 +285,7 @@ async def test_half_open_client_is_reaped_by_heartbeat(server: EdgeServer, good:
     started = time.monotonic()
     assert await closed_with(peer, timeout=8) == TIMEOUT
     elapsed = time.monotonic() - started
-    assert elapsed < LIMITS.keepalive_interval_s + LIMITS.heartbeat_timeout_s + 1.5, elapsed
+    assert elapsed < LIMITS.keepalive_interval_s + LIMITS.heartbeat_timeout_s + 3.0, elapsed
     pings = [f for f in peer.frames() if f.type == rw.T.PING and not f.ack]
     assert pings, "the server never probed the silent peer"
     await good.check_works()
