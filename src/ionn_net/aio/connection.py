@@ -217,7 +217,18 @@ class AioConnection:
         if self._closing or self.closed:
             return
         self._closing = True
-        task = self.loop.create_task(self._drain_and_close(error_code, debug))
+        code = ErrorCode(error_code)
+        if code is not ErrorCode.NO_ERROR and self._error is None:
+            # Any other code is a connection error (§13.3): the core ends at once.
+            self._error = ConnectionClosedError(
+                f"closed locally with {code.name}: {debug}", error_code=code, remote=False
+            )
+        if not self.core.closed:
+            self.core.close(code, debug)  # GOAWAY now: no new peer stream slips in
+            self._after_send()
+        if self._error is not None:
+            self._fail_unfinished(self._error)
+        task = self.loop.create_task(self._drain_and_close())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -247,11 +258,8 @@ class AioConnection:
 
     # ------------------------------------------------------------------ graceful close
 
-    async def _drain_and_close(self, error_code: ErrorCode, debug: str) -> None:
+    async def _drain_and_close(self) -> None:
         deadline = self.loop.time() + self.options.close_timeout_s
-        if not self.core.closed:
-            self.core.close(error_code, debug)
-            self._after_send()
         try:
             while self._unfinished() and not self.closed and self.loop.time() < deadline:
                 await asyncio.wait_for(self._wait_room(None), deadline - self.loop.time())

@@ -48,6 +48,10 @@ class TransportOptions:
       (None: ``Limits.heartbeat_timeout_s``).
     * ``close_timeout_s``: deadline of a graceful close (GOAWAY, drain, flush).
     * ``pacing``: pacing of upload-urgency streams (None: unpaced).
+    * ``congestion``: TCP congestion control for this socket (e.g. "cubic"; None: the
+      system default). Under application pacing a loss-based algorithm keeps out of the
+      way, while BBR's own pacing cycles and its periodic ProbeRTT (cwnd of four packets
+      for 200 ms every 10 s) hold back what the pacer releases.
     """
 
     notsent_lowat: int | None = 128 * KIB
@@ -60,6 +64,7 @@ class TransportOptions:
     stall_timeout_s: float | None = None
     close_timeout_s: float = 10.0
     pacing: PacingConfig | None = None
+    congestion: str | None = None
 
     def __post_init__(self) -> None:
         _positive("notsent_lowat", self.notsent_lowat, optional=True)
@@ -81,6 +86,15 @@ class TransportOptions:
                 raise ConfigError(f"TransportOptions.{name}: expected seconds > 0, got {value!r}")
             if value is not None and math.isnan(value):
                 raise ConfigError(f"TransportOptions.{name}: expected seconds > 0, got NaN")
+        if self.congestion is not None and (
+            not isinstance(self.congestion, str)
+            or not self.congestion.isascii()
+            or not 0 < len(self.congestion) < 16
+        ):
+            raise ConfigError(
+                f"TransportOptions.congestion: expected an algorithm name or None, "
+                f"got {self.congestion!r}"
+            )
         if self.pacing is not None and not isinstance(self.pacing, PacingConfig):
             raise ConfigError(
                 f"TransportOptions.pacing: expected PacingConfig or None, got {self.pacing!r}"

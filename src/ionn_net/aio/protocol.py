@@ -24,6 +24,7 @@ Owns one connection's socket-level behaviour and nothing about streams:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import struct
@@ -118,7 +119,11 @@ class IonnProtocol(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.socket = cast(SocketLike, sock)
-            self.applied = configure_socket(self.socket, notsent_lowat=self.options.notsent_lowat)
+            self.applied = configure_socket(
+                self.socket,
+                notsent_lowat=self.options.notsent_lowat,
+                congestion=self.options.congestion,
+            )
         high = self.options.write_high_water
         low = self.options.write_low_water
         self.transport.set_write_buffer_limits(high=high, low=high // 4 if low is None else low)
@@ -251,7 +256,7 @@ class IonnProtocol(asyncio.BufferedProtocol):
             self.socket.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, wanted)
         except OSError:
             return
-        self.applied = AppliedOptions(nodelay=self.applied.nodelay, notsent_lowat=wanted)
+        self.applied = dataclasses.replace(self.applied, notsent_lowat=wanted)
 
     def after_core_call(self, events: list[Event]) -> None:
         """The three-call contract: drain frames, dispatch events, re-arm the core's timer.

@@ -12,6 +12,7 @@ Everything here is a no-op, reported as not applied, on platforms without the op
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import sys
@@ -69,6 +70,7 @@ class AppliedOptions:
 
     nodelay: bool
     notsent_lowat: int | None
+    congestion: str | None = None  # the congestion control in use (read back), if known
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,11 +97,15 @@ def _is_tcp(sock: SocketLike) -> bool:
     return sock.family in (socket.AF_INET, socket.AF_INET6)
 
 
-def configure_socket(sock: SocketLike, *, notsent_lowat: int | None) -> AppliedOptions:
-    """Set ``TCP_NODELAY`` and (unless None) ``TCP_NOTSENT_LOWAT`` on a connected TCP socket.
+def configure_socket(
+    sock: SocketLike, *, notsent_lowat: int | None, congestion: str | None = None
+) -> AppliedOptions:
+    """Set ``TCP_NODELAY``, ``TCP_NOTSENT_LOWAT`` (unless None) and the congestion control
+    (``TCP_CONGESTION``, unless None) on a connected TCP socket.
 
     Non-TCP sockets (e.g. Unix sockets in tests) are left alone. Raises ConfigError for a
-    non-positive low-water mark; an option the platform refuses is reported, not raised.
+    non-positive low-water mark; an option the platform refuses (an algorithm the kernel
+    lacks or does not allow) is reported in the result, not raised.
     """
     if notsent_lowat is not None and notsent_lowat <= 0:
         raise ConfigError(
@@ -119,7 +125,23 @@ def configure_socket(sock: SocketLike, *, notsent_lowat: int | None) -> AppliedO
             applied_lowat = notsent_lowat
         except OSError:
             applied_lowat = None
-    return AppliedOptions(nodelay=nodelay, notsent_lowat=applied_lowat)
+    return AppliedOptions(
+        nodelay=nodelay, notsent_lowat=applied_lowat, congestion=_congestion(sock, congestion)
+    )
+
+
+def _congestion(sock: SocketLike, wanted: str | None) -> str | None:
+    option: int | None = getattr(socket, "TCP_CONGESTION", None)
+    if option is None:
+        return None
+    if wanted is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, wanted.encode("ascii"))
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, option, 16)
+    except OSError:
+        return None
+    return raw.split(b"\0", 1)[0].decode("ascii", "replace") or None
 
 
 def set_max_pacing_rate(sock: SocketLike, bytes_per_s: int | None) -> bool:

@@ -85,10 +85,11 @@ async def test_goaway_drains_in_flight_and_refuses_new_streams() -> None:
     in_flight = asyncio.create_task(conn.request({"m": "slow"}))
     await entered.wait()
     srv.close()  # GOAWAY(last_stream_id=1), then drain
-    # Opened before our side processed the GOAWAY: refused, safe to retry (§13.2).
-    late = asyncio.create_task(conn.request({"m": "late"}))
+    # Opened (without yielding to the loop) before our side read the GOAWAY: refused,
+    # safe to retry (§13.2).
+    late = await conn.open_stream({"m": "late"}, end_stream=True)
     with pytest.raises(StreamResetError) as info:
-        await asyncio.wait_for(late, 5)
+        await asyncio.wait_for(late.receive_head(), 5)
     assert info.value.error_code is ErrorCode.REFUSED_STREAM
     for _ in range(200):
         if conn._goaway is not None:
@@ -164,3 +165,29 @@ async def test_connect_to_nothing_fails_cleanly() -> None:
     listener.close()
     with pytest.raises(ConnectionClosedError, match="cannot connect"):
         await connect("127.0.0.1", port)
+
+
+async def test_close_with_an_error_code_fails_streams_at_once() -> None:
+    seen: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def handler(stream: ServerStream) -> None:
+        try:
+            await stream.read_body()
+        except ConnectionClosedError as exc:
+            seen.set_result(exc)
+
+    async with serve(handler, "127.0.0.1", 0) as srv:
+        conn = await connect("127.0.0.1", srv.port)
+        stream = await conn.open_stream({"m": "q", "body_len": 10})
+        waiting = asyncio.create_task(stream.receive_head())
+        await asyncio.sleep(0.05)
+        conn.close(ErrorCode.INTERNAL_ERROR, "giving up")
+        with pytest.raises(ConnectionClosedError) as info:
+            await asyncio.wait_for(waiting, 5)
+        assert info.value.error_code is ErrorCode.INTERNAL_ERROR
+        await asyncio.wait_for(conn.wait_closed(), 5)
+        # The peer learns the code from our GOAWAY (§5.2).
+        exc = await asyncio.wait_for(seen, 5)
+        assert isinstance(exc, ConnectionClosedError)
+        assert exc.error_code is ErrorCode.INTERNAL_ERROR
+        assert exc.remote

@@ -93,3 +93,12 @@ def test_max_pacing_rate_is_set(pair: tuple[socket.socket, socket.socket]) -> No
     assert set_max_pacing_rate(client, None)
     with pytest.raises(ConfigError, match="pacing rate"):
         set_max_pacing_rate(client, 0)
+
+
+@linux_only
+def test_congestion_control_is_set_and_read_back(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, _ = pair
+    assert configure_socket(client, notsent_lowat=None, congestion="reno").congestion == "reno"
+    # An unknown algorithm is refused by the kernel and reported as what stays in use.
+    applied = configure_socket(client, notsent_lowat=None, congestion="no-such-cc")
+    assert applied.congestion == "reno"
