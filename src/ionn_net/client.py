@@ -194,6 +194,8 @@ class OffloadClient:
         self.local_only: dict[str, str] = {}
         self.stats = {"sent_bytes": 0, "resent_bytes": 0, "fallbacks": 0, "reconnects": 0}
         self.last_progress: UploadProgress | None = None
+        #: Digests of the blobs this client sent bytes of (resumed ones included).
+        self.uploaded: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -504,6 +506,7 @@ class OffloadClient:
             break
         self._measure_bandwidth(size - offset, time.monotonic() - started)
         self.stats["sent_bytes"] += size - offset
+        self.uploaded.add(digest)
         self._held_blobs.add(digest)
         self._emit_progress()
 

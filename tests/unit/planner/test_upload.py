@@ -35,7 +35,7 @@ def context(
 
 
 def test_registry_lists_and_builds_every_strategy() -> None:
-    assert planner_names() == ("local", "all_at_once", "ionn", "efficiency", "ours")
+    assert planner_names() == ("local", "all_at_once", "ionn", "efficiency", "ours", "neurosurgeon")
     for name in planner_names():
         assert get_planner(name).name == name
     with pytest.raises(PlannerError, match="local, all_at_once, ionn, efficiency, ours"):
