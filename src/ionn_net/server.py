@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import logging
 import os
@@ -458,18 +457,31 @@ class EdgeServer:
         complete = new_offset == size
         if complete:
             try:
-                await _to_thread_to_the_end(
-                    functools.partial(self.store.complete_partial, digest, key=key)
-                )
+                await self._complete_blob(session, digest, key)
             except StoreError:
                 raise RequestError(
                     "digest_mismatch", f"blob {digest}: bytes do not match"
                 ) from None
             finally:
                 session.partials.discard(digest)  # stored, or dropped as corrupt
-            self.store.record_owner(session.hash, digest)
             self.stats["blobs"] += 1
         return {"m": "blob_ok", "sha256": digest, "offset": new_offset, "complete": complete}, b""
+
+    async def _complete_blob(self, session: _Session, digest: str, key: str) -> None:
+        """Verify and store the finished partial, then record this session as its owner,
+        also when the client vanished while the digest was checked: the partial is consumed
+        by then, so without the record it would have to send the whole blob again."""
+        work = asyncio.ensure_future(
+            asyncio.to_thread(self.store.complete_partial, digest, key=key)
+        )
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait({work})
+            if not work.cancelled() and work.exception() is None:
+                self.store.record_owner(session.hash, digest)
+            raise
+        self.store.record_owner(session.hash, digest)
 
     async def _append_body(self, stream: ServerStream, key: str, offset: int, body_len: int) -> int:
         """Append the body to the partial blob as it arrives, about 1 MiB at a time, so
