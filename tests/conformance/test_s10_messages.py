@@ -164,11 +164,6 @@ def test_each_request_gets_exactly_one_response_on_its_stream(server: Any) -> No
 
 
 @pytest.mark.spec("10.1.1")
-@pytest.mark.xfail(
-    strict=True,
-    reason="aio resets a stream answered before its body was read; the RESET (a control frame) "
-    "overtakes the queued response, which is then dropped (reported)",
-)
 def test_an_answer_given_before_the_body_is_read_reaches_the_client(server: Any) -> None:
     peer = session(server)
     model = dense_model(17)

@@ -420,7 +420,9 @@ class AioConnection:
             logger.warning("handler of stream %d returned without ending its response", stream.id)
             stream.reset(ErrorCode.INTERNAL_ERROR)
         elif not stream.remote_ended:
-            stream.reset(ErrorCode.CANCEL)  # answered early: the rest of the request is unwanted
+            # Answered early: the rest of the request is unwanted, but the answer must reach
+            # the peer first (the RESET waits for the response's last frame, §10.1.1).
+            self._reset(stream, ErrorCode.CANCEL, after_pending=True)
         else:
             self._stream_maybe_done(stream)
 
@@ -519,11 +521,13 @@ class AioConnection:
                 self.core.acknowledge_received_data(stream_id, wire_length)
             self.protocol.after_send()
 
-    def _reset(self, stream: _BaseStream, error_code: ErrorCode) -> None:
+    def _reset(
+        self, stream: _BaseStream, error_code: ErrorCode, *, after_pending: bool = False
+    ) -> None:
         self._streams.pop(stream.id, None)
         if not self.core.closed:
             with contextlib.suppress(UsageError):
-                self.core.reset_stream(stream.id, error_code)
+                self.core.reset_stream(stream.id, error_code, after_pending=after_pending)
             self.protocol.after_send()
         self._wake_room()
 

@@ -631,12 +631,24 @@ class Connection(ConnectionBase):
         stream.send_body_queued = queued
         self._out.queue_data(stream, mv, chosen, end_stream, align)
 
-    def reset_stream(self, stream_id: int, error_code: ErrorCode = ErrorCode.CANCEL) -> None:
+    def reset_stream(
+        self,
+        stream_id: int,
+        error_code: ErrorCode = ErrorCode.CANCEL,
+        *,
+        after_pending: bool = False,
+    ) -> None:
         """Abort a stream with RESET (§4.3); a stream already closed is left alone.
 
         A stream we opened whose HEADERS has not been sent yet is simply dropped: the peer
         has never seen it, and a RESET on a stream idle to the peer is a PROTOCOL_ERROR
         (§6.2.2). Skipping its id is allowed (ids only need to increase, §6.1.1).
+
+        ``after_pending`` (for a response queued before the request body was read, §10.1.1):
+        when our whole message is queued (END_STREAM), the RESET is sent only after its
+        last frame, so the peer gets the answer first and then learns that the rest of its
+        own message is not wanted. Control frames go first (§8.2), so an immediate RESET
+        would overtake and void the queued answer.
         """
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -644,6 +656,9 @@ class Connection(ConnectionBase):
                 raise UsageError(f"reset_stream: stream {stream_id} is idle")
             return
         if self._state is ConnectionState.CLOSED:
+            return
+        if after_pending and stream.local is HalfState.ENDED and stream.has_output:
+            stream.reset_after = int(error_code)
             return
         unseen = stream.local_initiated and stream.pending_headers is not None
         self._drop_stream(stream)

@@ -390,7 +390,15 @@ class ConnectionBase:
         parts, stream = nxt
         if stream is not None:
             self._last_activity = self._now
-            if stream.finished:
+            if stream.reset_after is not None and not stream.has_output:
+                # The deferred RESET of reset_stream(after_pending=True): the answer is out.
+                self._drop_stream(stream)
+                frame = ResetFrame(
+                    stream_id=stream.stream_id, error_code=ErrorCode(stream.reset_after)
+                )
+                self._out.push_control(serialize(frame))
+                self._finish_drain(report=False)
+            elif stream.finished:
                 self._forget(stream)
                 self._finish_drain(report=False)
         return parts

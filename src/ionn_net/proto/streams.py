@@ -155,6 +155,7 @@ class Stream:
         "recv_limit",
         "remote",
         "reset",
+        "reset_after",
         "scheduled",
         "send_body_len",
         "send_body_queued",
@@ -181,6 +182,7 @@ class Stream:
         self.local = HalfState.EXPECT_HEADERS
         self.remote = HalfState.EXPECT_HEADERS
         self.reset = False
+        self.reset_after: int | None = None  # RESET code to send once the output is written
         self.urgency = urgency
         self.incremental = incremental
         self.seq = seq

@@ -602,3 +602,25 @@ def test_repeated_setting_ids_keep_the_last_value() -> None:
     evs = server.receive_data(settings((1, 1 << 20), (1, 65536)), 0.0)
     assert evs == [SettingsReceived(settings={1: 65536})]
     assert server.peer_settings[Setting.MAX_FRAME_SIZE] == 65536
+
+
+def test_reset_after_pending_sends_the_answer_before_the_reset() -> None:
+    """§10.1.1: an early answer, then RESET CANCEL only after the answer's last frame."""
+    from ionn_net.proto import Connection, DataReceived, HeadersReceived, StreamReset
+
+    client, server = Connection(client=True), Connection(client=False)
+    client.initiate()
+    server.receive_data(client.data_to_send(), 0.0)
+    client.receive_data(server.data_to_send(), 0.0)
+    server.receive_data(client.data_to_send(), 0.0)
+    sid = client.open_stream({"m": "blob", "body_len": 1000})
+    client.send_data(sid, b"x" * 10)
+    server.receive_data(client.data_to_send(), 0.0)
+    server.send_headers(sid, {"m": "error", "code": "unknown_blob", "body_len": 5})
+    server.send_data(sid, b"nope!", end_stream=True)
+    server.reset_stream(sid, after_pending=True)
+    events = client.receive_data(server.data_to_send(), 0.0)
+    kinds = [type(e) for e in events]
+    assert kinds.index(HeadersReceived) < kinds.index(DataReceived) < kinds.index(StreamReset)
+    data = next(e for e in events if isinstance(e, DataReceived))
+    assert data.data == b"nope!" and data.end_stream
