@@ -573,7 +573,7 @@ class Connection(ConnectionBase):
         stream.send_body_len = body_len
         self._last_local_id = sid
         self._next_local_id += 2
-        self._out.queue_headers(stream, self._headers_bytes(stream, raw, end_stream))
+        self._out.queue_headers(stream, self._headers_bytes(stream, raw, end_stream), opening=True)
         return sid
 
     def _sendable(self, stream_id: int) -> Stream:

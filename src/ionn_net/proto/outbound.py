@@ -26,7 +26,16 @@ FrameParts = tuple[bytes, bytes | memoryview]
 class Outbound:
     """Control FIFO + stream queues + connection send credit of one endpoint."""
 
-    __slots__ = ("body_bytes", "chunk", "level", "min_gain", "scheduler", "send_limit", "sent")
+    __slots__ = (
+        "body_bytes",
+        "chunk",
+        "level",
+        "min_gain",
+        "opening",
+        "scheduler",
+        "send_limit",
+        "sent",
+    )
 
     def __init__(self, limits: Limits) -> None:
         self.scheduler = Scheduler()
@@ -36,6 +45,11 @@ class Outbound:
         self.send_limit = SETTING_DEFAULTS[Setting.INITIAL_CONNECTION_CREDIT]
         self.sent = 0  # cumulative DATA wire bytes sent (§7)
         self.body_bytes = 0  # queued, not yet framed body bytes of all streams
+        # Our streams whose opening HEADERS is still queued, in id order. §6.1.1 makes the
+        # peer refuse an id lower than one it has seen, so opening HEADERS leave in id
+        # order, ahead of all stream DATA (they are tens of bytes): a query opened behind an
+        # upload's unsent HEADERS then waits for those HEADERS only, not for upload DATA.
+        self.opening: dict[int, Stream] = {}
 
     # -- control frames
 
@@ -54,12 +68,15 @@ class Outbound:
         """Drop all stream output (a connection error). Control frames already queued stay,
         so a preface and SETTINGS not yet written still precede the GOAWAY (§2, §5.2)."""
         self.scheduler.clear_streams()
+        self.opening.clear()
         self.body_bytes = 0
 
     # -- streams
 
-    def queue_headers(self, stream: Stream, frame: bytes) -> None:
+    def queue_headers(self, stream: Stream, frame: bytes, *, opening: bool = False) -> None:
         stream.pending_headers = frame
+        if opening:
+            self.opening[stream.stream_id] = stream
         self.scheduler.add(stream)
 
     def queue_data(
@@ -81,6 +98,7 @@ class Outbound:
         stream.out_bytes = 0
         stream.outq.clear()
         stream.pending_headers = None
+        self.opening.pop(stream.stream_id, None)
         self.scheduler.remove(stream)
 
     def credit(self, stream: Stream) -> int:
@@ -89,7 +107,7 @@ class Outbound:
     def eligible(self, stream: Stream) -> bool:
         """A frame is ready and, for non-empty DATA, stream and connection credit remain."""
         if stream.pending_headers is not None:
-            return True
+            return stream.stream_id not in self.opening  # opening ones go first, in order
         chunk = stream.outq[0]
         if chunk.offset == len(chunk.data):
             return True  # an empty END_STREAM frame needs no credit
@@ -97,6 +115,8 @@ class Outbound:
 
     def has_output(self, streams_allowed: bool) -> bool:
         if self.scheduler.control:
+            return True
+        if streams_allowed and self.opening:
             return True
         return streams_allowed and self.scheduler.any_eligible(self.eligible)
 
@@ -107,12 +127,13 @@ class Outbound:
             return (control, b""), None
         if not streams_allowed:
             return None
-        stream = self.scheduler.pick(self.eligible)
+        stream = next(iter(self.opening.values()), None) or self.scheduler.pick(self.eligible)
         if stream is None:
             return None
         headers = stream.pending_headers
         if headers is not None:
             stream.pending_headers = None
+            self.opening.pop(stream.stream_id, None)
             if not stream.outq and stream.local is HalfState.ENDED:
                 stream.end_emitted = True
             parts: FrameParts = (headers, b"")

@@ -624,3 +624,23 @@ def test_reset_after_pending_sends_the_answer_before_the_reset() -> None:
     assert kinds.index(HeadersReceived) < kinds.index(DataReceived) < kinds.index(StreamReset)
     data = next(e for e in events if isinstance(e, DataReceived))
     assert data.data == b"nope!" and data.end_stream
+
+
+def test_opening_headers_leave_in_stream_id_order_whatever_the_urgency() -> None:
+    """§6.1.1: a query opened after an upload must not announce a higher id first."""
+    from ionn_net.proto import Connection, HeadersReceived, ProtocolError
+
+    client, server = Connection(client=True), Connection(client=False)
+    client.initiate()
+    server.receive_data(client.data_to_send(), 0.0)
+    client.receive_data(server.data_to_send(), 0.0)
+    server.receive_data(client.data_to_send(), 0.0)
+    upload = client.open_stream({"m": "up", "body_len": 10}, urgency=5, incremental=True)
+    query = client.open_stream({"m": "q"}, urgency=1, end_stream=True)
+    assert query > upload
+    events = server.receive_data(client.data_to_send(), 0.0)
+    opened = [e.stream_id for e in events if isinstance(e, HeadersReceived)]
+    assert opened == [upload, query]
+    assert not server.closed and not any(
+        isinstance(getattr(e, "error", None), ProtocolError) for e in events
+    )
