@@ -41,6 +41,7 @@ from ionn_net.bench.procs import BenchError, Child
 from ionn_net.bench.progress import Console, RunBar
 from ionn_net.bench.results import SCHEMA, run_metrics
 from ionn_net.bench.scenario import Scenario
+from ionn_net.netem.base import NetemError
 
 __all__ = ["BenchOptions", "machine_info", "run_scenario"]
 
@@ -368,7 +369,10 @@ class _Group:
     def _quota(self, worker: Child, doc: dict[str, Any], on: bool) -> None:
         if self.quota is None:
             raise BenchError("the worker asked for a CPU quota, but none is set up")
-        self.quota.move(self.worker_pid, on)
+        try:
+            self.quota.move(self.worker_pid, on)
+        except NetemError as exc:  # e.g. the worker died meanwhile: this run fails
+            raise BenchError(str(exc)) from exc
         worker.send({"cmd": "quota_ok", "on": on})
 
     @staticmethod
