@@ -536,9 +536,18 @@ class OffloadClient:
             "layers": sorted(part, key=self.graph.position),
             "prepare": runs[:16],
         }
+        started = time.monotonic()
         reply = await self._request(conn, head, b"")
+        loaded = time.monotonic()
         self._server_ready = frozenset(reply.get("layers_ready", [])) & frozenset(self.graph.order)
         await self._activate(self._server_ready, plan)
+        logger.info(
+            "partition of %d layers: server load %.2f s (it reports %.0f ms), client compile %.2f s",
+            len(part),
+            loaded - started,
+            float(reply.get("load_ms", 0.0)),
+            time.monotonic() - loaded,
+        )
 
     async def _activate(self, ready: frozenset[str], plan: ExecutionPlan | None = None) -> None:
         """Compile the client side of the best plan for ``ready``, then switch to it."""

@@ -208,6 +208,7 @@ class EdgeServer:
     async def start(self) -> EdgeServer:
         if self._cost_model is None:
             self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
+        await asyncio.to_thread(_warm_up)
         self._server = await serve(
             self._handle, self.host, self._port, limits=self.config.limits, ssl=self._ssl
         )
@@ -661,3 +662,17 @@ async def _to_thread_to_the_end(func: Callable[..., Any], *args: Any) -> Any:
 
 def _host(address: Any) -> Any:
     return address[0] if isinstance(address, tuple) and address else address
+
+
+def _warm_up() -> None:
+    """Import TensorFlow/Keras and run one tiny compiled slice before accepting clients:
+    otherwise the first ``load`` pays the import and runtime start-up (5-7 s here)."""
+    import keras
+
+    from ionn_net.executor import Executor
+    from ionn_net.model import layers as _layers  # noqa: F401  (imports the spec builder)
+
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Dense(2)(x), name="warm_up")
+    executor = Executor.from_model(model)
+    executor.prepare(executor.graph.order)
