@@ -357,7 +357,13 @@ async def _server_process(cost_file: Path) -> Any:
 
 
 async def _demo_run(
-    args: argparse.Namespace, model: Any, strategy: str, cost_file: Path, printer: _Printer
+    args: argparse.Namespace,
+    model: Any,
+    strategy: str,
+    cost_file: Path,
+    printer: _Printer,
+    *,
+    device: dict[str, dict[str, float]],
 ) -> RunSummary:
     import numpy as np
 
@@ -366,7 +372,10 @@ async def _demo_run(
 
     link = LinkSpec(rate_bps=args.mbit * 1e6, delay_ms=args.delay_ms)
     config = ClientConfig(
-        slowdown=args.slowdown, assumed_mbit=args.mbit, profile_cache=str(_cache_dir() / "profiles")
+        slowdown=args.slowdown,
+        assumed_mbit=args.mbit,
+        profile_cache=str(_cache_dir() / "profiles"),
+        device_ms=device.get("ms"),  # every run on the same emulated device
     )
     summary = RunSummary(strategy)
     rng = np.random.default_rng(0)
@@ -384,6 +393,7 @@ async def _demo_run(
         ) as client,
     ):
         start = time.monotonic()
+        device.setdefault("ms", dict(client.client_ms))
         n_layers = len(client.graph)
         n = 0
         while True:
@@ -447,9 +457,13 @@ def demo_main(argv: list[str] | None = None) -> int:
     cost_file = _cache_dir() / "demo-costmodel.json"
     cost_file.write_text(cost.to_json())
 
+    device: dict[str, dict[str, float]] = {}
+
     async def main() -> None:
         for strategy in dict.fromkeys(strategies):
-            summaries.append(await _demo_run(args, model, strategy, cost_file, printer))
+            summaries.append(
+                await _demo_run(args, model, strategy, cost_file, printer, device=device)
+            )
 
     run(main())
     printer.line("")

@@ -82,6 +82,10 @@ class ClientConfig:
     backoff_max_s: float = 5.0
     secret: bytes | None = None
     upload: bool = True
+    #: Per-layer milliseconds of the (emulated) device, e.g. ``client.client_ms`` of an
+    #: earlier run: when given, the client neither profiles nor rescales, so several runs
+    #: compare strategies on the very same device.
+    device_ms: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("query_timeout_s", "slowdown", "assumed_mbit", "backoff_initial_s"):
@@ -238,7 +242,13 @@ class OffloadClient:
         self.model_digest = manifest.manifest_digest()
         self.layer_blob = {s.name: (s.blob_sha256, s.blob_size) for s in manifest.layers}
         whole = self.executor.prepare(self.graph.order)
-        self.client_ms = self._profile(whole)
+        fixed = self.config.device_ms
+        if fixed is not None:
+            if set(fixed) != set(self.graph.order):
+                raise ConfigError("device_ms: expected one entry per layer of this model")
+            self.client_ms = dict(fixed)
+        else:
+            self.client_ms = self._profile(whole)
         self._active = _Active(self._local_plan(), frozenset())
 
     def _profile(self, whole: Any) -> dict[str, float]:
@@ -542,7 +552,7 @@ class OffloadClient:
         self._server_ready = frozenset(reply.get("layers_ready", [])) & frozenset(self.graph.order)
         await self._activate(self._server_ready, plan)
         logger.info(
-            "partition of %d layers: server load %.2f s (it reports %.0f ms), client compile %.2f s",
+            "partition of %d layers: server load %.2f s (it says %.0f ms), client compile %.2f s",
             len(part),
             loaded - started,
             float(reply.get("load_ms", 0.0)),
