@@ -391,16 +391,22 @@ class OffloadClient:
         planner = get_planner(self.planner_name)
         plan = planner.plan(self._context(self._server_ready))
         self._done_parts = self._uploaded_parts = 0
+        self._partitions = self._with_completion(plan.partitions, self._server_ready)
+        return plan
+
+    def _with_completion(
+        self, partitions: Sequence[frozenset[str]], sent: frozenset[str]
+    ) -> list[frozenset[str]]:
+        """The strategy's partitions minus what cannot or need not go, plus a last one:
+        whatever the strategy's horizon, the session may outlast it, so the layers that
+        the best plan with everything uploaded runs on the server follow at the end (a
+        no-op for ionn and all_at_once, which include them)."""
         never = set(self.refused) | set(self.local_only) | set(self.graph.inputs)
-        parts = [p - never - self._server_ready for p in plan.partitions]
-        # Steady state: whatever the strategy's horizon, the session may outlast it, so
-        # the layers the best plan with everything uploaded runs on the server follow
-        # as a last partition (a no-op for ionn and all_at_once, which include them).
+        parts = [p - never - sent for p in partitions]
         ctx = self._context(self._server_ready)
         best = ctx.best_plan(frozenset(self.graph.order) - never, link=self.link)
-        rest = best.server_layers - never - self._server_ready - frozenset().union(*parts)
-        self._partitions = [p for p in (*parts, rest) if p]
-        return plan
+        rest = best.server_layers - never - sent - frozenset().union(*parts)
+        return [p for p in (*parts, rest) if p]
 
     # -- background session: connect, upload, load ---------------------------------------
 
@@ -597,9 +603,7 @@ class OffloadClient:
             self.link,
             now - self._started,
         )
-        never = set(self.refused) | set(self.local_only) | set(self.graph.inputs)
-        parts = [p - never - sent for p in plan.partitions]
-        self._partitions[done:] = [p for p in parts if p]
+        self._partitions[done:] = self._with_completion(plan.partitions, sent)
 
     # -- progress ------------------------------------------------------------------------
 
