@@ -196,7 +196,7 @@ class OffloadClient:
         self.upload_plan: UploadPlan | None = None
         self.refused: dict[str, str] = {}
         self.local_only: dict[str, str] = {}
-        self.stats = {"sent_bytes": 0, "resent_bytes": 0, "fallbacks": 0, "reconnects": 0}
+        self.stats = {"sent_bytes": 0, "fallbacks": 0, "reconnects": 0}
         self.last_progress: UploadProgress | None = None
         #: Digests of the blobs this client sent bytes of (resumed ones included).
         self.uploaded: set[str] = set()
