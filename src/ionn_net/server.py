@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 import time
@@ -317,9 +318,7 @@ class EdgeServer:
         assert state.client_nonce is not None and state.server_nonce is not None
         expected = hmac_proof(secret, "client", state.client_nonce, state.server_nonce)
         proof = stream.head.get("proof")
-        import hmac as _hmac
-
-        if not isinstance(proof, str) or not _hmac.compare_digest(proof, expected):
+        if not isinstance(proof, str) or not hmac.compare_digest(proof, expected):
             self._refuse_auth(stream, "wrong proof")
             raise RequestError("bad_request", "auth: wrong proof")
         key, state.pending_key = state.pending_key, None
