@@ -200,8 +200,9 @@ def _prediction_table(docs: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [
         "| strategy | mean during upload: measured / simulated (ms) | error | upload done: "
         "measured / simulated (s) | error | first offloaded: measured / simulated (s) | "
-        "per-query latency error: MAPE / median / mean signed |",
-        "|---|---|---|---|---|---|---|",
+        "per-query latency error: MAPE / median / mean signed | client's own per-query "
+        "prediction error (MAPE) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for d in docs:
         pred = d.get("prediction") or {}
@@ -214,7 +215,8 @@ def _prediction_table(docs: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{_f(m.get('upload_done_s'))} / {_f(pm.get('upload_done_s'))} | "
             f"{_pct(e.get('upload_done_pct'))} | {_f(m.get('first_offloaded_s'), '{:.2f}')} / "
             f"{_f(pm.get('first_offloaded_s'), '{:.2f}')} | {_f(e.get('mape_pct'), '{:.0f}%')} / "
-            f"{_f(e.get('median_ape_pct'), '{:.0f}%')} / {_pct(e.get('mean_signed_pct'))} |"
+            f"{_f(e.get('median_ape_pct'), '{:.0f}%')} / {_pct(e.get('mean_signed_pct'))} | "
+            f"{_f(m.get('client_prediction_mape_pct'), '{:.0f}%')} |"
         )
     return lines
 

@@ -11,7 +11,9 @@ and for the simulator's predicted ones:
   least one layer on the server (and did not fall back);
 * **time to complete N queries**: when the N-th query finished (``None`` when the
   run ended before);
-* **mean latency after upload**, upload completion time, counts.
+* **mean latency after upload**, upload completion time, counts;
+* **client prediction error**: mean absolute percentage error of the latency the
+  client predicted for each query's plan against the measured latency.
 
 Times are seconds since the client connected; latencies are milliseconds.
 
@@ -115,6 +117,9 @@ def run_metrics(doc: Mapping[str, Any], *, n: int = 100) -> dict[str, Any]:
     uploads = doc.get("strategy") != "local"
     done = next((float(p["t"]) for p in doc.get("progress", []) if p.get("done")), None)
     out = metrics_from_points(query_points(queries), done, uploads=uploads, n=n)
+    # the client's own prediction of each query (its plan's cost) against the latency
+    ape = [abs(q["pred_ms"] - q["ms"]) / q["ms"] * 100.0 for q in queries if q.get("pred_ms")]
+    out["client_prediction_mape_pct"] = _mean(ape)
     out["fallbacks"] = sum(1 for q in queries if q.get("fallback"))
     out["wrong_outputs"] = sum(1 for q in queries if not q.get("ok", True))
     last = doc.get("progress", [])[-1] if doc.get("progress") else None

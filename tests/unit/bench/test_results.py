@@ -72,6 +72,13 @@ def test_metrics_of_a_hand_made_timeline() -> None:
     assert m["upload_complete"] is True
     assert m["uploaded_bytes"] == 20
     assert (m["fallbacks"], m["wrong_outputs"]) == (0, 0)
+    assert m["client_prediction_mape_pct"] == 0.0  # q() predicts exactly
+
+
+def test_client_prediction_error_is_relative_to_the_measured_latency() -> None:
+    d = doc()
+    d["queries"][0]["pred_ms"] = 250.0  # measured 500: 50% off
+    assert run_metrics(d)["client_prediction_mape_pct"] == pytest.approx(50.0 / 4)
 
 
 def test_local_runs_count_every_query_as_during_upload() -> None:
