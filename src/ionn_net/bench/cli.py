@@ -241,13 +241,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def load_groups(out: Path) -> list[list[dict[str, Any]]]:
     """The run documents under ``out/runs``, grouped by scenario x model (in first-seen
-    order of their start times) with strategies in the bench's order."""
-    from ionn_net.bench.results import check_run_doc
+    order of their start times) with strategies in the bench's order; their metrics are
+    recomputed (so documents written by an older version get every column)."""
+    from ionn_net.bench.results import check_run_doc, run_metrics
 
     docs = []
     for path in sorted((out / "runs").glob("*.json")):
         try:
-            docs.append(check_run_doc(json.loads(path.read_text())))
+            doc = check_run_doc(json.loads(path.read_text()))
+            n = int(doc["scenario"].get("run", {}).get("target_queries", 100))
+            doc["metrics"] = run_metrics(doc, n=n)
+            docs.append(doc)
         except (ValueError, ConfigError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
     docs.sort(key=lambda d: str(d.get("timing", {}).get("started", "")))
