@@ -204,6 +204,8 @@ class _Group:
             with contextlib.suppress(BenchError):
                 stats = await server.expect("stats", 15.0)
                 self.server_stats = {k: v for k, v in stats.items() if k != "ev"}
+                totals = ", ".join(f"{k} {v}" for k, v in self.server_stats.items())
+                self.console.line(f"   server totals: {totals}")
             await server.close()
         await self.link.detach()
 
