@@ -8,8 +8,8 @@ compiled slices (:func:`~ionn_net.executor.profile_layers`) and per-class load t
 (rebuild from the safe spec, set weights, compile:
 :func:`~ionn_net.executor.measure_load_times`), and fits a
 :class:`~ionn_net.planner.costmodel.ServerCostModel`. The result is cached as JSON
-(next to the layer store, or in ``~/.cache/ionn_net``) keyed by host and TensorFlow
-version, so a restart does not pay for it again.
+(next to the layer store, or in ``~/.cache/ionn_net``) keyed by host, TensorFlow
+version and calibration method, so a restart does not pay for it again.
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ from ionn_net.errors import PlannerError
 from ionn_net.model.graph import LayerNode
 from ionn_net.planner.costmodel import ServerCostModel
 
-__all__ = ["calibrate", "load_or_calibrate"]
+__all__ = ["CALIBRATION_VERSION", "calibrate", "load_or_calibrate"]
+
+#: Bumped whenever the calibration method changes, so that a cached cost model made
+#: by an older method is not reused (it is part of the cache file's name).
+#: 2: full-size convolutions and execution fits anchored to a whole MobileNetV2.
+CALIBRATION_VERSION = 2
 
 logger = logging.getLogger("ionn_net.calibrate")
 
@@ -146,7 +151,7 @@ def _cache_path(root: Path | None) -> Path:
     import tensorflow as tf
 
     base = root if root is not None else Path.home() / ".cache" / "ionn_net"
-    tag = f"{platform.node()}-{tf.__version__}".replace(os.sep, "_")
+    tag = f"{platform.node()}-{tf.__version__}-c{CALIBRATION_VERSION}".replace(os.sep, "_")
     return base / f"costmodel-{tag}.json"
 
 

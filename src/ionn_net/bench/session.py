@@ -51,12 +51,18 @@ def _client_config(worker: Worker, cmd: Mapping[str, Any], run_cache: Path) -> A
         return ClientConfig(
             slowdown=1.0, profile_cache=str(run_cache), device_id=device_id, assumed_mbit=mbit
         )
+    # Every run of the group runs on the same emulated device: the host profile
+    # (normalised to the whole model measured once at preparation) times the factor.
+    # Letting each run rescale to its own start-time measurement would give each
+    # strategy a different device, depending on the host's load at that moment.
+    factor = float(device["factor"])
     ProfileCache(run_cache).store(prep.profile)
     return ClientConfig(
-        slowdown=float(device["factor"]),
+        slowdown=factor,
         profile_cache=str(run_cache),
         device_id=HOST_DEVICE,
         assumed_mbit=mbit,
+        device_ms={n: v * factor for n, v in prep.profile.layer_ms.items()},
     )
 
 
