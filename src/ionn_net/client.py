@@ -50,6 +50,12 @@ from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.planner.execution import ExecutionPlan, LayerTimes, Segment, local_plan
 from ionn_net.planner.link import Link
+from ionn_net.planner.midquery import (
+    Continuation,
+    SegmentCoster,
+    choose_continuation,
+    chunk_segment,
+)
 from ionn_net.planner.profiles import ClientProfile, ProfileCache
 from ionn_net.planner.upload import get_planner
 from ionn_net.planner.workload import PlanningContext, QueryPattern, UploadPlan
@@ -120,6 +126,9 @@ class InferenceResult:
     total_ms: float
     predicted_ms: float
     fallback: bool
+    #: Times the query left its plan mid-way for one made possible by layers that
+    #: landed while it ran (ionn_net.planner.midquery).
+    replans: int = 0
 
     @property
     def offloaded(self) -> bool:
@@ -249,7 +258,28 @@ class OffloadClient:
             self.client_ms = dict(fixed)
         else:
             self.client_ms = self._profile(whole)
+        self._coster = SegmentCoster(self.graph, self.client_ms, {}, self.link)
+        self._cuts = frozenset(self.graph.cut_points())
+        self._chunks: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
         self._active = _Active(self._local_plan(), frozenset())
+        if self.planner_name != "local" and self.config.upload:
+            self._compile_client_side(self._active.plan, chunked=True)
+
+    def _compile_client_side(self, plan: ExecutionPlan, *, chunked: bool) -> None:
+        """Compile the client segments of ``plan`` (worker thread). While layers are
+        still to come, long segments are compiled as chunks, so that a running query
+        can change course between them (planner.midquery)."""
+        for seg in plan.segments:
+            if seg.location != "client":
+                continue
+            chunks: tuple[tuple[str, ...], ...] = (seg.layers,)
+            if chunked:
+                chunks = chunk_segment(
+                    self.graph, seg.layers, self.client_ms, cut_points=self._cuts
+                )
+                self._chunks[seg.layers] = chunks
+            for chunk in chunks:
+                self.executor.prepare(chunk)
 
     def _profile(self, whole: Any) -> dict[str, float]:
         """Per-layer client milliseconds: the cached (or freshly measured) profile,
@@ -569,9 +599,8 @@ class OffloadClient:
         """Compile the client side of the best plan for ``ready``, then switch to it."""
         if plan is None or not plan.server_layers <= ready:
             plan = self._context(ready).best_plan(ready, link=self.link)
-        for seg in plan.segments:
-            if seg.location == "client":
-                await asyncio.to_thread(self.executor.prepare, seg.layers)
+        pending = frozenset().union(*self._partitions) - ready
+        await asyncio.to_thread(self._compile_client_side, plan, chunked=bool(pending))
         self._active = _Active(plan, ready)
         logger.info(
             "plan: %d server layers, predicted %.1f ms",
@@ -661,45 +690,81 @@ class OffloadClient:
         return (await self.infer_detailed(x)).output
 
     async def infer_detailed(self, x: np.ndarray) -> InferenceResult:
+        """:meth:`infer` with the query's segments, timings and prediction. A query
+        running a long local segment may switch, between two of its precompiled chunks,
+        to a plan that layers landing meanwhile made faster (:meth:`_join`)."""
         feeds = self._check_input(x)
-        active = self._active
+        plan = self._active.plan
+        predicted_ms = plan.predicted_s * 1000.0
         started = time.perf_counter()
         deadline = time.monotonic() + self.config.query_timeout_s
         tensors: dict[TensorRef, np.ndarray] = dict(feeds)
         timings: list[SegmentTiming] = []
-        for seg in active.plan.segments:
-            t0 = time.perf_counter()
-            fallback = False
+        segments, index, replans = plan.segments, 0, 0
+        while index < len(segments):
+            seg = segments[index]
+            index += 1
             if seg.location == "server":
-                try:
-                    out = await self._run_remote(seg, tensors, deadline)
-                except (
-                    ConnectionClosedError,
-                    StreamResetError,
-                    RemoteError,
-                    TensorError,
-                    TimeoutError,
-                    OSError,
-                ) as exc:
-                    logger.warning("server segment failed (%s): finishing locally", exc)
-                    self.stats["fallbacks"] += 1
-                    fallback = True
-                    if not isinstance(exc, RemoteError | TensorError):
-                        self._active = _Active(self._local_plan(), frozenset())
-                    out = await self._run_local(seg.layers, tensors)
-            else:
-                out = await self._run_local(seg.layers, tensors)
-            tensors.update(out)
-            ms = (time.perf_counter() - t0) * 1000.0
-            timings.append(SegmentTiming(seg.location, seg.layers, ms, fallback))
+                timings.append(await self._server_segment(seg, tensors, deadline))
+                continue
+            chunks = self._chunks.get(seg.layers, (seg.layers,))
+            for i, chunk in enumerate(chunks):
+                t0 = time.perf_counter()
+                tensors.update(await self._run_local(chunk, tensors))
+                timings.append(SegmentTiming("client", chunk, (time.perf_counter() - t0) * 1e3))
+                if i + 1 == len(chunks) or self._active.plan is plan:
+                    continue
+                rest = (Segment("client", sum(chunks[i + 1 :], ())), *segments[index:])
+                join = self._join(rest, tensors)
+                plan = self._active.plan  # considered once, whatever the answer
+                if join is not None:
+                    segments, index, replans = join.plan.segments, join.index, replans + 1
+                    break
         outputs = [tensors[r] for r in self.graph.outputs]
         return InferenceResult(
             output=outputs[0] if len(outputs) == 1 else outputs,
             segments=tuple(timings),
             total_ms=(time.perf_counter() - started) * 1000.0,
-            predicted_ms=active.plan.predicted_s * 1000.0,
+            predicted_ms=predicted_ms,
             fallback=any(t.fallback for t in timings),
+            replans=replans,
         )
+
+    def _join(
+        self, rest: Sequence[Segment], tensors: Mapping[TensorRef, np.ndarray]
+    ) -> Continuation | None:
+        """Where to join the active plan from here, if that beats finishing ``rest``
+        (the current course): only at segments whose slices are compiled on both sides
+        and whose inputs this query holds (planner.midquery)."""
+        coster = self._coster.priced(self.client_ms, self._server_times(), self.link)
+        remaining = {n for s in rest for n in s.layers}
+        return choose_continuation(coster, rest, self._active.plan, tensors.keys(), remaining)
+
+    async def _server_segment(
+        self, seg: Segment, tensors: dict[TensorRef, np.ndarray], deadline: float
+    ) -> SegmentTiming:
+        """Run ``seg`` on the server, or locally if the server fails; adds its outputs
+        to ``tensors``."""
+        t0 = time.perf_counter()
+        fallback = False
+        try:
+            out = await self._run_remote(seg, tensors, deadline)
+        except (
+            ConnectionClosedError,
+            StreamResetError,
+            RemoteError,
+            TensorError,
+            TimeoutError,
+            OSError,
+        ) as exc:
+            logger.warning("server segment failed (%s): finishing locally", exc)
+            self.stats["fallbacks"] += 1
+            fallback = True
+            if not isinstance(exc, RemoteError | TensorError):
+                self._active = _Active(self._local_plan(), frozenset())
+            out = await self._run_local(seg.layers, tensors)
+        tensors.update(out)
+        return SegmentTiming("server", seg.layers, (time.perf_counter() - t0) * 1e3, fallback)
 
     def _observe_round_trip(
         self, seconds: float, up_bytes: int, down_bytes: int, reply: Mapping[str, Any]

@@ -114,3 +114,44 @@ async def test_server_closed_mid_upload_loses_no_query(
         await server.close()
     for g, want in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
+
+
+async def test_a_running_query_joins_a_plan_that_becomes_active(
+    small_model: Any, cost_model: Any, tmp_path: Path
+) -> None:
+    """Mid-query re-planning (planner.midquery): a query that started on the local plan
+    switches, between two precompiled chunks, to the offloading plan activated while it
+    ran, and still returns the model's output."""
+    model = small_model
+    x = inputs(1, 96)[0]
+    want = model(x, training=False).numpy()
+    config = ClientConfig(slowdown=20.0, profile_cache=str(tmp_path / "p"))
+    async with (
+        EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server,
+        OffloadClient("127.0.0.1", server.port, model, config=config) as client,
+    ):
+        await client.wait_uploaded(timeout=120)
+        offloading = client._active
+        assert offloading.plan.offloads
+        local = client._local_plan()
+        (whole,) = local.segments
+        chunks = client._chunks[whole.layers]  # compiled at start, as layers were to come
+        assert len(chunks) >= 2
+        client._active = type(offloading)(local, frozenset())
+        run_local = client._run_local
+        calls: list[tuple[str, ...]] = []
+
+        async def first_chunk_then_activate(layers: Any, tensors: Any) -> Any:
+            calls.append(tuple(layers))
+            out = await run_local(layers, tensors)
+            client._active = offloading  # as if a partition had just been loaded
+            return out
+
+        client._run_local = first_chunk_then_activate  # type: ignore[method-assign]
+        result = await client.infer_detailed(x)
+    np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
+    assert result.replans == 1
+    assert calls[0] == chunks[0]
+    assert result.offloaded and not result.fallback
+    ran = [n for s in result.segments for n in s.layers]
+    assert set(ran) >= set(client.graph.order)  # every layer ran somewhere
