@@ -61,7 +61,7 @@ can start sending while the rest is planned (``select=False`` skips steps 5's se
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -69,8 +69,8 @@ import numpy as np
 from ionn_net.errors import PlannerError
 from ionn_net.planner.execution import METHODS, BoolArray, ExecutionPlan, FloatArray, planner_for
 from ionn_net.planner.link import Link
-from ionn_net.planner.simulate import SimResult, simulate_partitions
-from ionn_net.planner.upload import UploadPlanner, build_plan
+from ionn_net.planner.simulate import SimMemo, simulate_partitions
+from ionn_net.planner.upload import UploadPlanner, build_plan, get_planner
 from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, UploadPlan
 
 __all__ = ["OursPlanner"]
@@ -82,6 +82,12 @@ _PREFIX_FRACTIONS = (0.5, 0.25, 0.125, 0.0625, 0.03125)
 _SPLIT_FRACTIONS = (0.5, 0.25, 0.125)
 #: Window lengths (x the upload window) a plan is judged on when the pattern is open-ended.
 _WINDOWS = (0.5, 1.0, 2.0, 4.0)
+#: The published strategies ``ours`` must not lose to at any judged window.
+_BASELINES = ("ionn", "efficiency")
+#: Execution plans a planning round keeps for reuse.
+_SOLVED_LIMIT = 50_000
+#: Relative excess over the guard's reference treated as a tie.
+_GUARD_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +105,17 @@ class _Settings:
 class _Greedy:
     """One run of the greedy from a given state (steps 2-4 of the module docstring)."""
 
-    def __init__(self, ctx: PlanningContext, settings: _Settings) -> None:
+    def __init__(
+        self,
+        ctx: PlanningContext,
+        settings: _Settings,
+        solved: dict[tuple[bytes, bytes], ExecutionPlan] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.s = settings
+        # execution plans by (usable mask, penalty): the variants of one planning
+        # round share their first steps, so they share these too
+        self.solved = {} if solved is None else solved
         self.ep = planner_for(ctx.graph, settings.method)
         self.everything = self.ep.servable(ctx.graph.order)
         self.wire_s = ctx.weight_bytes / ctx.link.weight_ratio / ctx.link.bandwidth
@@ -113,10 +127,17 @@ class _Greedy:
     # -- costs and benefits ---------------------------------------------------------------
 
     def solve(self, mask: BoolArray, penalty: FloatArray | None = None) -> ExecutionPlan:
-        c = self.ctx
-        return self.ep.solve(
-            c.times, mask, c.link, objective=c.objective, power=c.power, penalty=penalty
-        )
+        key = (mask.tobytes(), b"" if penalty is None else penalty.tobytes())
+        plan = self.solved.get(key)
+        if plan is None:
+            if len(self.solved) > _SOLVED_LIMIT:
+                self.solved.clear()
+            c = self.ctx
+            plan = self.ep.solve(
+                c.times, mask, c.link, objective=c.objective, power=c.power, penalty=penalty
+            )
+            self.solved[key] = plan
+        return plan
 
     def cost(self, plan: ExecutionPlan) -> float:
         return plan.predicted_s if self.latency else plan.breakdown["energy_j"]
@@ -339,6 +360,7 @@ class OursPlanner(UploadPlanner):
         max_partitions: int = 256,
         select: bool = True,
         polish_budget: int = 40,
+        guard: bool = True,
     ) -> None:
         if method not in METHODS:
             raise PlannerError(f"ours method: expected one of {METHODS}, got {method!r}")
@@ -358,6 +380,7 @@ class OursPlanner(UploadPlanner):
         self.max_partitions = max_partitions
         self.select = select
         self.polish_budget = polish_budget
+        self.guard = guard
 
     def variants(self, ctx: PlanningContext, elapsed_s: float = 0.0) -> list[list[frozenset[str]]]:
         """The greedy's partition lists for each benefit measure and horizon."""
@@ -366,6 +389,7 @@ class OursPlanner(UploadPlanner):
         if open_ended and self.select:
             horizons.append(_upload_window(ctx))
         out: list[list[frozenset[str]]] = []
+        solved: dict[tuple[bytes, bytes], ExecutionPlan] = {}
         for phi in ("throughput", "latency"):
             for horizon in horizons:
                 settings = _Settings(
@@ -377,7 +401,7 @@ class OursPlanner(UploadPlanner):
                     horizon,
                     extend=open_ended,
                 )
-                parts = _Greedy(ctx, settings).run(self.max_partitions)
+                parts = _Greedy(ctx, settings, solved).run(self.max_partitions)
                 if parts not in out:
                     out.append(parts)
             if not self.select:
@@ -435,18 +459,31 @@ class OursPlanner(UploadPlanner):
         parts = variants[0]
         notes: dict[str, object] = {"elapsed_s": elapsed_s, "variant": 0}
         if self.select:
-            judge = _Judge(ctx, policy, elapsed_s)
-            scores = [judge(v) for v in variants]
+            judge = _Judge(ctx, policy)
+            others = {name: _baseline_plan(ctx, name) for name in (*_BASELINES, "all_at_once")}
+            if self.guard:
+                judge.guard_against([others[name] for name in _BASELINES])
+            for other in others.values():
+                theirs = list(other.partitions)
+                if theirs and theirs not in variants:
+                    variants.append(theirs)
+            scores = [judge.score(v) for v in variants]
             best = scores.index(min(scores))
             parts, evals = _polish(
                 ctx,
                 variants[best],
                 scores[best],
-                judge,
+                judge.score,
                 budget=self.polish_budget,
                 may_drop=judge.bounded,
             )
-            notes = {"elapsed_s": elapsed_s, "variant": best, "polish_evaluations": evals}
+            notes = {
+                "elapsed_s": elapsed_s,
+                "variant": best,
+                "variants": len(variants),
+                "polish_evaluations": evals,
+                "guard_excess": judge.score(parts)[:2],
+            }
         return build_plan(ctx, self.name, parts, policy, notes)
 
 
@@ -455,36 +492,81 @@ def _horizon(ctx: PlanningContext, elapsed_s: float) -> float:
     return math.inf if d is None else d - elapsed_s
 
 
-def _upload_window(ctx: PlanningContext) -> float:
-    """Link time of every layer not yet on the server (compressed)."""
+def _upload_window(ctx: PlanningContext, ratio: float | None = None) -> float:
+    """Link time of every layer not yet on the server (compressed by ``ratio``,
+    by default the link's weight ratio)."""
     g = ctx.graph
     left = sum(g[n].weight_bytes for n in g.order if n not in ctx.held)
-    return max(left / ctx.link.weight_ratio / ctx.link.bandwidth, 1e-3)
+    r = ctx.link.weight_ratio if ratio is None else ratio
+    return max(left / r / ctx.link.bandwidth, 1e-3)
+
+
+def _baseline_plan(ctx: PlanningContext, name: str) -> UploadPlan:
+    """A published strategy's plan for ``ctx`` (``all_at_once``: its useful scope)."""
+    options: dict[str, object] = {"scope": "useful"} if name == "all_at_once" else {}
+    return get_planner(name, **options).plan(ctx)
+
+
+#: A plan's score, lower is better, compared in order: its excess over the guard's
+#: reference at the reference window, its summed excess at the other judged windows,
+#: the mean over the judged windows of the objective.
+Score = tuple[float, float, float]
 
 
 class _Judge:
-    """Scores a partition list by simulation (lower is better, step 5)."""
+    """Scores a partition list by simulation (step 5). Every plan is simulated once;
+    its *profile* is the objective's mean over each judged window (one value when the
+    pattern is bounded). The *reference window* is the pattern's own end when it is
+    bounded, otherwise the raw model bytes over the bandwidth (the window issue 4
+    reports); the others are multiples of the compressed upload window."""
 
-    def __init__(self, ctx: PlanningContext, policy: ExecutionPolicy, elapsed_s: float) -> None:
+    def __init__(self, ctx: PlanningContext, policy: ExecutionPolicy) -> None:
         self.ctx = ctx
         self.policy = policy
         pattern = ctx.pattern
         self.windows: tuple[float, ...] = ()
+        self.ref_index = 0
         self.bounded = pattern.duration_s is not None or pattern.count is not None
         if self.bounded:
             self.sim_ctx = ctx
         else:
             w = _upload_window(ctx)
-            self.windows = tuple(f * w for f in _WINDOWS)
+            ref = _upload_window(ctx, 1.0)
+            self.windows = tuple(sorted({f * w for f in _WINDOWS} | {ref}))
+            self.ref_index = self.windows.index(ref)
             self.sim_ctx = ctx.with_(pattern=replace(pattern, duration_s=max(self.windows)))
-        del elapsed_s
+        self.memo = SimMemo(self.sim_ctx, policy)
+        self.reference: tuple[float, ...] | None = None
 
-    def __call__(self, parts: list[frozenset[str]]) -> float:
-        res: SimResult = simulate_partitions(self.sim_ctx, parts, self.policy)
+    def profile(
+        self, parts: Sequence[frozenset[str]], policy: ExecutionPolicy | None = None
+    ) -> tuple[float, ...]:
+        if policy is None or policy == self.policy:
+            res = simulate_partitions(self.sim_ctx, parts, self.policy, memo=self.memo)
+        else:
+            res = simulate_partitions(self.sim_ctx, parts, policy)
         metric = res.mean_energy if self.ctx.objective == "energy" else res.mean_latency
         if not self.windows:
-            return metric()
-        return sum(metric(0.0, w) for w in self.windows) / len(self.windows)
+            return (metric(),)
+        return tuple(metric(0.0, w) for w in self.windows)
+
+    def guard_against(self, plans: Sequence[UploadPlan]) -> None:
+        """Make the best of ``plans`` at each window, each run with its own execution
+        policy, the reference a plan should not exceed (step 5's guard)."""
+        profiles = [self.profile(list(plan.partitions), plan.policy) for plan in plans]
+        self.reference = tuple(min(col) for col in zip(*profiles, strict=True))
+
+    def score(self, parts: Sequence[frozenset[str]]) -> Score:
+        prof = self.profile(parts)
+        mean = sum(prof) / len(prof)
+        if self.reference is None:
+            return (0.0, 0.0, mean)
+        excess = [
+            max(p / r - 1.0 - _GUARD_TOLERANCE, 0.0) if r > 0 else 0.0
+            for p, r in zip(prof, self.reference, strict=True)
+        ]
+        at_ref = excess.pop(self.ref_index)
+        return (at_ref, sum(excess), mean)
 
 
 def _split(
@@ -531,8 +613,8 @@ def _moves(
 def _polish(
     ctx: PlanningContext,
     parts: list[frozenset[str]],
-    current: float,
-    score: Callable[[list[frozenset[str]]], float],
+    current: Score,
+    score: Callable[[list[frozenset[str]]], Score],
     *,
     budget: int,
     may_drop: bool,
@@ -548,7 +630,15 @@ def _polish(
                 break
             evals += 1
             value = score(candidate)
-            if value < current * (1 - 1e-9):
+            if _better(value, current):
                 parts, current, improved = candidate, value, True
                 break
     return parts, evals
+
+
+def _better(a: Score, b: Score) -> bool:
+    """``a`` has smaller guard excesses (in order), or the same and a smaller mean
+    (relative 1e-9)."""
+    if a[:2] != b[:2]:
+        return a[:2] < b[:2]
+    return a[2] < b[2] * (1 - 1e-9)

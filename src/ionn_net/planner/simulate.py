@@ -38,6 +38,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ionn_net.errors import PlannerError
 from ionn_net.planner.execution import ExecutionPlan, ExecutionPlanner, Segment, planner_for
 from ionn_net.planner.link import Link
@@ -47,6 +49,7 @@ __all__ = [
     "PartitionRecord",
     "QueryRecord",
     "Replanner",
+    "SimMemo",
     "SimResult",
     "simulate",
     "simulate_partitions",
@@ -305,23 +308,62 @@ class _Acc:
     replans: int = 0
 
 
+_LinkKey = tuple[Link, object]
+_MEMO_LIMIT = 20_000
+
+
+class SimMemo:
+    """Execution plans, run-set sizes and segment costs shared by several simulations
+    of one context and policy (a planner replaying many candidate orders). Each entry
+    is a pure function of the usable layers, the link and the start position, so
+    sharing them changes no result, only the time taken."""
+
+    def __init__(self, ctx: PlanningContext, policy: ExecutionPolicy) -> None:
+        self.ctx = ctx
+        self.policy = policy
+        self.plans: dict[tuple[frozenset[str], _LinkKey, int], ExecutionPlan] = {}
+        self.run_sets: dict[tuple[frozenset[str], _LinkKey], int] = {}
+        self.seg_costs: dict[tuple[tuple[str, ...], object], tuple[float, float, float]] = {}
+
+    def check(self, ctx: PlanningContext, policy: ExecutionPolicy) -> None:
+        mine, theirs = self.ctx.times, ctx.times
+        same = ctx.graph is self.ctx.graph and ctx.power == self.ctx.power
+        if not (same and mine is theirs) and not (
+            same
+            and np.array_equal(mine.client_s, theirs.client_s)
+            and np.array_equal(mine.server_s, theirs.server_s)
+        ):
+            raise PlannerError("simulation memo: made for another planning context")
+        if policy != self.policy or ctx.objective != self.ctx.objective:
+            raise PlannerError(f"simulation memo: made for {self.policy!r}, got {policy!r}")
+        for table in (self.plans, self.run_sets, self.seg_costs):
+            if len(table) > _MEMO_LIMIT:
+                table.clear()
+
+
+def _link_key(link: Link) -> _LinkKey:
+    return (link, link.ratio_key())
+
+
 class _Runner:
     """Runs queries one at a time against the uploader."""
 
-    def __init__(self, ctx: PlanningContext, policy: ExecutionPolicy, up: _Uploader) -> None:
+    def __init__(
+        self, ctx: PlanningContext, policy: ExecutionPolicy, up: _Uploader, memo: SimMemo
+    ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.up = up
         self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
-        self.plans: dict[tuple[int, int, int], ExecutionPlan] = {}
-        self.run_sets: dict[tuple[frozenset[str], int], int] = {}
+        self.plans = memo.plans
+        self.run_sets = memo.run_sets
         up.run_set_size = self.run_set_size
-        self.seg_costs: dict[tuple[tuple[str, ...], object], tuple[float, float, float]] = {}
+        self.seg_costs = memo.seg_costs
 
     def run_set_size(self, usable: frozenset[str], link: Link) -> int:
         """Server layers of the best plan with ``usable`` layers: what the server
         compiles when a partition lands."""
-        key = (usable, id(link))
+        key = (usable, _link_key(link))
         if key in self.run_sets:
             return self.run_sets[key]
         plan = self.planner.solve(
@@ -335,11 +377,10 @@ class _Runner:
         return self.run_sets[key]
 
     def plan(self, k: int, link_idx: int, link: Link, start: int = 0) -> ExecutionPlan:
-        key = (k, link_idx, start)
+        del link_idx  # the link itself is part of the key
+        usable = self.up.usable[k]
+        key = (usable, _link_key(link), start)
         if key not in self.plans:
-            if len(self.plans) > 4096:
-                self.plans.clear()
-            usable = self.up.usable[k]
             self.plans[key] = self.planner.solve(
                 self.ctx.times,
                 self.planner.servable(usable),
@@ -525,12 +566,17 @@ def simulate_partitions(
     replanner: Replanner | None = None,
     until_s: float | None = None,
     max_queries: int = 200_000,
+    memo: SimMemo | None = None,
 ) -> SimResult:
-    """:func:`simulate` for a bare list of partitions and a policy."""
+    """:func:`simulate` for a bare list of partitions and a policy. ``memo`` (made for
+    the same context and policy) lets several simulations share their execution plans."""
     if not 1 <= max_queries <= _MAX_QUERIES:
         raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
+    if memo is None:
+        memo = SimMemo(ctx, policy)
+    memo.check(ctx, policy)
     up = _Uploader(ctx, partitions, _validate_changes(link_changes), replanner)
-    runner = _Runner(ctx, policy, up)
+    runner = _Runner(ctx, policy, up, memo)
     pattern = ctx.pattern
     limit = min(
         until_s if until_s is not None else math.inf,
