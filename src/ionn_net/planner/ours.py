@@ -482,7 +482,7 @@ class OursPlanner(UploadPlanner):
                 "variant": best,
                 "variants": len(variants),
                 "polish_evaluations": evals,
-                "guard_excess": judge.score(parts)[:2],
+                "guard_excess": judge.score(parts)[0],
             }
         return build_plan(ctx, self.name, parts, policy, notes)
 
@@ -508,9 +508,9 @@ def _baseline_plan(ctx: PlanningContext, name: str) -> UploadPlan:
 
 
 #: A plan's score, lower is better, compared in order: its excess over the guard's
-#: reference at the reference window, its summed excess at the other judged windows,
-#: the mean over the judged windows of the objective.
-Score = tuple[float, float, float]
+#: reference at the reference window, then the mean over the judged windows of the
+#: objective.
+Score = tuple[float, float]
 
 
 class _Judge:
@@ -560,13 +560,10 @@ class _Judge:
         prof = self.profile(parts)
         mean = sum(prof) / len(prof)
         if self.reference is None:
-            return (0.0, 0.0, mean)
-        excess = [
-            max(p / r - 1.0 - _GUARD_TOLERANCE, 0.0) if r > 0 else 0.0
-            for p, r in zip(prof, self.reference, strict=True)
-        ]
-        at_ref = excess.pop(self.ref_index)
-        return (at_ref, sum(excess), mean)
+            return (0.0, mean)
+        ref = self.reference[self.ref_index]
+        excess = prof[self.ref_index] / ref - 1.0 if ref > 0 else 0.0
+        return (excess if excess > _GUARD_TOLERANCE else 0.0, mean)
 
 
 def _split(
@@ -637,8 +634,8 @@ def _polish(
 
 
 def _better(a: Score, b: Score) -> bool:
-    """``a`` has smaller guard excesses (in order), or the same and a smaller mean
-    (relative 1e-9)."""
-    if a[:2] != b[:2]:
-        return a[:2] < b[:2]
-    return a[2] < b[2] * (1 - 1e-9)
+    """``a`` has a smaller guard excess, or the same and a smaller mean (relative
+    1e-9)."""
+    if a[0] != b[0]:
+        return a[0] < b[0]
+    return a[1] < b[1] * (1 - 1e-9)
