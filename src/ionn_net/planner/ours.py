@@ -80,6 +80,8 @@ _MAX_SHARE = 0.9
 _PREFIX_FRACTIONS = (0.5, 0.25, 0.125, 0.0625, 0.03125)
 #: Where the local search splits a partition.
 _SPLIT_FRACTIONS = (0.5, 0.25, 0.125)
+#: Share of a partition's bytes the local search moves to its neighbour.
+_SHIFT_FRACTIONS = (0.25,)
 #: Window lengths (x the upload window) a plan is judged on when the pattern is open-ended.
 _WINDOWS = (0.5, 1.0, 2.0, 4.0)
 #: The published strategies ``ours`` must not lose to at any judged window.
@@ -359,7 +361,7 @@ class OursPlanner(UploadPlanner):
         ranges: int = 6,
         max_partitions: int = 256,
         select: bool = True,
-        polish_budget: int = 40,
+        polish_budget: int = 100,
         guard: bool = True,
     ) -> None:
         if method not in METHODS:
@@ -370,7 +372,8 @@ class OursPlanner(UploadPlanner):
         if not all(bounds) or not 0 <= polish_budget <= 10_000:
             raise PlannerError(
                 "ours: iterations 1..100, ranges 0..100, max_partitions 1..10000, "
-                "polish_budget 0..10000"
+                f"polish_budget 0..10000; got {iterations}, {ranges}, {max_partitions}, "
+                f"{polish_budget}"
             )
         self.method = method
         self.adaptive = adaptive
@@ -468,21 +471,21 @@ class OursPlanner(UploadPlanner):
                 if theirs and theirs not in variants:
                     variants.append(theirs)
             scores = [judge.score(v) for v in variants]
-            best = scores.index(min(scores))
-            parts, evals = _polish(
+            first = scores.index(min(scores))
+            parts, value, evals = _polish(
                 ctx,
-                variants[best],
-                scores[best],
+                variants[first],
+                scores[first],
                 judge.score,
                 budget=self.polish_budget,
                 may_drop=judge.bounded,
             )
             notes = {
                 "elapsed_s": elapsed_s,
-                "variant": best,
+                "variant": first,
                 "variants": len(variants),
                 "polish_evaluations": evals,
-                "guard_excess": judge.score(parts)[0],
+                "guard_excess": value[0],
             }
         return build_plan(ctx, self.name, parts, policy, notes)
 
@@ -588,20 +591,35 @@ def _split(
 def _moves(
     ctx: PlanningContext, parts: list[frozenset[str]], may_drop: bool
 ) -> list[list[frozenset[str]]]:
-    """Neighbouring partition lists: split one, merge or swap two adjacent ones, drop
-    the last when the session has a known end (earliest partitions first: early gains
-    weigh most)."""
+    """Neighbouring partition lists: split one, move the boundary between two
+    adjacent ones, merge or swap them, send everything after one as a single
+    partition (one compilation instead of several on a busy loader), drop the last
+    when the session has a known end (earliest partitions first: early gains weigh
+    most)."""
     out: list[list[frozenset[str]]] = []
+
+    def add(candidate: list[frozenset[str]]) -> None:
+        if all(candidate) and candidate != parts and candidate not in out:
+            out.append(candidate)
+
     for k, part in enumerate(parts):
         for fraction in _SPLIT_FRACTIONS:
             halves = _split(ctx, part, fraction)
             if halves is not None:
-                candidate = [*parts[:k], *halves, *parts[k + 1 :]]
-                if candidate not in out:
-                    out.append(candidate)
+                add([*parts[:k], *halves, *parts[k + 1 :]])
         if k + 1 < len(parts):
-            out.append([*parts[:k], part | parts[k + 1], *parts[k + 2 :]])
-            out.append([*parts[:k], parts[k + 1], part, *parts[k + 2 :]])
+            nxt = parts[k + 1]
+            add([*parts[:k], part | nxt, *parts[k + 2 :]])
+            add([*parts[:k], nxt, part, *parts[k + 2 :]])
+            for fraction in _SHIFT_FRACTIONS:
+                tail = _split(ctx, part, 1.0 - fraction)
+                if tail is not None:
+                    add([*parts[:k], tail[0], tail[1] | nxt, *parts[k + 2 :]])
+                head = _split(ctx, nxt, fraction)
+                if head is not None:
+                    add([*parts[:k], part | head[0], head[1], *parts[k + 2 :]])
+        if k + 2 < len(parts):
+            add([*parts[: k + 1], frozenset().union(*parts[k + 1 :])])
     if parts and may_drop:
         out.append(parts[:-1])
     return out
@@ -615,9 +633,9 @@ def _polish(
     *,
     budget: int,
     may_drop: bool,
-) -> tuple[list[frozenset[str]], int]:
+) -> tuple[list[frozenset[str]], Score, int]:
     """First-improvement local search over :func:`_moves`, at most ``budget``
-    simulations."""
+    simulations; returns the partitions, their score and the simulations used."""
     evals = 0
     improved = True
     while improved and evals < budget:
@@ -630,7 +648,7 @@ def _polish(
             if _better(value, current):
                 parts, current, improved = candidate, value, True
                 break
-    return parts, evals
+    return parts, current, evals
 
 
 def _better(a: Score, b: Score) -> bool:
