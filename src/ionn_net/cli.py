@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from ionn_net.argtypes import port, positive
+
 # TensorFlow reads these when it is first imported: keep its C++ banner off the demo.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
@@ -29,29 +31,6 @@ os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
 __all__ = ["demo_main", "server_main"]
 
 MODELS = ("mobilenetv2", "resnet50", "inceptionv3", "vgg16")
-
-
-def _positive(kind: type[float] | type[int], what: str) -> Any:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what}: expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{what}: expected a value > 0, got {text!r}")
-        return value
-
-    return parse
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port: expected an integer, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port: expected 0..65535, got {value}")
-    return value
 
 
 # -- ionn-server ---------------------------------------------------------------------------
@@ -65,7 +44,7 @@ def _server_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument(
-        "--port", type=_port, default=7878, help="TCP port (default %(default)s; 0 picks one)"
+        "--port", type=port, default=7878, help="TCP port (default %(default)s; 0 picks one)"
     )
     p.add_argument(
         "--store",
@@ -88,31 +67,31 @@ def _server_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-models",
-        type=_positive(int, "--max-models"),
+        type=positive(int, "--max-models"),
         default=4,
         help="models per client session (default %(default)s)",
     )
     p.add_argument(
         "--max-bytes",
-        type=_positive(int, "--max-bytes"),
+        type=positive(int, "--max-bytes"),
         default=1 << 30,
         help="stored blob bytes per client session (default %(default)s)",
     )
     p.add_argument(
         "--max-queries",
-        type=_positive(int, "--max-queries"),
+        type=positive(int, "--max-queries"),
         default=8,
         help="concurrent queries per client session (default %(default)s)",
     )
     p.add_argument(
         "--max-streams",
-        type=_positive(int, "--max-streams"),
+        type=positive(int, "--max-streams"),
         default=100,
         help="concurrent streams per connection (default %(default)s)",
     )
     p.add_argument(
         "--idle-timeout",
-        type=_positive(float, "--idle-timeout"),
+        type=positive(float, "--idle-timeout"),
         default=120.0,
         help="seconds before an idle connection is closed (default %(default)s)",
     )
@@ -186,7 +165,7 @@ def _demo_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--mbit",
-        type=_positive(float, "--mbit"),
+        type=positive(float, "--mbit"),
         default=80.0,
         help="link rate in Mbit/s, each direction (default %(default)s: the paper's Wi-Fi)",
     )
@@ -198,7 +177,7 @@ def _demo_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--slowdown",
-        type=_positive(float, "--slowdown"),
+        type=positive(float, "--slowdown"),
         default=10.0,
         help="the client is this many times slower than this machine: each local segment is "
         "stretched to slowdown x its measured time (default %(default)s)",
@@ -211,7 +190,7 @@ def _demo_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--window",
-        type=_positive(float, "--window"),
+        type=positive(float, "--window"),
         default=None,
         help="seconds of back-to-back queries per run (default: until the upload ends + 3 s, "
         "at most 90 s)",

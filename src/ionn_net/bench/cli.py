@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ionn_net.argtypes import positive
 from ionn_net.bench.links import BACKEND_CHOICES
 from ionn_net.bench.models import MODELS
 from ionn_net.bench.progress import Console
@@ -49,19 +50,6 @@ def _csv(choices: Sequence[str]) -> Any:
                 f"expected a comma-separated list from {', '.join(choices)}, got {text!r}"
             )
         return items
-
-    return parse
-
-
-def _positive(kind: type[float] | type[int]) -> Any:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text!r}")
-        return value
 
     return parse
 
@@ -109,13 +97,13 @@ def _parser() -> argparse.ArgumentParser:
         help="the cost model the server announces: calibrated on small models (the "
         "library's default) or fitted on the benchmark model's own layers timed here",
     )
-    p.add_argument("--quota", type=_positive(float), help="CPU quota (cores)")
-    p.add_argument("--slowdown", type=_positive(float), help="slowdown factor")
-    p.add_argument("--max-run-s", type=_positive(float), help="bound per run")
-    p.add_argument("--target-queries", type=_positive(int), help="queries per run")
+    p.add_argument("--quota", type=positive(float), help="CPU quota (cores)")
+    p.add_argument("--slowdown", type=positive(float), help="slowdown factor")
+    p.add_argument("--max-run-s", type=positive(float), help="bound per run")
+    p.add_argument("--target-queries", type=positive(int), help="queries per run")
     p.add_argument(
         "--probe-s",
-        type=_positive(float),
+        type=positive(float),
         default=1.0,
         help="seconds of bulk transfer per direction when probing the link (default 1)",
     )

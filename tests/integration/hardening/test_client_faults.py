@@ -124,4 +124,8 @@ async def test_upload_cut_repeatedly_resumes_without_resending_layers(
         OffloadClient("127.0.0.1", server.port, model, config=config(tmp_path)) as again,
     ):
         await again.wait_uploaded(timeout=60)
-        assert again.stats["sent_bytes"] == 0  # a restarted server kept every layer
+        # A restarted server kept every layer: none is sent again. (A layer the first
+        # client's final plan left local, at the bandwidth it measured under the cuts,
+        # may be worth offloading at this client's estimate: it goes up once, now.)
+        assert not (again.uploaded & client.uploaded)
+        assert again.stats["sent_bytes"] < 0.05 * total
