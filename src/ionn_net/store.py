@@ -18,10 +18,12 @@ uploads survive a disconnect or a crash (protocol.md §10.5, §14.5):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -187,10 +189,14 @@ class DirectoryStore(BlobStore):
         *,
         fsync: bool = True,
         fault_hook: Callable[[str], None] | None = None,
+        partial_ttl_s: float | None = 86400.0,
     ) -> None:
         super().__init__()
+        if partial_ttl_s is not None and not partial_ttl_s > 0:
+            raise StoreError(f"partial_ttl_s: expected a time > 0 or None, got {partial_ttl_s!r}")
         self.root = Path(root)
         self._fsync = fsync
+        self._partial_ttl_s = partial_ttl_s
         # Crash tests kill the process at each named step of a durable write.
         self._fault_hook = fault_hook or (lambda _point: None)
         for sub in ("blobs", "partial", "sessions", "tmp"):
@@ -217,6 +223,23 @@ class DirectoryStore(BlobStore):
         for path in (self.root / "sessions").iterdir():
             digests = {ln for ln in path.read_text().split() if _DIGEST_RE.match(ln)}
             self._sessions[path.name] = digests
+        self.sweep_partials()
+
+    def sweep_partials(self, *, now: float | None = None) -> int:
+        """Delete partial uploads not appended to for ``partial_ttl_s`` seconds (those
+        of sessions never seen again, e.g. after a restart forgot them); returns how
+        many were deleted. Runs when the store opens; a server may call it again."""
+        if self._partial_ttl_s is None:
+            return 0
+        cutoff = (time.time() if now is None else now) - self._partial_ttl_s
+        deleted = 0
+        with self._lock:
+            for path in (self.root / "partial").iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        deleted += 1
+        return deleted
 
     # -- complete blobs -----------------------------------------------------------
 

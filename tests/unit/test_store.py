@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,26 @@ def test_partials_keyed_per_session_complete_under_the_real_digest(store: BlobSt
     store.complete_partial(DIGEST, key=mine)
     assert store.get(DIGEST) == BLOB
     assert store.partial_offset(mine) == 0
+
+
+def test_stale_partial_uploads_are_swept_and_fresh_ones_kept(tmp_path: Path) -> None:
+    data_a, data_b = b"a" * 100, b"b" * 100
+    a, b = sha256_hex(data_a), sha256_hex(data_b)
+    store = DirectoryStore(tmp_path, fsync=False, partial_ttl_s=3600.0)
+    store.append_partial(a, 0, data_a[:10])
+    store.append_partial(b, 0, data_b[:10])
+    old = time.time() - 7200
+    os.utime(tmp_path / "partial" / a, (old, old))
+    reopened = DirectoryStore(tmp_path, fsync=False, partial_ttl_s=3600.0)  # sweeps on open
+    assert reopened.partial_offset(a) == 0
+    assert reopened.partial_offset(b) == 10
+    assert reopened.sweep_partials(now=time.time() + 7200) == 1
+    assert reopened.partial_offset(b) == 0
+    kept = DirectoryStore(tmp_path, fsync=False, partial_ttl_s=None)
+    kept.append_partial(a, 0, data_a[:5])
+    assert kept.sweep_partials(now=time.time() + 1e9) == 0
+
+
+def test_partial_ttl_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="partial_ttl_s"):
+        DirectoryStore(tmp_path, partial_ttl_s=0)
