@@ -84,3 +84,35 @@ def test_a_shared_memo_changes_no_simulated_result() -> None:
         assert shared.queries == alone.queries
         assert shared.partitions == alone.partitions
     assert memo.plans  # the memo was used
+
+
+def test_local_search_moves_keep_every_layer_exactly_once() -> None:
+    from ionn_net.planner.ours import _moves
+
+    ctx = scenario("chain", 5)
+    layers = [n for n in ctx.graph.order if ctx.graph[n].inbound]
+    parts = [frozenset(layers[:2]), frozenset(layers[2:5]), frozenset(layers[5:])]
+    moves = _moves(ctx, parts, may_drop=False)
+    assert len(moves) >= 10
+    for cand in moves:
+        assert all(cand) and cand != parts
+        assert sum(len(p) for p in cand) == len(layers)
+        assert frozenset().union(*cand) == frozenset(layers)
+    # "everything after the first partition as one" is among them
+    assert [parts[0], parts[1] | parts[2]] in moves
+    # dropping the last partition is only a move when the session has an end
+    assert parts[:-1] not in moves
+    assert parts[:-1] in _moves(ctx, parts, may_drop=True)
+
+
+def test_plan_notes_name_the_variant_and_the_guard() -> None:
+    ctx = scenario("resnet", 2)
+    plan = get_planner("ours").plan(ctx)
+    notes = plan.notes
+    assert isinstance(notes["variant"], str)
+    assert notes["variant"].split("-")[0] in ("greedy", "penalty", "ionn", "efficiency", "all")
+    assert 0 < notes["polish_evaluations"] <= 100  # type: ignore[operator]
+    assert notes["guard_excess"] == 0.0
+    quick = get_planner("ours", select=False).plan(ctx)
+    assert quick.notes["variant"] == "greedy-throughput"
+    assert "guard_excess" not in quick.notes
