@@ -59,6 +59,8 @@ def scenario(kind: str, seed: int) -> PlanningContext:
 
 
 CASES = [(kind, seed) for kind in ("chain", *BUILDERS) for seed in range(4)]
+#: chains where ours without its guard (``guard=False``) loses to a baseline by 0.1-1%
+CASES += [("chain", 49), ("chain", 61), ("chain", 88)]
 
 
 @pytest.mark.parametrize(("kind", "seed"), CASES)
