@@ -92,6 +92,8 @@ _RANGES: Mapping[str, tuple[int, int]] = MappingProxyType(
         "max_outbound_bytes": (64 * KIB, 2**40),
         # A DATA frame never exceeds the smallest MAX_DECODED_FRAME_SIZE a peer may announce.
         "max_chunk": (1, MIB),
+        "max_stream_credit": (65536, U31),
+        "max_connection_credit": (65536, U31),
         "compression_level": (1, 22),
         "max_tensor_bytes": (1, 2**40),
         "max_batch": (1, 1_000_000),
@@ -148,6 +150,12 @@ class Limits:
     idle_timeout_s: float = 120.0
     keepalive_interval_s: float = 15.0
     heartbeat_timeout_s: float = 30.0
+    # Receive-window auto-tuning (§7.3, a receiver policy): a stream's / the connection's
+    # credit window doubles, up to these, while the application drains it within about two
+    # round trips (proto/flowtune.py). Values at or below the initial credit disable it.
+    # Memory per connection stays bounded by max_connection_credit (16 MiB, §14.1).
+    max_stream_credit: int = 8 * MIB
+    max_connection_credit: int = 16 * MIB
     # Sender behaviour (§8.3, §12.4).
     max_chunk: int = 32768
     compression_level: int = 1

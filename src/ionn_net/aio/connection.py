@@ -518,7 +518,8 @@ class AioConnection:
         self.protocol.consumed(nbytes)
         if wire_length and not self.core.closed:
             with contextlib.suppress(UsageError, ProtocolError):
-                self.core.acknowledge_received_data(stream_id, wire_length)
+                # The time lets the core grow the receive windows while we keep up (§7.3).
+                self.core.acknowledge_received_data(stream_id, wire_length, now=self.loop.time())
             self.protocol.after_send()
 
     def _reset(

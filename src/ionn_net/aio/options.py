@@ -39,7 +39,8 @@ class TransportOptions:
       (low water None: a quarter of high water).
     * ``read_buffer_size``: the receive buffer handed to the kernel per read.
     * ``read_budget``: decoded bytes delivered to streams but not yet consumed by the
-      application before reading pauses (None: the connection's receive credit).
+      application before reading pauses (None: the connection's largest receive
+      window, ``Limits.max_connection_credit`` or the initial credit if larger).
     * ``send_chunk``: the largest piece of a body handed to the core per call; the sender
       feeds the core only as credit and the outbound cap allow (None: ``Limits.max_chunk``
       x 8).

@@ -7,9 +7,11 @@ Owns one connection's socket-level behaviour and nothing about streams:
 * **Three-call contract**: after every receive, send or timer call into the core, the
   writer drains frames first and the events are dispatched second (to the
   :class:`ConnectionSink`, the stream layer of :mod:`ionn_net.aio.api`).
-* **Writer**: hands the transport ONE frame at a time from the core's scheduler
-  (``next_frame()``) and only while the transport is below its high-water mark, with plain
-  ``transport.write`` calls (``writelines`` had flow-control bugs, cpython #103462). Together
+* **Writer**: takes frames from the core's scheduler in small batches
+  (``frames_to_send()``) only while the transport is below its high-water mark, and hands
+  each batch over with one ``writelines``: vectored and copy-free on uvloop; asyncio's
+  transports of Python 3.11 join the buffers and write once. (The flow-control bugs of
+  cpython #103462 and #127655 were in the ``sendmsg`` writelines added in 3.12.) Together
   with ``TCP_NOTSENT_LOWAT`` and small transport buffers this bounds the bytes that a newly
   queued urgent frame can wait behind (protocol-lessons.md, head-of-line section).
 * **Read backpressure**: ``pause_reading()`` while the application holds more than the read
@@ -27,7 +29,6 @@ import asyncio
 import dataclasses
 import logging
 import socket
-import struct
 from typing import Any, Protocol, cast
 
 from ionn_net.aio.options import TransportOptions
@@ -47,9 +48,6 @@ __all__ = ["ConnectionSink", "IonnProtocol", "logger"]
 
 logger = logging.getLogger("ionn_net.aio")
 
-_HEADERS = 1  # frame type of HEADERS (§4)
-_HEADER_SIZE = 16  # §3.1
-_STREAM_ID = struct.Struct(">I")  # at offset 4
 # Frames taken from the scheduler in one flush are joined into writes of about this size:
 # the order is already decided, so joining costs no priority, and one 256 KiB write is far
 # cheaper than eight 32 KiB ones (a system call each). A frame this large goes alone.
@@ -57,6 +55,7 @@ _COALESCE = 256 * 1024
 _MIN_COALESCE = 16 * 1024
 _LOWAT_BOUNDS = (16 * 1024, 4 * 1024 * 1024)  # adaptive TCP_NOTSENT_LOWAT range
 _LOWAT_SAMPLE_S = 0.05  # how often the delivery rate is read while sending
+_RTT_SAMPLE_S = 0.1  # how often the kernel's RTT estimate is read while receiving
 
 
 class ConnectionSink(Protocol):
@@ -94,7 +93,12 @@ class IonnProtocol(asyncio.BufferedProtocol):
         self._write_paused = False
         self._read_paused = False
         self._unconsumed = 0
-        self._read_budget = options.read_budget or limits.initial_connection_credit
+        # The connection's receive window bounds what the peer may send ahead (it may grow
+        # up to max_connection_credit with auto-tuning).
+        self._read_budget = options.read_budget or max(
+            limits.initial_connection_credit, limits.max_connection_credit
+        )
+        self._rtt_sampled = -1e18
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when: float | None = None
         self._stall_timeout = options.stall_timeout_s or limits.heartbeat_timeout_s
@@ -107,8 +111,8 @@ class IonnProtocol(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self._meter = LinkRateMeter(window_s=5.0, min_span_s=0.05)
         self._lowat_sampled = -1e18
-        self._own_parity = 1 if getattr(core, "client", False) else 0
-        #: Highest id of a stream we opened whose HEADERS has been written.
+        #: Highest id of a stream we opened whose HEADERS has been written (or that was
+        #: reset before it was: the peer never sees it).
         self.headers_sent_own = 0
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -142,8 +146,18 @@ class IonnProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_received += nbytes
-        events = self.core.receive_data(self._view[:nbytes], self.loop.time())
+        now = self.loop.time()
+        if now - self._rtt_sampled >= _RTT_SAMPLE_S:
+            self._sample_rtt(now)
+        events = self.core.receive_data(self._view[:nbytes], now)
         self.after_core_call(events)
+
+    def _sample_rtt(self, now: float) -> None:
+        """Feed the kernel's smoothed RTT to the core (receive-window auto-tuning)."""
+        self._rtt_sampled = now
+        info = None if self.socket is None else _read_tcp_info(self.socket)
+        if info is not None and info.rtt_s > 0:
+            self.core.observe_rtt(info.rtt_s)
 
     def eof_received(self) -> bool | None:
         logger.debug("peer closed its sending side")
@@ -189,43 +203,36 @@ class IonnProtocol(asyncio.BufferedProtocol):
         return self.transport is not None and not self._lost and not self._write_paused
 
     def flush(self) -> None:
-        """Hand frames to the transport, one at a time, while it is below high water.
+        """Hand frames to the transport while it is below high water.
 
-        Frames are joined into writes of up to ``_COALESCE`` bytes, and no more than the
-        kernel's low-water mark (a request's HEADERS and first DATA leave in one write, one
-        wake-up at the peer; a bulk body needs fewer system calls).
+        Frames are taken from the core's scheduler in batches of up to ``_COALESCE`` bytes,
+        and no more than the kernel's low-water mark (a request's HEADERS and first DATA
+        leave in one write, one wake-up at the peer; a bulk body needs fewer system calls).
+        Each batch is one ``writelines`` of headers and payloads: uvloop sends it with one
+        ``writev`` and keeps references instead of copying (payloads are memoryviews of
+        read-only bodies, see ``Connection.send_data``); asyncio's transports join it.
         """
         transport = self.transport
         if transport is None or self._lost:
             return
         core = self.core
         written = 0
-        batch: list[bytes] = []
-        size = 0
         # No larger than what the kernel takes at once (the low-water mark): a batch the
         # kernel refuses would sit in the transport's buffer, past the scheduler.
         limit = min(_COALESCE, max(_MIN_COALESCE, self.applied.notsent_lowat or _COALESCE))
         # pause_writing() is called synchronously from inside write() once the transport's
         # buffer passes high water, which ends this loop with the rest still in the core.
         while not self._write_paused:
-            frame = core.next_frame()
-            if frame is None:
+            parts, size = core.frames_to_send(limit)
+            if not size:
                 break
-            if frame[0] == _HEADERS and len(frame) >= _HEADER_SIZE:
-                sid = _STREAM_ID.unpack_from(frame, 4)[0]
-                if sid & 1 == self._own_parity and sid > self.headers_sent_own:
-                    self.headers_sent_own = sid
-            batch.append(frame)
-            size += len(frame)
-            if size >= limit:
-                transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
-                written += size
-                batch.clear()
-                size = 0
-        if batch:
-            transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+            if len(parts) == 1:
+                transport.write(parts[0])
+            else:
+                transport.writelines(parts)
             written += size
         if written:
+            self.headers_sent_own = core.opened_streams_sent
             self.bytes_written += written
             now = self.loop.time()
             if not self._write_paused:

@@ -73,6 +73,7 @@ from ionn_net.proto.events import (
     SettingsReceived,
     StreamReset,
 )
+from ionn_net.proto.flowtune import grown_window
 from ionn_net.proto.streams import FrameKind, HalfState, Stream
 from ionn_net.proto.wire import (
     MAX_CREDIT,
@@ -379,7 +380,8 @@ class Connection(ConnectionBase):
             if not self._settings_pending:
                 self._useless_frame("SETTINGS ACK without pending SETTINGS")
                 return
-            self._settings_pending.popleft()
+            sent_at = self._settings_pending.popleft()
+            self._rtt.update(self._now - sent_at)  # a round-trip sample for credit tuning
             self._own_settings_acked = True
             self._events.append(SettingsAcked())
             return
@@ -410,10 +412,14 @@ class Connection(ConnectionBase):
 
     def _on_ping(self, f: PingFrame) -> None:
         if f.ack:
-            if self._pings.pop(f.payload, None) is None:
+            sent_at = self._pings.pop(f.payload, None)
+            if sent_at is None:
                 self._useless_frame("PING ACK matching no PING")
                 return
             if f.payload == self._keepalive:
+                # Sent with the time of its timer, so a round-trip sample (ping() is not:
+                # the core learns the time only from its inputs).
+                self._rtt.update(self._now - sent_at)
                 self._keepalive = None
             self._events.append(PingAcked(payload=f.payload))
             return
@@ -505,12 +511,19 @@ class Connection(ConnectionBase):
 
     # ---------------------------------------------------------------- flow control
 
-    def acknowledge_received_data(self, stream_id: int, wire_length: int) -> None:
+    def acknowledge_received_data(
+        self, stream_id: int, wire_length: int, *, now: float | None = None
+    ) -> None:
         """The application consumed ``wire_length`` bytes of DATA (a DataReceived's).
 
         Every :class:`.DataReceived` must be acknowledged exactly once, even when the stream
         was reset meanwhile; bytes never reported as events are returned by the core. CREDIT
-        (absolute) is queued once half a window has been consumed (§7.3).
+        (absolute: consumed + window) is queued once half a window has been consumed (§7.3).
+
+        ``now`` (monotonic seconds, when the application consumed the data) enables window
+        auto-tuning: a stream or connection window whose previous half was consumed within
+        about two round trips doubles, up to ``Limits.max_stream_credit`` /
+        ``max_connection_credit`` (see :mod:`.flowtune`). Without it windows stay fixed.
         """
         if self._state is ConnectionState.CLOSED:
             return
@@ -519,13 +532,18 @@ class Connection(ConnectionBase):
             raise UsageError(
                 f"acknowledge_received_data: expected 0..{outstanding} bytes, got {wire_length}"
             )
-        self._consume_conn(wire_length)
+        self._consume_conn(wire_length, now)
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote is HalfState.ENDED:
             return
         consumed = stream.consumed = min(stream.consumed + wire_length, stream.received)
-        window = self._stream_window
+        window = stream.window
         if consumed + window - stream.recv_limit >= window >> 1:
+            if now is not None:
+                window = stream.window = grown_window(
+                    window, self._max_stream_window, stream.credit_at, now, self._rtt.value
+                )
+                stream.credit_at = now
             stream.recv_limit = target = min(consumed + window, MAX_CREDIT)
             self._out.push_control(serialize(CreditFrame(stream_id=stream_id, limit=target)))
 

@@ -32,6 +32,7 @@ from ionn_net.proto.events import (
     StreamReset,
 )
 from ionn_net.proto.flood import TokenBucket, WindowCounter
+from ionn_net.proto.flowtune import RttEstimator, grown_window
 from ionn_net.proto.outbound import FrameParts, Outbound
 from ionn_net.proto.streams import FrameKind, Stream, StreamState
 from ionn_net.proto.wire import (
@@ -107,7 +108,8 @@ class ConnectionBase:
         self._versions = (lo, hi)
         self._state = ConnectionState.AWAIT_PREFACE
         self._now = self._created = self._last_recv = self._last_activity = now
-        self._decoder = FrameDecoder(limits)
+        # Runs of RAW DATA frames of one stream in one input become one event (wire.py).
+        self._decoder = FrameDecoder(limits, coalesce_data=True)
         self._out = Outbound(limits)
         self._events: list[Event] = []
         self._preface_buf = bytearray()
@@ -152,6 +154,11 @@ class ConnectionBase:
         self._consumed_conn = 0
         self._conn_window = self.limits.initial_connection_credit
         self._stream_window = self.limits.initial_stream_credit
+        # Auto-tuning (flowtune.py): windows grow up to these while the application keeps up.
+        self._max_conn_window = max(self._conn_window, self.limits.max_connection_credit)
+        self._max_stream_window = max(self._stream_window, self.limits.max_stream_credit)
+        self._conn_credit_at: float | None = None
+        self._rtt = RttEstimator()
 
     # ------------------------------------------------------------------ introspection
 
@@ -190,6 +197,39 @@ class ConnectionBase:
     def outbound_buffered_bytes(self) -> int:
         """Bytes queued in the core (control frames + unsent stream bodies)."""
         return self._out.buffered_bytes
+
+    @property
+    def rtt(self) -> float | None:
+        """Smoothed round trip in seconds the credit auto-tuning uses (None: no sample yet)."""
+        return self._rtt.value
+
+    def observe_rtt(self, rtt_s: float) -> None:
+        """A round-trip sample from the I/O layer (e.g. the kernel's TCP estimate).
+
+        The core samples its own SETTINGS and keepalive PING round trips; the I/O layer can
+        add better ones. Negative or non-finite samples are ignored.
+        """
+        self._rtt.update(rtt_s)
+
+    def receive_windows(self, stream_id: int) -> tuple[int, int]:
+        """(stream, connection) receive windows: the credit granted beyond consumed bytes.
+
+        They start at the INITIAL_*_CREDIT we announce and grow with auto-tuning, never
+        beyond ``Limits.max_stream_credit`` / ``max_connection_credit`` (0 for a stream
+        that is not tracked).
+        """
+        stream = self._streams.get(stream_id)
+        return (0 if stream is None else stream.window), self._conn_window
+
+    @property
+    def opened_streams_sent(self) -> int:
+        """Highest id of our streams whose opening HEADERS has left the core (0: none).
+
+        Streams reset before their HEADERS was emitted count as left (the peer never sees
+        them). An I/O layer that writes everything it takes knows from this which opening
+        HEADERS the peer may already have.
+        """
+        return self._out.opened_sent
 
     @property
     def decoder_buffered_bytes(self) -> int:
@@ -258,6 +298,7 @@ class ConnectionBase:
             seq=self._seq,
             send_limit=self._peer[Setting.INITIAL_STREAM_CREDIT],
             recv_limit=recv_initial,
+            window=self._stream_window,
         )
         self._streams[sid] = stream
         if local:
@@ -358,14 +399,23 @@ class ConnectionBase:
                 )
             )
 
-    def _consume_conn(self, n: int) -> None:
-        """``n`` received DATA bytes are consumed; grant CREDIT past half a window (§7.3)."""
+    def _consume_conn(self, n: int, now: float | None = None) -> None:
+        """``n`` received DATA bytes are consumed; grant CREDIT past half a window (§7.3).
+
+        ``now``: the application consumed them then (auto-tuning, see flowtune.py); None for
+        bytes the core discards itself, which say nothing about the application's pace.
+        """
         consumed = self._consumed_conn = self._consumed_conn + n
         window = self._conn_window
         if (
             consumed + window - self._recv_conn_limit >= window >> 1
             and self._state is not _S.CLOSED
         ):
+            if now is not None:
+                window = self._conn_window = grown_window(
+                    window, self._max_conn_window, self._conn_credit_at, now, self._rtt.value
+                )
+                self._conn_credit_at = now
             self._recv_conn_limit = target = min(consumed + window, MAX_CREDIT)
             self._out.push_control(serialize(CreditFrame(stream_id=0, limit=target)))
 
@@ -390,18 +440,44 @@ class ConnectionBase:
         parts, stream = nxt
         if stream is not None:
             self._last_activity = self._now
-            if stream.reset_after is not None and not stream.has_output:
-                # The deferred RESET of reset_stream(after_pending=True): the answer is out.
-                self._drop_stream(stream)
-                frame = ResetFrame(
-                    stream_id=stream.stream_id, error_code=ErrorCode(stream.reset_after)
-                )
-                self._out.push_control(serialize(frame))
-                self._finish_drain(report=False)
-            elif stream.finished:
-                self._forget(stream)
-                self._finish_drain(report=False)
+            if not stream.has_output:
+                self._stream_output_done(stream)
         return parts
+
+    def _stream_output_done(self, stream: Stream) -> None:
+        """``stream`` has emitted its last queued frame: a deferred RESET, or forget it."""
+        if stream.reset_after is not None:
+            # The deferred RESET of reset_stream(after_pending=True): the answer is out.
+            self._drop_stream(stream)
+            frame = ResetFrame(stream_id=stream.stream_id, error_code=ErrorCode(stream.reset_after))
+            self._out.push_control(serialize(frame))
+            self._finish_drain(report=False)
+        elif stream.finished:
+            self._forget(stream)
+            self._finish_drain(report=False)
+
+    def frames_to_send(self, budget: int) -> tuple[list[bytes | memoryview], int]:
+        """Frames in priority order, as buffers for one vectored write, and their size.
+
+        Emits frames (exactly as :meth:`next_frame_parts` would, one after the other) until
+        at least ``budget`` bytes are taken; returns ``([], 0)`` when nothing is ready.
+        The buffers alternate frame header and payload (empty payloads are left out);
+        payloads may be memoryviews of bodies given to :meth:`send_data` (not copied).
+        """
+        out: list[bytes | memoryview] = []
+        total = 0
+        allowed = self._streams_may_send()
+        fill = self._out.fill
+        while total < budget:
+            taken, streamed, ended = fill(out, budget - total, allowed)
+            total += taken
+            if streamed:
+                self._last_activity = self._now
+            if ended is None:
+                break
+            self._stream_output_done(ended)
+            allowed = self._streams_may_send()  # a drain may have closed the connection
+        return out, total
 
     def next_frame(self) -> bytes | None:
         """Exactly one frame (or the preface), highest priority first, or ``None``."""
@@ -413,14 +489,7 @@ class ConnectionBase:
 
     def data_to_send(self, budget: int | None = None) -> bytes:
         """Frames in priority order until at least ``budget`` bytes (all if ``None``)."""
-        out: list[bytes | memoryview] = []
-        total = 0
-        while budget is None or total < budget:
-            parts = self.next_frame_parts()
-            if parts is None:
-                break
-            out.extend(parts)
-            total += len(parts[0]) + len(parts[1])
+        out, _ = self.frames_to_send(MAX_CREDIT if budget is None else budget)
         return b"".join(out)
 
     def has_data_to_send(self) -> bool:

@@ -62,8 +62,10 @@ class HeadersReceived:
 class DataReceived:
     """Decoded body bytes of ``stream_id``.
 
-    ``wire_length`` is what counted against flow control: hand it to
-    ``Connection.acknowledge_received_data`` once the data is consumed (§7).
+    One DATA frame, or a run of consecutive RAW DATA frames of the stream that arrived in
+    one ``receive_data`` input (joined: fewer, larger events for a bulk body).
+    ``wire_length`` is what counted against flow control (the sum over the run): hand it
+    to ``Connection.acknowledge_received_data`` once the data is consumed (§7).
     """
 
     stream_id: int

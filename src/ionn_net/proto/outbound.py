@@ -31,6 +31,7 @@ class Outbound:
         "chunk",
         "level",
         "min_gain",
+        "opened_sent",
         "opening",
         "scheduler",
         "send_limit",
@@ -50,6 +51,9 @@ class Outbound:
         # order, ahead of all stream DATA (they are tens of bytes): a query opened behind an
         # upload's unsent HEADERS then waits for those HEADERS only, not for upload DATA.
         self.opening: dict[int, Stream] = {}
+        # Highest id of our streams whose opening HEADERS is no longer queued (emitted, or
+        # dropped unseen by a reset).
+        self.opened_sent = 0
 
     # -- control frames
 
@@ -98,7 +102,9 @@ class Outbound:
         stream.out_bytes = 0
         stream.outq.clear()
         stream.pending_headers = None
-        self.opening.pop(stream.stream_id, None)
+        sid = stream.stream_id
+        if self.opening.pop(sid, None) is not None and sid > self.opened_sent:
+            self.opened_sent = sid  # never seen by the peer: nothing left to wait for
         self.scheduler.remove(stream)
 
     def credit(self, stream: Stream) -> int:
@@ -122,26 +128,88 @@ class Outbound:
 
     def next_parts(self, streams_allowed: bool) -> tuple[FrameParts, Stream | None] | None:
         """The next frame and the stream it belongs to (``None`` for control frames)."""
-        control = self.scheduler.pop_control()
-        if control is not None:
+        scheduler = self.scheduler
+        if scheduler.control:
+            control = scheduler.pop_control()
+            assert control is not None
             return (control, b""), None
         if not streams_allowed:
             return None
-        stream = next(iter(self.opening.values()), None) or self.scheduler.pick(self.eligible)
+        if self.opening:
+            stream: Stream | None = next(iter(self.opening.values()))
+        else:
+            stream = scheduler.pick(self.eligible)
         if stream is None:
             return None
         headers = stream.pending_headers
         if headers is not None:
             stream.pending_headers = None
-            self.opening.pop(stream.stream_id, None)
+            sid = stream.stream_id
+            if self.opening.pop(sid, None) is not None and sid > self.opened_sent:
+                self.opened_sent = sid
             if not stream.outq and stream.local is HalfState.ENDED:
                 stream.end_emitted = True
             parts: FrameParts = (headers, b"")
         else:
             parts = self._emit_data(stream)
-        if not stream.has_output:
-            self.scheduler.remove(stream)
+        if not stream.outq and stream.pending_headers is None:
+            scheduler.remove(stream)
         return parts, stream
+
+    def fill(
+        self, out: list[bytes | memoryview], budget: int, streams_allowed: bool
+    ) -> tuple[int, bool, Stream | None]:
+        """Append frames to ``out`` (header, payload, ...) in :meth:`next_parts` order.
+
+        Stops once ``budget`` bytes are taken, when nothing is ready, or right after a
+        stream emitted its last queued frame (returned, for the connection's bookkeeping,
+        which may queue a RESET that must come next). Returns (bytes taken, whether a
+        stream frame was taken, that stream or ``None``).
+        """
+        total = 0
+        streamed = False
+        scheduler = self.scheduler
+        eligible = self.eligible
+        emit = self._emit_data
+        while total < budget:
+            opening = bool(self.opening)  # then the frame is an opening HEADERS, not a pick
+            nxt = self.next_parts(streams_allowed)
+            if nxt is None:
+                break
+            (head, payload), stream = nxt
+            out.append(head)
+            total += len(head)
+            if payload:
+                out.append(payload)
+                total += len(payload)
+            if stream is None:
+                continue
+            streamed = True
+            if not stream.scheduled:
+                return total, True, stream  # its output ended
+            if (
+                opening
+                or self.opening
+                or stream.pending_headers is not None
+                or (stream.incremental and not scheduler.alone(stream))
+            ):
+                continue
+            # With no opening HEADERS queued (they go first), the stream the scheduler
+            # picked stays its pick while it is eligible: within one call nothing else becomes
+            # eligible (no input, no new control frames), a FIFO stream keeps its place and
+            # a round-robin stream alone in its class has no one to rotate with. So its next
+            # frames are cut without asking the scheduler (§8.2).
+            while total < budget and eligible(stream):
+                head, payload = emit(stream)
+                out.append(head)
+                total += len(head)
+                if payload:
+                    out.append(payload)
+                    total += len(payload)
+                if not stream.outq:
+                    scheduler.remove(stream)
+                    return total, True, stream
+        return total, streamed, None
 
     def _emit_data(self, stream: Stream) -> FrameParts:
         chunk = stream.outq[0]

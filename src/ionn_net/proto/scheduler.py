@@ -96,6 +96,11 @@ class Scheduler:
         if not self._fifo[u] and not self._rr[u]:
             self._active &= ~(1 << u)
 
+    def alone(self, stream: Stream) -> bool:
+        """``stream`` is the only scheduled stream of its urgency."""
+        u = stream.urgency
+        return len(self._fifo[u]) + len(self._rr[u]) == 1
+
     def pick(self, eligible: Callable[[Stream], bool]) -> Stream | None:
         """The stream whose frame goes next (rotating round-robin classes), or ``None``."""
         active = self._active

@@ -137,13 +137,15 @@ class Stream:
 
     Credit counters are cumulative wire bytes (§7): ``sent <= send_limit`` (peer's grant)
     and ``received <= recv_limit`` (our grant); ``consumed`` counts what the application
-    acknowledged. ``body_len``/``body_received`` enforce §10.1.2 on the remote message.
+    acknowledged and ``window`` is what each CREDIT grants beyond it.
+    ``body_len``/``body_received`` enforce §10.1.2 on the remote message.
     """
 
     __slots__ = (
         "body_len",
         "body_received",
         "consumed",
+        "credit_at",
         "end_emitted",
         "incremental",
         "local",
@@ -164,6 +166,7 @@ class Stream:
         "seq",
         "stream_id",
         "urgency",
+        "window",
     )
 
     def __init__(
@@ -176,6 +179,7 @@ class Stream:
         seq: int,
         send_limit: int,
         recv_limit: int,
+        window: int | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.local_initiated = local_initiated
@@ -191,6 +195,10 @@ class Stream:
         self.recv_limit = recv_limit
         self.received = 0
         self.consumed = 0
+        # Receive window a CREDIT grants beyond consumed bytes (auto-tuned, flowtune.py) and
+        # when the last CREDIT of this stream was sent.
+        self.window = recv_limit if window is None else window
+        self.credit_at: float | None = None
         self.body_len = 0  # announced by the remote HEADERS (0: no body)
         self.body_received = 0
         self.send_body_len: int | None = None
