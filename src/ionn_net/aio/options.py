@@ -37,7 +37,10 @@ class TransportOptions:
     * ``write_high_water`` / ``write_low_water``: the transport's userspace buffer limits;
       the writer hands the transport one frame at a time while it is below high water
       (low water None: a quarter of high water).
-    * ``read_buffer_size``: the receive buffer handed to the kernel per read.
+    * ``read_buffer_size``: the largest receive buffer handed to the kernel per read; it
+      starts at 64 KiB (or this, if smaller) and doubles each time a read fills it. A
+      bulk transfer is received in large reads (1 MiB: about half the CPU per byte of
+      256 KiB reads on loopback) while idle connections stay small.
     * ``read_budget``: decoded bytes delivered to streams but not yet consumed by the
       application before reading pauses (None: the connection's largest receive
       window, ``Limits.max_connection_credit`` or the initial credit if larger).
@@ -59,7 +62,7 @@ class TransportOptions:
     hol_budget_s: float | None = 0.02
     write_high_water: int = 64 * KIB
     write_low_water: int | None = None
-    read_buffer_size: int = 256 * KIB
+    read_buffer_size: int = 1024 * KIB
     read_budget: int | None = None
     send_chunk: int | None = None
     stall_timeout_s: float | None = None
