@@ -15,7 +15,7 @@ from ionn_net.config import SETTING_DEFAULTS, Limits, Setting
 from ionn_net.proto.codecs import Codec, encode_if_smaller
 from ionn_net.proto.scheduler import Scheduler
 from ionn_net.proto.streams import HalfState, OutChunk, Stream
-from ionn_net.proto.wire import FLAG_END_STREAM, FRAME_HEADER
+from ionn_net.proto.wire import FLAG_END_STREAM, FRAME_HEADER, HEADER_SIZE
 
 __all__ = ["FrameParts", "Outbound"]
 
@@ -200,16 +200,59 @@ class Outbound:
             # a round-robin stream alone in its class has no one to rotate with. So its next
             # frames are cut without asking the scheduler (§8.2).
             while total < budget and eligible(stream):
-                head, payload = emit(stream)
-                out.append(head)
-                total += len(head)
-                if payload:
-                    out.append(payload)
-                    total += len(payload)
+                chunk = stream.outq[0]
+                if chunk.codec is Codec.RAW and chunk.offset < len(chunk.data):
+                    total += self._emit_raw_run(stream, chunk, budget - total, out)
+                else:
+                    head, payload = emit(stream)
+                    out.append(head)
+                    total += len(head)
+                    if payload:
+                        out.append(payload)
+                        total += len(payload)
                 if not stream.outq:
                     scheduler.remove(stream)
                     return total, True, stream
         return total, streamed, None
+
+    def _emit_raw_run(
+        self, stream: Stream, chunk: OutChunk, budget: int, out: list[bytes | memoryview]
+    ) -> int:
+        """Cut RAW frames from ``chunk`` (the stream's first) while budget, credit and the
+        chunk last: the frames :meth:`_emit_data` would cut one call at a time, with the
+        bookkeeping done once. Returns the bytes appended to ``out``."""
+        data = chunk.data
+        n = len(data)
+        start = off = chunk.offset
+        credit = min(stream.send_limit - stream.sent, self.send_limit - self.sent)
+        frame = self.chunk
+        align = chunk.align
+        sid = stream.stream_id
+        end_flag = FLAG_END_STREAM if chunk.end_stream else 0
+        pack = FRAME_HEADER.pack
+        append = out.append
+        taken = 0
+        while taken < budget and credit > 0 and off < n:
+            size = min(n - off, frame, credit)
+            if size < n - off and size >= align:
+                size -= size % align  # keep frames on element boundaries
+            stop = off + size
+            append(pack(0, end_flag if stop == n else 0, 0, 0, sid, size, size))
+            append(data[off:stop])
+            off = stop
+            credit -= size
+            taken += size + HEADER_SIZE
+        sent = off - start
+        chunk.offset = off
+        stream.sent += sent
+        self.sent += sent
+        stream.out_bytes -= sent
+        self.body_bytes -= sent
+        if off == n:
+            stream.outq.popleft()
+            if chunk.end_stream:
+                stream.end_emitted = True
+        return taken
 
     def _emit_data(self, stream: Stream) -> FrameParts:
         chunk = stream.outq[0]

@@ -210,8 +210,9 @@ _OPS = st.lists(
             st.just("open"),
             st.integers(0, 7),
             st.booleans(),
-            st.integers(0, 120_000),
-            st.sampled_from([None, Codec.ZSTD]),
+            st.integers(0, 30_000),
+            st.sampled_from([None, Codec.ZSTD, Codec.ZSTD_SHUFFLE4]),
+            st.sampled_from([1, 3, 4]),
         ),
         st.tuples(st.just("credit"), st.integers(0, 12), st.integers(1, 400_000)),
         st.tuples(st.just("reset"), st.integers(0, 12), st.booleans()),
@@ -224,14 +225,21 @@ _OPS = st.lists(
 def _apply(conn: Connection, op: tuple[object, ...], sids: list[int]) -> None:
     kind = op[0]
     if kind == "open" and conn.available_streams:
-        _, urgency, incremental, size, codec = op
-        assert isinstance(size, int) and isinstance(urgency, int)
+        _, urgency, incremental, quarter, codec, width = op
+        assert isinstance(quarter, int) and isinstance(urgency, int)
+        size = 4 * quarter  # shuffled bodies hold whole 4-byte elements
         sid = conn.open_stream(
             {"m": "x", "body_len": size}, urgency=urgency, incremental=bool(incremental)
         )
         if size:
             body = bytes(i % 7 for i in range(size))
-            conn.send_data(sid, body, end_stream=True, codec=codec)  # type: ignore[arg-type]
+            conn.send_data(
+                sid,
+                body,
+                end_stream=True,
+                codec=codec,  # type: ignore[arg-type]
+                element_width=width,  # type: ignore[arg-type]
+            )
         sids.append(sid)
     elif kind == "credit" and sids:
         _, index, extra = op
