@@ -1,10 +1,13 @@
 """Transport benchmark of ionn_net.aio against baselines measured in the same run.
 
-Two parts, one invocation (``python bench/transport.py [--quick]``):
+Three parts, one invocation (``python bench/transport.py [--quick]``; one part with
+``--only bulk|longfat|hol``, ``--bulk-only`` for the first, ``--reps N`` runs per case):
 
 1. Bulk throughput over loopback: ionn_net (one stream, default and bulk-tuned Limits) versus
    a raw uvloop socket (Protocol + transport.write of 64 KiB chunks) moving the same bytes.
-2. Head-of-line blocking: p50/p99 round trip of 16 KiB queries (16 KiB answers) while a large
+2. One stream over a long fat link (200 Mbit/s, 20 ms one-way): a fixed 1 MiB receive window
+   against the auto-tuned default and a 4 MiB initial window, as a share of the link.
+3. Head-of-line blocking: p50/p99 round trip of 16 KiB queries (16 KiB answers) while a large
    upload runs, over links shaped to 200 and 20 Mbit/s, without and with 20 ms one-way delay.
    Compared: ionn_net (scheduler + small buffers), ionn_net paced (rate given, and estimated),
    naive FIFO framing on one connection, the upload on a second TCP connection, and grpcio
@@ -66,6 +69,8 @@ def _limits(profile: str) -> Any:
         return Limits(max_chunk=64 * 1024)
     if profile == "wide":  # stream credit above the bandwidth-delay product of 200 Mbit/s x 40 ms
         return Limits(initial_stream_credit=4 << 20, initial_connection_credit=32 << 20)
+    if profile == "fixed":  # no receive-window auto-tuning: the window stays at 1 MiB
+        return Limits(max_stream_credit=1 << 20)
     return Limits()
 
 
@@ -762,6 +767,46 @@ def bench_link(link: Link, ns: Any, quick: bool) -> dict[str, dict[str, Any]]:
     return rows
 
 
+LONGFAT_CASES = (
+    ("fixed", "ionn_net, 1 MiB stream window, no auto-tuning"),
+    ("default", "ionn_net, default Limits (auto-tuned)"),
+    ("wide", "ionn_net, initial 4 MiB stream window"),
+)
+
+
+def bench_longfat(quick: bool, backend: str | None, reps: int | None) -> None:
+    """One stream over a long fat link: does the receive window keep the link full?
+
+    200 Mbit/s with 20 ms one-way delay (tbf + delay line in network namespaces, as root;
+    else the userspace proxy): the bandwidth-delay product is about 1 MB, so a fixed
+    1 MiB window (CREDIT every half window) cannot fill the link, while auto-tuning grows
+    it. Rates are goodput of one 256 MiB-bounded message against the probed link goodput.
+    """
+    from ionn_net.netem.select import choose_backend
+
+    choice = choose_backend(None if backend is None else backend)
+    kind = "userspace-proxy" if choice.kind == "userspace-proxy" else "netns"
+    reps = reps or (1 if quick else 2)
+    print(f"== one stream over a long fat link: {choice.message()}")
+    with shaped_link(200e6, 20.0, kind) as (link, ns):
+        measured, rtt_ms = probe(link, ns)
+        total = min(256 << 20, int(measured / 8 * (4.0 if quick else 8.0)))
+        expected_s = total * 8 / measured
+        print(
+            f"-- {link.name} [{link.backend}]: probed {measured / 1e6:.1f} Mbit/s goodput, "
+            f"idle RTT {rtt_ms:.1f} ms; {total / 2**20:.0f} MiB per run, best of {reps}"
+        )
+        best = {profile: 0.0 for profile, _ in LONGFAT_CASES}
+        for _ in range(reps):
+            for profile, _ in LONGFAT_CASES:
+                params = {"test": "bulk", "bytes": total, "profile": profile}
+                result = run_pair(link, "ionn", params, 6 * expected_s + 60)
+                best[profile] = max(best[profile], result["rate"])
+    for profile, label in LONGFAT_CASES:
+        rate = best[profile] * 8
+        print(f"  {label:46s} {rate / 1e6:7.1f} Mbit/s  {rate / measured:6.1%} of the link")
+
+
 def _verdicts(name: str, rows: dict[str, dict[str, Any]], slack_ms: float) -> list[str]:
     """The issue's targets, for each ionn_net variant that ran."""
     grpc = rows.get(HOL_CASES[-1][1])
@@ -805,7 +850,7 @@ def bench_hol(quick: bool, backend: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short run (smaller uploads)")
-    parser.add_argument("--only", choices=("bulk", "hol"), default=None)
+    parser.add_argument("--only", choices=("bulk", "hol", "longfat"), default=None)
     parser.add_argument(
         "--bulk-only", action="store_true", help="only the loopback bulk part (= --only bulk)"
     )
@@ -838,6 +883,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.only = "bulk"
     if args.only in (None, "bulk"):
         bench_bulk(args.quick, args.reps)
+    if args.only in (None, "longfat"):
+        bench_longfat(args.quick, args.backend, args.reps)
     if args.only in (None, "hol"):
         bench_hol(args.quick, args.backend)
 
