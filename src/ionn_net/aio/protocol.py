@@ -113,9 +113,6 @@ class IonnProtocol(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self._meter = LinkRateMeter(window_s=5.0, min_span_s=0.05)
         self._lowat_sampled = -1e18
-        #: Highest id of a stream we opened whose HEADERS has been written (or that was
-        #: reset before it was: the peer never sees it).
-        self.headers_sent_own = 0
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -195,6 +192,12 @@ class IonnProtocol(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ writer
 
     @property
+    def headers_sent_own(self) -> int:
+        """Highest id of a stream we opened whose HEADERS has been written, or that was reset
+        before it was (the peer never sees it). The writer writes all it takes from the core."""
+        return int(self.core.opened_streams_sent)
+
+    @property
     def outbound_bytes(self) -> int:
         """Bytes queued for the peer: in the core plus in the transport's buffer."""
         queued = int(self.core.outbound_buffered_bytes)
@@ -241,7 +244,6 @@ class IonnProtocol(asyncio.BufferedProtocol):
                 transport.writelines(parts)
             written += size
         if written:
-            self.headers_sent_own = core.opened_streams_sent
             self.bytes_written += written
             now = self.loop.time()
             if not self._write_paused:
