@@ -63,7 +63,7 @@ class DataReceived:
     """Decoded body bytes of ``stream_id``.
 
     One DATA frame, or a run of consecutive RAW DATA frames of the stream that arrived in
-    one ``receive_data`` input (joined: fewer, larger events for a bulk body).
+    one ``receive_data`` input, joined up to 64 KiB (fewer events for a bulk body).
     ``wire_length`` is what counted against flow control (the sum over the run): hand it
     to ``Connection.acknowledge_received_data`` once the data is consumed (§7).
     """

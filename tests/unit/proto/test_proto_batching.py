@@ -78,6 +78,16 @@ def test_a_run_ends_at_another_stream_a_codec_or_after_end_stream() -> None:
     ]
 
 
+def test_a_run_stops_before_its_payload_passes_64_kib() -> None:
+    server = server_after_handshake()
+    _open(server, 1)
+    parts = [bytes([i]) * 30000 for i in range(5)]
+    events = server.receive_data(b"".join(data(1, p) for p in parts), 0.0)
+    sizes = [len(e.data) for e in events if isinstance(e, DataReceived)]
+    assert sizes == [60000, 60000, 30000]
+    assert b"".join(e.data for e in events if isinstance(e, DataReceived)) == b"".join(parts)
+
+
 def test_frames_split_across_inputs_are_delivered_byte_exact() -> None:
     server = server_after_handshake()
     _open(server, 1, body_len=10 * 4096)

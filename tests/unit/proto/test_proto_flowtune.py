@@ -97,8 +97,9 @@ def _drain(
     conn: Connection, sid: int, nbytes: int, start: float, step: float
 ) -> list[tuple[int, int]]:
     """Receive ``nbytes`` on ``sid`` in reads of up to 256 KiB, as fast as credit allows;
-    the application consumes each read ``step`` seconds after the previous one. Returns
-    (stream CREDIT limit, bytes consumed when it was sent) for every stream CREDIT."""
+    the application consumes each read (its events) ``step`` seconds after the previous
+    one. Returns (stream CREDIT limit, bytes consumed when it was sent) for every stream
+    CREDIT."""
     credits: list[tuple[int, int]] = []
     now = start
     received = 0
@@ -108,9 +109,9 @@ def _drain(
         assert size > 0, "the sender would be blocked: no CREDIT was sent"
         events = conn.receive_data(_frames(sid, size), now)
         received += size
+        now += step
         for ev in events:
             assert isinstance(ev, DataReceived)
-            now += step
             conn.acknowledge_received_data(sid, ev.wire_length, now=now)
         for frame in parse(conn.data_to_send()):
             if isinstance(frame, CreditFrame) and frame.stream_id == sid:
