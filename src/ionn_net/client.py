@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ionn_net.aio import AioConnection, ConnectionClosedError, StreamResetError, connect
-from ionn_net.config import Limits
+from ionn_net.config import Limits, Setting
 from ionn_net.errors import ConfigError, IonnError, OffloadError, PlannerError, TensorError
 from ionn_net.messages import (
     CONTROL_URGENCY,
@@ -68,6 +68,8 @@ logger = logging.getLogger("ionn_net.client")
 
 #: Server time assumed for a layer the server must never run (refused or local-only).
 _NEVER_MS = 1e9
+#: Largest blob message: bigger blobs go up in pieces at increasing offsets (§10.5).
+_BLOB_PIECE = 64 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -443,12 +445,12 @@ class OffloadClient:
     async def _run_session(self) -> None:
         delay = self.config.backoff_initial_s
         while not self._closing:
+            progress = (self.stats["sent_bytes"], self._done_parts)
             try:
                 if self._conn is None or self._conn.closed:
                     self._connected.clear()
                     await self._connect_once()
                     self.stats["reconnects"] += 1
-                delay = self.config.backoff_initial_s
                 await self._upload_all()
                 await self._conn_closed()
             except asyncio.CancelledError:
@@ -457,7 +459,11 @@ class OffloadClient:
                 if not self.config.reconnect:
                     logger.warning("edge session ended: %s", exc)
                     return
-                logger.info("edge session interrupted (%s); retrying in %.1f s", exc, delay)
+                logger.info("edge session interrupted (%s)", exc)
+            if (self.stats["sent_bytes"], self._done_parts) != progress:
+                # The attempt made progress: retry soon. One that failed without any
+                # (e.g. a limit it keeps hitting) backs off up to backoff_max_s.
+                delay = self.config.backoff_initial_s
             self._active = (
                 _Active(self._local_plan(), frozenset()) if self._conn_down() else (self._active)
             )
@@ -519,42 +525,58 @@ class OffloadClient:
                 self._emit_progress()
 
     async def _upload_layer(self, conn: AioConnection, name: str) -> None:
+        """Send one layer's blob from the server's offset, in messages of at most
+        ``_BLOB_PIECE`` bytes (and the peer's MAX_MESSAGE_SIZE): VGG16's first dense
+        layer alone is 411 MB, above the 256 MiB default (protocol.md §10.5.1)."""
         digest, size = self.layer_blob[name]
         if digest is None or digest in self._held_blobs:
             return
         blob = memoryview(self.blobs[digest])
         offset = int(self._partial.get(digest, 0))
-        codec = Codec.ZSTD_SHUFFLE4 if self._compress() else None
+        piece = min(_BLOB_PIECE, conn.core.peer_settings[Setting.MAX_MESSAGE_SIZE])
         while True:
-            head = {
-                "m": "blob",
-                "model": self.model_digest,
-                "sha256": digest,
-                "size": size,
-                "offset": offset,
-                "body_len": size - offset,
-            }
+            n = min(piece, size - offset)
             started = time.monotonic()
-            reply, _ = await self._request_with_body(
-                conn,
-                head,
-                blob[offset:],
-                urgency=UPLOAD_URGENCY,
-                incremental=True,
-                codec=codec,
-                element_width=4,
+            reply = await self._send_blob_piece(
+                conn, digest, size, offset, blob[offset : offset + n]
             )
             if reply.get("m") == "error" and reply.get("code") == "offset_conflict":
                 offset = int(reply.get("offset", 0))  # the server's offset is authoritative
                 continue
             if reply.get("m") == "error":
                 raise RemoteError(str(reply.get("code")), str(reply.get("message")), reply)
-            break
-        self._measure_bandwidth(size - offset, time.monotonic() - started)
-        self.stats["sent_bytes"] += size - offset
-        self.uploaded.add(digest)
+            self._measure_bandwidth(n, time.monotonic() - started)
+            self.stats["sent_bytes"] += n
+            self.uploaded.add(digest)
+            offset += n
+            self._partial[digest] = offset
+            if reply.get("complete") or offset >= size:
+                break
+            self._emit_progress()
         self._held_blobs.add(digest)
         self._emit_progress()
+
+    async def _send_blob_piece(
+        self, conn: AioConnection, digest: str, size: int, offset: int, body: memoryview
+    ) -> Mapping[str, Any]:
+        head = {
+            "m": "blob",
+            "model": self.model_digest,
+            "sha256": digest,
+            "size": size,
+            "offset": offset,
+            "body_len": len(body),
+        }
+        reply, _ = await self._request_with_body(
+            conn,
+            head,
+            body,
+            urgency=UPLOAD_URGENCY,
+            incremental=True,
+            codec=Codec.ZSTD_SHUFFLE4 if self._compress() else None,
+            element_width=4,
+        )
+        return reply
 
     def _compress(self) -> bool:
         return self.link.bandwidth * 8 / 1e6 < self.config.compress_below_mbit
@@ -638,12 +660,12 @@ class OffloadClient:
 
     def _emit_progress(self, *, done: bool = False) -> None:
         total = sum(self.layer_blob[n][1] for p in getattr(self, "_partitions", []) for n in p)
-        sent = sum(
-            self.layer_blob[n][1]
-            for p in getattr(self, "_partitions", [])
-            for n in p
-            if self.layer_blob[n][0] in self._held_blobs
-        )
+        sent = 0
+        for p in getattr(self, "_partitions", []):
+            for n in p:
+                digest, size = self.layer_blob[n]
+                held = digest in self._held_blobs
+                sent += size if held else int(getattr(self, "_partial", {}).get(digest, 0))
         progress = UploadProgress(
             sent_bytes=sent,
             total_bytes=total,

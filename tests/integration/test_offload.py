@@ -155,3 +155,35 @@ async def test_a_running_query_joins_a_plan_that_becomes_active(
     assert result.offloaded and not result.fallback
     ran = [n for s in result.segments for n in s.layers]
     assert set(ran) >= set(client.graph.order)  # every layer ran somewhere
+
+
+async def test_blobs_above_the_peers_message_size_go_up_in_pieces(
+    cost_model: Any, tmp_path: Path
+) -> None:
+    """VGG16's first dense layer (411 MB) is above the default MAX_MESSAGE_SIZE (256 MiB):
+    the client sends such blobs in pieces at increasing offsets (protocol.md §10.5).
+    Scaled down: a server accepting 1 MiB messages, a model with a 4 MiB dense layer."""
+    import keras
+
+    from ionn_net.config import Limits
+    from ionn_net.server import ServerConfig
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((1024,))
+    hidden = keras.layers.Dense(1024, activation="relu")(inp)
+    model = keras.Model(inp, keras.layers.Dense(10)(hidden))
+    x = np.random.default_rng(0).standard_normal((1, 1024)).astype(np.float32)
+    want = model(x, training=False).numpy()
+    config = ClientConfig(slowdown=50.0, profile_cache=str(tmp_path / "p"))
+    server_config = ServerConfig(limits=Limits(max_message_size=1 << 20))
+    async with (
+        EdgeServer(store=tmp_path / "store", cost_model=cost_model, config=server_config) as srv,
+        OffloadClient("127.0.0.1", srv.port, model, config=config) as client,
+    ):
+        big = max(client.blobs, key=lambda d: len(client.blobs[d]))
+        assert len(client.blobs[big]) > 4 * (1 << 20)
+        await client.wait_uploaded(timeout=120)
+        result = await client.infer_detailed(x)
+        assert big in client.uploaded and srv.store.has(big)
+        assert client.stats["reconnects"] == 0
+    np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
