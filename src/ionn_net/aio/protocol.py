@@ -13,7 +13,9 @@ Owns one connection's socket-level behaviour and nothing about streams:
   (``frames_to_send()``) only while the transport is below its high-water mark, and hands
   each batch over with one ``writelines``: vectored and copy-free on uvloop; asyncio's
   transports of Python 3.11 join the buffers and write once. (The flow-control bugs of
-  cpython #103462 and #127655 were in the ``sendmsg`` writelines added in 3.12.) Together
+  cpython #103462 and #127655 were in the ``sendmsg`` writelines added in 3.12.) Over TLS
+  the batch is joined first: SSL transports make a record of every buffer they are
+  given, and a 16-byte frame header would become a record of its own. Together
   with ``TCP_NOTSENT_LOWAT`` and small transport buffers this bounds the bytes that a newly
   queued urgent frame can wait behind (protocol-lessons.md, head-of-line section).
 * **Read backpressure**: ``pause_reading()`` while the application holds more than the read
@@ -113,12 +115,14 @@ class IonnProtocol(asyncio.BufferedProtocol):
         self._flush_scheduled = False
         self._meter = LinkRateMeter(window_s=5.0, min_span_s=0.05)
         self._lowat_sampled = -1e18
+        self._vectored = True  # writelines of frame batches (not over TLS, see flush)
 
     # ------------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio.Transport: cast, do not check.
         self.transport = cast(asyncio.Transport, transport)
+        self._vectored = transport.get_extra_info("ssl_object") is None
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.socket = cast(SocketLike, sock)
@@ -192,6 +196,11 @@ class IonnProtocol(asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ writer
 
     @property
+    def writes_vectored(self) -> bool:
+        """Frame batches go to ``transport.writelines`` as is (False over TLS: joined)."""
+        return self._vectored
+
+    @property
     def headers_sent_own(self) -> int:
         """Highest id of a stream we opened whose HEADERS has been written, or that was reset
         before it was (the peer never sees it). The writer writes all it takes from the core."""
@@ -240,8 +249,10 @@ class IonnProtocol(asyncio.BufferedProtocol):
                 break
             if len(parts) == 1:
                 transport.write(parts[0])
-            else:
+            elif self._vectored:
                 transport.writelines(parts)
+            else:
+                transport.write(b"".join(parts))  # TLS: one record per buffer otherwise
             written += size
         if written:
             self.bytes_written += written

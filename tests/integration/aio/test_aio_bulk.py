@@ -30,6 +30,7 @@ async def test_a_bulk_body_arrives_byte_exact_in_large_chunks() -> None:
 
     body = os.urandom(24 * MIB)
     async with serve(handler, "127.0.0.1", 0) as srv, connect("127.0.0.1", srv.port) as conn:
+        assert conn.protocol.writes_vectored  # plain TCP: batches go out as vectors
         stream = await conn.open_stream({"m": "up", "body_len": len(body)}, urgency=5)
         # Pieces of odd sizes, from a read-only buffer the writer references.
         view = memoryview(body)

@@ -58,6 +58,9 @@ async def test_request_over_tls(tmp_path: Path) -> None:
         connect("127.0.0.1", srv.port, ssl=client_ctx, server_hostname="localhost") as conn,
     ):
         assert conn.protocol.extra("ssl_object") is not None
+        # Batches are joined before TLS, or each 16-byte frame header is a record of its own.
+        assert not conn.protocol.writes_vectored
+        assert all(not c.protocol.writes_vectored for c in srv.connections)
         assert (await conn.request({"m": "echo"}, body))[1] == body
         assert conn.protocol.applied.nodelay  # options reach the TCP socket below TLS
 
