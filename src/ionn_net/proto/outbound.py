@@ -2,11 +2,12 @@
 
 This module owns what a connection has *to send*: the control-frame FIFO and the stream
 queues (through :class:`.Scheduler`), the peer-granted send credit (connection level here,
-stream level on each :class:`.Stream`), and the emission of one frame at a time: HEADERS as
-queued, DATA cut from the queued body into frames of at most ``chunk`` bytes, within credit,
-encoded with the requested codec at emission time (falling back to RAW when compression
-does not pay, §12.4). Cutting late keeps priorities effective: nothing is committed to a
-frame before the scheduler picks it.
+stream level on each :class:`.Stream`), and the emission of frames in scheduler order:
+HEADERS as queued, DATA cut from the queued body into frames of at most ``chunk`` bytes,
+within credit, encoded with the requested codec at emission time (falling back to RAW when
+compression does not pay, §12.4). Cutting late keeps priorities effective: nothing is
+committed to a frame before the scheduler picks it. :meth:`Outbound.fill` emits a batch
+(for one vectored write) in exactly the order single frames would leave.
 """
 
 from __future__ import annotations

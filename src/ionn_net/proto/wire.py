@@ -5,7 +5,8 @@ This module owns the bytes: :func:`serialize` turns a typed frame into wire byte
 header against the receiver's :class:`~ionn_net.config.Limits` as soon as its 16 bytes are
 available, *before* any payload is buffered (§3.2), so it never holds more than one header
 plus the current frame's payload. Parsing is one ``struct.unpack_from`` per frame and one
-copy of the payload region; there is no per-byte Python work.
+copy of the payload region; there is no per-byte Python work. A connection's decoder joins
+runs of RAW DATA frames of one stream (``coalesce_data``, up to 64 KiB per item).
 
 Connection-level framing errors (sizes, codec byte, stream-0 rules) raise the typed
 :class:`~ionn_net.proto.errors.ProtocolError`. Stream-level problems of a HEADERS frame
