@@ -61,6 +61,10 @@ _LOWAT_BOUNDS = (16 * 1024, 4 * 1024 * 1024)  # adaptive TCP_NOTSENT_LOWAT range
 _LOWAT_SAMPLE_S = 0.05  # how often the delivery rate is read while sending
 _RTT_SAMPLE_S = 0.1  # how often the kernel's RTT estimate is read while receiving
 _FIRST_READ_BUFFER = 64 * 1024  # doubles, up to TransportOptions.read_buffer_size, when filled
+#: After our GOAWAY and FIN, how long we keep reading (and discarding) before closing:
+#: closing a socket with unread input makes the kernel send RST, which can destroy the
+#: GOAWAY in the peer's receive queue before it reads the reason (protocol.md §12).
+_LINGER_S = 2.0
 
 
 class ConnectionSink(Protocol):
@@ -110,6 +114,7 @@ class IonnProtocol(asyncio.BufferedProtocol):
         self._last_progress = self.loop.time()
         self._closing_reason: str | None = None
         self._lost = False
+        self._linger: asyncio.TimerHandle | None = None
         self.bytes_written = 0
         self.bytes_received = 0
         self._flush_scheduled = False
@@ -149,6 +154,8 @@ class IonnProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.bytes_received += nbytes
+        if self._linger is not None:
+            return  # closing: the core is done, input is drained and dropped
         now = self.loop.time()
         if now - self._rtt_sampled >= _RTT_SAMPLE_S:
             self._sample_rtt(now)
@@ -176,6 +183,8 @@ class IonnProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._lost = True
         self._cancel_timer()
+        if self._linger is not None:
+            self._linger.cancel()
         if self._stall_handle is not None:
             self._stall_handle.cancel()
             self._stall_handle = None
@@ -324,7 +333,23 @@ class IonnProtocol(asyncio.BufferedProtocol):
         if self.transport is None or self._lost or not self.core.closed:
             return
         if not self.core.has_data_to_send():
-            self.transport.close()  # flushes the transport's own buffer first
+            self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Half-close after the last frame (GOAWAY), then drain the peer's input until it
+        closes too or ``_LINGER_S`` passes, so that unread input does not turn our close
+        into an RST that may destroy the GOAWAY before the peer reads it."""
+        transport = self.transport
+        if transport is None or self._linger is not None:
+            return
+        if not transport.can_write_eof():  # TLS: no half-close
+            transport.close()  # flushes the transport's own buffer first
+            return
+        transport.write_eof()  # after the transport's buffered bytes
+        self._linger = self.loop.call_later(_LINGER_S, transport.close)
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
 
     # ------------------------------------------------------------------ read backpressure
 
