@@ -730,9 +730,11 @@ class OffloadClient:
                 timings.append(await self._server_segment(seg, tensors, deadline))
                 continue
             chunks = self._chunks.get(seg.layers, (seg.layers,))
+            due: float | None = None
             for i, chunk in enumerate(chunks):
                 t0 = time.perf_counter()
-                tensors.update(await self._run_local(chunk, tensors))
+                out, due = await self._run_local(chunk, tensors, due)
+                tensors.update(out)
                 timings.append(SegmentTiming("client", chunk, (time.perf_counter() - t0) * 1e3))
                 if i + 1 == len(chunks) or self._active.plan is plan:
                     continue
@@ -784,7 +786,7 @@ class OffloadClient:
             fallback = True
             if not isinstance(exc, RemoteError | TensorError):
                 self._active = _Active(self._local_plan(), frozenset())
-            out = await self._run_local(seg.layers, tensors)
+            out, _ = await self._run_local(seg.layers, tensors)
         tensors.update(out)
         return SegmentTiming("server", seg.layers, (time.perf_counter() - t0) * 1e3, fallback)
 
@@ -829,22 +831,29 @@ class OffloadClient:
         return feeds
 
     async def _run_local(
-        self, layers: Sequence[str], tensors: Mapping[TensorRef, np.ndarray]
-    ) -> dict[TensorRef, np.ndarray]:
+        self,
+        layers: Sequence[str],
+        tensors: Mapping[TensorRef, np.ndarray],
+        due: float | None = None,
+    ) -> tuple[dict[TensorRef, np.ndarray], float]:
+        """Run ``layers`` here; returns their outputs and, for an emulated slower device
+        (``slowdown`` > 1), when the device would have finished them (perf_counter)."""
         compiled = self.executor.cached(layers)
         if compiled is None:
             compiled = await asyncio.to_thread(self.executor.prepare, layers)
         feeds = {r: tensors[r] for r in compiled.inputs}
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         out: dict[TensorRef, np.ndarray] = await asyncio.to_thread(compiled, feeds)
-        if self.config.slowdown > 1:
-            # The emulated device runs at its own, steady speed: the segment lasts what the
-            # (slowed) profile says, measured at start on this machine. Stretching the
-            # measured time instead would multiply every hiccup of this shared host by
-            # the slowdown factor.
-            target = sum(self.client_ms[n] for n in layers) / 1000.0
-            await asyncio.sleep(max(0.0, target - (time.perf_counter() - t0)))
-        return out
+        if self.config.slowdown <= 1:
+            return out, time.perf_counter()
+        # The emulated device runs at its own, steady speed: the layers last what the
+        # (slowed) profile says. ``due`` carries the device's clock from the previous
+        # chunk of the same segment, so a host hiccup in one chunk is absorbed by the
+        # slack of the others, as it would be in one call; stretching measured times
+        # instead would multiply every hiccup of this shared host by the factor.
+        due = (started if due is None else due) + sum(self.client_ms[n] for n in layers) / 1e3
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        return out, due
 
     async def _run_remote(
         self, seg: Segment, tensors: Mapping[TensorRef, np.ndarray], deadline: float

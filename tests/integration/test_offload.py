@@ -141,9 +141,9 @@ async def test_a_running_query_joins_a_plan_that_becomes_active(
         run_local = client._run_local
         calls: list[tuple[str, ...]] = []
 
-        async def first_chunk_then_activate(layers: Any, tensors: Any) -> Any:
+        async def first_chunk_then_activate(layers: Any, tensors: Any, due: Any = None) -> Any:
             calls.append(tuple(layers))
-            out = await run_local(layers, tensors)
+            out = await run_local(layers, tensors, due)
             client._active = offloading  # as if a partition had just been loaded
             return out
 

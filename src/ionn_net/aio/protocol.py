@@ -342,10 +342,16 @@ class IonnProtocol(asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None or self._linger is not None:
             return
+        if transport.is_closing():
+            return
         if not transport.can_write_eof():  # TLS: no half-close
             transport.close()  # flushes the transport's own buffer first
             return
-        transport.write_eof()  # after the transport's buffered bytes
+        try:
+            transport.write_eof()  # after the transport's buffered bytes
+        except OSError:  # the peer is already gone (ENOTCONN): nothing to linger for
+            transport.close()
+            return
         self._linger = self.loop.call_later(_LINGER_S, transport.close)
         if self._read_paused:
             self._read_paused = False
