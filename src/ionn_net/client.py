@@ -55,6 +55,7 @@ from ionn_net.planner.midquery import (
     SegmentCoster,
     choose_continuation,
     chunk_segment,
+    split_at,
 )
 from ionn_net.planner.profiles import ClientProfile, ProfileCache
 from ionn_net.planner.upload import get_planner
@@ -261,7 +262,12 @@ class OffloadClient:
         else:
             self.client_ms = self._profile(whole)
         self._coster = SegmentCoster(self.graph, self.client_ms, {}, self.link)
-        self._cuts = frozenset(self.graph.cut_points())
+        # The chunk grid of the whole model: client segments are cut on it, so that the
+        # plans activated during the upload reuse the chunks compiled here at start.
+        grid = chunk_segment(
+            self.graph, self.graph.order, self.client_ms, cut_points=self.graph.cut_points()
+        )
+        self._grid_ends = frozenset(chunk[-1] for chunk in grid)
         self._chunks: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
         self._active = _Active(self._local_plan(), frozenset())
         if self.planner_name != "local" and self.config.upload:
@@ -269,16 +275,15 @@ class OffloadClient:
 
     def _compile_client_side(self, plan: ExecutionPlan, *, chunked: bool) -> None:
         """Compile the client segments of ``plan`` (worker thread). While layers are
-        still to come, long segments are compiled as chunks, so that a running query
-        can change course between them (planner.midquery)."""
+        still to come, segments are compiled as chunks of the model's chunk grid, so that
+        a running query can change course between them (planner.midquery) and a new
+        plan mostly reuses chunks compiled for earlier ones."""
         for seg in plan.segments:
             if seg.location != "client":
                 continue
             chunks: tuple[tuple[str, ...], ...] = (seg.layers,)
             if chunked:
-                chunks = chunk_segment(
-                    self.graph, seg.layers, self.client_ms, cut_points=self._cuts
-                )
+                chunks = split_at(seg.layers, self._grid_ends)
                 self._chunks[seg.layers] = chunks
             for chunk in chunks:
                 self.executor.prepare(chunk)

@@ -10,6 +10,8 @@ the gain. This module owns the part that can be done for free:
 * :func:`chunk_segment` splits a long client segment into a few chunks (compiled ahead,
   when the plan is activated), cut where a single tensor is live when possible, so
   that the query reaches a decision point every ``1/max_chunks`` of its local time;
+  :func:`split_at` cuts any segment on the chunk grid of the whole model, so that the
+  segments of successive plans share their compiled chunks;
 * :func:`choose_continuation` decides at such a point whether to leave the current
   course for the plan that became active meanwhile: it may join that plan at any of
   its segments whose inputs the client already holds, recomputing the layers that
@@ -33,7 +35,7 @@ from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.planner.execution import ExecutionPlan, Segment
 from ionn_net.planner.link import Link
 
-__all__ = ["Continuation", "SegmentCoster", "choose_continuation", "chunk_segment"]
+__all__ = ["Continuation", "SegmentCoster", "choose_continuation", "chunk_segment", "split_at"]
 
 
 def chunk_segment(
@@ -86,6 +88,22 @@ def chunk_segment(
         cuts.append(nearest)
     bounds = [0, *(c + 1 for c in cuts), len(names)]
     return tuple(names[a:b] for a, b in itertools.pairwise(bounds) if b > a)
+
+
+def split_at(layers: Sequence[str], ends: Collection[str]) -> tuple[tuple[str, ...], ...]:
+    """``layers`` cut after every layer in ``ends``: with ``ends`` the chunk ends of the
+    whole model (:func:`chunk_segment` over every layer, once), the chunks of any segment
+    are the model's own chunks except at its two ends, so a plan activated during the
+    upload finds most of its client slices compiled already."""
+    chunks: list[tuple[str, ...]] = []
+    start = 0
+    for i, name in enumerate(layers):
+        if name in ends and i + 1 < len(layers):
+            chunks.append(tuple(layers[start : i + 1]))
+            start = i + 1
+    if start < len(layers):
+        chunks.append(tuple(layers[start:]))
+    return tuple(chunks)
 
 
 @dataclass(frozen=True, slots=True)

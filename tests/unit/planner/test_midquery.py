@@ -12,7 +12,12 @@ from ionn_net.errors import PlannerError
 from ionn_net.model.graph import TensorRef
 from ionn_net.planner.execution import ExecutionPlan, Segment, plan_execution
 from ionn_net.planner.link import Link
-from ionn_net.planner.midquery import SegmentCoster, choose_continuation, chunk_segment
+from ionn_net.planner.midquery import (
+    SegmentCoster,
+    choose_continuation,
+    chunk_segment,
+    split_at,
+)
 
 LINK = Link.from_mbit(80.0, 1.0)
 
@@ -47,6 +52,22 @@ def test_cuts_prefer_single_tensor_cut_points_nearby() -> None:
     )
     assert sum(chunks, ()) == layers
     assert chunks[0] == ("a",)
+
+
+def test_segments_cut_on_the_model_grid_share_their_inner_chunks() -> None:
+    g = chain([1000] * 41)
+    ms = dict.fromkeys(g.order, 10.0)
+    grid = chunk_segment(g, g.order, ms, max_chunks=4, min_chunk_ms=20.0)
+    ends = {c[-1] for c in grid}
+    # a suffix segment, as a plan offloading a prefix has: only its first chunk is new
+    suffix = g.order[15:]
+    chunks = split_at(suffix, ends)
+    assert sum(chunks, ()) == suffix
+    assert chunks[1:] == grid[2:]
+    assert chunks[0] == g.order[15:20]  # l14..l18, up to the grid cut after l18
+    assert split_at(g.order, ends) == grid
+    assert split_at(g.order[3:7], ends) == (g.order[3:7],)  # inside one grid chunk
+    assert split_at((), ends) == ()
 
 
 def test_chunking_rejects_bad_arguments() -> None:
