@@ -28,7 +28,12 @@ async def _upload(
     return head, most
 
 
-async def test_a_fast_reader_grows_the_window_up_to_the_cap() -> None:
+async def _upload_recording_windows(
+    body: bytes, piece: int, timeout: float, *, pause_s: float = 0.0
+) -> tuple[dict[str, object], int, list[int]]:
+    """Upload ``body`` to a server whose reader records its stream window after each
+    chunk (and sleeps ``pause_s``); returns the answer, the largest send credit and the
+    windows seen."""
     limits = Limits(initial_stream_credit=INITIAL, max_stream_credit=CAP)
     windows: list[int] = []
 
@@ -38,11 +43,18 @@ async def test_a_fast_reader_grows_the_window_up_to_the_cap() -> None:
             total += len(chunk)
             for conn in srv.connections:
                 windows.append(conn.core.receive_windows(stream.id)[0])
+            if pause_s:
+                await asyncio.sleep(pause_s)
         await stream.respond({"m": "ok", "n": total})
 
-    body = os.urandom(24 * 1024 * KIB)
     async with serve(handler, "127.0.0.1", 0, limits=limits) as srv:
-        head, most_credit = await asyncio.wait_for(_upload(srv.port, body, 256 * KIB, Limits()), 60)
+        head, most = await asyncio.wait_for(_upload(srv.port, body, piece, Limits()), timeout)
+    return head, most, windows
+
+
+async def test_a_fast_reader_grows_the_window_up_to_the_cap() -> None:
+    body = os.urandom(24 * 1024 * KIB)
+    head, most_credit, windows = await _upload_recording_windows(body, 256 * KIB, 60)
     assert head["n"] == len(body)
     assert windows[0] == INITIAL
     assert INITIAL < max(windows) <= CAP  # grew, and never past the cap
@@ -51,21 +63,9 @@ async def test_a_fast_reader_grows_the_window_up_to_the_cap() -> None:
 
 
 async def test_a_slow_reader_keeps_the_initial_window() -> None:
-    limits = Limits(initial_stream_credit=INITIAL, max_stream_credit=CAP)
-    windows: list[int] = []
-
-    async def handler(stream: ServerStream) -> None:
-        total = 0
-        async for chunk in stream:
-            total += len(chunk)
-            for conn in srv.connections:
-                windows.append(conn.core.receive_windows(stream.id)[0])
-            await asyncio.sleep(0.05)  # far slower than the link: 1.3 MB/s at most
-        await stream.respond({"m": "ok", "n": total})
-
     body = os.urandom(384 * KIB)
-    async with serve(handler, "127.0.0.1", 0, limits=limits) as srv:
-        head, most_credit = await asyncio.wait_for(_upload(srv.port, body, 64 * KIB, Limits()), 30)
+    # the reader sleeps 50 ms per chunk: far slower than the link, 1.3 MB/s at most
+    head, most_credit, windows = await _upload_recording_windows(body, 64 * KIB, 30, pause_s=0.05)
     assert head["n"] == len(body)
     assert windows and set(windows) == {INITIAL}
     assert most_credit <= INITIAL
