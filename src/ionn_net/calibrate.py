@@ -103,17 +103,13 @@ def _anchor_to_whole_model(model: ServerCostModel) -> tuple[ServerCostModel, flo
     import dataclasses
 
     import keras
-    import numpy as np
 
     from ionn_net.executor import Executor, time_slice
 
     executor = Executor.from_model(keras.applications.MobileNetV2(weights=None))
     graph = executor.graph
     whole = executor.prepare(graph.order)
-    feeds = {
-        r: np.zeros((1, *graph[r.layer].output_shapes[r.index]), np.float32) for r in whole.inputs
-    }
-    measured = time_slice(whole, feeds, runs=9)
+    measured = time_slice(whole, whole.zero_feeds(), runs=9)
     predicted = sum(model.exec_profile(graph).values())
     if predicted <= 0:
         return model, 1.0

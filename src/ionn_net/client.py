@@ -262,15 +262,16 @@ class OffloadClient:
         else:
             self.client_ms = self._profile(whole)
         self._coster = SegmentCoster(self.graph, self.client_ms, {}, self.link)
-        # The chunk grid of the whole model: client segments are cut on it, so that the
-        # plans activated during the upload reuse the chunks compiled here at start.
-        grid = chunk_segment(
-            self.graph, self.graph.order, self.client_ms, cut_points=self.graph.cut_points()
-        )
-        self._grid_ends = frozenset(chunk[-1] for chunk in grid)
         self._chunks: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
+        self._grid_ends: frozenset[str] = frozenset()
         self._active = _Active(self._local_plan(), frozenset())
         if self.planner_name != "local" and self.config.upload:
+            # The chunk grid of the whole model: client segments are cut on it, so that
+            # the plans activated during the upload reuse the chunks compiled here.
+            grid = chunk_segment(
+                self.graph, self.graph.order, self.client_ms, cut_points=self.graph.cut_points()
+            )
+            self._grid_ends = frozenset(chunk[-1] for chunk in grid)
             self._compile_client_side(self._active.plan, chunked=True)
 
     def _compile_client_side(self, plan: ExecutionPlan, *, chunked: bool) -> None:
@@ -302,11 +303,7 @@ class OffloadClient:
             profile = ClientProfile(model_digest=self.model_digest, device_id=device, layer_ms=ms)
             if cache:
                 cache.store(profile)
-        feeds = {
-            r: np.zeros((1, *self.graph[r.layer].output_shapes[r.index]), np.float32)
-            for r in whole.inputs
-        }
-        now_ms = time_slice(whole, feeds, runs=5)
+        now_ms = time_slice(whole, whole.zero_feeds(), runs=5)
         scale = now_ms / max(profile.total_ms, 1e-6)
         return {n: v * scale * self.config.slowdown for n, v in profile.layer_ms.items()}
 
@@ -743,9 +740,9 @@ class OffloadClient:
                 timings.append(SegmentTiming("client", chunk, (time.perf_counter() - t0) * 1e3))
                 if i + 1 == len(chunks) or self._active.plan is plan:
                     continue
-                rest = (Segment("client", sum(chunks[i + 1 :], ())), *segments[index:])
-                join = self._join(rest, tensors)
                 plan = self._active.plan  # considered once, whatever the answer
+                rest = (Segment("client", sum(chunks[i + 1 :], ())), *segments[index:])
+                join = self._join(plan, rest, tensors)
                 if join is not None:
                     segments, index, replans = join.plan.segments, join.index, replans + 1
                     break
@@ -760,14 +757,17 @@ class OffloadClient:
         )
 
     def _join(
-        self, rest: Sequence[Segment], tensors: Mapping[TensorRef, np.ndarray]
+        self,
+        newer: ExecutionPlan,
+        rest: Sequence[Segment],
+        tensors: Mapping[TensorRef, np.ndarray],
     ) -> Continuation | None:
-        """Where to join the active plan from here, if that beats finishing ``rest``
+        """Where to join ``newer`` from here, if that beats finishing ``rest``
         (the current course): only at segments whose slices are compiled on both sides
         and whose inputs this query holds (planner.midquery)."""
         coster = self._coster.priced(self.client_ms, self._server_times(), self.link)
         remaining = {n for s in rest for n in s.layers}
-        return choose_continuation(coster, rest, self._active.plan, tensors.keys(), remaining)
+        return choose_continuation(coster, rest, newer, tensors.keys(), remaining)
 
     async def _server_segment(
         self, seg: Segment, tensors: dict[TensorRef, np.ndarray], deadline: float

@@ -113,6 +113,15 @@ class CompiledSlice:
         feeds = self.validate(tensors)
         return dict(zip(self.outputs, self._run(feeds), strict=True))
 
+    def zero_feeds(self) -> dict[TensorRef, np.ndarray]:
+        """Zero inputs of the right shapes and dtypes at batch 1 (for timing)."""
+        return {
+            r: np.zeros((1, *shape), dtype)
+            for r, shape, dtype in zip(
+                self.inputs, self.input_shapes, self.input_dtypes, strict=True
+            )
+        }
+
     def validate(self, tensors: Mapping[TensorRef, np.ndarray]) -> tuple[np.ndarray, ...]:
         """The input arrays in :attr:`inputs` order, or :class:`ExecutorError` naming the
         tensor, what was expected and what arrived."""
