@@ -60,6 +60,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -86,6 +87,7 @@ class Measured:
     compile_ms_per_layer: float
     weight_ratio: float
     note: str
+    piece_call_ms: float
 
 
 # -- measurement (TensorFlow) ------------------------------------------------------------
@@ -104,6 +106,37 @@ def _weight_ratio(model: object) -> float:
             raw += len(chunk)
             wire += min(len(chunk), len(encode(chunk, Codec.ZSTD_SHUFFLE4)))
     return raw / wire if wire else 1.0
+
+
+def _piece_call_ms(executor: Any, pieces: int = 16, rounds: int = 15) -> float:
+    """What one more piece costs a query on the server (§10.6 chains): the whole model
+    as one slice against the same layers as a chain of ``pieces`` contiguous pieces,
+    interleaved calls, medians; the difference per extra piece."""
+    import numpy as np
+
+    graph = executor.graph
+    n = len(graph)
+    batch_of = {name: graph.position(name) * pieces // n for name in graph.order}
+    whole = executor.prepare(graph.order)
+    chain = executor.prepare_chain(graph.pieces(graph.order, batch_of))
+    feeds = whole.zero_feeds()
+    times: dict[str, list[float]] = {"whole": [], "chain": []}
+    for _ in range(rounds):
+        for label, run in (("whole", whole), ("chain", chain)):
+            t0 = time.perf_counter()
+            run(feeds)
+            times[label].append(time.perf_counter() - t0)
+    extra = len(chain.pieces) - 1
+    delta = float(np.median(times["chain"]) - np.median(times["whole"]))
+    return max(delta, 0.0) * 1e3 / extra
+
+
+def measure_piece_call(name: str) -> float:
+    import keras
+
+    from ionn_net.executor import Executor
+
+    return _piece_call_ms(Executor.from_model(getattr(keras.applications, name)(weights=None)))
 
 
 def measure(name: str) -> Measured:
@@ -142,14 +175,20 @@ def measure(name: str) -> Measured:
     whole = Executor(graph, rebuilt).prepare(graph.order).build_seconds * 1e3
     compile_ms = max(whole - loads.slice_overhead_ms, 0.0) / max(len(rebuilt), 1)
     ratio = _weight_ratio(model)
+    piece_ms = _piece_call_ms(executor)
     note = f"measured in {time.perf_counter() - t0:.0f} s on {os.uname().nodename}"
-    return Measured(graph, server_ms, load_ms, loads.slice_overhead_ms, compile_ms, ratio, note)
+    return Measured(
+        graph, server_ms, load_ms, loads.slice_overhead_ms, compile_ms, ratio, note, piece_ms
+    )
 
 
 def load_or_measure(name: str, remeasure: bool) -> Measured:
     path = DATA / f"{name.lower()}.json"
     if path.exists() and not remeasure:
         doc = json.loads(path.read_text())
+        if "piece_call_ms" not in doc:  # measured since the server chains pieces
+            doc["piece_call_ms"] = measure_piece_call(name)
+            path.write_text(json.dumps(doc, indent=0, sort_keys=True))
         return Measured(
             graph_from_json(doc["graph"]),
             doc["server_ms"],
@@ -158,6 +197,7 @@ def load_or_measure(name: str, remeasure: bool) -> Measured:
             doc["compile_ms_per_layer"],
             doc["weight_ratio"],
             doc["note"],
+            doc["piece_call_ms"],
         )
     m = measure(name)
     DATA.mkdir(parents=True, exist_ok=True)
@@ -169,6 +209,7 @@ def load_or_measure(name: str, remeasure: bool) -> Measured:
         "compile_ms_per_layer": m.compile_ms_per_layer,
         "weight_ratio": m.weight_ratio,
         "note": m.note,
+        "piece_call_ms": m.piece_call_ms,
     }
     path.write_text(json.dumps(doc, indent=0, sort_keys=True))
     return m
@@ -263,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name}: {len(m.graph)} layers, {m.graph.total_weight_bytes / 1e6:.1f} MB, "
             f"server {sum(m.server_ms.values()):.1f} ms, rebuild {sum(m.load_ms.values()):.0f} ms, "
             f"compile {m.compile_ms_per_layer:.1f} ms/layer + {m.overhead_ms:.0f} ms/partition, "
+            f"{m.piece_call_ms:.2f} ms per chained piece, "
             f"weight zstd ratio {m.weight_ratio:.3f} "
             f"({m.note})"
         )
@@ -291,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     link=link,
                     partition_overhead_ms=m.overhead_ms,
                     compile_ms_per_layer=m.compile_ms_per_layer,
+                    piece_call_ms=m.piece_call_ms,
                     pattern=QueryPattern.back_to_back(),
                 )
                 window = m.graph.total_weight_bytes / link.bandwidth

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -69,6 +69,7 @@ __all__ = [
     "Executor",
     "LayerProfile",
     "LoadTimes",
+    "SliceChain",
     "measure_load_times",
     "measure_profile",
     "profile_layers",
@@ -125,42 +126,92 @@ class CompiledSlice:
     def validate(self, tensors: Mapping[TensorRef, np.ndarray]) -> tuple[np.ndarray, ...]:
         """The input arrays in :attr:`inputs` order, or :class:`ExecutorError` naming the
         tensor, what was expected and what arrived."""
-        feeds: list[np.ndarray] = []
-        batch: int | None = None
-        for ref, shape, dtype in zip(
-            self.inputs, self.input_shapes, self.input_dtypes, strict=True
-        ):
-            if ref not in tensors:
-                raise ExecutorError(f"input tensor {ref}: expected {dtype}{list(shape)}, missing")
-            arr = tensors[ref]
-            if not isinstance(arr, np.ndarray):
-                raise ExecutorError(
-                    f"input tensor {ref}: expected a numpy array, got {type(arr).__name__}"
-                )
-            want_batch = batch if batch is not None else "1.." + str(self.max_batch)
-            if (
-                arr.dtype != np.dtype(dtype)
-                or arr.shape[1:] != shape
-                or arr.ndim != len(shape) + 1
-                or not 1 <= arr.shape[0] <= self.max_batch
-                or (batch is not None and arr.shape[0] != batch)
-            ):
-                raise ExecutorError(
-                    f"input tensor {ref}: expected {dtype} of shape "
-                    f"[{want_batch}, {', '.join(map(str, shape))}], "
-                    f"got {arr.dtype} of shape {list(arr.shape)}"
-                )
-            batch = arr.shape[0]
-            feeds.append(arr)
-        return tuple(feeds)
+        return _validated(self, tensors)
 
     def _run(self, feeds: Sequence[Any]) -> list[np.ndarray]:
+        # np.asarray views the output buffer (read-only, no copy); .numpy() would copy
+        return [np.asarray(r) for r in self.run_raw(feeds)]
+
+    def run_raw(self, feeds: Sequence[Any]) -> list[Any]:
+        """The outputs as TensorFlow tensors, for validated ``feeds`` (arrays or tensors)."""
         try:
-            results = self._fn(*feeds)
+            return list(self._fn(*feeds))
         except (tf.errors.OpError, ValueError, TypeError) as exc:
             raise ExecutorError(f"slice of {len(self.layers)} layers failed: {exc}") from exc
-        # np.asarray views the output buffer (read-only, no copy); .numpy() would copy
-        return [np.asarray(r) for r in results]
+
+
+class _Inputs(Protocol):
+    @property
+    def inputs(self) -> tuple[TensorRef, ...]: ...
+    @property
+    def input_shapes(self) -> tuple[tuple[int, ...], ...]: ...
+    @property
+    def input_dtypes(self) -> tuple[str, ...]: ...
+    @property
+    def max_batch(self) -> int: ...
+
+
+def _validated(spec: _Inputs, tensors: Mapping[TensorRef, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """``spec``'s input arrays from ``tensors`` in order, or :class:`ExecutorError`
+    naming the tensor, what was expected and what arrived."""
+    feeds: list[np.ndarray] = []
+    batch: int | None = None
+    for ref, shape, dtype in zip(spec.inputs, spec.input_shapes, spec.input_dtypes, strict=True):
+        if ref not in tensors:
+            raise ExecutorError(f"input tensor {ref}: expected {dtype}{list(shape)}, missing")
+        arr = tensors[ref]
+        if not isinstance(arr, np.ndarray):
+            raise ExecutorError(
+                f"input tensor {ref}: expected a numpy array, got {type(arr).__name__}"
+            )
+        want_batch = batch if batch is not None else "1.." + str(spec.max_batch)
+        if (
+            arr.dtype != np.dtype(dtype)
+            or arr.shape[1:] != shape
+            or arr.ndim != len(shape) + 1
+            or not 1 <= arr.shape[0] <= spec.max_batch
+            or (batch is not None and arr.shape[0] != batch)
+        ):
+            raise ExecutorError(
+                f"input tensor {ref}: expected {dtype} of shape "
+                f"[{want_batch}, {', '.join(map(str, shape))}], "
+                f"got {arr.dtype} of shape {list(arr.shape)}"
+            )
+        batch = arr.shape[0]
+        feeds.append(arr)
+    return tuple(feeds)
+
+
+@dataclass(frozen=True)
+class SliceChain:
+    """Compiled pieces run one after another as if they were one slice for ``layers``
+    (their union): how a server runs a run set without recompiling the layers it
+    compiled for earlier partitions (:meth:`LayerGraph.pieces`, protocol.md §10.6).
+    Each call costs one slice dispatch per piece instead of one."""
+
+    layers: frozenset[str]
+    pieces: tuple[CompiledSlice, ...]
+    inputs: tuple[TensorRef, ...]
+    outputs: tuple[TensorRef, ...]
+    input_shapes: tuple[tuple[int, ...], ...]
+    input_dtypes: tuple[str, ...]
+    max_batch: int
+
+    @property
+    def build_seconds(self) -> float:
+        return sum(p.build_seconds for p in self.pieces)
+
+    def __call__(self, tensors: Mapping[TensorRef, np.ndarray]) -> dict[TensorRef, np.ndarray]:
+        """Run on ``tensors`` (the union's inputs; extra entries ignored, the rest
+        validated as :meth:`CompiledSlice.validate` does); return the union's outputs as
+        read-only arrays. Between pieces tensors stay TensorFlow tensors (no copy)."""
+        values: dict[TensorRef, Any] = dict(
+            zip(self.inputs, _validated(self, tensors), strict=True)
+        )
+        for piece in self.pieces:
+            feeds = [values[r] for r in piece.inputs]
+            values.update(zip(piece.outputs, piece.run_raw(feeds), strict=True))
+        return {r: np.asarray(values[r]) for r in self.outputs}
 
 
 class Executor:
@@ -279,6 +330,38 @@ class Executor:
             del self._building[key]
         mine.set_result(built)
         return built
+
+    def prepare_chain(self, pieces: Sequence[Iterable[str]]) -> CompiledSlice | SliceChain:
+        """Compile each piece (cached, so only pieces never seen before cost anything)
+        and chain them in the given order, which must let each piece read only
+        tensors from outside the union or from earlier pieces. One piece is returned
+        as its plain slice."""
+        keys = [self._key(p) for p in pieces]
+        if not keys:
+            raise ExecutorError("chain: expected at least one piece, got none")
+        union: frozenset[str] = frozenset().union(*keys)
+        if sum(map(len, keys)) != len(union):
+            raise ExecutorError("chain: pieces overlap")
+        seen: set[str] = set()
+        for key in keys:
+            ins, _ = self.graph.boundary(key)
+            early = sorted(r.layer for r in ins if r.layer in union and r.layer not in seen)
+            if early:
+                raise ExecutorError(f"chain: a piece reads {early[:3]} before they run")
+            seen |= key
+        slices = tuple(self.prepare(k) for k in keys)
+        if len(slices) == 1:
+            return slices[0]
+        earlier: set[TensorRef] = set()
+        given: dict[TensorRef, None] = {}
+        for piece in slices:  # what no earlier piece produces comes from the caller
+            given.update((r, None) for r in piece.inputs if r not in earlier)
+            earlier.update(piece.outputs)
+        inputs = tuple(given)
+        _, outputs = self.graph.boundary(union)
+        shapes = tuple(self.graph[r.layer].output_shapes[r.index] for r in inputs)
+        dtypes = tuple(self.graph[r.layer].output_dtype for r in inputs)
+        return SliceChain(union, slices, inputs, outputs, shapes, dtypes, self.max_batch)
 
     def cached(self, layer_set: Iterable[str]) -> CompiledSlice | None:
         """The slice for ``layer_set`` if already built, without building it."""

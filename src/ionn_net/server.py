@@ -123,6 +123,49 @@ class _Model:
         self.lock = asyncio.Lock()
         self._jit = jit
         self._executor: Any = None
+        #: which load built each layer: run sets are chained from per-load pieces
+        self.batch_of: dict[str, int] = {}
+        self.loads = 0
+        self._runners: dict[frozenset[str], Any] = {}
+        self.consolidating: set[frozenset[str]] = set()
+        self._complete = False
+
+    @property
+    def complete(self) -> bool:
+        """Every layer the client may upload is built: no more partitions will come."""
+        if not self._complete:  # once true it stays true: layers are never unloaded
+            self._complete = all(
+                n in self.ready or n in self.refused or spec.cls == "InputLayer"
+                for n, spec in self.specs.items()
+            )
+        return self._complete
+
+    def runner(self, run: Sequence[str]) -> Any:
+        """What runs ``run`` (worker thread): its whole compiled slice once built,
+        otherwise the chain of per-load pieces (§10.6), of which only pieces never
+        seen before are compiled, so a partition costs a compile of its own layers
+        and not of every layer of the run sets it extends."""
+        key = frozenset(run)
+        executor = self.executor()
+        whole = executor.cached(key)
+        if whole is not None:
+            return whole
+        chain = self._runners.get(key)
+        if chain is None:
+            chain = executor.prepare_chain(self.graph.pieces(key, self.batch_of))
+            self._runners[key] = chain
+        return chain
+
+    def consolidate(self, run: Sequence[str]) -> bool:
+        """Compile ``run`` as one slice (worker thread) so that it stops paying one
+        dispatch per piece; True if it was a chain."""
+        key = frozenset(run)
+        chain = self._runners.get(key)
+        if chain is None or len(getattr(chain, "pieces", ())) < 2:
+            return False
+        self.executor().prepare(key)
+        self._runners.pop(key, None)
+        return True
 
     def executor(self) -> Any:
         if self._executor is None:
@@ -196,6 +239,7 @@ class EdgeServer:
             "query": self._on_query,
         }
         self.stats = {"queries": 0, "errors": 0, "blobs": 0, "loads": 0}
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -220,6 +264,8 @@ class EdgeServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self._background:  # a compile in a thread cannot be interrupted: wait for it
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def __aenter__(self) -> EdgeServer:
         return await self.start()
@@ -534,8 +580,11 @@ class EdgeServer:
             prepared = []
             for run in sets:
                 if set(run) <= model.ready:
-                    await _to_thread_to_the_end(model.executor().prepare, run)
+                    await _to_thread_to_the_end(model.runner, run)
                     prepared.append(run)
+        if model.complete:
+            for run in prepared:
+                self._consolidate_later(model, run)
         self.stats["loads"] += 1
         load_ms = (time.perf_counter() - started) * 1000.0
         ready = sorted(model.ready, key=model.graph.position)
@@ -565,6 +614,8 @@ class EdgeServer:
                 weights = split_blob(spec, blob, limits)
             built[name] = build_layer(spec, shapes, weights, limits=limits)
         model.executor().add_layers(built)
+        model.batch_of.update(dict.fromkeys(built, model.loads))
+        model.loads += 1 if built else 0
         model.ready.update(built)
 
     # -- §10.7 query ---------------------------------------------------------------------
@@ -598,6 +649,8 @@ class EdgeServer:
             started = time.perf_counter()
             result = await _to_thread_to_the_end(self._run, model, run, feeds)
             server_ms = (time.perf_counter() - started) * 1000.0
+        if model.complete:
+            self._consolidate_later(model, run)
         self.stats["queries"] += 1
         descs, parts = encode_tensors({str(r): result[r] for r in outs})
         out_body = b"".join(parts)
@@ -640,8 +693,27 @@ class EdgeServer:
 
     @staticmethod
     def _run(model: _Model, run: list[str], feeds: Mapping[TensorRef, np.ndarray]) -> Any:
-        compiled = model.executor().prepare(run)  # cached after load's prepare
-        return compiled(feeds)
+        return model.runner(run)(feeds)  # compiled by load's prepare (§10.6)
+
+    def _consolidate_later(self, model: _Model, run: Sequence[str]) -> None:
+        """Once the model is complete no piece will ever be added: compile each run set
+        in use as one slice in the background (once, at most ``max_prepare_sets`` per
+        model), under the model lock so that it never races a load."""
+        key = frozenset(run)
+        if key in model.consolidating or len(model.consolidating) >= self.config.max_prepare_sets:
+            return
+        model.consolidating.add(key)
+
+        async def work() -> None:
+            async with model.lock:
+                try:
+                    await _to_thread_to_the_end(model.consolidate, run)
+                except Exception:  # the chain keeps serving; nothing is lost
+                    logger.exception("consolidating a run set of %d layers failed", len(run))
+
+        task = asyncio.get_running_loop().create_task(work())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
 
 async def _to_thread_to_the_end(func: Callable[..., Any], *args: Any) -> Any:

@@ -353,3 +353,55 @@ async def test_connections_per_address_are_capped() -> None:
         finally:
             for c in conns:
                 c.abort()
+
+
+async def test_loads_chain_pieces_and_a_complete_model_is_consolidated(server: EdgeServer) -> None:
+    """§10.6: each load compiles only its own layers (the run set of a later load reuses
+    the earlier piece); once every layer is ready the set is compiled as one slice in
+    the background; answers are the same throughout."""
+    from ionn_net.executor import CompiledSlice, SliceChain
+
+    async with connect("127.0.0.1", server.port) as conn:
+        await hello(conn)
+        tenant = Tenant(conn)
+        head, _ = await call(conn, {"m": "manifest", "model": tenant.digest}, tenant.body)
+        for sha, blob in tenant.builder.blobs.items():
+            await call(
+                conn,
+                {
+                    "m": "blob",
+                    "model": tenant.digest,
+                    "sha256": sha,
+                    "size": len(blob),
+                    "offset": 0,
+                },
+                blob,
+            )
+        names = [layer["name"] for layer in tenant.obj["layers"][1:]]
+        first, middle, last = names[:2], names[2:-1], names[-1:]
+        loads = ((first, first), (middle, first + middle), (last, names))
+        (model,) = [m for s in server._sessions.values() for m in s.models.values()]
+        executor = model.executor()
+        for i, (layers, prepare) in enumerate(loads):
+            head, _ = await call(
+                conn,
+                {"m": "load", "model": tenant.digest, "layers": layers, "prepare": [prepare]},
+            )
+            assert head["m"] == "load_ok" and head["prepared"] == [prepare], head
+            if i == 1:  # not complete yet: a chain whose first piece is the first load's
+                runner = model.runner(prepare)
+                assert isinstance(runner, SliceChain)
+                assert runner.pieces[0] is executor.cached(first)
+                assert [p.layers for p in runner.pieces] == [frozenset(first), frozenset(middle)]
+                assert executor.cached(prepare) is None
+        x = np.random.default_rng(3).standard_normal((1, 8, 8, 3)).astype(np.float32)
+        want = reference(tenant.builder, x)
+        reply = await tenant.query(x)
+        np.testing.assert_allclose(reply["values"]["predictions:0"], want, rtol=1e-4, atol=1e-6)
+        for _ in range(300):  # the background compile: bounded wait
+            if executor.cached(names) is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert isinstance(model.runner(names), CompiledSlice)
+        reply = await tenant.query(x)
+        np.testing.assert_allclose(reply["values"]["predictions:0"], want, rtol=1e-4, atol=1e-6)

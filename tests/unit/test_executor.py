@@ -15,8 +15,10 @@ from tests.helpers.keras_clone import clone_layer, clone_layers
 from ionn_net.errors import ExecutorError
 from ionn_net.executor import (
     DEFAULT_JIT,
+    CompiledSlice,
     Executor,
     LoadTimes,
+    SliceChain,
     measure_load_times,
     measure_profile,
     profile_layers,
@@ -378,3 +380,44 @@ def test_sequential_model() -> None:
     x = np.random.default_rng(1).random((1, 5)).astype("float32")
     # Dropout must be inactive: the executor runs layers in inference mode
     np.testing.assert_allclose(ex.predict(x), model.predict_on_batch(x), rtol=1e-6, atol=1e-7)
+
+
+def test_chain_of_pieces_matches_the_whole_slice_and_compiles_only_new_pieces(
+    model: keras.Model,
+) -> None:
+    server = Executor(Executor.from_model(model).graph, clone_layers(model))
+    first = server.prepare_chain([{"in", "c1", "bn", "relu"}])
+    assert isinstance(first, CompiledSlice)  # one piece is a plain slice
+    chain = server.prepare_chain(
+        [{"in", "c1", "bn", "relu"}, {"b1", "b2"}, {"add", "cat", "gap", "dense"}]
+    )
+    assert isinstance(chain, SliceChain)
+    assert chain.pieces[0] is first  # reused, not compiled again
+    assert chain.outputs == (TensorRef("dense"),)
+    x = _x()
+    np.testing.assert_allclose(
+        chain({X: x})[TensorRef("dense")], model.predict_on_batch(x), rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ExecutorError, match="pieces overlap"):
+        server.prepare_chain([{"in", "c1"}, {"c1", "bn"}])
+    with pytest.raises(ExecutorError, match="before they run"):
+        server.prepare_chain([{"bn"}, {"in", "c1"}])
+    with pytest.raises(ExecutorError, match="at least one piece"):
+        server.prepare_chain([])
+
+
+def test_chain_takes_the_model_input_once_and_validates_what_the_caller_gives(
+    model: keras.Model,
+) -> None:
+    server = Executor(Executor.from_model(model).graph, clone_layers(model))
+    # "in" feeds c1 in the first piece and nothing later; relu feeds both later pieces
+    chain = server.prepare_chain([{"in", "c1", "bn", "relu"}, {"b1", "b2"}, {"add", "cat"}])
+    assert isinstance(chain, SliceChain)
+    assert chain.inputs == (X,)
+    assert set(chain.outputs) == {TensorRef("cat")}
+    with pytest.raises(ExecutorError, match=r"input tensor in:0: expected float32"):
+        chain({X: np.zeros((1, 8, 8, 4), "float32")})
+    x = _x()
+    got = chain({X: x})[TensorRef("cat")]
+    np.testing.assert_allclose(got, _intermediates(model, ["cat"], x)["cat"], rtol=1e-5, atol=1e-6)
+    assert not got.flags.writeable

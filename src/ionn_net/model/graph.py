@@ -239,6 +239,49 @@ class LayerGraph:
         key = self._ref_key
         return tuple(sorted(ins, key=key)), tuple(sorted(outs, key=key))
 
+    def pieces(self, layers: Iterable[str], batch_of: Mapping[str, int]) -> list[frozenset[str]]:
+        """Split ``layers`` into pieces of one batch each (``batch_of[name]``, e.g. the
+        load that brought the layer), listed so that every piece reads only tensors
+        from outside ``layers`` or from earlier pieces. Runs them in this order and
+        each piece can be compiled once and reused by every later run set (the
+        server's chained slices, protocol.md §10.6; the simulator counts the same
+        pieces). A topological sort that stays in the current batch while it can and
+        otherwise moves to the smallest ready batch keeps the pieces few; ties go to
+        the earlier layer, so both peers of a computation get the same answer."""
+        inside = {n: self._index[n] for n in layers}
+        missing = [n for n in inside if n not in batch_of]
+        if missing:
+            raise GraphError(f"pieces: no batch given for layers {sorted(missing)[:5]}")
+        waiting: dict[str, int] = {}
+        users: dict[str, list[str]] = {}
+        for name in inside:
+            producers = {r.layer for r in self[name].inbound if r.layer in inside}
+            waiting[name] = len(producers)
+            for p in producers:
+                users.setdefault(p, []).append(name)
+        ready: dict[int, list[tuple[int, str]]] = {}  # batch -> heap of (position, name)
+        for name, pos in inside.items():
+            if waiting[name] == 0:
+                heapq.heappush(ready.setdefault(batch_of[name], []), (pos, name))
+        pieces: list[frozenset[str]] = []
+        current: list[str] = []
+        batch = -1
+        while any(ready.values()):
+            if not ready.get(batch):
+                batch = min(b for b, heap in ready.items() if heap)
+                if current:
+                    pieces.append(frozenset(current))
+                current = []
+            _, name = heapq.heappop(ready[batch])
+            current.append(name)
+            for user in users.get(name, ()):
+                waiting[user] -= 1
+                if waiting[user] == 0:
+                    heapq.heappush(ready.setdefault(batch_of[user], []), (inside[user], user))
+        if current:
+            pieces.append(frozenset(current))
+        return pieces
+
     def _ref_key(self, ref: TensorRef) -> tuple[int, int]:
         return (self._index[ref.layer], ref.index)
 

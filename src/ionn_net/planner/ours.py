@@ -42,8 +42,8 @@ This module owns the strategy registered as ``"ours"``. The idea, step by step:
    (:mod:`.simulate`) and the best is polished by a bounded first-improvement local
    search (split a partition at a fraction of its bytes; move a quarter of a
    partition's bytes to its neighbour; merge or swap neighbours; send everything
-   after a partition as one, since every partition makes the server's serial loader
-   compile the whole new run set; drop the last one), each move judged by
+   after a partition as one, since every partition costs the server's serial loader
+   an overhead and the compilation of its new pieces; drop the last one), each move judged by
    simulation, at most ``polish_budget`` (100) simulations. With an open-ended
    pattern the horizon is the *upload window* (the whole model's compressed link
    time; the greedy then goes on without a horizon, since the session may last) and
@@ -65,7 +65,8 @@ This module owns the strategy registered as ``"ours"``. The idea, step by step:
    every length. Everything here uses the planner's inputs only.
 7. **What the baselines ignore, and this uses.** RTT in every plan; upload sizes after
    the transport's compression; server load time, per-partition overhead and the
-   compilation of the run sets each partition triggers; link sharing (while queries
+   compilation of the new pieces of the run sets each partition triggers (the server
+   chains per-partition pieces, protocol.md §10.6); link sharing (while queries
    offload, their tensors pause the upload, so link times stretch by ``1 / (1 -
    share)``); the query pattern and its horizon; layers already on the server are
    free; fine execution cuts; and an adaptive execution policy (a running query
@@ -266,7 +267,7 @@ class _Greedy:
         load = np.concatenate(([0.0], np.cumsum(self.ctx.load_s)))
         compile_s = self.ctx.compile_ms_per_layer / 1000.0
         loading = (load[1:, None] - load[None, :-1]) + self.ctx.overhead_s
-        loading = loading + compile_s * (len(cur.server_layers) + b_idx - a_idx + 1)
+        loading = loading + compile_s * (b_idx - a_idx + 1)  # the server compiles new pieces only
         tau = np.maximum(link[1:, None] - link[None, :-1], loading)
         score = np.where(good, marginal / np.maximum(tau, 1e-9), -np.inf).ravel()
         big = np.where(good, marginal, -np.inf).ravel()

@@ -161,10 +161,17 @@ class _Uploader:
         self.planned_with = 0  # index into self.changes already planned for
         self.replans = 0
         self.abandoned = 0
-        #: number of layers the server compiles once ``usable`` layers are ready
-        self.run_set_size: Callable[[frozenset[str], Link], int] | None = None
+        #: the server segments of the best plan once ``usable`` layers are ready
+        self.run_sets: Callable[[frozenset[str], Link], tuple[frozenset[str], ...]] | None = None
         self.usable: list[frozenset[str]] = [ctx.held]
         self.n_usable = 0
+        #: the partition that brought each layer (0: held before): the server's pieces
+        self.batch_of: dict[str, int] = dict.fromkeys(ctx.held, 0)
+        self.compiled: set[frozenset[str]] = set()
+        #: when the server has compiled every segment in use as one slice (§10.6)
+        self.consolidated_at = math.inf
+        self.needed = frozenset(n.name for n in ctx.graph if n.cls != "InputLayer")
+        self.piece_memo: dict[frozenset[tuple[str, int]], tuple[frozenset[str], ...]] = {}
 
     def link_at(self, t: float) -> tuple[int, Link]:
         idx, link = 0, self.ctx.link
@@ -223,12 +230,21 @@ class _Uploader:
         part = self.current
         g = self.ctx.graph
         layer_load = sum(float(self.ctx.load_s[g.position(n)]) for n in part)
-        run_set = 0
-        if self.run_set_size is not None and self.ctx.compile_ms_per_layer > 0:
-            run_set = self.run_set_size(self.usable[-1] | part, self.link_at(self.now)[1])
-        load = self.ctx.partition_load_s(layer_load, run_set)
+        self.batch_of.update(dict.fromkeys(part, len(self.records)))
+        usable = self.usable[-1] | part
+        fresh: list[frozenset[str]] = []
+        segments: tuple[frozenset[str], ...] = ()
+        if self.run_sets is not None and self.ctx.compile_ms_per_layer > 0:
+            segments = self.run_sets(usable, self.link_at(self.now)[1])
+            for seg in segments:
+                fresh.extend(p for p in self.pieces(seg) if p not in self.compiled)
+            self.compiled.update(fresh)
+        load = self.ctx.partition_load_s(layer_load, sum(map(len, fresh)))
         ready = max(self.now, self.loader_free) + load
         self.loader_free = ready
+        if self.needed <= usable:  # complete: each segment becomes one slice, in turn
+            whole = sum(len(s) for s in segments if len(self.pieces(s)) > 1)
+            self.consolidated_at = ready + self.ctx.compile_ms_per_layer / 1000.0 * whole
         rec = self.records[-1]
         self.records[-1] = PartitionRecord(
             rec.index, part, rec.wire_bytes, rec.sent_s, self.now, ready
@@ -236,6 +252,16 @@ class _Uploader:
         self.sent_layers |= part
         self.usable.append(self.usable[-1] | part)
         self.current = None
+
+    def pieces(self, layers: frozenset[str]) -> tuple[frozenset[str], ...]:
+        """:meth:`LayerGraph.pieces` of usable ``layers`` (memoised: a pure function of
+        the layers and the partitions they came in)."""
+        key = frozenset((n, self.batch_of[n]) for n in layers)
+        found = self.piece_memo.get(key)
+        if found is None:
+            found = tuple(self.ctx.graph.pieces(layers, self.batch_of))
+            self.piece_memo[key] = found
+        return found
 
     def advance(self, t: float) -> None:
         """Move the upload forward to time ``t``."""
@@ -272,15 +298,19 @@ class _Uploader:
         twin.records = list(self.records)
         twin.sent_layers = set(self.sent_layers)
         twin.usable = list(self.usable)
+        twin.batch_of = dict(self.batch_of)
+        twin.compiled = set(self.compiled)
         twin.replanner = None
         return twin
 
     def finished_by(self, t: float) -> bool:
-        """True when nothing is left to send and every partition is usable at ``t``."""
+        """True when nothing is left to send, every partition is usable at ``t`` and
+        the server has compiled its chained segments as one slice (if it ever will)."""
         self.advance(t)
         if self.queue or self.current is not None:
             return False
-        return not self.records or self.records[-1].ready_s <= t
+        usable = not self.records or self.records[-1].ready_s <= t
+        return usable and (math.isinf(self.consolidated_at) or self.consolidated_at <= t)
 
     def usable_count(self, t: float) -> int:
         """Partitions usable at time ``t``."""
@@ -322,8 +352,9 @@ class SimMemo:
         self.ctx = ctx
         self.policy = policy
         self.plans: dict[tuple[frozenset[str], _LinkKey, int], ExecutionPlan] = {}
-        self.run_sets: dict[tuple[frozenset[str], _LinkKey], int] = {}
+        self.run_sets: dict[tuple[frozenset[str], _LinkKey], tuple[frozenset[str], ...]] = {}
         self.seg_costs: dict[tuple[tuple[str, ...], object], tuple[float, float, float]] = {}
+        self.pieces: dict[frozenset[tuple[str, int]], tuple[frozenset[str], ...]] = {}
 
     def check(self, ctx: PlanningContext, policy: ExecutionPolicy) -> None:
         mine, theirs = self.ctx.times, ctx.times
@@ -336,7 +367,7 @@ class SimMemo:
             raise PlannerError("simulation memo: made for another planning context")
         if policy != self.policy or ctx.objective != self.ctx.objective:
             raise PlannerError(f"simulation memo: made for {self.policy!r}, got {policy!r}")
-        for table in (self.plans, self.run_sets, self.seg_costs):
+        for table in (self.plans, self.run_sets, self.seg_costs, self.pieces):
             if len(table) > _MEMO_LIMIT:
                 table.clear()
 
@@ -357,12 +388,14 @@ class _Runner:
         self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
         self.plans = memo.plans
         self.run_sets = memo.run_sets
-        up.run_set_size = self.run_set_size
+        up.run_sets = self.run_sets_for
+        up.piece_memo = memo.pieces
         self.seg_costs = memo.seg_costs
+        self.piece_counts: dict[frozenset[str], int] = {}
 
-    def run_set_size(self, usable: frozenset[str], link: Link) -> int:
-        """Server layers of the best plan with ``usable`` layers: what the server
-        compiles when a partition lands."""
+    def run_sets_for(self, usable: frozenset[str], link: Link) -> tuple[frozenset[str], ...]:
+        """Server segments of the best plan with ``usable`` layers: what the server
+        prepares when a partition lands."""
         key = (usable, _link_key(link))
         if key in self.run_sets:
             return self.run_sets[key]
@@ -373,8 +406,22 @@ class _Runner:
             objective=self.policy.objective,
             power=self.ctx.power,
         )
-        self.run_sets[key] = len(plan.server_layers)
+        self.run_sets[key] = tuple(
+            frozenset(seg.layers) for seg in plan.segments if seg.location == "server"
+        )
         return self.run_sets[key]
+
+    def _piece_overhead_s(self, seg: Segment, t: float) -> float:
+        """Dispatch of the extra pieces of a chained segment, until consolidated. Its
+        layers are all usable, so their partitions (and the pieces) are final."""
+        if self.ctx.piece_call_ms <= 0 or t >= self.up.consolidated_at:
+            return 0.0
+        layers = frozenset(seg.layers)
+        n = self.piece_counts.get(layers)
+        if n is None:
+            n = len(self.up.pieces(layers))
+            self.piece_counts[layers] = n
+        return (n - 1) * self.ctx.piece_call_ms / 1000.0
 
     def plan(self, k: int, link_idx: int, link: Link, start: int = 0) -> ExecutionPlan:
         del link_idx  # the link itself is part of the key
@@ -406,6 +453,7 @@ class _Runner:
     def _run_server(self, seg: Segment, t: float, acc: _Acc) -> float:
         link = self.up.link_at(t)[1]
         up_b, srv, down_b = self._server_cost(seg, link)
+        srv += self._piece_overhead_s(seg, t)
         up_s = up_b / link.bandwidth
         self.up.advance(t)
         self.up.add_busy(t, t + up_s)
@@ -420,10 +468,19 @@ class _Runner:
         return t + down_s
 
     def _run_client(
-        self, seg: Segment, t: float, pos: int, *, k: int, link_idx: int, acc: _Acc
+        self,
+        seg: Segment,
+        t: float,
+        pos: int,
+        *,
+        k: int,
+        link_idx: int,
+        acc: _Acc,
+        declined: int = -1,
     ) -> tuple[float, int, tuple[int, int, Link] | None]:
         """Run a client segment; with an adaptive policy stop at the first layer
-        boundary (a unit start) after new layers became usable or the link changed,
+        boundary (a unit start) after new layers became usable (other than a set whose
+        switch the query declined, ``declined``) or the link changed,
         returning the new (usable count, link index, link)."""
         client_s = self.ctx.times.client_s
         n = len(seg.layers)
@@ -449,7 +506,7 @@ class _Runner:
             if t >= event and p > 0 and planner.unit_start[planner.unit_of[p]] == p:
                 k_now = self.up.usable_count(t)
                 idx_now, link_now = self.up.link_at(t)
-                if k_now != k or idx_now != link_idx:
+                if (k_now not in (k, declined)) or idx_now != link_idx:
                     return t, p, (k_now, idx_now, link_now)
             dt = float(durations[i])
             t += dt
@@ -462,6 +519,7 @@ class _Runner:
         link_idx, link = self.up.link_at(start)
         segments = list(self.plan(k, link_idx, link).segments)
         t, pos, si = start, 0, 0
+        declined = -1  # usable count whose switch this query declined
         while si < len(segments):
             seg = segments[si]
             si += 1
@@ -469,11 +527,22 @@ class _Runner:
                 t = self._run_server(seg, t, acc)
                 pos += len(seg.layers)
                 continue
-            t, pos, changed = self._run_client(seg, t, pos, k=k, link_idx=link_idx, acc=acc)
-            if changed is not None:
+            t, pos, changed = self._run_client(
+                seg, t, pos, k=k, link_idx=link_idx, acc=acc, declined=declined
+            )
+            if changed is None:
+                continue
+            rest = self.plan(k, link_idx, link, pos)
+            fresh = self.plan(*changed, pos)
+            if changed[1] != link_idx or (
+                fresh.predicted_s <= self.policy.switch_margin * rest.predicted_s
+            ):
                 k, link_idx, link = changed
-                segments, si = list(self.plan(k, link_idx, link, pos).segments), 0
+                rest = fresh
                 acc.replans += 1
+            else:  # not worth it: keep to the course until more layers land
+                declined = changed[0]
+            segments, si = list(rest.segments), 0
         return t
 
 

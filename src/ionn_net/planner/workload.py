@@ -83,14 +83,22 @@ class ExecutionPolicy:
 
     ``method`` is the execution-planning method; with ``adaptive`` the client re-plans
     the rest of a running query at each layer boundary it reaches on its own side
-    when layers became usable on the server since the query's plan was made.
+    when layers became usable on the server since the query's plan was made, and
+    takes the new plan only if it is predicted at most ``switch_margin`` times the
+    rest of the current one (the client's own rule, :func:`.midquery.choose_continuation`:
+    a switch pauses the upload, so a marginal gain is not worth it).
     """
 
     method: str = "fine"
     adaptive: bool = False
     objective: str = "latency"
+    switch_margin: float = 0.9
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.switch_margin, int | float) and 0 < self.switch_margin <= 1):
+            raise PlannerError(
+                f"switch_margin: expected 0 < margin <= 1, got {self.switch_margin!r}"
+            )
         if self.method not in METHODS:
             raise PlannerError(f"policy method: expected one of {METHODS}, got {self.method!r}")
         if self.objective not in OBJECTIVES:
@@ -163,10 +171,14 @@ class PlanningContext:
     client or in an earlier visit) and are never uploaded again.
 
     Loading a partition costs its layers' ``load_ms``, plus ``partition_overhead_ms``,
-    plus ``compile_ms_per_layer`` for every layer of the run sets the server compiles
-    for it: the server parts of the best plan once the partition is usable (the
-    client asks the server to prepare them, protocol.md §10.6). Leave it 0 when
-    ``load_ms`` already includes each layer's share of compilation.
+    plus ``compile_ms_per_layer`` for every layer the server compiles for it: the
+    server segments of the best plan once the partition is usable (the client asks
+    the server to prepare them, protocol.md §10.6), of which the server compiles only
+    the pieces it has not compiled before (each piece holds the layers of one
+    partition, :meth:`LayerGraph.pieces`). Leave it 0 when ``load_ms`` already
+    includes each layer's share of compilation. A server segment made of several
+    pieces costs ``piece_call_ms`` per extra piece on every query until the upload is
+    complete and the server has compiled the segment as one slice.
     """
 
     graph: LayerGraph
@@ -177,6 +189,7 @@ class PlanningContext:
     held: frozenset[str] = frozenset()
     partition_overhead_ms: float = 0.0
     compile_ms_per_layer: float = 0.0
+    piece_call_ms: float = 0.0
     pattern: QueryPattern = field(default_factory=QueryPattern)
     objective: str = "latency"
     power: PowerModel = field(default_factory=PowerModel)
@@ -191,7 +204,7 @@ class PlanningContext:
             raise PlannerError(f"link: expected a Link, got {type(self.link).__name__}")
         if self.objective not in OBJECTIVES:
             raise PlannerError(f"objective: expected one of {OBJECTIVES}, got {self.objective!r}")
-        for name in ("partition_overhead_ms", "compile_ms_per_layer"):
+        for name in ("partition_overhead_ms", "compile_ms_per_layer", "piece_call_ms"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
                 raise PlannerError(f"{name}: expected a finite ms >= 0, got {v!r}")

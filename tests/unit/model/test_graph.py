@@ -110,3 +110,38 @@ def test_tensor_ref_parse_and_str_round_trip() -> None:
     assert str(TensorRef("x", 1)) == "x:1"
     with pytest.raises(GraphError):
         TensorRef.parse("a:b")
+
+
+def _runs_in_order(g: LayerGraph, layers: set[str], pieces: list[frozenset[str]]) -> bool:
+    done: set[str] = set()
+    for piece in pieces:
+        ins, _ = g.boundary(piece)
+        if any(r.layer in layers and r.layer not in done for r in ins):
+            return False
+        done |= piece
+    return True
+
+
+def test_pieces_of_a_chain_follow_the_batches() -> None:
+    g = chain(6)
+    batch = {"l0": 0, "l1": 0, "l2": 1, "l3": 1, "l4": 0, "l5": 2}
+    pieces = g.pieces(["l1", "l2", "l3", "l4", "l5"], batch)
+    # a chain cannot reorder: l4 (batch 0) after l3 is a piece of its own
+    assert pieces == [{"l1"}, {"l2", "l3"}, {"l4"}, {"l5"}]
+    assert g.pieces([], batch) == []
+
+
+def test_pieces_stay_in_one_batch_across_parallel_branches() -> None:
+    g = inception()
+    # branch b (b1, b2) came in a later load than everything else: a plain
+    # topological walk would switch batches 4 times (stem a b1 b2 c ...), this one twice
+    batch = dict.fromkeys(g.order, 0) | {"b1": 1, "b2": 1}
+    layers = {"stem", "a", "b1", "b2", "c", "concat", "head"}
+    pieces = g.pieces(layers, batch)
+    assert pieces == [{"stem", "a", "c"}, {"b1", "b2"}, {"concat", "head"}]
+    assert _runs_in_order(g, layers, pieces)
+
+
+def test_pieces_need_a_batch_for_every_layer() -> None:
+    with pytest.raises(GraphError, match="no batch given for layers"):
+        chain(3).pieces(["l0", "l1"], {"l0": 0})

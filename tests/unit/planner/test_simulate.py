@@ -82,14 +82,36 @@ def test_loader_is_serial_and_partition_overhead_counts() -> None:
     assert p1.ready_s == pytest.approx(6.0 + 2.0)
 
 
-def test_loading_compiles_the_run_sets_of_the_new_best_plan() -> None:
+def test_loading_compiles_only_the_new_pieces_of_the_new_best_plan() -> None:
     c = ctx(QueryPattern.back_to_back(count=1), compile_ms_per_layer=100.0)
     res = simulate(c, plan_of(c, [A, B]))
     p0, p1 = res.partitions
-    # after A the server runs {A} (1 layer compiled), after B it runs {A, B} (2 layers)
+    # after A the server runs {A} (1 layer compiled); after B it runs {A, B} as the
+    # chain {A} -> {B}, and {A} is compiled already: 1 more layer, not 2 (§10.6)
     assert p0.ready_s == pytest.approx(1.0 + 0.5 + 0.1)
-    assert p1.ready_s == pytest.approx(6.0 + 0.0 + 0.2)
+    assert p1.ready_s == pytest.approx(6.0 + 0.0 + 0.1)
     assert c.partition_load_s(0.5, 3) == pytest.approx(0.8)
+
+
+def test_chained_segments_pay_per_piece_until_consolidated() -> None:
+    # A then B: {A, B} runs as 2 pieces from B's ready time until the server has
+    # compiled it as one slice (2 layers x 1 s later)
+    c = ctx(
+        QueryPattern.back_to_back(count=60),
+        compile_ms_per_layer=1000.0,
+        piece_call_ms=20.0,
+        link=Link(bandwidth=1000.0, rtt_s=0.05, half_duplex=False),
+    )
+    res = simulate(c, plan_of(c, [A, B]))
+    whole_at = res.partitions[1].ready_s + 2.0
+    both = [q for q in res.queries if q.server_layers == A | B]
+    before = [q.latency_s for q in both if q.started_s < whole_at - 1e-9]
+    after = [q.latency_s for q in both if q.started_s >= whole_at]
+    assert before and after
+    assert min(before) == pytest.approx(max(after) + 0.020)
+    plain = simulate(c.with_(piece_call_ms=0.0), plan_of(c, [A, B]))
+    first_both = next(q for q in plain.queries if q.server_layers == A | B)
+    assert first_both.latency_s == pytest.approx(max(after))
 
 
 def test_adaptive_policy_uses_layers_that_land_mid_query() -> None:
@@ -108,6 +130,28 @@ def test_adaptive_policy_uses_layers_that_land_mid_query() -> None:
     assert adaptive.queries[0].latency_s == pytest.approx(1.5 + 0.26)
     assert adaptive.queries[0].server_layers == B
     assert adaptive.queries[0].replans == 1
+
+
+def test_a_mid_query_switch_must_beat_the_margin() -> None:
+    # as above: at 1.5 s the rest costs 1.5 s locally or 0.26 s offloaded (ratio 0.17)
+    g = chain([25, 25, 25], weights=[5000, 1000])
+    c = PlanningContext(
+        graph=g,
+        client_ms=CLIENT,
+        server_ms=SERVER,
+        link=Link(bandwidth=1000.0, rtt_s=0.05),
+        pattern=QueryPattern.back_to_back(count=1),
+    )
+
+    def run(margin: float) -> tuple[float, int]:
+        policy = ExecutionPolicy("fine", adaptive=True, switch_margin=margin)
+        q = simulate(c, build_plan(c, "test", [B], policy)).queries[0]
+        return q.latency_s, q.replans
+
+    assert run(0.1) == (pytest.approx(3.0), 0)  # declined: stays local to the end
+    assert run(0.2) == (pytest.approx(1.76), 1)
+    with pytest.raises(PlannerError, match="switch_margin"):
+        ExecutionPolicy(switch_margin=0.0)
 
 
 def test_a_query_that_replans_mid_segment_still_pauses_the_upload() -> None:
