@@ -2,7 +2,8 @@
 
 Models: MobileNetV2, ResNet50, InceptionV3, VGG16 (Keras, ``weights=None``), converted
 with ``graph_from_keras``. Measured once on this machine and cached under
-``bench/data/planner/<model>.json`` (``--remeasure`` to redo):
+``bench/data/planner/<model>.json`` (``--remeasure`` to redo; ``--data DIR`` reads another
+set, e.g. ``bench/data/planner-loaded``, below):
 
 * server per-layer ms: ``profile_layers`` (compiled slices, 5 runs) on this CPU, used
   directly as the server profile (the fitted ``ServerCostModel`` is only evaluated: its
@@ -11,9 +12,11 @@ with ``graph_from_keras``. Measured once on this machine and cached under
   (instantiate from the safe spec, build, set weights; shared in proportion to the
   per-class medians of ``measure_load_times`` minus manifest validation, which the
   server does once per session); per partition the preparation
-  of an identity slice (fixed cost) plus compilation of the run sets the client asks
-  the server to prepare (the server parts of the new best plan, as ``client.py``
-  does), at the per-layer rate of compiling the whole model as one slice;
+  of an identity slice (fixed cost) plus compilation of the pieces of the run sets the
+  client asks the server to prepare (the server segments of the new best plan, as
+  ``client.py`` does) that the server has not compiled before (protocol.md §10.6), at the
+  per-layer rate of compiling the whole model as one slice; per query, the dispatch of
+  each extra piece of a chained run set until the complete model is consolidated;
 * weight compression ratio: zstd level 1 with 4-byte shuffle over 1 MiB frames
   (protocol.md §12) of the model's random-init weights.
 
@@ -41,11 +44,16 @@ adaptive), which isolates the upload order. Last, the time ``ours`` took to plan
 the graph and the link it is given) and refuses plans its own simulation predicts to
 be worse than IONN's or EMDL's there; the query pattern it is told is still open-ended.
 
-The cached measurements were taken on the shared 2-vCPU machine while other jobs ran
-(load average ~6), so absolute times are inflated and noisy; every strategy is
-simulated on the same cached numbers, so the ratios compare like with like.
+Two measured sets are kept. ``bench/data/planner`` (default) was measured on a quiet
+machine (nothing else running): the server alone. ``bench/data/planner-loaded`` was
+measured while other jobs shared the 2 vCPUs (load ~4-6): execution, load and compile
+times 2-9x longer, which is what the server sees in ``ionn-bench``, where client and
+server share the machine (there a 45-layer ResNet50 partition took 3.1 s to load, the
+loaded set's rate). Every strategy is simulated on the same numbers, so within one set
+the ratios compare like with like; across sets they differ, and both are reported.
 
-Usage: ``python bench/planner_sim.py [--models ...] [--gap 100 10] [--remeasure]``.
+Usage: ``python bench/planner_sim.py [--models ...] [--gap 100 10] [--remeasure]
+[--data DIR]``.
 """
 
 from __future__ import annotations
@@ -182,8 +190,8 @@ def measure(name: str) -> Measured:
     )
 
 
-def load_or_measure(name: str, remeasure: bool) -> Measured:
-    path = DATA / f"{name.lower()}.json"
+def load_or_measure(name: str, remeasure: bool, data: Path = DATA) -> Measured:
+    path = data / f"{name.lower()}.json"
     if path.exists() and not remeasure:
         doc = json.loads(path.read_text())
         if "piece_call_ms" not in doc:  # measured since the server chains pieces
@@ -200,7 +208,7 @@ def load_or_measure(name: str, remeasure: bool) -> Measured:
             doc["piece_call_ms"],
         )
     m = measure(name)
-    DATA.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True)
     doc = {
         "graph": graph_to_json(m.graph),
         "server_ms": m.server_ms,
@@ -296,9 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--gap", nargs="+", type=float, default=[100.0, 10.0])
     ap.add_argument("--remeasure", action="store_true")
+    ap.add_argument("--data", type=Path, default=DATA, help="directory of measured models")
     args = ap.parse_args(argv)
 
-    measured = {name: load_or_measure(name, args.remeasure) for name in args.models}
+    measured = {name: load_or_measure(name, args.remeasure, args.data) for name in args.models}
     for name, m in measured.items():
         print(
             f"{name}: {len(m.graph)} layers, {m.graph.total_weight_bytes / 1e6:.1f} MB, "

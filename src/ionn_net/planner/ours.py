@@ -70,7 +70,8 @@ This module owns the strategy registered as ``"ours"``. The idea, step by step:
    offload, their tensors pause the upload, so link times stretch by ``1 / (1 -
    share)``); the query pattern and its horizon; layers already on the server are
    free; fine execution cuts; and an adaptive execution policy (a running query
-   re-plans at each of its layer boundaries when new layers became usable).
+   re-plans at each of its layer boundaries when new layers became usable, and switches
+   when predicted 10% faster, as the client does).
 8. **Online re-planning.** :meth:`OursPlanner.replan` runs all of this again from the
    layers already sent with a re-measured link, shortening the horizon by the elapsed
    time.

@@ -1,0 +1,506 @@
+"""The processes of ``bench/transport.py``: servers and clients of every transport compared.
+
+Run by the orchestrator as ``python bench/transport_peers.py --role server|client --kind K``
+(in a network namespace or on loopback); a server prints ``PORT <n>`` and serves until its
+stdin closes, a client prints one JSON line of results. Kinds: ``raw`` (uvloop socket, bulk
+only), ``ionn`` (ionn_net, optionally paced), ``fifo`` (naive framing on one connection),
+``second`` (the upload on a second connection), ``grpc`` (grpcio aio).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+QUERY_BYTES = 16 * 1024
+CHUNK = 64 * 1024
+BLOCK = 4 * 1024 * 1024
+FIFO_HEADER = 5  # u8 kind + u32 length
+K_UPLOAD, K_UPLOAD_END, K_QUERY, K_REPLY, K_DONE = 1, 2, 3, 4, 5
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100.0 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _block() -> memoryview:
+    return memoryview(random.Random(7).randbytes(BLOCK))
+
+
+def _pieces(total: int, size: int) -> list[int]:
+    full, rest = divmod(total, size)
+    return [size] * full + ([rest] if rest else [])
+
+
+def _limits(profile: str) -> Any:
+    """Limits of both ionn_net endpoints for a named profile."""
+    from ionn_net.config import Limits
+
+    if profile == "frames64":  # frames as large as the default MAX_FRAME_SIZE allows
+        return Limits(max_chunk=64 * 1024)
+    if profile == "wide":  # stream credit above the bandwidth-delay product of 200 Mbit/s x 40 ms
+        return Limits(initial_stream_credit=4 << 20, initial_connection_credit=32 << 20)
+    if profile == "fixed":  # no receive-window auto-tuning: the window stays at 1 MiB
+        return Limits(max_stream_credit=1 << 20)
+    return Limits()
+
+
+def _ionn_options(params: dict[str, Any]) -> Any:
+    from ionn_net.aio import PacingConfig, TransportOptions
+
+    extra = dict(params.get("transport", {}))
+    pacing = params.get("pacing")
+    if pacing is not None:
+        gain = {"gain": float(params["pacing_gain"])} if "pacing_gain" in params else {}
+        rate = None if pacing == "auto" else float(pacing)
+        extra["pacing"] = PacingConfig(rate_bps=rate, **gain)
+    return TransportOptions(**extra)
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class _RawSink(asyncio.BufferedProtocol):
+    """Counts bytes; after ``expected`` bytes (first 8 bytes announce it) answers one byte."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray(1 << 20)
+        self.view = memoryview(self.buf)
+        self.total = 0
+        self.expected = -1
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.expected < 0 and self.total == 0 and nbytes >= 8:
+            self.expected = int.from_bytes(self.buf[:8], "big")
+        self.total += nbytes
+        if self.total == self.expected + 8 and self.transport is not None:
+            self.transport.write(b"!")
+            self.total, self.expected = 0, -1
+
+
+async def _serve_raw(host: str, port: int) -> asyncio.AbstractServer:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(_RawSink, host, port)
+
+
+async def _fifo_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    received = 0
+    reply = bytes(QUERY_BYTES)
+    try:
+        while True:
+            head = await reader.readexactly(FIFO_HEADER)
+            kind, length = head[0], int.from_bytes(head[1:], "big")
+            if length:
+                await reader.readexactly(length)
+            if kind == K_UPLOAD:
+                received += length
+            elif kind == K_UPLOAD_END:
+                writer.write(bytes([K_DONE]) + (8).to_bytes(4, "big") + received.to_bytes(8, "big"))
+                received = 0
+            elif kind == K_QUERY:
+                writer.write(bytes([K_REPLY]) + QUERY_BYTES.to_bytes(4, "big") + reply)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+
+async def _serve_fifo(host: str, port: int) -> asyncio.AbstractServer:
+    return await asyncio.start_server(_fifo_session, host, port)
+
+
+async def _serve_grpc(host: str, port: int) -> tuple[Any, int]:
+    import grpc
+
+    reply = bytes(QUERY_BYTES)
+
+    async def upload(requests: AsyncIterator[bytes], context: Any) -> bytes:
+        total = 0
+        async for chunk in requests:
+            total += len(chunk)
+        return total.to_bytes(8, "big")
+
+    async def query(request: bytes, context: Any) -> bytes:
+        return reply
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Bench",
+        {
+            "Upload": grpc.stream_unary_rpc_method_handler(upload),
+            "Query": grpc.unary_unary_rpc_method_handler(query),
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, bound
+
+
+async def _ionn_handler(stream: Any) -> None:
+    head = stream.head
+    total = 0
+    async for chunk in stream:
+        total += len(chunk)
+    if head.get("m") == "query":
+        await stream.respond({"m": "result", "body_len": QUERY_BYTES}, bytes(QUERY_BYTES))
+    else:
+        await stream.respond({"m": "upload_ok", "received": total})
+
+
+async def _server_main(kind: str, host: str, port: int, profile: str) -> None:
+    """Serve until stdin closes; print the bound port first."""
+    closer: Callable[[], Awaitable[None]]
+    if kind == "raw":
+        server = await _serve_raw(host, port)
+        bound = server.sockets[0].getsockname()[1]
+        closer = server.wait_closed
+    elif kind in ("fifo", "second"):
+        server = await _serve_fifo(host, port)
+        bound = server.sockets[0].getsockname()[1]
+        closer = server.wait_closed
+    elif kind == "grpc":
+        gserver, bound = await _serve_grpc(host, port)
+
+        async def closer() -> None:
+            await gserver.stop(0.5)
+    else:
+        from ionn_net.aio import serve
+
+        iserver = await serve(_ionn_handler, host, port, limits=_limits(profile))
+        bound = iserver.port
+
+        async def closer() -> None:
+            iserver.close()
+            await iserver.wait_closed()
+
+    print(f"PORT {bound}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+    await closer()
+
+
+# --------------------------------------------------------------------------- clients
+
+
+class _RawSource(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def pause_writing(self) -> None:
+        self.can_write.clear()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _bulk_raw(host: str, port: int, total: int) -> float:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_connection(_RawSource, host, port)
+    block = _block()
+    start = time.perf_counter()
+    transport.write(total.to_bytes(8, "big"))
+    sent = 0
+    for size in _pieces(total, CHUNK):
+        offset = sent % BLOCK
+        if offset + size > BLOCK:
+            offset = 0
+        transport.write(block[offset : offset + size])
+        sent += size
+        if not proto.can_write.is_set():
+            await proto.can_write.wait()
+    await proto.done
+    elapsed = time.perf_counter() - start
+    transport.close()
+    return total / elapsed
+
+
+async def _send_body(stream: Any, total: int, block: memoryview) -> None:
+    remaining = total
+    while remaining > 0:
+        size = min(BLOCK, remaining)
+        remaining -= size
+        await stream.send_data(block[:size], end_stream=remaining == 0)
+
+
+async def _bulk_ionn(host: str, port: int, total: int, profile: str) -> float:
+    from ionn_net.aio import connect
+
+    block = _block()
+    async with connect(host, port, limits=_limits(profile)) as conn:
+        start = time.perf_counter()
+        stream = await conn.open_stream({"m": "upload", "body_len": total}, urgency=5)
+        await _send_body(stream, total, block)
+        head = await stream.receive_head()
+        elapsed = time.perf_counter() - start
+        if head.get("received") != total:
+            raise RuntimeError(f"server received {head.get('received')} of {total} bytes")
+    return total / elapsed
+
+
+class _Client(Protocol):
+    async def query(self, payload: bytes) -> None: ...
+
+    async def upload(self, total: int) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class _FifoConn:
+    """Naive framing over asyncio streams: every write goes to one FIFO byte stream."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        # Query answers and the upload's completion come back on one byte stream.
+        self.replies: dict[int, asyncio.Queue[int]] = {
+            K_REPLY: asyncio.Queue(),
+            K_DONE: asyncio.Queue(),
+        }
+        self.task = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(cls, host: str, port: int) -> _FifoConn:
+        reader, writer = await asyncio.open_connection(host, port)
+        return cls(reader, writer)
+
+    async def _read(self) -> None:
+        while True:
+            head = await self.reader.readexactly(FIFO_HEADER)
+            await self.reader.readexactly(int.from_bytes(head[1:], "big"))
+            self.replies[head[0]].put_nowait(head[0])
+
+    async def query(self, payload: bytes) -> None:
+        self.writer.write(bytes([K_QUERY]) + len(payload).to_bytes(4, "big") + payload)
+        await self.replies[K_REPLY].get()
+
+    async def upload(self, total: int) -> None:
+        block = _block()
+        sent = 0
+        for size in _pieces(total, CHUNK):
+            offset = sent % BLOCK if sent % BLOCK + size <= BLOCK else 0
+            self.writer.write(bytes([K_UPLOAD]) + size.to_bytes(4, "big"))
+            self.writer.write(block[offset : offset + size])
+            sent += size
+            await self.writer.drain()
+        self.writer.write(bytes([K_UPLOAD_END]) + bytes(4))
+        await self.replies[K_DONE].get()
+
+    async def close(self) -> None:
+        self.task.cancel()
+        self.writer.close()
+
+
+class _FifoClient:
+    def __init__(self, queries: _FifoConn, uploads: _FifoConn) -> None:
+        self.queries, self.uploads = queries, uploads
+
+    async def query(self, payload: bytes) -> None:
+        await self.queries.query(payload)
+
+    async def upload(self, total: int) -> None:
+        await self.uploads.upload(total)
+
+    async def close(self) -> None:
+        await self.queries.close()
+        if self.uploads is not self.queries:
+            await self.uploads.close()
+
+
+class _GrpcClient:
+    def __init__(self, host: str, port: int) -> None:
+        import grpc
+
+        self.channel = grpc.aio.insecure_channel(f"{host}:{port}")
+        self._query = self.channel.unary_unary("/bench.Bench/Query")
+        self._upload = self.channel.stream_unary("/bench.Bench/Upload")
+
+    async def query(self, payload: bytes) -> None:
+        reply = await self._query(payload)
+        if len(reply) != QUERY_BYTES:
+            raise RuntimeError("grpc: short reply")
+
+    async def upload(self, total: int) -> None:
+        block = _block()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            sent = 0
+            for size in _pieces(total, CHUNK):
+                offset = sent % BLOCK if sent % BLOCK + size <= BLOCK else 0
+                sent += size
+                yield bytes(block[offset : offset + size])
+
+        reply = await self._upload(chunks())
+        if int.from_bytes(reply, "big") != total:
+            raise RuntimeError("grpc: upload size mismatch")
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class _IonnClient:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def query(self, payload: bytes) -> None:
+        _, body = await self.conn.request(
+            {"m": "query", "body_len": len(payload)}, payload, urgency=1
+        )
+        if len(body) != QUERY_BYTES:
+            raise RuntimeError("ionn: short reply")
+
+    async def upload(self, total: int) -> None:
+        stream = await self.conn.open_stream(
+            {"m": "upload", "body_len": total}, urgency=5, incremental=True
+        )
+        await _send_body(stream, total, _block())
+        head = await stream.receive_head()
+        if head.get("received") != total:
+            raise RuntimeError("ionn: upload size mismatch")
+
+    async def close(self) -> None:
+        self.conn.close()
+        await self.conn.wait_closed()
+
+
+async def _open_client(kind: str, host: str, port: int, params: dict[str, Any]) -> _Client:
+    if kind == "fifo":
+        conn = await _FifoConn.open(host, port)
+        return _FifoClient(conn, conn)
+    if kind == "second":
+        return _FifoClient(await _FifoConn.open(host, port), await _FifoConn.open(host, port))
+    if kind == "grpc":
+        return _GrpcClient(host, port)
+    from ionn_net.aio import connect
+
+    conn = await connect(
+        host, port, limits=_limits(params.get("profile", "default")), options=_ionn_options(params)
+    )
+    return _IonnClient(conn)
+
+
+async def _timed_queries(
+    client: _Client,
+    payload: bytes,
+    count: int,
+    until: Callable[[], bool],
+    rng: random.Random,
+    *,
+    gap_s: float,
+) -> list[float]:
+    """Sequential queries with random gaps (mean ``gap_s``) so they sample every phase."""
+    rtts: list[float] = []
+    for _ in range(count):
+        if until():
+            break
+        start = time.perf_counter()
+        await client.query(payload)
+        rtts.append(time.perf_counter() - start)
+        pause = rng.uniform(0.0, 2 * gap_s)
+        deadline = time.perf_counter() + pause
+        while not until() and time.perf_counter() < deadline:  # stop early when done
+            await asyncio.sleep(min(0.005, pause))
+    return rtts
+
+
+async def _timed(work: Awaitable[None]) -> float:
+    start = time.perf_counter()
+    await work
+    return time.perf_counter() - start
+
+
+async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[str, Any]:
+    client = await _open_client(kind, host, port, params)
+    rng = random.Random(11)
+    payload = rng.randbytes(QUERY_BYTES)
+    try:
+        gap = params.get("gap_s", 0.005)
+        await _timed_queries(client, payload, 10, lambda: False, rng, gap_s=0.002)
+        idle = await _timed_queries(
+            client, payload, params["idle_queries"], lambda: False, rng, gap_s=0.005
+        )
+        total = params["upload_bytes"]
+        upload = asyncio.create_task(_timed(client.upload(total)))
+        deadline = time.perf_counter() + params["deadline_s"]
+        await asyncio.wait([upload], timeout=params["warmup_s"])
+
+        def stop() -> bool:
+            return upload.done() or time.perf_counter() > deadline
+
+        busy = await _timed_queries(client, payload, 100_000, stop, rng, gap_s=gap)
+        elapsed = await asyncio.wait_for(upload, max(0.1, deadline - time.perf_counter()))
+    finally:
+        await client.close()
+    return {
+        "idle_p50": _pct(idle, 50),
+        "idle_p99": _pct(idle, 99),
+        "busy_p50": _pct(busy, 50),
+        "busy_p99": _pct(busy, 99),
+        "busy_p90": _pct(busy, 90),
+        "busy_all": sorted(round(x * 1e3, 1) for x in busy),
+        "busy_n": len(busy),
+        "upload_rate": total / elapsed,
+        "upload_bytes": total,
+    }
+
+
+async def _client_main(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[str, Any]:
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    result = await _client_test(kind, host, port, params)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    result["client_user_s"] = after.ru_utime - before.ru_utime
+    result["client_sys_s"] = after.ru_stime - before.ru_stime
+    return result
+
+
+async def _client_test(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[str, Any]:
+    if params["test"] == "bulk":
+        if kind == "raw":
+            rate = await _bulk_raw(host, port, params["bytes"])
+        else:
+            rate = await _bulk_ionn(host, port, params["bytes"], params.get("profile", "default"))
+        return {"rate": rate}
+    return await _hol(kind, host, port, params)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--role", choices=("server", "client"), required=True)
+    parser.add_argument("--kind", default="ionn")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--params", default="{}")
+    args = parser.parse_args(argv)
+    from ionn_net.aio.loop import run
+
+    if args.role == "server":
+        run(_server_main(args.kind, args.host, args.port, args.profile))
+        return
+    result = run(_client_main(args.kind, args.host, args.port, json.loads(args.params)))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
