@@ -114,16 +114,19 @@ def test_chained_segments_pay_per_piece_until_consolidated() -> None:
     assert first_both.latency_s == pytest.approx(max(after))
 
 
-def test_adaptive_policy_uses_layers_that_land_mid_query() -> None:
-    # B first (1000 B weights here), ready at 1 s; the first query reaches B at 1.5 s
-    g = chain([25, 25, 25], weights=[5000, 1000])
-    c = PlanningContext(
-        graph=g,
+def landing_mid_query() -> PlanningContext:
+    """B first (1000 B weights here), ready at 1 s; the first query reaches B at 1.5 s."""
+    return PlanningContext(
+        graph=chain([25, 25, 25], weights=[5000, 1000]),
         client_ms=CLIENT,
         server_ms=SERVER,
         link=Link(bandwidth=1000.0, rtt_s=0.05),
         pattern=QueryPattern.back_to_back(count=1),
     )
+
+
+def test_adaptive_policy_uses_layers_that_land_mid_query() -> None:
+    c = landing_mid_query()
     static = simulate(c, plan_of(c, [B]))
     adaptive = simulate(c, plan_of(c, [B], adaptive=True))
     assert static.queries[0].latency_s == pytest.approx(3.0)
@@ -133,15 +136,8 @@ def test_adaptive_policy_uses_layers_that_land_mid_query() -> None:
 
 
 def test_a_mid_query_switch_must_beat_the_margin() -> None:
-    # as above: at 1.5 s the rest costs 1.5 s locally or 0.26 s offloaded (ratio 0.17)
-    g = chain([25, 25, 25], weights=[5000, 1000])
-    c = PlanningContext(
-        graph=g,
-        client_ms=CLIENT,
-        server_ms=SERVER,
-        link=Link(bandwidth=1000.0, rtt_s=0.05),
-        pattern=QueryPattern.back_to_back(count=1),
-    )
+    # at 1.5 s the rest costs 1.5 s locally or 0.26 s offloaded (ratio 0.17)
+    c = landing_mid_query()
 
     def run(margin: float) -> tuple[float, int]:
         policy = ExecutionPolicy("fine", adaptive=True, switch_margin=margin)
