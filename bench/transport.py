@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--pacing-gain",
         type=float,
         default=None,
-        help="pacing gain of the paced cases (default: PacingConfig's, 0.97 given, 0.95 estimated)",
+        help="pacing gain of the paced cases (default: PacingConfig's, 0.95)",
     )
     args = parser.parse_args(argv)
     if args.bulk_only:

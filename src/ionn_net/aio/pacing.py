@@ -44,18 +44,14 @@ class PacingConfig:
     ``rate_bps`` (bits/s) fixes the bottleneck rate; None estimates it (startup measurement,
     then steering by queueing delay). Streams whose urgency is >= ``min_urgency`` are paced
     (uploads are urgency 5, §8.1) at ``gain`` x the bottleneck rate, counting every byte the
-    connection writes. ``gain`` None (default) means 0.97 with a given rate and 0.95 with an
-    estimate, which can read a few percent high: measured with ``bench/transport.py``, 0.97
-    at a given rate kept the query p99 within 2 ms of idle at 200 and 20 Mbit/s while the
-    upload took 90-93% of the link (0.95 left it at 88% on 20 Mbit/s, BENCHMARKS.md).
-    ``burst_s`` bounds how much sending may catch up after a late wake-up (at least two
-    chunks). Each release carries about ``chunk_time_s`` of link time
+    connection writes. ``burst_s`` bounds how much sending may catch up after a late
+    wake-up (at least two chunks). Each release carries about ``chunk_time_s`` of link time
     (on a slow link one smaller frame), so an urgent frame waits behind about that much
     upload at the bottleneck.
     """
 
     rate_bps: float | None = None
-    gain: float | None = None
+    gain: float = 0.95
     min_urgency: int = 4
     burst_s: float = 0.006
     chunk_time_s: float = 0.003
@@ -69,13 +65,6 @@ class PacingConfig:
     increase: float = 0.005
     decrease: float = 0.03
     min_fraction: float = 0.25
-
-    @property
-    def effective_gain(self) -> float:
-        """``gain``, or its default for the mode (given rate or estimated)."""
-        if self.gain is not None:
-            return self.gain
-        return 0.95 if self.rate_bps is None else 0.97
 
     def __post_init__(self) -> None:
         checks: tuple[tuple[str, float | None, float, float], ...] = (
@@ -265,7 +254,7 @@ class Pacer:
 
     def _install(self, now: float) -> None:
         assert self._estimate is not None
-        rate = self._estimate * self.config.effective_gain
+        rate = self._estimate * self.config.gain
         if self._bucket is None:
             self._bucket = TokenBucket(rate, self._burst(rate), now)
         else:

@@ -189,11 +189,3 @@ def test_pacer_without_tcp_info_stays_unpaced() -> None:
 def test_pacing_config_validates(field: str, value: float) -> None:
     with pytest.raises(ConfigError, match=field):
         PacingConfig(**{field: value})
-
-
-def test_default_gain_depends_on_whether_the_rate_is_given() -> None:
-    # a given rate is known: less headroom (BENCHMARKS.md, head-of-line table)
-    given = Pacer(PacingConfig(rate_bps=8_000_000.0), lambda: None, now=0.0)
-    assert given.pacing_rate == pytest.approx(0.97 * 1_000_000.0)
-    assert PacingConfig().effective_gain == 0.95
-    assert PacingConfig(rate_bps=1e6, gain=0.8).effective_gain == 0.8
