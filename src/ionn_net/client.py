@@ -49,6 +49,7 @@ from ionn_net.messages import (
 from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.planner.execution import ExecutionPlan, LayerTimes, Segment, local_plan
+from ionn_net.planner.learned import LearnedCosts
 from ionn_net.planner.link import Link
 from ionn_net.planner.midquery import (
     Continuation,
@@ -71,6 +72,8 @@ logger = logging.getLogger("ionn_net.client")
 _NEVER_MS = 1e9
 #: Largest blob message: bigger blobs go up in pieces at increasing offsets (§10.5).
 _BLOB_PIECE = 64 << 20
+#: After the upload, how often the client checks whether what it learned has faded.
+_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,8 +200,7 @@ class OffloadClient:
         self._tasks: list[asyncio.Task[None]] = []
         self._progress_queues: list[asyncio.Queue[UploadProgress]] = []
         self._qid = 0
-        self._ping_rtt = 1e-3
-        self._server_scale = 1.0  # measured / predicted server compute, learned online
+        self._learned = LearnedCosts()  # server speed and round trip, learned online
         self._rate_samples: collections.deque[tuple[int, float]] = collections.deque()
         self._planned_bandwidth: float | None = None
         self._planned_at = 0.0
@@ -314,9 +316,8 @@ class OffloadClient:
         try:
             welcome = await self._handshake(conn)
             self._adopt_cost_model(welcome.get("cost_model"))
-            rtt = await conn.ping()
-            self._ping_rtt = max(rtt, 1e-4)
-            self.link = replace(self.link, rtt_s=self._ping_rtt)
+            self._learned.set_ping(await conn.ping())
+            self.link = replace(self.link, rtt_s=self._learned.rtt_s)
             held = await self._request(conn, self._manifest_head(), self.manifest_body)
         except BaseException:
             conn.abort()
@@ -402,7 +403,7 @@ class OffloadClient:
 
     def _server_times(self) -> dict[str, float]:
         never = set(self.refused) | set(self.local_only)
-        k = self._server_scale
+        k = self._learned.server_scale
         return {n: (_NEVER_MS if n in never else v * k) for n, v in self.server_ms.items()}
 
     def _context(self, held: frozenset[str]) -> PlanningContext:
@@ -476,9 +477,30 @@ class OffloadClient:
         return self._conn is None or self._conn.closed
 
     async def _conn_closed(self) -> None:
+        """Wait for the connection to close; meanwhile (the upload is over) re-plan once
+        a second as what was learned from queries fades (:mod:`.planner.learned`)."""
         conn = self._conn
-        if conn is not None:
-            await conn.wait_closed()
+        if conn is None:
+            return
+        closed = asyncio.ensure_future(conn.wait_closed())
+        try:
+            while not (await asyncio.wait({closed}, timeout=_REFRESH_S))[0]:
+                await self._refresh_plan()
+        finally:
+            closed.cancel()
+
+    async def _refresh_plan(self) -> None:
+        """Let the learned server speed and round trip fade toward their priors and
+        switch to the best plan for the layers the server holds if that changed it: a
+        plan that stopped offloading would otherwise never measure the server again."""
+        if not self._learned.fade(time.monotonic()):
+            return
+        self.link = replace(self.link, rtt_s=self._learned.rtt_s)
+        ready = self._server_ready
+        plan = self._context(ready).best_plan(ready, link=self.link)
+        if plan.server_layers != self._active.plan.server_layers:
+            logger.info("learned costs faded: re-planning")
+            await self._activate(ready, plan)
 
     async def _upload_all(self) -> None:
         conn = self._conn
@@ -597,6 +619,8 @@ class OffloadClient:
             self.link = self.link.with_bandwidth(total / sum(t for _, t in samples))
 
     async def _load(self, conn: AioConnection, part: frozenset[str]) -> None:
+        if self._learned.fade(time.monotonic()):
+            self.link = replace(self.link, rtt_s=self._learned.rtt_s)
         target = self._server_ready | part
         plan = self._context(self._server_ready).best_plan(target, link=self.link)
         runs = [list(s.layers) for s in plan.segments if s.location == "server"]
@@ -806,16 +830,20 @@ class OffloadClient:
         if not isinstance(server_ms, int | float) or not 0 <= server_ms < 1e7:
             return
         transfer = up_bytes / self.link.bandwidth + down_bytes / self.link.down
-        overhead = max(seconds - server_ms / 1000.0 - transfer, self._ping_rtt)
-        self.link = replace(self.link, rtt_s=0.7 * self.link.rtt_s + 0.3 * overhead)
         # The server's cost model may have been calibrated on a busier (or idler) machine:
         # scale its predictions by what the server really takes for these layers.
         ran = reply.get("ran")
+        ratio = None
         if isinstance(ran, list) and ran:
             predicted = sum(self.server_ms.get(str(n), 0.0) for n in ran)
             if predicted > 0.05 and server_ms > 0:
-                ratio = min(max(server_ms / predicted, 0.05), 20.0)
-                self._server_scale = 0.7 * self._server_scale + 0.3 * ratio
+                ratio = server_ms / predicted
+        self._learned.observe(
+            overhead_s=seconds - server_ms / 1000.0 - transfer,
+            scale_ratio=ratio,
+            now=time.monotonic(),
+        )
+        self.link = replace(self.link, rtt_s=self._learned.rtt_s)
 
     def _check_input(self, x: object) -> dict[TensorRef, np.ndarray]:
         names = self.graph.inputs

@@ -187,3 +187,38 @@ async def test_blobs_above_the_peers_message_size_go_up_in_pieces(
         assert big in client.uploaded and srv.store.has(big)
         assert client.stats["reconnects"] == 0
     np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
+
+
+async def test_a_client_that_stopped_offloading_on_bad_measurements_comes_back(
+    small_model: Any, cost_model: Any, tmp_path: Path
+) -> None:
+    """Once every query runs locally nothing measures the server any more: what was
+    learned must fade back to the priors so that the client tries the server again
+    (ionn_net.planner.learned; seen in ionn-bench after one slow answer during a load)."""
+    config = ClientConfig(slowdown=10.0, profile_cache=str(tmp_path / "profiles"))
+    async with (
+        EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server,
+        OffloadClient("127.0.0.1", server.port, small_model, config=config) as client,
+    ):
+        await client.wait_uploaded(timeout=120)
+        x = inputs(1, 96)[0]
+        assert (await client.infer_detailed(x)).offloaded
+        # A spell of answers 20x slower than predicted and half a second late (the server
+        # busy compiling), fed through the client's own measuring path:
+        ran = sorted(client._server_ready)
+        slow_ms = 20 * sum(client.server_ms[n] for n in ran)
+        for _ in range(20):
+            reply = {"server_ms": slow_ms, "ran": ran}
+            client._observe_round_trip(slow_ms / 1000 + 0.5, 0, 0, reply)
+        learned = client._learned
+        await client._activate(client._server_ready)
+        assert not client._active.plan.server_layers  # every layer on the client now
+        assert not (await client.infer_detailed(x)).offloaded
+        learned.half_life_s = 0.3  # fade quickly (5 s by default)
+        for _ in range(100):  # bounded: 10 s
+            if client._active.plan.server_layers:
+                break
+            await asyncio.sleep(0.1)
+        result = await client.infer_detailed(x)
+        assert result.offloaded  # it tried the server again, which is fast in truth
+        assert learned.server_scale < 5.0
