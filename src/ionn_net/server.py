@@ -26,9 +26,11 @@ import hashlib
 import hmac
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,9 @@ from ionn_net.tensors import decode_tensors, encode_tensors
 
 __all__ = ["EdgeServer", "ServerConfig"]
 
+#: Threads that build and compile loaded layers (loads of one model are serial).
+_LOADER_THREADS = 2
+
 logger = logging.getLogger("ionn_net.server")
 
 Response = tuple[Mapping[str, object], bytes]
@@ -82,6 +87,10 @@ class ServerConfig:
     max_manifest_bytes: int = 16 << 20
     max_prepare_sets: int = 16
     inference_threads: int = 2
+    #: Niceness added to the threads that build and compile loaded layers (0: none).
+    #: On a host shared with queries (and, in the bench, the client) a load otherwise
+    #: slows the queries it overlaps 2-5x (BENCHMARKS.md, ionn-bench); Linux only.
+    loader_nice: int = 10
     secret: bytes | None = None
     jit: bool | None = None
 
@@ -99,6 +108,8 @@ class ServerConfig:
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise ConfigError(f"{name}: expected an integer >= 1, got {value!r}")
+        if type(self.loader_nice) is not int or not 0 <= self.loader_nice <= 19:
+            raise ConfigError(f"loader_nice: expected an integer 0..19, got {self.loader_nice!r}")
         if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
             raise ConfigError("secret: expected non-empty bytes or None")
 
@@ -240,6 +251,12 @@ class EdgeServer:
         }
         self.stats = {"queries": 0, "errors": 0, "blobs": 0, "loads": 0}
         self._background: set[asyncio.Task[None]] = set()
+        self._loader = ThreadPoolExecutor(
+            max_workers=_LOADER_THREADS,
+            thread_name_prefix="ionn-loader",
+            initializer=_lower_priority,
+            initargs=(self.config.loader_nice,),
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -266,6 +283,7 @@ class EdgeServer:
             await self._server.wait_closed()
         if self._background:  # a compile in a thread cannot be interrupted: wait for it
             await asyncio.gather(*self._background, return_exceptions=True)
+        self._loader.shutdown(wait=False)
 
     async def __aenter__(self) -> EdgeServer:
         return await self.start()
@@ -576,11 +594,11 @@ class EdgeServer:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
         async with model.lock:
-            await _to_thread_to_the_end(self._build, model, names)
+            await _to_thread_to_the_end(self._build, model, names, pool=self._loader)
             prepared = []
             for run in sets:
                 if set(run) <= model.ready:
-                    await _to_thread_to_the_end(model.runner, run)
+                    await _to_thread_to_the_end(model.runner, run, pool=self._loader)
                     prepared.append(run)
         if model.complete:
             for run in prepared:
@@ -707,7 +725,7 @@ class EdgeServer:
         async def work() -> None:
             async with model.lock:
                 try:
-                    await _to_thread_to_the_end(model.consolidate, run)
+                    await _to_thread_to_the_end(model.consolidate, run, pool=self._loader)
                 except Exception:  # the chain keeps serving; nothing is lost
                     logger.exception("consolidating a run set of %d layers failed", len(run))
 
@@ -716,19 +734,38 @@ class EdgeServer:
         task.add_done_callback(self._background.discard)
 
 
-async def _to_thread_to_the_end(func: Callable[..., Any], *args: Any) -> Any:
-    """``asyncio.to_thread`` that, when cancelled (a RESET, a vanished client, §14.3),
-    waits for the thread to finish before re-raising: a thread cannot be stopped, so the
-    locks and slots its caller holds (session queries, inference threads, the model lock)
-    stay taken until the work has really stopped (Rapid Reset, MadeYouReset). Without this
-    a client dropping connections mid-query could queue unbounded inference."""
-    work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+async def _to_thread_to_the_end(
+    func: Callable[..., Any], *args: Any, pool: ThreadPoolExecutor | None = None
+) -> Any:
+    """``asyncio.to_thread`` (or ``pool``) that, when cancelled (a RESET, a vanished
+    client, §14.3), waits for the thread to finish before re-raising: a thread cannot be
+    stopped, so the locks and slots its caller holds (session queries, inference threads,
+    the model lock) stay taken until the work has really stopped (Rapid Reset,
+    MadeYouReset). Without this a client dropping connections mid-query could queue
+    unbounded inference."""
+    if pool is None:
+        work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    else:
+        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(pool, func, *args))
     try:
         return await asyncio.shield(work)
     except asyncio.CancelledError:
         with contextlib.suppress(BaseException):
             await asyncio.wait({work})
         raise
+
+
+def _lower_priority(nice: int) -> None:
+    """Initializer of a loader thread: raise its niceness (Linux: per thread), so that
+    the scheduler runs query threads first. Best effort: where it is not allowed the
+    thread keeps the server's priority."""
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
+        logger.debug("loader thread keeps its priority: %s", exc)
 
 
 def _host(address: Any) -> Any:

@@ -405,3 +405,19 @@ async def test_loads_chain_pieces_and_a_complete_model_is_consolidated(server: E
         assert isinstance(model.runner(names), CompiledSlice)
         reply = await tenant.query(x)
         np.testing.assert_allclose(reply["values"]["predictions:0"], want, rtol=1e-4, atol=1e-6)
+
+
+async def test_loads_run_on_lower_priority_threads() -> None:
+    """Building and compiling a partition must not slow the queries it overlaps more than
+    the scheduler allows: the loader threads are niced (ServerConfig.loader_nice)."""
+    import threading
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    base = niceness()
+    async with EdgeServer(config=ServerConfig(loader_nice=7), cost_model=ServerCostModel()) as srv:
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(srv._loader, niceness) == min(base + 7, 19)
+    with pytest.raises(Exception, match=r"loader_nice: expected an integer 0\.\.19"):
+        ServerConfig(loader_nice=20)
