@@ -31,13 +31,14 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ionn_net.aio import AioConnection, ConnectionClosedError, StreamResetError, connect
-from ionn_net.config import Limits, Setting
+from ionn_net.client_types import ClientConfig, InferenceResult, SegmentTiming, UploadProgress
+from ionn_net.config import Setting
 from ionn_net.errors import ConfigError, IonnError, OffloadError, PlannerError, TensorError
 from ionn_net.messages import (
     CONTROL_URGENCY,
@@ -74,93 +75,6 @@ _NEVER_MS = 1e9
 _BLOB_PIECE = 64 << 20
 #: After the upload, how often the client checks whether what it learned has faded.
 _REFRESH_S = 1.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientConfig:
-    """Client policy. ``slowdown`` emulates a slower device: every local segment is
-    stretched to ``slowdown`` times its measured duration (the profile too)."""
-
-    limits: Limits = field(default_factory=Limits)
-    session_key: str | None = None
-    query_timeout_s: float = 30.0
-    slowdown: float = 1.0
-    assumed_mbit: float = 50.0
-    profile_cache: str | None = None
-    device_id: str = "local"
-    compress_below_mbit: float = 400.0
-    reconnect: bool = True
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 5.0
-    secret: bytes | None = None
-    upload: bool = True
-    #: Per-layer milliseconds of the (emulated) device, e.g. ``client.client_ms`` of an
-    #: earlier run: when given, the client neither profiles nor rescales, so several runs
-    #: compare strategies on the very same device.
-    device_ms: Mapping[str, float] | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("query_timeout_s", "slowdown", "assumed_mbit", "backoff_initial_s"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0 < value < 1e9:
-                raise ConfigError(f"{name}: expected a positive number, got {value!r}")
-        if self.slowdown < 1:
-            raise ConfigError(f"slowdown: expected >= 1, got {self.slowdown!r}")
-        if self.backoff_max_s < self.backoff_initial_s:
-            raise ConfigError("backoff_max_s: expected >= backoff_initial_s")
-        key = self.session_key
-        if key is not None and (len(key) != 32 or any(c not in "0123456789abcdef" for c in key)):
-            raise ConfigError(f"session_key: expected 32 lowercase hex digits, got {key!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentTiming:
-    """Where one segment of a query ran and how long it took (milliseconds)."""
-
-    location: str
-    layers: tuple[str, ...]
-    ms: float
-    fallback: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class InferenceResult:
-    """One query's output and what happened to it."""
-
-    output: np.ndarray | list[np.ndarray]
-    segments: tuple[SegmentTiming, ...]
-    total_ms: float
-    predicted_ms: float
-    fallback: bool
-    #: Times the query left its plan mid-way for one made possible by layers that
-    #: landed while it ran (ionn_net.planner.midquery).
-    replans: int = 0
-
-    @property
-    def offloaded(self) -> bool:
-        return any(s.location == "server" and not s.fallback for s in self.segments)
-
-    @property
-    def server_layers(self) -> int:
-        return sum(len(s.layers) for s in self.segments if s.location == "server")
-
-
-@dataclass(frozen=True, slots=True)
-class UploadProgress:
-    """Upload state after each blob and each partition."""
-
-    sent_bytes: int
-    total_bytes: int
-    partitions_done: int
-    partitions_total: int
-    layers_ready: int
-    elapsed_s: float
-    bandwidth_mbit: float
-    done: bool = False
-
-    @property
-    def fraction(self) -> float:
-        return 1.0 if self.total_bytes == 0 else min(1.0, self.sent_bytes / self.total_bytes)
 
 
 @dataclass(slots=True)

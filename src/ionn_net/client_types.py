@@ -1,0 +1,102 @@
+"""The client's public value types: its configuration, a query's result and the upload's
+progress (re-exported by :mod:`ionn_net.client`, where they are documented in use).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ionn_net.config import Limits
+from ionn_net.errors import ConfigError
+
+__all__ = ["ClientConfig", "InferenceResult", "SegmentTiming", "UploadProgress"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """Client policy. ``slowdown`` emulates a slower device: every local segment is
+    stretched to ``slowdown`` times its measured duration (the profile too)."""
+
+    limits: Limits = field(default_factory=Limits)
+    session_key: str | None = None
+    query_timeout_s: float = 30.0
+    slowdown: float = 1.0
+    assumed_mbit: float = 50.0
+    profile_cache: str | None = None
+    device_id: str = "local"
+    compress_below_mbit: float = 400.0
+    reconnect: bool = True
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 5.0
+    secret: bytes | None = None
+    upload: bool = True
+    #: Per-layer milliseconds of the (emulated) device, e.g. ``client.client_ms`` of an
+    #: earlier run: when given, the client neither profiles nor rescales, so several runs
+    #: compare strategies on the very same device.
+    device_ms: Mapping[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("query_timeout_s", "slowdown", "assumed_mbit", "backoff_initial_s"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0 < value < 1e9:
+                raise ConfigError(f"{name}: expected a positive number, got {value!r}")
+        if self.slowdown < 1:
+            raise ConfigError(f"slowdown: expected >= 1, got {self.slowdown!r}")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ConfigError("backoff_max_s: expected >= backoff_initial_s")
+        key = self.session_key
+        if key is not None and (len(key) != 32 or any(c not in "0123456789abcdef" for c in key)):
+            raise ConfigError(f"session_key: expected 32 lowercase hex digits, got {key!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentTiming:
+    """Where one segment of a query ran and how long it took (milliseconds)."""
+
+    location: str
+    layers: tuple[str, ...]
+    ms: float
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResult:
+    """One query's output and what happened to it."""
+
+    output: np.ndarray | list[np.ndarray]
+    segments: tuple[SegmentTiming, ...]
+    total_ms: float
+    predicted_ms: float
+    fallback: bool
+    #: Times the query left its plan mid-way for one made possible by layers that
+    #: landed while it ran (ionn_net.planner.midquery).
+    replans: int = 0
+
+    @property
+    def offloaded(self) -> bool:
+        return any(s.location == "server" and not s.fallback for s in self.segments)
+
+    @property
+    def server_layers(self) -> int:
+        return sum(len(s.layers) for s in self.segments if s.location == "server")
+
+
+@dataclass(frozen=True, slots=True)
+class UploadProgress:
+    """Upload state after each blob and each partition."""
+
+    sent_bytes: int
+    total_bytes: int
+    partitions_done: int
+    partitions_total: int
+    layers_ready: int
+    elapsed_s: float
+    bandwidth_mbit: float
+    done: bool = False
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 if self.total_bytes == 0 else min(1.0, self.sent_bytes / self.total_bytes)
