@@ -46,8 +46,8 @@ be worse than IONN's or EMDL's there; the query pattern it is told is still open
 
 Two measured sets are kept. ``bench/data/planner`` (default) was measured on a quiet
 machine (nothing else running): the server alone. ``bench/data/planner-loaded`` was
-measured while other jobs shared the 2 vCPUs (load ~4-6): execution, load and compile
-times 2-9x longer, which is what the server sees in ``ionn-bench``, where client and
+measured while other jobs shared the 2 vCPUs (load ~4-6): execution 1.1-9x, layer rebuild
+7-13x and compile 3-10x longer, which is what the server sees in ``ionn-bench``, where client and
 server share the machine (there a 45-layer ResNet50 partition took 3.1 s to load, the
 loaded set's rate). Every strategy is simulated on the same numbers, so within one set
 the ratios compare like with like; across sets they differ, and both are reported.
