@@ -355,6 +355,17 @@ async def test_connections_per_address_are_capped() -> None:
                 c.abort()
 
 
+async def blobs_sent(conn: AioConnection) -> Tenant:
+    """A session whose manifest and every blob are on the server, nothing loaded yet."""
+    await hello(conn)
+    tenant = Tenant(conn)
+    await call(conn, {"m": "manifest", "model": tenant.digest}, tenant.body)
+    for sha, blob in tenant.builder.blobs.items():
+        head = {"m": "blob", "model": tenant.digest, "sha256": sha, "size": len(blob)}
+        await call(conn, {**head, "offset": 0}, blob)
+    return tenant
+
+
 async def test_loads_chain_pieces_and_a_complete_model_is_consolidated(server: EdgeServer) -> None:
     """§10.6: each load compiles only its own layers (the run set of a later load reuses
     the earlier piece); once every layer is ready the set is compiled as one slice in
@@ -362,21 +373,7 @@ async def test_loads_chain_pieces_and_a_complete_model_is_consolidated(server: E
     from ionn_net.executor import CompiledSlice, SliceChain
 
     async with connect("127.0.0.1", server.port) as conn:
-        await hello(conn)
-        tenant = Tenant(conn)
-        head, _ = await call(conn, {"m": "manifest", "model": tenant.digest}, tenant.body)
-        for sha, blob in tenant.builder.blobs.items():
-            await call(
-                conn,
-                {
-                    "m": "blob",
-                    "model": tenant.digest,
-                    "sha256": sha,
-                    "size": len(blob),
-                    "offset": 0,
-                },
-                blob,
-            )
+        tenant = await blobs_sent(conn)
         names = [layer["name"] for layer in tenant.obj["layers"][1:]]
         first, middle, last = names[:2], names[2:-1], names[-1:]
         loads = ((first, first), (middle, first + middle), (last, names))
@@ -405,6 +402,43 @@ async def test_loads_chain_pieces_and_a_complete_model_is_consolidated(server: E
         assert isinstance(model.runner(names), CompiledSlice)
         reply = await tenant.query(x)
         np.testing.assert_allclose(reply["values"]["predictions:0"], want, rtol=1e-4, atol=1e-6)
+
+
+async def test_a_failed_consolidation_keeps_the_chain_serving(server: EdgeServer) -> None:
+    """Compiling the complete set as one slice is an optimisation: when it fails the
+    chain of pieces goes on answering, correctly."""
+    from ionn_net.errors import ExecutorError
+    from ionn_net.executor import SliceChain
+
+    async with connect("127.0.0.1", server.port) as conn:
+        tenant = await blobs_sent(conn)
+        names = [layer["name"] for layer in tenant.obj["layers"][1:]]
+        (model,) = [m for s in server._sessions.values() for m in s.models.values()]
+        executor = model.executor()
+        build = executor.prepare
+
+        def no_whole_model(layer_set: Any) -> Any:
+            if frozenset(layer_set) == frozenset(names):
+                raise ExecutorError("injected: the whole set does not compile")
+            return build(layer_set)
+
+        executor.prepare = no_whole_model
+        for layers in (names[:3], names[3:]):
+            head, _ = await call(
+                conn, {"m": "load", "model": tenant.digest, "layers": layers, "prepare": [names]}
+            )
+            assert head["m"] == "load_ok", head
+        for _ in range(100):  # the background attempt: bounded wait
+            if not server._background:
+                break
+            await asyncio.sleep(0.05)
+        assert frozenset(names) in model.consolidating  # it was tried
+        assert isinstance(model.runner(names), SliceChain)
+        x = np.random.default_rng(4).standard_normal((1, 8, 8, 3)).astype(np.float32)
+        reply = await tenant.query(x)
+        np.testing.assert_allclose(
+            reply["values"]["predictions:0"], reference(tenant.builder, x), rtol=1e-4, atol=1e-6
+        )
 
 
 async def test_loads_run_on_lower_priority_threads() -> None:
