@@ -251,8 +251,15 @@ def _hol_row(label: str, r: dict[str, Any], link_bps: float, grpc_p99: float | N
         f" {r['busy_p50'] * 1e3:7.1f} {r['busy_p99'] * 1e3:7.1f} |"
         f" {(r['busy_p99'] - r['idle_p99']) * 1e3:+7.1f} | {gain} |"
         f" {r['upload_rate'] * 8 / 1e6:6.1f} {r['upload_rate'] * 8 / link_bps:6.1%} |"
-        f" {r['busy_n']:4d}"
+        f" {r['busy_n']:4d}" + _discarded(r)
     )
+
+
+def _discarded(r: dict[str, Any]) -> str:
+    """The paced cases: rate the pacer could not spend during the upload, as a share of
+    the upload (stalls longer than its burst)."""
+    lost = r.get("pacer_discarded")
+    return "" if lost is None else f" | pacer lost {lost / r['upload_bytes']:.1%}"
 
 
 def bench_link(

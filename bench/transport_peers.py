@@ -362,6 +362,7 @@ class _GrpcClient:
 class _IonnClient:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+        self.discarded: float | None = None
 
     async def query(self, payload: bytes) -> None:
         _, body = await self.conn.request(
@@ -374,7 +375,11 @@ class _IonnClient:
         stream = await self.conn.open_stream(
             {"m": "upload", "body_len": total}, urgency=5, incremental=True
         )
+        pacer = self.conn.pacer
+        before = pacer.discarded_bytes if pacer is not None else 0.0
         await _send_body(stream, total, _block())
+        if pacer is not None:  # rate lost while the upload ran (a diagnostic)
+            self.discarded = pacer.discarded_bytes - before
         head = await stream.receive_head()
         if head.get("received") != total:
             raise RuntimeError("ionn: upload size mismatch")
@@ -462,6 +467,7 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
         "busy_n": len(busy),
         "upload_rate": total / elapsed,
         "upload_bytes": total,
+        "pacer_discarded": getattr(client, "discarded", None),
     }
 
 

@@ -98,7 +98,7 @@ class PacingConfig:
 class TokenBucket:
     """Debt-based token bucket in bytes; ``rate`` in bytes/s; time passed in."""
 
-    __slots__ = ("_balance", "_burst", "_last", "rate")
+    __slots__ = ("_balance", "_burst", "_last", "discarded", "rate")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         if rate <= 0 or burst < 0:
@@ -107,10 +107,14 @@ class TokenBucket:
         self._burst = burst
         self._balance = 0.0
         self._last = now
+        #: bytes of rate lost to the burst cap: time nothing was sent although it could
+        self.discarded = 0.0
 
     def _refill(self, now: float) -> None:
         if now > self._last:
-            self._balance = min(self._burst, self._balance + (now - self._last) * self.rate)
+            full = self._balance + (now - self._last) * self.rate
+            self._balance = min(self._burst, full)
+            self.discarded += full - self._balance
             self._last = now
 
     def set_rate(self, rate: float, burst: float, now: float) -> None:
@@ -248,6 +252,12 @@ class Pacer:
     @property
     def samples(self) -> int:
         return self._meter.samples
+
+    @property
+    def discarded_bytes(self) -> float:
+        """Rate the bucket could not spend (nothing was ready to send for longer than the
+        burst): idle time between uploads, or stalls during one."""
+        return 0.0 if self._bucket is None else self._bucket.discarded
 
     def _burst(self, rate: float) -> float:
         return max(2.0 * self._chunk, rate * self.config.burst_s)
