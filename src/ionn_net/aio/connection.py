@@ -69,7 +69,6 @@ class AioConnection:
         self.pacer: Pacer | None = None
         if options.pacing is not None:
             self.pacer = Pacer(options.pacing, self.protocol.tcp_info, self.loop.time())
-            self.protocol.on_written = self.pacer.account
         self.rtt: float | None = None
         self.pings_acked = 0  # every answered PING, ours and the core's keepalive
         self._handler = handler

@@ -33,7 +33,6 @@ import asyncio
 import dataclasses
 import logging
 import socket
-from collections.abc import Callable
 from typing import Any, Protocol, cast
 
 from ionn_net.aio.options import TransportOptions
@@ -117,10 +116,6 @@ class IonnProtocol(asyncio.BufferedProtocol):
         self._lost = False
         self._linger: asyncio.TimerHandle | None = None
         self.bytes_written = 0
-        #: called with (bytes_written, now) after each write: the pacer charges every byte
-        #: when it leaves, not when the paced stream next asks (a query written while the
-        #: upload waits would otherwise refill the bucket past its burst and be lost)
-        self.on_written: Callable[[int, float], None] | None = None
         self.bytes_received = 0
         self._flush_scheduled = False
         self._meter = LinkRateMeter(window_s=5.0, min_span_s=0.05)
@@ -271,8 +266,6 @@ class IonnProtocol(asyncio.BufferedProtocol):
         if written:
             self.bytes_written += written
             now = self.loop.time()
-            if self.on_written is not None:
-                self.on_written(self.bytes_written, now)
             if not self._write_paused:
                 self._last_progress = now
             if now - self._lowat_sampled >= _LOWAT_SAMPLE_S:

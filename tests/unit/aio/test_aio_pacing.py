@@ -191,16 +191,18 @@ def test_pacing_config_validates(field: str, value: float) -> None:
         PacingConfig(**{field: value})
 
 
-def test_bytes_charged_when_written_are_not_lost_to_the_burst_cap() -> None:
+def test_discarded_bytes_count_the_rate_lost_to_the_burst_cap() -> None:
     # 1 MB/s, burst 6 ms (6 kB). A 16 kB query leaves at t=1.000 while the upload waits
-    # for the socket until t=1.016. Charged when written (the protocol's on_written hook),
-    # the bucket is in debt through the wait and loses nothing; charged only when the
-    # upload next asks, the bucket would have refilled past its cap in between.
+    # for the socket until t=1.016. Charged when written, the bucket is in debt through
+    # the wait and loses nothing; charged when the upload next asks (what the connection
+    # does, see BENCHMARKS.md: the difference is headroom around slow queries), the
+    # bucket refills past its cap in between and the counter shows it.
     def run(charge_at_write: bool) -> float:
         pacer = Pacer(PacingConfig(rate_bps=8e6, gain=1.0, burst_s=0.006), lambda: None, 0.0)
         pacer.delay(4000, 1.0)  # the upload's chunk size sets the burst floor
         pacer.account(0, 1.0)
         idle = pacer.discarded_bytes  # the second before the scenario
+        assert idle == pytest.approx(1_000_000 - 8000, rel=0.01)  # capped at 2 chunks
         if charge_at_write:
             pacer.account(16_000, 1.0)
         pacer.account(16_000, 1.016)
@@ -208,25 +210,3 @@ def test_bytes_charged_when_written_are_not_lost_to_the_burst_cap() -> None:
 
     assert run(charge_at_write=True) == pytest.approx(0.0, abs=1.0)
     assert run(charge_at_write=False) > 9_000
-
-
-async def test_a_paced_connection_charges_every_write() -> None:
-    import asyncio
-
-    from ionn_net.aio import TransportOptions, connect, serve
-
-    async def echo(stream: object) -> None:
-        await stream.respond({"m": "ok"})  # type: ignore[attr-defined]
-
-    options = TransportOptions(pacing=PacingConfig(rate_bps=8e6))
-    server = await serve(echo, "127.0.0.1", 0)
-    try:
-        async with connect("127.0.0.1", server.port, options=options) as conn:
-            assert conn.pacer is not None
-            assert conn.protocol.on_written == conn.pacer.account
-            await conn.request({"m": "x"}, b"", urgency=1)
-            await asyncio.sleep(0)
-            assert conn.pacer._written == conn.protocol.bytes_written > 0
-    finally:
-        server.close()
-        await server.wait_closed()
