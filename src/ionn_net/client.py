@@ -231,7 +231,7 @@ class OffloadClient:
             welcome = await self._handshake(conn)
             self._adopt_cost_model(welcome.get("cost_model"))
             self._learned.set_ping(await conn.ping())
-            self.link = replace(self.link, rtt_s=self._learned.rtt_s)
+            self._take_learned_rtt()
             held = await self._request(conn, self._manifest_head(), self.manifest_body)
         except BaseException:
             conn.abort()
@@ -407,9 +407,8 @@ class OffloadClient:
         """Let the learned server speed and round trip fade toward their priors and
         switch to the best plan for the layers the server holds if that changed it: a
         plan that stopped offloading would otherwise never measure the server again."""
-        if not self._learned.fade(time.monotonic()):
+        if not self._fade_learned():
             return
-        self.link = replace(self.link, rtt_s=self._learned.rtt_s)
         ready = self._server_ready
         plan = self._context(ready).best_plan(ready, link=self.link)
         if plan.server_layers != self._active.plan.server_layers:
@@ -533,8 +532,7 @@ class OffloadClient:
             self.link = self.link.with_bandwidth(total / sum(t for _, t in samples))
 
     async def _load(self, conn: AioConnection, part: frozenset[str]) -> None:
-        if self._learned.fade(time.monotonic()):
-            self.link = replace(self.link, rtt_s=self._learned.rtt_s)
+        self._fade_learned()
         target = self._server_ready | part
         plan = self._context(self._server_ready).best_plan(target, link=self.link)
         runs = [list(s.layers) for s in plan.segments if s.location == "server"]
@@ -757,7 +755,19 @@ class OffloadClient:
             scale_ratio=ratio,
             now=time.monotonic(),
         )
+        self._take_learned_rtt()
+
+    def _take_learned_rtt(self) -> None:
+        """Plans charge the learned effective round trip (planner.learned)."""
         self.link = replace(self.link, rtt_s=self._learned.rtt_s)
+
+    def _fade_learned(self) -> bool:
+        """Let what queries taught fade toward the priors; True if it moved enough that
+        the best plan may have changed."""
+        if not self._learned.fade(time.monotonic()):
+            return False
+        self._take_learned_rtt()
+        return True
 
     def _check_input(self, x: object) -> dict[TensorRef, np.ndarray]:
         names = self.graph.inputs

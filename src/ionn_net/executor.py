@@ -197,10 +197,6 @@ class SliceChain:
     input_dtypes: tuple[str, ...]
     max_batch: int
 
-    @property
-    def build_seconds(self) -> float:
-        return sum(p.build_seconds for p in self.pieces)
-
     def __call__(self, tensors: Mapping[TensorRef, np.ndarray]) -> dict[TensorRef, np.ndarray]:
         """Run on ``tensors`` (the union's inputs; extra entries ignored, the rest
         validated as :meth:`CompiledSlice.validate` does); return the union's outputs as
