@@ -149,13 +149,15 @@ def bench_bulk(quick: bool, reps: int | None = None) -> None:
     link = loopback_link()
     total = 256 << 20  # one message; MAX_MESSAGE_SIZE is 256 MiB
     reps = reps or (3 if quick else 6)
-    cases = (("raw", "default"), ("ionn", "default"), ("ionn", "frames64"))
+    cases = (("raw", "default"), ("ionn", "default"), ("ionn", "frames64"), ("ionn", "paced"))
     print(f"== bulk throughput over loopback: {total >> 20} MiB per run, best of {reps}")
     best = dict.fromkeys(cases, 0.0)
     cpu = dict.fromkeys(cases, float("inf"))
     for _ in range(reps):
         for kind, profile in cases:
-            params = {"test": "bulk", "bytes": total, "profile": profile}
+            params: dict[str, Any] = {"test": "bulk", "bytes": total, "profile": profile}
+            if profile == "paced":  # the client's default: pacing at an estimated rate
+                params.update(profile="default", pacing="auto")
             result = run_pair(link, kind, params, 120)
             best[kind, profile] = max(best[kind, profile], result["rate"])
             spent = (result["client_user_s"] + result["client_sys_s"]) / (total / 2**30)
@@ -165,6 +167,7 @@ def bench_bulk(quick: bool, reps: int | None = None) -> None:
         ("raw", "default"): "raw uvloop socket, 64 KiB writes",
         ("ionn", "default"): "ionn_net, default Limits (32 KiB frames)",
         ("ionn", "frames64"): "ionn_net, Limits(max_chunk=64 KiB)",
+        ("ionn", "paced"): "ionn_net, pacing at an estimated rate",
     }
     print(f"  {'sender':42s} {'MB/s':>8s}       {'vs raw':>6s}   client CPU s/GiB")
     for case, rate in best.items():

@@ -245,11 +245,12 @@ async def _send_body(stream: Any, total: int, block: memoryview) -> None:
         await stream.send_data(block[:size], end_stream=remaining == 0)
 
 
-async def _bulk_ionn(host: str, port: int, total: int, profile: str) -> float:
+async def _bulk_ionn(host: str, port: int, total: int, params: dict[str, Any]) -> float:
     from ionn_net.aio import connect
 
     block = _block()
-    async with connect(host, port, limits=_limits(profile)) as conn:
+    limits, options = _limits(params.get("profile", "default")), _ionn_options(params)
+    async with connect(host, port, limits=limits, options=options) as conn:
         start = time.perf_counter()
         stream = await conn.open_stream({"m": "upload", "body_len": total}, urgency=5)
         await _send_body(stream, total, block)
@@ -485,7 +486,7 @@ async def _client_test(kind: str, host: str, port: int, params: dict[str, Any]) 
         if kind == "raw":
             rate = await _bulk_raw(host, port, params["bytes"])
         else:
-            rate = await _bulk_ionn(host, port, params["bytes"], params.get("profile", "default"))
+            rate = await _bulk_ionn(host, port, params["bytes"], params)
         return {"rate": rate}
     return await _hol(kind, host, port, params)
 

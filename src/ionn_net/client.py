@@ -226,7 +226,13 @@ class OffloadClient:
     # -- connection and handshake --------------------------------------------------------
 
     async def _connect_once(self) -> None:
-        conn = await connect(self.host, self.port, limits=self.config.limits, ssl=self._ssl)
+        conn = await connect(
+            self.host,
+            self.port,
+            limits=self.config.limits,
+            options=self.config.transport,
+            ssl=self._ssl,
+        )
         try:
             welcome = await self._handshake(conn)
             self._adopt_cost_model(welcome.get("cost_model"))
@@ -712,8 +718,9 @@ class OffloadClient:
         to ``tensors``."""
         t0 = time.perf_counter()
         fallback = False
+        server_ms: float | None = None
         try:
-            out = await self._run_remote(seg, tensors, deadline)
+            out, server_ms = await self._run_remote(seg, tensors, deadline)
         except (
             ConnectionClosedError,
             StreamResetError,
@@ -729,18 +736,19 @@ class OffloadClient:
                 self._active = _Active(self._local_plan(), frozenset())
             out, _ = await self._run_local(seg.layers, tensors)
         tensors.update(out)
-        return SegmentTiming("server", seg.layers, (time.perf_counter() - t0) * 1e3, fallback)
+        ms = (time.perf_counter() - t0) * 1e3
+        return SegmentTiming("server", seg.layers, ms, fallback, None if fallback else server_ms)
 
     def _observe_round_trip(
         self, seconds: float, up_bytes: int, down_bytes: int, reply: Mapping[str, Any]
-    ) -> None:
+    ) -> float | None:
         """Learn the *effective* round-trip cost of a server segment: what a query pays
         beyond the server's compute and the raw transfer time (queueing behind the upload
         at the bottleneck, framing, scheduling). Plans charge it per round trip, so a
         loaded link leads to plans with fewer client/server transitions."""
         server_ms = reply.get("server_ms")
         if not isinstance(server_ms, int | float) or not 0 <= server_ms < 1e7:
-            return
+            return None
         transfer = up_bytes / self.link.bandwidth + down_bytes / self.link.down
         # The server's cost model may have been calibrated on a busier (or idler) machine:
         # scale its predictions by what the server really takes for these layers.
@@ -756,6 +764,7 @@ class OffloadClient:
             now=time.monotonic(),
         )
         self._take_learned_rtt()
+        return float(server_ms)
 
     def _take_learned_rtt(self) -> None:
         """Plans charge the learned effective round trip (planner.learned)."""
@@ -814,7 +823,8 @@ class OffloadClient:
 
     async def _run_remote(
         self, seg: Segment, tensors: Mapping[TensorRef, np.ndarray], deadline: float
-    ) -> dict[TensorRef, np.ndarray]:
+    ) -> tuple[dict[TensorRef, np.ndarray], float | None]:
+        """The segment's outputs and the compute time the server reported."""
         conn = self._conn
         if conn is None or conn.closed:
             raise ConnectionClosedError(
@@ -844,9 +854,9 @@ class OffloadClient:
         )
         if reply.get("m") == "error":
             raise RemoteError(str(reply.get("code")), str(reply.get("message")), reply)
-        self._observe_round_trip(time.monotonic() - sent, len(body), len(data), reply)
+        server_ms = self._observe_round_trip(time.monotonic() - sent, len(body), len(data), reply)
         expected = {str(r): (1, *self.graph[r.layer].output_shapes[r.index]) for r in outs}
         decoded = decode_tensors(
             reply.get("tensors"), data, limits=self.config.limits, expected=expected
         )
-        return {TensorRef.parse(k): v for k, v in decoded.items()}
+        return {TensorRef.parse(k): v for k, v in decoded.items()}, server_ms

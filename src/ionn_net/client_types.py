@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ionn_net.aio.options import TransportOptions
+from ionn_net.aio.pacing import PacingConfig
 from ionn_net.config import Limits
 from ionn_net.errors import ConfigError
 
@@ -37,6 +39,16 @@ class ClientConfig:
     #: earlier run: when given, the client neither profiles nor rescales, so several runs
     #: compare strategies on the very same device.
     device_ms: Mapping[str, float] | None = None
+    #: Socket, buffer and pacing options of the connection to the server. The default
+    #: paces the upload at 0.95x a bottleneck rate it estimates from the kernel's TCP_INFO,
+    #: so the upload leaves room for queries instead of queueing them behind its bytes at
+    #: the bottleneck (aio.pacing; without it a query's tensor waited 20-90 ms behind the
+    #: upload on a 20 Mbit/s link in ionn-bench). Give ``PacingConfig(rate_bps=...)`` when
+    #: the rate is known and TCP cannot see the bottleneck (a userspace proxy in between),
+    #: or ``TransportOptions()`` for no pacing.
+    transport: TransportOptions = field(
+        default_factory=lambda: TransportOptions(pacing=PacingConfig())
+    )
 
     def __post_init__(self) -> None:
         for name in ("query_timeout_s", "slowdown", "assumed_mbit", "backoff_initial_s"):
@@ -45,6 +57,8 @@ class ClientConfig:
                 raise ConfigError(f"{name}: expected a positive number, got {value!r}")
         if self.slowdown < 1:
             raise ConfigError(f"slowdown: expected >= 1, got {self.slowdown!r}")
+        if not isinstance(self.transport, TransportOptions):
+            raise ConfigError(f"transport: expected TransportOptions, got {self.transport!r}")
         if self.backoff_max_s < self.backoff_initial_s:
             raise ConfigError("backoff_max_s: expected >= backoff_initial_s")
         key = self.session_key
@@ -60,6 +74,9 @@ class SegmentTiming:
     layers: tuple[str, ...]
     ms: float
     fallback: bool = False
+    #: For a server segment that the server answered: the compute time it reported
+    #: (``ms`` minus this is the network, queueing and codec share); None otherwise.
+    server_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

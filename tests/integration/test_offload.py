@@ -222,3 +222,44 @@ async def test_a_client_that_stopped_offloading_on_bad_measurements_comes_back(
         result = await client.infer_detailed(x)
         assert result.offloaded  # it tried the server again, which is fast in truth
         assert learned.server_scale < 5.0
+
+
+async def test_upload_is_paced_at_the_configured_rate(
+    small_model: Any, cost_model: Any, tmp_path: Path
+) -> None:
+    """ClientConfig.transport reaches the connection: at a given pacing rate the upload
+    cannot leave faster than gain x rate even over loopback (load only slows it), and
+    queries still run. The default config paces at an estimated rate."""
+    from ionn_net.aio import PacingConfig, TransportOptions
+
+    assert ClientConfig().transport.pacing == PacingConfig()
+    rate = 8e6
+    paced = TransportOptions(pacing=PacingConfig(rate_bps=rate))
+    config = ClientConfig(slowdown=5.0, profile_cache=str(tmp_path / "p"), transport=paced)
+    x = inputs(1, 96)[0]
+    async with EdgeServer(cost_model=cost_model) as server:
+        client = OffloadClient("127.0.0.1", server.port, small_model, config=config)
+        async with client:
+            started = asyncio.get_running_loop().time()
+            assert client._conn is not None and client._conn.pacer is not None
+            result = await client.infer_detailed(x)
+            await client.wait_uploaded(timeout=120)
+            elapsed = asyncio.get_running_loop().time() - started
+        sent = client.stats["sent_bytes"]
+        assert sent > 1e6
+        floor = sent * 8 / (PacingConfig().gain * rate)
+        # minus the bucket's burst and one chunk the first release may carry
+        assert elapsed > floor - 0.05, (elapsed, floor)
+        np.testing.assert_allclose(
+            result.output, small_model(x, training=False).numpy(), 1e-4, 1e-5
+        )
+        unpaced = ClientConfig(profile_cache=str(tmp_path / "p"), transport=TransportOptions())
+        async with OffloadClient("127.0.0.1", server.port, small_model, config=unpaced) as other:
+            assert other._conn is not None and other._conn.pacer is None
+
+
+def test_client_config_rejects_a_transport_that_is_not_transport_options() -> None:
+    from ionn_net.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="transport: expected TransportOptions"):
+        ClientConfig(transport={"pacing": None})  # type: ignore[arg-type]

@@ -22,7 +22,8 @@ A run document holds: ``schema``, ``scenario``, ``model``, ``strategy``, ``statu
 measured values), ``device`` (what emulated the slow client, configured and measured
 factor), ``versions``, ``machine``, ``command``, ``timing``, ``queries`` (issue time,
 end time, latency, predicted latency, where each layer ran as ranges of topological
-positions, fallback, correctness), ``progress`` (upload progress over time), ``logs``,
+positions, fallback, correctness, mid-query plan switches, the compute time the server
+reported per server segment), ``progress`` (upload progress over time), ``logs``,
 ``plan`` and ``per_layer`` (the simulator's inputs), ``metrics`` and ``prediction``.
 """
 

@@ -293,7 +293,15 @@ class _Group:
             "tail_s": run.tail_s,
             "max_run_s": run.max_run_s,
             "assumed_mbit": self.scenario.link.rate_mbit,
+            "pace_mbit": self._pace_mbit(),
         }
+
+    def _pace_mbit(self) -> float | None:
+        """The client paces its upload at an estimated rate from the kernel's TCP_INFO
+        (ClientConfig.transport). The userspace proxy terminates TCP on loopback, so the
+        client's socket never sees that bottleneck: there it is told the configured rate.
+        Behind a kernel qdisc (namespace backends), as on a real link, it estimates."""
+        return self.scenario.link.rate_mbit if self.link.kind == "userspace-proxy" else None
 
     async def _run_one(self, strategy: str) -> dict[str, Any]:
         doc = self._base_doc(strategy)

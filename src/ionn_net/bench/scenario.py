@@ -267,7 +267,10 @@ def quick_scenario() -> Scenario:
         name="quick",
         description="CI smoke run: a small CNN, 20 Mbit/s, 10 ms RTT, short runs",
         link=LinkConfig(rate_mbit=20.0, rtt_ms=10.0),
-        device=DeviceConfig(mode="slowdown", slowdown=10.0),
+        # 30x: the small CNN then takes ~65 ms on the "device" against ~20 ms offloaded,
+        # so every strategy offloads even on a loaded CI host (at 10x the two were within
+        # a millisecond and a busy host tipped every plan to local).
+        device=DeviceConfig(mode="slowdown", slowdown=30.0),
         run=RunConfig(
             models=("cnn_small",),
             strategies=STRATEGIES,

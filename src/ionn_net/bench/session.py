@@ -42,6 +42,7 @@ def _client_config(worker: Worker, cmd: Mapping[str, Any], run_cache: Path) -> A
     assert prep is not None
     device = cmd["device"]
     mbit = float(cmd["assumed_mbit"])
+    transport = _transport(cmd.get("pace_mbit"))
     if device["kind"] == "cgroup":
         # The client rescales its cached profile to the whole-model time it measures
         # at start(), which runs under the quota: it thus learns the device's speed.
@@ -49,7 +50,11 @@ def _client_config(worker: Worker, cmd: Mapping[str, Any], run_cache: Path) -> A
         device_id = f"bench-quota-{device['quota']:g}"
         ProfileCache(run_cache).store(prep.profile.scaled(prep.factor, device_id))
         return ClientConfig(
-            slowdown=1.0, profile_cache=str(run_cache), device_id=device_id, assumed_mbit=mbit
+            slowdown=1.0,
+            profile_cache=str(run_cache),
+            device_id=device_id,
+            assumed_mbit=mbit,
+            transport=transport,
         )
     # Every run of the group runs on the same emulated device: the host profile
     # (normalised to the whole model measured once at preparation) times the factor.
@@ -63,7 +68,17 @@ def _client_config(worker: Worker, cmd: Mapping[str, Any], run_cache: Path) -> A
         device_id=HOST_DEVICE,
         assumed_mbit=mbit,
         device_ms={n: v * factor for n, v in prep.profile.layer_ms.items()},
+        transport=transport,
     )
+
+
+def _transport(pace_mbit: float | None) -> Any:
+    """Upload pacing at the given rate (Mbit/s), or the client's default (estimated)."""
+    from ionn_net.aio import PacingConfig, TransportOptions
+
+    if pace_mbit is None:
+        return TransportOptions(pacing=PacingConfig())
+    return TransportOptions(pacing=PacingConfig(rate_bps=float(pace_mbit) * 1e6))
 
 
 def _query_doc(
@@ -86,6 +101,13 @@ def _query_doc(
         "pred_ms": round(result.predicted_ms, 3),
         "fallback": bool(result.fallback),
         "server_layers": int(result.server_layers),
+        "replans": int(result.replans),
+        # compute time the server reported for each server segment (None: it failed)
+        "server_ms": [
+            None if s.server_ms is None else round(s.server_ms, 3)
+            for s in result.segments
+            if s.location == "server"
+        ],
         "ok": ok,
         "segments": segments,
     }

@@ -66,7 +66,7 @@ def test_one_valid_json_per_strategy_with_every_query(quick_run: Any) -> None:
             assert 0.5 < ratio < 1.1
             assert probe["rtt_ms_p50"] >= 10.0
         assert d["device"]["kind"] == "slowdown-factor"
-        assert d["device"]["effective_factor"] == 10.0
+        assert d["device"]["effective_factor"] == 30.0
         assert {"tensorflow", "keras", "numpy", "ionn_net"} <= set(d["versions"])
         assert d["machine"]["cpus"] >= 1
         n_layers = d["model"]["layers"]
@@ -74,7 +74,11 @@ def test_one_valid_json_per_strategy_with_every_query(quick_run: Any) -> None:
         assert d["queries"], strategy
         for q in d["queries"]:
             assert q["ok"], (strategy, q)  # the same output as the whole model locally
-            assert positions(q) == list(range(n_layers))  # every layer ran exactly once
+            ran = positions(q)
+            assert sorted(set(ran)) == list(range(n_layers))  # every layer ran
+            # exactly once, unless the query joined a newer plan mid-way, which may
+            # repeat layers rather than compile a slice (planner.midquery)
+            assert len(ran) == n_layers or q["replans"] > 0, q
         assert d["metrics"]["queries"] == len(d["queries"])
         assert d["timing"]["elapsed_s"] <= d["scenario"]["run"]["max_run_s"] + 60
         pred = d["prediction"]

@@ -30,8 +30,11 @@ def test_quota_slows_cpu_bound_probe_by_about_the_quota() -> None:
     # Wall time over the probe's own CPU time: ~20 at 5% of a core.
     assert 13 <= result.slowdown_cpu <= 30, result
     # Against what the same loop costs unthrottled (its CPU time: other load on
-    # the machine stretches wall time, not CPU time).
-    assert 12 <= result.slowdown <= 40, result
+    # the machine stretches wall time, not CPU time -- but it does inflate CPU time
+    # somewhat through shared caches and cores: a busy CI host measured 11.4 here with
+    # slowdown_cpu at 19.9, so the bound only asks for clearly throttled; without the
+    # quota this is ~1).
+    assert 8 <= result.slowdown <= 40, result
 
 
 def test_cgroup_settings_and_cleanup() -> None:
