@@ -36,6 +36,10 @@ from ionn_net.errors import ConfigError
 
 __all__ = ["LinkRateMeter", "Pacer", "PacingConfig", "RateEstimator", "TokenBucket"]
 
+#: Unpaced bytes above this share of the pacing rate within a control interval make its
+#: queueing delay no reason to back off (see Pacer._control).
+_HEAVY_UNPACED = 0.25
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PacingConfig:
@@ -48,6 +52,12 @@ class PacingConfig:
     wake-up (at least two chunks). Each release carries about ``chunk_time_s`` of link time
     (on a slow link one smaller frame), so an urgent frame waits behind about that much
     upload at the bottleneck.
+
+    Unpaced bytes (queries) are charged to the same bucket, but never starve the upload:
+    they can put it at most ``max_debt_s`` of pacing time in debt, and paced streams
+    always get at least ``min_share`` of the pacing rate. Without these, queries sending
+    more than the pacing rate (ResNet50's 600 KB inputs back to back on an 80 Mbit/s link
+    whose estimate had sunk) stopped an upload for minutes in ionn-bench.
     """
 
     rate_bps: float | None = None
@@ -65,6 +75,8 @@ class PacingConfig:
     increase: float = 0.005
     decrease: float = 0.03
     min_fraction: float = 0.25
+    min_share: float = 0.1
+    max_debt_s: float = 0.1
 
     def __post_init__(self) -> None:
         checks: tuple[tuple[str, float | None, float, float], ...] = (
@@ -82,6 +94,8 @@ class PacingConfig:
             ("increase", self.increase, 0.0, 1.0),
             ("decrease", self.decrease, 0.0, 0.9),
             ("min_fraction", self.min_fraction, 0.0, 1.0),
+            ("min_share", self.min_share, 0.0, 1.0),
+            ("max_debt_s", self.max_debt_s, 0.0, 10.0),
         )
         for name, value, low, high in checks:
             if value is not None and not low <= value <= high:
@@ -98,13 +112,20 @@ class PacingConfig:
 class TokenBucket:
     """Debt-based token bucket in bytes; ``rate`` in bytes/s; time passed in."""
 
-    __slots__ = ("_balance", "_burst", "_last", "discarded", "rate")
+    __slots__ = ("_balance", "_burst", "_last", "discarded", "max_debt", "rate")
 
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        if rate <= 0 or burst < 0:
-            raise ConfigError(f"TokenBucket: expected rate > 0 and burst >= 0, got {rate}, {burst}")
+    def __init__(
+        self, rate: float, burst: float, now: float, *, max_debt: float = float("inf")
+    ) -> None:
+        if rate <= 0 or burst < 0 or not max_debt >= 0:
+            raise ConfigError(
+                "TokenBucket: expected rate > 0, burst >= 0 and max_debt >= 0, got "
+                f"{rate}, {burst}, {max_debt}"
+            )
         self.rate = rate
         self._burst = burst
+        #: the balance never falls below -max_debt bytes (forgiven beyond)
+        self.max_debt = max_debt
         self._balance = 0.0
         self._last = now
         #: bytes of rate lost to the burst cap: time nothing was sent although it could
@@ -130,9 +151,9 @@ class TokenBucket:
         return 0.0 if self._balance >= 0 else -self._balance / self.rate
 
     def consume(self, nbytes: int, now: float) -> None:
-        """Charge a chunk that was just released."""
+        """Charge a chunk that was just released (debt beyond ``max_debt`` is forgiven)."""
         self._refill(now)
-        self._balance -= nbytes
+        self._balance = max(self._balance - nbytes, -self.max_debt)
 
 
 class RateEstimator:
@@ -226,6 +247,9 @@ class Pacer:
         self._info = info_source
         self._meter = LinkRateMeter(config.window_s, config.min_span_s)
         self._bucket: TokenBucket | None = None
+        self._reserve: TokenBucket | None = None  # the upload's min_share
+        self._paced_pending = 0  # released paced bytes not yet charged
+        self._unpaced_since_control = 0
         self._estimate: float | None = None
         self._floor = 0.0
         self._chunk = 0
@@ -264,22 +288,38 @@ class Pacer:
 
     def _install(self, now: float) -> None:
         assert self._estimate is not None
-        rate = self._estimate * self.config.gain
+        cfg = self.config
+        rate = self._estimate * cfg.gain
         if self._bucket is None:
             self._bucket = TokenBucket(rate, self._burst(rate), now)
         else:
             self._bucket.set_rate(rate, self._burst(rate), now)
+        self._bucket.max_debt = rate * cfg.max_debt_s
+        share = rate * cfg.min_share
+        if share <= 0:
+            self._reserve = None
+        elif self._reserve is None:
+            self._reserve = TokenBucket(share, 2.0 * self._chunk, now)
+        else:
+            self._reserve.set_rate(share, 2.0 * self._chunk, now)
 
     def _control(self, info: TcpInfo, now: float) -> None:
         """Steer the estimate by the queueing delay (steady state, estimated mode)."""
         assert self._estimate is not None
         cfg = self.config
         interval = max(cfg.control_interval_s, 4.0 * info.min_rtt_s)
-        if now - self._last_control < interval:
+        elapsed = now - self._last_control
+        if elapsed < interval:
             return
         self._last_control = now
         active, self._active_since_control = self._active_since_control, False
         sending = self._bucket.rate if self._bucket is not None else None
+        unpaced, self._unpaced_since_control = self._unpaced_since_control, 0
+        # Heavy unpaced traffic (large query tensors) queues at the bottleneck in bursts
+        # that pacing cannot prevent and the bucket already yields to: that queue says
+        # nothing about the rate, and backing off on it starved the upload (ionn-bench,
+        # ResNet50 over 80 Mbit/s: 80 -> 20 Mbit/s estimated while queries sent ~34).
+        heavy = sending is not None and unpaced > _HEAVY_UNPACED * sending * elapsed
         # Our queue is in the network (RTT above its minimum) and, when the kernel's own
         # pacing (BBR) holds back what we release too fast, in the socket (not yet sent).
         in_socket = info.notsent_bytes / sending if sending else 0.0
@@ -290,7 +330,10 @@ class Pacer:
         # if the path delivers less than we send: with everything delivered (a slower
         # delay line, cross traffic that left) backing off could starve the upload.
         behind = sending is None or delivered is None or delivered < 0.97 * sending
-        if in_socket > cfg.queue_high_s or (queue > cfg.queue_high_s and behind):
+        decrease = in_socket > cfg.queue_high_s or (queue > cfg.queue_high_s and behind)
+        if decrease and heavy:
+            return
+        if decrease:
             self._estimate = max(self._floor, self._estimate * (1.0 - cfg.decrease))
         elif queue < cfg.queue_low_s and active:
             self._estimate *= 1.0 + cfg.increase
@@ -342,10 +385,22 @@ class Pacer:
         if self._start is None:
             self._start = now
         self._sample(now)
-        return 0.0 if self._bucket is None else self._bucket.delay(now)
+        wait = 0.0 if self._bucket is None else self._bucket.delay(now)
+        if wait > 0 and self._reserve is not None:
+            # Unpaced bytes hold the bucket in debt: the upload's own share may go now.
+            reserve_wait = self._reserve.delay(now)
+            if reserve_wait <= 0:
+                self._reserve.consume(chunk, now)
+            wait = min(wait, max(reserve_wait, 0.0))
+        if wait <= 0:
+            self._paced_pending += chunk
+        return wait
 
     def consume(self, nbytes: int, now: float) -> None:
         """Charge bytes sent on the connection (paced chunks and everything else)."""
+        paced = min(nbytes, self._paced_pending)
+        self._paced_pending -= paced
+        self._unpaced_since_control += nbytes - paced
         if self._bucket is not None:
             self._bucket.consume(nbytes, now)
 

@@ -210,3 +210,74 @@ def test_discarded_bytes_count_the_rate_lost_to_the_burst_cap() -> None:
 
     assert run(charge_at_write=True) == pytest.approx(0.0, abs=1.0)
     assert run(charge_at_write=False) > 9_000
+
+
+def test_token_bucket_forgives_debt_beyond_max_debt() -> None:
+    bucket = TokenBucket(rate=1_000_000.0, burst=0.0, now=0.0, max_debt=100_000.0)
+    bucket.consume(5_000_000, 0.0)  # five seconds of link time at once
+    assert bucket.delay(0.0) == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="max_debt"):
+        TokenBucket(rate=1.0, burst=0.0, now=0.0, max_debt=-1.0)
+
+
+def _paced_bytes(config: PacingConfig, unpaced_per_s: float, seconds: float) -> int:
+    """A sender asking every millisecond to release 5 kB chunks while ``unpaced_per_s``
+    bytes/s of other traffic is charged in 10 ms lumps; what left paced."""
+    pacer = Pacer(config, lambda: None, now=0.0)
+    released = 0
+    for step in range(int(seconds * 1000)):
+        now = step / 1000
+        if step % 10 == 0 and unpaced_per_s:
+            pacer.account(0, now)  # the writer charges what it wrote...
+            pacer.consume(int(unpaced_per_s / 100), now)  # ...including the queries
+        if pacer.delay(5_000, now) <= 0:
+            released += 5_000
+            pacer.consume(5_000, now)
+    return released
+
+
+def test_queries_above_the_pacing_rate_leave_the_upload_its_min_share() -> None:
+    # 1 MB/s link, queries charging 1.5 MB/s: without a floor for the upload it would
+    # never leave. It gets min_share (10%) of the rate, and nothing like the full rate.
+    config = PacingConfig(rate_bps=8e6, gain=1.0, burst_s=0.0)
+    paced = _paced_bytes(config, 1_500_000.0, 2.0)
+    assert 0.09 * 2e6 <= paced <= 0.2 * 2e6
+    starved = _paced_bytes(PacingConfig(rate_bps=8e6, gain=1.0, min_share=0.0), 1.5e6, 2.0)
+    assert starved == 0
+    # Alone, the upload gets the whole rate.
+    assert _paced_bytes(config, 0.0, 2.0) == pytest.approx(2e6, rel=0.02)
+
+
+def test_a_burst_of_unpaced_bytes_delays_the_upload_at_most_max_debt() -> None:
+    config = PacingConfig(rate_bps=8e6, gain=1.0, max_debt_s=0.05, min_share=0.0)
+    pacer = Pacer(config, lambda: None, now=0.0)
+    pacer.consume(3_000_000, 1.0)  # three seconds of link time of query tensors
+    assert pacer.delay(5_000, 1.0) == pytest.approx(0.05)
+
+
+def test_pacer_does_not_back_off_on_queues_of_heavy_unpaced_traffic() -> None:
+    def steer(unpaced: int) -> float:
+        clock = [0.0]
+
+        def info() -> TcpInfo:
+            # Acked grows at 1 MB/s until startup ends, then at 0.5 MB/s (less than is
+            # sent), and the RTT shows 20 ms of queue: a reason to back off, unless the
+            # queue is the queries'.
+            t = clock[0]
+            acked = int(1e6 * min(t, 0.2) + 0.5e6 * max(0.0, t - 0.2))
+            return _info(0.0, acked=acked, rtt_s=0.03 if t > 0.2 else 0.01, min_rtt_s=0.01)
+
+        config = PacingConfig(
+            startup_s=0.2, min_span_s=0.05, control_interval_s=0.05, sample_interval_s=0.01
+        )
+        pacer = Pacer(config, info, now=0.0)
+        for step in range(60):
+            clock[0] = step * 0.01
+            pacer.delay(1000, clock[0])
+            pacer.consume(unpaced, clock[0])  # every 10 ms: unpaced bytes written
+        assert pacer.bottleneck_rate is not None
+        return pacer.bottleneck_rate
+
+    calm = steer(0)
+    assert calm < 0.95e6  # backed off: the queue is the upload's
+    assert steer(5_000) == pytest.approx(1e6, rel=0.02)  # 0.5 MB/s of queries: held
