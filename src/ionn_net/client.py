@@ -479,7 +479,7 @@ class OffloadClient:
         piece = min(_BLOB_PIECE, conn.core.peer_settings[Setting.MAX_MESSAGE_SIZE])
         while True:
             n = min(piece, size - offset)
-            started = time.monotonic()
+            started, written = time.monotonic(), conn.bytes_sent
             reply = await self._send_blob_piece(
                 conn, digest, size, offset, blob[offset : offset + n]
             )
@@ -488,7 +488,9 @@ class OffloadClient:
                 continue
             if reply.get("m") == "error":
                 raise RemoteError(str(reply.get("code")), str(reply.get("message")), reply)
-            self._measure_bandwidth(n, time.monotonic() - started)
+            # What the link carried meanwhile, queries included: they overtake the blob
+            # and slow it, but the link is no slower for them (planned transfers use it).
+            self._measure_bandwidth(conn.bytes_sent - written, time.monotonic() - started)
             self.stats["sent_bytes"] += n
             self.uploaded.add(digest)
             offset += n
@@ -618,6 +620,7 @@ class OffloadClient:
             layers_ready=len(self._server_ready),
             elapsed_s=time.monotonic() - self._started,
             bandwidth_mbit=self.link.bandwidth * 8e-6,
+            pacing_mbit=self._pacing_mbit(),
             done=done,
         )
         self.last_progress = progress
@@ -626,6 +629,11 @@ class OffloadClient:
         for queue in self._progress_queues:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(progress)
+
+    def _pacing_mbit(self) -> float | None:
+        pacer = None if self._conn is None else self._conn.pacer
+        rate = None if pacer is None else pacer.pacing_rate
+        return None if rate is None else rate * 8e-6
 
     async def progress(self) -> AsyncIterator[UploadProgress]:
         """Upload progress events until the upload is done (or the client closes)."""

@@ -112,6 +112,8 @@ class UploadProgress:
     layers_ready: int
     elapsed_s: float
     bandwidth_mbit: float
+    #: the rate the upload is currently paced at (None: unpaced, or still measuring)
+    pacing_mbit: float | None = None
     done: bool = False
 
     @property

@@ -110,6 +110,11 @@ class AioConnection:
         return len(self._streams)
 
     @property
+    def bytes_sent(self) -> int:
+        """Bytes written to the transport so far: every stream's frames and control frames."""
+        return self.protocol.bytes_written
+
+    @property
     def local_address(self) -> Any:
         return self.protocol.extra("sockname")
 

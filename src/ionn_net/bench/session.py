@@ -167,6 +167,7 @@ def _progress_cb(worker: Worker, run: _RunState) -> Callable[[Any], None]:
             parts_total=p.partitions_total,
             ready=p.layers_ready,
             mbit=round(p.bandwidth_mbit, 3),
+            pace_mbit=None if p.pacing_mbit is None else round(p.pacing_mbit, 3),
             done=bool(p.done),
         )
 
