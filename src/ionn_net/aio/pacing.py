@@ -54,10 +54,11 @@ class PacingConfig:
     upload at the bottleneck.
 
     Unpaced bytes (queries) are charged to the same bucket, but never starve the upload:
-    they can put it at most ``max_debt_s`` of pacing time in debt, and paced streams
-    always get at least ``min_share`` of the pacing rate. Without these, queries sending
-    more than the pacing rate (ResNet50's 600 KB inputs back to back on an 80 Mbit/s link
-    whose estimate had sunk) stopped an upload for minutes in ionn-bench.
+    they can put it at most ``max_debt_s`` of pacing time in debt, and while the debt is
+    over half of that, paced streams still get ``min_share`` of the pacing rate. Without
+    these, queries sending more than the pacing rate (ResNet50's 600 KB inputs back to back
+    on an 80 Mbit/s link whose estimate had sunk) stopped an upload for minutes in
+    ionn-bench.
     """
 
     rate_bps: float | None = None
@@ -386,8 +387,10 @@ class Pacer:
             self._start = now
         self._sample(now)
         wait = 0.0 if self._bucket is None else self._bucket.delay(now)
-        if wait > 0 and self._reserve is not None:
-            # Unpaced bytes hold the bucket in debt: the upload's own share may go now.
+        if wait > self.config.max_debt_s / 2 and self._reserve is not None:
+            # Unpaced bytes hold the bucket deep in debt (not just the few milliseconds
+            # a query leaves, which the upload waits out so as not to queue behind it):
+            # the upload's own share may go now.
             reserve_wait = self._reserve.delay(now)
             if reserve_wait <= 0:
                 self._reserve.consume(chunk, now)

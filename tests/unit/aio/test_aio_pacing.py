@@ -281,3 +281,11 @@ def test_pacer_does_not_back_off_on_queues_of_heavy_unpaced_traffic() -> None:
     calm = steer(0)
     assert calm < 0.95e6  # backed off: the queue is the upload's
     assert steer(5_000) == pytest.approx(1e6, rel=0.02)  # 0.5 MB/s of queries: held
+
+
+def test_the_upload_waits_out_a_single_query_instead_of_using_its_share() -> None:
+    # One 16 kB query on a 1 MB/s link leaves 16 ms of debt, under half of max_debt_s:
+    # the upload waits rather than queue a chunk right behind the query.
+    pacer = Pacer(PacingConfig(rate_bps=8e6, gain=1.0, burst_s=0.0), lambda: None, 0.0)
+    pacer.consume(16_000, 1.0)
+    assert pacer.delay(5_000, 1.0) == pytest.approx(0.016)
