@@ -39,6 +39,8 @@ __all__ = ["LinkRateMeter", "Pacer", "PacingConfig", "RateEstimator", "TokenBuck
 #: Unpaced bytes above this share of the pacing rate within a control interval make its
 #: queueing delay no reason to back off (see Pacer._control).
 _HEAVY_UNPACED = 0.25
+#: Time constant of the smoothed unpaced rate: a few back-to-back queries.
+_UNPACED_SMOOTHING_S = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -251,6 +253,7 @@ class Pacer:
         self._reserve: TokenBucket | None = None  # the upload's min_share
         self._paced_pending = 0  # released paced bytes not yet charged
         self._unpaced_since_control = 0
+        self._unpaced_rate = 0.0  # bytes/s, smoothed over _UNPACED_SMOOTHING_S
         self._estimate: float | None = None
         self._floor = 0.0
         self._chunk = 0
@@ -319,8 +322,11 @@ class Pacer:
         # Heavy unpaced traffic (large query tensors) queues at the bottleneck in bursts
         # that pacing cannot prevent and the bucket already yields to: that queue says
         # nothing about the rate, and backing off on it starved the upload (ionn-bench,
-        # ResNet50 over 80 Mbit/s: 80 -> 20 Mbit/s estimated while queries sent ~34).
-        heavy = sending is not None and unpaced > _HEAVY_UNPACED * sending * elapsed
+        # ResNet50 over 80 Mbit/s: 80 -> 20 Mbit/s estimated while queries sent ~34). A
+        # burst outlives the interval it was written in, so its rate is smoothed.
+        weight = min(1.0, elapsed / _UNPACED_SMOOTHING_S)
+        self._unpaced_rate += weight * (unpaced / elapsed - self._unpaced_rate)
+        heavy = sending is not None and self._unpaced_rate > _HEAVY_UNPACED * sending
         # Our queue is in the network (RTT above its minimum) and, when the kernel's own
         # pacing (BBR) holds back what we release too fast, in the socket (not yet sent).
         in_socket = info.notsent_bytes / sending if sending else 0.0
@@ -361,6 +367,10 @@ class Pacer:
             self._estimate = estimate
             self._floor = estimate * self.config.min_fraction
             self._last_control = now
+            assert self._start is not None
+            # The unpaced rate starts from what was written beside the startup's upload.
+            self._unpaced_rate = self._unpaced_since_control / max(now - self._start, 1e-3)
+            self._unpaced_since_control = 0
             self._install(now)
 
     def chunk_size(self, upper: int) -> int:

@@ -256,7 +256,7 @@ def test_a_burst_of_unpaced_bytes_delays_the_upload_at_most_max_debt() -> None:
 
 
 def test_pacer_does_not_back_off_on_queues_of_heavy_unpaced_traffic() -> None:
-    def steer(unpaced: int) -> float:
+    def steer(unpaced: int, every: int = 1) -> float:
         clock = [0.0]
 
         def info() -> TcpInfo:
@@ -274,13 +274,18 @@ def test_pacer_does_not_back_off_on_queues_of_heavy_unpaced_traffic() -> None:
         for step in range(60):
             clock[0] = step * 0.01
             pacer.delay(1000, clock[0])
-            pacer.consume(unpaced, clock[0])  # every 10 ms: unpaced bytes written
+            if step % every == 0:
+                pacer.consume(unpaced, clock[0])  # unpaced bytes written
         assert pacer.bottleneck_rate is not None
         return pacer.bottleneck_rate
 
     calm = steer(0)
     assert calm < 0.95e6  # backed off: the queue is the upload's
     assert steer(5_000) == pytest.approx(1e6, rel=0.02)  # 0.5 MB/s of queries: held
+    # The same rate as a 100 kB tensor every 200 ms: most control intervals see none
+    # of it written, but its queue outlives them.
+    assert steer(100_000, every=20) == pytest.approx(1e6, rel=0.02)
+    assert steer(5_000, every=20) < 0.95e6  # 25 kB/s of queries: not heavy
 
 
 def test_the_upload_waits_out_a_single_query_instead_of_using_its_share() -> None:
