@@ -411,12 +411,17 @@ def _table(summaries: list[RunSummary]) -> str:
     for s in summaries:
         first = s.first_offloaded()
         rows.append(
-            f"| {s.strategy} | {len(s.latencies)} | {s.mean_during_upload():.1f} | "
+            f"| {s.strategy} | {len(s.latencies)} | {_ms_cell(s.mean_during_upload())} | "
             f"{'-' if first is None else f'{first:.2f}'} | "
             f"{'-' if s.upload_done_s is None else f'{s.upload_done_s:.1f}'} | "
-            f"{s.mean_after():.1f} |"
+            f"{_ms_cell(s.mean_after())} |"
         )
     return "\n".join(rows)
+
+
+def _ms_cell(value: float) -> str:
+    """A table cell: '-' where there is nothing to average (no upload, no query after it)."""
+    return "-" if math.isnan(value) else f"{value:.1f}"
 
 
 def demo_main(argv: list[str] | None = None) -> int:
