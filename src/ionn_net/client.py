@@ -24,7 +24,6 @@ backoff with jitter) and resumes the upload without re-sending complete layers.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import os
@@ -50,7 +49,7 @@ from ionn_net.messages import (
 from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.planner.execution import ExecutionPlan, LayerTimes, Segment, local_plan
-from ionn_net.planner.learned import LearnedCosts
+from ionn_net.planner.learned import BandwidthMeter, LearnedCosts
 from ionn_net.planner.link import Link
 from ionn_net.planner.midquery import (
     Continuation,
@@ -115,7 +114,7 @@ class OffloadClient:
         self._progress_queues: list[asyncio.Queue[UploadProgress]] = []
         self._qid = 0
         self._learned = LearnedCosts()  # server speed and round trip, learned online
-        self._rate_samples: collections.deque[tuple[int, float]] = collections.deque()
+        self._bandwidth = BandwidthMeter()
         self._planned_bandwidth: float | None = None
         self._planned_at = 0.0
         self._done_parts = self._uploaded_parts = 0
@@ -490,7 +489,9 @@ class OffloadClient:
                 raise RemoteError(str(reply.get("code")), str(reply.get("message")), reply)
             # What the link carried meanwhile, queries included: they overtake the blob
             # and slow it, but the link is no slower for them (planned transfers use it).
-            self._measure_bandwidth(conn.bytes_sent - written, time.monotonic() - started)
+            rate = self._bandwidth.add(conn.bytes_sent - written, time.monotonic() - started)
+            if rate is not None:
+                self.link = self.link.with_bandwidth(rate)
             self.stats["sent_bytes"] += n
             self.uploaded.add(digest)
             offset += n
@@ -525,19 +526,6 @@ class OffloadClient:
 
     def _compress(self) -> bool:
         return self.link.bandwidth * 8 / 1e6 < self.config.compress_below_mbit
-
-    def _measure_bandwidth(self, nbytes: int, seconds: float) -> None:
-        """Upload rate over the last few blobs (at least 4 MiB when available): single
-        blobs are too noisy to re-plan on."""
-        if seconds <= 0:
-            return
-        samples = self._rate_samples
-        samples.append((nbytes, seconds))
-        while len(samples) > 2 and sum(b for b, _ in list(samples)[1:]) >= 4 << 20:
-            samples.popleft()
-        total = sum(b for b, _ in samples)
-        if total >= 1 << 20:
-            self.link = self.link.with_bandwidth(total / sum(t for _, t in samples))
 
     async def _load(self, conn: AioConnection, part: frozenset[str]) -> None:
         self._fade_learned()

@@ -16,11 +16,12 @@ is passed in.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 from ionn_net.errors import PlannerError
 
-__all__ = ["LearnedCosts"]
+__all__ = ["BandwidthMeter", "LearnedCosts"]
 
 #: Weight of a new measurement in the moving averages.
 _NEW = 0.3
@@ -77,3 +78,31 @@ class LearnedCosts:
         if moved:
             self.server_scale, self.rtt_s, self.observed_at = scale, rtt, now
         return moved
+
+
+class BandwidthMeter:
+    """The link's rate from (bytes the connection wrote, seconds) per uploaded blob piece:
+    the rate over the newest samples holding at least ``window_bytes`` (single blobs are
+    too noisy to re-plan on), reported once ``min_bytes`` have been measured."""
+
+    __slots__ = ("_min", "_samples", "_window")
+
+    def __init__(self, window_bytes: int = 4 << 20, min_bytes: int = 1 << 20) -> None:
+        if not 0 < min_bytes <= window_bytes:
+            raise PlannerError(
+                f"BandwidthMeter: expected 0 < min_bytes <= window_bytes, got "
+                f"{min_bytes}, {window_bytes}"
+            )
+        self._window, self._min = window_bytes, min_bytes
+        self._samples: deque[tuple[int, float]] = deque()
+
+    def add(self, nbytes: int, seconds: float) -> float | None:
+        """Record one sample; the rate in bytes/s, or None while too little is measured."""
+        if seconds <= 0 or nbytes < 0:
+            return None
+        samples = self._samples
+        samples.append((nbytes, seconds))
+        while len(samples) > 2 and sum(b for b, _ in list(samples)[1:]) >= self._window:
+            samples.popleft()
+        total = sum(b for b, _ in samples)
+        return total / sum(t for _, t in samples) if total >= self._min else None

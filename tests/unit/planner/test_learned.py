@@ -1,11 +1,12 @@
-"""LearnedCosts: moving averages of what queries measure, fading back to the priors."""
+"""LearnedCosts: moving averages of what queries measure, fading back to the priors;
+BandwidthMeter: the link rate over a window of upload samples."""
 
 from __future__ import annotations
 
 import pytest
 
 from ionn_net.errors import PlannerError
-from ionn_net.planner.learned import LearnedCosts
+from ionn_net.planner.learned import BandwidthMeter, LearnedCosts
 
 
 def test_observations_move_the_estimates_by_a_third() -> None:
@@ -40,3 +41,15 @@ def test_what_nothing_measures_fades_to_the_prior_at_the_half_life() -> None:
 def test_bad_values_are_refused() -> None:
     with pytest.raises(PlannerError, match="half_life_s"):
         LearnedCosts(half_life_s=0.0)
+
+
+def test_bandwidth_meter_waits_for_a_mebibyte_then_keeps_a_window() -> None:
+    meter = BandwidthMeter(window_bytes=4 << 20, min_bytes=1 << 20)
+    assert meter.add(512 << 10, 0.5) is None  # too little measured
+    assert meter.add(512 << 10, 0.5) == pytest.approx((1 << 20) / 1.0)
+    for _ in range(8):  # the link doubles its rate: the old samples leave the window
+        rate = meter.add(1 << 20, 0.5)
+    assert rate == pytest.approx((1 << 20) / 0.5)
+    assert meter.add(1 << 20, 0.0) is None  # no time: no sample
+    with pytest.raises(PlannerError, match="min_bytes"):
+        BandwidthMeter(window_bytes=1, min_bytes=2)
