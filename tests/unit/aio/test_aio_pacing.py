@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ionn_net.aio.pacing import LinkRateMeter, Pacer, PacingConfig, RateEstimator, TokenBucket
@@ -294,3 +296,30 @@ def test_the_upload_waits_out_a_single_query_instead_of_using_its_share() -> Non
     pacer = Pacer(PacingConfig(rate_bps=8e6, gain=1.0, burst_s=0.0), lambda: None, 0.0)
     pacer.consume(16_000, 1.0)
     assert pacer.delay(5_000, 1.0) == pytest.approx(0.016)
+
+
+def test_pacer_does_not_back_off_on_unsent_bytes_a_slow_reader_holds_back() -> None:
+    def steer(reader_stalls: bool) -> float:
+        clock = [0.0]
+
+        def info() -> TcpInfo:
+            # After startup: 100 kB unsent in the socket at a minimal RTT. Either the peer's
+            # receive window held it back (the reader was busy) or the kernel did.
+            t = clock[0]
+            base = _info(0.0, acked=int(1e6 * t), rtt_s=0.01, min_rtt_s=0.01)
+            unsent = 100_000 if t > 0.2 else 0
+            limited = max(0.0, t - 0.2) if reader_stalls else 0.0
+            return replace(base, notsent_bytes=unsent, rwnd_limited_s=limited)
+
+        config = PacingConfig(
+            startup_s=0.2, min_span_s=0.05, control_interval_s=0.05, sample_interval_s=0.01
+        )
+        pacer = Pacer(config, info, now=0.0)
+        for step in range(60):
+            clock[0] = step * 0.01
+            pacer.delay(1000, clock[0])
+        assert pacer.bottleneck_rate is not None
+        return pacer.bottleneck_rate
+
+    assert steer(reader_stalls=False) < 0.9e6  # our own backlog: back off
+    assert steer(reader_stalls=True) == pytest.approx(1e6, rel=0.02)  # the reader's: hold

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+import time
 
 import pytest
 
@@ -82,6 +83,26 @@ def test_tcp_info_counts_acknowledged_bytes(pair: tuple[socket.socket, socket.so
     assert info.notsent_bytes == 0
     assert 0 < info.rtt_s < 1.0
     assert info.delivery_rate > 0
+
+
+@linux_only
+def test_tcp_info_reports_time_held_back_by_a_reader_that_stopped(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, _server = pair  # the server side never reads
+    client.setblocking(False)
+    before = read_tcp_info(client)
+    assert before is not None and before.rwnd_limited_s == 0.0
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        try:
+            client.send(b"x" * 65536)
+        except BlockingIOError:
+            time.sleep(0.01)
+    info = read_tcp_info(client)
+    assert info is not None
+    assert info.notsent_bytes > 0
+    assert 0.1 < info.rwnd_limited_s < 1.0  # about the 0.3 s since the window filled
 
 
 @linux_only
