@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ionn_net.aio import AioConnection, ConnectionClosedError, StreamResetError, connect
+from ionn_net.client_progress import ProgressFeed, upload_progress
 from ionn_net.client_types import ClientConfig, InferenceResult, SegmentTiming, UploadProgress
 from ionn_net.config import Setting
 from ionn_net.errors import ConfigError, IonnError, OffloadError, PlannerError, TensorError
@@ -105,13 +106,12 @@ class OffloadClient:
         get_planner(planner)  # validate the name now, with the list of valid ones
         self.config = config or ClientConfig()
         self.pattern = pattern or QueryPattern.back_to_back()
-        self._on_progress = on_progress
+        self._progress = ProgressFeed(on_progress)
         self._ssl = ssl
         self.session_key = self.config.session_key or os.urandom(16).hex()
         self._conn: AioConnection | None = None
         self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._progress_queues: list[asyncio.Queue[UploadProgress]] = []
         self._qid = 0
         self._learned = LearnedCosts()  # server speed and round trip, learned online
         self._bandwidth = BandwidthMeter()
@@ -124,7 +124,6 @@ class OffloadClient:
         self.refused: dict[str, str] = {}
         self.local_only: dict[str, str] = {}
         self.stats = {"sent_bytes": 0, "fallbacks": 0, "reconnects": 0}
-        self.last_progress: UploadProgress | None = None
         #: Digests of the blobs this client sent bytes of (resumed ones included).
         self.uploaded: set[str] = set()
 
@@ -593,57 +592,38 @@ class OffloadClient:
     # -- progress ------------------------------------------------------------------------
 
     def _emit_progress(self, *, done: bool = False) -> None:
-        total = sum(self.layer_blob[n][1] for p in getattr(self, "_partitions", []) for n in p)
-        sent = 0
-        for p in getattr(self, "_partitions", []):
-            for n in p:
-                digest, size = self.layer_blob[n]
-                held = digest in self._held_blobs
-                sent += size if held else int(getattr(self, "_partial", {}).get(digest, 0))
-        progress = UploadProgress(
-            sent_bytes=sent,
-            total_bytes=total,
-            partitions_done=getattr(self, "_done_parts", 0),
-            partitions_total=len(getattr(self, "_partitions", [])),
-            layers_ready=len(self._server_ready),
-            elapsed_s=time.monotonic() - self._started,
-            bandwidth_mbit=self.link.bandwidth * 8e-6,
-            pacing_mbit=self._pacing_mbit(),
-            done=done,
+        self._progress.publish(
+            upload_progress(
+                getattr(self, "_partitions", []),
+                self.layer_blob,
+                self._held_blobs,
+                getattr(self, "_partial", {}),
+                partitions_done=self._done_parts,
+                layers_ready=len(self._server_ready),
+                elapsed_s=time.monotonic() - self._started,
+                bandwidth_mbit=self.link.bandwidth * 8e-6,
+                pacing_mbit=self._pacing_mbit(),
+                done=done,
+            )
         )
-        self.last_progress = progress
-        if self._on_progress is not None:
-            self._on_progress(progress)
-        for queue in self._progress_queues:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(progress)
+
+    @property
+    def last_progress(self) -> UploadProgress | None:
+        """The latest upload progress event (None before the first)."""
+        return self._progress.last
 
     def _pacing_mbit(self) -> float | None:
         pacer = None if self._conn is None else self._conn.pacer
         rate = None if pacer is None else pacer.pacing_rate
         return None if rate is None else rate * 8e-6
 
-    async def progress(self) -> AsyncIterator[UploadProgress]:
+    def progress(self) -> AsyncIterator[UploadProgress]:
         """Upload progress events until the upload is done (or the client closes)."""
-        queue: asyncio.Queue[UploadProgress] = asyncio.Queue(maxsize=1024)
-        self._progress_queues.append(queue)
-        try:
-            while True:
-                event = await queue.get()
-                yield event
-                if event.done:
-                    return
-        finally:
-            self._progress_queues.remove(queue)
+        return self._progress.events()
 
     async def wait_uploaded(self, timeout: float | None = None) -> None:
         """Wait until every planned partition is loaded on the server."""
-
-        async def _wait() -> None:
-            while not (self.last_progress and self.last_progress.done):
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(_wait(), timeout)
+        await self._progress.wait_done(timeout)
 
     # -- queries -------------------------------------------------------------------------
 

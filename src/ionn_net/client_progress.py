@@ -1,0 +1,87 @@
+"""The client's upload progress: one :class:`~ionn_net.client_types.UploadProgress` computed
+from the upload's state (:func:`upload_progress`, pure) and published to the application
+(:class:`ProgressFeed`: the latest event, a callback, async iterators, waiters).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+
+from ionn_net.client_types import UploadProgress
+
+__all__ = ["ProgressFeed", "upload_progress"]
+
+
+def upload_progress(
+    partitions: Iterable[Iterable[str]],
+    layer_blob: Mapping[str, tuple[str | None, int]],
+    held: set[str],
+    partial: Mapping[str, int],
+    *,
+    partitions_done: int,
+    layers_ready: int,
+    elapsed_s: float,
+    bandwidth_mbit: float,
+    pacing_mbit: float | None,
+    done: bool,
+) -> UploadProgress:
+    """Bytes planned and sent so far: a blob the server holds counts whole, a partly sent
+    one by its offset."""
+    parts = [list(p) for p in partitions]
+    total = sent = 0
+    for name in (n for p in parts for n in p):
+        digest, size = layer_blob[name]
+        total += size
+        sent += size if digest in held else int(partial.get(digest or "", 0))
+    return UploadProgress(
+        sent_bytes=sent,
+        total_bytes=total,
+        partitions_done=partitions_done,
+        partitions_total=len(parts),
+        layers_ready=layers_ready,
+        elapsed_s=elapsed_s,
+        bandwidth_mbit=bandwidth_mbit,
+        pacing_mbit=pacing_mbit,
+        done=done,
+    )
+
+
+class ProgressFeed:
+    """Publishes progress events: ``last``, the callback, every :meth:`events` iterator (a
+    bounded queue each: a reader that falls 1024 events behind misses some) and
+    :meth:`wait_done`."""
+
+    def __init__(self, callback: Callable[[UploadProgress], None] | None) -> None:
+        self.last: UploadProgress | None = None
+        self._callback = callback
+        self._queues: list[asyncio.Queue[UploadProgress]] = []
+        self._done = asyncio.Event()
+
+    def publish(self, progress: UploadProgress) -> None:
+        self.last = progress
+        if progress.done:
+            self._done.set()
+        if self._callback is not None:
+            self._callback(progress)
+        for queue in self._queues:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(progress)
+
+    async def events(self) -> AsyncIterator[UploadProgress]:
+        """Events from now on, until the one that says the upload is done."""
+        queue: asyncio.Queue[UploadProgress] = asyncio.Queue(maxsize=1024)
+        self._queues.append(queue)
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if event.done:
+                    return
+        finally:
+            self._queues.remove(queue)
+
+    async def wait_done(self, timeout: float | None = None) -> None:
+        """Until an event has said the upload is done (TimeoutError after ``timeout``)."""
+        await asyncio.wait_for(self._done.wait(), timeout)
