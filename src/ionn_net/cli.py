@@ -346,15 +346,14 @@ async def _demo_run(
 ) -> RunSummary:
     import numpy as np
 
-    from ionn_net.aio import PacingConfig, TransportOptions
-    from ionn_net.client import ClientConfig, OffloadClient
+    from ionn_net.client import ClientConfig, OffloadClient, paced_transport
     from ionn_net.netem.proxy import LinkSpec, ShapingProxy
 
     link = LinkSpec(rate_bps=args.mbit * 1e6, delay_ms=args.delay_ms)
     config = ClientConfig(
         # The userspace proxy terminates TCP here, so the client's kernel cannot see the
         # bottleneck it would estimate a pacing rate from: it is told the link's rate.
-        transport=TransportOptions(pacing=PacingConfig(rate_bps=args.mbit * 1e6)),
+        transport=paced_transport(args.mbit * 1e6),
         slowdown=args.slowdown,
         assumed_mbit=args.mbit,
         profile_cache=str(_cache_dir() / "profiles"),

@@ -37,7 +37,13 @@ import numpy as np
 
 from ionn_net.aio import AioConnection, ConnectionClosedError, StreamResetError, connect
 from ionn_net.client_progress import ProgressFeed, upload_progress
-from ionn_net.client_types import ClientConfig, InferenceResult, SegmentTiming, UploadProgress
+from ionn_net.client_types import (
+    ClientConfig,
+    InferenceResult,
+    SegmentTiming,
+    UploadProgress,
+    paced_transport,
+)
 from ionn_net.config import Setting
 from ionn_net.errors import ConfigError, IonnError, OffloadError, PlannerError, TensorError
 from ionn_net.messages import (
@@ -65,7 +71,14 @@ from ionn_net.planner.workload import PlanningContext, QueryPattern, UploadPlan
 from ionn_net.proto import Codec, ErrorCode
 from ionn_net.tensors import decode_tensors, encode_tensors
 
-__all__ = ["ClientConfig", "InferenceResult", "OffloadClient", "SegmentTiming", "UploadProgress"]
+__all__ = [
+    "ClientConfig",
+    "InferenceResult",
+    "OffloadClient",
+    "SegmentTiming",
+    "UploadProgress",
+    "paced_transport",
+]
 
 logger = logging.getLogger("ionn_net.client")
 
@@ -115,6 +128,9 @@ class OffloadClient:
         self._qid = 0
         self._learned = LearnedCosts()  # server speed and round trip, learned online
         self._bandwidth = BandwidthMeter()
+        self._partitions: list[frozenset[str]] = []  # the upload plan, set when it starts
+        self._partial: dict[str, int] = {}  # blob digest -> bytes the server holds
+        self._held_blobs: set[str] = set()
         self._planned_bandwidth: float | None = None
         self._planned_at = 0.0
         self._done_parts = self._uploaded_parts = 0
@@ -594,10 +610,10 @@ class OffloadClient:
     def _emit_progress(self, *, done: bool = False) -> None:
         self._progress.publish(
             upload_progress(
-                getattr(self, "_partitions", []),
+                self._partitions,
                 self.layer_blob,
                 self._held_blobs,
-                getattr(self, "_partial", {}),
+                self._partial,
                 partitions_done=self._done_parts,
                 layers_ready=len(self._server_ready),
                 elapsed_s=time.monotonic() - self._started,

@@ -14,7 +14,13 @@ from ionn_net.aio.pacing import PacingConfig
 from ionn_net.config import Limits
 from ionn_net.errors import ConfigError
 
-__all__ = ["ClientConfig", "InferenceResult", "SegmentTiming", "UploadProgress"]
+__all__ = ["ClientConfig", "InferenceResult", "SegmentTiming", "UploadProgress", "paced_transport"]
+
+
+def paced_transport(rate_bps: float | None = None) -> TransportOptions:
+    """Transport options that pace the upload at 0.95x ``rate_bps`` (bits/s), or at a rate
+    estimated from the kernel's TCP_INFO when None (:mod:`ionn_net.aio.pacing`)."""
+    return TransportOptions(pacing=PacingConfig(rate_bps=rate_bps))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,12 +49,10 @@ class ClientConfig:
     #: paces the upload at 0.95x a bottleneck rate it estimates from the kernel's TCP_INFO,
     #: so the upload leaves room for queries instead of queueing them behind its bytes at
     #: the bottleneck (aio.pacing; without it a query's tensor waited 20-90 ms behind the
-    #: upload on a 20 Mbit/s link in ionn-bench). Give ``PacingConfig(rate_bps=...)`` when
+    #: upload on a 20 Mbit/s link in ionn-bench). Give ``paced_transport(rate_bps)`` when
     #: the rate is known and TCP cannot see the bottleneck (a userspace proxy in between),
     #: or ``TransportOptions()`` for no pacing.
-    transport: TransportOptions = field(
-        default_factory=lambda: TransportOptions(pacing=PacingConfig())
-    )
+    transport: TransportOptions = field(default_factory=paced_transport)
 
     def __post_init__(self) -> None:
         for name in ("query_timeout_s", "slowdown", "assumed_mbit", "backoff_initial_s"):

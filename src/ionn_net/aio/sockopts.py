@@ -44,7 +44,6 @@ _TI_FLAGS_OFFSET = 7  # bit 0: tcpi_delivery_rate_app_limited
 _TI_RTT = struct.Struct("=II")  # tcpi_rtt, tcpi_rttvar (microseconds) at offset 68
 _TI_RTT_OFFSET = 68
 _TI_CWND_OFFSET = 80
-_TI_BYTES_ACKED = struct.Struct("=Q")
 _TI_BYTES_ACKED_OFFSET = 120
 _TI_NOTSENT_OFFSET = 144
 _TI_MIN_RTT_OFFSET = 148
@@ -54,6 +53,7 @@ _TI_MIN_SIZE = 168
 # checked live: a receiver that stops reading for 0.5 s adds ~0.5 s here)
 _TI_RWND_LIMITED_OFFSET = 176
 _U32 = struct.Struct("=I")
+_U64 = struct.Struct("=Q")
 
 
 class SocketLike(Protocol):
@@ -184,12 +184,12 @@ def read_tcp_info(sock: SocketLike) -> TcpInfo | None:
         rttvar_s=rttvar_us / 1e6,
         min_rtt_s=_U32.unpack_from(raw, _TI_MIN_RTT_OFFSET)[0] / 1e6,
         cwnd_segments=_U32.unpack_from(raw, _TI_CWND_OFFSET)[0],
-        bytes_acked=_TI_BYTES_ACKED.unpack_from(raw, _TI_BYTES_ACKED_OFFSET)[0],
+        bytes_acked=_U64.unpack_from(raw, _TI_BYTES_ACKED_OFFSET)[0],
         notsent_bytes=_U32.unpack_from(raw, _TI_NOTSENT_OFFSET)[0],
-        delivery_rate=float(_TI_BYTES_ACKED.unpack_from(raw, _TI_DELIVERY_RATE_OFFSET)[0]),
+        delivery_rate=float(_U64.unpack_from(raw, _TI_DELIVERY_RATE_OFFSET)[0]),
         app_limited=bool(raw[_TI_FLAGS_OFFSET] & 1),
         rwnd_limited_s=(
-            _TI_BYTES_ACKED.unpack_from(raw, _TI_RWND_LIMITED_OFFSET)[0] / 1e6
+            _U64.unpack_from(raw, _TI_RWND_LIMITED_OFFSET)[0] / 1e6
             if len(raw) >= _TI_RWND_LIMITED_OFFSET + 8
             else 0.0
         ),

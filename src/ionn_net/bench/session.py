@@ -35,14 +35,15 @@ _NEVER_MS = 1e9
 
 def _client_config(worker: Worker, cmd: Mapping[str, Any], run_cache: Path) -> Any:
     """The ClientConfig for the device setting in ``cmd``."""
-    from ionn_net.client import ClientConfig
+    from ionn_net.client import ClientConfig, paced_transport
     from ionn_net.planner.profiles import ProfileCache
 
     prep = worker.prep
     assert prep is not None
     device = cmd["device"]
     mbit = float(cmd["assumed_mbit"])
-    transport = _transport(cmd.get("pace_mbit"))
+    pace_mbit = cmd.get("pace_mbit")
+    transport = paced_transport(None if pace_mbit is None else float(pace_mbit) * 1e6)
     if device["kind"] == "cgroup":
         # The client rescales its cached profile to the whole-model time it measures
         # at start(), which runs under the quota: it thus learns the device's speed.
@@ -70,15 +71,6 @@ def _client_config(worker: Worker, cmd: Mapping[str, Any], run_cache: Path) -> A
         device_ms={n: v * factor for n, v in prep.profile.layer_ms.items()},
         transport=transport,
     )
-
-
-def _transport(pace_mbit: float | None) -> Any:
-    """Upload pacing at the given rate (Mbit/s), or the client's default (estimated)."""
-    from ionn_net.aio import PacingConfig, TransportOptions
-
-    if pace_mbit is None:
-        return TransportOptions(pacing=PacingConfig())
-    return TransportOptions(pacing=PacingConfig(rate_bps=float(pace_mbit) * 1e6))
 
 
 def _query_doc(

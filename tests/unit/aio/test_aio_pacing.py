@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -257,37 +258,41 @@ def test_a_burst_of_unpaced_bytes_delays_the_upload_at_most_max_debt() -> None:
     assert pacer.delay(5_000, 1.0) == pytest.approx(0.05)
 
 
+def _estimate_after_startup(
+    info_at: Callable[[float], TcpInfo], unpaced: int = 0, every: int = 1
+) -> float:
+    """The estimate after 0.6 s of an upload asking every 10 ms, startup 0.2 s, path as
+    ``info_at(t)`` says, ``unpaced`` bytes written every ``every`` steps."""
+    clock = [0.0]
+    config = PacingConfig(
+        startup_s=0.2, min_span_s=0.05, control_interval_s=0.05, sample_interval_s=0.01
+    )
+    pacer = Pacer(config, lambda: info_at(clock[0]), now=0.0)
+    for step in range(60):
+        clock[0] = step * 0.01
+        pacer.delay(1000, clock[0])
+        if unpaced and step % every == 0:
+            pacer.consume(unpaced, clock[0])  # unpaced bytes written
+    assert pacer.bottleneck_rate is not None
+    return pacer.bottleneck_rate
+
+
 def test_pacer_does_not_back_off_on_queues_of_heavy_unpaced_traffic() -> None:
-    def steer(unpaced: int, every: int = 1) -> float:
-        clock = [0.0]
+    def info(t: float) -> TcpInfo:
+        # Acked grows at 1 MB/s until startup ends, then at 0.5 MB/s (less than is sent),
+        # and the RTT shows 20 ms of queue: a reason to back off, unless the queue is the
+        # queries'.
+        acked = int(1e6 * min(t, 0.2) + 0.5e6 * max(0.0, t - 0.2))
+        return _info(0.0, acked=acked, rtt_s=0.03 if t > 0.2 else 0.01, min_rtt_s=0.01)
 
-        def info() -> TcpInfo:
-            # Acked grows at 1 MB/s until startup ends, then at 0.5 MB/s (less than is
-            # sent), and the RTT shows 20 ms of queue: a reason to back off, unless the
-            # queue is the queries'.
-            t = clock[0]
-            acked = int(1e6 * min(t, 0.2) + 0.5e6 * max(0.0, t - 0.2))
-            return _info(0.0, acked=acked, rtt_s=0.03 if t > 0.2 else 0.01, min_rtt_s=0.01)
-
-        config = PacingConfig(
-            startup_s=0.2, min_span_s=0.05, control_interval_s=0.05, sample_interval_s=0.01
-        )
-        pacer = Pacer(config, info, now=0.0)
-        for step in range(60):
-            clock[0] = step * 0.01
-            pacer.delay(1000, clock[0])
-            if step % every == 0:
-                pacer.consume(unpaced, clock[0])  # unpaced bytes written
-        assert pacer.bottleneck_rate is not None
-        return pacer.bottleneck_rate
-
-    calm = steer(0)
+    calm = _estimate_after_startup(info)
     assert calm < 0.95e6  # backed off: the queue is the upload's
-    assert steer(5_000) == pytest.approx(1e6, rel=0.02)  # 0.5 MB/s of queries: held
+    # 0.5 MB/s of queries: held
+    assert _estimate_after_startup(info, 5_000) == pytest.approx(1e6, rel=0.02)
     # The same rate as a 100 kB tensor every 200 ms: most control intervals see none
     # of it written, but its queue outlives them.
-    assert steer(100_000, every=20) == pytest.approx(1e6, rel=0.02)
-    assert steer(5_000, every=20) < 0.95e6  # 25 kB/s of queries: not heavy
+    assert _estimate_after_startup(info, 100_000, every=20) == pytest.approx(1e6, rel=0.02)
+    assert _estimate_after_startup(info, 5_000, every=20) < 0.95e6  # 25 kB/s: not heavy
 
 
 def test_the_upload_waits_out_a_single_query_instead_of_using_its_share() -> None:
@@ -299,27 +304,17 @@ def test_the_upload_waits_out_a_single_query_instead_of_using_its_share() -> Non
 
 
 def test_pacer_does_not_back_off_on_unsent_bytes_a_slow_reader_holds_back() -> None:
-    def steer(reader_stalls: bool) -> float:
-        clock = [0.0]
-
-        def info() -> TcpInfo:
+    def info(reader_stalls: bool) -> Callable[[float], TcpInfo]:
+        def at(t: float) -> TcpInfo:
             # After startup: 100 kB unsent in the socket at a minimal RTT. Either the peer's
             # receive window held it back (the reader was busy) or the kernel did.
-            t = clock[0]
             base = _info(0.0, acked=int(1e6 * t), rtt_s=0.01, min_rtt_s=0.01)
             unsent = 100_000 if t > 0.2 else 0
             limited = max(0.0, t - 0.2) if reader_stalls else 0.0
             return replace(base, notsent_bytes=unsent, rwnd_limited_s=limited)
 
-        config = PacingConfig(
-            startup_s=0.2, min_span_s=0.05, control_interval_s=0.05, sample_interval_s=0.01
-        )
-        pacer = Pacer(config, info, now=0.0)
-        for step in range(60):
-            clock[0] = step * 0.01
-            pacer.delay(1000, clock[0])
-        assert pacer.bottleneck_rate is not None
-        return pacer.bottleneck_rate
+        return at
 
-    assert steer(reader_stalls=False) < 0.9e6  # our own backlog: back off
-    assert steer(reader_stalls=True) == pytest.approx(1e6, rel=0.02)  # the reader's: hold
+    assert _estimate_after_startup(info(False)) < 0.9e6  # our own backlog: back off
+    # the reader's: hold
+    assert _estimate_after_startup(info(True)) == pytest.approx(1e6, rel=0.02)
