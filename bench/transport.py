@@ -259,10 +259,34 @@ def _hol_row(label: str, r: dict[str, Any], link_bps: float, grpc_p99: float | N
 
 
 def _discarded(r: dict[str, Any]) -> str:
-    """The paced cases: rate the pacer could not spend during the upload, as a share of
-    the upload (stalls longer than its burst)."""
+    """Diagnostics: packets the bottleneck dropped during the case (namespace links), segments
+    the ionn_net client retransmitted while it probed, and for the paced cases the rate the
+    pacer could not spend during the upload, as a share of the upload (stalls longer than
+    its burst)."""
+    out = "" if r.get("qdisc_drops") is None else f" | drops {r['qdisc_drops']}"
+    if r.get("retrans_during_busy") is not None:
+        out += f" | retrans {r['retrans_during_busy']} ({r['queries_with_retrans']} queries)"
     lost = r.get("pacer_discarded")
-    return "" if lost is None else f" | pacer lost {lost / r['upload_bytes']:.1%}"
+    return out + ("" if lost is None else f" | pacer lost {lost / r['upload_bytes']:.1%}")
+
+
+def _drops(ns: Any) -> int | None:
+    """Upload-direction drops of the bottleneck so far (None where they cannot be read)."""
+    read = getattr(ns, "qdisc_drops", None)
+    up = None if read is None else read().get("up")
+    return None if up is None else int(up)
+
+
+def _slowest(rows: list[dict[str, Any]]) -> str:
+    """The slowest busy queries: when (s into the probing), round trip split at the moment
+    the server had the whole query (and its head), retransmissions meanwhile, unsent bytes
+    ahead of it in the socket and the smoothed RTT when it began."""
+    return ", ".join(
+        f"{q['rtt_ms']:.0f} ms @{q['t_s']:.1f}s (up {q['up_ms']:.0f} [head {q['head_ms']:.0f}]"
+        f" down {q['down_ms']:.0f}) re={q['retrans']} unsent={q['notsent_before']}"
+        f" srtt={q['srtt_before_ms']:.0f}"
+        for q in rows[:5]
+    )
 
 
 def bench_link(
@@ -306,14 +330,21 @@ def bench_link(
             params["pacing"] = "auto"
         if pacing is not None and gain is not None:
             params["pacing_gain"] = gain
+        drops_before = _drops(ns)
         try:
             rows[label] = run_pair(link, kind, params, timeout=4 * expected_s + 90)
+            drops_after = _drops(ns)
+            if drops_before is not None and drops_after is not None:
+                rows[label]["qdisc_drops"] = drops_after - drops_before
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"  {label:38s} FAILED: {str(exc).splitlines()[-1][:200]}")
     grpc = rows.get(HOL_CASES[-1][1])
     for label, r in rows.items():
         gain_base = None if grpc is None or label.startswith("gRPC") else grpc["busy_p99"]
         print(_hol_row(label, r, measured, gain_base))
+    for label, r in rows.items():
+        if r.get("slowest"):
+            print(f"  slowest queries of '{label}': {_slowest(r['slowest'])}")
     for r in rows.values():
         r["link_bps"] = measured
     return rows

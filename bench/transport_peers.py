@@ -155,11 +155,13 @@ async def _serve_grpc(host: str, port: int) -> tuple[Any, int]:
 
 async def _ionn_handler(stream: Any) -> None:
     head = stream.head
+    began = time.monotonic()  # the clock is the host's: comparable with the client's
     total = 0
     async for chunk in stream:
         total += len(chunk)
     if head.get("m") == "query":
-        await stream.respond({"m": "result", "body_len": QUERY_BYTES}, bytes(QUERY_BYTES))
+        stamps = {"t_head": began, "t_body": time.monotonic()}
+        await stream.respond({"m": "result", "body_len": QUERY_BYTES, **stamps}, bytes(QUERY_BYTES))
     else:
         await stream.respond({"m": "upload_ok", "received": total})
 
@@ -261,9 +263,11 @@ async def _bulk_ionn(host: str, port: int, total: int, params: dict[str, Any]) -
     return total / elapsed
 
 
-class _Client(Protocol):
+class _Querier(Protocol):
     async def query(self, payload: bytes) -> None: ...
 
+
+class _Client(_Querier, Protocol):
     async def upload(self, total: int) -> None: ...
 
     async def close(self) -> None: ...
@@ -364,13 +368,16 @@ class _IonnClient:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.discarded: float | None = None
+        #: the server's clock (host monotonic) when the last query's head and body arrived
+        self.server_stamps = (0.0, 0.0)
 
     async def query(self, payload: bytes) -> None:
-        _, body = await self.conn.request(
+        head, body = await self.conn.request(
             {"m": "query", "body_len": len(payload)}, payload, urgency=1
         )
         if len(body) != QUERY_BYTES:
             raise RuntimeError("ionn: short reply")
+        self.server_stamps = (float(head.get("t_head", 0.0)), float(head.get("t_body", 0.0)))
 
     async def upload(self, total: int) -> None:
         stream = await self.conn.open_stream(
@@ -384,6 +391,13 @@ class _IonnClient:
         head = await stream.receive_head()
         if head.get("received") != total:
             raise RuntimeError("ionn: upload size mismatch")
+
+    def tcp_state(self) -> tuple[int, int, float] | None:
+        """(segments retransmitted so far, unsent bytes in the socket, smoothed RTT in ms)."""
+        info = self.conn.protocol.tcp_info()
+        if info is None:
+            return None
+        return info.total_retrans, info.notsent_bytes, info.rtt_s * 1e3
 
     async def close(self) -> None:
         self.conn.close()
@@ -407,7 +421,7 @@ async def _open_client(kind: str, host: str, port: int, params: dict[str, Any]) 
 
 
 async def _timed_queries(
-    client: _Client,
+    client: _Querier,
     payload: bytes,
     count: int,
     until: Callable[[], bool],
@@ -428,6 +442,55 @@ async def _timed_queries(
         while not until() and time.perf_counter() < deadline:  # stop early when done
             await asyncio.sleep(min(0.005, pause))
     return rtts
+
+
+class _TracedQueries:
+    """Wraps a client's query to record the TCP state around each one (ionn clients only).
+
+    Attributes a slow query to what the sending socket saw meanwhile: retransmitted segments
+    (loss at the bottleneck) or unsent bytes queued ahead of it in the socket.
+    """
+
+    def __init__(self, client: _Client) -> None:
+        self.client = client
+        probe = getattr(client, "tcp_state", None)
+        self.probe: Callable[[], tuple[int, int, float] | None] = probe or (lambda: None)
+        self.start = time.monotonic()
+        self.first = self.probe()
+        self.rows: list[dict[str, Any]] = []
+
+    async def query(self, payload: bytes) -> None:
+        before = self.probe()
+        start = time.monotonic()
+        await self.client.query(payload)
+        end = time.monotonic()
+        after = self.probe()
+        if before is None or after is None:
+            return
+        head, body = getattr(self.client, "server_stamps", (0.0, 0.0))
+        self.rows.append(
+            {
+                "t_s": round(start - self.start, 2),
+                "rtt_ms": round((end - start) * 1e3, 1),
+                # up: until the server had the whole query; down: its answer's way back
+                "head_ms": round((head - start) * 1e3, 1),
+                "up_ms": round((body - start) * 1e3, 1),
+                "down_ms": round((end - body) * 1e3, 1),
+                "retrans": after[0] - before[0],
+                "notsent_before": before[1],
+                "srtt_before_ms": round(before[2], 1),
+            }
+        )
+
+    def summary(self) -> dict[str, Any]:
+        last = self.probe()
+        if self.first is None or last is None:
+            return {}
+        return {
+            "retrans_during_busy": last[0] - self.first[0],
+            "queries_with_retrans": sum(1 for row in self.rows if row["retrans"] > 0),
+            "slowest": sorted(self.rows, key=lambda row: row["rtt_ms"], reverse=True)[:8],
+        }
 
 
 async def _timed(work: Awaitable[None]) -> float:
@@ -454,11 +517,13 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
         def stop() -> bool:
             return upload.done() or time.perf_counter() > deadline
 
-        busy = await _timed_queries(client, payload, 100_000, stop, rng, gap_s=gap)
+        traced = _TracedQueries(client)
+        busy = await _timed_queries(traced, payload, 100_000, stop, rng, gap_s=gap)
+        trace = traced.summary()  # while the socket is still open
         elapsed = await asyncio.wait_for(upload, max(0.1, deadline - time.perf_counter()))
     finally:
         await client.close()
-    return {
+    return trace | {
         "idle_p50": _pct(idle, 50),
         "idle_p99": _pct(idle, 99),
         "busy_p50": _pct(busy, 50),

@@ -44,6 +44,7 @@ _TI_FLAGS_OFFSET = 7  # bit 0: tcpi_delivery_rate_app_limited
 _TI_RTT = struct.Struct("=II")  # tcpi_rtt, tcpi_rttvar (microseconds) at offset 68
 _TI_RTT_OFFSET = 68
 _TI_CWND_OFFSET = 80
+_TI_TOTAL_RETRANS_OFFSET = 100
 _TI_BYTES_ACKED_OFFSET = 120
 _TI_NOTSENT_OFFSET = 144
 _TI_MIN_RTT_OFFSET = 148
@@ -97,6 +98,8 @@ class TcpInfo:
     #: Seconds so far that the peer's receive window held sending back (0.0 if unknown):
     #: unsent bytes piling up in the socket then mean a slow reader, not a full path.
     rwnd_limited_s: float = 0.0
+    #: Segments retransmitted over the connection's life (tcpi_total_retrans).
+    total_retrans: int = 0
 
 
 def _is_tcp(sock: SocketLike) -> bool:
@@ -193,4 +196,5 @@ def read_tcp_info(sock: SocketLike) -> TcpInfo | None:
             if len(raw) >= _TI_RWND_LIMITED_OFFSET + 8
             else 0.0
         ),
+        total_retrans=_U32.unpack_from(raw, _TI_TOTAL_RETRANS_OFFSET)[0],
     )

@@ -35,6 +35,7 @@ import itertools
 import json
 import os
 import pickle
+import re
 import select
 import signal
 import subprocess
@@ -399,6 +400,20 @@ class NamespaceLink:
             server.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.wait(5)
+
+    def qdisc_drops(self) -> dict[str, int]:
+        """Packets the rate-limiting qdisc of each direction has dropped so far ("up", "down").
+
+        A full bottleneck queue drops; loss then costs TCP a retransmission (a round trip or
+        more). Read from ``tc -s qdisc``; a direction whose counter cannot be read is absent.
+        """
+        drops: dict[str, int] = {}
+        for direction, role, dev in (("up", "a", "va"), ("down", "b", "vb")):
+            out = _run(["tc", "-s", "-n", self._ns(role), "qdisc", "show", "dev", dev], check=False)
+            found = re.search(r"dropped (\d+)", out.stdout)
+            if out.returncode == 0 and found is not None:
+                drops[direction] = int(found.group(1))
+        return drops
 
     # -- tear-down ----------------------------------------------------------------------
     def _stop_delay_lines(self) -> None:

@@ -101,6 +101,27 @@ def test_loss_makes_the_kernel_retransmit() -> None:
     assert after - before >= 5  # real drops, repaired by the sender's kernel
 
 
+def _udp_burst(host: str, count: int) -> int:
+    """Send ``count`` 1400-byte datagrams to ``host`` as fast as possible (runs in a)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _ in range(count):
+            sock.sendto(b"x" * 1400, (host, 9))
+    return count
+
+
+def test_qdisc_drops_counts_what_the_bottleneck_dropped() -> None:
+    with NamespaceLink(rate_bps=1e6) as link:
+        before = link.qdisc_drops()
+        link.call_in("a", _udp_burst, link.addresses["b"], 400)
+        after = link.qdisc_drops()
+    assert before == {"up": 0, "down": 0}
+    # 560 KB offered at once to a 1 Mbit/s link with a 50 ms queue: most is dropped.
+    assert after["up"] >= 200
+    assert after["down"] == 0
+
+
 def test_run_in_sees_only_the_private_addresses() -> None:
     with NamespaceLink(rate_bps=10e6) as link:
         out = link.run_in("a", ["ip", "-4", "-br", "addr"]).stdout
