@@ -266,7 +266,9 @@ def _discarded(r: dict[str, Any]) -> str:
     out = "" if r.get("qdisc_drops") is None else f" | drops {r['qdisc_drops']}"
     if r.get("retrans_during_busy") is not None:
         out += f" | retrans {r['retrans_during_busy']} ({r['queries_with_retrans']} queries)"
-    lost = r.get("pacer_discarded")
+    lost, forgiven = r.get("pacer_discarded"), r.get("pacer_forgiven")
+    if forgiven is not None:
+        out += f" | forgiven {forgiven / r['upload_bytes']:.1%}"
     return out + ("" if lost is None else f" | pacer lost {lost / r['upload_bytes']:.1%}")
 
 

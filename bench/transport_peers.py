@@ -368,6 +368,7 @@ class _IonnClient:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.discarded: float | None = None
+        self.forgiven: float | None = None
         #: the server's clock (host monotonic) when the last query's head and body arrived
         self.server_stamps = (0.0, 0.0)
 
@@ -384,10 +385,13 @@ class _IonnClient:
             {"m": "upload", "body_len": total}, urgency=5, incremental=True
         )
         pacer = self.conn.pacer
-        before = pacer.discarded_bytes if pacer is not None else 0.0
+        if pacer is not None:  # not the idle time before the upload
+            pacer.settle(asyncio.get_running_loop().time())
+        before = (pacer.discarded_bytes, pacer.forgiven_bytes) if pacer is not None else (0, 0)
         await _send_body(stream, total, _block())
-        if pacer is not None:  # rate lost while the upload ran (a diagnostic)
-            self.discarded = pacer.discarded_bytes - before
+        if pacer is not None:  # rate lost, and bytes never charged, while the upload ran
+            self.discarded = pacer.discarded_bytes - before[0]
+            self.forgiven = pacer.forgiven_bytes - before[1]
         head = await stream.receive_head()
         if head.get("received") != total:
             raise RuntimeError("ionn: upload size mismatch")
@@ -534,6 +538,7 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
         "upload_rate": total / elapsed,
         "upload_bytes": total,
         "pacer_discarded": getattr(client, "discarded", None),
+        "pacer_forgiven": getattr(client, "forgiven", None),
     }
 
 

@@ -118,7 +118,7 @@ class PacingConfig:
 class TokenBucket:
     """Debt-based token bucket in bytes; ``rate`` in bytes/s; time passed in."""
 
-    __slots__ = ("_balance", "_burst", "_last", "discarded", "max_debt", "rate")
+    __slots__ = ("_balance", "_burst", "_last", "discarded", "forgiven", "max_debt", "rate")
 
     def __init__(
         self, rate: float, burst: float, now: float, *, max_debt: float = float("inf")
@@ -136,6 +136,8 @@ class TokenBucket:
         self._last = now
         #: bytes of rate lost to the burst cap: time nothing was sent although it could
         self.discarded = 0.0
+        #: bytes sent but never charged: debt beyond ``max_debt``
+        self.forgiven = 0.0
 
     def _refill(self, now: float) -> None:
         if now > self._last:
@@ -159,7 +161,9 @@ class TokenBucket:
     def consume(self, nbytes: int, now: float) -> None:
         """Charge a chunk that was just released (debt beyond ``max_debt`` is forgiven)."""
         self._refill(now)
-        self._balance = max(self._balance - nbytes, -self.max_debt)
+        owed = self._balance - nbytes
+        self._balance = max(owed, -self.max_debt)
+        self.forgiven += self._balance - owed
 
 
 class RateEstimator:
@@ -290,6 +294,17 @@ class Pacer:
         """Rate the bucket could not spend (nothing was ready to send for longer than the
         burst): idle time between uploads, or stalls during one."""
         return 0.0 if self._bucket is None else self._bucket.discarded
+
+    def settle(self, now: float) -> None:
+        """Bring the counters up to ``now`` (the bucket refills lazily, when next asked): read
+        :attr:`discarded_bytes` after this to exclude what an idle spell before ``now`` lost."""
+        if self._bucket is not None:
+            self._bucket.delay(now)
+
+    @property
+    def forgiven_bytes(self) -> float:
+        """Bytes sent beyond the rate and never charged (debt over ``max_debt_s``)."""
+        return 0.0 if self._bucket is None else self._bucket.forgiven
 
     def _burst(self, rate: float) -> float:
         return max(2.0 * self._chunk, rate * self.config.burst_s)

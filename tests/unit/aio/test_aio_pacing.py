@@ -219,6 +219,7 @@ def test_token_bucket_forgives_debt_beyond_max_debt() -> None:
     bucket = TokenBucket(rate=1_000_000.0, burst=0.0, now=0.0, max_debt=100_000.0)
     bucket.consume(5_000_000, 0.0)  # five seconds of link time at once
     assert bucket.delay(0.0) == pytest.approx(0.1)
+    assert bucket.forgiven == pytest.approx(4_900_000)  # what was never charged
     with pytest.raises(ConfigError, match="max_debt"):
         TokenBucket(rate=1.0, burst=0.0, now=0.0, max_debt=-1.0)
 
@@ -318,3 +319,13 @@ def test_pacer_does_not_back_off_on_unsent_bytes_a_slow_reader_holds_back() -> N
     assert _estimate_after_startup(info(False)) < 0.9e6  # our own backlog: back off
     # the reader's: hold
     assert _estimate_after_startup(info(True)) == pytest.approx(1e6, rel=0.02)
+
+
+def test_settle_counts_an_idle_spell_as_discarded_before_it_is_read() -> None:
+    pacer = Pacer(PacingConfig(rate_bps=8e6, burst_s=0.0), lambda: None, 0.0)
+    assert pacer.discarded_bytes == 0.0  # lazily refilled: the idle second is not seen yet
+    pacer.settle(1.0)
+    # One idle second at 0.95 MB/s, less the burst the bucket may keep (two 4 KiB chunks).
+    assert pacer.discarded_bytes == pytest.approx(950_000, abs=10_000)
+    pacer.settle(1.0)
+    assert pacer.discarded_bytes == pytest.approx(950_000, abs=10_000)  # idempotent
