@@ -279,6 +279,40 @@ def _drops(ns: Any) -> int | None:
     return None if up is None else int(up)
 
 
+#: Kernel TCP events that cost a round trip or a timer: what a query tail may come from.
+_TCP_EVENTS = (
+    "RetransSegs",
+    "TCPLossProbes",
+    "TCPTimeouts",
+    "TCPSpuriousRTOs",
+    "DelayedACKs",
+    "DelayedACKLost",
+    "TCPFastRetrans",
+    "TCPOFOQueue",
+    "TCPRcvQDrop",
+    "TCPBacklogDrop",
+)
+
+
+def _tcp_counters(ns: Any) -> dict[str, dict[str, int]] | None:
+    read = getattr(ns, "tcp_counters", None)
+    return None if read is None else {role: read(role) for role in ("a", "b")}
+
+
+def _counter_deltas(
+    before: dict[str, dict[str, int]] | None, after: dict[str, dict[str, int]] | None
+) -> str:
+    """Non-zero changes of :data:`_TCP_EVENTS`, client namespace (a) and server (b)."""
+    if before is None or after is None:
+        return ""
+    parts = []
+    for role in ("a", "b"):
+        moved = {name: after[role].get(name, 0) - before[role].get(name, 0) for name in _TCP_EVENTS}
+        shown = " ".join(f"{name}={n}" for name, n in moved.items() if n)
+        parts.append(f"{'client' if role == 'a' else 'server'}: {shown or '-'}")
+    return "; ".join(parts)
+
+
 def _slowest(rows: list[dict[str, Any]]) -> str:
     """The slowest busy queries: when (s into the probing), round trip split at the moment
     the server had the whole query (and its head), retransmissions meanwhile, unsent bytes
@@ -332,9 +366,10 @@ def bench_link(
             params["pacing"] = "auto"
         if pacing is not None and gain is not None:
             params["pacing_gain"] = gain
-        drops_before = _drops(ns)
+        drops_before, tcp_before = _drops(ns), _tcp_counters(ns)
         try:
             rows[label] = run_pair(link, kind, params, timeout=4 * expected_s + 90)
+            rows[label]["tcp_counters"] = _counter_deltas(tcp_before, _tcp_counters(ns))
             drops_after = _drops(ns)
             if drops_before is not None and drops_after is not None:
                 rows[label]["qdisc_drops"] = drops_after - drops_before
@@ -347,6 +382,8 @@ def bench_link(
     for label, r in rows.items():
         if r.get("slowest"):
             print(f"  slowest queries of '{label}': {_slowest(r['slowest'])}")
+        if r.get("tcp_counters"):
+            print(f"  TCP counters during '{label}': {r['tcp_counters']}")
     for r in rows.values():
         r["link_bps"] = measured
     return rows

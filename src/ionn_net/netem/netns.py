@@ -415,6 +415,20 @@ class NamespaceLink:
                 drops[direction] = int(found.group(1))
         return drops
 
+    def tcp_counters(self, role: str) -> dict[str, int]:
+        """The TCP counters of namespace ``role`` (``/proc/net/snmp`` "Tcp" and
+        ``/proc/net/netstat`` "TcpExt", e.g. ``RetransSegs``, ``TCPLossProbes``,
+        ``DelayedACKs``), each namespace counting only its own sockets."""
+        out = self.run_in(role, ["cat", "/proc/net/snmp", "/proc/net/netstat"], timeout=10.0)
+        counters: dict[str, int] = {}
+        lines = [line.split() for line in out.stdout.splitlines()]
+        for names, values in itertools.pairwise(lines):
+            # A header line, then its values (same prefix, numbers instead of names).
+            same_table = names and values and names[0] == values[0] in ("Tcp:", "TcpExt:")
+            if same_table and names[1:2] != values[1:2]:
+                counters.update(zip(names[1:], map(int, values[1:]), strict=False))
+        return counters
+
     # -- tear-down ----------------------------------------------------------------------
     def _stop_delay_lines(self) -> None:
         """Close each delay line's stdin (its stop signal) and keep its final counters."""

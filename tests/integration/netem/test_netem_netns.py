@@ -224,3 +224,14 @@ def test_asymmetric_link_specs() -> None:
     ratio = down_result.rate_ratio()
     assert down_result.configured_rate_bps == 10e6
     assert ratio is not None and 0.88 <= ratio <= 1.02, down_result.describe()
+
+
+def test_tcp_counters_are_per_namespace_and_see_retransmissions() -> None:
+    with NamespaceLink(delay_ms=1, loss=0.03, seed=3) as link:
+        before_a, before_b = link.tcp_counters("a"), link.tcp_counters("b")
+        link.probe(duration_s=0.5, pings=0)
+        after_a, after_b = link.tcp_counters("a"), link.tcp_counters("b")
+    assert before_a["RetransSegs"] == before_b["RetransSegs"] == 0  # fresh namespaces
+    assert after_a["RetransSegs"] >= 5  # the sender (a) repaired the delay line's drops
+    assert after_b["RetransSegs"] <= after_a["RetransSegs"]
+    assert "DelayedACKs" in after_b  # TcpExt read too
