@@ -316,10 +316,12 @@ def _counter_deltas(
 def _slowest(rows: list[dict[str, Any]]) -> str:
     """The slowest busy queries: when (s into the probing), round trip split at the moment
     the server had the whole query (and its head), retransmissions meanwhile, unsent bytes
-    ahead of it in the socket and the smoothed RTT when it began."""
+    ahead of it in the socket, the worst event-loop lateness of client / server meanwhile
+    (a process that did not run) and the smoothed RTT when it began."""
     return ", ".join(
         f"{q['rtt_ms']:.0f} ms @{q['t_s']:.1f}s (up {q['up_ms']:.0f} [head {q['head_ms']:.0f}]"
         f" down {q['down_ms']:.0f}) re={q['retrans']} unsent={q['notsent_before']}"
+        f" lag {q['client_lag_ms']:.0f}/{q['server_lag_ms']:.0f}"
         f" srtt={q['srtt_before_ms']:.0f}"
         for q in rows[:5]
     )

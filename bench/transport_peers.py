@@ -153,6 +153,32 @@ async def _serve_grpc(host: str, port: int) -> tuple[Any, int]:
     return server, bound
 
 
+class _LoopLag:
+    """How late this process's event loop ran a 5 ms timer (a stall of the whole process
+    or of the loop), as the largest lateness since the last :meth:`take`."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            due = time.monotonic() + 0.005
+            await asyncio.sleep(0.005)
+            self.worst = max(self.worst, time.monotonic() - due)
+
+    def take(self) -> float:
+        worst, self.worst = self.worst, 0.0
+        return worst
+
+
+_LAG = _LoopLag()
+
+
 async def _ionn_handler(stream: Any) -> None:
     head = stream.head
     began = time.monotonic()  # the clock is the host's: comparable with the client's
@@ -160,7 +186,8 @@ async def _ionn_handler(stream: Any) -> None:
     async for chunk in stream:
         total += len(chunk)
     if head.get("m") == "query":
-        stamps = {"t_head": began, "t_body": time.monotonic()}
+        _LAG.start()
+        stamps = {"t_head": began, "t_body": time.monotonic(), "lag_s": _LAG.take()}
         await stream.respond({"m": "result", "body_len": QUERY_BYTES, **stamps}, bytes(QUERY_BYTES))
     else:
         await stream.respond({"m": "upload_ok", "received": total})
@@ -371,6 +398,7 @@ class _IonnClient:
         self.forgiven: float | None = None
         #: the server's clock (host monotonic) when the last query's head and body arrived
         self.server_stamps = (0.0, 0.0)
+        self.server_lag_s = 0.0  # the server loop's worst lateness since its previous answer
 
     async def query(self, payload: bytes) -> None:
         head, body = await self.conn.request(
@@ -379,6 +407,7 @@ class _IonnClient:
         if len(body) != QUERY_BYTES:
             raise RuntimeError("ionn: short reply")
         self.server_stamps = (float(head.get("t_head", 0.0)), float(head.get("t_body", 0.0)))
+        self.server_lag_s = float(head.get("lag_s", 0.0))
 
     async def upload(self, total: int) -> None:
         stream = await self.conn.open_stream(
@@ -464,6 +493,8 @@ class _TracedQueries:
         self.rows: list[dict[str, Any]] = []
 
     async def query(self, payload: bytes) -> None:
+        _LAG.start()
+        _LAG.take()
         before = self.probe()
         start = time.monotonic()
         await self.client.query(payload)
@@ -481,6 +512,9 @@ class _TracedQueries:
                 "up_ms": round((body - start) * 1e3, 1),
                 "down_ms": round((end - body) * 1e3, 1),
                 "retrans": after[0] - before[0],
+                # worst event-loop lateness meanwhile: here, and at the server since its last
+                "client_lag_ms": round(_LAG.take() * 1e3, 1),
+                "server_lag_ms": round(getattr(self.client, "server_lag_s", 0.0) * 1e3, 1),
                 "notsent_before": before[1],
                 "srtt_before_ms": round(before[2], 1),
             }
