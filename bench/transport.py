@@ -482,6 +482,11 @@ def bench_hol(
         mbit, delay_ms, slack_ms = HOL_LINKS[key]
         with shaped_link(mbit * 1e6, delay_ms, kind) as (link, ns):
             rows = bench_link(link, ns, quick, gain)
+        for direction, stats in getattr(ns, "delay_line_stats", {}).items():
+            print(  # the whole link's life, every case: did the emulator itself run late?
+                f"  delay line {direction}: {stats.frames_out} frames, {stats.late_5ms} sent"
+                f" > 5 ms after due, worst {stats.late_max_us / 1e3:.1f} ms late"
+            )
         verdicts += _verdicts(link.name, rows, slack_ms)
     print("== targets (p99 of query RTT during the upload; link = probed goodput)")
     print("\n".join(verdicts))

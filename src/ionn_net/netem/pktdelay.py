@@ -58,6 +58,10 @@ class DelayLineStats:
     dropped_loss: int
     dropped_full: int
     dropped_send: int
+    #: frames sent more than 5 ms after they were due, and the worst lateness (us): a
+    #: delay line that did not run in time delays the link beyond what was configured
+    late_5ms: int = 0
+    late_max_us: int = 0
 
 
 def _open(ifname: str) -> socket.socket:
@@ -79,7 +83,16 @@ class _Line:
         self.held = 0
         self.last_due = 0.0
         self.counts = dict.fromkeys(
-            ("frames_in", "frames_out", "dropped_loss", "dropped_full", "dropped_send"), 0
+            (
+                "frames_in",
+                "frames_out",
+                "dropped_loss",
+                "dropped_full",
+                "dropped_send",
+                "late_5ms",
+                "late_max_us",
+            ),
+            0,
         )
 
     def admit(self, frame: bytes, now: float, max_bytes: int) -> None:
@@ -101,7 +114,10 @@ class _Line:
         for _ in range(len(self.queue)):
             if self.queue[0][0] > now:
                 return
-            frame = self.queue.popleft()[1]
+            due, frame = self.queue.popleft()
+            late_us = int((now - due) * 1e6)
+            self.counts["late_5ms"] += late_us > 5000
+            self.counts["late_max_us"] = max(self.counts["late_max_us"], late_us)
             self.held -= len(frame)
             try:
                 out.send(frame)

@@ -30,6 +30,9 @@ def test_jitter_never_reorders_and_delay_is_held() -> None:
                 break
     assert got == list(range(len(got))) and 0 < len(got) < 200  # only what is due, in order
     assert line.counts["frames_out"] == len(got)
+    # All released at 0.1 s, whenever they were due: lateness counted against the due time.
+    assert line.counts["late_5ms"] == sum(1 for due in dues if due < 0.095)
+    assert line.counts["late_max_us"] == pytest.approx((0.1 - dues[0]) * 1e6, abs=2)
 
 
 def test_loss_drops_about_the_configured_share() -> None:
