@@ -414,13 +414,14 @@ class _IonnClient:
             {"m": "upload", "body_len": total}, urgency=5, incremental=True
         )
         pacer = self.conn.pacer
-        if pacer is not None:  # not the idle time before the upload
+        if pacer is None:
+            await _send_body(stream, total, _block())
+        else:  # rate lost, and bytes never charged, while the upload ran (not before it)
             pacer.settle(asyncio.get_running_loop().time())
-        before = (pacer.discarded_bytes, pacer.forgiven_bytes) if pacer is not None else (0, 0)
-        await _send_body(stream, total, _block())
-        if pacer is not None:  # rate lost, and bytes never charged, while the upload ran
-            self.discarded = pacer.discarded_bytes - before[0]
-            self.forgiven = pacer.forgiven_bytes - before[1]
+            discarded, forgiven = pacer.discarded_bytes, pacer.forgiven_bytes
+            await _send_body(stream, total, _block())
+            self.discarded = pacer.discarded_bytes - discarded
+            self.forgiven = pacer.forgiven_bytes - forgiven
         head = await stream.receive_head()
         if head.get("received") != total:
             raise RuntimeError("ionn: upload size mismatch")
@@ -478,10 +479,11 @@ async def _timed_queries(
 
 
 class _TracedQueries:
-    """Wraps a client's query to record the TCP state around each one (ionn clients only).
+    """Wraps a client's query to record what each one met (ionn clients only).
 
-    Attributes a slow query to what the sending socket saw meanwhile: retransmitted segments
-    (loss at the bottleneck) or unsent bytes queued ahead of it in the socket.
+    Attributes a slow query to what the sending socket saw meanwhile (retransmitted segments,
+    unsent bytes queued ahead of it), to where its time went by the server's clock (head,
+    whole query, answer back) or to an event loop that ran late on either side.
     """
 
     def __init__(self, client: _Client) -> None:

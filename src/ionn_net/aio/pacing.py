@@ -139,7 +139,9 @@ class TokenBucket:
         #: bytes sent but never charged: debt beyond ``max_debt``
         self.forgiven = 0.0
 
-    def _refill(self, now: float) -> None:
+    def settle(self, now: float) -> None:
+        """Refill up to ``now`` (done lazily otherwise, when next asked), so that
+        :attr:`discarded` includes an idle spell that ends at ``now``."""
         if now > self._last:
             full = self._balance + (now - self._last) * self.rate
             self._balance = min(self._burst, full)
@@ -148,19 +150,19 @@ class TokenBucket:
 
     def set_rate(self, rate: float, burst: float, now: float) -> None:
         """Change the rate from ``now`` on (the debt so far is kept)."""
-        self._refill(now)
+        self.settle(now)
         self.rate = max(rate, 1.0)
         self._burst = max(burst, 0.0)
         self._balance = min(self._balance, self._burst)
 
     def delay(self, now: float) -> float:
         """Seconds until the next chunk may leave (0.0: now)."""
-        self._refill(now)
+        self.settle(now)
         return 0.0 if self._balance >= 0 else -self._balance / self.rate
 
     def consume(self, nbytes: int, now: float) -> None:
         """Charge a chunk that was just released (debt beyond ``max_debt`` is forgiven)."""
-        self._refill(now)
+        self.settle(now)
         owed = self._balance - nbytes
         self._balance = max(owed, -self.max_debt)
         self.forgiven += self._balance - owed
@@ -299,7 +301,7 @@ class Pacer:
         """Bring the counters up to ``now`` (the bucket refills lazily, when next asked): read
         :attr:`discarded_bytes` after this to exclude what an idle spell before ``now`` lost."""
         if self._bucket is not None:
-            self._bucket.delay(now)
+            self._bucket.settle(now)
 
     @property
     def forgiven_bytes(self) -> float:

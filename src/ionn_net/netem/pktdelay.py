@@ -33,7 +33,7 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from ionn_net.errors import ConfigError
 from ionn_net.netem.base import check_fraction, check_nonneg
@@ -82,18 +82,7 @@ class _Line:
         self.queue: collections.deque[tuple[float, bytes]] = collections.deque()
         self.held = 0
         self.last_due = 0.0
-        self.counts = dict.fromkeys(
-            (
-                "frames_in",
-                "frames_out",
-                "dropped_loss",
-                "dropped_full",
-                "dropped_send",
-                "late_5ms",
-                "late_max_us",
-            ),
-            0,
-        )
+        self.counts = dict.fromkeys((f.name for f in fields(DelayLineStats)), 0)
 
     def admit(self, frame: bytes, now: float, max_bytes: int) -> None:
         self.counts["frames_in"] += 1

@@ -85,7 +85,7 @@ class BandwidthMeter:
     the rate over the newest samples holding at least ``window_bytes`` (single blobs are
     too noisy to re-plan on), reported once ``min_bytes`` have been measured."""
 
-    __slots__ = ("_min", "_samples", "_window")
+    __slots__ = ("_bytes", "_min", "_samples", "_seconds", "_window")
 
     def __init__(self, window_bytes: int = 4 << 20, min_bytes: int = 1 << 20) -> None:
         if not 0 < min_bytes <= window_bytes:
@@ -95,6 +95,7 @@ class BandwidthMeter:
             )
         self._window, self._min = window_bytes, min_bytes
         self._samples: deque[tuple[int, float]] = deque()
+        self._bytes, self._seconds = 0, 0.0  # totals over _samples
 
     def add(self, nbytes: int, seconds: float) -> float | None:
         """Record one sample; the rate in bytes/s, or None while too little is measured."""
@@ -102,7 +103,11 @@ class BandwidthMeter:
             return None
         samples = self._samples
         samples.append((nbytes, seconds))
-        while len(samples) > 2 and sum(b for b, _ in list(samples)[1:]) >= self._window:
-            samples.popleft()
-        total = sum(b for b, _ in samples)
-        return total / sum(t for _, t in samples) if total >= self._min else None
+        self._bytes += nbytes
+        self._seconds += seconds
+        # Drop the oldest while the rest still hold the window.
+        while len(samples) > 2 and self._bytes - samples[0][0] >= self._window:
+            old_bytes, old_seconds = samples.popleft()
+            self._bytes -= old_bytes
+            self._seconds -= old_seconds
+        return self._bytes / self._seconds if self._bytes >= self._min else None
