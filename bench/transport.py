@@ -300,14 +300,18 @@ def _tcp_counters(ns: Any) -> dict[str, dict[str, int]] | None:
 
 
 def _counter_deltas(
-    before: dict[str, dict[str, int]] | None, after: dict[str, dict[str, int]] | None
+    before: dict[str, dict[str, int]] | None,
+    after: dict[str, dict[str, int]] | None,
+    every: bool = False,
 ) -> str:
-    """Non-zero changes of :data:`_TCP_EVENTS`, client namespace (a) and server (b)."""
+    """Non-zero changes of :data:`_TCP_EVENTS` (``every``: of all counters), client
+    namespace (a) and server (b)."""
     if before is None or after is None:
         return ""
     parts = []
     for role in ("a", "b"):
-        moved = {name: after[role].get(name, 0) - before[role].get(name, 0) for name in _TCP_EVENTS}
+        names = sorted(after[role]) if every else _TCP_EVENTS
+        moved = {name: after[role].get(name, 0) - before[role].get(name, 0) for name in names}
         shown = " ".join(f"{name}={n}" for name, n in moved.items() if n)
         parts.append(f"{'client' if role == 'a' else 'server'}: {shown or '-'}")
     return "; ".join(parts)
@@ -322,13 +326,66 @@ def _slowest(rows: list[dict[str, Any]]) -> str:
         f"{q['rtt_ms']:.0f} ms @{q['t_s']:.1f}s (up {q['up_ms']:.0f} [head {q['head_ms']:.0f}]"
         f" down {q['down_ms']:.0f}) re={q['retrans']} unsent={q['notsent_before']}"
         f" lag {q['client_lag_ms']:.0f}/{q['server_lag_ms']:.0f}"
-        f" srtt={q['srtt_before_ms']:.0f}"
+        f" srtt={q['srtt_before_ms']:.0f} opened {q.get('opened_ms', '?')} ms"
+        f" writer {q.get('writer', {})}{_kernel_view(q)}"
         for q in rows[:5]
     )
 
 
+def _cwnd_watch(r: dict[str, Any]) -> str:
+    """Samples per tcpi_ca_state, the smallest congestion window seen and the moments the
+    state changed or the window fell below ten segments (t, state, cwnd/ssthresh segments,
+    in flight, unsent)."""
+    names = {0: "open", 1: "disorder", 2: "cwr", 3: "recovery", 4: "loss"}
+    states = " ".join(f"{names.get(int(k), k)}={n}" for k, n in sorted(r["ca_states"].items()))
+    low = r.get("cwnd_min") or {}
+    events = ", ".join(
+        f"@{e['t_s']:.2f}s {names.get(e.get('ca_state'), '?')} cwnd={e.get('cwnd')}"
+        f"/{e.get('ssthresh')} unacked={e.get('unacked')} unsent={e.get('notsent')}"
+        for e in r.get("cwnd_events", [])[:12]
+    )
+    return (
+        f"{states}; smallest cwnd {low.get('cwnd')} segs @{low.get('t_s')}s;"
+        f" changes: {events or '-'}"
+    )
+
+
+def _kernel_view(q: dict[str, Any]) -> str:
+    """When the query's head reached the client's socket and what the socket held then
+    (unsent bytes, segments in flight x MSS against the congestion window, the peer's
+    window), and how long sending was held by the peer's window / the send buffer during
+    the query (tcp_info chrono counters)."""
+    if "written_ms" not in q:
+        return ""
+    w = q["at_write"]
+    mss = w.get("mss", 0)
+    text = (
+        f" [written {q['written_ms']:.0f} ms: unsent={w.get('notsent')}"
+        f" inflight={w.get('unacked', 0) * mss} cwnd={w.get('cwnd', 0) * mss}"
+        f" wnd={w.get('snd_wnd', '?')} lost={w.get('lost')}"
+        f" lastack={w.get('last_ack_recv_ms')}ms]"
+    )
+    held = [
+        f"{label}={q['d_' + name] / 1e3:.0f}ms"
+        for name, label in (("rwnd_limited_us", "rwnd"), ("sndbuf_limited_us", "sndbuf"))
+        if q.get("d_" + name)
+    ]
+    return text + (" held " + " ".join(held) if held else "")
+
+
+#: --cases names of HOL_CASES, in its order
+HOL_CASE_NAMES = ("ionn", "given", "auto", "fifo", "second", "grpc")
+
+
 def bench_link(
-    link: Link, ns: Any, quick: bool, gain: float | None = None
+    link: Link,
+    ns: Any,
+    quick: bool,
+    gain: float | None = None,
+    *,
+    cases: Sequence[str] = HOL_CASE_NAMES,
+    all_counters: bool = False,
+    congestion: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     measured, rtt_ms = probe(link, ns)
     # Slow links get longer runs so that enough queries are sampled.
@@ -351,7 +408,9 @@ def bench_link(
         f" p99 gain | {'upload Mbit/s':>13s} | n"
     )
     rows: dict[str, dict[str, Any]] = {}
-    for kind, label, pacing in HOL_CASES:
+    for name, (kind, label, pacing) in zip(HOL_CASE_NAMES, HOL_CASES, strict=True):
+        if name not in cases:
+            continue
         params: dict[str, Any] = {
             "test": "hol",
             "idle_queries": 50 if quick else 150,
@@ -362,6 +421,8 @@ def bench_link(
         }
         if kind == "ionn":
             params["profile"] = "wide"
+            if congestion is not None:
+                params["transport"] = {"congestion": congestion}
         if pacing == "given":
             params["pacing"] = measured
         elif pacing == "auto":
@@ -371,7 +432,9 @@ def bench_link(
         drops_before, tcp_before = _drops(ns), _tcp_counters(ns)
         try:
             rows[label] = run_pair(link, kind, params, timeout=4 * expected_s + 90)
-            rows[label]["tcp_counters"] = _counter_deltas(tcp_before, _tcp_counters(ns))
+            rows[label]["tcp_counters"] = _counter_deltas(
+                tcp_before, _tcp_counters(ns), every=all_counters
+            )
             drops_after = _drops(ns)
             if drops_before is not None and drops_after is not None:
                 rows[label]["qdisc_drops"] = drops_after - drops_before
@@ -384,6 +447,8 @@ def bench_link(
     for label, r in rows.items():
         if r.get("slowest"):
             print(f"  slowest queries of '{label}': {_slowest(r['slowest'])}")
+        if r.get("ca_states"):
+            print(f"  congestion states of '{label}' (2 ms samples): {_cwnd_watch(r)}")
         if r.get("tcp_counters"):
             print(f"  TCP counters during '{label}': {r['tcp_counters']}")
     for r in rows.values():
@@ -438,7 +503,7 @@ def _verdicts(name: str, rows: dict[str, dict[str, Any]], slack_ms: float) -> li
     for _, label, _ in HOL_CASES[:3]:
         r = rows.get(label)
         if r is None:
-            lines.append(f"  {name} | {label}: did not complete")
+            lines.append(f"  {name} | {label}: not run or did not complete")
             continue
         extra = (r["busy_p99"] - r["idle_p99"]) * 1e3
         share = r["upload_rate"] * 8 / r["link_bps"]
@@ -469,6 +534,10 @@ def bench_hol(
     backend: str | None,
     links: Sequence[str] = tuple(HOL_LINKS),
     gain: float | None = None,
+    *,
+    cases: Sequence[str] = HOL_CASE_NAMES,
+    all_counters: bool = False,
+    congestion: str | None = None,
 ) -> None:
     from ionn_net.netem.select import choose_backend
 
@@ -481,7 +550,9 @@ def bench_hol(
     for key in links:
         mbit, delay_ms, slack_ms = HOL_LINKS[key]
         with shaped_link(mbit * 1e6, delay_ms, kind) as (link, ns):
-            rows = bench_link(link, ns, quick, gain)
+            rows = bench_link(
+                link, ns, quick, gain, cases=cases, all_counters=all_counters, congestion=congestion
+            )
         for direction, stats in getattr(ns, "delay_line_stats", {}).items():
             print(  # the whole link's life, every case: did the emulator itself run late?
                 f"  delay line {direction}: {stats.frames_out} frames, {stats.late_5ms} sent"
@@ -519,6 +590,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="pacing gain of the paced cases (default: PacingConfig's, 0.95)",
     )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=HOL_CASE_NAMES,
+        default=HOL_CASE_NAMES,
+        help="head-of-line cases to run (default: all; ratios need grpc)",
+    )
+    parser.add_argument(
+        "--all-tcp-counters",
+        action="store_true",
+        help="print every kernel TCP counter that moved during a case, not only loss events",
+    )
+    parser.add_argument(
+        "--congestion",
+        default=None,
+        help="TCP congestion control of the ionn_net cases (default: TransportOptions')",
+    )
     args = parser.parse_args(argv)
     if args.bulk_only:
         args.only = "bulk"
@@ -527,7 +615,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.only in (None, "longfat"):
         bench_longfat(args.quick, args.backend, args.reps)
     if args.only in (None, "hol"):
-        bench_hol(args.quick, args.backend, args.links, args.pacing_gain)
+        bench_hol(
+            args.quick,
+            args.backend,
+            args.links,
+            args.pacing_gain,
+            cases=args.cases,
+            all_counters=args.all_tcp_counters,
+            congestion=args.congestion,
+        )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import asyncio
 import json
 import random
 import resource
+import socket
+import struct
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -391,16 +393,83 @@ class _GrpcClient:
         await self.channel.close()
 
 
+# struct tcp_info (include/uapi/linux/tcp.h) fields read at the moment a query's head is
+# written: (name, offset, format). Times are microseconds, windows bytes, counts segments.
+_TCP_RAW_FIELDS = (
+    ("ca_state", 1, "B"),  # 0 open, 1 disorder, 2 CWR, 3 recovery, 4 loss
+    ("mss", 16, "I"),
+    ("unacked", 24, "I"),
+    ("lost", 32, "I"),
+    ("last_ack_recv_ms", 56, "I"),
+    ("ssthresh", 76, "I"),
+    ("cwnd", 80, "I"),
+    ("pacing_rate", 104, "Q"),
+    ("notsent", 144, "I"),
+    ("busy_us", 168, "Q"),
+    ("rwnd_limited_us", 176, "Q"),
+    ("sndbuf_limited_us", 184, "Q"),
+    ("snd_wnd", 228, "I"),
+)
+
+
+def _tcp_raw(sock: Any) -> dict[str, int]:
+    """The fields above from a live socket (those past the kernel's struct are left out)."""
+    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return {
+        name: struct.unpack_from("=" + fmt, raw, offset)[0]
+        for name, offset, fmt in _TCP_RAW_FIELDS
+        if offset + struct.calcsize(fmt) <= len(raw)
+    }
+
+
 class _IonnClient:
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+        #: when the writer last handed a HEADERS of ours to the transport, and the socket's
+        #: state right after: splits a late head into "held by us" and "held by the kernel"
+        self.head_written: tuple[float, dict[str, int]] | None = None
+        self.opened_at = 0.0  # when the query's stream was opened in the core
+        self._trace_heads()
         self.discarded: float | None = None
         self.forgiven: float | None = None
         #: the server's clock (host monotonic) when the last query's head and body arrived
         self.server_stamps = (0.0, 0.0)
         self.server_lag_s = 0.0  # the server loop's worst lateness since its previous answer
 
+    def _trace_heads(self) -> None:
+        protocol = self.conn.protocol
+        flush = protocol.flush
+        core_open = self.conn.core.open_stream
+
+        def traced_open(*args: Any, **kwargs: Any) -> Any:
+            self.opened_at = time.monotonic()
+            return core_open(*args, **kwargs)
+
+        self.conn.core.open_stream = traced_open
+
+        def traced_flush() -> None:
+            sent = protocol.headers_sent_own
+            flush()
+            if protocol.headers_sent_own != sent and protocol.socket is not None:
+                self.head_written = (time.monotonic(), _tcp_raw(protocol.socket))
+
+        protocol.flush = traced_flush  # the instance attribute wins over the method
+
+    def writer_state(self) -> dict[str, Any]:
+        """The writer's state as a query begins: is it waiting for the transport to drain,
+        bytes in the transport and in the core, room under the outbound cap."""
+        protocol = self.conn.protocol
+        transport = protocol.transport
+        return {
+            "paused": protocol._write_paused,
+            "transport": 0 if transport is None else transport.get_write_buffer_size(),
+            "core": int(self.conn.core.outbound_buffered_bytes),
+            "room": protocol.send_room,
+        }
+
     async def query(self, payload: bytes) -> None:
+        self.head_written = None
+        self.opened_at = 0.0
         head, body = await self.conn.request(
             {"m": "query", "body_len": len(payload)}, payload, urgency=1
         )
@@ -425,6 +494,10 @@ class _IonnClient:
         head = await stream.receive_head()
         if head.get("received") != total:
             raise RuntimeError("ionn: upload size mismatch")
+
+    def tcp_raw(self) -> dict[str, int] | None:
+        sock = self.conn.protocol.socket
+        return None if sock is None else _tcp_raw(sock)
 
     def tcp_state(self) -> tuple[int, int, float] | None:
         """(segments retransmitted so far, unsent bytes in the socket, smoothed RTT in ms)."""
@@ -490,6 +563,8 @@ class _TracedQueries:
         self.client = client
         probe = getattr(client, "tcp_state", None)
         self.probe: Callable[[], tuple[int, int, float] | None] = probe or (lambda: None)
+        raw = getattr(client, "tcp_raw", None)
+        self.raw_probe: Callable[[], dict[str, int] | None] = raw or (lambda: None)
         self.start = time.monotonic()
         self.first = self.probe()
         self.rows: list[dict[str, Any]] = []
@@ -498,13 +573,17 @@ class _TracedQueries:
         _LAG.start()
         _LAG.take()
         before = self.probe()
+        raw_before = self.raw_probe()
+        writer = getattr(self.client, "writer_state", dict)()
         start = time.monotonic()
         await self.client.query(payload)
         end = time.monotonic()
         after = self.probe()
+        raw_after = self.raw_probe()
         if before is None or after is None:
             return
         head, body = getattr(self.client, "server_stamps", (0.0, 0.0))
+        written = getattr(self.client, "head_written", None)
         self.rows.append(
             {
                 "t_s": round(start - self.start, 2),
@@ -520,7 +599,31 @@ class _TracedQueries:
                 "notsent_before": before[1],
                 "srtt_before_ms": round(before[2], 1),
             }
+            | self._kernel_view(start, written, raw_before, raw_after)
+            | {"writer": writer}
         )
+        opened = getattr(self.client, "opened_at", 0.0)
+        if opened:
+            self.rows[-1]["opened_ms"] = round((opened - start) * 1e3, 1)
+
+    @staticmethod
+    def _kernel_view(
+        start: float,
+        written: tuple[float, dict[str, int]] | None,
+        before: dict[str, int] | None,
+        after: dict[str, int] | None,
+    ) -> dict[str, Any]:
+        """When the head reached the socket, the socket's state then, and how long the
+        congestion window, the peer's window or the send buffer held sending meanwhile."""
+        view: dict[str, Any] = {}
+        if written is not None:
+            view["written_ms"] = round((written[0] - start) * 1e3, 1)
+            view["at_write"] = written[1]
+        if before and after:
+            for name in ("busy_us", "rwnd_limited_us", "sndbuf_limited_us"):
+                if name in before and name in after:
+                    view["d_" + name] = after[name] - before[name]
+        return view
 
     def summary(self) -> dict[str, Any]:
         last = self.probe()
@@ -531,6 +634,42 @@ class _TracedQueries:
             "queries_with_retrans": sum(1 for row in self.rows if row["retrans"] > 0),
             "slowest": sorted(self.rows, key=lambda row: row["rtt_ms"], reverse=True)[:8],
         }
+
+
+class _CwndWatch:
+    """Samples the client socket's congestion state every 2 ms while the upload runs:
+    how long it spent in each ``tcpi_ca_state`` and the moments its window fell below
+    ten segments (with no loss, a window that small is the kernel's own doing)."""
+
+    def __init__(self, client: _Client) -> None:
+        self.probe: Callable[[], dict[str, int] | None] | None = getattr(client, "tcp_raw", None)
+        self.start = time.monotonic()
+        self.states: dict[int, int] = {}
+        self.events: list[dict[str, Any]] = []
+        self.smallest: dict[str, Any] | None = None
+
+    async def run(self, stop: Callable[[], bool]) -> None:
+        if self.probe is None:
+            return
+        last = (0, False)
+        while not stop():
+            raw = self.probe()
+            if raw is None:
+                return
+            state, small = raw.get("ca_state", 0), raw.get("cwnd", 99) < 10
+            self.states[state] = self.states.get(state, 0) + 1
+            sample = {"t_s": round(time.monotonic() - self.start, 3)} | raw
+            if (state, small) != last and len(self.events) < 40:
+                self.events.append(sample)
+            if self.smallest is None or raw.get("cwnd", 0) < self.smallest.get("cwnd", 0):
+                self.smallest = sample
+            last = (state, small)
+            await asyncio.sleep(0.002)
+
+    def summary(self) -> dict[str, Any]:
+        if not self.states:
+            return {}
+        return {"ca_states": self.states, "cwnd_events": self.events, "cwnd_min": self.smallest}
 
 
 async def _timed(work: Awaitable[None]) -> float:
@@ -558,8 +697,12 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
             return upload.done() or time.perf_counter() > deadline
 
         traced = _TracedQueries(client)
+        watch = _CwndWatch(client)
+        watching = asyncio.create_task(watch.run(stop))
         busy = await _timed_queries(traced, payload, 100_000, stop, rng, gap_s=gap)
         trace = traced.summary()  # while the socket is still open
+        await watching
+        trace |= watch.summary()
         elapsed = await asyncio.wait_for(upload, max(0.1, deadline - time.perf_counter()))
     finally:
         await client.close()

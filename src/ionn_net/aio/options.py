@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from ionn_net.aio.pacing import PacingConfig
 from ionn_net.errors import ConfigError
 
-__all__ = ["TransportOptions"]
+__all__ = ["AUTO_CONGESTION", "PACED_CONGESTION", "TransportOptions"]
 
 KIB = 1024
+#: ``TransportOptions.congestion`` value: the library picks (see ``congestion_to_set``).
+AUTO_CONGESTION = "auto"
+#: What "auto" sets on a paced connection: loss-based, so it has no probing cycle of its own.
+PACED_CONGESTION = "cubic"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,9 +57,16 @@ class TransportOptions:
     * ``close_timeout_s``: deadline of a graceful close (GOAWAY, drain, flush).
     * ``pacing``: pacing of upload-urgency streams (None: unpaced).
     * ``congestion``: TCP congestion control for this socket (e.g. "cubic"; None: the
-      system default). Under application pacing a loss-based algorithm keeps out of the
-      way, while BBR's own pacing cycles and its periodic ProbeRTT (cwnd of four packets
-      for 200 ms every 10 s) hold back what the pacer releases.
+      system default; "auto", the default: ``cubic`` when ``pacing`` is set, else the
+      system default). Why: under application pacing the pacer is the rate controller and a
+      loss-based algorithm stays out of its way (the paced upload never fills the
+      bottleneck, so it sees no loss), while BBR -- the system default on many hosts --
+      enters ProbeRTT whenever its minimum RTT is 10 s old: a congestion window of four
+      packets for 200 ms plus a round trip, during which a query's frames wait behind the
+      unsent bytes in the socket. Measured (BENCHMARKS.md, transport, stop 15): at
+      20 Mbit/s with 20 ms one-way delay that was the whole p99 tail, +150-180 ms, with
+      BBR; +5 ms or less with cubic. An algorithm the kernel lacks or refuses is not an
+      error: the connection keeps the system default (``IonnProtocol.applied``).
     """
 
     notsent_lowat: int | None = 128 * KIB
@@ -68,7 +79,7 @@ class TransportOptions:
     stall_timeout_s: float | None = None
     close_timeout_s: float = 10.0
     pacing: PacingConfig | None = None
-    congestion: str | None = None
+    congestion: str | None = AUTO_CONGESTION
 
     def __post_init__(self) -> None:
         _positive("notsent_lowat", self.notsent_lowat, optional=True)
@@ -96,13 +107,20 @@ class TransportOptions:
             or not 0 < len(self.congestion) < 16
         ):
             raise ConfigError(
-                f"TransportOptions.congestion: expected an algorithm name or None, "
+                f'TransportOptions.congestion: expected an algorithm name, "auto" or None, '
                 f"got {self.congestion!r}"
             )
         if self.pacing is not None and not isinstance(self.pacing, PacingConfig):
             raise ConfigError(
                 f"TransportOptions.pacing: expected PacingConfig or None, got {self.pacing!r}"
             )
+
+    @property
+    def congestion_to_set(self) -> str | None:
+        """The algorithm to ask the kernel for (None: leave the system default)."""
+        if self.congestion == AUTO_CONGESTION:
+            return PACED_CONGESTION if self.pacing is not None else None
+        return self.congestion
 
 
 def _positive(name: str, value: object, *, optional: bool = False) -> None:

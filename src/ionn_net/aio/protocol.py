@@ -134,7 +134,7 @@ class IonnProtocol(asyncio.BufferedProtocol):
             self.applied = configure_socket(
                 self.socket,
                 notsent_lowat=self.options.notsent_lowat,
-                congestion=self.options.congestion,
+                congestion=self.options.congestion_to_set,
             )
         high = self.options.write_high_water
         low = self.options.write_low_water

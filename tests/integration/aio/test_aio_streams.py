@@ -14,6 +14,7 @@ import pytest
 from ionn_net.aio import (
     AioConnection,
     ConnectionClosedError,
+    PacingConfig,
     Server,
     ServerStream,
     StreamResetError,
@@ -177,6 +178,30 @@ async def test_read_body_limit_resets(conn: AioConnection) -> None:
         await stream.read_body(limit=1000)
     assert info.value.error_code is ErrorCode.MESSAGE_TOO_LARGE
     assert (await conn.request({"m": "echo"}, b"next"))[1] == b"next"
+
+
+def _ipv4_sysctl(name: str) -> str | None:
+    try:
+        with open(f"/proc/sys/net/ipv4/{name}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(
+    "cubic" not in (_ipv4_sysctl("tcp_available_congestion_control") or "").split(),
+    reason="needs Linux with cubic available (/proc/sys/net/ipv4/...)",
+)
+async def test_paced_connection_runs_cubic_unpaced_keeps_the_system_default() -> None:
+    paced = TransportOptions(pacing=PacingConfig(rate_bps=100e6))
+    async with (
+        serve(_echo, "127.0.0.1", 0) as srv,
+        connect("127.0.0.1", srv.port, options=paced) as paced_conn,
+        connect("127.0.0.1", srv.port) as plain_conn,
+    ):
+        assert (await paced_conn.request({"m": "echo"}, b"x"))[1] == b"x"
+        assert paced_conn.protocol.applied.congestion == "cubic"
+        assert plain_conn.protocol.applied.congestion == _ipv4_sysctl("tcp_congestion_control")
 
 
 async def test_server_applies_transport_options() -> None:

@@ -7,7 +7,14 @@ import importlib.util
 
 import pytest
 
-from ionn_net.aio import ENV_NO_UVLOOP, TransportOptions, new_event_loop, run, uvloop_wanted
+from ionn_net.aio import (
+    ENV_NO_UVLOOP,
+    PacingConfig,
+    TransportOptions,
+    new_event_loop,
+    run,
+    uvloop_wanted,
+)
 from ionn_net.errors import ConfigError
 
 HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -23,6 +30,8 @@ HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
         ("stall_timeout_s", 0.0),
         ("close_timeout_s", float("nan")),
         ("send_chunk", 1.5),
+        ("congestion", "x" * 16),
+        ("congestion", ""),
     ],
 )
 def test_transport_options_validate(field: str, value: object) -> None:
@@ -34,6 +43,17 @@ def test_transport_options_defaults_are_small_buffers() -> None:
     options = TransportOptions()
     assert options.notsent_lowat == 128 * 1024
     assert options.write_high_water <= 64 * 1024
+
+
+def test_congestion_auto_is_cubic_only_under_pacing() -> None:
+    # BBR's ProbeRTT stalls a paced connection's queries (options docstring); unpaced
+    # connections keep the host's choice.
+    assert TransportOptions().congestion_to_set is None
+    paced = TransportOptions(pacing=PacingConfig(rate_bps=1e6))
+    assert paced.congestion_to_set == "cubic"
+    assert TransportOptions(pacing=PacingConfig(), congestion=None).congestion_to_set is None
+    assert TransportOptions(pacing=PacingConfig(), congestion="reno").congestion_to_set == "reno"
+    assert TransportOptions(congestion="bbr").congestion_to_set == "bbr"
 
 
 @pytest.mark.skipif(not HAVE_UVLOOP, reason="uvloop not installed")
