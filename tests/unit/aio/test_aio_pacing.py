@@ -321,6 +321,51 @@ def test_pacer_does_not_back_off_on_unsent_bytes_a_slow_reader_holds_back() -> N
     assert _estimate_after_startup(info(True)) == pytest.approx(1e6, rel=0.02)
 
 
+def _estimate_with_a_large_query(*, path_rate: float, query: int = 80_000) -> float:
+    """The estimate 0.3 s after an 80 kB query (80 ms of a 1 MB/s link, so the upload runs
+    on its reserve share meanwhile) was written at t = 0.3. The upload sends 4 kB chunks
+    whenever the pacer lets it; the path drains the socket at 1 MB/s until startup ends,
+    then at ``path_rate``, and reports what it has not sent as unsent."""
+    config = PacingConfig(
+        startup_s=0.2, min_span_s=0.05, control_interval_s=0.05, sample_interval_s=0.01
+    )
+    clock = [0.0]
+    unsent = [0.0]
+    acked = [0.0]
+    pacer = Pacer(
+        config,
+        lambda: replace(_info(0.0, acked=int(acked[0])), notsent_bytes=int(unsent[0])),
+        now=0.0,
+    )
+    for step in range(600):  # 1 ms steps
+        now = clock[0] = step * 0.001
+        if step == 300 and query:
+            unsent[0] += query
+            pacer.consume(query, now)
+        if pacer.delay(4000, now) <= 0 and unsent[0] < 20_000:  # room below the low-water
+            unsent[0] += 4000
+            pacer.consume(4000, now)
+        drained = min(unsent[0], (1e6 if now < 0.2 else path_rate) * 0.001)
+        unsent[0] -= drained
+        acked[0] += drained
+    assert pacer.bottleneck_rate is not None
+    return pacer.bottleneck_rate
+
+
+def test_the_queue_the_startup_left_is_owed_not_taken_for_a_slow_path() -> None:
+    # The unpaced startup leaves ~19 kB (19 ms) unsent in the socket; the first paced
+    # chunks wait for it to drain instead of the control loop backing off on it.
+    assert _estimate_with_a_large_query(path_rate=1e6, query=0) >= 1e6
+
+
+def test_unsent_bytes_the_bucket_already_owes_for_are_no_reason_to_back_off() -> None:
+    # A path as fast as the estimate: the query's bytes sit in the socket while the bucket
+    # is in debt for them, and drain before it is repaid: hold (or creep up).
+    assert _estimate_with_a_large_query(path_rate=1e6) >= 1e6 * 0.999
+    # A path slower than the pacing rate: unsent bytes beyond the debt pile up: back off.
+    assert _estimate_with_a_large_query(path_rate=0.8e6) < 0.95e6
+
+
 def test_settle_counts_an_idle_spell_as_discarded_before_it_is_read() -> None:
     pacer = Pacer(PacingConfig(rate_bps=8e6, burst_s=0.0), lambda: None, 0.0)
     assert pacer.discarded_bytes == 0.0  # lazily refilled: the idle second is not seen yet
