@@ -65,8 +65,9 @@ class TransportOptions:
       packets for 200 ms plus a round trip, during which a query's frames wait behind the
       unsent bytes in the socket. Measured (BENCHMARKS.md, transport, stop 14): at
       20 Mbit/s with 20 ms one-way delay that was the whole p99 tail, up to +217 ms above
-      the idle p99 with BBR; at most +6 ms with cubic. An algorithm the kernel lacks or refuses is not an
-      error: the connection keeps the system default (``IonnProtocol.applied``).
+      the idle p99 with BBR; at most +6 ms with cubic. An algorithm the kernel lacks or
+      refuses is not an error: the connection keeps the system default
+      (``IonnProtocol.applied``).
     """
 
     notsent_lowat: int | None = 128 * KIB
