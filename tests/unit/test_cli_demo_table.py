@@ -11,7 +11,21 @@ def test_demo_table_shows_a_dash_where_nothing_was_measured() -> None:
         "ours", latencies=[(0.5, 480.0, 0), (2.0, 300.0, 10), (3.0, 100.0, 20)], upload_done_s=2.5
     )
     rows = _table([local, ours]).splitlines()
-    assert rows[2] == "| local | 2 | 500.0 | - | - | - |"
-    # during the upload: the queries that started by 2.5 s; after it: the one at 3.0 s
-    assert rows[3] == "| ours | 3 | 390.0 | 2.00 | 2.5 | 100.0 |"
+    assert rows[2] == "| local | 2 | 500.0 | - | - | - | 500.0 |"
+    # during the upload: the queries that started by 2.5 s; after it: the one at 3.0 s;
+    # the last 3 s: the queries that ended from 0.0 s on, all three
+    assert rows[3] == "| ours | 3 | 390.0 | 2.00 | 2.5 | 100.0 | 293.3 |"
     assert "nan" not in "\n".join(rows)
+
+
+def test_demo_last_seconds_are_the_steady_state() -> None:
+    # After a 10 s upload the first seconds are slower (the server compiles the chained
+    # pieces as one slice); the last 3 s average only what ended from 13 s on.
+    ours = RunSummary(
+        "ours",
+        latencies=[(11.0, 170.0, 176), (12.5, 150.0, 176), (13.5, 120.0, 176), (16.0, 110.0, 176)],
+        upload_done_s=10.0,
+    )
+    assert ours.mean_after() == 137.5
+    assert ours.mean_last() == 115.0
+    assert RunSummary("local").mean_last() != RunSummary("local").mean_last()  # nan: no query
