@@ -413,8 +413,12 @@ _TCP_RAW_FIELDS = (
 
 
 def _tcp_raw(sock: Any) -> dict[str, int]:
-    """The fields above from a live socket (those past the kernel's struct are left out)."""
-    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    """The fields above from a live socket (those past the kernel's struct are left out;
+    none where the platform has no ``TCP_INFO``)."""
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return {}
+    raw = sock.getsockopt(socket.IPPROTO_TCP, option, 256)
     return {
         name: struct.unpack_from("=" + fmt, raw, offset)[0]
         for name, offset, fmt in _TCP_RAW_FIELDS
