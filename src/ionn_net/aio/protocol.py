@@ -131,11 +131,18 @@ class IonnProtocol(asyncio.BufferedProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             self.socket = cast(SocketLike, sock)
+            wanted = self.options.congestion_to_set
             self.applied = configure_socket(
-                self.socket,
-                notsent_lowat=self.options.notsent_lowat,
-                congestion=self.options.congestion_to_set,
+                self.socket, notsent_lowat=self.options.notsent_lowat, congestion=wanted
             )
+            if wanted is not None and self.applied.congestion not in (None, wanted):
+                # e.g. an unprivileged process and cubic missing from
+                # net.ipv4.tcp_allowed_congestion_control (TransportOptions.congestion)
+                logger.warning(
+                    "congestion control %r refused by the kernel: keeping %r",
+                    wanted,
+                    self.applied.congestion,
+                )
         high = self.options.write_high_water
         low = self.options.write_low_water
         self.transport.set_write_buffer_limits(high=high, low=high // 4 if low is None else low)

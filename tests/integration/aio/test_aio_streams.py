@@ -188,9 +188,17 @@ def _ipv4_sysctl(name: str) -> str | None:
         return None
 
 
+def _may_set_cubic() -> bool:
+    """cubic is in the kernel and this process may select it (root may pick any
+    available algorithm, others only the allowed ones)."""
+    if "cubic" not in (_ipv4_sysctl("tcp_available_congestion_control") or "").split():
+        return False
+    allowed = (_ipv4_sysctl("tcp_allowed_congestion_control") or "").split()
+    return os.geteuid() == 0 or "cubic" in allowed
+
+
 @pytest.mark.skipif(
-    "cubic" not in (_ipv4_sysctl("tcp_available_congestion_control") or "").split(),
-    reason="needs Linux with cubic available (/proc/sys/net/ipv4/...)",
+    not _may_set_cubic(), reason="needs Linux with cubic available and allowed to this user"
 )
 async def test_paced_connection_runs_cubic_unpaced_keeps_the_system_default() -> None:
     paced = TransportOptions(pacing=PacingConfig(rate_bps=100e6))
@@ -202,6 +210,23 @@ async def test_paced_connection_runs_cubic_unpaced_keeps_the_system_default() ->
         assert (await paced_conn.request({"m": "echo"}, b"x"))[1] == b"x"
         assert paced_conn.protocol.applied.congestion == "cubic"
         assert plain_conn.protocol.applied.congestion == _ipv4_sysctl("tcp_congestion_control")
+
+
+@pytest.mark.skipif(
+    _ipv4_sysctl("tcp_congestion_control") is None, reason="needs Linux's TCP_CONGESTION"
+)
+async def test_a_refused_congestion_control_keeps_the_default_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    options = TransportOptions(congestion="no-such-cc")
+    with caplog.at_level("WARNING", logger="ionn_net.aio"):
+        async with (
+            serve(_echo, "127.0.0.1", 0) as srv,
+            connect("127.0.0.1", srv.port, options=options) as conn,
+        ):
+            assert (await conn.request({"m": "echo"}, b"x"))[1] == b"x"
+            assert conn.protocol.applied.congestion == _ipv4_sysctl("tcp_congestion_control")
+    assert "'no-such-cc' refused by the kernel" in caplog.text
 
 
 async def test_server_applies_transport_options() -> None:
