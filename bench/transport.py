@@ -179,14 +179,16 @@ def bench_bulk(quick: bool, reps: int | None = None) -> None:
 
 # --------------------------------------------------------------------------- shaped links
 
-HOL_CASES: tuple[tuple[str, str, str | None], ...] = (
-    ("ionn", "ionn_net (priorities, small buffers)", None),
-    ("ionn", "ionn_net + pacing at given rate", "given"),
-    ("ionn", "ionn_net + pacing, rate estimated", "auto"),
-    ("fifo", "naive FIFO framing, one connection", None),
-    ("second", "upload on a second TCP connection", None),
-    ("grpc", "gRPC aio, one channel", None),
+#: (--cases name, peer kind, label, pacing)
+HOL_CASES: tuple[tuple[str, str, str, str | None], ...] = (
+    ("ionn", "ionn", "ionn_net (priorities, small buffers)", None),
+    ("given", "ionn", "ionn_net + pacing at given rate", "given"),
+    ("auto", "ionn", "ionn_net + pacing, rate estimated", "auto"),
+    ("fifo", "fifo", "naive FIFO framing, one connection", None),
+    ("second", "second", "upload on a second TCP connection", None),
+    ("grpc", "grpc", "gRPC aio, one channel", None),
 )
+HOL_CASE_NAMES = tuple(case[0] for case in HOL_CASES)
 
 
 @contextlib.contextmanager
@@ -373,10 +375,6 @@ def _kernel_view(q: dict[str, Any]) -> str:
     return text + (" held " + " ".join(held) if held else "")
 
 
-#: --cases names of HOL_CASES, in its order
-HOL_CASE_NAMES = ("ionn", "given", "auto", "fifo", "second", "grpc")
-
-
 def bench_link(
     link: Link,
     ns: Any,
@@ -408,7 +406,7 @@ def bench_link(
         f" p99 gain | {'upload Mbit/s':>13s} | n"
     )
     rows: dict[str, dict[str, Any]] = {}
-    for name, (kind, label, pacing) in zip(HOL_CASE_NAMES, HOL_CASES, strict=True):
+    for name, kind, label, pacing in HOL_CASES:
         if name not in cases:
             continue
         params: dict[str, Any] = {
@@ -440,7 +438,7 @@ def bench_link(
                 rows[label]["qdisc_drops"] = drops_after - drops_before
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             print(f"  {label:38s} FAILED: {str(exc).splitlines()[-1][:200]}")
-    grpc = rows.get(HOL_CASES[-1][1])
+    grpc = rows.get(HOL_CASES[-1][2])
     for label, r in rows.items():
         gain_base = None if grpc is None or label.startswith("gRPC") else grpc["busy_p99"]
         print(_hol_row(label, r, measured, gain_base))
@@ -498,9 +496,9 @@ def bench_longfat(quick: bool, backend: str | None, reps: int | None) -> None:
 
 def _verdicts(name: str, rows: dict[str, dict[str, Any]], slack_ms: float) -> list[str]:
     """The issue's targets, for each ionn_net variant that ran."""
-    grpc = rows.get(HOL_CASES[-1][1])
+    grpc = rows.get(HOL_CASES[-1][2])
     lines = []
-    for _, label, _ in HOL_CASES[:3]:
+    for _, _, label, _ in HOL_CASES[:3]:
         r = rows.get(label)
         if r is None:
             lines.append(f"  {name} | {label}: not run or did not complete")

@@ -393,16 +393,19 @@ class _GrpcClient:
         await self.channel.close()
 
 
-# struct tcp_info (include/uapi/linux/tcp.h) fields read at the moment a query's head is
-# written: (name, offset, format). Times are microseconds, windows bytes, counts segments.
+# struct tcp_info (include/uapi/linux/tcp.h) fields the HOL diagnostics read (around each
+# query and when its head is written): (name, offset, format). ionn_net.aio.sockopts reads
+# only what the pacer needs; these are more. Times are microseconds, windows bytes, counts segments.
 _TCP_RAW_FIELDS = (
     ("ca_state", 1, "B"),  # 0 open, 1 disorder, 2 CWR, 3 recovery, 4 loss
     ("mss", 16, "I"),
     ("unacked", 24, "I"),
     ("lost", 32, "I"),
     ("last_ack_recv_ms", 56, "I"),
+    ("rtt_us", 68, "I"),  # smoothed
     ("ssthresh", 76, "I"),
     ("cwnd", 80, "I"),
+    ("total_retrans", 100, "I"),
     ("pacing_rate", 104, "Q"),
     ("notsent", 144, "I"),
     ("busy_us", 168, "Q"),
@@ -465,7 +468,7 @@ class _IonnClient:
         protocol = self.conn.protocol
         transport = protocol.transport
         return {
-            "paused": protocol._write_paused,
+            "paused": not protocol.writable,
             "transport": 0 if transport is None else transport.get_write_buffer_size(),
             "core": int(self.conn.core.outbound_buffered_bytes),
             "room": protocol.send_room,
@@ -500,15 +503,10 @@ class _IonnClient:
             raise RuntimeError("ionn: upload size mismatch")
 
     def tcp_raw(self) -> dict[str, int] | None:
+        """The socket's ``_TCP_RAW_FIELDS`` now (None: no socket, or no TCP_INFO here)."""
         sock = self.conn.protocol.socket
-        return None if sock is None else _tcp_raw(sock)
-
-    def tcp_state(self) -> tuple[int, int, float] | None:
-        """(segments retransmitted so far, unsent bytes in the socket, smoothed RTT in ms)."""
-        info = self.conn.protocol.tcp_info()
-        if info is None:
-            return None
-        return info.total_retrans, info.notsent_bytes, info.rtt_s * 1e3
+        raw = None if sock is None else _tcp_raw(sock)
+        return raw if raw and "total_retrans" in raw else None
 
     async def close(self) -> None:
         self.conn.close()
@@ -565,10 +563,8 @@ class _TracedQueries:
 
     def __init__(self, client: _Client) -> None:
         self.client = client
-        probe = getattr(client, "tcp_state", None)
-        self.probe: Callable[[], tuple[int, int, float] | None] = probe or (lambda: None)
-        raw = getattr(client, "tcp_raw", None)
-        self.raw_probe: Callable[[], dict[str, int] | None] = raw or (lambda: None)
+        probe = getattr(client, "tcp_raw", None)
+        self.probe: Callable[[], dict[str, int] | None] = probe or (lambda: None)
         self.start = time.monotonic()
         self.first = self.probe()
         self.rows: list[dict[str, Any]] = []
@@ -577,13 +573,11 @@ class _TracedQueries:
         _LAG.start()
         _LAG.take()
         before = self.probe()
-        raw_before = self.raw_probe()
         writer = getattr(self.client, "writer_state", dict)()
         start = time.monotonic()
         await self.client.query(payload)
         end = time.monotonic()
         after = self.probe()
-        raw_after = self.raw_probe()
         if before is None or after is None:
             return
         head, body = getattr(self.client, "server_stamps", (0.0, 0.0))
@@ -596,14 +590,14 @@ class _TracedQueries:
                 "head_ms": round((head - start) * 1e3, 1),
                 "up_ms": round((body - start) * 1e3, 1),
                 "down_ms": round((end - body) * 1e3, 1),
-                "retrans": after[0] - before[0],
+                "retrans": after["total_retrans"] - before["total_retrans"],
                 # worst event-loop lateness meanwhile: here, and at the server since its last
                 "client_lag_ms": round(_LAG.take() * 1e3, 1),
                 "server_lag_ms": round(getattr(self.client, "server_lag_s", 0.0) * 1e3, 1),
-                "notsent_before": before[1],
-                "srtt_before_ms": round(before[2], 1),
+                "notsent_before": before["notsent"],
+                "srtt_before_ms": round(before["rtt_us"] / 1e3, 1),
             }
-            | self._kernel_view(start, written, raw_before, raw_after)
+            | self._kernel_view(start, written, before, after)
             | {"writer": writer}
         )
         opened = getattr(self.client, "opened_at", 0.0)
@@ -614,8 +608,8 @@ class _TracedQueries:
     def _kernel_view(
         start: float,
         written: tuple[float, dict[str, int]] | None,
-        before: dict[str, int] | None,
-        after: dict[str, int] | None,
+        before: dict[str, int],
+        after: dict[str, int],
     ) -> dict[str, Any]:
         """When the head reached the socket, the socket's state then, and how long the
         congestion window, the peer's window or the send buffer held sending meanwhile."""
@@ -623,10 +617,9 @@ class _TracedQueries:
         if written is not None:
             view["written_ms"] = round((written[0] - start) * 1e3, 1)
             view["at_write"] = written[1]
-        if before and after:
-            for name in ("busy_us", "rwnd_limited_us", "sndbuf_limited_us"):
-                if name in before and name in after:
-                    view["d_" + name] = after[name] - before[name]
+        for name in ("busy_us", "rwnd_limited_us", "sndbuf_limited_us"):
+            if name in before and name in after:
+                view["d_" + name] = after[name] - before[name]
         return view
 
     def summary(self) -> dict[str, Any]:
@@ -634,7 +627,7 @@ class _TracedQueries:
         if self.first is None or last is None:
             return {}
         return {
-            "retrans_during_busy": last[0] - self.first[0],
+            "retrans_during_busy": last["total_retrans"] - self.first["total_retrans"],
             "queries_with_retrans": sum(1 for row in self.rows if row["retrans"] > 0),
             "slowest": sorted(self.rows, key=lambda row: row["rtt_ms"], reverse=True)[:8],
         }
