@@ -5,8 +5,8 @@ Owns argument parsing (each flag validated with a clear message), scenario looku
 the package, :func:`~ionn_net.bench.scenario.default_scenarios_dir`), the output
 directory and the final plots and summary. Progress goes to stderr; the paths of what
 was written go to stdout. Exit status: 0 when every run completed (skipped strategies
-included), 1 when some run failed, 2 on bad arguments or an unusable environment,
-130 on Ctrl-C.
+included), 1 when some run failed, 2 on bad arguments, an unusable environment or a
+missing ``bench`` extra (:mod:`ionn_net.extras`), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ionn_net.bench.scenario import (
     scenario_files,
 )
 from ionn_net.errors import ConfigError, IonnError
+from ionn_net.extras import require_extras
 
 __all__ = ["default_scenarios_dir", "main"]
 
@@ -221,6 +222,7 @@ def _write_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    require_extras("ionn-bench")
     args = _parser().parse_args(argv)
     console = Console(sys.stderr, quiet=args.quiet)
     command = "ionn-bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
