@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ionn_net.argtypes import port, positive
+from ionn_net.extras import require_extras
 
 # TensorFlow reads these when it is first imported: keep its C++ banner off the demo.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -105,6 +106,7 @@ def _server_parser() -> argparse.ArgumentParser:
 
 
 def server_main(argv: list[str] | None = None) -> int:
+    require_extras("ionn-server")
     args = _server_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -439,6 +441,7 @@ def _ms_cell(value: float) -> str:
 
 
 def demo_main(argv: list[str] | None = None) -> int:
+    require_extras("ionn-demo")
     args = _demo_parser().parse_args(argv)
     if args.delay_ms < 0:
         raise SystemExit(f"--delay-ms: expected >= 0, got {args.delay_ms}")

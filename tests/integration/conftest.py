@@ -1,10 +1,12 @@
-"""Shared fixtures for integration tests: a calibrated server cost model (once per run)."""
+"""Shared fixtures for integration tests: a calibrated server cost model and this project
+installed from its wheel into fresh virtual environments (each once per run)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from tests.helpers.wheel_env import build_wheel, extra_distributions, make_venv
 
 
 @pytest.fixture(scope="session")
@@ -14,3 +16,23 @@ def cost_model(tmp_path_factory: pytest.TempPathFactory) -> object:
 
     root: Path = tmp_path_factory.mktemp("costmodel")
     return load_or_calibrate(root)
+
+
+@pytest.fixture(scope="session")
+def wheel_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built offline from a copy of the sources (about 10 s)."""
+    return build_wheel(tmp_path_factory.mktemp("wheel-build"))
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory, wheel_file: Path) -> Path:
+    """The ``bin`` directory of a fresh environment holding the wheel with every extra's
+    dependencies (see tests/helpers/wheel_env.py for how it is built)."""
+    return make_venv(tmp_path_factory.mktemp("wheel-venv") / "venv", wheel_file)
+
+
+@pytest.fixture(scope="session")
+def wheel_venv_without_bench(tmp_path_factory: pytest.TempPathFactory, wheel_file: Path) -> Path:
+    """The same without the distributions of the ``bench`` extra (matplotlib, grpcio)."""
+    path = tmp_path_factory.mktemp("wheel-venv-nobench") / "venv"
+    return make_venv(path, wheel_file, without=extra_distributions("bench"))

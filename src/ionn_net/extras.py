@@ -1,0 +1,72 @@
+"""Optional dependencies of the console scripts, checked before a script does anything.
+
+A wheel installed without an extra has every module of the package but not the third-party
+modules that extra brings. Each console script calls :func:`require_extras` with its own
+name first thing in its ``main``: a missing module then ends the script with one line on
+stderr naming the extra to install, exit status 2, instead of a traceback half-way
+through a run. A new console script adds its row to :data:`SCRIPT_EXTRAS` (the suite
+checks that every ``[project.scripts]`` entry has one and that each module listed comes
+from a distribution of the named extra).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+
+__all__ = ["SCRIPT_EXTRAS", "Extra", "missing_extras", "require_extras"]
+
+#: The distribution name users install (``pip install 'ionn_net[bench]'``).
+DISTRIBUTION = "ionn_net"
+
+
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """An extra of the distribution and the top-level modules a script imports from it."""
+
+    name: str
+    modules: tuple[str, ...]
+
+    def install_hint(self) -> str:
+        return f"pip install '{DISTRIBUTION}[{self.name}]'"
+
+
+#: What each console script needs beyond the base dependencies. ``ionn-server`` and
+#: ``ionn-demo`` run on the base dependencies alone (TensorFlow, Keras, NumPy, zstandard,
+#: uvloop). ``ionn-bench`` draws its plots with matplotlib; grpcio, the other half of the
+#: ``bench`` extra, serves only the transport benchmark under ``bench/`` in a source
+#: checkout, so the console script does not ask for it.
+SCRIPT_EXTRAS: dict[str, tuple[Extra, ...]] = {
+    "ionn-server": (),
+    "ionn-demo": (),
+    "ionn-bench": (Extra("bench", ("matplotlib",)),),
+}
+
+
+def missing_extras(script: str) -> list[tuple[Extra, list[str]]]:
+    """The extras of ``script`` with at least one module that cannot be found, each with
+    those modules. Finding a module does not import it (the check stays instant)."""
+    try:
+        extras = SCRIPT_EXTRAS[script]
+    except KeyError:
+        known = ", ".join(sorted(SCRIPT_EXTRAS))
+        raise KeyError(f"console script {script!r}: expected one of {known}") from None
+    out = []
+    for extra in extras:
+        absent = [m for m in extra.modules if importlib.util.find_spec(m) is None]
+        if absent:
+            out.append((extra, absent))
+    return out
+
+
+def require_extras(script: str) -> None:
+    """Exit with status 2 and one line on stderr if an extra ``script`` needs is missing."""
+    missing = missing_extras(script)
+    if not missing:
+        return
+    modules = ", ".join(m for _, absent in missing for m in absent)
+    hints = " and ".join(extra.install_hint() for extra, _ in missing)
+    sys.stderr.write(f"{script}: needs {modules}, not installed; install it with: {hints}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
