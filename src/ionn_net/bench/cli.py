@@ -29,6 +29,7 @@ from ionn_net.bench.progress import Console
 from ionn_net.bench.runner import BenchOptions, machine_info, run_scenario
 from ionn_net.bench.scenario import STRATEGIES, Scenario, load_scenario, quick_scenario
 from ionn_net.errors import ConfigError, IonnError
+from ionn_net.tflog import VERBOSE_ENV
 
 __all__ = ["default_scenarios_dir", "main"]
 
@@ -123,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run nothing: rebuild the plots and summary of DIR from its runs/*.json",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's native start-up logs of the server and client processes "
+        "(hidden by default)",
+    )
     return p
 
 
@@ -193,6 +200,8 @@ def _write_report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.verbose:  # the server and worker processes read it (ionn_net.tflog)
+        os.environ[VERBOSE_ENV] = "1"
     console = Console(sys.stderr, quiet=args.quiet)
     command = "ionn-bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     if args.report is not None:
