@@ -25,10 +25,6 @@ from typing import Any, TextIO
 from ionn_net.argtypes import port, positive
 from ionn_net.extras import require_extras
 
-# TensorFlow reads these when it is first imported: keep its C++ banner off the demo.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
-
 __all__ = ["demo_main", "server_main"]
 
 MODELS = ("mobilenetv2", "resnet50", "inceptionv3", "vgg16")
@@ -102,6 +98,11 @@ def _server_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="logging level (default %(default)s)",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show TensorFlow's native start-up logs (hidden by default)",
+    )
     return p
 
 
@@ -111,6 +112,9 @@ def server_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    from ionn_net.tflog import import_tensorflow
+
+    import_tensorflow(verbose=args.verbose)
     from ionn_net.aio import run
     from ionn_net.config import Limits
     from ionn_net.server import EdgeServer, ServerConfig
@@ -203,6 +207,12 @@ def _demo_parser() -> argparse.ArgumentParser:
         help="run only the chosen planner, not the local-only and all-at-once baselines",
     )
     p.add_argument("--quiet", action="store_true", help="no per-query lines")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show TensorFlow's native start-up logs, here and in the server (hidden by "
+        "default)",
+    )
     return p
 
 
@@ -291,6 +301,11 @@ class _Printer:
         if progress.done and self.tty:
             self.out.write("\n")
         self.out.flush()
+
+    def progress_callback(self, strategy: str) -> Any:
+        """The upload bar for a run of ``strategy``; none for ``local``, which uploads
+        nothing (its bar would sit at 100% of 0 MB)."""
+        return None if strategy == "local" else self.bar
 
     def query(self, n: int, t: float, result: Any, total_layers: int) -> None:
         if self.quiet:
@@ -388,7 +403,12 @@ async def _demo_run(
         _server_process(cost_file) as port,
         ShapingProxy("127.0.0.1", port, up=link, down=link) as proxy,
         OffloadClient(
-            "127.0.0.1", proxy.port, model, planner=strategy, config=config, on_progress=printer.bar
+            "127.0.0.1",
+            proxy.port,
+            model,
+            planner=strategy,
+            config=config,
+            on_progress=printer.progress_callback(strategy),
         ) as client,
     ):
         start = time.monotonic()
@@ -446,11 +466,13 @@ def demo_main(argv: list[str] | None = None) -> int:
     if args.delay_ms < 0:
         raise SystemExit(f"--delay-ms: expected >= 0, got {args.delay_ms}")
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     printer = _Printer(sys.stdout, args.quiet)
     printer.line(
         f"ionn-demo: building {args.model} (random weights) and calibrating the server ..."
     )
+    from ionn_net.tflog import import_tensorflow
+
+    import_tensorflow(verbose=args.verbose)  # the server process inherits the choice
     from ionn_net.aio import run
     from ionn_net.calibrate import load_or_calibrate
 

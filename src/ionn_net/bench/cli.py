@@ -40,6 +40,7 @@ from ionn_net.bench.scenario import (
 )
 from ionn_net.errors import ConfigError, IonnError
 from ionn_net.extras import require_extras
+from ionn_net.tflog import VERBOSE_ENV
 
 __all__ = ["default_scenarios_dir", "main"]
 
@@ -136,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run nothing: rebuild the plots and summary of DIR from its runs/*.json",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's native start-up logs of the server and client processes "
+        "(hidden by default)",
+    )
     return p
 
 
@@ -224,6 +231,8 @@ def _write_report(
 def main(argv: Sequence[str] | None = None) -> int:
     require_extras("ionn-bench")
     args = _parser().parse_args(argv)
+    if args.verbose:  # the server and worker processes read it (ionn_net.tflog)
+        os.environ[VERBOSE_ENV] = "1"
     console = Console(sys.stderr, quiet=args.quiet)
     command = "ionn-bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     if args.report is not None:

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -135,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workload-model", default=None, help="fit the cost model on this model")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ionn_net.tflog import import_tensorflow
+
+    import_tensorflow()  # verbose when the ionn-bench that started it was (tflog.VERBOSE_ENV)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     from ionn_net.aio import run
 

@@ -332,7 +332,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ionn_net.tflog import import_tensorflow
+
+    import_tensorflow()  # verbose when the ionn-bench that started it was (tflog.VERBOSE_ENV)
     out = sys.stdout
     worker = Worker(args, out)
     log = logging.getLogger("ionn_net")
