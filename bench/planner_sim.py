@@ -151,7 +151,8 @@ def measure_piece_call(name: str) -> float:
 def measure(name: str) -> Measured:
     import keras
 
-    from ionn_net.executor import Executor, measure_load_times, profile_layers
+    from ionn_net.executor import Executor
+    from ionn_net.measure import measure_load_times, profile_layers
     from ionn_net.model.layers import build_layers, extract_manifest
 
     model = getattr(keras.applications, name)(weights=None)

@@ -223,7 +223,7 @@ class OffloadClient:
         """Per-layer client milliseconds: the cached (or freshly measured) profile,
         rescaled so that it sums to the whole model's latency measured now: a profile
         taken while the device was busy must not make offloading look better than it is."""
-        from ionn_net.executor import profile_layers, time_slice
+        from ionn_net.measure import profile_layers, time_slice
 
         cache = ProfileCache(self.config.profile_cache) if self.config.profile_cache else None
         device = self.config.device_id
