@@ -10,7 +10,8 @@
 * No import cycle inside ``ionn_net.aio`` (any import counts, ``TYPE_CHECKING`` ones too:
   a cycle there is a design dependency, whether or not it breaks at import time).
 * The client package stays in small parts: no class over 400 lines, no module over 800,
-  no function over 60.
+  no function over 60; and every attribute a client class sets is set in its ``__init__``
+  (none appears later, in a method of one loop or a worker thread's callback).
 
 Each checker is also run on a snippet that breaks its rule, so that a checker that
 silently stopped finding anything fails here too.
@@ -206,6 +207,36 @@ def size_violations(tree: ast.AST, lines: int) -> list[str]:
     return found
 
 
+def late_attribute_violations(tree: ast.AST) -> list[str]:
+    """``self.x = ...`` in a method when ``__init__`` never sets ``self.x``."""
+    found = []
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        first: set[str] = set()
+        later: dict[str, str] = {}
+        for method in cls.body:
+            if not isinstance(method, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(method):
+                if isinstance(node, ast.Assign):
+                    targets = node.targets
+                elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                    targets = [node.target]
+                else:
+                    continue
+                for target in (e for t in targets for e in ast.walk(t)):
+                    if (
+                        isinstance(target, ast.Attribute)
+                        and isinstance(target.value, ast.Name)
+                        and target.value.id == "self"
+                    ):
+                        if method.name == "__init__":
+                            first.add(target.attr)
+                        else:
+                            later.setdefault(target.attr, method.name)
+        found += [f"{cls.name}.{a} first set in {m}" for a, m in later.items() if a not in first]
+    return found
+
+
 # -- the checks, on the code -----------------------------------------------------------
 
 
@@ -259,6 +290,15 @@ def test_no_aio_module_imports_or_reaches_a_private_name() -> None:
 )
 def test_no_import_cycle_inside_aio() -> None:
     assert import_cycles(_AIO) == []
+
+
+def test_client_classes_set_every_attribute_in_init() -> None:
+    found = {
+        str(p.relative_to(ROOT)): v
+        for p in _python_files(CLIENT)
+        if (v := late_attribute_violations(_tree(p)))
+    }
+    assert not found, found
 
 
 def test_client_package_parts_stay_small() -> None:
@@ -336,6 +376,14 @@ def test_the_cycle_check_finds_a_cycle(tmp_path: Path) -> None:
     acyclic = import_cycles(package, tmp_path / "ionn_net")
     assert cycles == [["ionn_net.pkg.a", "ionn_net.pkg.b", "ionn_net.pkg.a"]]
     assert acyclic == []
+
+
+def test_the_attribute_check_finds_an_attribute_set_late() -> None:
+    init = "class A:\n    def __init__(self):\n        self.a = 1\n    def f(self):\n"
+    assert late_attribute_violations(ast.parse(init + "        self.b = 2\n")) == [
+        "A.b first set in f"
+    ]
+    assert late_attribute_violations(ast.parse(init + "        self.a += 2\n")) == []
 
 
 def test_the_size_check_finds_a_long_class_and_function() -> None:

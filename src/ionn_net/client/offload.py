@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,23 +39,15 @@ __all__ = ["OffloadClient"]
 logger = logging.getLogger("ionn_net.client")
 
 
+@dataclass(frozen=True, slots=True)
 class _Parts:
     """What :meth:`OffloadClient.start` creates, together (none exists without the
     others)."""
 
-    __slots__ = ("prepared", "runner", "session", "state")
-
-    def __init__(
-        self,
-        prepared: PreparedModel,
-        state: PlanState,
-        session: UploadSession,
-        runner: QueryRunner,
-    ) -> None:
-        self.prepared = prepared
-        self.state = state
-        self.session = session
-        self.runner = runner
+    prepared: PreparedModel
+    state: PlanState
+    session: UploadSession
+    runner: QueryRunner
 
 
 class OffloadClient:
