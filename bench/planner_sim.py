@@ -13,10 +13,11 @@ set, e.g. ``bench/data/planner-loaded``, below):
   per-class medians of ``measure_load_times`` minus manifest validation, which the
   server does once per session); per partition the preparation
   of an identity slice (fixed cost) plus compilation of the pieces of the run sets the
-  client asks the server to prepare (the server segments of the new best plan, as
-  ``client.py`` does) that the server has not compiled before (protocol.md §10.6), at the
-  per-layer rate of compiling the whole model as one slice; per query, the dispatch of
-  each extra piece of a chained run set until the complete model is consolidated;
+  client asks the server to prepare (the server segments of the new best plan, as the
+  client's upload session does) that the server has not compiled before (protocol.md
+  §10.6), at the per-layer rate of compiling the whole model as one slice; per query, the
+  dispatch of each extra piece of a chained run set until the complete model is
+  consolidated;
 * weight compression ratio: zstd level 1 with 4-byte shuffle over 1 MiB frames
   (protocol.md §12) of the model's random-init weights.
 
@@ -151,7 +152,8 @@ def measure_piece_call(name: str) -> float:
 def measure(name: str) -> Measured:
     import keras
 
-    from ionn_net.executor import Executor, measure_load_times, profile_layers
+    from ionn_net.executor import Executor
+    from ionn_net.measure import measure_load_times, profile_layers
     from ionn_net.model.layers import build_layers, extract_manifest
 
     model = getattr(keras.applications, name)(weights=None)

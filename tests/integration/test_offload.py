@@ -131,23 +131,25 @@ async def test_a_running_query_joins_a_plan_that_becomes_active(
         OffloadClient("127.0.0.1", server.port, model, config=config) as client,
     ):
         await client.wait_uploaded(timeout=120)
-        offloading = client._active
+        state = client.plan_state
+        offloading = state.active
         assert offloading.plan.offloads
-        local = client._local_plan()
+        local = state.local_plan()
         (whole,) = local.segments
-        chunks = client._chunks[whole.layers]  # compiled at start, as layers were to come
+        chunks = state.chunks_of(whole.layers)  # compiled at start, as layers were to come
         assert len(chunks) >= 2
-        client._active = type(offloading)(local, frozenset())
-        run_local = client._run_local
+        state.switch(local, frozenset(), {})
+        run_local = client.runner.run_local
         calls: list[tuple[str, ...]] = []
 
         async def first_chunk_then_activate(layers: Any, tensors: Any, due: Any = None) -> Any:
             calls.append(tuple(layers))
             out = await run_local(layers, tensors, due)
-            client._active = offloading  # as if a partition had just been loaded
+            # as if a partition had just been loaded
+            state.switch(offloading.plan, offloading.ready, {})
             return out
 
-        client._run_local = first_chunk_then_activate  # type: ignore[method-assign]
+        client.runner.run_local = first_chunk_then_activate
         result = await client.infer_detailed(x)
     np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
     assert result.replans == 1
@@ -205,18 +207,18 @@ async def test_a_client_that_stopped_offloading_on_bad_measurements_comes_back(
         assert (await client.infer_detailed(x)).offloaded
         # A spell of answers 20x slower than predicted and half a second late (the server
         # busy compiling), fed through the client's own measuring path:
-        ran = sorted(client._server_ready)
+        state = client.plan_state
+        ran = sorted(state.ready)
         slow_ms = 20 * sum(client.server_ms[n] for n in ran)
         for _ in range(20):
-            reply = {"server_ms": slow_ms, "ran": ran}
-            client._observe_round_trip(slow_ms / 1000 + 0.5, 0, 0, reply)
-        learned = client._learned
-        await client._activate(client._server_ready)
-        assert not client._active.plan.server_layers  # every layer on the client now
+            state.observe_round_trip(slow_ms / 1000 + 0.5, 0, 0, server_ms=slow_ms, ran=ran)
+        learned = state.learned
+        await client.replan()
+        assert not state.active.plan.server_layers  # every layer on the client now
         assert not (await client.infer_detailed(x)).offloaded
         learned.half_life_s = 0.3  # fade quickly (5 s by default)
         for _ in range(100):  # bounded: 10 s
-            if client._active.plan.server_layers:
+            if state.active.plan.server_layers:
                 break
             await asyncio.sleep(0.1)
         result = await client.infer_detailed(x)
@@ -241,7 +243,7 @@ async def test_upload_is_paced_at_the_configured_rate(
         client = OffloadClient("127.0.0.1", server.port, small_model, config=config)
         async with client:
             started = asyncio.get_running_loop().time()
-            assert client._conn is not None and client._conn.pacer is not None
+            assert client.connection is not None and client.connection.pacer is not None
             result = await client.infer_detailed(x)
             await client.wait_uploaded(timeout=120)
             elapsed = asyncio.get_running_loop().time() - started
@@ -257,7 +259,7 @@ async def test_upload_is_paced_at_the_configured_rate(
         )
         unpaced = ClientConfig(profile_cache=str(tmp_path / "p"), transport=TransportOptions())
         async with OffloadClient("127.0.0.1", server.port, small_model, config=unpaced) as other:
-            assert other._conn is not None and other._conn.pacer is None
+            assert other.connection is not None and other.connection.pacer is None
 
 
 def test_client_config_rejects_a_transport_that_is_not_transport_options() -> None:

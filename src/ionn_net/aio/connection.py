@@ -21,7 +21,7 @@ from ionn_net.aio.options import TransportOptions
 from ionn_net.aio.pacing import Pacer
 from ionn_net.aio.protocol import IonnProtocol, logger
 from ionn_net.aio.stream import Buffer, ServerStream, Stream, _BaseStream
-from ionn_net.config import Limits
+from ionn_net.config import Limits, Setting
 from ionn_net.proto import (
     Codec,
     Connection,
@@ -163,6 +163,11 @@ class AioConnection:
         self._track(stream)
         self.protocol.after_send()  # written with the first body bytes, if any follow now
         return stream
+
+    @property
+    def peer_settings(self) -> Mapping[Setting, int]:
+        """The peer's current settings (§11), e.g. its MAX_MESSAGE_SIZE."""
+        return self.core.peer_settings
 
     async def request(
         self,

@@ -282,6 +282,11 @@ class ServerStream(_BaseStream):
         assert self._head is not None  # set at creation
         return self._head
 
+    @property
+    def connection(self) -> AioConnection:
+        """The connection this stream belongs to."""
+        return self._conn
+
     async def respond(
         self,
         head: Mapping[str, Any],

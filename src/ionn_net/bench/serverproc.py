@@ -49,7 +49,8 @@ def workload_cost_model(name: str, seed: int, base: Any) -> tuple[Any, dict[str,
     """A server cost model fitted on model ``name``'s own layers, timed on this machine."""
     from ionn_net.bench.models import build_model
     from ionn_net.bench.worker import time_calls
-    from ionn_net.executor import Executor, measure_load_times, profile_layers
+    from ionn_net.executor import Executor
+    from ionn_net.measure import measure_load_times, profile_layers
     from ionn_net.model.graph import TensorRef
     from ionn_net.model.layers import build_layers, extract_manifest
     from ionn_net.planner.costmodel import ServerCostModel
