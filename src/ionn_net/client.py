@@ -490,7 +490,7 @@ class OffloadClient:
             return
         blob = memoryview(self.blobs[digest])
         offset = int(self._partial.get(digest, 0))
-        piece = min(_BLOB_PIECE, conn.core.peer_settings[Setting.MAX_MESSAGE_SIZE])
+        piece = min(_BLOB_PIECE, conn.peer_settings[Setting.MAX_MESSAGE_SIZE])
         while True:
             n = min(piece, size - offset)
             started, written = time.monotonic(), conn.bytes_sent

@@ -300,7 +300,7 @@ class EdgeServer:
     # -- dispatch ----------------------------------------------------------------------
 
     async def _handle(self, stream: ServerStream) -> None:
-        conn = stream._conn
+        conn = stream.connection
         state = self._conns.get(conn)
         if state is None:  # weak keys: the state goes away with the connection
             if self._too_many_from(conn):
@@ -391,8 +391,8 @@ class EdgeServer:
     @staticmethod
     def _refuse_auth(stream: ServerStream, why: str) -> None:
         """§10.2.3: GOAWAY AUTH_FAILED, revealing nothing."""
-        logger.warning("authentication failed from %s: %s", stream._conn.remote_address, why)
-        stream._conn.close(ErrorCode.AUTH_FAILED, "authentication failed")
+        logger.warning("authentication failed from %s: %s", stream.connection.remote_address, why)
+        stream.connection.close(ErrorCode.AUTH_FAILED, "authentication failed")
 
     def _welcome(self, state: _ConnState, key: str) -> dict[str, object]:
         session = self._sessions.get(key)
