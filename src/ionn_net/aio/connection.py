@@ -115,15 +115,10 @@ class ServerStream(BaseStream):
     ) -> None:
         """Send the response message: HEADERS, then the body (if any) ending the stream.
 
-        ``"body_len"`` (§10.1.2) is added to the head when a body is given without it.
+        ``"body_len"`` (§10.1.2) is added to the head when a body is given without it; the
+        body counts against the outbound cap from the start (§14.3, ``send_message``).
         """
-        if not body:
-            await self.send_headers(head, end_stream=True)
-            return
-        if "body_len" not in head:
-            head = {**head, "body_len": memoryview(body).nbytes}
-        await self.send_headers(head)
-        await self.send_data(body, end_stream=True, codec=codec, element_width=element_width)
+        await self.send_message(head, body, codec=codec, element_width=element_width)
 
 
 Handler = Callable[[ServerStream], Awaitable[None]]

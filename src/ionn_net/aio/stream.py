@@ -41,6 +41,11 @@ _ACK_BATCH = 256 * 1024  # return credit at least this often while a backlog is 
 _T = TypeVar("_T")
 
 
+def _bytes_view(data: Buffer) -> memoryview:
+    view = memoryview(data)
+    return view if view.ndim == 1 and view.itemsize == 1 else view.cast("B")
+
+
 class StreamHost(Protocol):
     """What a stream needs from its connection (one host per stream).
 
@@ -345,14 +350,46 @@ class BaseStream:
         self._raise_error()
         if self._local_ended:
             raise UsageError(f"stream {self.id}: END_STREAM already sent, cannot send more data")
-        view = memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        view = _bytes_view(data)
+        self._count_body(len(view))
+        await self._send_body(view, end_stream, codec, element_width)
+
+    async def send_message(
+        self,
+        head: Mapping[str, Any],
+        body: Buffer = b"",
+        *,
+        codec: Codec | None = None,
+        element_width: int = 1,
+    ) -> None:
+        """Send a whole message: HEADERS, then the body (if any) ending the stream.
+
+        ``"body_len"`` (§10.1.2) is added to the head when a body is given without it. The
+        body counts against the outbound cap (§14.3) from the start, also while the HEADERS
+        waits for room.
+        """
+        if not body:
+            await self.send_headers(head, end_stream=True)
+            return
+        view = _bytes_view(body)
+        if "body_len" not in head:
+            head = {**head, "body_len": len(view)}
+        self._raise_error()
+        self._count_body(len(view))
+        await self.send_headers(head)
+        await self._send_body(view, True, codec, element_width)
+
+    def _count_body(self, n: int) -> None:
+        """A body of ``n`` bytes is on its way: it replaces (as much of) the reservation
+        made for it and counts as held until it is queued in the core (§14.3)."""
+        self._set_held(max(0, self._reserved - n), self._pending + n)
+
+    async def _send_body(
+        self, view: memoryview, end_stream: bool, codec: Codec | None, element_width: int
+    ) -> None:
         host = self._host
         paced = host.is_paced()
         total = len(view)
-        # The body replaces (as much of) the reservation made for it (§14.3).
-        self._set_held(max(0, self._reserved - total), self._pending + total)
         offset = 0
         while True:
             n = min(total - offset, host.chunk_size(paced))
