@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import os
 import threading
 import time
@@ -281,12 +282,22 @@ class EdgeServer:
         port: int = self._server.port
         return port
 
+    @property
+    def connections(self) -> tuple[AioConnection, ...]:
+        """The live client connections (e.g. to watch their ``outbound_bytes``, §14.3)."""
+        return () if self._server is None else tuple(self._server.connections)
+
     async def start(self) -> EdgeServer:
         if self._cost_model is None:
             self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
         await asyncio.to_thread(_warm_up)
         self._server = await serve(
-            self._handle, self.host, self._port, limits=self.config.limits, ssl=self._ssl
+            self._handle,
+            self.host,
+            self._port,
+            limits=self.config.limits,
+            ssl=self._ssl,
+            on_connection=self._arm_hello_deadline,
         )
         logger.info("edge server listening on %s:%d", self.host, self.port)
         return self
@@ -324,11 +335,6 @@ class EdgeServer:
                 await stream.respond(refusal.to_head())
                 return
             state = self._conns[conn] = _ConnState()
-            # §14.4: a session (welcome) within the handshake deadline, or the connection
-            # goes; otherwise requests before hello would hold it open forever.
-            asyncio.get_running_loop().call_later(
-                self.config.limits.handshake_timeout_s, self._check_hello, weakref.ref(conn)
-            )
         if state.session is not None:
             state.session.last_used = time.monotonic()
         body = b""
@@ -356,10 +362,20 @@ class EdgeServer:
             reply = Error(code="internal", message=str(exc))
         await stream.respond(reply.to_head(), body, codec=Codec.ZSTD if body else None)
 
+    def _arm_hello_deadline(self, conn: AioConnection) -> None:
+        """§14.4: a session (welcome) within the handshake deadline counted from the accept,
+        or the connection goes, whatever the peer sends meanwhile (PINGs, requests before
+        hello, or nothing after its SETTINGS)."""
+        asyncio.get_running_loop().call_later(
+            self.config.limits.handshake_timeout_s, self._check_hello, weakref.ref(conn)
+        )
+
     def _check_hello(self, ref: weakref.ref[AioConnection]) -> None:
         conn = ref()
-        state = self._conns.get(conn) if conn is not None else None
-        if conn is None or conn.closed or state is None or state.session is not None:
+        if conn is None or conn.closed:
+            return
+        state = self._conns.get(conn)
+        if state is not None and state.session is not None:
             return
         logger.warning("closing %s: no session after the handshake deadline", conn.remote_address)
         conn.close(ErrorCode.TIMEOUT, "no hello within the handshake deadline")
@@ -673,13 +689,20 @@ class EdgeServer:
             raise RequestError("bad_tensor", str(exc)) from None
         if session.queries.locked():
             raise RequestError("busy", "too many concurrent queries in this session")
-        async with session.queries, self._inference:
-            if (time.monotonic() - received) * 1000.0 > deadline_ms:
+        async with session.queries:
+            # §14.3: the result is held back (not computed) until it fits under the
+            # connection's outbound cap, so unread results cannot pile up in memory.
+            left_s = deadline_ms / 1000.0 - (time.monotonic() - received)
+            size = _result_nbytes(model.graph, outs, tensors)
+            if left_s <= 0 or not await stream.reserve_outbound(size, timeout=left_s):
                 raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
-            feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
-            started = time.perf_counter()
-            result = await _to_thread_to_the_end(self._run, model, run, feeds)
-            server_ms = (time.perf_counter() - started) * 1000.0
+            async with self._inference:
+                if (time.monotonic() - received) * 1000.0 > deadline_ms:
+                    raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
+                feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
+                started = time.perf_counter()
+                result = await _to_thread_to_the_end(self._run, model, run, feeds)
+                server_ms = (time.perf_counter() - started) * 1000.0
         if model.complete:
             self._consolidate_later(model, run)
         self.stats["queries"] += 1
@@ -753,6 +776,20 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
     except (OSError, AttributeError) as exc:  # not Linux, or not permitted
         logger.debug("loader thread keeps its priority: %s", exc)
+
+
+def _result_nbytes(
+    graph: LayerGraph, outs: Sequence[TensorRef], tensors: Mapping[str, np.ndarray]
+) -> int:
+    """Body bytes of the result of a query with these (checked) input tensors: its output
+    tensors' shapes, from the server's own graph, at the inputs' batch size (§10.8)."""
+    batch = next(iter(tensors.values())).shape[0] if tensors else 1
+    return sum(
+        batch
+        * math.prod(graph[r.layer].output_shapes[r.index])
+        * np.dtype(graph[r.layer].output_dtype).itemsize
+        for r in outs
+    )
 
 
 def _host(address: Any) -> Any:
