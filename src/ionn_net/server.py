@@ -27,7 +27,6 @@ import hmac
 import logging
 import math
 import os
-import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -62,6 +61,8 @@ from ionn_net.messages import (
     Request,
     RequestError,
     Result,
+    Timings,
+    TimingsOk,
     Welcome,
     bad_member,
     check_body_len,
@@ -73,7 +74,15 @@ from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
 from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest, split_blob
 from ionn_net.planner.costmodel import ServerCostModel
+from ionn_net.planner.prior import LayerPrior
 from ionn_net.proto import Codec, ErrorCode
+from ionn_net.server_timing import (
+    ServerTimer,
+    TimingConfig,
+    WorkGauge,
+    lower_priority,
+    predicted_times,
+)
 from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
 from ionn_net.tensors import SignatureError, boundary_signature, decode_tensors, encode_tensors
 
@@ -107,6 +116,8 @@ class ServerConfig:
     loader_nice: int = 10
     secret: bytes | None = None
     jit: bool | None = None
+    #: Timing clients' models before their weights arrive (§10.11) and its bounds.
+    timing: TimingConfig = field(default_factory=TimingConfig)
 
     def __post_init__(self) -> None:
         for name in (
@@ -131,7 +142,13 @@ class ServerConfig:
 class _Model:
     """One validated model of one session, assembled incrementally."""
 
-    def __init__(self, manifest: ModelManifest, graph: LayerGraph, jit: bool | None) -> None:
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        graph: LayerGraph,
+        jit: bool | None,
+        predicted: Mapping[str, float],
+    ) -> None:
         self.manifest = manifest
         self.graph = graph
         self.digest = manifest.manifest_digest()
@@ -154,6 +171,9 @@ class _Model:
         self._runners: dict[frozenset[str], Any] = {}
         self.consolidating: set[frozenset[str]] = set()
         self._complete = False
+        #: the prior's times of the layers the server may run, and their timing (§10.11)
+        self.predicted = predicted
+        self.timing: Any = None
 
     @property
     def complete(self) -> bool:
@@ -235,6 +255,7 @@ class EdgeServer:
         store: BlobStore | str | os.PathLike[str] | None = None,
         config: ServerConfig | None = None,
         cost_model: ServerCostModel | None = None,
+        prior: LayerPrior | None = None,
         ssl: Any = None,
     ) -> None:
         self.host = host
@@ -247,6 +268,7 @@ class EdgeServer:
         else:
             self.store = DirectoryStore(Path(store))
         self._cost_model = cost_model
+        self._prior = prior
         self._ssl = ssl
         self._sessions: dict[str, _Session] = {}
         self._conns: weakref.WeakKeyDictionary[AioConnection, _ConnState] = (
@@ -263,14 +285,20 @@ class EdgeServer:
             Blob: self._on_blob,
             Load: self._on_load,
             Query: self._on_query,
+            Timings: self._on_timings,
         }
         self.stats = {"queries": 0, "errors": 0, "blobs": 0, "loads": 0}
         self._background: set[asyncio.Task[None]] = set()
         self._loader = ThreadPoolExecutor(
             max_workers=_LOADER_THREADS,
             thread_name_prefix="ionn-loader",
-            initializer=_lower_priority,
+            initializer=lower_priority,
             initargs=(self.config.loader_nice,),
+        )
+        #: queries and loads in flight: the timer keeps out of their way (§10.11.1)
+        self.work = WorkGauge()
+        self._timer = ServerTimer(
+            self.config.timing, self.work, limits=self.config.spec_limits, jit=self.config.jit
         )
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -289,7 +317,7 @@ class EdgeServer:
 
     async def start(self) -> EdgeServer:
         if self._cost_model is None:
-            self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
+            self._cost_model, self._prior = await asyncio.to_thread(self._load_or_calibrate)
         await asyncio.to_thread(_warm_up)
         self._server = await serve(
             self._handle,
@@ -308,6 +336,7 @@ class EdgeServer:
             await self._server.wait_closed()
         if self._background:  # a compile in a thread cannot be interrupted: wait for it
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._timer.close()
         self._loader.shutdown(wait=False)
 
     async def __aenter__(self) -> EdgeServer:
@@ -316,11 +345,13 @@ class EdgeServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def _load_or_calibrate(self) -> ServerCostModel:
-        from ionn_net.calibrate import load_or_calibrate
+    def _load_or_calibrate(self) -> tuple[ServerCostModel, LayerPrior]:
+        from ionn_net.calibrate import load_calibration
 
         root = self.store.root if isinstance(self.store, DirectoryStore) else None
-        return load_or_calibrate(root)
+        found = load_calibration(root)
+        found.log_held_out()
+        return found.cost_model, found.prior
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -485,12 +516,33 @@ class EdgeServer:
             except SpecError as exc:
                 raise RequestError("bad_manifest", str(exc)) from None
             session.models[digest] = model
+            # §10.11.1: timed in the background, after this answer
+            model.timing = self._timer.start(
+                session.key, model.graph, model.manifest, model.predicted
+            )
         return ManifestOk(model=digest, holdings=self._holdings(session, model)), b""
 
     def _parse_model(self, body: bytes) -> _Model:
         manifest = loads_manifest(body, self.config.spec_limits, canonical=True)
         graph = graph_from_manifest(manifest, self.config.spec_limits)
-        return _Model(manifest, graph, self.config.jit)
+        predict = self._prior.profile if self._prior is not None else self._predict_v1
+        return _Model(manifest, graph, self.config.jit, predicted_times(graph, predict))
+
+    def _predict_v1(self, graph: LayerGraph) -> dict[str, float]:
+        assert self._cost_model is not None
+        return self._cost_model.exec_profile(graph)
+
+    # -- §10.11 timings ------------------------------------------------------------------
+
+    async def _on_timings(self, state: _ConnState, stream: ServerStream, ask: Timings) -> Response:
+        model = self._model(state, ask.model)
+        timing = model.timing
+        await timing.wait(ask.wait_ms / 1000.0)
+        body = timing.table().encode()
+        reply = TimingsOk(
+            model=ask.model, done=timing.done, call_ms=timing.call_ms, body_len=len(body)
+        )
+        return reply, body
 
     def _holdings(self, session: _Session, model: _Model) -> Holdings:
         owned = self.store.owned_by(session.hash)
@@ -627,12 +679,13 @@ class EdgeServer:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
         async with model.lock:
-            await _to_thread_to_the_end(self._build, model, names, pool=self._loader)
-            prepared = []
-            for run in sets:
-                if set(run) <= model.ready:
-                    await _to_thread_to_the_end(model.runner, run, pool=self._loader)
-                    prepared.append(run)
+            with self.work:  # §10.11.1: the timer pauses while a load runs
+                await _to_thread_to_the_end(self._build, model, names, pool=self._loader)
+                prepared = []
+                for run in sets:
+                    if set(run) <= model.ready:
+                        await _to_thread_to_the_end(model.runner, run, pool=self._loader)
+                        prepared.append(run)
         if model.complete:
             for run in prepared:
                 self._consolidate_later(model, run)
@@ -701,7 +754,8 @@ class EdgeServer:
                     raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
                 feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
                 started = time.perf_counter()
-                result = await _to_thread_to_the_end(self._run, model, run, feeds)
+                with self.work:
+                    result = await _to_thread_to_the_end(self._run, model, run, feeds)
                 server_ms = (time.perf_counter() - started) * 1000.0
         if model.complete:
             self._consolidate_later(model, run)
@@ -763,19 +817,6 @@ async def _to_thread_to_the_end(
         with contextlib.suppress(BaseException):
             await asyncio.wait({work})
         raise
-
-
-def _lower_priority(nice: int) -> None:
-    """Initializer of a loader thread: raise its niceness (Linux: per thread), so that
-    the scheduler runs query threads first. Best effort: where it is not allowed the
-    thread keeps the server's priority."""
-    if nice <= 0:
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
-    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
-        logger.debug("loader thread keeps its priority: %s", exc)
 
 
 def _result_nbytes(

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from ionn_net.client.prepare import ChunkTable, PreparedModel
 from ionn_net.errors import PlannerError
-from ionn_net.messages import Holdings
+from ionn_net.messages import Holdings, TimingTable
 from ionn_net.model.graph import LayerGraph
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.planner.execution import ExecutionPlan, LayerTimes, local_plan
@@ -47,6 +48,8 @@ NEVER_MS = 1e9
 _REPLAN_MOVE = 0.3
 #: ... at most this often (planning costs CPU).
 _REPLAN_EVERY_S = 5.0
+#: Server segments whose prediction error is kept (for explanations).
+_ERRORS_KEPT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +97,14 @@ class PlanState:
         self._link = Link.from_mbit(assumed_mbit, 1.0)
         self._learned = LearnedCosts()
         self._bandwidth = BandwidthMeter()
-        # the server's costs: until a cost model is adopted, a 10x faster server
+        # the server's costs: until a cost model is adopted, a 10x faster server; then
+        # per layer its measured time, else its prediction (§10.11), else the cost model's
         self._server_ms: dict[str, float] = self._assumed_server_ms()
+        self._model_ms: dict[str, float] = dict(self._server_ms)
+        self._source: dict[str, str] = dict.fromkeys(self._server_ms, "assumed")
+        self._timings_done = False
+        self._profile_changed = False
+        self._errors: deque[float] = deque(maxlen=_ERRORS_KEPT)
         self._load_ms: dict[str, float] = {}
         self._partition_overhead_ms = 0.0
         # the server's readiness
@@ -146,6 +155,24 @@ class PlanState:
     @property
     def load_ms(self) -> Mapping[str, float]:
         return MappingProxyType(self._load_ms)
+
+    @property
+    def server_ms_source(self) -> Mapping[str, str]:
+        """Where each layer's server time comes from: ``measured`` or ``predicted`` by
+        the server for this model (§10.11), ``cost_model`` (§10.10) or ``assumed`` (no
+        valid cost model: a 10x faster server)."""
+        return MappingProxyType(self._source)
+
+    @property
+    def timings_done(self) -> bool:
+        """The server announced that it will time nothing more of this model."""
+        return self._timings_done
+
+    def prediction_errors(self) -> tuple[float, ...]:
+        """Relative errors (measured / predicted - 1) of the server's compute time for
+        the last server segments, before the learned scale: how far the server's
+        times planned with were from what it then took."""
+        return tuple(self._errors)
 
     @property
     def partition_overhead_ms(self) -> float:
@@ -259,14 +286,42 @@ class PlanState:
         """§10.10: the server's cost model, or (invalid) a 10x faster server."""
         try:
             cost = ServerCostModel.from_doc(doc)
-            self._server_ms = cost.exec_profile(self._graph)
+            self._model_ms = cost.exec_profile(self._graph)
             self._load_ms = cost.load_profile(self._graph)
             self._partition_overhead_ms = cost.partition_overhead_ms
+            source = "cost_model"
         except PlannerError as exc:
             logger.warning("invalid server cost model (%s): assuming a 10x faster server", exc)
-            self._server_ms = self._assumed_server_ms()
+            self._model_ms = self._assumed_server_ms()
             self._load_ms = {}
             self._partition_overhead_ms = 0.0
+            source = "assumed"
+        # a reconnect brings the cost model again: layers the server timed keep their times
+        for name, ms in self._model_ms.items():
+            if self._source.get(name) not in ("measured", "predicted"):
+                self._server_ms[name] = ms
+                self._source[name] = source
+
+    def adopt_timings(self, table: TimingTable, *, done: bool) -> int:
+        """§10.11: the server's measured and predicted times of this model's layers,
+        already checked (:meth:`TimingTable.decode`); every other layer keeps its time
+        from the cost model (§10.11.2). What queries taught about the server's speed
+        restarts from its prior: it was learned against the old times. Returns how many
+        layers changed their time."""
+        changed = 0
+        for source, table_ms in (("measured", table.measured), ("predicted", table.predicted)):
+            for name, ms in table_ms.items():
+                if name not in self._server_ms or self._source.get(name) == "measured":
+                    continue
+                if ms != self._server_ms[name] or self._source[name] != source:
+                    changed += 1
+                self._server_ms[name] = ms
+                self._source[name] = source
+        self._timings_done = self._timings_done or done
+        if changed:
+            self._learned.reset_scale()
+            self._profile_changed = True
+        return changed
 
     def _assumed_server_ms(self) -> dict[str, float]:
         return {n: v / self._slowdown / 10 for n, v in self._client_ms.items()}
@@ -289,6 +344,7 @@ class PlanState:
         self._upload_plan = plan
         self._partitions = list(partitions)
         self._uploaded_parts = self._loaded_parts = 0
+        self._profile_changed = False  # planned with the times known now
 
     def replan_due(self, now: float) -> bool:
         """True (once) when the rest of the upload should be re-planned: the measured
@@ -299,9 +355,13 @@ class PlanState:
             self._planned_bandwidth, self._planned_at = bandwidth, now
             return False
         moved = abs(bandwidth / self._planned_bandwidth - 1) > _REPLAN_MOVE
-        if not moved or now - self._planned_at < _REPLAN_EVERY_S:
-            return False
         if self._uploaded_parts >= len(self._partitions):
+            return False
+        if self._profile_changed:  # the server's times changed (§10.11): re-plan once
+            self._profile_changed = False
+            self._planned_bandwidth, self._planned_at = bandwidth, now
+            return True
+        if not moved or now - self._planned_at < _REPLAN_EVERY_S:
             return False
         self._planned_bandwidth, self._planned_at = bandwidth, now
         return True
@@ -366,6 +426,7 @@ class PlanState:
             predicted = sum(self._server_ms.get(n, 0.0) for n in ran)
             if predicted > 0.05 and server_ms > 0:
                 ratio = server_ms / predicted
+                self._errors.append(ratio - 1.0)
         self._learned.observe(
             overhead_s=seconds - server_ms / 1000.0 - transfer,
             scale_ratio=ratio,

@@ -24,9 +24,11 @@ import time
 from typing import Any
 
 from ionn_net.aio import AioConnection, connect
+from ionn_net.client.explain import why_local
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
+from ionn_net.client.timings import fetch_timings, follow_timings
 from ionn_net.client.types import ClientConfig
 from ionn_net.config import Setting
 from ionn_net.errors import IonnError, OffloadError
@@ -119,6 +121,8 @@ class UploadSession:
         self._conn: AioConnection | None = None
         self._closing = False
         self._uploaded: set[str] = set()
+        #: the server answers ``timings`` (§10.11; unknown until the first connect)
+        self._timings = True
 
     @property
     def connection(self) -> AioConnection | None:
@@ -153,11 +157,16 @@ class UploadSession:
                 manifest.to_head(), prepared.manifest_body, limit=limit, urgency=CONTROL_URGENCY
             )
             holdings = parse_reply(head, ManifestOk).holdings
+            self._state.adopt_holdings(holdings)
+            if self._timings:  # the server's times of this model, before planning (§10.11)
+                found = await fetch_timings(
+                    conn, self._state, prepared.model_digest, wait_ms=0, limit=limit
+                )
+                self._timings = found is not None
         except BaseException:
             conn.abort()
             raise
         self._conn = conn
-        self._state.adopt_holdings(holdings)
 
     async def run(self) -> None:
         """Until stopped: (re)connect, upload what is missing, then keep the plan fresh
@@ -166,10 +175,12 @@ class UploadSession:
         delay = config.backoff_initial_s
         while not self._closing:
             progress = (stats["sent_bytes"], self._state.loaded_parts)
+            follower: asyncio.Task[None] | None = None
             try:
                 if self._conn_down():
                     await self.connect()
                     stats["reconnects"] += 1
+                follower = self._follow_timings()
                 await self._upload_all()
                 await self._until_closed()
             except asyncio.CancelledError:
@@ -179,6 +190,9 @@ class UploadSession:
                     logger.warning("edge session ended: %s", exc)
                     return
                 logger.info("edge session interrupted (%s)", exc)
+            finally:
+                if follower is not None:
+                    follower.cancel()
             if (stats["sent_bytes"], self._state.loaded_parts) != progress:
                 # The attempt made progress: retry soon. One that failed without any
                 # (e.g. a limit it keeps hitting) backs off up to backoff_max_s.
@@ -190,6 +204,37 @@ class UploadSession:
 
     def _conn_down(self) -> bool:
         return self._conn is None or self._conn.closed
+
+    def _follow_timings(self) -> asyncio.Task[None] | None:
+        """Long-poll the server's timings of the model while it measures them (§10.11),
+        re-planning when they change; None when there is nothing to follow."""
+        conn, state = self._conn, self._state
+        if conn is None or not self._timings or state.timings_done:
+            return None
+
+        async def follow() -> None:
+            try:
+                await follow_timings(
+                    conn,
+                    state,
+                    self._prepared.model_digest,
+                    limit=self._config.limits.max_message_size,
+                    on_change=self._timings_changed,
+                )
+            except (OSError, IonnError) as exc:  # the session's loop sees the connection go
+                logger.debug("following the server's timings stopped: %s", exc)
+
+        return asyncio.create_task(follow(), name="ionn-client-timings")
+
+    async def _timings_changed(self) -> None:
+        """The server's times changed: the best plan for what it holds may have too (the
+        rest of the upload is re-planned at the next partition, ``replan_due``)."""
+        state = self._state
+        if state.ready:
+            plan = state.best_plan(state.ready, held=state.ready)
+            if plan.server_layers != state.active.plan.server_layers:
+                logger.info("server timings changed the plan: re-planning")
+                await self.activate(state.ready, plan)
 
     async def _until_closed(self) -> None:
         """Wait for the connection to close; meanwhile (the upload is over) re-plan once
@@ -249,15 +294,23 @@ class UploadSession:
 
         found, partitions = await asyncio.to_thread(plan)
         state.start_upload(found, partitions)
+        reason = why_local(state)
+        if reason is not None:  # say so once, with the numbers, at INFO
+            logger.info("%s", reason)
 
     async def _maybe_replan(self) -> None:
         """Re-plan the rest of the upload when the measured bandwidth has moved by more
-        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU)."""
+        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU),
+        or the server's times of the model changed (§10.11)."""
         state = self._state
         now = time.monotonic()
         if not state.replan_due(now):
             return
-        logger.info("bandwidth now %.1f Mbit/s: re-planning", state.link.bandwidth * 8e-6)
+        logger.info(
+            "re-planning the upload (bandwidth %.1f Mbit/s, server times: %s)",
+            state.link.bandwidth * 8e-6,
+            "measured" if state.timings_done else "predicted",
+        )
         sent, ctx, never = state.sent(), state.context(), self._never_sent()
         strategy = get_planner(self._planner)
 

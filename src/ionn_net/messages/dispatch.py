@@ -15,6 +15,7 @@ from ionn_net.errors import IonnError
 from ionn_net.messages.members import RequestError
 from ionn_net.messages.query import Error, Query, RemoteError, Result
 from ionn_net.messages.session import Auth, Challenge, Hello, Welcome
+from ionn_net.messages.timing import Timings, TimingsOk
 from ionn_net.messages.upload import (
     Blob,
     BlobOk,
@@ -37,16 +38,27 @@ __all__ = [
     "request_type",
 ]
 
-Request = Hello | Auth | Manifest | Have | Blob | Load | Query
-Reply = Challenge | Welcome | ManifestOk | HaveOk | BlobOk | LoadOk | Result | Error
+Request = Hello | Auth | Manifest | Have | Blob | Load | Query | Timings
+Reply = Challenge | Welcome | ManifestOk | HaveOk | BlobOk | LoadOk | Result | Error | TimingsOk
 
 #: §10 requests by ``"m"``.
 REQUESTS: Final[Mapping[str, type[Request]]] = {
-    cls.KIND: cls for cls in (Hello, Auth, Manifest, Have, Blob, Load, Query)
+    cls.KIND: cls for cls in (Hello, Auth, Manifest, Have, Blob, Load, Query, Timings)
 }
 #: §10 replies by ``"m"``.
 REPLIES: Final[Mapping[str, type[Reply]]] = {
-    cls.KIND: cls for cls in (Challenge, Welcome, ManifestOk, HaveOk, BlobOk, LoadOk, Result, Error)
+    cls.KIND: cls
+    for cls in (
+        Challenge,
+        Welcome,
+        ManifestOk,
+        HaveOk,
+        BlobOk,
+        LoadOk,
+        Result,
+        Error,
+        TimingsOk,
+    )
 }
 
 R = TypeVar("R", bound=Reply)
