@@ -54,8 +54,25 @@ loaded set's rate). Every strategy is simulated on the same numbers, so within o
 the ratios compare like with like; across sets they differ, and both are reported.
 
 Usage: ``python bench/planner_sim.py [--models ...] [--gap 100 10] [--remeasure]
-[--data DIR] [--bound N]``; ``--bound N`` adds, per cell, an optimistic bound on what the
-upload order can buy (:func:`polished_bound`) and its geometric mean against IONN.
+[--data DIR] [--bound N] [--regret] [--remeasure-calibration]``; ``--bound N`` adds, per
+cell, an optimistic bound on what the upload order can buy (:func:`polished_bound`) and
+its geometric mean against IONN.
+
+The server's prior (``ionn_net.calibrate``) is fitted on ``calibration.json`` of the data
+directory: ten ``keras.applications`` models timed in chunks, measured by
+``--remeasure-calibration`` exactly as a server calibrates at start. Its held-out error
+(each of the four models left out of the fit in turn) is printed after the cost-model
+check.
+
+``--regret`` (:func:`regret_report`) then runs every strategy with the server profile a
+client would really have had instead of the true one: first the server's prediction (the
+prior fitted without the model; its per-layer relative error, measured on the calibration
+data, applied to this set's true profile), then, from the moment the server has timed the
+model (``--timed-after``, measured per model by ``bench/server_timing.py``), the server's
+measurement (each timed chunk's true time with a ``--timing-noise`` relative error, shared
+among its layers by the prediction), re-planning the rest of the upload then. Costs are
+always charged with the true profile. It prints each strategy's loss of mean latency
+during the upload window against the same strategy planned with exact profiles.
 """
 
 from __future__ import annotations
@@ -81,6 +98,16 @@ from ionn_net.planner.link import Link
 from ionn_net.planner.simulate import SimResult, simulate, simulate_partitions
 from ionn_net.planner.upload import get_planner
 from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern
+from planner_regret import (  # type: ignore[import-not-found]
+    DEFAULT_TIMED_AFTER_S,
+    DEFAULT_TIMING_NOISE,
+    TIMED_AFTER_S,
+    load_calibration_data,
+    measure_calibration_data,
+    predicted_profiles,
+    prior_report,
+    regret_report,
+)
 
 DATA = Path(__file__).resolve().parent / "data" / "planner"
 MODELS = ("MobileNetV2", "ResNet50", "InceptionV3", "VGG16")
@@ -324,6 +351,89 @@ def geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
+# -- the server's prior and its regret (bench/planner_regret.py) ---------------------------
+
+
+def add_regret_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--regret",
+        action="store_true",
+        help="also run every strategy with predicted, then measured server profiles",
+    )
+    ap.add_argument(
+        "--remeasure-calibration",
+        action="store_true",
+        help="time the calibration models again (as a server does at start)",
+    )
+    ap.add_argument(
+        "--timed-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds until the server has timed a model (default: measured per model)",
+    )
+    ap.add_argument("--timing-noise", type=float, default=DEFAULT_TIMING_NOISE)
+
+
+def model_checks(args: argparse.Namespace, measured: dict[str, Measured]) -> dict[str, Any] | None:
+    """The cost model's check, then the prior's (returns the calibration data)."""
+    if len(measured) > 1:
+        cost_model_report(measured)
+    return calibration_data(args)
+
+
+def calibration_data(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The calibration measurements of the data directory (measured on request); prints
+    the prior's held-out error when there are some."""
+    path = args.data / "calibration.json"
+    cal = measure_calibration_data(path) if args.remeasure_calibration else None
+    cal = cal or load_calibration_data(path)
+    if cal is not None:
+        prior_report(cal)
+    return cal
+
+
+def run_regret(
+    args: argparse.Namespace, measured: dict[str, Measured], cal: dict[str, Any] | None
+) -> None:
+    if cal is None:
+        print("\nregret: no calibration.json in the data directory (--remeasure-calibration)")
+        return
+    ratios = predicted_profiles(cal, [m for m in measured if m in cal])
+    cells = []
+    for gap in args.gap:
+        for name, m in measured.items():
+            if name not in ratios:
+                continue
+            for mbit, rtt in NETWORKS:
+                ctx, window = cell_context(m, gap, mbit, rtt)
+                cells.append((name, gap, f"{mbit:g}M/{rtt:g}ms", ctx, window))
+
+    def timed_after(name: str) -> float:
+        if args.timed_after is not None:
+            return float(args.timed_after)
+        return TIMED_AFTER_S.get(name, DEFAULT_TIMED_AFTER_S)
+
+    regret_report(cells, ratios, timed_after=timed_after, noise=args.timing_noise)
+
+
+def cell_context(m: Measured, gap: float, mbit: float, rtt: float) -> tuple[PlanningContext, float]:
+    """The true planning context of one cell and its window W."""
+    link = Link.from_mbit(mbit, rtt, weight_ratio=m.weight_ratio)
+    ctx = PlanningContext(
+        graph=m.graph,
+        client_ms={k: v * gap for k, v in m.server_ms.items()},
+        server_ms=m.server_ms,
+        load_ms=m.load_ms,
+        link=link,
+        partition_overhead_ms=m.overhead_ms,
+        compile_ms_per_layer=m.compile_ms_per_layer,
+        piece_call_ms=m.piece_call_ms,
+        pattern=QueryPattern.back_to_back(),
+    )
+    return ctx, m.graph.total_weight_bytes / link.bandwidth
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
@@ -337,6 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="also polish each cell on its own metric for N simulations (an optimistic bound)",
     )
+    add_regret_arguments(ap)
     args = ap.parse_args(argv)
 
     measured = {name: load_or_measure(name, args.remeasure, args.data) for name in args.models}
@@ -349,8 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"weight zstd ratio {m.weight_ratio:.3f} "
             f"({m.note})"
         )
-    if len(measured) > 1:
-        cost_model_report(measured)
+    calibration = model_checks(args, measured)
 
     ratios: dict[str, list[float]] = {"ionn": [], "efficiency": []}
     same_ratios: dict[str, list[float]] = {"ionn": [], "efficiency": []}
@@ -413,6 +523,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             wall = max(w for w, _ in times)
             cpu = max(c for _, c in times)
             print(f"  {name:12s} {wall:5.2f} / {cpu:5.2f}")
+    if args.regret:
+        run_regret(args, measured, calibration)
     return 0
 
 

@@ -39,7 +39,7 @@ from typing import Any
 from ionn_net.errors import PlannerError
 from ionn_net.model.graph import LayerGraph, LayerNode
 from ionn_net.planner.costmodel import ServerCostModel
-from ionn_net.planner.prior import LayerPrior, TimedChunk, chunks_of, holdout_errors
+from ionn_net.planner.prior import LayerPrior, chunks_of, holdout_errors
 
 __all__ = [
     "CALIBRATION_VERSION",
@@ -47,11 +47,14 @@ __all__ = [
     "HELD_OUT",
     "LAYERS_PER_CHUNK",
     "Calibration",
+    "MeasuredModel",
     "cache_path",
     "calibrate",
     "fit_calibration",
+    "layer_ms",
     "load_calibration",
     "load_or_calibrate",
+    "measure_models",
     "store_calibration",
 ]
 
@@ -163,13 +166,33 @@ class Calibration:
 
 
 @dataclass(frozen=True, slots=True)
-class _Measured:
-    """One calibration model: its graph, timed chunks, and each layer's time (its
-    chunk's, shared by a prior)."""
+class MeasuredModel:
+    """One calibration model as measured: its graph, its timed chunks (layer names in
+    topological order) and their times net of one call (ms)."""
 
     graph: LayerGraph
     chunks: tuple[tuple[str, ...], ...]
     chunk_ms: tuple[float, ...]
+
+    def to_doc(self) -> dict[str, object]:
+        from ionn_net.model.graph_io import graph_to_json
+
+        return {
+            "graph": graph_to_json(self.graph),
+            "chunks": [list(c) for c in self.chunks],
+            "chunk_ms": list(self.chunk_ms),
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> MeasuredModel:
+        from ionn_net.model.graph_io import graph_from_json
+
+        graph = graph_from_json(doc["graph"])
+        chunks = tuple(tuple(str(n) for n in c) for c in doc["chunks"])
+        times = tuple(float(t) for t in doc["chunk_ms"])
+        if len(chunks) != len(times) or any(n not in graph for c in chunks for n in c):
+            raise PlannerError("measured model: chunks and times do not match its graph")
+        return cls(graph, chunks, times)
 
 
 def _application(name: str) -> Any:
@@ -179,8 +202,9 @@ def _application(name: str) -> Any:
     return getattr(keras.applications, name)(weights=None, input_shape=(side, side, 3))
 
 
-def _measure_models(names: Sequence[str], runs: int) -> dict[str, _Measured]:
-    """Time every chunk and whole model of ``names`` in interleaved rounds."""
+def measure_models(names: Sequence[str], *, runs: int = 5) -> dict[str, MeasuredModel]:
+    """Time every chunk and whole model of ``names`` (``keras.applications``, random
+    weights) in interleaved rounds."""
     from ionn_net.executor import Executor
     from ionn_net.measure import measure_profiles
 
@@ -189,13 +213,13 @@ def _measure_models(names: Sequence[str], runs: int) -> dict[str, _Measured]:
         executors, runs=runs, layers_per_chunk=LAYERS_PER_CHUNK, warmup=2, whole=True
     )
     return {
-        n: _Measured(executors[n].graph, p.chunks, tuple(p.net_chunk_ms()))
+        n: MeasuredModel(executors[n].graph, p.chunks, tuple(p.net_chunk_ms()))
         for n, p in found.items()
     }
 
 
 def fit_calibration(
-    measured: Mapping[str, _Measured],
+    measured: Mapping[str, MeasuredModel],
     *,
     held_out: Sequence[str] = HELD_OUT,
     load_samples: Sequence[tuple[LayerNode, float]] = (),
@@ -207,7 +231,7 @@ def fit_calibration(
     timed = {n: chunks_of(m.graph, m.chunks, m.chunk_ms) for n, m in measured.items()}
     evaluate = [n for n in held_out if n in timed]
     prior = LayerPrior.fit([c for rows in timed.values() for c in rows])
-    per_layer = {n: _layer_ms(prior, m, timed[n]) for n, m in measured.items()}
+    per_layer = {n: layer_ms(prior, m) for n, m in measured.items()}
 
     def wire_fit(names: Sequence[str]) -> ServerCostModel:
         samples = [(measured[n].graph[k], v) for n in names for k, v in per_layer[n].items()]
@@ -234,8 +258,9 @@ def fit_calibration(
     )
 
 
-def _layer_ms(prior: LayerPrior, m: _Measured, timed: Sequence[TimedChunk]) -> dict[str, float]:
+def layer_ms(prior: LayerPrior, m: MeasuredModel) -> dict[str, float]:
     """Each (non-input) layer's measured time: its chunk's, shared by ``prior``."""
+    timed = chunks_of(m.graph, m.chunks, m.chunk_ms)
     out: dict[str, float] = {}
     names = [[n for n in c if m.graph[n].inbound] for c in m.chunks]
     for chunk_names, chunk in zip((c for c in names if c), timed, strict=True):
@@ -246,7 +271,7 @@ def _layer_ms(prior: LayerPrior, m: _Measured, timed: Sequence[TimedChunk]) -> d
 def calibrate(*, runs: int = 5) -> Calibration:
     """Measure this machine and fit (see the module docstring)."""
     started = time.monotonic()
-    measured = _measure_models([*HELD_OUT, *EXTRA], runs)
+    measured = measure_models([*HELD_OUT, *EXTRA], runs=runs)
     load_samples = _load_samples()
     overhead = _partition_overhead_ms()
     return fit_calibration(

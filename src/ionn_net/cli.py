@@ -53,8 +53,9 @@ def _server_parser() -> argparse.ArgumentParser:
         "--cost-model",
         type=Path,
         default=None,
-        help="JSON file of the server cost model to send clients (default: calibrate on this "
-        "machine once and cache the result)",
+        help="JSON file of the server cost model to send clients, or of a whole calibration "
+        "(its cache file: cost model and prior) (default: calibrate on this machine once and "
+        "cache the result)",
     )
     p.add_argument(
         "--secret-file",
@@ -128,14 +129,7 @@ def server_main(argv: list[str] | None = None) -> int:
         secret=secret,
     )
 
-    cost = None
-    if args.cost_model is not None:
-        from ionn_net.planner.costmodel import ServerCostModel
-
-        try:
-            cost = ServerCostModel.from_json(args.cost_model.read_text())
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"--cost-model: cannot use {args.cost_model}: {exc}") from None
+    cost, prior = _cost_model_file(args.cost_model)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -143,7 +137,7 @@ def server_main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with EdgeServer(
-            args.host, args.port, store=args.store, config=config, cost_model=cost
+            args.host, args.port, store=args.store, config=config, cost_model=cost, prior=prior
         ) as server:
             sys.stdout.write(f"ionn-server listening on {args.host}:{server.port}\n")
             sys.stdout.flush()
@@ -151,6 +145,25 @@ def server_main(argv: list[str] | None = None) -> int:
 
     run(main())
     return 0
+
+
+def _cost_model_file(path: Path | None) -> tuple[Any, Any]:
+    """``--cost-model``: a calibration (cost model, prior; its held-out error is logged)
+    or a bare cost model (the server then predicts a client's layers with it)."""
+    if path is None:
+        return None, None
+    from ionn_net.calibrate import Calibration
+    from ionn_net.planner.costmodel import ServerCostModel
+
+    try:
+        text = path.read_text()
+        if '"ionn-calibration/' in text:
+            found = Calibration.from_json(text)
+            found.log_held_out()
+            return found.cost_model, found.prior
+        return ServerCostModel.from_json(text), None
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--cost-model: cannot use {path}: {exc}") from None
 
 
 # -- ionn-demo -----------------------------------------------------------------------------
@@ -283,6 +296,7 @@ class _Printer:
         self.out, self.quiet = out, quiet
         self.tty = out.isatty()
         self._last_bar = 0.0
+        self._plan: tuple[tuple[str, str, str], ...] = ()
 
     def bar(self, progress: Any) -> None:
         now = time.monotonic()
@@ -325,6 +339,15 @@ class _Printer:
     def line(self, text: str) -> None:
         self.out.write(("\r\x1b[K" if self.tty else "") + text + "\n")
         self.out.flush()
+
+    def plan(self, explained: Any) -> None:
+        """One line each time the active plan changes: what it runs where and why
+        (``OffloadClient.explain``)."""
+        key = tuple((s.location, s.first, s.last) for s in explained.segments)
+        if self.quiet or key == self._plan:
+            return
+        self._plan = key
+        self.line(f"  {explained.line()}")
 
 
 @contextlib.asynccontextmanager
@@ -429,6 +452,7 @@ async def _demo_run(
             summary.latencies.append((t, result.total_ms, result.server_layers))
             summary.fallbacks += int(result.fallback)
             printer.query(n, t, result, n_layers)
+            printer.plan(client.explain())
     if strategy == "local":
         summary.upload_done_s = None
     return summary
@@ -474,10 +498,10 @@ def demo_main(argv: list[str] | None = None) -> int:
 
     import_tensorflow(verbose=args.verbose)  # the server process inherits the choice
     from ionn_net.aio import run
-    from ionn_net.calibrate import load_or_calibrate
+    from ionn_net.calibrate import load_calibration
 
     model = _load_model(args.model)
-    cost = load_or_calibrate(_cache_dir())
+    cost = load_calibration(_cache_dir())
     strategies = [args.planner] if args.no_compare else ["local", "all_at_once", args.planner]
     summaries: list[RunSummary] = []
 

@@ -48,7 +48,9 @@ class SegmentCost:
 
 @dataclass(frozen=True, slots=True)
 class PlanExplanation:
-    """The active plan and why (see the module docstring). ``upload_ms``: the predicted
+    """The active plan and why (see the module docstring). ``predicted_ms``: its latency
+    predicted now (the sum of its segments, with the link and the server times as they
+    are now); ``planned_ms``: as predicted when it was chosen. ``upload_ms``: the predicted
     latency once every planned partition is loaded (None when nothing is left to
     upload); ``sources``: layers per origin of their server time (``measured``,
     ``predicted``, ``cost_model``, ``assumed``); ``errors``: relative errors of the
@@ -58,6 +60,7 @@ class PlanExplanation:
 
     segments: tuple[SegmentCost, ...]
     predicted_ms: float
+    planned_ms: float
     local_ms: float
     ready_layers: int
     upload_ms: float | None
@@ -169,9 +172,11 @@ def explain(state: PlanState) -> PlanExplanation:
         usable = state.ready | planned
         upload_ms = state.best_plan(usable, held=usable).predicted_s * 1000.0
     local_ms = sum(state.client_ms.values())
+    segments = _costs(state, plan)
     return PlanExplanation(
-        segments=_costs(state, plan),
-        predicted_ms=plan.predicted_s * 1000.0,
+        segments=segments,
+        predicted_ms=sum(s.predicted_ms for s in segments),
+        planned_ms=plan.predicted_s * 1000.0,
         local_ms=local_ms,
         ready_layers=len(active.ready),
         upload_ms=upload_ms,

@@ -200,11 +200,13 @@ class LayerPrior:
     ) -> LayerPrior:
         """Fit on timed chunks, directly on what was measured: the predicted sum of each
         chunk's layers against its time, relative errors (rows weighted 1/ms). Every
-        layer shares one global coefficient vector; a class seen in at least
-        ``min_samples`` layers (else its type, if so) adds its own deviation, pulled
-        toward 0 by ``ridge`` (relative to the column's scale), so that a class seen in
-        few chunks stays close to what all layers do. Non-negative least squares over
-        the global part and the positive and negative parts of the deviations."""
+        layer shares one global coefficient vector; its type and its class, each when
+        seen in at least ``min_samples`` layers, add their own deviations, pulled toward
+        0 by ``ridge`` (relative to the column's scale), so that a class seen in few
+        chunks stays close to its type and a type close to what all layers do. A class
+        the fit never saw uses its type's vector, a type it never saw the global one.
+        Non-negative least squares over the global part and the positive and negative
+        parts of the deviations."""
         rows = list(chunks)
         if not rows:
             raise PlannerError("prior: expected at least one timed chunk, got none")
@@ -213,36 +215,27 @@ class LayerPrior:
         count: dict[tuple[str, str], int] = {}
         for chunk in rows:
             for layer in chunk.layers:
-                for g in (("class", layer.key), ("type", layer.kind)):
+                for g in (("type", layer.kind), ("class", layer.key)):
                     count[g] = count.get(g, 0) + 1
-
-        def group(layer: TimedLayer) -> tuple[str, str] | None:
-            for level, key in (("class", layer.key), ("type", layer.kind)):
-                if count.get((level, key), 0) >= min_samples:
-                    return level, key
-            return None
-
-        groups: dict[tuple[str, str], int] = {}
+        groups: dict[tuple[str, str], int] = {}  # group -> its index among deviations
         nf = len(PRIOR_FEATURES)
         design = []
         for chunk in rows:
             row: dict[int, npt.NDArray[np.float64]] = {}
             for layer in chunk.layers:
                 f = np.asarray(layer.features, dtype=np.float64)
-                row[0] = row.get(0, 0.0) + f
-                found = group(layer)
-                if found is not None:
-                    gi = groups.setdefault(found, len(groups)) + 1
-                    row[gi] = row.get(gi, 0.0) + f
+                row[-1] = row.get(-1, 0.0) + f
+                for g in (("type", layer.kind), ("class", layer.key)):
+                    if count[g] >= min_samples:
+                        gi = groups.setdefault(g, len(groups))
+                        row[gi] = row.get(gi, 0.0) + f
             design.append(row)
         a = np.zeros((len(rows), nf * (1 + 2 * len(groups))))
         for r, row in enumerate(design):
             for gi, f in row.items():
-                if gi == 0:
-                    a[r, :nf] = f
-                else:
-                    at = nf + 2 * nf * (gi - 1)
-                    a[r, at : at + nf] = f
+                at = 0 if gi < 0 else nf + 2 * nf * gi
+                a[r, at : at + nf] = f
+                if gi >= 0:
                     a[r, at + nf : at + 2 * nf] = -f
         y = np.array([c.ms for c in rows])
         w = 1.0 / np.maximum(y, _FIT_FLOOR_MS)
@@ -251,12 +244,30 @@ class LayerPrior:
         penalty = np.diag(ridge * scale)[nf:]
         x = nnls(np.vstack([aw, penalty]), np.concatenate([y * w, np.zeros(len(penalty))]))
         base = x[:nf]
-        fits: dict[str, dict[str, tuple[float, ...]]] = {"class": {}, "type": {}}
-        for (level, key), gi in groups.items():
+
+        def dev(group: tuple[str, str]) -> npt.NDArray[np.float64]:
+            gi = groups.get(group)
+            if gi is None:
+                return np.zeros(nf)
             at = nf + 2 * nf * gi
-            dev = x[at : at + nf] - x[at + nf : at + 2 * nf]
-            fits[level][key] = tuple(float(v) for v in base + dev)
-        return cls(base=tuple(float(v) for v in base), by_class=fits["class"], by_type=fits["type"])
+            return np.asarray(x[at : at + nf] - x[at + nf : at + 2 * nf])
+
+        by_type = {k: base + dev((lv, k)) for lv, k in groups if lv == "type"}
+        by_class = {}
+        for chunk in rows:
+            for layer in chunk.layers:
+                if ("class", layer.key) in groups and layer.key not in by_class:
+                    kind = by_type.get(layer.kind, base)
+                    by_class[layer.key] = kind + dev(("class", layer.key))
+
+        def vec(v: npt.NDArray[np.float64]) -> tuple[float, ...]:
+            return tuple(float(c) for c in v)
+
+        return cls(
+            base=vec(base),
+            by_class={k: vec(v) for k, v in by_class.items()},
+            by_type={k: vec(v) for k, v in by_type.items()},
+        )
 
     def coef_for(self, key: str, kind: str) -> tuple[float, ...]:
         return self.by_class.get(key) or self.by_type.get(kind) or self.base

@@ -37,15 +37,23 @@ import math
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ionn_net.errors import PlannerError
-from ionn_net.planner.execution import ExecutionPlan, ExecutionPlanner, Segment, planner_for
+from ionn_net.planner.execution import (
+    ExecutionPlan,
+    ExecutionPlanner,
+    LayerTimes,
+    Segment,
+    planner_for,
+)
 from ionn_net.planner.link import Link
 from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern, UploadPlan
 
 __all__ = [
+    "Belief",
     "PartitionRecord",
     "QueryRecord",
     "Replanner",
@@ -342,6 +350,22 @@ _LinkKey = tuple[Link, object]
 _MEMO_LIMIT = 20_000
 
 
+@dataclass(frozen=True, slots=True)
+class Belief:
+    """The per-layer times a client plans with when it does not know the true ones
+    (those of the simulated context, which every cost is charged with): ``before``
+    until ``switch_s`` (e.g. the server's predictions), then ``after`` (its
+    measurements, protocol.md §10.11). Execution plans and the run sets the server
+    prepares are chosen with the belief at the moment of the decision."""
+
+    before: LayerTimes
+    after: LayerTimes
+    switch_s: float = math.inf
+
+    def at(self, t: float) -> tuple[int, LayerTimes]:
+        return (0, self.before) if t < self.switch_s else (1, self.after)
+
+
 class SimMemo:
     """Execution plans, run-set sizes and segment costs shared by several simulations
     of one context and policy (a planner replaying many candidate orders). Each entry
@@ -380,14 +404,25 @@ class _Runner:
     """Runs queries one at a time against the uploader."""
 
     def __init__(
-        self, ctx: PlanningContext, policy: ExecutionPolicy, up: _Uploader, memo: SimMemo
+        self,
+        ctx: PlanningContext,
+        policy: ExecutionPolicy,
+        up: _Uploader,
+        memo: SimMemo,
+        belief: Belief | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.up = up
         self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
+        self.belief = belief
+        #: when the decision being made is taken (the belief may change over time)
+        self.now = 0.0
         self.plans = memo.plans
         self.run_sets = memo.run_sets
+        # plans made with the second belief are kept apart from the first's
+        self.later: tuple[dict[Any, ExecutionPlan], dict[Any, tuple[frozenset[str], ...]]]
+        self.later = ({}, {})
         up.run_sets = self.run_sets_for
         up.piece_memo = memo.pieces
         self.seg_costs = memo.seg_costs
@@ -396,20 +431,26 @@ class _Runner:
     def run_sets_for(self, usable: frozenset[str], link: Link) -> tuple[frozenset[str], ...]:
         """Server segments of the best plan with ``usable`` layers: what the server
         prepares when a partition lands."""
+        phase, times = self._times(self.up.now)
+        table = self.run_sets if phase == 0 else self.later[1]
         key = (usable, _link_key(link))
-        if key in self.run_sets:
-            return self.run_sets[key]
+        if key in table:
+            return table[key]
         plan = self.planner.solve(
-            self.ctx.times,
+            times,
             self.planner.servable(usable),
             link,
             objective=self.policy.objective,
             power=self.ctx.power,
         )
-        self.run_sets[key] = tuple(
+        table[key] = tuple(
             frozenset(seg.layers) for seg in plan.segments if seg.location == "server"
         )
-        return self.run_sets[key]
+        return table[key]
+
+    def _times(self, t: float) -> tuple[int, LayerTimes]:
+        """The times decisions at ``t`` are made with: the true ones, or the belief."""
+        return (0, self.ctx.times) if self.belief is None else self.belief.at(t)
 
     def _piece_overhead_s(self, seg: Segment, t: float) -> float:
         """Dispatch of the extra pieces of a chained segment, until consolidated. Its
@@ -425,18 +466,20 @@ class _Runner:
 
     def plan(self, k: int, link_idx: int, link: Link, start: int = 0) -> ExecutionPlan:
         del link_idx  # the link itself is part of the key
+        phase, times = self._times(self.now)
+        plans = self.plans if phase == 0 else self.later[0]
         usable = self.up.usable[k]
         key = (usable, _link_key(link), start)
-        if key not in self.plans:
-            self.plans[key] = self.planner.solve(
-                self.ctx.times,
+        if key not in plans:
+            plans[key] = self.planner.solve(
+                times,
                 self.planner.servable(usable),
                 link,
                 objective=self.policy.objective,
                 power=self.ctx.power,
                 start=start,
             )
-        return self.plans[key]
+        return plans[key]
 
     def _server_cost(self, seg: Segment, link: Link) -> tuple[float, float, float]:
         """(up wire bytes, server seconds, down wire bytes) from the graph itself."""
@@ -515,6 +558,7 @@ class _Runner:
 
     def run(self, start: float, acc: _Acc) -> float:
         """Execute one query from time ``start``; return its finish time."""
+        self.now = start
         k = self.up.usable_count(start)
         link_idx, link = self.up.link_at(start)
         segments = list(self.plan(k, link_idx, link).segments)
@@ -532,6 +576,7 @@ class _Runner:
             )
             if changed is None:
                 continue
+            self.now = t
             rest = self.plan(k, link_idx, link, pos)
             fresh = self.plan(*changed, pos)
             if changed[1] != link_idx or (
@@ -608,6 +653,7 @@ def simulate(
     replanner: Replanner | None = None,
     until_s: float | None = None,
     max_queries: int = 200_000,
+    belief: Belief | None = None,
 ) -> SimResult:
     """Replay ``plan`` with the queries of ``ctx.pattern``.
 
@@ -623,6 +669,7 @@ def simulate(
         replanner=replanner,
         until_s=until_s,
         max_queries=max_queries,
+        belief=belief,
     )
 
 
@@ -636,16 +683,21 @@ def simulate_partitions(
     until_s: float | None = None,
     max_queries: int = 200_000,
     memo: SimMemo | None = None,
+    belief: Belief | None = None,
 ) -> SimResult:
     """:func:`simulate` for a bare list of partitions and a policy. ``memo`` (made for
-    the same context and policy) lets several simulations share their execution plans."""
+    the same context and policy) lets several simulations share their execution plans.
+    With a ``belief`` the client decides with its times while every cost is charged
+    with the context's (then ``memo`` cannot be shared: its plans are the truth's)."""
     if not 1 <= max_queries <= _MAX_QUERIES:
         raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
+    if belief is not None and memo is not None:
+        raise PlannerError("simulation: a memo holds plans made with the true times, not a belief")
     if memo is None:
         memo = SimMemo(ctx, policy)
     memo.check(ctx, policy)
     up = _Uploader(ctx, partitions, _validate_changes(link_changes), replanner)
-    runner = _Runner(ctx, policy, up, memo)
+    runner = _Runner(ctx, policy, up, memo, belief)
     pattern = ctx.pattern
     limit = min(
         until_s if until_s is not None else math.inf,
@@ -664,6 +716,7 @@ def simulate_partitions(
         started = max(issued, prev_end)
         acc = _Acc()
         steady = up.finished_by(started) and math.isinf(up.next_change(started))
+        steady = steady and (belief is None or started >= belief.switch_s)
         prev_end = runner.run(started, acc)
         energy = ctx.power.energy_j(compute_s=acc.compute, transfer_s=acc.transfer, wait_s=acc.wait)
         rec = QueryRecord(
