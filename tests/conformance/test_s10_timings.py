@@ -212,6 +212,8 @@ def test_the_client_ignores_invalid_entries_and_adopts_valid_ones(model: Any) ->
     assert state.server_ms_source["d1"] == "measured"
     for name in ("d2", "d3"):  # NaN, negative, too large: ignored
         assert state.server_ms_source[name] == "cost_model"
+    assert "ghost" not in state.server_ms  # not a layer of the model
+    assert state.server_ms_source["x"] != "measured"  # an input layer: no server time
 
 
 @pytest.mark.spec("10.11.2")
