@@ -3,21 +3,25 @@
 This module owns the regression the server predicts a layer's execution time with
 before it has timed that layer (protocol.md §10.11 announces the predictions, then the
 measurements). It is richer than the wire cost model of §10.10 (one feature per layer
-type): per layer *class* (an ``Activation`` by its function, a convolution with a fused
-activation apart), ``ms = c . f`` over the features
+type): ``ms = max(0, c . f)`` over the features
 
 * ``one`` (a per-call constant), ``macs`` (multiply-accumulates, Appendix B.2),
-* ``in_elems`` and ``out_elems`` (elements read and written: memory-bound layers),
+* ``in_elems`` and ``out_elems`` (elements read and written: memory-bound layers), and the
+  elements above a 1 MiB tensor (beyond the cache an element costs more),
 * ``weight_bytes`` (weights streamed from memory: a large dense layer),
 * ``macs_over_<M>`` (the MACs above M million, for a few M): on a CPU shared with other
   work a long operation is preempted more often, so big layers cost more per MAC than
   small ones there; on an idle machine these coefficients come out near 0,
 
-with every coefficient >= 0, fitted by non-negative least squares on *relative* errors
-(rows weighted by 1/ms, so a 0.05 ms activation counts as much as a 50 ms convolution).
-A class with fewer than ``min_samples`` samples falls back to its layer type
-(:func:`~ionn_net.planner.costmodel.layer_type`), then to a fit pooled over every
-sample. Pure (numpy only); the measurements come from :mod:`ionn_net.calibrate`.
+with ``c`` the sum of a global vector, a deviation per layer type
+(:func:`~ionn_net.planner.costmodel.layer_type`) and one per layer class (an
+``Activation`` by its function), each deviation pulled toward 0. A layer cannot be timed
+alone here (one compiled call costs 0.2-0.4 ms, more than most layers), so the fit works
+on what a measurement really observes: chunks of a few layers timed together
+(:class:`TimedChunk`), the predicted sum of each chunk against its time, relative errors,
+non-negative least squares (:func:`nnls`). A layer's measured time is then its chunk's
+time shared in proportion to the prediction (:meth:`LayerPrior.split`). Pure (numpy
+only); the measurements come from :mod:`ionn_net.calibrate` and the server's timing.
 """
 
 from __future__ import annotations
