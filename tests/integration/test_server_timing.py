@@ -154,3 +154,21 @@ def test_server_config_carries_the_timing_bounds() -> None:
     assert config.timing.budget_s == 5.0
     with pytest.raises(ConfigError, match="budget_s"):
         TimingConfig(budget_s=-1.0)
+
+
+def test_layers_kept_on_the_client_are_neither_timed_nor_announced() -> None:
+    import keras
+
+    from ionn_net.model.layers import extract_manifest
+
+    x = keras.Input((16,))
+    h = keras.layers.Dense(32, name="before")(x)
+    h = keras.layers.Lambda(lambda t: t * 2.0, name="custom")(h)  # outside the allowlist
+    out = keras.layers.Dense(4, name="after")(h)
+    found, _, local_only = extract_manifest(keras.Model(x, out))
+    assert "custom" in local_only
+    manifest = loads_manifest(found.to_json_bytes())
+    timing, _, _ = asyncio.run(_timed(TimingConfig(), manifest))
+    assert timing.done and set(timing.measured) == {"before", "after"}, timing.note
+    table = timing.table()
+    assert "custom" not in table.predicted and "custom" not in table.measured
