@@ -2,9 +2,11 @@
 
 This module owns the server side of protocol.md §10. One :class:`EdgeServer` serves
 many clients, one *session* each (named by the client's session key, so it survives
-reconnects). Per session it keeps the validated manifests, the layers built so far and
-a server-side :class:`~ionn_net.executor.Executor` per model; blobs live in a
-content-addressed :class:`~ionn_net.store.BlobStore` shared by all sessions.
+reconnects). Per session it keeps one :class:`~ionn_net.server_model.ServerModel` per
+validated manifest (the layers built so far, their executor and run sets); blobs live in
+a content-addressed :class:`~ionn_net.store.BlobStore` shared by all sessions. Once a
+manifest is valid the server times its layers in the background
+(:mod:`ionn_net.server_timing`) and tells the client what it measured (§10.11).
 
 Tenant rule (protocol.md §14.5): the server only ever tells a session about blobs that
 this session uploaded. Storage is deduplicated silently (a blob already stored by
@@ -71,11 +73,11 @@ from ionn_net.messages import (
 )
 from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
-from ionn_net.model.schema import LOCAL_ONLY
-from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest, split_blob
+from ionn_net.model.spec import graph_from_manifest, loads_manifest, split_blob
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.planner.prior import LayerPrior
 from ionn_net.proto import Codec, ErrorCode
+from ionn_net.server_model import ServerModel
 from ionn_net.server_timing import (
     ServerTimer,
     TimingConfig,
@@ -139,92 +141,11 @@ class ServerConfig:
             raise ConfigError("secret: expected non-empty bytes or None")
 
 
-class _Model:
-    """One validated model of one session, assembled incrementally."""
-
-    def __init__(
-        self,
-        manifest: ModelManifest,
-        graph: LayerGraph,
-        jit: bool | None,
-        predicted: Mapping[str, float],
-    ) -> None:
-        self.manifest = manifest
-        self.graph = graph
-        self.digest = manifest.manifest_digest()
-        self.specs = {s.name: s for s in manifest.layers}
-        self.blob_sizes = {
-            s.blob_sha256: s.blob_size for s in manifest.layers if s.blob_sha256 is not None
-        }
-        self.refused = {
-            s.name: "this layer's class is kept on the client"
-            for s in manifest.layers
-            if s.cls == LOCAL_ONLY
-        }
-        self.ready: set[str] = set()
-        self.lock = asyncio.Lock()
-        self._jit = jit
-        self._executor: Any = None
-        #: which load built each layer: run sets are chained from per-load pieces
-        self.batch_of: dict[str, int] = {}
-        self.loads = 0
-        self._runners: dict[frozenset[str], Any] = {}
-        self.consolidating: set[frozenset[str]] = set()
-        self._complete = False
-        #: the prior's times of the layers the server may run, and their timing (§10.11)
-        self.predicted = predicted
-        self.timing: Any = None
-
-    @property
-    def complete(self) -> bool:
-        """Every layer the client may upload is built: no more partitions will come."""
-        if not self._complete:  # once true it stays true: layers are never unloaded
-            self._complete = all(
-                n in self.ready or n in self.refused or spec.cls == "InputLayer"
-                for n, spec in self.specs.items()
-            )
-        return self._complete
-
-    def runner(self, run: Sequence[str]) -> Any:
-        """What runs ``run`` (worker thread): its whole compiled slice once built,
-        otherwise the chain of per-load pieces (§10.6), of which only pieces never
-        seen before are compiled, so a partition costs a compile of its own layers
-        and not of every layer of the run sets it extends."""
-        key = frozenset(run)
-        executor = self.executor()
-        whole = executor.cached(key)
-        if whole is not None:
-            return whole
-        chain = self._runners.get(key)
-        if chain is None:
-            chain = executor.prepare_chain(self.graph.pieces(key, self.batch_of))
-            self._runners[key] = chain
-        return chain
-
-    def consolidate(self, run: Sequence[str]) -> bool:
-        """Compile ``run`` as one slice (worker thread) so that it stops paying one
-        dispatch per piece; True if it was a chain."""
-        key = frozenset(run)
-        chain = self._runners.get(key)
-        if chain is None or len(getattr(chain, "pieces", ())) < 2:
-            return False
-        self.executor().prepare(key)
-        self._runners.pop(key, None)
-        return True
-
-    def executor(self) -> Any:
-        if self._executor is None:
-            from ionn_net.executor import Executor  # keras stays out of import time
-
-            self._executor = Executor(self.graph, {}, jit=self._jit)
-        return self._executor
-
-
 class _Session:
     def __init__(self, key: str, config: ServerConfig) -> None:
         self.key = key
         self.hash = hashlib.sha256(key.encode()).hexdigest()[:32]
-        self.models: dict[str, _Model] = {}
+        self.models: dict[str, ServerModel] = {}
         self.queries = asyncio.Semaphore(config.max_queries_per_session)
         self.last_used = time.monotonic()
         self.partials: set[str] = set()  # blobs with an unfinished upload in the store
@@ -522,11 +443,11 @@ class EdgeServer:
             )
         return ManifestOk(model=digest, holdings=self._holdings(session, model)), b""
 
-    def _parse_model(self, body: bytes) -> _Model:
+    def _parse_model(self, body: bytes) -> ServerModel:
         manifest = loads_manifest(body, self.config.spec_limits, canonical=True)
         graph = graph_from_manifest(manifest, self.config.spec_limits)
         predict = self._prior.profile if self._prior is not None else self._predict_v1
-        return _Model(manifest, graph, self.config.jit, predicted_times(graph, predict))
+        return ServerModel(manifest, graph, self.config.jit, predicted_times(graph, predict))
 
     def _predict_v1(self, graph: LayerGraph) -> dict[str, float]:
         assert self._cost_model is not None
@@ -544,7 +465,7 @@ class EdgeServer:
         )
         return reply, body
 
-    def _holdings(self, session: _Session, model: _Model) -> Holdings:
+    def _holdings(self, session: _Session, model: ServerModel) -> Holdings:
         owned = self.store.owned_by(session.hash)
         partial = {}
         for digest in model.blob_sizes:
@@ -560,7 +481,7 @@ class EdgeServer:
             refused=dict(model.refused),
         )
 
-    def _model(self, state: _ConnState, digest: str) -> _Model:
+    def _model(self, state: _ConnState, digest: str) -> ServerModel:
         assert state.session is not None
         model = state.session.models.get(digest)
         if model is None:
@@ -696,7 +617,7 @@ class EdgeServer:
             layers_ready=ready, prepared=tuple(map(tuple, prepared)), load_ms=load_ms
         ), b""
 
-    def _build(self, model: _Model, names: Sequence[str]) -> None:
+    def _build(self, model: ServerModel, names: Sequence[str]) -> None:
         """Build the named layers from verified blobs (worker thread). The manifest was
         validated as a whole when it arrived; each layer is re-validated on its own by
         ``build_layer`` with the input shapes of the server's own graph."""
@@ -774,10 +695,10 @@ class EdgeServer:
         return reply, out_body
 
     @staticmethod
-    def _run(model: _Model, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]) -> Any:
+    def _run(model: ServerModel, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]) -> Any:
         return model.runner(run)(feeds)  # compiled by load's prepare (§10.6)
 
-    def _consolidate_later(self, model: _Model, run: Sequence[str]) -> None:
+    def _consolidate_later(self, model: ServerModel, run: Sequence[str]) -> None:
         """Once the model is complete no piece will ever be added: compile each run set
         in use as one slice in the background (once, at most ``max_prepare_sets`` per
         model), under the model lock so that it never races a load."""
@@ -789,7 +710,8 @@ class EdgeServer:
         async def work() -> None:
             async with model.lock:
                 try:
-                    await _to_thread_to_the_end(model.consolidate, run, pool=self._loader)
+                    with self.work:
+                        await _to_thread_to_the_end(model.consolidate, run, pool=self._loader)
                 except Exception:  # the chain keeps serving; nothing is lost
                     logger.exception("consolidating a run set of %d layers failed", len(run))
 

@@ -159,12 +159,15 @@ def build_placeholder_layer(
     if spec.cls not in _KERAS_CLASSES:
         raise UnsupportedLayerError(f"layer {spec.name!r}: class {spec.cls!r} is never built")
     rng = np.random.default_rng(seed)
-    arrays = [
-        rng.uniform(0.5, 1.0, w.shape).astype(np.float32)
-        if w.dtype == "float32"
-        else np.ones(w.shape, dtype=w.dtype)
-        for w in info.weights
-    ]
+    arrays = []
+    for w in info.weights:
+        if w.dtype == "float32":
+            a = rng.random(w.shape, dtype=np.float32)  # in place: no float64 copy
+            a *= 0.5
+            a += 0.5
+        else:
+            a = np.ones(w.shape, dtype=w.dtype)
+        arrays.append(a)
     return _construct(spec, info, input_shapes, arrays)
 
 
