@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--inputs", type=int, default=64, help="inputs per random-weight model")
-    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--augment", type=int, default=8, help="augmented copies per test image")
     ap.add_argument("--train-copies", type=int, default=1, help="augmented copies to train on")
     args = ap.parse_args(argv)

@@ -326,7 +326,11 @@ def run_cell(ctx: PlanningContext, window: float, strategy: str) -> Cell:
     if ctx.stages is not None:  # precision-first: when it is exact, and how many were not
         whole = simulate(ctx.with_(pattern=QueryPattern.back_to_back()), plan)
         approx = res.approximate_queries(0.0, window) / max(len(res.window(0.0, window)), 1)
-        staged = Staged(whole.exact_from(), whole.upload_done_s, approx)
+        # the run stops once every stage is in use: the next query is issued then, exact
+        exact_from = whole.exact_from()
+        if exact_from is None:
+            exact_from = whole.queries[-1].finished_s
+        staged = Staged(exact_from, whole.upload_done_s, approx)
     return Cell(
         res.mean_latency(0.0, window),
         first,
