@@ -6,10 +6,11 @@ into stages by :mod:`ionn_net.model.stages`, its base decoded and set into a cop
 model, and the copy's outputs compared with the exact model's on the same inputs. One line
 each::
 
-    fidelity <model> <precision>: top1 <pct>% max_rel_err <x> mean_rel_err <y> over <n> inputs
-    (<which>)
+    fidelity <model> <precision>: top1 <pct>% max_rel_err <x> mean_rel_err <y> over <n> inputs (...)
 
-``top1`` is the share of inputs whose arg-max output is the same as the exact model's;
+``top1`` is the share of inputs whose arg-max output is the same as the exact model's (how
+many distinct classes the exact model's arg-max takes over the inputs is printed too: a
+random-weight model often gives one class to every input, which makes top-1 agreement easy);
 ``max_rel_err`` the largest, over the inputs, of ``max|y_base - y_exact| / max|y_exact|``
 (the error relative to the output's own scale, so that a near-zero output element does not
 divide by zero); ``mean_rel_err`` its mean. It also checks that the blob rebuilt from all
@@ -192,6 +193,7 @@ class Fidelity:
     max_rel_err: float
     mean_rel_err: float
     n: int
+    classes: int = 0
 
 
 def compare(exact: Any, approx: Any, x: np.ndarray, batch: int = 32) -> Fidelity:
@@ -201,14 +203,17 @@ def compare(exact: Any, approx: Any, x: np.ndarray, batch: int = 32) -> Fidelity
     ye, ya = ye.reshape(len(x), -1), ya.reshape(len(x), -1)
     scale = np.maximum(np.abs(ye).max(axis=1), np.finfo(np.float64).tiny)
     rel = np.abs(ya - ye).max(axis=1) / scale
-    same = np.argmax(ya, axis=1) == np.argmax(ye, axis=1)
-    return Fidelity(float(same.mean()), float(rel.max()), float(rel.mean()), len(x))
+    top = np.argmax(ye, axis=1)
+    same = np.argmax(ya, axis=1) == top
+    classes = len(np.unique(top))
+    return Fidelity(float(same.mean()), float(rel.max()), float(rel.mean()), len(x), classes)
 
 
 def line(model: str, precision: str, f: Fidelity, which: str) -> str:
     return (
         f"fidelity {model} {precision}: top1 {100 * f.top1:.2f}% max_rel_err {f.max_rel_err:.2e} "
-        f"mean_rel_err {f.mean_rel_err:.2e} over {f.n} inputs ({which})"
+        f"mean_rel_err {f.mean_rel_err:.2e} over {f.n} inputs ({which}; the exact top-1 "
+        f"takes {f.classes} distinct classes)"
     )
 
 

@@ -38,8 +38,8 @@ magnitude, and per-element scales would be the floats themselves).
     (d >> 31)`` (uint32); within each block of :data:`RESIDUAL_BLOCK` consecutive values
     (C order) the residuals are ordered by ``|q|`` (stable sort): a small ``|q|`` leaves a
     long residual, and grouping residuals of one length lets zstd's entropy coder adapt to
-    each (2-4% fewer bytes on the benchmark models than in C order, and 2% fewer than an
-    XOR of the patterns; BENCHMARKS.md, "Precision-first upload").
+    each (on the benchmark models, 1-2.5% fewer bytes than in C order and 4-5% fewer than
+    an XOR of the patterns; BENCHMARKS.md, "Precision-first upload").
 
 A layer without kernels (BatchNormalization, ...) has its base only: that stage is its
 blob, byte for byte, and the layer is exact once it arrives. All integers and floats are
