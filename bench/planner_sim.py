@@ -52,9 +52,19 @@ server share the machine (there a 45-layer ResNet50 partition took 3.1 s to load
 loaded set's rate). Every strategy is simulated on the same numbers, so within one set
 the ratios compare like with like; across sets they differ, and both are reported.
 
+``--precision 16bit-first|8bit-first`` makes ``ours`` a precision-first upload (the
+baselines stay exact): every layer first as its base stage, then the refinements
+(:mod:`ionn_net.planner.precision`), charged with what ``bench/stages.py`` measured and
+stored under ``"stages"`` (wire bytes of each stage, the server's decode time per MB, the
+swap of exact weights per layer and per MB; the loaded set reads the default set's). The
+table and the summary are the same; after them, per cell, when every stage of ``ours`` is
+in use, from when every query runs on exact weights, and the share of the queries in W
+that ran on approximate ones.
+
 Usage: ``python bench/planner_sim.py [--models ...] [--gap 100 10] [--remeasure]
-[--data DIR] [--bound N]``; ``--bound N`` adds, per cell, an optimistic bound on what the
-upload order can buy (:func:`polished_bound`) and its geometric mean against IONN.
+[--data DIR] [--bound N] [--precision P]``; ``--bound N`` adds, per cell, an optimistic
+bound on what the upload order can buy (:func:`polished_bound`) and its geometric mean
+against IONN.
 """
 
 from __future__ import annotations
