@@ -8,8 +8,7 @@ or a recompile. Checked on the server's own path (specs -> ``build_layers`` ->
 
 It holds for every class except ``Normalization``, whose call reads tensors that
 ``finalize_state()`` derives from its variables (and a traced function keeps them as
-constants); ``build_layer`` does not call it either, so its weights do not reach the output
-at all. Precision-first never swaps a ``Normalization`` layer: a layer without kernels is
+constants): ``build_layer`` calls it once the weights are set. Precision-first never swaps a ``Normalization`` layer: a layer without kernels is
 exact at its base stage (ionn_net.model.stages).
 """
 
@@ -61,6 +60,16 @@ def _slice(case: ShapeCase, arrays: list[np.ndarray]):  # type: ignore[no-untype
 def _assign(layer: object, arrays: list[np.ndarray]) -> None:
     for var, value in zip(layer.weights, arrays, strict=True):  # type: ignore[attr-defined]
         var.assign(value)
+
+
+@pytest.mark.parametrize("case", [c for c in WEIGHTED if c.cls == "Normalization"], ids=str)
+def test_a_server_built_normalization_layer_uses_its_weights(case: ShapeCase) -> None:
+    rng = np.random.default_rng(2)
+    mean, var, count = _arrays(case, rng)
+    x = rng.standard_normal((1, *case.inputs[0])).astype(np.float32)
+    *_, run = _slice(case, [mean, var, count])
+    got = np.array(run({TensorRef("x", 0): x})[run.outputs[0]])
+    np.testing.assert_allclose(got, (x - mean) / np.sqrt(var), rtol=1e-5, atol=1e-6)
 
 
 def test_every_class_with_weights_is_covered() -> None:
