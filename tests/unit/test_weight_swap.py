@@ -8,8 +8,9 @@ or a recompile. Checked on the server's own path (specs -> ``build_layers`` ->
 
 It holds for every class except ``Normalization``, whose call reads tensors that
 ``finalize_state()`` derives from its variables (and a traced function keeps them as
-constants): ``build_layer`` calls it once the weights are set. Precision-first never swaps a ``Normalization`` layer: a layer without kernels is
-exact at its base stage (ionn_net.model.stages).
+constants): ``build_layer`` calls it once the weights are set. Precision-first never
+swaps a ``Normalization`` layer: a layer without kernels is exact at its base stage
+(ionn_net.model.stages).
 """
 
 from __future__ import annotations
