@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python tests/mutation/run.py
+
+# Each deliberate bug of tests/mutation/table.py must make its tests fail (RELIABILITY.md).
+mutation: $(STAMP)
+	$(BIN)/python tests/mutation/run.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

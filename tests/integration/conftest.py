@@ -3,10 +3,15 @@ installed from its wheel into fresh virtual environments (each once per run)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from tests.helpers.wheel_env import build_wheel, extra_distributions, make_venv
+
+#: A directory in which to keep the calibrated cost model across pytest runs (the mutation
+#: check runs pytest many times on one machine); unset, every run calibrates afresh.
+COST_MODEL_DIR = "IONN_TEST_COST_MODEL_DIR"
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +19,8 @@ def cost_model(tmp_path_factory: pytest.TempPathFactory) -> object:
     """The server cost model calibrated on this machine (about 15 s, once per run)."""
     from ionn_net.calibrate import load_or_calibrate
 
-    root: Path = tmp_path_factory.mktemp("costmodel")
+    kept = os.environ.get(COST_MODEL_DIR)
+    root: Path = Path(kept) if kept else tmp_path_factory.mktemp("costmodel")
     return load_or_calibrate(root)
 
 
