@@ -39,8 +39,8 @@ STORE = "src/ionn_net/store.py"
 CODECS = "src/ionn_net/proto/codecs.py"
 SPEC = "src/ionn_net/model/spec.py"
 SCHEMA = "src/ionn_net/model/schema.py"
-CLIENT = "src/ionn_net/client.py"
-MESSAGES = "src/ionn_net/messages.py"
+CLIENT = "src/ionn_net/client/runner.py"
+MESSAGES = "src/ionn_net/messages/members.py"
 SCHEDULER = "src/ionn_net/proto/scheduler.py"
 PROTOCOL = "src/ionn_net/aio/protocol.py"
 SERVER = "src/ionn_net/server.py"
@@ -51,6 +51,7 @@ CODEC_TESTS = "tests/unit/proto/test_proto_codecs.py"
 FUZZ = "tests/unit/test_spec_fuzz.py"
 BACKPRESSURE = "tests/integration/aio/test_aio_backpressure.py"
 PRIORITY = "tests/integration/test_query_priority.py::test_a_query_overtakes_the_upload_in_progress"
+DEADLINES = "tests/integration/hardening/test_server_deadlines.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
     # -- digest verification ---------------------------------------------------------
@@ -137,8 +138,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 CLIENT,
-                '            logger.warning("server segment failed (%s): finishing locally",'
-                " exc)\n",
+                '            logger.warning("server segment failed (%s): finishing locally", exc)\n',
                 "            raise\n",
             ),
         ),
@@ -206,6 +206,27 @@ MUTATIONS: tuple[Mutation, ...] = (
             ),
         ),
         (f"{ATTACKS}::test_requests_without_hello_do_not_hold_a_connection",),
+    ),
+    Mutation(
+        "hello_deadline_armed_at_first_stream",
+        "the hello deadline counts from the accept, whatever the peer sends (§14.4)",
+        (Edit(SERVER, "            on_connection=self._arm_hello_deadline,\n", ""),),
+        (
+            f"{DEADLINES}::test_s14_4_no_hello_means_closed_at_the_handshake_deadline_from_the"
+            "_accept",
+        ),
+    ),
+    Mutation(
+        "results_not_counted_against_outbound_cap",
+        "finished results waiting to be written count against the outbound cap (§14.3.1)",
+        (
+            Edit(
+                SERVER,
+                "            size = _result_nbytes(model.graph, outs, tensors)\n",
+                "            size = 0\n",
+            ),
+        ),
+        (f"{DEADLINES}::test_s14_3_finished_results_count_against_the_outbound_cap",),
     ),
     # -- the benchmark's run documents ------------------------------------------------------
     Mutation(
