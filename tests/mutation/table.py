@@ -138,7 +138,8 @@ MUTATIONS: tuple[Mutation, ...] = (
         (
             Edit(
                 CLIENT,
-                '            logger.warning("server segment failed (%s): finishing locally", exc)\n',
+                '            logger.warning("server segment failed (%s): finishing locally", '
+                "exc)\n",
                 "            raise\n",
             ),
         ),
