@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ionn_net.argtypes import port, positive
-from ionn_net.extras import require_extras
+from ionn_net.extras import REDIS_EXTRA, require_extra, require_extras
+from ionn_net.store import REDIS_SCHEMES
 
 __all__ = ["demo_main", "server_main"]
 
@@ -45,9 +46,9 @@ def _server_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--store",
-        type=Path,
         default=None,
-        help="directory of the durable layer store (default: keep layers in memory only)",
+        help="durable layer store: a directory, or redis://host:port/db for a store shared by "
+        "a site's servers (needs the redis extra) (default: keep layers in memory only)",
     )
     p.add_argument(
         "--cost-model",
@@ -119,6 +120,8 @@ def server_main(argv: list[str] | None = None) -> int:
     from ionn_net.config import Limits
     from ionn_net.server import EdgeServer, ServerConfig
 
+    if args.store is not None and args.store.startswith(REDIS_SCHEMES):
+        require_extra("ionn-server", REDIS_EXTRA, "--store redis://")
     secret = args.secret_file.read_bytes().strip() if args.secret_file else None
     config = ServerConfig(
         limits=Limits(max_concurrent_streams=args.max_streams, idle_timeout_s=args.idle_timeout),

@@ -32,7 +32,6 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,7 +59,7 @@ from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest, split_blob
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
-from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
+from ionn_net.store import BlobStore, DirectoryStore, open_store, partial_key
 from ionn_net.tensors import decode_tensors, encode_tensors
 
 __all__ = ["EdgeServer", "ServerConfig"]
@@ -207,10 +206,11 @@ class _ConnState:
 class EdgeServer:
     """The edge server. ``async with EdgeServer(port=0) as server: server.port``.
 
-    ``store`` is a :class:`BlobStore`, a directory path (durable store) or ``None``
-    (in memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default
-    the server calibrates one on this machine on first start (cached in the store
-    directory when there is one).
+    ``store`` is a :class:`BlobStore`, a directory path (durable store), a
+    ``redis://host:port/db`` URL (store shared by a site's servers) or ``None`` (in
+    memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default the
+    server calibrates one on this machine on first start (cached in the store directory
+    when there is one).
     """
 
     def __init__(
@@ -226,12 +226,7 @@ class EdgeServer:
         self.host = host
         self._port = port
         self.config = config or ServerConfig()
-        if store is None:
-            self.store: BlobStore = MemoryStore()
-        elif isinstance(store, BlobStore):
-            self.store = store
-        else:
-            self.store = DirectoryStore(Path(store))
+        self.store: BlobStore = open_store(store)
         self._cost_model = cost_model
         self._ssl = ssl
         self._sessions: dict[str, _Session] = {}

@@ -1,12 +1,16 @@
-"""Shared fixtures for integration tests: a calibrated server cost model and this project
-installed from its wheel into fresh virtual environments (each once per run)."""
+"""Shared fixtures for integration tests: a calibrated server cost model, this project
+installed from its wheel into fresh virtual environments (each once per run), and real
+redis-server processes (tests/helpers/redis_server.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from tests.helpers.redis_server import own_redis, redis_server, redis_url
 from tests.helpers.wheel_env import build_wheel, extra_distributions, make_venv
+
+__all__ = ["own_redis", "redis_server", "redis_url"]
 
 
 @pytest.fixture(scope="session")
