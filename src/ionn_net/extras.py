@@ -39,15 +39,18 @@ class Extra:
         return f"pip install '{DISTRIBUTION}[{self.name}]'"
 
 
-#: What each console script needs beyond the base dependencies. ``ionn-server`` and
-#: ``ionn-demo`` run on the base dependencies alone (TensorFlow, Keras, NumPy, zstandard,
-#: uvloop). ``ionn-bench`` draws its plots with matplotlib; grpcio, the other half of the
+#: What each console script needs beyond the base dependencies. ``ionn-server``,
+#: ``ionn-demo`` and ``ionn-catalog`` run on the base dependencies alone (TensorFlow,
+#: Keras, NumPy, zstandard, uvloop); ``ionn-server --store redis://`` also needs
+#: :data:`REDIS_EXTRA`, checked when that option is given. ``ionn-bench`` draws its plots
+#: with matplotlib; grpcio, the other half of the
 #: ``bench`` extra, serves only the transport benchmark under ``bench/`` in a source
 #: checkout, so the console script does not ask for it.
 SCRIPT_EXTRAS: dict[str, tuple[Extra, ...]] = {
     "ionn-server": (),
     "ionn-demo": (),
     "ionn-bench": (Extra("bench", ("matplotlib",)),),
+    "ionn-catalog": (),
 }
 
 #: The shared layer store on Redis (``--store redis://...``): needed only when a script is
