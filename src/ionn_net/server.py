@@ -59,7 +59,14 @@ from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest, split_blob
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
-from ionn_net.store import BlobStore, DirectoryStore, open_store, partial_key
+from ionn_net.store import (
+    BlobCorruptError,
+    BlobStore,
+    DirectoryStore,
+    StoreUnavailableError,
+    open_store,
+    partial_key,
+)
 from ionn_net.tensors import decode_tensors, encode_tensors
 
 __all__ = ["EdgeServer", "ServerConfig"]
@@ -426,7 +433,10 @@ class EdgeServer:
         victim = min(idle, key=lambda s: s.last_used)
         del self._sessions[victim.key]
         for digest in victim.partials:  # stale partial uploads expire with their session
-            self.store.drop_partial(partial_key(victim.hash, digest))
+            try:
+                self.store.drop_partial(partial_key(victim.hash, digest))
+            except StoreError as exc:  # best effort: the store's sweep expires it later
+                logger.warning("could not drop a partial upload of %s: %s", victim.hash[:8], exc)
         logger.info("forgot idle session %s to make room", victim.hash[:8])
         return True
 
@@ -517,6 +527,10 @@ class EdgeServer:
         if complete:
             try:
                 await self._complete_blob(session, digest, key)
+            except StoreUnavailableError as exc:
+                # Not the client's bytes: the partial stays (nothing acknowledged is lost)
+                # and the client completes it again once the store is back.
+                raise RequestError("internal", f"blob {digest}: {exc}") from None
             except StoreError:
                 raise RequestError(
                     "digest_mismatch", f"blob {digest}: bytes do not match"
@@ -623,7 +637,12 @@ class EdgeServer:
             shapes = [model.graph[r.layer].output_shapes[r.index] for r in spec.inbound]
             weights = []
             if spec.blob_sha256 is not None:
-                blob = self.store.get(spec.blob_sha256)  # verified on read
+                try:
+                    blob = self.store.get(spec.blob_sha256)  # verified on read
+                except BlobCorruptError:  # discarded by the store: the owner uploads it again
+                    raise RequestError(
+                        "missing_blobs", f"blob of {name!r} failed verification", layers=[name]
+                    ) from None
                 weights = split_blob(spec, blob, limits)
             built[name] = build_layer(spec, shapes, weights, limits=limits)
         model.executor().add_layers(built)

@@ -72,6 +72,7 @@ def test_blobs_are_stored_in_chunks_no_larger_than_the_chunk_size(redis_url: str
     chunks = sorted(k for k in client.keys(f"ionn:blob:{DIGEST}:*"))
     assert len(chunks) == 4
     assert [client.strlen(k) for k in chunks] == [CHUNK, CHUNK, CHUNK, 123]
+    assert [client.pttl(k) for k in chunks] == [-1] * 4  # staged with a TTL, kept for good
     assert max(client.memory_usage(k) or 0 for k in client.keys("*")) < 2 * CHUNK
     assert client.keys("ionn:stage:*") == []  # staged chunks were renamed into place
 
