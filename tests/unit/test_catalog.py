@@ -90,6 +90,24 @@ def test_an_exported_model_opens_and_its_backbone_matches_a_fine_tuned_head(
     assert catalog.match(same).layers == (*BACKBONE, "head")
 
 
+def test_a_digest_claimed_with_another_size_does_not_match(
+    models: tuple[Any, Any], tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from ionn_net.model.layers import extract_manifest
+
+    base, _ = models
+    export(base, tmp_path)
+    client, _, _ = extract_manifest(base)
+    layers = tuple(
+        dataclasses.replace(s, blob_size=s.blob_size + 4) if s.name == "conv2" else s
+        for s in client.layers
+    )
+    odd = dataclasses.replace(client, layers=layers)
+    assert Catalog.open(tmp_path).match(odd).layers == ("conv1", "bn1", "head")
+
+
 def test_catalog_layers_build_and_compute_what_keras_computes(
     models: tuple[Any, Any], tmp_path: Path
 ) -> None:
