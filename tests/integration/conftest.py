@@ -40,3 +40,10 @@ def wheel_venv_without_bench(tmp_path_factory: pytest.TempPathFactory, wheel_fil
     """The same without the distributions of the ``bench`` extra (matplotlib, grpcio)."""
     path = tmp_path_factory.mktemp("wheel-venv-nobench") / "venv"
     return make_venv(path, wheel_file, without=extra_distributions("bench"))
+
+
+@pytest.fixture(scope="session")
+def wheel_venv_without_redis(tmp_path_factory: pytest.TempPathFactory, wheel_file: Path) -> Path:
+    """The same without the distributions of the ``redis`` extra."""
+    path = tmp_path_factory.mktemp("wheel-venv-noredis") / "venv"
+    return make_venv(path, wheel_file, without=extra_distributions("redis"))
