@@ -202,8 +202,8 @@ return 1
 
 # KEYS: blob hash, blobs set.  ARGV: gen, blob chunk prefix, digest.
 _DELETE_IF_GEN = """
-if redis.call('HGET', KEYS[1], 'gen') ~= ARGV[1] then return 0 end
-local n = tonumber(redis.call('HGET', KEYS[1], 'chunks') or '0')
+if (redis.call('HGET', KEYS[1], 'gen') or '') ~= ARGV[1] then return 0 end
+local n = tonumber(redis.call('HGET', KEYS[1], 'chunks') or '0') or 0
 for i = 0, n - 1 do redis.call('DEL', ARGV[2] .. i) end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[3])
@@ -345,14 +345,17 @@ class RedisStore(BlobStore):
             meta = self._r.hgetall(meta_key)
             if not meta:
                 raise StoreError(f"blob {digest} is not held")
-            size, count = int(meta[b"size"]), int(meta[b"chunks"])
+            try:
+                size, count = int(meta[b"size"]), int(meta[b"chunks"])
+            except (KeyError, ValueError):
+                size, count = -1, 0
             chunks = self._read(prefix, count)
-        problem = self._check_chunks(digest, size, chunks)
+        problem = "has a malformed record" if size < 0 else self._check_chunks(digest, size, chunks)
         if problem is None:
             return b"".join(c for c in chunks if c is not None)
         with self._errors(f"delete corrupt {digest}"):
             self._delete_if_gen(
-                keys=[meta_key, self._key("blobs")], args=[meta[b"gen"], prefix, digest]
+                keys=[meta_key, self._key("blobs")], args=[meta.get(b"gen", b""), prefix, digest]
             )
         logger.warning("store %s: blob %s %s; deleted", self.url, digest, problem)
         raise BlobCorruptError(

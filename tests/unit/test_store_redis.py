@@ -84,7 +84,7 @@ def test_the_first_store_fixes_the_chunk_size_for_the_database(redis_url: str) -
     assert later.get(DIGEST) == BLOB
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "record"])
 def test_a_corrupted_chunk_is_caught_on_read_never_served_and_deleted(
     redis_url: str, damage: str
 ) -> None:
@@ -97,8 +97,10 @@ def test_a_corrupted_chunk_is_caught_on_read_never_served_and_deleted(
         client.setrange(chunk, 17, bytes([BLOB[2 * CHUNK + 17] ^ 1]))
     elif damage == "truncate":
         client.set(chunk, BLOB[2 * CHUNK : 3 * CHUNK - 1])
-    else:
+    elif damage == "delete":
         client.delete(chunk)
+    else:
+        client.hdel(f"ionn:blob:{DIGEST}", "size")
     with pytest.raises(BlobCorruptError, match="failed verification on read"):
         store.get(DIGEST)
     assert not store.has(DIGEST)
