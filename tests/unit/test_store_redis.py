@@ -258,3 +258,16 @@ def test_bad_settings_are_refused(redis_url: str) -> None:
         RedisStore(redis_url, partial_ttl_s=0)
     with pytest.raises(StoreError, match="not a usable Redis URL"):
         RedisStore("redis://127.0.0.1:notaport/0")
+
+
+def test_the_server_does_not_start_on_an_unreachable_redis(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ionn_net import cli
+
+    url = f"redis://127.0.0.1:{_closed_port()}/0"
+    with pytest.raises(SystemExit) as info:
+        cli.server_main(["--store", url])
+    message = str(info.value.code)
+    assert message.startswith(f"ionn-server: store {url}: open failed: ConnectionError"), message
+    assert capsys.readouterr().out == ""  # it never said it was listening
