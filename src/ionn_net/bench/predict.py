@@ -123,12 +123,18 @@ def predict_run(
     )
     partitions = [frozenset(p) for p in plan.get("partitions", [])]
     horizon = max((m.issued_s for m in measured), default=0.0) + 1e-6
+    timing = doc.get("timing") or {}
+    # the planning time the run really took (the client sends its head start meanwhile)
+    planned_s = max(0.0, float(timing.get("planned_s") or 0.0))
+    head = [n for n in timing.get("head_start") or () if n in graph]
     result = simulate_partitions(
         ctx,
         partitions,
         ExecutionPolicy("fine", objective=objective),
         until_s=horizon,
         max_queries=_MAX_SIM_QUERIES,
+        head_start=head,
+        planned_s=planned_s,
     )
     points = sim_points(result)
     uploads = doc["strategy"] != "local"

@@ -236,6 +236,8 @@ def _link_lines(doc: Mapping[str, Any]) -> list[str]:
         )
     dev = doc["device"]
     lines.append(f"- device: {dev['describe']}")
+    iso = doc.get("isolation")
+    lines.append(f"- isolation: {iso['describe'] if iso else 'not recorded (shared)'}")
     return lines
 
 

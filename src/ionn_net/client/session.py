@@ -11,6 +11,16 @@ newly activated plan (compiled in a worker thread first, then switched to on the
 Pipeline: the next partition's blobs go up (urgency 5, incremental, §8.1) while the server
 loads (and both sides compile for) the previous one; loads run one at a time, in plan
 order. After the upload, the session re-plans once a second as what queries taught fades.
+
+No idle link while the client plans: planning an upload can take seconds of CPU (``ours``
+simulates many candidate orders), so the strategy plans in a worker thread while the
+session already sends the *head start*: the model's first layers in topological order,
+each blob small enough to go up in a fraction of a second, until the plan is known. Every
+strategy that offloads a prefix of the network sends them first anyway, and every plan
+completes with the layers the best plan runs on the server (:func:`with_completion`),
+which include them when offloading pays at all; their blobs are then simply held when
+their partition comes (§10.5). The session records when it became ready, when the first
+upload byte left and when the plan was known (:class:`~ionn_net.client.types.UploadTimeline`).
 """
 
 from __future__ import annotations
@@ -21,13 +31,14 @@ import logging
 import os
 import random
 import time
+from dataclasses import replace
 from typing import Any
 
 from ionn_net.aio import AioConnection, connect
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
-from ionn_net.client.types import ClientConfig
+from ionn_net.client.types import ClientConfig, UploadTimeline
 from ionn_net.config import Setting
 from ionn_net.errors import IonnError, OffloadError
 from ionn_net.messages import (
@@ -62,6 +73,9 @@ _BLOB_PIECE = 64 << 20
 _REFRESH_S = 1.0
 #: At most this many run sets are named in a load's ``prepare`` (§10.6).
 _MAX_PREPARE = 16
+#: A head-start blob must go up in at most this many seconds at the estimated bandwidth:
+#: the plan, once known, waits for the blob in flight.
+_HEAD_BLOB_S = 0.25
 
 
 async def handshake(
@@ -119,6 +133,10 @@ class UploadSession:
         self._conn: AioConnection | None = None
         self._closing = False
         self._uploaded: set[str] = set()
+        self._timeline = UploadTimeline()
+        # the newest (ready, plan) to activate after a load, and the task compiling it
+        self._to_activate: tuple[frozenset[str], ExecutionPlan] | None = None
+        self._activating: asyncio.Task[None] | None = None
 
     @property
     def connection(self) -> AioConnection | None:
@@ -129,6 +147,11 @@ class UploadSession:
     def uploaded(self) -> frozenset[str]:
         """Digests of the blobs this client sent bytes of (resumed ones included)."""
         return frozenset(self._uploaded)
+
+    @property
+    def timeline(self) -> UploadTimeline:
+        """Milestones of the latest session's upload (see :class:`UploadTimeline`)."""
+        return self._timeline
 
     def stop(self) -> None:
         """End the loop at its next turn (the caller cancels the task)."""
@@ -157,6 +180,7 @@ class UploadSession:
             conn.abort()
             raise
         self._conn = conn
+        self._timeline = UploadTimeline(ready_at=time.monotonic())
         self._state.adopt_holdings(holdings)
 
     async def run(self) -> None:
@@ -237,8 +261,9 @@ class UploadSession:
         # rare, and compiling every plan's fallback would double the client's compile
         # work during the upload. A failed segment compiles its slice on demand.
 
-    async def _plan_upload(self) -> None:
-        """Plan the upload with the strategy (worker thread), from what the server holds."""
+    async def _plan_upload(self, conn: AioConnection) -> None:
+        """Plan the upload with the strategy (worker thread), from what the server holds,
+        sending the head start meanwhile (see the module docstring)."""
         state = self._state
         ctx, never = state.context(), self._never_sent()
         strategy = get_planner(self._planner)
@@ -247,8 +272,45 @@ class UploadSession:
             found = strategy.plan(ctx)
             return found, with_completion(ctx, found.partitions, ctx.held, never)
 
-        found, partitions = await asyncio.to_thread(plan)
+        planning = asyncio.ensure_future(asyncio.to_thread(plan))
+        planning.add_done_callback(self._planned)
+        sent: list[str] = []
+        try:
+            for name in self.head_start():
+                if planning.done():
+                    break
+                await self._upload_layer(conn, name)
+                sent.append(name)
+            found, partitions = await planning
+        finally:
+            planning.cancel()  # only if the head start failed: the thread runs to its end
+            self._timeline = replace(self._timeline, head_start=tuple(sent))
         state.start_upload(found, partitions)
+
+    def _planned(self, _: object) -> None:
+        self._timeline = replace(self._timeline, planned_at=time.monotonic())
+
+    def head_start(self) -> list[str]:
+        """The layers sent while the client plans: the model's first layers in
+        topological order (those without weights skipped: nothing to send), up to the
+        first whose blob would take more than ``_HEAD_BLOB_S`` at the estimated
+        bandwidth, or that the server must never run."""
+        state, prepared = self._state, self._prepared
+        never = self._never_sent()
+        limit = state.link.bandwidth * _HEAD_BLOB_S
+        out: list[str] = []
+        for name in prepared.graph.order:
+            if name in never:
+                if name in prepared.graph.inputs:
+                    continue
+                break
+            digest, size = prepared.layer_blob[name]
+            if digest is None or digest in state.held_blobs:
+                continue
+            if size > limit:
+                break
+            out.append(name)
+        return out
 
     async def _maybe_replan(self) -> None:
         """Re-plan the rest of the upload when the measured bandwidth has moved by more
@@ -278,7 +340,7 @@ class UploadSession:
         if not self._config.upload or self._planner == "local":
             self._emit_progress(done=True)
             return
-        await self._plan_upload()
+        await self._plan_upload(conn)
         if state.ready:
             await self.activate(state.ready)
         loads: asyncio.Queue[frozenset[str] | None] = asyncio.Queue()
@@ -297,8 +359,11 @@ class UploadSession:
                 await self._maybe_replan()
             loads.put_nowait(None)
             await loader
+            await self._activated()
         finally:
             loader.cancel()
+            if self._activating is not None and not self._activating.done():
+                self._activating.cancel()
         self._emit_progress(done=True)
 
     async def _load_in_order(
@@ -353,6 +418,8 @@ class UploadSession:
     async def _send_blob_piece(
         self, conn: AioConnection, digest: str, size: int, offset: int, body: memoryview
     ) -> BlobOk:
+        if self._timeline.first_byte_at is None:
+            self._timeline = replace(self._timeline, first_byte_at=time.monotonic())
         blob = Blob(
             model=self._prepared.model_digest,
             sha256=digest,
@@ -390,21 +457,43 @@ class UploadSession:
         limit = self._config.limits.max_message_size
         head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
         done = parse_reply(head, LoadOk)
-        loaded = time.monotonic()
         state.adopt_ready(done.layers_ready)
-        await self.activate(state.ready, plan)
         logger.info(
-            "partition of %d layers: server load %.2f s (it says %.0f ms), client compile %.2f s",
+            "partition of %d layers: server load %.2f s (it says %.0f ms)",
             len(part),
-            loaded - started,
+            time.monotonic() - started,
             done.load_ms,
-            time.monotonic() - loaded,
         )
+        self._activate_soon(state.ready, plan)
+
+    def _activate_soon(self, ready: frozenset[str], plan: ExecutionPlan) -> None:
+        """Compile and switch to ``plan`` in the background: the next load goes to the
+        server meanwhile (the server loads while the client compiles, as the planner's
+        simulator assumes); if several loads finish during one compile, only the newest
+        plan is compiled next."""
+        self._to_activate = (ready, plan)
+        if self._activating is None or self._activating.done():
+            self._activating = asyncio.create_task(self._activate_newest())
+
+    async def _activate_newest(self) -> None:
+        while self._to_activate is not None:
+            (ready, plan), self._to_activate = self._to_activate, None
+            started = time.monotonic()
+            await self.activate(ready, plan)
+            logger.info("client compile %.2f s", time.monotonic() - started)
+
+    async def _activated(self) -> None:
+        """Wait for the background activations (their errors end the session attempt)."""
+        task = self._activating
+        if task is not None:
+            await task
 
     # -- progress ------------------------------------------------------------------------
 
     def _emit_progress(self, *, done: bool = False) -> None:
         state = self._state
+        if state.upload_plan is None and not done:
+            return  # the head start, before any plan: no partitions to report on yet
         self._progress.publish(
             upload_progress(
                 state.partitions,

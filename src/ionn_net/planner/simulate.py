@@ -15,6 +15,10 @@ Model:
   (``link_changes``); an optional ``replanner`` is then called at once with the
   layers already sent and the new link; its partitions replace the rest of the queue,
   and the partition in flight is abandoned unless the new plan still wants it.
+* **Planning.** The client may still be planning when the session starts
+  (``planned_s``): until then it sends only its head start (``head_start``, layers in
+  order, each started before ``planned_s``; the link idles once they are sent), then the
+  partitions, whose bytes exclude the head start's. Without either, the plan is known at 0.
 * **Loading.** One loader on the server: a partition becomes usable at
   ``max(arrival, previous partition usable) + load``, where load is its layers' load
   times + the partition overhead + compiling the run sets of the best plan with it
@@ -145,9 +149,15 @@ class _Uploader:
         partitions: Sequence[frozenset[str]],
         link_changes: Sequence[tuple[float, Link]],
         replanner: Replanner | None,
+        head: tuple[Sequence[str], float] = ((), 0.0),
     ) -> None:
         self.ctx = ctx
         self.queue: deque[frozenset[str]] = deque(partitions)
+        #: the head start sent while the client plans, until ``planned_s``
+        self.head: deque[str] = deque(head[0])
+        self.planned_s = float(head[1])
+        self.in_head = False
+        self.prefetched: set[str] = set()
         self.changes = list(link_changes)
         self.replanner = replanner
         self.now = 0.0
@@ -203,7 +213,7 @@ class _Uploader:
         self.replans += 1
         fresh = [p - self.sent_layers for p in self.replanner(frozenset(self.sent_layers), link)]
         wanted = frozenset().union(*fresh) if fresh else frozenset()
-        if self.current is not None:
+        if self.current is not None and not self.in_head:
             if self.current & wanted:
                 fresh = [p - self.current for p in fresh]
             else:
@@ -212,13 +222,33 @@ class _Uploader:
                 self.abandoned += 1
         self.queue = deque(p for p in fresh if p)
 
+    def _start_head(self) -> bool:
+        """While the client plans: the next head-start layer (False: none, or planned)."""
+        while self.head and self.now < self.planned_s:
+            name = self.head.popleft()
+            if name in self.sent_layers or name in self.prefetched:
+                continue
+            self.current, self.in_head = frozenset((name,)), True
+            wb = self.ctx.graph[name].weight_bytes
+            self.rem = wb / self.link_at(self.now)[1].weight_ratio
+            return True
+        return False
+
+    def _idle_until(self, t: float) -> float:
+        """Where the upload stands when it has nothing to send before ``t``."""
+        if self.now < self.planned_s:
+            return min(t, self.planned_s)  # the client is still planning
+        return min(t, self.next_change(self.now)) if self.replanner else t
+
     def _start_next(self) -> bool:
+        if self.now < self.planned_s:
+            return self._start_head()
         self._maybe_replan()
         if not self.queue:
             return False
         link = self.link_at(self.now)[1]
         self.current = self.queue.popleft() - self.sent_layers
-        wb = sum(self.ctx.graph[n].weight_bytes for n in self.current)
+        wb = sum(self.ctx.graph[n].weight_bytes for n in self.current - self.prefetched)
         self.rem = wb / link.weight_ratio
         self.records.append(
             PartitionRecord(len(self.records), self.current, self.rem, self.now, -1, -1)
@@ -227,6 +257,10 @@ class _Uploader:
 
     def _finish(self) -> None:
         assert self.current is not None
+        if self.in_head:  # its bytes are there; it loads with the partition that has it
+            self.prefetched |= self.current
+            self.current, self.in_head = None, False
+            return
         part = self.current
         g = self.ctx.graph
         layer_load = sum(float(self.ctx.load_s[g.position(n)]) for n in part)
@@ -272,8 +306,9 @@ class _Uploader:
                 raise PlannerError("simulation: upload did not converge")
             self._maybe_replan()
             if self.current is None and not self._start_next():
-                # idle until the next bandwidth change (which may bring a new plan)
-                self.now = min(t, self.next_change(self.now)) if self.replanner else t
+                # idle until the plan is known or the next bandwidth change (which may
+                # bring a new plan)
+                self.now = self._idle_until(t)
                 continue
             while self.busy and self.busy[0][1] <= self.now:
                 self.busy.popleft()
@@ -300,6 +335,8 @@ class _Uploader:
         twin.usable = list(self.usable)
         twin.batch_of = dict(self.batch_of)
         twin.compiled = set(self.compiled)
+        twin.head = deque(self.head)
+        twin.prefetched = set(self.prefetched)
         twin.replanner = None
         return twin
 
@@ -307,7 +344,7 @@ class _Uploader:
         """True when nothing is left to send, every partition is usable at ``t`` and
         the server has compiled its chained segments as one slice (if it ever will)."""
         self.advance(t)
-        if self.queue or self.current is not None:
+        if self.queue or self.current is not None or t < self.planned_s:
             return False
         usable = not self.records or self.records[-1].ready_s <= t
         return usable and (math.isinf(self.consolidated_at) or self.consolidated_at <= t)
@@ -322,7 +359,7 @@ class _Uploader:
 
     def drain(self, limit: float) -> float:
         """Finish the upload with no more queries; return when it is usable."""
-        while self.current is not None or self.queue:
+        while self.current is not None or self.queue or self.now < self.planned_s:
             if self.now >= limit:
                 break
             self.advance(min(limit, self.now + 3600.0))
@@ -636,15 +673,30 @@ def simulate_partitions(
     until_s: float | None = None,
     max_queries: int = 200_000,
     memo: SimMemo | None = None,
+    head_start: Sequence[str] = (),
+    planned_s: float = 0.0,
 ) -> SimResult:
     """:func:`simulate` for a bare list of partitions and a policy. ``memo`` (made for
-    the same context and policy) lets several simulations share their execution plans."""
+    the same context and policy) lets several simulations share their execution plans.
+    ``planned_s``: when the client knows its plan; until then it sends ``head_start``
+    (see the module docstring)."""
     if not 1 <= max_queries <= _MAX_QUERIES:
         raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
     if memo is None:
         memo = SimMemo(ctx, policy)
     memo.check(ctx, policy)
-    up = _Uploader(ctx, partitions, _validate_changes(link_changes), replanner)
+    if not (math.isfinite(planned_s) and planned_s >= 0):
+        raise PlannerError(f"planned_s: expected a finite time >= 0, got {planned_s!r}")
+    unknown = [n for n in head_start if n not in ctx.graph]
+    if unknown:
+        raise PlannerError(f"head_start: unknown layers {unknown[:3]}")
+    up = _Uploader(
+        ctx,
+        partitions,
+        _validate_changes(link_changes),
+        replanner,
+        head=(tuple(head_start), planned_s),
+    )
     runner = _Runner(ctx, policy, up, memo)
     pattern = ctx.pattern
     limit = min(
