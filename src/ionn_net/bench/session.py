@@ -217,6 +217,7 @@ def _timeline_doc(client: Any, run: _RunState) -> dict[str, Any]:
         "planned_s": rel(tl.planned_at),
         "first_byte_delay_ms": None if delay is None else round(delay * 1000, 3),
         "head_start": list(tl.head_start),
+        "loads": [[rel(a), rel(b), n, round(ms, 3)] for a, b, n, ms in tl.loads],
     }
 
 

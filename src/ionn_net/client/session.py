@@ -458,6 +458,8 @@ class UploadSession:
         head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
         done = parse_reply(head, LoadOk)
         state.adopt_ready(done.layers_ready)
+        record = (started, time.monotonic(), len(part), float(done.load_ms))
+        self._timeline = replace(self._timeline, loads=(*self._timeline.loads, record))
         logger.info(
             "partition of %d layers: server load %.2f s (it says %.0f ms)",
             len(part),

@@ -146,6 +146,9 @@ class UploadTimeline:
     first_byte_at: float | None = None
     planned_at: float | None = None
     head_start: tuple[str, ...] = ()
+    #: each load of the session (§10.6): (sent at, answered at, layers, the server's
+    #: own ``load_ms``)
+    loads: tuple[tuple[float, float, int, float], ...] = ()
 
     @property
     def first_byte_delay_s(self) -> float | None:

@@ -23,6 +23,9 @@ Model:
   ``max(arrival, previous partition usable) + load``, where load is its layers' load
   times + the partition overhead + compiling the run sets of the best plan with it
   (``PlanningContext.partition_load_s``). Queries never pay compilation.
+* **Server contention.** With ``loader_slowdown`` > 1, a server segment that starts while
+  the loader works (building and compiling a partition, or consolidating after the upload)
+  takes that many times its time: the loader and the query threads share the server's CPU.
 * **Queries.** One at a time on the client (a query issued while another runs waits).
   A query takes the best execution plan (policy method) for the layers usable when it
   starts; each server segment costs upload of its input boundary tensors, one RTT,
@@ -158,6 +161,8 @@ class _Uploader:
         self.planned_s = float(head[1])
         self.in_head = False
         self.prefetched: set[str] = set()
+        #: (start, end) of every load and of the consolidation: the loader is busy
+        self.load_spans: list[tuple[float, float]] = []
         self.changes = list(link_changes)
         self.replanner = replanner
         self.now = 0.0
@@ -275,10 +280,12 @@ class _Uploader:
             self.compiled.update(fresh)
         load = self.ctx.partition_load_s(layer_load, sum(map(len, fresh)))
         ready = max(self.now, self.loader_free) + load
+        self.load_spans.append((ready - load, ready))
         self.loader_free = ready
         if self.needed <= usable:  # complete: each segment becomes one slice, in turn
             whole = sum(len(s) for s in segments if len(self.pieces(s)) > 1)
             self.consolidated_at = ready + self.ctx.compile_ms_per_layer / 1000.0 * whole
+            self.load_spans.append((ready, self.consolidated_at))
         rec = self.records[-1]
         self.records[-1] = PartitionRecord(
             rec.index, part, rec.wire_bytes, rec.sent_s, self.now, ready
@@ -337,6 +344,7 @@ class _Uploader:
         twin.compiled = set(self.compiled)
         twin.head = deque(self.head)
         twin.prefetched = set(self.prefetched)
+        twin.load_spans = list(self.load_spans)
         twin.replanner = None
         return twin
 
@@ -348,6 +356,10 @@ class _Uploader:
             return False
         usable = not self.records or self.records[-1].ready_s <= t
         return usable and (math.isinf(self.consolidated_at) or self.consolidated_at <= t)
+
+    def loading_at(self, t: float) -> bool:
+        """True while the server's loader works at ``t`` (the upload advanced to ``t``)."""
+        return any(a <= t < b for a, b in reversed(self.load_spans))
 
     def usable_count(self, t: float) -> int:
         """Partitions usable at time ``t``."""
@@ -417,11 +429,17 @@ class _Runner:
     """Runs queries one at a time against the uploader."""
 
     def __init__(
-        self, ctx: PlanningContext, policy: ExecutionPolicy, up: _Uploader, memo: SimMemo
+        self,
+        ctx: PlanningContext,
+        policy: ExecutionPolicy,
+        up: _Uploader,
+        memo: SimMemo,
+        loader_slowdown: float = 1.0,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.up = up
+        self.loader_slowdown = loader_slowdown
         self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
         self.plans = memo.plans
         self.run_sets = memo.run_sets
@@ -493,6 +511,8 @@ class _Runner:
         srv += self._piece_overhead_s(seg, t)
         up_s = up_b / link.bandwidth
         self.up.advance(t)
+        if self.loader_slowdown != 1.0 and self.up.loading_at(t + up_s):
+            srv *= self.loader_slowdown
         self.up.add_busy(t, t + up_s)
         t += up_s + link.rtt_s + srv
         down_s = down_b / link.down
@@ -675,11 +695,17 @@ def simulate_partitions(
     memo: SimMemo | None = None,
     head_start: Sequence[str] = (),
     planned_s: float = 0.0,
+    loader_slowdown: float = 1.0,
 ) -> SimResult:
     """:func:`simulate` for a bare list of partitions and a policy. ``memo`` (made for
     the same context and policy) lets several simulations share their execution plans.
     ``planned_s``: when the client knows its plan; until then it sends ``head_start``
-    (see the module docstring)."""
+    (see the module docstring). ``loader_slowdown``: how much slower a server segment
+    runs while the loader works (see "Server contention")."""
+    if not (math.isfinite(loader_slowdown) and loader_slowdown >= 1.0):
+        raise PlannerError(
+            f"loader_slowdown: expected a finite factor >= 1, got {loader_slowdown!r}"
+        )
     if not 1 <= max_queries <= _MAX_QUERIES:
         raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
     if memo is None:
@@ -697,7 +723,7 @@ def simulate_partitions(
         replanner,
         head=(tuple(head_start), planned_s),
     )
-    runner = _Runner(ctx, policy, up, memo)
+    runner = _Runner(ctx, policy, up, memo, loader_slowdown)
     pattern = ctx.pattern
     limit = min(
         until_s if until_s is not None else math.inf,
