@@ -119,6 +119,13 @@ def _parser() -> argparse.ArgumentParser:
         help="cores (default): the edge server on its own CPU(s), the client and the link "
         "emulation on the others, as in a deployment; shared: every process on every CPU",
     )
+    p.add_argument(
+        "--pace",
+        choices=("estimate", "link"),
+        default="estimate",
+        help="the client's upload pacing rate on namespace links: estimated from TCP_INFO "
+        "(default, as deployed) or the configured link rate",
+    )
     p.add_argument("--quota", type=positive(float), help="CPU quota (cores)")
     p.add_argument("--slowdown", type=positive(float), help="slowdown factor")
     p.add_argument("--max-run-s", type=positive(float), help="bound per run")
@@ -275,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command=command,
         server_costs=args.server_costs,
         isolation=args.isolation,
+        pace=args.pace,
     )
     return _run(scenarios, opts, console, out, command)
 

@@ -9,12 +9,17 @@ for one mechanism the simulator charges:
 * ``exec_scale``: the server's real speed: median over server segments run while the
   server's loader was idle of the compute time the server reported (§10.7) over the cost
   model's prediction for the same layers;
-* ``loader_slowdown``: server contention: the same ratio for segments that overlapped a
-  load (build and compile of a partition, §10.6) over ``exec_scale`` (the loader's
-  threads and the query threads share the server's CPU);
-* ``load_scale``: the loads' real duration: the server's own ``load_ms`` of every load
-  over what the cost model predicts for the layers loaded (plus its per-partition
-  overhead);
+* ``loader_extra_s``: server contention: median of the compute time the server reported
+  for segments that overlapped a load (build and compile of a partition, §10.6) minus
+  what ``exec_scale`` predicts for them (the loader's threads and the query's share the
+  server's CPU and interpreter: measured, the extra hardly depends on the segment's
+  size, 10-180 ms for ResNet50 segments of 50-149 layers);
+* ``load_s``: the server's own ``load_ms`` of each load, in order (the simulator's loader
+  takes waiting partitions together as the client does, so its loads match the run's
+  when its timeline does); for loads past these, ``load_scale``: all loads' ``load_ms``
+  over what the cost model predicts for the layers loaded (plus its per-load overhead);
+* ``activation_s``: the client's compile time for the plan of each load, in order
+  (TensorFlow traces its side of the new plan before queries switch to it);
 * ``pace``: the rate the client's pacer let the upload go at over time (aio.pacing: the
   upload never exceeds it), as the simulator's link changes during the upload.
 """
@@ -41,16 +46,20 @@ _PACE_EVERY_S = 0.5
 @dataclass(frozen=True, slots=True)
 class MeasuredInputs:
     exec_scale: float = 1.0
-    loader_slowdown: float = 1.0
+    loader_extra_s: float = 0.0
     load_scale: float = 1.0
+    load_s: tuple[float, ...] = ()
     pace: tuple[tuple[float, float], ...] = ()  # (time s, upload bytes/s)
+    activation_s: tuple[float, ...] = ()
     samples: Mapping[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "exec_scale": self.exec_scale,
-            "loader_slowdown": self.loader_slowdown,
+            "loader_extra_s": self.loader_extra_s,
             "load_scale": self.load_scale,
+            "load_s": [round(v, 4) for v in self.load_s],
+            "activation_s": [round(a, 4) for a in self.activation_s],
             "pace_mbit": [[round(t, 3), round(b * 8e-6, 3)] for t, b in self.pace],
             "samples": dict(self.samples or {}),
         }
@@ -64,16 +73,15 @@ class MeasuredInputs:
         return out
 
 
-def _segment_ratios(
-    doc: Mapping[str, Any], spans: Sequence[tuple[float, float]]
-) -> tuple[list[float], list[float]]:
-    """(ratios while the loader was idle, ratios overlapping a load) of server segments:
-    reported compute over the cost model's prediction."""
-    order = doc["model"]["layer_order"]
+def _segments(
+    doc: Mapping[str, Any], spans: Sequence[tuple[float, float]], order: Sequence[str]
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """(segments while the loader was idle, segments overlapping a load) as (cost model's
+    prediction, reported compute) milliseconds; ``order``: the layers by position."""
     predicted = doc["per_layer"]["server_ms"]
-    idle: list[float] = []
-    loading: list[float] = []
-    for q in doc["queries"]:
+    idle: list[tuple[float, float]] = []
+    loading: list[tuple[float, float]] = []
+    for q in doc.get("queries") or ():
         segs = [s for s in q["segments"] if s[0] == "server"]
         for seg, ms in zip(segs, q.get("server_ms") or (), strict=False):
             if ms is None or seg[3]:
@@ -83,7 +91,7 @@ def _segment_ratios(
             if pred <= 0.05 or ms <= 0:
                 continue
             busy = any(a < q["end"] and q["t"] < b for a, b in spans)
-            (loading if busy else idle).append(ms / pred)
+            (loading if busy else idle).append((pred, float(ms)))
     return idle, loading
 
 
@@ -115,21 +123,36 @@ def _pace(doc: Mapping[str, Any]) -> tuple[tuple[float, float], ...]:
 
 
 def measured_inputs(
-    doc: Mapping[str, Any], layers: Sequence[str], overhead_ms: float
+    doc: Mapping[str, Any],
+    order: Sequence[str],
+    partitions: Sequence[Sequence[str]],
+    overhead_ms: float,
 ) -> MeasuredInputs:
-    """What the run measured (see the module docstring); ``layers``: the planned ones."""
+    """What the run measured (see the module docstring); ``order``: the model's layers by
+    position, ``partitions``: those the run uploaded."""
+    layers = [n for p in partitions for n in p]
     loads = (doc.get("timing") or {}).get("loads") or []
     spans = [(float(a), float(b)) for a, b, _, _ in loads if a is not None and b is not None]
-    idle, loading = _segment_ratios(doc, spans)
+    idle, loading = _segments(doc, spans, order)
     both = idle + loading
-    exec_scale = statistics.median(idle if len(idle) >= _MIN_SAMPLES else both or [1.0])
-    slowdown = 1.0
+    ratios = [ms / pred for pred, ms in (idle if len(idle) >= _MIN_SAMPLES else both)]
+    exec_scale = statistics.median(ratios or [1.0])
+    extra = 0.0
     if len(loading) >= _MIN_SAMPLES and len(idle) >= _MIN_SAMPLES:
-        slowdown = max(1.0, statistics.median(loading) / exec_scale)
+        extra = max(0.0, statistics.median(ms - pred * exec_scale for pred, ms in loading))
+    load_s: tuple[float, ...] = ()
+    if loads and len(loads) <= len(partitions):
+        load_s = tuple(float(ms) / 1000.0 for _, _, _, ms in loads)
     return MeasuredInputs(
         exec_scale=exec_scale,
-        loader_slowdown=slowdown,
+        loader_extra_s=extra / 1000.0,
         load_scale=_load_scale(doc, layers, overhead_ms),
+        load_s=load_s,
         pace=_pace(doc),
+        activation_s=tuple(
+            max(0.0, float(b) - float(a))
+            for a, b in (doc.get("timing") or {}).get("activations") or ()
+            if a is not None and b is not None
+        ),
         samples={"idle_segments": len(idle), "loading_segments": len(loading)},
     )

@@ -124,13 +124,16 @@ def _replay(
     overhead = _overhead_ms(doc)
     server_ms, load_ms = per_layer["server_ms"], per_layer["load_ms"]
     changes: list[tuple[float, Link]] = []
-    slowdown = 1.0
+    extra = 0.0
+    activation: tuple[float, ...] = ()
+    load_s: tuple[float, ...] = ()
     if inputs is not None:
+        activation, load_s = inputs.activation_s, inputs.load_s
         server_ms = {n: v * inputs.exec_scale for n, v in server_ms.items()}
         load_ms = {n: v * inputs.load_scale for n, v in load_ms.items()}
         overhead *= inputs.load_scale
         changes = inputs.link_changes(link)
-        slowdown = inputs.loader_slowdown
+        extra = inputs.loader_extra_s
     ctx = PlanningContext(
         graph=graph,
         client_ms=per_layer["client_ms"],
@@ -154,7 +157,9 @@ def _replay(
         head_start=head,
         planned_s=planned_s,
         link_changes=changes,
-        loader_slowdown=slowdown,
+        loader_extra_s=extra,
+        activation_s=activation,
+        load_s=load_s,
     )
     return result, link
 
@@ -192,8 +197,7 @@ def predict_run(
     the server's announced cost model and the probed link alone."""
     horizon = max((m.issued_s for m in measured), default=0.0) + 1e-6
     plan = doc.get("plan") or {}
-    layers = [n for p in plan.get("partitions", []) for n in p]
-    inputs = measured_inputs(doc, layers, _overhead_ms(doc))
+    inputs = measured_inputs(doc, graph.order, plan.get("partitions", []), _overhead_ms(doc))
     result, link = _replay(doc, graph, horizon, inputs)
     points, pm, errors = _errors(doc, measured, result)
     announced, _ = _replay(doc, graph, horizon, None)

@@ -65,6 +65,9 @@ class BenchOptions:
     server_costs: str = "calibrated"
     #: CPU isolation of server and client side (:mod:`.isolation`): "cores" or "shared"
     isolation: str = "cores"
+    #: "estimate": the client paces at a rate it estimates (on namespace links); "link":
+    #: at the configured link rate (diagnosis: is the estimate what limits the upload?)
+    pace: str = "estimate"
 
 
 def _git_commit() -> str | None:
@@ -313,7 +316,8 @@ class _Group:
         (ClientConfig.transport). The userspace proxy terminates TCP on loopback, so the
         client's socket never sees that bottleneck: there it is told the configured rate.
         Behind a kernel qdisc (namespace backends), as on a real link, it estimates."""
-        return self.scenario.link.rate_mbit if self.link.kind == "userspace-proxy" else None
+        told = self.link.kind == "userspace-proxy" or self.opts.pace == "link"
+        return self.scenario.link.rate_mbit if told else None
 
     async def _run_one(self, strategy: str) -> dict[str, Any]:
         doc = self._base_doc(strategy)

@@ -186,7 +186,10 @@ def _plan_doc(client: Any) -> dict[str, Any]:
         "plan": None,
     }
     if plan is not None:
-        parts = [sorted(p - never, key=g.position) for p in plan.partitions]
+        # the partitions the session really sent: the strategy's, re-planned where the
+        # link moved, completed by the layers the best final plan runs on the server
+        sent = client.plan_state.partitions or plan.partitions
+        parts = [sorted(p - never, key=g.position) for p in sent]
         doc["plan"] = {
             "strategy": plan.strategy,
             "partitions": [p for p in parts if p],
@@ -196,6 +199,7 @@ def _plan_doc(client: Any) -> dict[str, Any]:
                 "objective": plan.policy.objective,
             },
             "notes": {str(k): v for k, v in plan.notes.items()},
+            "planned_partitions": len(plan.partitions),
         }
     return doc
 
@@ -218,6 +222,7 @@ def _timeline_doc(client: Any, run: _RunState) -> dict[str, Any]:
         "first_byte_delay_ms": None if delay is None else round(delay * 1000, 3),
         "head_start": list(tl.head_start),
         "loads": [[rel(a), rel(b), n, round(ms, 3)] for a, b, n, ms in tl.loads],
+        "activations": [[rel(a), rel(b)] for a, b in tl.activations],
     }
 
 

@@ -265,6 +265,10 @@ class UploadSession:
         """Plan the upload with the strategy (worker thread), from what the server holds,
         sending the head start meanwhile (see the module docstring)."""
         state = self._state
+        head = self.head_start()
+        # the first blob's frames are written before the planner's thread takes the CPU
+        first = asyncio.ensure_future(self._upload_layer(conn, head[0])) if head else None
+        await asyncio.sleep(0)
         ctx, never = state.context(), self._never_sent()
         strategy = get_planner(self._planner)
 
@@ -276,14 +280,19 @@ class UploadSession:
         planning.add_done_callback(self._planned)
         sent: list[str] = []
         try:
-            for name in self.head_start():
+            if first is not None:
+                await first
+                sent.append(head[0])
+            for name in head[1:]:
                 if planning.done():
                     break
                 await self._upload_layer(conn, name)
                 sent.append(name)
             found, partitions = await planning
         finally:
-            planning.cancel()  # only if the head start failed: the thread runs to its end
+            if first is not None:
+                first.cancel()  # only if the head start failed
+            planning.cancel()  # likewise (the thread runs to its end)
             self._timeline = replace(self._timeline, head_start=tuple(sent))
         state.start_upload(found, partitions)
 
@@ -455,7 +464,11 @@ class UploadSession:
         )
         started = time.monotonic()
         limit = self._config.limits.max_message_size
-        head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+        state.load_started()
+        try:
+            head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+        finally:
+            state.load_finished()
         done = parse_reply(head, LoadOk)
         state.adopt_ready(done.layers_ready)
         record = (started, time.monotonic(), len(part), float(done.load_ms))
@@ -482,7 +495,11 @@ class UploadSession:
             (ready, plan), self._to_activate = self._to_activate, None
             started = time.monotonic()
             await self.activate(ready, plan)
-            logger.info("client compile %.2f s", time.monotonic() - started)
+            record = (started, time.monotonic())
+            self._timeline = replace(
+                self._timeline, activations=(*self._timeline.activations, record)
+            )
+            logger.info("client compile %.2f s", record[1] - started)
 
     async def _activated(self) -> None:
         """Wait for the background activations (their errors end the session attempt)."""

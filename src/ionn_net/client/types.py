@@ -149,6 +149,8 @@ class UploadTimeline:
     #: each load of the session (§10.6): (sent at, answered at, layers, the server's
     #: own ``load_ms``)
     loads: tuple[tuple[float, float, int, float], ...] = ()
+    #: each plan activated after a load: (compile started, plan switched)
+    activations: tuple[tuple[float, float], ...] = ()
 
     @property
     def first_byte_delay_s(self) -> float | None:

@@ -19,13 +19,20 @@ Model:
   (``planned_s``): until then it sends only its head start (``head_start``, layers in
   order, each started before ``planned_s``; the link idles once they are sent), then the
   partitions, whose bytes exclude the head start's. Without either, the plan is known at 0.
-* **Loading.** One loader on the server: a partition becomes usable at
-  ``max(arrival, previous partition usable) + load``, where load is its layers' load
+* **Loading.** One loader on the server, which takes every partition that has arrived by
+  the time it is free as one load (as the client's session sends them): a partition
+  becomes usable at ``max(arrival, loader free) + load``, where load is its layers' load
   times + the partition overhead + compiling the run sets of the best plan with it
   (``PlanningContext.partition_load_s``). Queries never pay compilation.
-* **Server contention.** With ``loader_slowdown`` > 1, a server segment that starts while
-  the loader works (building and compiling a partition, or consolidating after the upload)
-  takes that many times its time: the loader and the query threads share the server's CPU.
+* **Client compile.** With ``activation_s``, the partitions of load ``k`` become usable
+  by queries ``activation_s[k]`` after the server has loaded them: the client compiles its
+  side of the new plan first (the server's loader does not wait for that).
+* **Server contention.** With ``loader_extra_s``, a server segment that starts while the
+  loader works (building and compiling a partition, or consolidating after the upload)
+  takes that much longer: the loader's threads and the query's share the server's CPU
+  and interpreter, and a call waits for them at each hand-over, whatever its size.
+* **Measured loads.** ``load_s`` gives the duration of the first loads (as a run
+  measured them, in order) instead of the per-layer model.
 * **Queries.** One at a time on the client (a query issued while another runs waits).
   A query takes the best execution plan (policy method) for the layers usable when it
   starts; each server segment costs upload of its input boundary tensors, one RTT,
@@ -43,7 +50,7 @@ import copy
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -163,6 +170,13 @@ class _Uploader:
         self.prefetched: set[str] = set()
         #: (start, end) of every load and of the consolidation: the loader is busy
         self.load_spans: list[tuple[float, float]] = []
+        #: partitions arrived but not loaded yet (record indices), and loads started
+        self.pending: list[int] = []
+        self.loads = 0
+        #: client compile after each load, before queries use the partition
+        self.activation_s: Sequence[float] = ()
+        #: measured load time of the first partitions, in order (else the model's)
+        self.measured_load_s: Sequence[float] = ()
         self.changes = list(link_changes)
         self.replanner = replanner
         self.now = 0.0
@@ -267,32 +281,56 @@ class _Uploader:
             self.current, self.in_head = None, False
             return
         part = self.current
+        rec = self.records[-1]
+        self.records[-1] = PartitionRecord(
+            rec.index, part, rec.wire_bytes, rec.sent_s, self.now, -1
+        )
+        self.pending.append(len(self.records) - 1)
+        self.sent_layers |= part
+        self.usable.append(self.usable[-1] | part)
+        self.current = None
+        self._commit(self.now)
+
+    def _commit(self, t: float) -> None:
+        """Start the loads due by ``t`` (every arrival up to ``t`` is known): the loader
+        takes every partition that has arrived by the time it is free, as one load (the
+        client's session sends them as one, §10.6)."""
+        while self.pending:
+            start = max(self.loader_free, self.records[self.pending[0]].arrived_s)
+            if start > t:
+                return
+            batch = [k for k in self.pending if self.records[k].arrived_s <= start]
+            del self.pending[: len(batch)]
+            self._load(batch, start)
+
+    def _load(self, batch: list[int], start: float) -> None:
         g = self.ctx.graph
-        layer_load = sum(float(self.ctx.load_s[g.position(n)]) for n in part)
-        self.batch_of.update(dict.fromkeys(part, len(self.records)))
-        usable = self.usable[-1] | part
+        layers = frozenset().union(*(self.records[k].layers for k in batch))
+        j = self.loads
+        self.loads += 1
+        layer_load = sum(float(self.ctx.load_s[g.position(n)]) for n in layers)
+        self.batch_of.update(dict.fromkeys(layers, j + 1))
+        usable = self.usable[batch[-1] + 1]
         fresh: list[frozenset[str]] = []
         segments: tuple[frozenset[str], ...] = ()
         if self.run_sets is not None and self.ctx.compile_ms_per_layer > 0:
-            segments = self.run_sets(usable, self.link_at(self.now)[1])
+            segments = self.run_sets(usable, self.link_at(start)[1])
             for seg in segments:
                 fresh.extend(p for p in self.pieces(seg) if p not in self.compiled)
             self.compiled.update(fresh)
         load = self.ctx.partition_load_s(layer_load, sum(map(len, fresh)))
-        ready = max(self.now, self.loader_free) + load
-        self.load_spans.append((ready - load, ready))
+        if j < len(self.measured_load_s):
+            load = self.measured_load_s[j]
+        ready = start + load
+        self.load_spans.append((start, ready))
         self.loader_free = ready
         if self.needed <= usable:  # complete: each segment becomes one slice, in turn
             whole = sum(len(s) for s in segments if len(self.pieces(s)) > 1)
             self.consolidated_at = ready + self.ctx.compile_ms_per_layer / 1000.0 * whole
             self.load_spans.append((ready, self.consolidated_at))
-        rec = self.records[-1]
-        self.records[-1] = PartitionRecord(
-            rec.index, part, rec.wire_bytes, rec.sent_s, self.now, ready
-        )
-        self.sent_layers |= part
-        self.usable.append(self.usable[-1] | part)
-        self.current = None
+        usable_at = ready + (self.activation_s[j] if j < len(self.activation_s) else 0.0)
+        for k in batch:
+            self.records[k] = replace(self.records[k], ready_s=usable_at)
 
     def pieces(self, layers: frozenset[str]) -> tuple[frozenset[str], ...]:
         """:meth:`LayerGraph.pieces` of usable ``layers`` (memoised: a pure function of
@@ -345,6 +383,7 @@ class _Uploader:
         twin.head = deque(self.head)
         twin.prefetched = set(self.prefetched)
         twin.load_spans = list(self.load_spans)
+        twin.pending = list(self.pending)
         twin.replanner = None
         return twin
 
@@ -352,18 +391,21 @@ class _Uploader:
         """True when nothing is left to send, every partition is usable at ``t`` and
         the server has compiled its chained segments as one slice (if it ever will)."""
         self.advance(t)
-        if self.queue or self.current is not None or t < self.planned_s:
+        self._commit(t)
+        if self.queue or self.current is not None or self.pending or t < self.planned_s:
             return False
-        usable = not self.records or self.records[-1].ready_s <= t
+        usable = not self.records or 0 <= self.records[-1].ready_s <= t
         return usable and (math.isinf(self.consolidated_at) or self.consolidated_at <= t)
 
     def loading_at(self, t: float) -> bool:
         """True while the server's loader works at ``t`` (the upload advanced to ``t``)."""
+        self._commit(min(t, self.now))
         return any(a <= t < b for a, b in reversed(self.load_spans))
 
     def usable_count(self, t: float) -> int:
         """Partitions usable at time ``t``."""
         self.advance(t)
+        self._commit(t)
         recs = self.records
         while self.n_usable < len(recs) and 0 <= recs[self.n_usable].ready_s <= t:
             self.n_usable += 1
@@ -375,6 +417,7 @@ class _Uploader:
             if self.now >= limit:
                 break
             self.advance(min(limit, self.now + 3600.0))
+        self._commit(math.inf)
         return self.records[-1].ready_s if self.records else 0.0
 
 
@@ -434,12 +477,12 @@ class _Runner:
         policy: ExecutionPolicy,
         up: _Uploader,
         memo: SimMemo,
-        loader_slowdown: float = 1.0,
+        loader_extra_s: float = 0.0,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.up = up
-        self.loader_slowdown = loader_slowdown
+        self.loader_extra_s = loader_extra_s
         self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
         self.plans = memo.plans
         self.run_sets = memo.run_sets
@@ -511,8 +554,8 @@ class _Runner:
         srv += self._piece_overhead_s(seg, t)
         up_s = up_b / link.bandwidth
         self.up.advance(t)
-        if self.loader_slowdown != 1.0 and self.up.loading_at(t + up_s):
-            srv *= self.loader_slowdown
+        if self.loader_extra_s and self.up.loading_at(t + up_s):
+            srv += self.loader_extra_s
         self.up.add_busy(t, t + up_s)
         t += up_s + link.rtt_s + srv
         down_s = down_b / link.down
@@ -695,17 +738,24 @@ def simulate_partitions(
     memo: SimMemo | None = None,
     head_start: Sequence[str] = (),
     planned_s: float = 0.0,
-    loader_slowdown: float = 1.0,
+    loader_extra_s: float = 0.0,
+    activation_s: Sequence[float] = (),
+    load_s: Sequence[float] = (),
 ) -> SimResult:
     """:func:`simulate` for a bare list of partitions and a policy. ``memo`` (made for
     the same context and policy) lets several simulations share their execution plans.
     ``planned_s``: when the client knows its plan; until then it sends ``head_start``
-    (see the module docstring). ``loader_slowdown``: how much slower a server segment
-    runs while the loader works (see "Server contention")."""
-    if not (math.isfinite(loader_slowdown) and loader_slowdown >= 1.0):
-        raise PlannerError(
-            f"loader_slowdown: expected a finite factor >= 1, got {loader_slowdown!r}"
-        )
+    (see the module docstring). ``loader_extra_s``: how much longer a server segment
+    takes while the loader works (see "Server contention"); ``activation_s``: the
+    client's compile time after each load (see "Client compile"); ``load_s``: measured
+    load times of the first partitions (see "Measured loads")."""
+    for name, values in (
+        ("activation_s", activation_s),
+        ("load_s", load_s),
+        ("loader_extra_s", (loader_extra_s,)),
+    ):
+        if any(not (math.isfinite(v) and v >= 0) for v in values):
+            raise PlannerError(f"{name}: expected finite seconds >= 0, got {values!r}")
     if not 1 <= max_queries <= _MAX_QUERIES:
         raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
     if memo is None:
@@ -723,7 +773,9 @@ def simulate_partitions(
         replanner,
         head=(tuple(head_start), planned_s),
     )
-    runner = _Runner(ctx, policy, up, memo, loader_slowdown)
+    up.activation_s = tuple(activation_s)
+    up.measured_load_s = tuple(load_s)
+    runner = _Runner(ctx, policy, up, memo, loader_extra_s)
     pattern = ctx.pattern
     limit = min(
         until_s if until_s is not None else math.inf,
