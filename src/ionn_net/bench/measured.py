@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
-
-from ionn_net.planner.link import Link
 
 __all__ = ["MeasuredInputs", "measured_inputs"]
 
@@ -63,14 +61,6 @@ class MeasuredInputs:
             "pace_mbit": [[round(t, 3), round(b * 8e-6, 3)] for t, b in self.pace],
             "samples": dict(self.samples or {}),
         }
-
-    def link_changes(self, link: Link) -> list[tuple[float, Link]]:
-        """The pacing rate over time as the upload's link (never above the probed one)."""
-        out: list[tuple[float, Link]] = []
-        for t, rate in self.pace:
-            if t > 0 and (not out or t > out[-1][0]):
-                out.append((t, replace(link, bandwidth=min(link.bandwidth, rate))))
-        return out
 
 
 def _segments(

@@ -123,7 +123,6 @@ def _replay(
     objective = (plan.get("policy") or {}).get("objective", "latency")
     overhead = _overhead_ms(doc)
     server_ms, load_ms = per_layer["server_ms"], per_layer["load_ms"]
-    changes: list[tuple[float, Link]] = []
     extra = 0.0
     activation: tuple[float, ...] = ()
     load_s: tuple[float, ...] = ()
@@ -132,7 +131,6 @@ def _replay(
         server_ms = {n: v * inputs.exec_scale for n, v in server_ms.items()}
         load_ms = {n: v * inputs.load_scale for n, v in load_ms.items()}
         overhead *= inputs.load_scale
-        changes = inputs.link_changes(link)
         extra = inputs.loader_extra_s
     ctx = PlanningContext(
         graph=graph,
@@ -156,7 +154,7 @@ def _replay(
         max_queries=_MAX_SIM_QUERIES,
         head_start=head,
         planned_s=planned_s,
-        link_changes=changes,
+        pace=inputs.pace if inputs is not None else (),
         loader_extra_s=extra,
         activation_s=activation,
         load_s=load_s,

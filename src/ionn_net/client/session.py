@@ -134,6 +134,8 @@ class UploadSession:
         self._closing = False
         self._uploaded: set[str] = set()
         self._timeline = UploadTimeline()
+        # the re-planning of the rest of the upload in a worker thread, while it goes on
+        self._replanning: asyncio.Future[list[frozenset[str]]] | None = None
         # the newest (ready, plan) to activate after a load, and the task compiling it
         self._to_activate: tuple[frozenset[str], ExecutionPlan] | None = None
         self._activating: asyncio.Task[None] | None = None
@@ -323,8 +325,19 @@ class UploadSession:
 
     async def _maybe_replan(self) -> None:
         """Re-plan the rest of the upload when the measured bandwidth has moved by more
-        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU)."""
+        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU).
+        The strategy re-plans in a worker thread while the upload goes on with the current
+        plan (an idle link would cost more than a partition sent in the old order: ``ours``
+        re-plans for seconds); the new partitions, minus what went up meanwhile, replace
+        the rest at the first partition boundary after it is done."""
         state = self._state
+        task = self._replanning
+        if task is not None:
+            if task.done():
+                self._replanning = None
+                sent = state.sent()
+                state.replace_rest([p - sent for p in task.result() if p - sent])
+            return
         now = time.monotonic()
         if not state.replan_due(now):
             return
@@ -336,7 +349,7 @@ class UploadSession:
             found = strategy.replan(ctx, sent - ctx.held, ctx.link, now - self._started)
             return with_completion(ctx, found.partitions, sent, never)
 
-        state.replace_rest(await asyncio.to_thread(replan, ctx))
+        self._replanning = asyncio.ensure_future(asyncio.to_thread(replan, ctx))
 
     def _never_sent(self) -> frozenset[str]:
         return self._state.never() | frozenset(self._prepared.graph.inputs)
@@ -373,6 +386,9 @@ class UploadSession:
             loader.cancel()
             if self._activating is not None and not self._activating.done():
                 self._activating.cancel()
+            if self._replanning is not None:  # the plan it would change is all sent
+                self._replanning.cancel()
+                self._replanning = None
         self._emit_progress(done=True)
 
     async def _load_in_order(

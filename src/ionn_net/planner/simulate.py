@@ -31,6 +31,8 @@ Model:
   loader works (building and compiling a partition, or consolidating after the upload)
   takes that much longer: the loader's threads and the query's share the server's CPU
   and interpreter, and a call waits for them at each hand-over, whatever its size.
+* **Pacing.** With ``pace``, the upload (not the queries' tensors) goes no faster than
+  the client's pacer lets it, from each given time on.
 * **Measured loads.** ``load_s`` gives the duration of the first loads (as a run
   measured them, in order) instead of the per-layer model.
 * **Queries.** One at a time on the client (a query issued while another runs waits).
@@ -177,6 +179,8 @@ class _Uploader:
         self.activation_s: Sequence[float] = ()
         #: measured load time of the first partitions, in order (else the model's)
         self.measured_load_s: Sequence[float] = ()
+        #: (from time, bytes/s): the pacing rate the upload (only) is held to
+        self.pace: Sequence[tuple[float, float]] = ()
         self.changes = list(link_changes)
         self.replanner = replanner
         self.now = 0.0
@@ -208,6 +212,18 @@ class _Uploader:
             if when <= t:
                 idx, link = i + 1, new
         return idx, link
+
+    def pace_at(self, t: float) -> float:
+        """The rate the client's pacer lets the upload go at (bytes/s; inf: unpaced)."""
+        rate = math.inf
+        for when, value in self.pace:
+            if when > t:
+                break
+            rate = value
+        return rate
+
+    def next_pace(self, t: float) -> float:
+        return next((when for when, _ in self.pace if when > t), math.inf)
 
     def next_change(self, t: float) -> float:
         return next((when for when, _ in self.changes if when > t), math.inf)
@@ -297,7 +313,7 @@ class _Uploader:
         client's session sends them as one, §10.6)."""
         while self.pending:
             start = max(self.loader_free, self.records[self.pending[0]].arrived_s)
-            if start > t:
+            if start >= t:  # partitions arriving at ``start`` itself join this load
                 return
             batch = [k for k in self.pending if self.records[k].arrived_s <= start]
             del self.pending[: len(batch)]
@@ -360,8 +376,13 @@ class _Uploader:
             if self.busy and self.busy[0][0] <= self.now:
                 self.now = min(self.busy[0][1], t)
                 continue
-            horizon = min(t, self.busy[0][0] if self.busy else math.inf, self.next_change(self.now))
-            bw = self.link_at(self.now)[1].bandwidth
+            horizon = min(
+                t,
+                self.busy[0][0] if self.busy else math.inf,
+                self.next_change(self.now),
+                self.next_pace(self.now),
+            )
+            bw = min(self.link_at(self.now)[1].bandwidth, self.pace_at(self.now))
             if self.rem <= (horizon - self.now) * bw:
                 self.now += self.rem / bw
                 self.rem = 0.0
@@ -369,6 +390,11 @@ class _Uploader:
             else:
                 self.rem -= (horizon - self.now) * bw
                 self.now = horizon
+
+    def settle(self, t: float) -> None:
+        """Move the upload forward to ``t`` and start the loads due by then."""
+        self.advance(t)
+        self._commit(t)
 
     def clone(self) -> _Uploader:
         """An independent copy that never calls the replanner (for look-ahead)."""
@@ -593,7 +619,7 @@ class _Runner:
             # partition becomes usable, without committing the real one past ``t``
             event = self.up.next_change(t)
             peek = self.up.clone()
-            peek.advance(min(end, event))
+            peek.settle(min(end, event))
             recs = peek.records
             if k < len(recs) and recs[k].ready_s >= 0:
                 event = min(event, recs[k].ready_s)
@@ -741,6 +767,7 @@ def simulate_partitions(
     loader_extra_s: float = 0.0,
     activation_s: Sequence[float] = (),
     load_s: Sequence[float] = (),
+    pace: Sequence[tuple[float, float]] = (),
 ) -> SimResult:
     """:func:`simulate` for a bare list of partitions and a policy. ``memo`` (made for
     the same context and policy) lets several simulations share their execution plans.
@@ -748,7 +775,8 @@ def simulate_partitions(
     (see the module docstring). ``loader_extra_s``: how much longer a server segment
     takes while the loader works (see "Server contention"); ``activation_s``: the
     client's compile time after each load (see "Client compile"); ``load_s``: measured
-    load times of the first partitions (see "Measured loads")."""
+    load times of the first partitions (see "Measured loads"); ``pace``: (from time,
+    bytes/s) the upload's pacing rate over time (query tensors are not paced)."""
     for name, values in (
         ("activation_s", activation_s),
         ("load_s", load_s),
@@ -775,6 +803,7 @@ def simulate_partitions(
     )
     up.activation_s = tuple(activation_s)
     up.measured_load_s = tuple(load_s)
+    up.pace = tuple(sorted(pace))
     runner = _Runner(ctx, policy, up, memo, loader_extra_s)
     pattern = ctx.pattern
     limit = min(
