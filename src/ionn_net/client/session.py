@@ -35,6 +35,7 @@ from dataclasses import replace
 from typing import Any
 
 from ionn_net.aio import AioConnection, connect
+from ionn_net.client.background import Activations, head_start_layers
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
@@ -136,9 +137,8 @@ class UploadSession:
         self._timeline = UploadTimeline()
         # the re-planning of the rest of the upload in a worker thread, while it goes on
         self._replanning: asyncio.Future[list[frozenset[str]]] | None = None
-        # the newest (ready, plan) to activate after a load, and the task compiling it
-        self._to_activate: tuple[frozenset[str], ExecutionPlan] | None = None
-        self._activating: asyncio.Task[None] | None = None
+        # plans activated after loads, compiled in the background
+        self._activations = Activations(self.activate)
 
     @property
     def connection(self) -> AioConnection | None:
@@ -153,7 +153,7 @@ class UploadSession:
     @property
     def timeline(self) -> UploadTimeline:
         """Milestones of the latest session's upload (see :class:`UploadTimeline`)."""
-        return self._timeline
+        return replace(self._timeline, activations=tuple(self._activations.records))
 
     def stop(self) -> None:
         """End the loop at its next turn (the caller cancels the task)."""
@@ -266,8 +266,14 @@ class UploadSession:
     async def _plan_upload(self, conn: AioConnection) -> None:
         """Plan the upload with the strategy (worker thread), from what the server holds,
         sending the head start meanwhile (see the module docstring)."""
-        state = self._state
-        head = self.head_start()
+        state, prepared = self._state, self._prepared
+        head = head_start_layers(  # blobs that go up in _HEAD_BLOB_S at most
+            prepared.graph,
+            prepared.layer_blob,
+            held_blobs=state.held_blobs,
+            never=self._never_sent(),
+            max_bytes=state.link.bandwidth * _HEAD_BLOB_S,
+        )
         # the first blob's frames are written before the planner's thread takes the CPU
         first = asyncio.ensure_future(self._upload_layer(conn, head[0])) if head else None
         await asyncio.sleep(0)
@@ -301,35 +307,11 @@ class UploadSession:
     def _planned(self, _: object) -> None:
         self._timeline = replace(self._timeline, planned_at=time.monotonic())
 
-    def head_start(self) -> list[str]:
-        """The layers sent while the client plans: the model's first layers in
-        topological order (those without weights skipped: nothing to send), up to the
-        first whose blob would take more than ``_HEAD_BLOB_S`` at the estimated
-        bandwidth, or that the server must never run."""
-        state, prepared = self._state, self._prepared
-        never = self._never_sent()
-        limit = state.link.bandwidth * _HEAD_BLOB_S
-        out: list[str] = []
-        for name in prepared.graph.order:
-            if name in never:
-                if name in prepared.graph.inputs:
-                    continue
-                break
-            digest, size = prepared.layer_blob[name]
-            if digest is None or digest in state.held_blobs:
-                continue
-            if size > limit:
-                break
-            out.append(name)
-        return out
-
     async def _maybe_replan(self) -> None:
         """Re-plan the rest of the upload when the measured bandwidth has moved by more
-        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU).
-        The strategy re-plans in a worker thread while the upload goes on with the current
-        plan (an idle link would cost more than a partition sent in the old order: ``ours``
-        re-plans for seconds); the new partitions, minus what went up meanwhile, replace
-        the rest at the first partition boundary after it is done."""
+        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU), in
+        a worker thread while the upload goes on (``ours`` plans for seconds); the result,
+        minus what went up meanwhile, replaces the rest at the next partition boundary."""
         state = self._state
         task = self._replanning
         if task is not None:
@@ -381,11 +363,10 @@ class UploadSession:
                 await self._maybe_replan()
             loads.put_nowait(None)
             await loader
-            await self._activated()
+            await self._activations.wait()
         finally:
             loader.cancel()
-            if self._activating is not None and not self._activating.done():
-                self._activating.cancel()
+            self._activations.cancel()
             if self._replanning is not None:  # the plan it would change is all sent
                 self._replanning.cancel()
                 self._replanning = None
@@ -495,33 +476,7 @@ class UploadSession:
             time.monotonic() - started,
             done.load_ms,
         )
-        self._activate_soon(state.ready, plan)
-
-    def _activate_soon(self, ready: frozenset[str], plan: ExecutionPlan) -> None:
-        """Compile and switch to ``plan`` in the background: the next load goes to the
-        server meanwhile (the server loads while the client compiles, as the planner's
-        simulator assumes); if several loads finish during one compile, only the newest
-        plan is compiled next."""
-        self._to_activate = (ready, plan)
-        if self._activating is None or self._activating.done():
-            self._activating = asyncio.create_task(self._activate_newest())
-
-    async def _activate_newest(self) -> None:
-        while self._to_activate is not None:
-            (ready, plan), self._to_activate = self._to_activate, None
-            started = time.monotonic()
-            await self.activate(ready, plan)
-            record = (started, time.monotonic())
-            self._timeline = replace(
-                self._timeline, activations=(*self._timeline.activations, record)
-            )
-            logger.info("client compile %.2f s", record[1] - started)
-
-    async def _activated(self) -> None:
-        """Wait for the background activations (their errors end the session attempt)."""
-        task = self._activating
-        if task is not None:
-            await task
+        self._activations.submit(state.ready, plan)
 
     # -- progress ------------------------------------------------------------------------
 
