@@ -1,5 +1,6 @@
 """The upload starts within 50 ms of the session being ready, while the client still
-plans (ionn_net.client.session: the head start). Real client, real server, real TCP."""
+plans (ionn_net.client.session: the head start), and what a query measures while the
+server loads teaches the client nothing. Real client, real server, real TCP."""
 
 from __future__ import annotations
 
@@ -43,6 +44,19 @@ async def test_the_first_upload_byte_leaves_while_the_client_plans(
         await c.wait_uploaded(timeout=120)
         result = await c.infer_detailed(x)
         timeline = c.upload_timeline
+        # While a load runs the server's loader shares its CPU with the queries: answers
+        # that slow teach the client nothing; once the load is over they do.
+        state, ran = c.plan_state, sorted(c.plan_state.ready)
+        slow_ms = 20 * sum(c.server_ms[n] for n in ran)
+        before = state.learned.server_scale
+        state.load_started()
+        for _ in range(10):
+            state.observe_round_trip(slow_ms / 1000, 0, 0, server_ms=slow_ms, ran=ran)
+        assert state.learned.server_scale == before
+        state.load_finished()
+        for _ in range(10):
+            state.observe_round_trip(slow_ms / 1000, 0, 0, server_ms=slow_ms, ran=ran)
+        assert state.learned.server_scale > 2 * before
     assert timeline.ready_at is not None and timeline.first_byte_at is not None
     assert timeline.planned_at is not None
     delay = timeline.first_byte_delay_s
