@@ -4,12 +4,13 @@ Owns :func:`measured_inputs`. The server's cost model is calibrated once on smal
 (its per-layer error is large, BENCHMARKS.md) and the machine's load changes between
 calibration and run, so replaying a run with the announced costs tests the cost model
 more than the simulator. Every input here comes from what the same run recorded, each
-for one mechanism the simulator charges:
+for one mechanism the simulator charges (a speed is a median, robust to the odd slow
+call; an extra time a mean, since it is charged to predict a mean latency):
 
 * ``exec_scale``: the server's real speed: median over server segments run while the
   server's loader was idle of the compute time the server reported (§10.7) over the cost
   model's prediction for the same layers;
-* ``loader_extra_s``: server contention: median of the compute time the server reported
+* ``loader_extra_s``: server contention: the mean of the compute time the server reported
   for segments that overlapped a load (build and compile of a partition, §10.6) minus
   what ``exec_scale`` predicts for them (the loader's threads and the query's share the
   server's CPU and interpreter: measured, the extra hardly depends on the segment's
@@ -20,6 +21,10 @@ for one mechanism the simulator charges:
   over what the cost model predicts for the layers loaded (plus its per-load overhead);
 * ``activation_s``: the client's compile time for the plan of each load, in order
   (TensorFlow traces its side of the new plan before queries switch to it);
+* ``client_extra_s``: client contention: the mean, over queries run entirely on the
+  client while the upload was not over, of their latency minus the client profile's
+  (the upload's own work on the client, compressing and framing blobs, planning and
+  compiling, shares the CPU with them);
 * ``pace``: the rate the client's pacer let the upload go at over time (aio.pacing: the
   upload never exceeds it), as the simulator's link changes during the upload.
 """
@@ -49,6 +54,7 @@ class MeasuredInputs:
     load_s: tuple[float, ...] = ()
     pace: tuple[tuple[float, float], ...] = ()  # (time s, upload bytes/s)
     activation_s: tuple[float, ...] = ()
+    client_extra_s: float = 0.0
     samples: Mapping[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -58,6 +64,7 @@ class MeasuredInputs:
             "load_scale": self.load_scale,
             "load_s": [round(v, 4) for v in self.load_s],
             "activation_s": [round(a, 4) for a in self.activation_s],
+            "client_extra_s": self.client_extra_s,
             "pace_mbit": [[round(t, 3), round(b * 8e-6, 3)] for t, b in self.pace],
             "samples": dict(self.samples or {}),
         }
@@ -83,6 +90,21 @@ def _segments(
             busy = any(a < q["end"] and q["t"] < b for a, b in spans)
             (loading if busy else idle).append((pred, float(ms)))
     return idle, loading
+
+
+def _client_extra_s(doc: Mapping[str, Any]) -> float:
+    done = doc["metrics"].get("upload_done_s")
+    if done is None or doc.get("strategy") == "local":
+        return 0.0
+    local_ms = sum(float(v) for v in doc["per_layer"]["client_ms"].values())
+    extra = [
+        float(q["ms"]) - local_ms
+        for q in doc.get("queries") or ()
+        if q["t"] < done and not any(s[0] == "server" for s in q["segments"])
+    ]
+    if len(extra) < _MIN_SAMPLES:
+        return 0.0
+    return max(0.0, statistics.fmean(extra)) / 1000.0
 
 
 def _load_scale(doc: Mapping[str, Any], layers: Sequence[str], overhead_ms: float) -> float:
@@ -129,7 +151,7 @@ def measured_inputs(
     exec_scale = statistics.median(ratios or [1.0])
     extra = 0.0
     if len(loading) >= _MIN_SAMPLES and len(idle) >= _MIN_SAMPLES:
-        extra = max(0.0, statistics.median(ms - pred * exec_scale for pred, ms in loading))
+        extra = max(0.0, statistics.fmean(ms - pred * exec_scale for pred, ms in loading))
     load_s: tuple[float, ...] = ()
     if loads and len(loads) <= len(partitions):
         load_s = tuple(float(ms) / 1000.0 for _, _, _, ms in loads)
@@ -139,6 +161,7 @@ def measured_inputs(
         load_scale=_load_scale(doc, layers, overhead_ms),
         load_s=load_s,
         pace=_pace(doc),
+        client_extra_s=_client_extra_s(doc),
         activation_s=tuple(
             max(0.0, float(b) - float(a))
             for a, b in (doc.get("timing") or {}).get("activations") or ()

@@ -16,8 +16,10 @@ mean signed error), and the error of every summary metric (mean latency during
 upload, upload completion, first offloaded query, time to N queries).
 
 Two replays: the main one takes the server's speed, its loads' duration, the contention
-between its loader and its queries and the upload's pacing rate from what the run
-itself measured (:mod:`.measured`); ``announced`` takes the server's cost model as
+between its loader and its queries, the client's own contention and compile time and the
+upload's pacing rate from what the run itself measured (:mod:`.measured`), and lets
+queries choose their plans with the announced costs until one has run on the server, as
+the client does; ``announced`` takes the server's cost model as
 announced and the probed link. Both charge the planning time the client really took
 (the head start goes up meanwhile, ``timing.planned_s``). Known blind spots (part of
 the error): the client's compile time for each new plan, and the server's background
@@ -155,6 +157,9 @@ def _replay(
         head_start=head,
         planned_s=planned_s,
         pace=inputs.pace if inputs is not None else (),
+        client_extra_s=inputs.client_extra_s if inputs is not None else 0.0,
+        # the client plans with the announced costs until its queries measure the server
+        plan_server_ms=per_layer["server_ms"] if inputs is not None else None,
         loader_extra_s=extra,
         activation_s=activation,
         load_s=load_s,

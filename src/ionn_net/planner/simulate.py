@@ -31,6 +31,14 @@ Model:
   loader works (building and compiling a partition, or consolidating after the upload)
   takes that much longer: the loader's threads and the query's share the server's CPU
   and interpreter, and a call waits for them at each hand-over, whatever its size.
+* **Client contention.** With ``client_extra_s``, a query that runs part of the model
+  on the client while the upload is not over takes that much longer: the client's own
+  upload work (compressing and framing blobs, planning, compiling new plans) shares its
+  CPU and interpreter with the query.
+* **Planning view.** With ``plan_server_ms``, queries choose their plans with those
+  server times (the client's prior, e.g. the server's announced cost model) until the
+  first query that ran on the server; from then on with the context's (what the client
+  learns from each answer).
 * **Pacing.** With ``pace``, the upload (not the queries' tensors) goes no faster than
   the client's pacer lets it, from each given time on.
 * **Measured loads.** ``load_s`` gives the duration of the first loads (as a run
@@ -51,16 +59,28 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ionn_net.errors import PlannerError
-from ionn_net.planner.execution import ExecutionPlan, ExecutionPlanner, Segment, planner_for
+from ionn_net.planner.execution import (
+    ExecutionPlan,
+    ExecutionPlanner,
+    LayerTimes,
+    Segment,
+    planner_for,
+)
 from ionn_net.planner.link import Link
-from ionn_net.planner.timeline import PartitionRecord, QueryRecord, SimResult
-from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern, UploadPlan
+from ionn_net.planner.timeline import (
+    PartitionRecord,
+    QueryRecord,
+    SimResult,
+    issue_time,
+    repeat_query,
+)
+from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, UploadPlan
 
 __all__ = [
     "PartitionRecord",
@@ -396,8 +416,10 @@ class SimMemo:
     def __init__(self, ctx: PlanningContext, policy: ExecutionPolicy) -> None:
         self.ctx = ctx
         self.policy = policy
-        self.plans: dict[tuple[frozenset[str], _LinkKey, int], ExecutionPlan] = {}
-        self.run_sets: dict[tuple[frozenset[str], _LinkKey], tuple[frozenset[str], ...]] = {}
+        # keyed also by whether the plans are chosen with the context's times (True) or
+        # with a simulation's planning view (False: such a simulation has its own memo)
+        self.plans: dict[tuple[frozenset[str], _LinkKey, int, bool], ExecutionPlan] = {}
+        self.run_sets: dict[tuple[frozenset[str], _LinkKey, bool], tuple[frozenset[str], ...]] = {}
         self.seg_costs: dict[tuple[tuple[str, ...], object], tuple[float, float, float]] = {}
         self.pieces: dict[frozenset[tuple[str, int]], tuple[frozenset[str], ...]] = {}
 
@@ -430,12 +452,19 @@ class _Runner:
         policy: ExecutionPolicy,
         up: _Uploader,
         memo: SimMemo,
+        *,
         loader_extra_s: float = 0.0,
+        client_extra_s: float = 0.0,
+        view: LayerTimes | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.up = up
         self.loader_extra_s = loader_extra_s
+        self.client_extra_s = client_extra_s
+        #: what plans are chosen with until a query has run on the server ("Planning view")
+        self.view = ctx.times if view is None else view
+        self.learned = view is None
         self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
         self.plans = memo.plans
         self.run_sets = memo.run_sets
@@ -447,11 +476,11 @@ class _Runner:
     def run_sets_for(self, usable: frozenset[str], link: Link) -> tuple[frozenset[str], ...]:
         """Server segments of the best plan with ``usable`` layers: what the server
         prepares when a partition lands."""
-        key = (usable, _link_key(link))
+        key = (usable, _link_key(link), self.learned)
         if key in self.run_sets:
             return self.run_sets[key]
         plan = self.planner.solve(
-            self.ctx.times,
+            self.view,
             self.planner.servable(usable),
             link,
             objective=self.policy.objective,
@@ -477,10 +506,10 @@ class _Runner:
     def plan(self, k: int, link_idx: int, link: Link, start: int = 0) -> ExecutionPlan:
         del link_idx  # the link itself is part of the key
         usable = self.up.usable[k]
-        key = (usable, _link_key(link), start)
+        key = (usable, _link_key(link), start, self.learned)
         if key not in self.plans:
             self.plans[key] = self.planner.solve(
-                self.ctx.times,
+                self.view,
                 self.planner.servable(usable),
                 link,
                 objective=self.policy.objective,
@@ -566,8 +595,9 @@ class _Runner:
             acc.compute += dt
         return t, pos + n, None
 
-    def run(self, start: float, acc: _Acc) -> float:
-        """Execute one query from time ``start``; return its finish time."""
+    def run(self, start: float, acc: _Acc, *, uploading: bool = False) -> float:
+        """Execute one query from time ``start``; return its finish time. ``uploading``:
+        the upload is not over, so its client segments pay ``client_extra_s``."""
         k = self.up.usable_count(start)
         link_idx, link = self.up.link_at(start)
         segments = list(self.plan(k, link_idx, link).segments)
@@ -580,6 +610,10 @@ class _Runner:
                 t = self._run_server(seg, t, acc)
                 pos += len(seg.layers)
                 continue
+            if uploading and self.client_extra_s:  # once per query (see "Client contention")
+                t += self.client_extra_s
+                acc.compute += self.client_extra_s
+                uploading = False
             t, pos, changed = self._run_client(
                 seg, t, pos, k=k, link_idx=link_idx, acc=acc, declined=declined
             )
@@ -596,46 +630,9 @@ class _Runner:
             else:  # not worth it: keep to the course until more layers land
                 declined = changed[0]
             segments, si = list(rest.segments), 0
+        if acc.server and not self.learned:  # the client has measured the server now
+            self.learned, self.view = True, self.ctx.times
         return t
-
-
-def _issue_time(pattern: QueryPattern, i: int, prev_end: float) -> float:
-    if pattern.kind == "rate":
-        assert pattern.rate_qps is not None
-        return i / pattern.rate_qps
-    return prev_end
-
-
-def _repeat(
-    records: list[QueryRecord], rec: QueryRecord, pattern: QueryPattern, limit: float, total: int
-) -> float:
-    """Append copies of ``rec`` (same service time) until the pattern's limit or
-    ``total`` queries; return the last finish time."""
-    service = rec.finished_s - rec.started_s
-    prev_end = rec.finished_s
-    i = rec.index + 1
-    while i < total:
-        issued = _issue_time(pattern, i, prev_end)
-        if issued >= limit:
-            break
-        started = max(issued, prev_end)
-        prev_end = started + service
-        records.append(
-            QueryRecord(
-                i,
-                issued,
-                started,
-                prev_end,
-                rec.server_layers,
-                rec.compute_s,
-                rec.transfer_s,
-                rec.wait_s,
-                rec.energy_j,
-                0,
-            )
-        )
-        i += 1
-    return prev_end
 
 
 def _validate_changes(changes: Sequence[tuple[float, Link]]) -> list[tuple[float, Link]]:
@@ -695,6 +692,8 @@ def simulate_partitions(
     activation_s: Sequence[float] = (),
     load_s: Sequence[float] = (),
     pace: Sequence[tuple[float, float]] = (),
+    client_extra_s: float = 0.0,
+    plan_server_ms: Mapping[str, float] | None = None,
 ) -> SimResult:
     """:func:`simulate` for a bare list of partitions and a policy. ``memo`` (made for
     the same context and policy) lets several simulations share their execution plans.
@@ -703,16 +702,24 @@ def simulate_partitions(
     takes while the loader works (see "Server contention"); ``activation_s``: the
     client's compile time after each load (see "Client compile"); ``load_s``: measured
     load times of the first partitions (see "Measured loads"); ``pace``: (from time,
-    bytes/s) the upload's pacing rate over time (query tensors are not paced)."""
+    bytes/s) the upload's pacing rate over time (query tensors are not paced);
+    ``client_extra_s``: what a query's client side pays while the upload runs (see
+    "Client contention"); ``plan_server_ms``: the server times plans are chosen with
+    until a query has run on the server (see "Planning view")."""
     for name, values in (
         ("activation_s", activation_s),
         ("load_s", load_s),
         ("loader_extra_s", (loader_extra_s,)),
+        ("client_extra_s", (client_extra_s,)),
     ):
         if any(not (math.isfinite(v) and v >= 0) for v in values):
             raise PlannerError(f"{name}: expected finite seconds >= 0, got {values!r}")
     if not 1 <= max_queries <= _MAX_QUERIES:
         raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
+    view = None
+    if plan_server_ms is not None:
+        view = LayerTimes.from_ms(ctx.graph, ctx.client_ms, plan_server_ms)
+        memo = None  # plans chosen with this view are this simulation's own
     if memo is None:
         memo = SimMemo(ctx, policy)
     memo.check(ctx, policy)
@@ -731,7 +738,15 @@ def simulate_partitions(
     up.activation_s = tuple(activation_s)
     up.measured_load_s = tuple(load_s)
     up.pace = tuple(sorted(pace))
-    runner = _Runner(ctx, policy, up, memo, loader_extra_s)
+    runner = _Runner(
+        ctx,
+        policy,
+        up,
+        memo,
+        loader_extra_s=loader_extra_s,
+        client_extra_s=client_extra_s,
+        view=view,
+    )
     pattern = ctx.pattern
     limit = min(
         until_s if until_s is not None else math.inf,
@@ -744,13 +759,14 @@ def simulate_partitions(
     total = min(count, max_queries)
     i = 0
     while i < total:
-        issued = _issue_time(pattern, i, prev_end)
+        issued = issue_time(pattern, i, prev_end)
         if issued >= limit or (open_ended and i > 0 and up.finished_by(issued)):
             break
         started = max(issued, prev_end)
         acc = _Acc()
-        steady = up.finished_by(started) and math.isinf(up.next_change(started))
-        prev_end = runner.run(started, acc)
+        done = up.finished_by(started)
+        steady = done and math.isinf(up.next_change(started))
+        prev_end = runner.run(started, acc, uploading=not done)
         energy = ctx.power.energy_j(compute_s=acc.compute, transfer_s=acc.transfer, wait_s=acc.wait)
         rec = QueryRecord(
             i,
@@ -768,7 +784,7 @@ def simulate_partitions(
         i += 1
         if steady and not open_ended:
             # nothing changes any more: every later query repeats this one
-            prev_end = _repeat(records, rec, pattern, limit, total)
+            prev_end = repeat_query(records, rec, pattern, limit, total)
             break
     up.drain(limit=prev_end + 1e7)
     return SimResult(

@@ -134,3 +134,17 @@ def test_bad_planning_inputs_raise_planner_error() -> None:
         run(load_s=[-1.0])
     with pytest.raises(PlannerError, match="loader_extra_s"):
         run(loader_extra_s=math.nan)
+
+
+def test_a_query_pays_the_client_contention_once_while_the_upload_runs() -> None:
+    c = ctx().with_(pattern=QueryPattern.back_to_back(count=6))
+    policy = ExecutionPolicy("fine")
+    base = simulate_partitions(c, [A, B], policy)
+    busy = simulate_partitions(c, [A, B], policy, client_extra_s=0.1)
+    assert base.queries[0].latency_s == pytest.approx(3.0)
+    assert busy.queries[0].latency_s == pytest.approx(3.1)  # local, during the upload
+    done = busy.upload_done_s
+    after = [(q, b) for q, b in zip(base.queries, busy.queries, strict=True) if b.started_s >= done]
+    assert after
+    for q, b in after:  # the upload is over: nothing added
+        assert b.latency_s == pytest.approx(q.latency_s)
