@@ -148,3 +148,20 @@ def test_a_query_pays_the_client_contention_once_while_the_upload_runs() -> None
     assert after
     for q, b in after:  # the upload is over: nothing added
         assert b.latency_s == pytest.approx(q.latency_s)
+
+
+def test_queries_plan_with_the_prior_until_one_has_run_on_the_server() -> None:
+    c = ctx().with_(pattern=QueryPattern.back_to_back(count=6))
+    policy = ExecutionPolicy("fine")
+    truth = simulate_partitions(c, [A, B], policy)
+    assert any(q.server_layers for q in truth.queries)
+    # a prior that makes the server look slow: the client never offloads, so it never
+    # measures the server and keeps planning with the prior
+    slow = {"in": 0.0, "l0": 1e5, "l1": 1e5}
+    prior = simulate_partitions(c, [A, B], policy, plan_server_ms=slow)
+    assert not any(q.server_layers for q in prior.queries)
+    assert all(q.latency_s == pytest.approx(3.0) for q in prior.queries)
+    # a prior only a little off still offloads; after that the plans are the context's
+    near = {"in": 0.0, "l0": 20.0, "l1": 20.0}
+    learned = simulate_partitions(c, [A, B], policy, plan_server_ms=near)
+    assert [q.server_layers for q in learned.queries] == [q.server_layers for q in truth.queries]
