@@ -285,10 +285,10 @@ def summary_markdown(
         out += _group_table(docs)
         out += [
             "",
-            "Simulator (replaying each run's own partitions with the server speed, load "
-            "times, loader contention, client compile, planning time and pacing rate the run "
-            "measured; 'announced': with the server's announced cost model and the probed "
-            "link instead) vs measured:",
+            "Simulator (replaying each run's plan, the partitions the client really sent, "
+            "with the server speed, load times, loader and client contention, client "
+            "compile, planning time and pacing rate the run measured; 'announced': with the "
+            "server's announced cost model and the probed link instead) vs measured:",
             "",
         ]
         out += _prediction_table(docs)
