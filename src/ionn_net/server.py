@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import os
 import threading
 import time
@@ -32,7 +33,6 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,7 +73,14 @@ from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest, split_blob
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
-from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
+from ionn_net.store import (
+    BlobCorruptError,
+    BlobStore,
+    DirectoryStore,
+    StoreUnavailableError,
+    open_store,
+    partial_key,
+)
 from ionn_net.tensors import SignatureError, boundary_signature, decode_tensors, encode_tensors
 
 __all__ = ["EdgeServer", "ServerConfig"]
@@ -220,10 +227,11 @@ class _ConnState:
 class EdgeServer:
     """The edge server. ``async with EdgeServer(port=0) as server: server.port``.
 
-    ``store`` is a :class:`BlobStore`, a directory path (durable store) or ``None``
-    (in memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default
-    the server calibrates one on this machine on first start (cached in the store
-    directory when there is one).
+    ``store`` is a :class:`BlobStore`, a directory path (durable store), a
+    ``redis://host:port/db`` URL (store shared by a site's servers) or ``None`` (in
+    memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default the
+    server calibrates one on this machine on first start (cached in the store directory
+    when there is one).
     """
 
     def __init__(
@@ -239,12 +247,7 @@ class EdgeServer:
         self.host = host
         self._port = port
         self.config = config or ServerConfig()
-        if store is None:
-            self.store: BlobStore = MemoryStore()
-        elif isinstance(store, BlobStore):
-            self.store = store
-        else:
-            self.store = DirectoryStore(Path(store))
+        self.store: BlobStore = open_store(store)
         self._cost_model = cost_model
         self._ssl = ssl
         self._sessions: dict[str, _Session] = {}
@@ -281,12 +284,22 @@ class EdgeServer:
         port: int = self._server.port
         return port
 
+    @property
+    def connections(self) -> tuple[AioConnection, ...]:
+        """The live client connections (e.g. to watch their ``outbound_bytes``, §14.3)."""
+        return () if self._server is None else tuple(self._server.connections)
+
     async def start(self) -> EdgeServer:
         if self._cost_model is None:
             self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
         await asyncio.to_thread(_warm_up)
         self._server = await serve(
-            self._handle, self.host, self._port, limits=self.config.limits, ssl=self._ssl
+            self._handle,
+            self.host,
+            self._port,
+            limits=self.config.limits,
+            ssl=self._ssl,
+            on_connection=self._arm_hello_deadline,
         )
         logger.info("edge server listening on %s:%d", self.host, self.port)
         return self
@@ -324,11 +337,6 @@ class EdgeServer:
                 await stream.respond(refusal.to_head())
                 return
             state = self._conns[conn] = _ConnState()
-            # §14.4: a session (welcome) within the handshake deadline, or the connection
-            # goes; otherwise requests before hello would hold it open forever.
-            asyncio.get_running_loop().call_later(
-                self.config.limits.handshake_timeout_s, self._check_hello, weakref.ref(conn)
-            )
         if state.session is not None:
             state.session.last_used = time.monotonic()
         body = b""
@@ -356,10 +364,20 @@ class EdgeServer:
             reply = Error(code="internal", message=str(exc))
         await stream.respond(reply.to_head(), body, codec=Codec.ZSTD if body else None)
 
+    def _arm_hello_deadline(self, conn: AioConnection) -> None:
+        """§14.4: a session (welcome) within the handshake deadline counted from the accept,
+        or the connection goes, whatever the peer sends meanwhile (PINGs, requests before
+        hello, or nothing after its SETTINGS)."""
+        asyncio.get_running_loop().call_later(
+            self.config.limits.handshake_timeout_s, self._check_hello, weakref.ref(conn)
+        )
+
     def _check_hello(self, ref: weakref.ref[AioConnection]) -> None:
         conn = ref()
-        state = self._conns.get(conn) if conn is not None else None
-        if conn is None or conn.closed or state is None or state.session is not None:
+        if conn is None or conn.closed:
+            return
+        state = self._conns.get(conn)
+        if state is not None and state.session is not None:
             return
         logger.warning("closing %s: no session after the handshake deadline", conn.remote_address)
         conn.close(ErrorCode.TIMEOUT, "no hello within the handshake deadline")
@@ -445,7 +463,10 @@ class EdgeServer:
         victim = min(idle, key=lambda s: s.last_used)
         del self._sessions[victim.key]
         for digest in victim.partials:  # stale partial uploads expire with their session
-            self.store.drop_partial(partial_key(victim.hash, digest))
+            try:
+                self.store.drop_partial(partial_key(victim.hash, digest))
+            except StoreError as exc:  # best effort: the store's sweep expires it later
+                logger.warning("could not drop a partial upload of %s: %s", victim.hash[:8], exc)
         logger.info("forgot idle session %s to make room", victim.hash[:8])
         return True
 
@@ -538,6 +559,10 @@ class EdgeServer:
         if complete:
             try:
                 await self._complete_blob(session, digest, key)
+            except StoreUnavailableError as exc:
+                # Not the client's bytes: the partial stays (nothing acknowledged is lost)
+                # and the client completes it again once the store is back.
+                raise RequestError("internal", f"blob {digest}: {exc}") from None
             except StoreError:
                 raise RequestError(
                     "digest_mismatch", f"blob {digest}: bytes do not match"
@@ -642,7 +667,12 @@ class EdgeServer:
             shapes = [model.graph[r.layer].output_shapes[r.index] for r in spec.inbound]
             weights = []
             if spec.blob_sha256 is not None:
-                blob = self.store.get(spec.blob_sha256)  # verified on read
+                try:
+                    blob = self.store.get(spec.blob_sha256)  # verified on read
+                except BlobCorruptError:  # discarded by the store: the owner uploads it again
+                    raise RequestError(
+                        "missing_blobs", f"blob of {name!r} failed verification", layers=[name]
+                    ) from None
                 weights = split_blob(spec, blob, limits)
             built[name] = build_layer(spec, shapes, weights, limits=limits)
         model.executor().add_layers(built)
@@ -673,13 +703,20 @@ class EdgeServer:
             raise RequestError("bad_tensor", str(exc)) from None
         if session.queries.locked():
             raise RequestError("busy", "too many concurrent queries in this session")
-        async with session.queries, self._inference:
-            if (time.monotonic() - received) * 1000.0 > deadline_ms:
+        async with session.queries:
+            # §14.3: the result is held back (not computed) until it fits under the
+            # connection's outbound cap, so unread results cannot pile up in memory.
+            left_s = deadline_ms / 1000.0 - (time.monotonic() - received)
+            size = _result_nbytes(model.graph, outs, tensors)
+            if left_s <= 0 or not await stream.reserve_outbound(size, timeout=left_s):
                 raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
-            feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
-            started = time.perf_counter()
-            result = await _to_thread_to_the_end(self._run, model, run, feeds)
-            server_ms = (time.perf_counter() - started) * 1000.0
+            async with self._inference:
+                if (time.monotonic() - received) * 1000.0 > deadline_ms:
+                    raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
+                feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
+                started = time.perf_counter()
+                result = await _to_thread_to_the_end(self._run, model, run, feeds)
+                server_ms = (time.perf_counter() - started) * 1000.0
         if model.complete:
             self._consolidate_later(model, run)
         self.stats["queries"] += 1
@@ -753,6 +790,20 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
     except (OSError, AttributeError) as exc:  # not Linux, or not permitted
         logger.debug("loader thread keeps its priority: %s", exc)
+
+
+def _result_nbytes(
+    graph: LayerGraph, outs: Sequence[TensorRef], tensors: Mapping[str, np.ndarray]
+) -> int:
+    """Body bytes of the result of a query with these (checked) input tensors: its output
+    tensors' shapes, from the server's own graph, at the inputs' batch size (§10.8)."""
+    batch = next(iter(tensors.values())).shape[0] if tensors else 1
+    return sum(
+        batch
+        * math.prod(graph[r.layer].output_shapes[r.index])
+        * np.dtype(graph[r.layer].output_dtype).itemsize
+        for r in outs
+    )
 
 
 def _host(address: Any) -> Any:

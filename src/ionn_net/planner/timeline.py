@@ -1,5 +1,5 @@
-"""The timeline a simulation returns (:mod:`ionn_net.planner.simulate`): one record per
-query and per partition, and the metrics read from them."""
+"""The timeline of one simulation: what each query and each upload unit did, and the
+metrics read from it (:func:`ionn_net.planner.simulate.simulate` produces it)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ class QueryRecord:
     wait_s: float
     energy_j: float
     replans: int = 0
+    #: False when a server layer it ran on held base-stage (approximate) weights
+    exact: bool = True
 
     @property
     def latency_s(self) -> float:
@@ -40,6 +42,8 @@ class PartitionRecord:
     sent_s: float
     arrived_s: float
     ready_s: float
+    #: 0: the layers' whole blobs (or their base stages, precision-first); >= 1: a refinement
+    stage: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,20 @@ class SimResult:
         """Wire bytes of the partitions that arrived by time ``t``."""
         return sum(p.wire_bytes for p in self.partitions if p.arrived_s <= t)
 
+    def approximate_queries(self, since: float = 0.0, until: float = math.inf) -> int:
+        """Queries issued in ``[since, until)`` that ran on approximate weights."""
+        return sum(1 for q in self.window(since, until) if not q.exact)
+
+    def exact_from(self) -> float | None:
+        """Issue time of the first query from which every query ran on exact weights
+        (``None`` if the last one did not)."""
+        if not self.queries or not self.queries[-1].exact:
+            return None
+        first = len(self.queries)
+        while first > 0 and self.queries[first - 1].exact:
+            first -= 1
+        return self.queries[first].issued_s
+
 
 def issue_time(pattern: QueryPattern, i: int, prev_end: float) -> float:
     """When query ``i`` is issued (back to back: when the previous one ended)."""
@@ -119,6 +137,7 @@ def repeat_query(
                 rec.wait_s,
                 rec.energy_j,
                 0,
+                rec.exact,
             )
         )
         i += 1
