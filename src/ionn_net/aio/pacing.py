@@ -8,9 +8,9 @@ sees about one upload frame of extra delay.
 
 Owns pure pieces (time passed in, no clock reads) and their composition:
 
-* :class:`TokenBucket` -- debt-based bucket: a chunk may leave whenever the balance is not
-  negative, then the balance drops by its size; the average rate is exact and one chunk is
-  never split.
+* :class:`~ionn_net.proto.flood.TokenBucket` (shared with the flood budgets) in bytes, with
+  debt: a chunk may leave whenever the balance is not negative, then the balance drops by
+  its size; the average rate is exact and one chunk is never split.
 * :class:`RateEstimator` -- windowed maximum of rate samples; app-limited samples are lower
   bounds and only count when they raise the maximum.
 * :class:`LinkRateMeter` -- rate samples from the growth of the kernel's ``TCP_INFO``
@@ -33,8 +33,9 @@ from dataclasses import dataclass
 
 from ionn_net.aio.sockopts import TcpInfo
 from ionn_net.errors import ConfigError
+from ionn_net.proto.flood import TokenBucket
 
-__all__ = ["LinkRateMeter", "Pacer", "PacingConfig", "RateEstimator", "TokenBucket"]
+__all__ = ["LinkRateMeter", "Pacer", "PacingConfig", "RateEstimator"]
 
 #: Unpaced bytes above this share of the pacing rate within a control interval make its
 #: queueing delay no reason to back off (see Pacer._control).
@@ -113,64 +114,6 @@ class PacingConfig:
             )
         if not 0 <= self.min_urgency <= 7:
             raise ConfigError(f"PacingConfig.min_urgency: expected 0..7, got {self.min_urgency}")
-
-
-class TokenBucket:
-    """Debt-based token bucket in bytes; ``rate`` in bytes/s; time passed in."""
-
-    __slots__ = ("_balance", "_burst", "_last", "discarded", "forgiven", "max_debt", "rate")
-
-    def __init__(
-        self, rate: float, burst: float, now: float, *, max_debt: float = float("inf")
-    ) -> None:
-        if rate <= 0 or burst < 0 or not max_debt >= 0:
-            raise ConfigError(
-                "TokenBucket: expected rate > 0, burst >= 0 and max_debt >= 0, got "
-                f"{rate}, {burst}, {max_debt}"
-            )
-        self.rate = rate
-        self._burst = burst
-        #: the balance never falls below -max_debt bytes (forgiven beyond)
-        self.max_debt = max_debt
-        self._balance = 0.0
-        self._last = now
-        #: bytes of rate lost to the burst cap: time nothing was sent although it could
-        self.discarded = 0.0
-        #: bytes sent but never charged: debt beyond ``max_debt``
-        self.forgiven = 0.0
-
-    def settle(self, now: float) -> None:
-        """Refill up to ``now`` (done lazily otherwise, when next asked), so that
-        :attr:`discarded` includes an idle spell that ends at ``now``."""
-        if now > self._last:
-            full = self._balance + (now - self._last) * self.rate
-            self._balance = min(self._burst, full)
-            self.discarded += full - self._balance
-            self._last = now
-
-    def set_rate(self, rate: float, burst: float, now: float) -> None:
-        """Change the rate from ``now`` on (the debt so far is kept)."""
-        self.settle(now)
-        self.rate = max(rate, 1.0)
-        self._burst = max(burst, 0.0)
-        self._balance = min(self._balance, self._burst)
-
-    def delay(self, now: float) -> float:
-        """Seconds until the next chunk may leave (0.0: now)."""
-        self.settle(now)
-        return 0.0 if self._balance >= 0 else -self._balance / self.rate
-
-    def debt(self, now: float) -> float:
-        """Bytes sent ahead of the rate that the bucket is still making up for (0.0: none)."""
-        self.settle(now)
-        return max(0.0, -self._balance)
-
-    def consume(self, nbytes: int, now: float) -> None:
-        """Charge a chunk that was just released (debt beyond ``max_debt`` is forgiven)."""
-        self.settle(now)
-        owed = self._balance - nbytes
-        self._balance = max(owed, -self.max_debt)
-        self.forgiven += self._balance - owed
 
 
 class RateEstimator:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from ionn_net.aio.pacing import LinkRateMeter, Pacer, PacingConfig, RateEstimator, TokenBucket
+from ionn_net.aio.pacing import LinkRateMeter, Pacer, PacingConfig, RateEstimator
 from ionn_net.aio.sockopts import TcpInfo
 from ionn_net.errors import ConfigError
 
@@ -30,44 +30,6 @@ def _info(
         delivery_rate=rate,
         app_limited=app_limited,
     )
-
-
-def _release_times(bucket: TokenBucket, chunks: int, size: int) -> list[float]:
-    """Simulate a sender that sleeps exactly as told; return when each chunk left."""
-    now = 0.0
-    times = []
-    for _ in range(chunks):
-        now += bucket.delay(now)
-        bucket.consume(size, now)
-        times.append(now)
-    return times
-
-
-def test_token_bucket_holds_the_average_rate() -> None:
-    bucket = TokenBucket(rate=1_000_000.0, burst=0.0, now=0.0)
-    times = _release_times(bucket, 101, 10_000)
-    # 100 chunks of 10 kB after the first at 1 MB/s take exactly 1 s.
-    assert times[-1] == pytest.approx(1.0, rel=1e-9)
-
-
-def test_token_bucket_burst_is_capped_after_idle() -> None:
-    bucket = TokenBucket(rate=1000.0, burst=500.0, now=0.0)
-    # After a long idle period only `burst` bytes of credit exist: the second chunk waits.
-    assert bucket.delay(100.0) == 0.0
-    bucket.consume(1000, 100.0)
-    assert bucket.delay(100.0) == pytest.approx(0.5)
-
-
-def test_token_bucket_rate_change_keeps_debt() -> None:
-    bucket = TokenBucket(rate=1000.0, burst=0.0, now=0.0)
-    bucket.consume(1000, 0.0)
-    bucket.set_rate(2000.0, 0.0, 0.0)
-    assert bucket.delay(0.0) == pytest.approx(0.5)
-
-
-def test_token_bucket_rejects_bad_rate() -> None:
-    with pytest.raises(ConfigError, match="rate"):
-        TokenBucket(rate=0.0, burst=1.0, now=0.0)
 
 
 def test_estimator_windowed_max_expires() -> None:
@@ -213,15 +175,6 @@ def test_discarded_bytes_count_the_rate_lost_to_the_burst_cap() -> None:
 
     assert run(charge_at_write=True) == pytest.approx(0.0, abs=1.0)
     assert run(charge_at_write=False) > 9_000
-
-
-def test_token_bucket_forgives_debt_beyond_max_debt() -> None:
-    bucket = TokenBucket(rate=1_000_000.0, burst=0.0, now=0.0, max_debt=100_000.0)
-    bucket.consume(5_000_000, 0.0)  # five seconds of link time at once
-    assert bucket.delay(0.0) == pytest.approx(0.1)
-    assert bucket.forgiven == pytest.approx(4_900_000)  # what was never charged
-    with pytest.raises(ConfigError, match="max_debt"):
-        TokenBucket(rate=1.0, burst=0.0, now=0.0, max_debt=-1.0)
 
 
 def _paced_bytes(config: PacingConfig, unpaced_per_s: float, seconds: float) -> int:
