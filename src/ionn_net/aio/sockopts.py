@@ -43,6 +43,8 @@ _TCP_INFO: int | None = getattr(socket, "TCP_INFO", 11 if sys.platform == "linux
 _TI_FLAGS_OFFSET = 7  # bit 0: tcpi_delivery_rate_app_limited
 _TI_RTT = struct.Struct("=II")  # tcpi_rtt, tcpi_rttvar (microseconds) at offset 68
 _TI_RTT_OFFSET = 68
+_TI_SND_MSS_OFFSET = 16
+_TI_UNACKED_OFFSET = 24
 _TI_CWND_OFFSET = 80
 _TI_TOTAL_RETRANS_OFFSET = 100
 _TI_BYTES_ACKED_OFFSET = 120
@@ -100,6 +102,11 @@ class TcpInfo:
     rwnd_limited_s: float = 0.0
     #: Segments retransmitted over the connection's life (tcpi_total_retrans).
     total_retrans: int = 0
+    #: The sender's maximum segment size in bytes (tcpi_snd_mss; 0 if unknown): with
+    #: ``cwnd_segments`` the window in bytes.
+    mss: int = 0
+    #: Segments sent and not yet acknowledged (tcpi_unacked): in flight or queued on the path.
+    unacked_segments: int = 0
 
 
 def _is_tcp(sock: SocketLike) -> bool:
@@ -197,4 +204,6 @@ def read_tcp_info(sock: SocketLike) -> TcpInfo | None:
             else 0.0
         ),
         total_retrans=_U32.unpack_from(raw, _TI_TOTAL_RETRANS_OFFSET)[0],
+        mss=_U32.unpack_from(raw, _TI_SND_MSS_OFFSET)[0],
+        unacked_segments=_U32.unpack_from(raw, _TI_UNACKED_OFFSET)[0],
     )

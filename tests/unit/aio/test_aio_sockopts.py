@@ -84,6 +84,8 @@ def test_tcp_info_counts_acknowledged_bytes(pair: tuple[socket.socket, socket.so
     assert info.total_retrans == 0  # loopback loses nothing; neighbours of the field are > 0
     assert 0 < info.rtt_s < 1.0
     assert info.delivery_rate > 0
+    # The sender's MSS as the socket reports it (loopback: MTU 65536 less the headers).
+    assert info.mss == client.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
 
 
 @linux_only
