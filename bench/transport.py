@@ -380,12 +380,12 @@ def _pacer_trace(trace: list[list[Any]], link_bps: float) -> str:
 
     marks = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
     shown, at = [], 0
-    for t, pacing, estimate, queue in trace:
+    for t, pacing, estimate, queue, *_ in trace:
         if at < len(marks) and t >= marks[at]:
             shown.append(f"@{t:.2f}s {share(pacing)}/{share(estimate)} q={queue}")
             while at < len(marks) and t >= marks[at]:
                 at += 1
-    late = sorted(p for t, p, _, _ in trace[len(trace) // 2 :] if p is not None)
+    late = sorted(row[1] for row in trace[len(trace) // 2 :] if row[1] is not None)
     median = f"{late[len(late) // 2] / link:.3f}" if late else "-"
     return ", ".join(shown) + f"; median pacing rate over the second half {median}"
 
@@ -477,7 +477,11 @@ def bench_link(
             if drops_before is not None and drops_after is not None:
                 rows[label]["qdisc_drops"] = drops_after - drops_before
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            print(f"  {label:38s} FAILED: {str(exc).splitlines()[-1][:200]}")
+            lines = str(exc).splitlines() or [""]
+            print(f"  {label:38s} FAILED: {lines[-1][:200]}")
+            for line in lines:
+                if line.startswith("upload past its deadline"):
+                    print(f"    {line[:3000]}")
     grpc = rows.get(HOL_CASES[-1][2])
     for label, r in rows.items():
         gain_base = None if grpc is None or label.startswith("gRPC") else grpc["busy_p99"]
@@ -491,9 +495,18 @@ def bench_link(
             print(f"  TCP counters during '{label}': {r['tcp_counters']}")
         if r.get("pacer_trace"):
             print(f"  pacer of '{label}' (x link): {_pacer_trace(r['pacer_trace'], measured)}")
+        if r.get("pacer_events"):
+            print(f"  pacer decisions of '{label}': {r['pacer_events']}")
     for r in rows.values():
         r["link_bps"] = measured
     return rows
+
+
+def _save(path: str | None, link: str, rows: dict[str, dict[str, Any]]) -> None:
+    """Append the link's raw results (every query, the pacer's trace) as one JSON line."""
+    if path is not None:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"link": link, "rows": rows}) + "\n")
 
 
 LONGFAT_CASES = (
@@ -584,6 +597,7 @@ def bench_hol(
     cases: Sequence[str] = HOL_CASE_NAMES,
     all_counters: bool = False,
     congestion: str | None = None,
+    save: str | None = None,
 ) -> None:
     from ionn_net.netem.select import choose_backend
 
@@ -605,6 +619,7 @@ def bench_hol(
                 f" > 5 ms after due, worst {stats.late_max_us / 1e3:.1f} ms late"
             )
         verdicts += _verdicts(link.name, rows, slack_ms)
+        _save(save, key, rows)
     print("== targets (p99 of query RTT during the upload; link = probed goodput)")
     print("\n".join(verdicts))
 
@@ -653,6 +668,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="TCP congestion control of the ionn_net cases (default: TransportOptions')",
     )
+    parser.add_argument(
+        "--save", default=None, help="append each link's raw results as a JSON line here"
+    )
     args = parser.parse_args(argv)
     if args.bulk_only:
         args.only = "bulk"
@@ -669,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             cases=args.cases,
             all_counters=args.all_tcp_counters,
             congestion=args.congestion,
+            save=args.save,
         )
 
 

@@ -439,7 +439,8 @@ class _IonnClient:
         self._trace_heads()
         self.discarded: float | None = None
         self.forgiven: float | None = None
-        self.pacer_trace: list[tuple[float, float | None, float | None, float | None]] = []
+        self.pacer_trace: list[tuple[Any, ...]] = []
+        self.pacer_events: dict[str, int] = {}
         #: the server's clock (host monotonic) when the last query's head and body arrived
         self.server_stamps = (0.0, 0.0)
         self.server_lag_s = 0.0  # the server loop's worst lateness since its previous answer
@@ -503,13 +504,14 @@ class _IonnClient:
                 watch.cancel()
             self.discarded = pacer.discarded_bytes - discarded
             self.forgiven = pacer.forgiven_bytes - forgiven
+            self.pacer_events = dict(getattr(pacer, "events", {}))
         head = await stream.receive_head()
         if head.get("received") != total:
             raise RuntimeError("ionn: upload size mismatch")
 
     async def _watch_pacer(self, pacer: Any) -> None:
         """Every 20 ms: (s since the upload began, pacing rate, bottleneck estimate, both
-        bytes/s or None, the queueing delay the pacer last saw in ms)."""
+        bytes/s or None, the queueing delay the pacer last saw in ms, whether it ramps)."""
         began = time.monotonic()
         while True:
             queue = pacer.queue_delay_s
@@ -519,6 +521,7 @@ class _IonnClient:
                     pacer.pacing_rate,
                     pacer.bottleneck_rate,
                     None if queue is None else round(queue * 1e3, 2),
+                    getattr(pacer, "ramping", None),
                 )
             )
             await asyncio.sleep(0.02)
@@ -728,6 +731,10 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
         await watching
         trace |= watch.summary()
         elapsed = await asyncio.wait_for(upload, max(0.1, deadline - time.perf_counter()))
+    except TimeoutError:  # say where a paced upload stood (the orchestrator shows stderr)
+        tail = getattr(client, "pacer_trace", [])[-20:]
+        print(f"upload past its deadline; pacer trace tail: {tail}", file=sys.stderr)
+        raise
     finally:
         await client.close()
     # Queries issued in the upload's first second (its start, before any rate is known)
@@ -752,6 +759,7 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
         "pacer_discarded": getattr(client, "discarded", None),
         "pacer_forgiven": getattr(client, "forgiven", None),
         "pacer_trace": getattr(client, "pacer_trace", None),
+        "pacer_events": getattr(client, "pacer_events", None),
     }
 
 

@@ -55,6 +55,8 @@ _TI_MIN_SIZE = 168
 # tcpi_rwnd_limited (microseconds the peer's receive window held sending back, Linux 4.10+;
 # checked live: a receiver that stops reading for 0.5 s adds ~0.5 s here)
 _TI_RWND_LIMITED_OFFSET = 176
+# tcpi_bytes_sent (bytes the kernel has sent, retransmissions included; Linux 4.19+)
+_TI_BYTES_SENT_OFFSET = 200
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 
@@ -107,6 +109,9 @@ class TcpInfo:
     mss: int = 0
     #: Segments sent and not yet acknowledged (tcpi_unacked): in flight or queued on the path.
     unacked_segments: int = 0
+    #: Bytes the kernel has sent so far, retransmissions included (tcpi_bytes_sent; 0 if
+    #: unknown): unlike what the application wrote, not what waits in the socket.
+    bytes_sent: int = 0
 
 
 def _is_tcp(sock: SocketLike) -> bool:
@@ -206,4 +211,9 @@ def read_tcp_info(sock: SocketLike) -> TcpInfo | None:
         total_retrans=_U32.unpack_from(raw, _TI_TOTAL_RETRANS_OFFSET)[0],
         mss=_U32.unpack_from(raw, _TI_SND_MSS_OFFSET)[0],
         unacked_segments=_U32.unpack_from(raw, _TI_UNACKED_OFFSET)[0],
+        bytes_sent=(
+            _U64.unpack_from(raw, _TI_BYTES_SENT_OFFSET)[0]
+            if len(raw) >= _TI_BYTES_SENT_OFFSET + 8
+            else 0
+        ),
     )
