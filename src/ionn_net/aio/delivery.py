@@ -87,22 +87,23 @@ class LinkRateMeter:
 
 
 class DeliveryLog:
-    """(time, bytes acknowledged, bytes sent by the kernel) at each ``TCP_INFO`` sample.
+    """(time, bytes acknowledged, bytes the kernel sent, bytes the application wrote) at
+    each ``TCP_INFO`` sample.
 
     Sent means on the path: bytes waiting in the socket (a congestion window that holds
-    them back) or in the transport are not, so they do not count as fed to the path.
+    them back) or in the transport are not. Written counts them too.
     """
 
     __slots__ = ("_log",)
 
     def __init__(self, length: int = 512) -> None:
-        self._log: deque[tuple[float, int, int]] = deque(maxlen=length)
+        self._log: deque[tuple[float, int, int, int]] = deque(maxlen=length)
 
-    def add(self, info: TcpInfo, now: float) -> None:
+    def add(self, info: TcpInfo, now: float, written: int) -> None:
         sent = info.bytes_sent or info.bytes_acked + info.unacked_segments * (
             info.mss or DEFAULT_MSS
         )
-        self._log.append((now, info.bytes_acked, sent))
+        self._log.append((now, info.bytes_acked, sent, written))
 
     def delivered(self, now: float, span: float) -> float | None:
         """Bytes/s acknowledged over the last ``span`` seconds up to the newest sample (None:
@@ -112,6 +113,10 @@ class DeliveryLog:
     def sent(self, start: float, end: float) -> float | None:
         """Bytes/s the kernel sent between two past moments (None: not known then)."""
         return self._rate(start, end, 2)
+
+    def written(self, start: float, end: float) -> float | None:
+        """Bytes/s the application wrote between two past moments (None: not known)."""
+        return self._rate(start, end, 3)
 
     def _rate(self, start: float, end: float, field: int) -> float | None:
         log = self._log

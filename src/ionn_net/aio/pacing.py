@@ -61,6 +61,10 @@ _RAMP_SHRINKS = 3
 #: The shortest span the end of a ramp measures the path's delivery over (a bottleneck's
 #: burst allowance passes faster than its rate: 2 ms of it at 200 Mbit/s in tbf).
 _EXIT_SPAN_S = 0.05
+#: After a ramp, the path's deliveries over this share of a round trip are measured...
+_AFTER_RAMP = 0.8
+#: ...when that is at least this long (a few dozen ACKs).
+_AFTER_RAMP_MIN_S = 0.01
 #: The first probe follows the ramp after this many control intervals: it calibrates the
 #: ramp's estimate, which the ramp's growth and a bottleneck's burst allowance blur.
 _FIRST_PROBE_INTERVALS = 4
@@ -73,6 +77,8 @@ _LONG_QUEUE = 4.0
 _PROBE_SPAN = 1.2
 _PROBE_GROWTH = 1.5
 _PROBE_MAX_STEP = 0.04
+#: A probe measures the path over at least this long (at 200 Mbit/s a 64 KiB ACK is 2.6 ms).
+_PROBE_MEASURE_S = 0.1
 #: Time constant of the queueing delay outside probes: what a probe's queue is measured
 #: against (on a busy host the RTT carries a millisecond or two of scheduling).
 _BASE_SMOOTHING_S = 1.0
@@ -121,9 +127,9 @@ class PacingConfig:
     initial_window: int = 10
     ramp_rtts: float = 2.0
     ramp_min_s: float = 0.03
-    ramp_gain: float = 1.25
+    ramp_gain: float = 1.15
     ramp_span_s: float = 0.02
-    ramp_exit_s: float = 0.003
+    ramp_exit_s: float = 0.002
     probe_interval_s: float = 10.0
     control_interval_s: float = 0.05
     queue_low_s: float = 0.001
@@ -176,15 +182,14 @@ class PacingConfig:
 class _Signals:
     """What one control interval of the estimated rate saw: the queueing delay (network and
     socket, seconds) and the socket's part, whether unpaced bytes were heavy, whether the
-    peer's receive window held the socket back, whether the path acknowledged less than
-    the kernel sent, and its delivery rate (bytes/s; None: too little history)."""
+    peer's receive window held the socket back, and whether the path was behind (see
+    Pacer._path_rate)."""
 
     queue: float
     in_socket: float
     heavy: bool
     window_bound: bool
     behind: bool
-    delivered: float | None
 
 
 class Pacer:
@@ -239,6 +244,7 @@ class Pacer:
         self._stalled_since: float | None = None  # the ramp's path stopped keeping up
         self._shrinks = 0  # how often the ramp went back to the deliveries...
         self._stall_rate = 0.0  # ...since it first did so, at this rate
+        self._after_ramp: tuple[float, int] | None = None  # (when it ended, bytes_acked)
         self._no_info = False  # TCP_INFO was unavailable: never paced (estimated mode)
         self._chunk = 0
         self._samples = 0
@@ -249,7 +255,8 @@ class Pacer:
         self._next_probe = float("inf")
         self._probe_from: float | None = None  # the estimate a running probe began at
         self._probe_step = 0.0
-        self._probe_queue: float | None = None  # the queue a probe stopped rising at
+        self._probe_hold: tuple[float, int] | None = None  # since when a probe measures
+        self._measured = 0.0  # the path's rate as last measured (the ramp, a probe)
         self._queue_base = 0.0  # queueing delay when no probe runs (smoothed)
         self._grace_until = -1e18  # no decrease before (a reader's backlog drains)
         self._queues = (0.0, 0.0)  # the queueing delay of the last two control intervals
@@ -407,7 +414,9 @@ class Pacer:
             self._no_info = self._bucket is None
             return
         self._samples += 1
-        self._log.add(info, now)
+        self._log.add(info, now, self._written)
+        if self._after_ramp is not None:
+            self._measure_after_ramp(info, now)
         if self._estimate is not None:
             self._control(info, now)
         elif self._ramp is None:
@@ -486,8 +495,13 @@ class Pacer:
         # kernel's smoothed RTT needs.
         lag = info.rtt_s + _SRTT_SEGMENTS * (info.mss or DEFAULT_MSS) / ramp.rate
         delivered = self._log.delivered(now, span)
+        # What was written over the span whose bytes are acknowledged now: no more than the
+        # ramp's rate then (the rest is a query's burst, which the bucket yields to).
+        sent = self._log.written(now - lag - span, now - lag)
+        if sent is not None:
+            sent = min(sent, ramp.rate_at(now - lag - span / 2))
         used, self._held = self._held, False
-        if self._keeps_up(delivered, self._log.sent(now - lag - span, now - lag), span):
+        if self._keeps_up(delivered, sent, span, in_socket):
             self._stalled_since = None
             if ramp.rate > self._stall_rate * cfg.ramp_gain:
                 self._shrinks = 0  # past where it last stalled: that was a sample's noise
@@ -502,7 +516,7 @@ class Pacer:
             used = used and in_socket <= cfg.ramp_exit_s
             ramp.grow(now, used=used, cap=cfg.ramp_gain * cap, doubling=doubling)
         else:
-            # Acknowledged less than the kernel sent a round trip before: the path is full
+            # Acknowledged less than was written a round trip before: the path is full
             # (its queue shows a round trip or two later) or this host cannot send that
             # fast. Either way the deliveries are what the rate can be: back to them at
             # once, so a full path's queue stops growing; if that lasts, or keeps coming
@@ -525,9 +539,10 @@ class Pacer:
     def _keeps_up(
         self, delivered: float | None, sent: float | None, span: float, in_socket: float = 0.0
     ) -> bool:
-        """Whether the path acknowledged, over the last ``span``, about what the kernel sent
-        a round trip before. Unknown counts as yes: too little history, or an unpaced write
-        too large for the span to compare."""
+        """Whether the path acknowledged, over the last ``span``, about what was written a
+        round trip before. Unknown counts as yes: too little history, bytes the congestion
+        window holds in the socket (slow start), or an unpaced write too large for the span
+        to compare."""
         if delivered is None or sent is None or in_socket > 0:
             return True
         largest = max((nbytes for _, nbytes in self._unpaced_writes), default=0)
@@ -547,7 +562,7 @@ class Pacer:
             estimate = min(estimate, delivered)
         estimate = max(estimate, ramp.first)
         self._ramp = None
-        self._estimate = estimate
+        self._estimate = self._measured = estimate
         self._floor = estimate * self.config.min_fraction
         self._last_control = now
         self._rwnd_limited = info.rwnd_limited_s
@@ -558,6 +573,28 @@ class Pacer:
         # the path. Owing them makes the next paced chunks wait until they drain, instead
         # of a query waiting behind both.
         self._owe(info.notsent_bytes + self._backlog(info), now)
+        self._after_ramp = (now, info.bytes_acked)
+
+    def _measure_after_ramp(self, info: TcpInfo, now: float) -> None:
+        """For a round trip after the ramp the path still delivers what the ramp's last
+        round trip sent, above its rate, at exactly its rate (its queue is not empty, so
+        no burst allowance either): a measurement without the ramp's growth in it, which
+        the deliveries before the end lag by a round trip or two (at 20 Mbit/s with 20 ms
+        each way they read 35% low). Only raises the estimate; needs a round trip long
+        enough for a few dozen ACKs."""
+        assert self._after_ramp is not None and self._estimate is not None
+        start, acked = self._after_ramp
+        if now - start < _AFTER_RAMP * info.rtt_s:
+            return
+        self._after_ramp = None
+        if now - start < _AFTER_RAMP_MIN_S:
+            return
+        delivered = (info.bytes_acked - acked) / (now - start)
+        if delivered > self._estimate:
+            self._count("ramp's estimate raised by its last round trip")
+            self._estimate = self._measured = delivered
+            self._floor = delivered * self.config.min_fraction
+            self._install(now)
 
     # ------------------------------------------------------------------ steady state
 
@@ -586,46 +623,78 @@ class Pacer:
         if decrease and now < self._grace_until:
             return
         if decrease:
-            self._decrease(info, now, signals, growing, interval)
+            self._decrease(info, now, signals)
         elif self._probe_from is not None:
             if not self._probe(info, now, signals, interval, held and active):
                 return
         else:
             self._queue_base += min(1.0, elapsed / _BASE_SMOOTHING_S) * (queue - self._queue_base)
-            if now < self._next_probe or not (held and active):
+            if not (held and active):
                 return
-            self._count("probe")
-            self._probe_from = self._estimate
-            self._probe_step = cfg.increase
-            self._estimate *= 1.0 + cfg.increase
+            if now >= self._next_probe:
+                self._count("probe")
+                self._probe_from = self._estimate
+                self._probe_step = cfg.increase
+                self._estimate *= 1.0 + cfg.increase
+            elif self._estimate < self._measured and queue < self._queue_base + cfg.queue_low_s:
+                # Back up after a step down, but never past what the path was measured to
+                # deliver: a step down may have been a noisy sample's (a busy host delays
+                # ACKs), and only a probe may find that the path got faster.
+                self._estimate = min(self._measured, self._estimate * (1.0 + cfg.increase))
+            elif self._estimate > self._measured and queue > self._queue_base + cfg.queue_low_s:
+                # ...and down to it, step by step, while a queue shows.
+                self._estimate = max(self._measured, self._estimate * (1.0 - cfg.decrease))
+            else:
+                return
         self._install(now)
 
-    def _decrease(
-        self, info: TcpInfo, now: float, signals: _Signals, growing: bool, interval: float
-    ) -> None:
-        """A queue that grows: the path delivers what it can, and that is the rate (at most
-        one step down, unless the queue grew or is long: a delivery sample can also read low; a
-        probe that went past the path ends at it); the queue is owed, so it drains before
-        the upload goes on."""
+    def _decrease(self, info: TcpInfo, now: float, signals: _Signals) -> None:
+        """A queue that grows: if the path was behind, what it delivered is its rate (at
+        most one step down unless the queue is long: a sample can read low; a probe that
+        went past the path ends there); else one step down. The queue is owed, so it
+        drains before the upload goes on."""
         assert self._estimate is not None
         cfg = self.config
         in_socket = signals.in_socket > cfg.queue_high_s
         self._count("decrease: unsent bytes" if in_socket else "decrease")
-        delivered = signals.delivered
-        if growing:  # the path was full over the last two intervals: their rate is its own
-            delivered = self._log.delivered(now, 2.0 * interval) or delivered
-        if self._probe_from is not None and delivered is not None:
-            self._end_probe(info, now, delivered)
+        # (at least min_span_s: the first of an excess passes at once, a bottleneck's
+        # burst allowance, and over two short intervals read 2% high)
+        span = max(cfg.min_span_s, 2.0 * info.rtt_s)
+        path = self._path_rate(info, now, span)
+        if self._probe_from is not None and path is not None:
+            self._end_probe(info, now, path)
+        elif path is not None and signals.queue > _LONG_QUEUE * cfg.queue_high_s:
+            self._end_probe(info, now, None)
+            self._estimate = self._measured = max(self._floor, path)  # the path got slower
         else:
             lower = self._estimate * (1.0 - cfg.decrease)
-            if delivered is not None:
-                # (straight there if the queue grew: the path was full meanwhile)
-                sure = growing or signals.queue > _LONG_QUEUE * cfg.queue_high_s
-                lower = delivered if sure else max(lower, min(self._estimate, delivered))
+            if path is not None:
+                lower = max(lower, min(self._estimate, path))
+                # (the path was full: no coming back above what it delivered)
+                self._measured = min(self._measured, max(self._floor, path))
             self._end_probe(info, now, None)
             self._estimate = max(self._floor, lower)
         self._install(now)
         self._owe(self._backlog(info), now)
+
+    def _path_rate(self, info: TcpInfo, now: float, span: float) -> float | None:
+        """What the path delivered over the last ``span`` if it was behind meanwhile: then
+        that is its rate. None: it kept up (or too little history).
+
+        Behind: it acknowledged less than was written a round trip before (what a full path
+        leaves queued, in the network or, once the congestion window caught up with it,
+        in the socket). Not less than the pacing rate: a busy host may not write that
+        much, and measuring the path then measures the host, an estimate that sinks with
+        the CPU. Nor more than the pacing rate: what the path owes on top of that is
+        unpaced bursts, a query's tensor, which the bucket already yields to.
+        """
+        delivered = self._log.delivered(now, span)
+        sent = self._log.written(now - info.rtt_s - span, now - info.rtt_s)
+        if delivered is None or sent is None:
+            return None
+        if self._bucket is not None:
+            sent = min(sent, self._bucket.rate)
+        return delivered if delivered < _BEHIND * sent else None
 
     def _signals(self, info: TcpInfo, now: float, elapsed: float) -> _Signals:
         """What one control interval saw (see _Signals)."""
@@ -659,42 +728,40 @@ class Pacer:
                 drain = info.notsent_bytes / sending + 2.0 * info.rtt_s + elapsed
                 self._grace_until = max(self._grace_until, now + drain)
         self.queue_delay_s = queue
-        # Behind: the path acknowledged less than the kernel sent a round trip before. (Not
-        # less than the pacing rate: a busy host may not send that much, and measuring the
-        # path then measures the host, an estimate that sinks with the CPU.)
-        span = max(self.config.min_span_s, 2.0 * info.rtt_s)
-        delivered = self._log.delivered(now, span)
-        sent = self._log.sent(now - info.rtt_s - span, now - info.rtt_s)
-        # (nor more than the pacing rate: what the path owes on top of that is unpaced
-        # bursts, a query's tensor, which the bucket already yields to)
-        if sent is not None and sending > 0:
-            sent = min(sent, sending)
-        behind = delivered is not None and sent is not None and delivered < _BEHIND * sent
-        return _Signals(queue, in_socket, heavy, window_bound, behind, delivered)
+        behind = self._path_rate(info, now, max(self.config.min_span_s, 2.0 * info.rtt_s))
+        return _Signals(queue, in_socket, heavy, window_bound, behind is not None)
 
     def _probe(
         self, info: TcpInfo, now: float, signals: _Signals, interval: float, used: bool
     ) -> bool:
         """One interval of a running probe; False: nothing changed.
 
-        A queue above the level before the probe: the rate stops rising for an interval.
-        If the queue then stays or grows, or the path is behind, the path is full and its
-        rate is what it delivered over the last two intervals (after a bottleneck's burst
-        allowance, which hides the first of the excess, was spent); if it went, it came
-        from elsewhere (a query, the host's scheduling) and the probe goes on.
+        A queue above its level before the probe stops the rise, and what the path
+        delivers from then on is measured: with the queue still there after two intervals,
+        the path was full all along and that is its rate. (Not from before the queue showed:
+        the first of an excess passes at once, a bottleneck's burst allowance, and read 2%
+        high over the intervals before.) A queue that went came from elsewhere (a query,
+        the host's scheduling): the rise goes on. Past ``queue_high_s`` before two intervals
+        the estimate returns to where the probe began.
         """
         cfg = self.config
         queued = signals.queue > self._queue_base + cfg.queue_low_s
-        if self._probe_queue is not None:
-            first, self._probe_queue = self._probe_queue, None
-            if queued and (signals.queue >= first or signals.behind) and not signals.heavy:
-                full = self._log.delivered(now, 2.0 * interval)
-                self._count("probe measured the path" if full else "probe found a queue")
-                self._end_probe(info, now, full)
-                return True
-        if queued:
-            self._probe_queue = signals.queue
+        if queued and self._probe_hold is None:
+            self._probe_hold = (now, info.bytes_acked)
             return False
+        if queued:
+            assert self._probe_hold is not None
+            since, acked = self._probe_hold
+            if now - since >= max(2.0 * interval, _PROBE_MEASURE_S):
+                self._count("probe measured the path")
+                self._end_probe(info, now, (info.bytes_acked - acked) / (now - since))
+                return True
+            if signals.queue > self._queue_base + cfg.queue_high_s:
+                self._count("probe found a queue")
+                self._end_probe(info, now, None)
+                return True
+            return False
+        self._probe_hold = None
         # (an interval bound by the reader, or one the upload could not fill, says
         # nothing about the network's rate)
         if not used or signals.window_bound:
@@ -715,12 +782,15 @@ class Pacer:
         delivered meanwhile (``delivered``; None: back to where the probe began), and the
         queue is owed, so it drains before the upload goes on."""
         start, self._probe_from = self._probe_from, None
-        self._probe_queue = None
+        self._probe_hold = None
         if start is None:
             return
         self._next_probe = now + self.config.probe_interval_s
         assert self._estimate is not None
-        self._estimate = max(self._floor, start if delivered is None else delivered)
+        if delivered is None:
+            self._estimate = max(self._floor, start)
+        else:
+            self._estimate = self._measured = max(self._floor, delivered)
         self._install(now)
         queued = max(0.0, info.rtt_s - info.min_rtt_s - self._queue_base) * self._estimate
         self._owe(queued, now)

@@ -162,7 +162,7 @@ def test_the_estimate_follows_a_slower_path_and_drains_its_queue(delay_s: float)
 
     run, _ = _run(20, delay_s, 8.0, events=[(3.0, slower)])
     assert _pacing(run, 5.0) / (0.6 * 20 * MBIT) <= 1.0
-    assert max(run.extra(5.0)) * 1e3 <= 5.0  # the queue the slowdown left has drained
+    assert max(run.extra(5.0, 9.0)) * 1e3 <= 3.0  # the queue it left drained (until a probe)
 
 
 def test_a_query_the_bucket_owes_for_is_no_reason_to_back_off() -> None:
