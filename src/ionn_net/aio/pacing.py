@@ -42,19 +42,19 @@ _UNPACED_SMOOTHING_S = 0.5
 #: Share of a control interval held back by the peer's receive window above which unsent
 #: bytes in the socket are the reader's doing (see Pacer._signals).
 _WINDOW_BOUND = 0.1
-#: Acknowledged below this share of what the kernel sent a round trip before: the path
-#: does not keep up (over PacingConfig.min_span_s, where a sample is accurate to ~1%).
+#: Acknowledged below this share of what was written a round trip before: the path does
+#: not keep up (over PacingConfig.min_span_s, where a sample is accurate to ~1%).
 _BEHIND = 0.98
 #: Segments acknowledged before the kernel's smoothed RTT (a 1/8 average per ACK, one ACK
 #: per two segments) has mostly taken in a new level: how long a queue takes to show in it.
 _SRTT_SEGMENTS = 16
 #: What the smoothed RTT keeps of a past sample per ACK.
 _SRTT_KEEPS = 7 / 8
-#: A ramp grows only while the path acknowledges at least this share of what the kernel
-#: sent a round trip before (the span is short: one sample can read 10% low)...
+#: A ramp grows only while the path acknowledges at least this share of what was written
+#: a round trip before (the span is short: one sample can read 10% low)...
 _RAMP_KEEPS_UP = 0.85
-#: ...a test skipped while one unpaced write is more than this share of what was sent over
-#: the span compared (a 16 KiB query is a sixth of 40 ms at 20 Mbit/s).
+#: ...a test skipped while one unpaced write is more than this share of what was written
+#: over the span compared (a 16 KiB query is a sixth of 40 ms at 20 Mbit/s).
 _RAMP_UNPACED = 0.1
 #: A ramp that went back to its deliveries more often than this at one rate ends there.
 _RAMP_SHRINKS = 3
@@ -69,7 +69,7 @@ _AFTER_RAMP_MIN_S = 0.01
 #: ramp's estimate, which the ramp's growth and a bottleneck's burst allowance blur.
 _FIRST_PROBE_INTERVALS = 4
 #: A queue this many times queue_high_s is no sample's noise: the estimate goes straight
-#: down to what the path delivered.
+#: down to what the path delivered (a path that got slower).
 _LONG_QUEUE = 4.0
 #: A probe's steps stay at PacingConfig.increase until it has raised the estimate by this
 #: factor (well past 1 / gain: the path got faster), then grow by _PROBE_GROWTH per step, up to
@@ -198,27 +198,33 @@ class Pacer:
     With ``PacingConfig.rate_bps`` the bottleneck rate is given. Otherwise it is estimated
     from ``TCP_INFO``, and paced from the first byte:
 
-    1. *Ramp* (:class:`~ionn_net.aio.delivery.Ramp`): from a cautious first rate (TCP's
-       window per round trip), exponential growth, never past ``ramp_gain`` x what the path
-       delivered, until either the queueing delay in the network passes ``ramp_exit_s``
-       or the path stops acknowledging what the kernel sent a round trip before (it is
-       full, or this host cannot send faster). The estimate is then what the path
-       delivered; the queue the ramp built is owed to the bucket, so the upload waits until
-       it drains instead of queries waiting behind it. An unpaced start filled the
-       bottleneck's queue before any rate was known: the first query, issued as the upload
-       began, waited 93-94 ms at 20 Mbit/s with 20 ms each way (BENCHMARKS.md).
+    1. *Ramp* (:class:`~ionn_net.aio.delivery.Ramp`): from TCP's own window per handshake
+       RTT, it doubles every ``ramp_rtts`` feedback delays (a round trip and the few ACKs
+       the kernel's smoothed RTT needs), never past ``ramp_gain`` x what the path delivered
+       and was released a feedback delay before. It ends at a queue in the network of
+       ``ramp_exit_s`` (less what the queries' own bytes explain), or when the path keeps
+       acknowledging less than was written a round trip before (full, or this host cannot
+       send faster: back to its deliveries at once, and the end if that lasts). The
+       estimate is what the path delivered over the last round trips, raised to what it
+       delivers over the round trip after (what the ramp queued still keeps it full);
+       that queue is owed to the bucket, so the upload waits until it drains instead of
+       queries waiting behind it. An unpaced start filled the bottleneck's queue before
+       any rate was known: the first query, issued as the upload began, waited 93-94 ms at
+       20 Mbit/s with 20 ms each way (BENCHMARKS.md).
     2. *Steady state*: every control interval (four minimum RTTs, at least
-       ``control_interval_s``) the queueing delay is checked: above ``queue_high_s`` with
-       the path behind, the estimate goes down to what the path delivered (at most by
-       ``decrease``). It does not creep up on its own: pacing below the bottleneck, a path
-       that got faster looks the same as one that did not, and an estimate raised whenever
-       no queue shows settles where gain x estimate fills the link, which left a standing
-       queue and ran the upload at 96-97% of a 200 Mbit/s link instead of the gain's 95%.
-       Instead every ``probe_interval_s`` (and the first time shortly after the ramp) a
-       *probe* raises it by ``increase`` per interval until the queue grows by
-       ``queue_low_s``: if the path was then behind, the estimate is what it delivered
-       over the last two intervals; else the queue came from elsewhere (a query, the host's
-       scheduling) and the estimate returns to where the probe began.
+       ``control_interval_s``) a queue above ``queue_high_s`` that grew, or that the path
+       is behind on (it acknowledged less than was written), takes the estimate a step of
+       ``decrease`` down, to what the path delivered if it was behind (straight there when
+       the queue is long), and is owed. The estimate does not creep up on its own: pacing
+       below the bottleneck, a path that got faster looks the same as one that did not, and
+       an estimate raised whenever no queue showed settled where gain x estimate filled the
+       link: a standing queue, the upload at 96-97% of a 200 Mbit/s link, not the gain's
+       95%. After a step down it comes back, but only up to the rate last measured.
+    3. *Probes* measure: every ``probe_interval_s``, and first shortly after the ramp, the
+       estimate rises by ``increase`` per interval until the queue is ``queue_low_s`` above
+       its level before; then, while the queue stays, what the path delivers over at least
+       two intervals is its rate (a queue past ``queue_high_s`` first: back to where the
+       probe began; a queue that went: the rise goes on).
 
     ``info_source`` returns the connection's TCP_INFO (or None: then nothing is paced
     unless the rate was given).
@@ -258,7 +264,6 @@ class Pacer:
         self._probe_hold: tuple[float, int] | None = None  # since when a probe measures
         self._measured = 0.0  # the path's rate as last measured (the ramp, a probe)
         self._queue_base = 0.0  # queueing delay when no probe runs (smoothed)
-        self._grace_until = -1e18  # no decrease before (a reader's backlog drains)
         self._queues = (0.0, 0.0)  # the queueing delay of the last two control intervals
         self.queue_delay_s: float | None = None
         #: how often each decision of the estimated rate was taken (diagnostics)
@@ -424,9 +429,6 @@ class Pacer:
                 info, now, initial_window=cfg.initial_window, cap=cfg.initial_rate_bps / 8
             )
             self._install(now, self._ramp.rate)
-            # What the socket still holds (a query written as the upload began) is owed:
-            # the upload's first chunk goes behind it, not a queue of both.
-            self._owe(info.notsent_bytes, now)
         else:
             self._ramp_step(info, now)
 
@@ -620,8 +622,6 @@ class Pacer:
         decrease = in_socket > cfg.queue_high_s or long_queue
         if decrease and signals.heavy:
             return
-        if decrease and now < self._grace_until:
-            return
         if decrease:
             self._decrease(info, now, signals)
         elif self._probe_from is not None:
@@ -720,13 +720,6 @@ class Pacer:
         if window_bound:
             queue -= in_socket
             in_socket = 0.0
-            # Once the reader is back, what its window held leaves at once and queues on
-            # the path: the reader's doing too. It is owed, and until it drained (plus a
-            # round trip) a queue is no reason to back off.
-            if sending > 0:
-                self._owe(info.notsent_bytes, now)
-                drain = info.notsent_bytes / sending + 2.0 * info.rtt_s + elapsed
-                self._grace_until = max(self._grace_until, now + drain)
         self.queue_delay_s = queue
         behind = self._path_rate(info, now, max(self.config.min_span_s, 2.0 * info.rtt_s))
         return _Signals(queue, in_socket, heavy, window_bound, behind is not None)
