@@ -178,6 +178,12 @@ class PacingConfig:
             raise ConfigError(f"PacingConfig.min_urgency: expected 0..7, got {self.min_urgency}")
 
 
+def _segment(info: TcpInfo) -> int:
+    """The segment size ACKs come back for: the MSS, at most an Ethernet one (loopback's
+    64 KiB MSS is not what a paced sender's segments are: its chunks are smaller)."""
+    return min(info.mss or DEFAULT_MSS, DEFAULT_MSS)
+
+
 @dataclass(frozen=True, slots=True)
 class _Signals:
     """What one control interval of the estimated rate saw: the queueing delay (network and
@@ -457,7 +463,7 @@ class Pacer:
         16 KiB query is 69 ms), the bytes written behind them wait as long, and the smoothed
         RTT keeps 7/8 of that per ACK once their ACKs came back: not the upload's queue.
         """
-        acks_per_s = sending / (2.0 * (info.mss or DEFAULT_MSS))
+        acks_per_s = sending / (2.0 * _segment(info))
         explained = 0.0
         for at, nbytes in reversed(self._unpaced_writes):
             if now - at > 1.0:
@@ -495,7 +501,7 @@ class Pacer:
         span = max(info.rtt_s, cfg.ramp_span_s)
         # From a send to the ACK that shows its queue: a round trip and the few ACKs the
         # kernel's smoothed RTT needs.
-        lag = info.rtt_s + _SRTT_SEGMENTS * (info.mss or DEFAULT_MSS) / ramp.rate
+        lag = info.rtt_s + _SRTT_SEGMENTS * _segment(info) / ramp.rate
         delivered = self._log.delivered(now, span)
         # What was written over the span whose bytes are acknowledged now: no more than the
         # ramp's rate then (the rest is a query's burst, which the bucket yields to).
