@@ -25,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ionn_net.config import Limits
+from ionn_net.messages import ProbeUpload
 from ionn_net.proto import (
     Codec,
     Connection,
@@ -153,13 +154,13 @@ def bench_connection(repeat: int, mib: int, base: float) -> None:
 
     def produce() -> tuple[Connection, list[memoryview]]:
         client, server = handshake(BIG_LIMITS)
-        sid = client.open_stream({"m": "blob", "body_len": len(body)}, urgency=5)
+        sid = client.open_stream(ProbeUpload(body_len=len(body)).to_head(), urgency=5)
         client.send_data(sid, body, end_stream=True)
         return server, chunks(client.data_to_send(), READ)
 
     def run_send() -> None:
         client, _server = handshake(BIG_LIMITS)
-        sid = client.open_stream({"m": "blob", "body_len": len(body)}, urgency=5)
+        sid = client.open_stream(ProbeUpload(body_len=len(body)).to_head(), urgency=5)
         client.send_data(sid, body, end_stream=True)
         while client.next_frame_parts() is not None:
             pass
@@ -197,7 +198,7 @@ def bench_connection_small(repeat: int, base: float) -> None:
         initial_connection_credit=2**31 - 1,
     )
     client, _server = handshake(limits)
-    sid = client.open_stream({"m": "blob", "body_len": n * SMALL_PAYLOAD}, urgency=5)
+    sid = client.open_stream(ProbeUpload(body_len=n * SMALL_PAYLOAD).to_head(), urgency=5)
     client.send_data(sid, piece * n, end_stream=True)
     blob = client.data_to_send()
     timings: list[float] = []

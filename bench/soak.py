@@ -50,6 +50,21 @@ from tests.refpeer import wire as rw  # noqa: E402
 from ionn_net.aio import AioConnection, connect  # noqa: E402
 from ionn_net.config import Limits  # noqa: E402
 from ionn_net.errors import IonnError  # noqa: E402
+from ionn_net.messages import (  # noqa: E402
+    Blob,
+    BlobOk,
+    Have,
+    Hello,
+    Holdings,
+    Load,
+    LoadOk,
+    Manifest,
+    ManifestOk,
+    Query,
+    Result,
+    Welcome,
+    parse_reply,
+)
 from ionn_net.model.spec import canonical_json  # noqa: E402
 from ionn_net.netem.faults import (  # noqa: E402
     FaultProxy,
@@ -131,21 +146,17 @@ class SoakTenant:
             self.totals.reconnects += 1
         self.ready = False
         self.conn = await asyncio.wait_for(connect("127.0.0.1", self.port), 5.0)
-        nonce = os.urandom(16).hex()
-        head, _ = await asyncio.wait_for(
-            self.conn.request({"m": "hello", "session": self.session, "nonce": nonce}), 5.0
-        )
-        assert head["m"] == "welcome", head
-        head, _ = await asyncio.wait_for(
-            self.conn.request({"m": "manifest", "model": self.digest}, self.body), 5.0
-        )
-        assert head["m"] == "manifest_ok", head
-        await self._upload(head)
+        hello = Hello(session=self.session, nonce=os.urandom(16).hex())
+        head, _ = await asyncio.wait_for(self.conn.request(hello.to_head()), 5.0)
+        parse_reply(head, Welcome)
+        manifest = Manifest(model=self.digest, body_len=len(self.body))
+        head, _ = await asyncio.wait_for(self.conn.request(manifest.to_head(), self.body), 5.0)
+        await self._upload(parse_reply(head, ManifestOk).holdings)
 
-    async def _upload(self, holdings: Any) -> None:
+    async def _upload(self, holdings: Holdings) -> None:
         assert self.conn is not None
-        held = set(holdings["blobs_held"])
-        partial = holdings["partial"]
+        held = set(holdings.blobs_held)
+        partial = holdings.partial
         for sha, blob in self.builder.blobs.items():
             if sha in held:
                 continue
@@ -154,57 +165,59 @@ class SoakTenant:
             offset = int(partial.get(sha, 0))
             while True:
                 end = min(len(blob), offset + self.piece) if self.piece else len(blob)
-                head = {
-                    "m": "blob",
-                    "model": self.digest,
-                    "sha256": sha,
-                    "size": len(blob),
-                    "offset": offset,
-                }
+                piece = Blob(
+                    model=self.digest,
+                    sha256=sha,
+                    size=len(blob),
+                    offset=offset,
+                    body_len=end - offset,
+                )
                 self.totals.blob_bytes_sent += end - offset
-                reply, _ = await asyncio.wait_for(self.conn.request(head, blob[offset:end]), 10.0)
-                assert reply["m"] == "blob_ok", reply
-                offset = int(reply["offset"])
-                if reply["complete"]:
+                head, _ = await asyncio.wait_for(
+                    self.conn.request(piece.to_head(), blob[offset:end]), 10.0
+                )
+                ok = parse_reply(head, BlobOk)
+                offset = ok.offset
+                if ok.complete:
                     break
                 await asyncio.sleep(0.02)
             self.completed.add(sha)
         if not held >= set(self.builder.blobs):
             self.totals.uploads += 1
         names = [layer["name"] for layer in self.obj["layers"][1:]]
-        reply, _ = await asyncio.wait_for(
-            self.conn.request({"m": "load", "model": self.digest, "layers": names}), 10.0
-        )
-        assert reply["m"] == "load_ok", reply
+        load = Load(model=self.digest, layers=tuple(names))
+        head, _ = await asyncio.wait_for(self.conn.request(load.to_head()), 10.0)
+        parse_reply(head, LoadOk)
         self.ready = True
 
     async def query(self, rng: np.random.Generator, budget_s: float) -> None:
         x = rng.standard_normal((1, IN)).astype(np.float32)
         descs, parts = encode_tensors({"x:0": x})
+        body = b"".join(parts)
         qid = os.urandom(6).hex()
-        head = {
-            "m": "query",
-            "model": self.digest,
-            "qid": qid,
-            "deadline_ms": 5000,
-            "run": ["d1", "d2"],
-            "tensors": descs,
-        }
+        query = Query(
+            model=self.digest,
+            qid=qid,
+            deadline_ms=5000,
+            run=("d1", "d2"),
+            tensors=descs,
+            body_len=len(body),
+        )
         deadline = time.monotonic() + budget_s
         attempt = 0
         while time.monotonic() < deadline:
             try:
                 if not self.ready or self.conn is None or self.conn.closed:
                     await self._reconnect()
-                reply, body = await self.call(head, b"".join(parts))
-                if reply["m"] == "result":
-                    got = decode_tensors(reply["tensors"], body)["d2:0"]
-                    if reply["qid"] != qid or not np.allclose(
-                        got, reference(self.builder, x), rtol=1e-4, atol=1e-6
-                    ):
-                        self.totals.wrong += 1
-                    self.totals.queries += 1
-                    return
+                head, out = await self.call(query.to_head(), body)
+                result = parse_reply(head, Result)  # an error is retried below
+                got = decode_tensors(result.tensors, out)["d2:0"]
+                if result.qid != qid or not np.allclose(
+                    got, reference(self.builder, x), rtol=1e-4, atol=1e-6
+                ):
+                    self.totals.wrong += 1
+                self.totals.queries += 1
+                return
             except (IonnError, OSError, TimeoutError, AssertionError, KeyError):
                 pass
             attempt += 1
@@ -286,7 +299,7 @@ def _attack_once(port: int, kind: str) -> None:
             sock.sendall(os.urandom(4096))
         elif kind == "rapid_reset":
             burst = b"".join(
-                rw.headers_frame(s, {"m": "have", "model": "0" * 64}, end_stream=True)
+                rw.headers_frame(s, Have(model="0" * 64).to_head(), end_stream=True)
                 + rw.reset_frame(s, rw.Code.CANCEL)
                 for s in range(1, 4000, 2)
             )

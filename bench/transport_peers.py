@@ -21,6 +21,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from ionn_net.messages import ProbeQuery, ProbeResult, ProbeUpload, ProbeUploadOk, parse_probe
+
 QUERY_BYTES = 16 * 1024
 CHUNK = 64 * 1024
 BLOCK = 4 * 1024 * 1024
@@ -187,12 +189,14 @@ async def _ionn_handler(stream: Any) -> None:
     total = 0
     async for chunk in stream:
         total += len(chunk)
-    if head.get("m") == "query":
+    if isinstance(parse_probe(head), ProbeQuery):
         _LAG.start()
-        stamps = {"t_head": began, "t_body": time.monotonic(), "lag_s": _LAG.take()}
-        await stream.respond({"m": "result", "body_len": QUERY_BYTES, **stamps}, bytes(QUERY_BYTES))
+        result = ProbeResult(
+            body_len=QUERY_BYTES, t_head=began, t_body=time.monotonic(), lag_s=_LAG.take()
+        )
+        await stream.respond(result.to_head(), bytes(QUERY_BYTES))
     else:
-        await stream.respond({"m": "upload_ok", "received": total})
+        await stream.respond(ProbeUploadOk(received=total).to_head())
 
 
 async def _server_main(kind: str, host: str, port: int, profile: str) -> None:
@@ -283,12 +287,12 @@ async def _bulk_ionn(host: str, port: int, total: int, params: dict[str, Any]) -
     limits, options = _limits(params.get("profile", "default")), _ionn_options(params)
     async with connect(host, port, limits=limits, options=options) as conn:
         start = time.perf_counter()
-        stream = await conn.open_stream({"m": "upload", "body_len": total}, urgency=5)
+        stream = await conn.open_stream(ProbeUpload(body_len=total).to_head(), urgency=5)
         await _send_body(stream, total, block)
-        head = await stream.receive_head()
+        received = ProbeUploadOk.parse(await stream.receive_head()).received
         elapsed = time.perf_counter() - start
-        if head.get("received") != total:
-            raise RuntimeError(f"server received {head.get('received')} of {total} bytes")
+        if received != total:
+            raise RuntimeError(f"server received {received} of {total} bytes")
     return total / elapsed
 
 
@@ -448,13 +452,11 @@ class _IonnClient:
     def _trace_heads(self) -> None:
         protocol = self.conn.protocol
         flush = protocol.flush
-        core_open = self.conn.core.open_stream
 
-        def traced_open(*args: Any, **kwargs: Any) -> Any:
+        def opened(stream: Any) -> None:
             self.opened_at = time.monotonic()
-            return core_open(*args, **kwargs)
 
-        self.conn.core.open_stream = traced_open
+        self.conn.on_stream_opened = opened
 
         def traced_flush() -> None:
             sent = protocol.headers_sent_own
@@ -480,16 +482,17 @@ class _IonnClient:
         self.head_written = None
         self.opened_at = 0.0
         head, body = await self.conn.request(
-            {"m": "query", "body_len": len(payload)}, payload, urgency=1
+            ProbeQuery(body_len=len(payload)).to_head(), payload, urgency=1
         )
         if len(body) != QUERY_BYTES:
             raise RuntimeError("ionn: short reply")
-        self.server_stamps = (float(head.get("t_head", 0.0)), float(head.get("t_body", 0.0)))
-        self.server_lag_s = float(head.get("lag_s", 0.0))
+        result = ProbeResult.parse(head)
+        self.server_stamps = (result.t_head, result.t_body)
+        self.server_lag_s = result.lag_s
 
     async def upload(self, total: int) -> None:
         stream = await self.conn.open_stream(
-            {"m": "upload", "body_len": total}, urgency=5, incremental=True
+            ProbeUpload(body_len=total).to_head(), urgency=5, incremental=True
         )
         pacer = self.conn.pacer
         if pacer is None:
@@ -505,8 +508,7 @@ class _IonnClient:
             self.discarded = pacer.discarded_bytes - discarded
             self.forgiven = pacer.forgiven_bytes - forgiven
             self.pacer_events = dict(getattr(pacer, "events", {}))
-        head = await stream.receive_head()
-        if head.get("received") != total:
+        if ProbeUploadOk.parse(await stream.receive_head()).received != total:
             raise RuntimeError("ionn: upload size mismatch")
 
     async def _watch_pacer(self, pacer: Any) -> None:

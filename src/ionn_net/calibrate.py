@@ -4,9 +4,9 @@ This module owns how an :class:`~ionn_net.server.EdgeServer` learns its own spee
 it builds two small calibration models with random weights (a narrow MobileNetV2 for
 convolutions, depthwise convolutions, normalisation and element-wise layers, and a
 small CNN with pooling and dense layers), measures per-layer execution time inside
-compiled slices (:func:`~ionn_net.executor.profile_layers`) and per-class load time
+compiled slices (:func:`~ionn_net.measure.profile_layers`) and per-class load time
 (rebuild from the safe spec, set weights, compile:
-:func:`~ionn_net.executor.measure_load_times`), and fits a
+:func:`~ionn_net.measure.measure_load_times`), and fits a
 :class:`~ionn_net.planner.costmodel.ServerCostModel`. The result is cached as JSON
 (next to the layer store, or in ``~/.cache/ionn_net``) keyed by host, TensorFlow
 version and calibration method, so a restart does not pay for it again.
@@ -67,7 +67,8 @@ def _models() -> list[Any]:
 def calibrate(*, runs: int = 5) -> tuple[ServerCostModel, dict[str, float]]:
     """Measure and fit; returns the model and its held-out errors (fit on the first
     calibration model, evaluated on the second, then refit on both)."""
-    from ionn_net.executor import Executor, measure_load_times, profile_layers
+    from ionn_net.executor import Executor
+    from ionn_net.measure import measure_load_times, profile_layers
     from ionn_net.model.layers import build_layers, extract_manifest
 
     exec_samples: list[list[tuple[LayerNode, float]]] = []
@@ -104,7 +105,8 @@ def _anchor_to_whole_model(model: ServerCostModel) -> tuple[ServerCostModel, flo
 
     import keras
 
-    from ionn_net.executor import Executor, time_slice
+    from ionn_net.executor import Executor
+    from ionn_net.measure import time_slice
 
     executor = Executor.from_model(keras.applications.MobileNetV2(weights=None))
     graph = executor.graph

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ionn_net.argtypes import port, positive
-
-# TensorFlow reads these when it is first imported: keep its C++ banner off the demo.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "2")
+from ionn_net.errors import StoreError
+from ionn_net.extras import REDIS_EXTRA, require_extra, require_extras
+from ionn_net.store import REDIS_SCHEMES, open_store
 
 __all__ = ["demo_main", "server_main"]
 
@@ -48,9 +47,9 @@ def _server_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--store",
-        type=Path,
         default=None,
-        help="directory of the durable layer store (default: keep layers in memory only)",
+        help="durable layer store: a directory, or redis://host:port/db for a store shared by "
+        "a site's servers (needs the redis extra) (default: keep layers in memory only)",
     )
     p.add_argument(
         "--cost-model",
@@ -101,14 +100,29 @@ def _server_parser() -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="logging level (default %(default)s)",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show TensorFlow's native start-up logs (hidden by default)",
+    )
     return p
 
 
 def server_main(argv: list[str] | None = None) -> int:
+    require_extras("ionn-server")
     args = _server_parser().parse_args(argv)
+    if args.store is not None and args.store.startswith(REDIS_SCHEMES):
+        require_extra("ionn-server", REDIS_EXTRA, "--store redis://")
+    try:
+        store = open_store(args.store)  # before TensorFlow loads: a bad store fails fast
+    except StoreError as exc:
+        raise SystemExit(f"ionn-server: {exc}") from None
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    from ionn_net.tflog import import_tensorflow
+
+    import_tensorflow(verbose=args.verbose)
     from ionn_net.aio import run
     from ionn_net.config import Limits
     from ionn_net.server import EdgeServer, ServerConfig
@@ -137,7 +151,7 @@ def server_main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with EdgeServer(
-            args.host, args.port, store=args.store, config=config, cost_model=cost
+            args.host, args.port, store=store, config=config, cost_model=cost
         ) as server:
             sys.stdout.write(f"ionn-server listening on {args.host}:{server.port}\n")
             sys.stdout.flush()
@@ -201,6 +215,12 @@ def _demo_parser() -> argparse.ArgumentParser:
         help="run only the chosen planner, not the local-only and all-at-once baselines",
     )
     p.add_argument("--quiet", action="store_true", help="no per-query lines")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show TensorFlow's native start-up logs, here and in the server (hidden by "
+        "default)",
+    )
     return p
 
 
@@ -289,6 +309,11 @@ class _Printer:
         if progress.done and self.tty:
             self.out.write("\n")
         self.out.flush()
+
+    def progress_callback(self, strategy: str) -> Any:
+        """The upload bar for a run of ``strategy``; none for ``local``, which uploads
+        nothing (its bar would sit at 100% of 0 MB)."""
+        return None if strategy == "local" else self.bar
 
     def query(self, n: int, t: float, result: Any, total_layers: int) -> None:
         if self.quiet:
@@ -386,7 +411,12 @@ async def _demo_run(
         _server_process(cost_file) as port,
         ShapingProxy("127.0.0.1", port, up=link, down=link) as proxy,
         OffloadClient(
-            "127.0.0.1", proxy.port, model, planner=strategy, config=config, on_progress=printer.bar
+            "127.0.0.1",
+            proxy.port,
+            model,
+            planner=strategy,
+            config=config,
+            on_progress=printer.progress_callback(strategy),
         ) as client,
     ):
         start = time.monotonic()
@@ -439,15 +469,18 @@ def _ms_cell(value: float) -> str:
 
 
 def demo_main(argv: list[str] | None = None) -> int:
+    require_extras("ionn-demo")
     args = _demo_parser().parse_args(argv)
     if args.delay_ms < 0:
         raise SystemExit(f"--delay-ms: expected >= 0, got {args.delay_ms}")
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     printer = _Printer(sys.stdout, args.quiet)
     printer.line(
         f"ionn-demo: building {args.model} (random weights) and calibrating the server ..."
     )
+    from ionn_net.tflog import import_tensorflow
+
+    import_tensorflow(verbose=args.verbose)  # the server process inherits the choice
     from ionn_net.aio import run
     from ionn_net.calibrate import load_or_calibrate
 

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import os
 import threading
 import time
@@ -32,7 +33,6 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,16 +43,29 @@ from ionn_net.aio.connection import AioConnection
 from ionn_net.config import Limits
 from ionn_net.errors import ConfigError, IonnError, SpecError, StoreError, TensorError
 from ionn_net.messages import (
+    Auth,
+    Blob,
+    BlobOk,
+    Challenge,
+    Error,
+    Have,
+    HaveOk,
+    Hello,
+    Holdings,
+    Load,
+    LoadOk,
+    Manifest,
+    ManifestOk,
+    Query,
+    Reply,
+    Request,
     RequestError,
-    error_head,
-    get_body_len,
-    get_digest,
-    get_hex,
-    get_int,
-    get_layer_list,
-    get_str,
+    Result,
+    Welcome,
+    bad_member,
+    check_body_len,
     hmac_proof,
-    layer_sets,
+    request_type,
 )
 from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
@@ -60,8 +73,15 @@ from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest, split_blob
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
-from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
-from ionn_net.tensors import decode_tensors, encode_tensors
+from ionn_net.store import (
+    BlobCorruptError,
+    BlobStore,
+    DirectoryStore,
+    StoreUnavailableError,
+    open_store,
+    partial_key,
+)
+from ionn_net.tensors import SignatureError, boundary_signature, decode_tensors, encode_tensors
 
 __all__ = ["EdgeServer", "ServerConfig"]
 
@@ -70,7 +90,7 @@ _LOADER_THREADS = 2
 
 logger = logging.getLogger("ionn_net.server")
 
-Response = tuple[Mapping[str, object], bytes]
+Response = tuple[Reply, bytes]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,10 +227,11 @@ class _ConnState:
 class EdgeServer:
     """The edge server. ``async with EdgeServer(port=0) as server: server.port``.
 
-    ``store`` is a :class:`BlobStore`, a directory path (durable store) or ``None``
-    (in memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default
-    the server calibrates one on this machine on first start (cached in the store
-    directory when there is one).
+    ``store`` is a :class:`BlobStore`, a directory path (durable store), a
+    ``redis://host:port/db`` URL (store shared by a site's servers) or ``None`` (in
+    memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default the
+    server calibrates one on this machine on first start (cached in the store directory
+    when there is one).
     """
 
     def __init__(
@@ -226,12 +247,7 @@ class EdgeServer:
         self.host = host
         self._port = port
         self.config = config or ServerConfig()
-        if store is None:
-            self.store: BlobStore = MemoryStore()
-        elif isinstance(store, BlobStore):
-            self.store = store
-        else:
-            self.store = DirectoryStore(Path(store))
+        self.store: BlobStore = open_store(store)
         self._cost_model = cost_model
         self._ssl = ssl
         self._sessions: dict[str, _Session] = {}
@@ -240,14 +256,15 @@ class EdgeServer:
         )
         self._server: Any = None
         self._inference = asyncio.Semaphore(self.config.inference_threads)
-        self._handlers: dict[str, Callable[[_ConnState, ServerStream], Awaitable[Response]]] = {
-            "hello": self._on_hello,
-            "auth": self._on_auth,
-            "manifest": self._on_manifest,
-            "have": self._on_have,
-            "blob": self._on_blob,
-            "load": self._on_load,
-            "query": self._on_query,
+        # §10 requests by type: each handler gets the parsed message.
+        self._handlers: dict[type[Request], Callable[..., Awaitable[Response]]] = {
+            Hello: self._on_hello,
+            Auth: self._on_auth,
+            Manifest: self._on_manifest,
+            Have: self._on_have,
+            Blob: self._on_blob,
+            Load: self._on_load,
+            Query: self._on_query,
         }
         self.stats = {"queries": 0, "errors": 0, "blobs": 0, "loads": 0}
         self._background: set[asyncio.Task[None]] = set()
@@ -267,12 +284,22 @@ class EdgeServer:
         port: int = self._server.port
         return port
 
+    @property
+    def connections(self) -> tuple[AioConnection, ...]:
+        """The live client connections (e.g. to watch their ``outbound_bytes``, §14.3)."""
+        return () if self._server is None else tuple(self._server.connections)
+
     async def start(self) -> EdgeServer:
         if self._cost_model is None:
             self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
         await asyncio.to_thread(_warm_up)
         self._server = await serve(
-            self._handle, self.host, self._port, limits=self.config.limits, ssl=self._ssl
+            self._handle,
+            self.host,
+            self._port,
+            limits=self.config.limits,
+            ssl=self._ssl,
+            on_connection=self._arm_hello_deadline,
         )
         logger.info("edge server listening on %s:%d", self.host, self.port)
         return self
@@ -300,50 +327,57 @@ class EdgeServer:
     # -- dispatch ----------------------------------------------------------------------
 
     async def _handle(self, stream: ServerStream) -> None:
-        conn = stream._conn
+        conn = stream.connection
         state = self._conns.get(conn)
         if state is None:  # weak keys: the state goes away with the connection
             if self._too_many_from(conn):
                 logger.warning("refusing a connection from %s: too many", conn.remote_address)
                 conn.close(ErrorCode.ENHANCE_YOUR_CALM, "too many connections from this address")
-                await stream.respond(error_head("busy", "too many connections from this address"))
+                refusal = Error(code="busy", message="too many connections from this address")
+                await stream.respond(refusal.to_head())
                 return
             state = self._conns[conn] = _ConnState()
-            # §14.4: a session (welcome) within the handshake deadline, or the connection
-            # goes; otherwise requests before hello would hold it open forever.
-            asyncio.get_running_loop().call_later(
-                self.config.limits.handshake_timeout_s, self._check_hello, weakref.ref(conn)
-            )
         if state.session is not None:
             state.session.last_used = time.monotonic()
-        kind = stream.head.get("m")
-        handler = self._handlers.get(kind) if isinstance(kind, str) else None
         body = b""
+        kind: str | None = None
         try:
-            if handler is None:
-                raise RequestError("unknown_message", f"m: unknown message type {kind!r}")
-            if state.pending_key is not None and kind != "auth":
+            cls = request_type(stream.head)  # unknown_message (§10.1.3)
+            kind = cls.KIND
+            if state.pending_key is not None and cls is not Auth:
                 self._refuse_auth(stream, f"{kind!r} while authentication is pending")
                 return
-            if state.session is None and kind not in ("hello", "auth"):
+            if state.session is None and cls not in (Hello, Auth):
                 raise RequestError("no_session", "send hello first (protocol.md §10.2.1)")
-            head, body = await handler(state, stream)
+            if cls is Hello and state.session is not None:
+                raise RequestError("bad_request", "hello: the session is already established")
+            reply, body = await self._handlers[cls](state, stream, cls.parse(stream.head))
         except RequestError as exc:
             self.stats["errors"] += 1
-            head = error_head(exc.code, str(exc), **exc.extra)
+            reply = Error.of(exc)
         except (SpecError, TensorError, StoreError) as exc:
             self.stats["errors"] += 1
-            head = error_head("bad_request", str(exc))
+            reply = Error(code="bad_request", message=str(exc))
         except IonnError as exc:
             self.stats["errors"] += 1
             logger.warning("request %r failed: %s", kind, exc)
-            head = error_head("internal", str(exc))
-        await stream.respond(head, body, codec=Codec.ZSTD if body else None)
+            reply = Error(code="internal", message=str(exc))
+        await stream.respond(reply.to_head(), body, codec=Codec.ZSTD if body else None)
+
+    def _arm_hello_deadline(self, conn: AioConnection) -> None:
+        """§14.4: a session (welcome) within the handshake deadline counted from the accept,
+        or the connection goes, whatever the peer sends meanwhile (PINGs, requests before
+        hello, or nothing after its SETTINGS)."""
+        asyncio.get_running_loop().call_later(
+            self.config.limits.handshake_timeout_s, self._check_hello, weakref.ref(conn)
+        )
 
     def _check_hello(self, ref: weakref.ref[AioConnection]) -> None:
         conn = ref()
-        state = self._conns.get(conn) if conn is not None else None
-        if conn is None or conn.closed or state is None or state.session is not None:
+        if conn is None or conn.closed:
+            return
+        state = self._conns.get(conn)
+        if state is not None and state.session is not None:
             return
         logger.warning("closing %s: no session after the handshake deadline", conn.remote_address)
         conn.close(ErrorCode.TIMEOUT, "no hello within the handshake deadline")
@@ -353,8 +387,9 @@ class EdgeServer:
         live = sum(1 for c in self._conns if not c.closed and _host(c.remote_address) == host)
         return live >= self.config.max_connections_per_address
 
-    async def _read_body(self, stream: ServerStream, limit: int) -> bytes:
-        expected = get_body_len(stream.head, limit=limit)
+    @staticmethod
+    async def _read_body(stream: ServerStream, body_len: int, limit: int) -> bytes:
+        expected = check_body_len(body_len, limit=limit)
         body = await stream.read_body(expected)
         if len(body) != expected:
             raise RequestError("bad_request", f"body: expected {expected} bytes, got {len(body)}")
@@ -362,27 +397,25 @@ class EdgeServer:
 
     # -- §10.2 session -----------------------------------------------------------------
 
-    async def _on_hello(self, state: _ConnState, stream: ServerStream) -> Response:
-        head = stream.head
-        if state.session is not None or state.pending_key is not None:
-            raise RequestError("bad_request", "hello: the session is already established")
-        key = get_hex(head, "session", digits=32)
-        nonce = bytes.fromhex(get_hex(head, "nonce", digits=32))
+    async def _on_hello(self, state: _ConnState, stream: ServerStream, hello: Hello) -> Response:
+        # a second hello was refused before parsing (_handle), as it was while pending
+        key = hello.session
+        nonce = bytes.fromhex(hello.nonce)
         if self.config.secret is None:
             return self._welcome(state, key), b""
         state.client_nonce, state.server_nonce = nonce, os.urandom(16)
         state.pending_key = key
         proof = hmac_proof(self.config.secret, "server", nonce, state.server_nonce)
-        return {"m": "challenge", "nonce": state.server_nonce.hex(), "proof": proof}, b""
+        return Challenge(nonce=state.server_nonce.hex(), proof=proof), b""
 
-    async def _on_auth(self, state: _ConnState, stream: ServerStream) -> Response:
+    async def _on_auth(self, state: _ConnState, stream: ServerStream, auth: Auth) -> Response:
         secret = self.config.secret
         if secret is None or state.pending_key is None:
             raise RequestError("bad_request", "auth: no authentication is pending")
         assert state.client_nonce is not None and state.server_nonce is not None
         expected = hmac_proof(secret, "client", state.client_nonce, state.server_nonce)
-        proof = stream.head.get("proof")
-        if not isinstance(proof, str) or not hmac.compare_digest(proof, expected):
+        proof = auth.proof
+        if proof is None or not hmac.compare_digest(proof, expected):
             self._refuse_auth(stream, "wrong proof")
             raise RequestError("bad_request", "auth: wrong proof")
         key, state.pending_key = state.pending_key, None
@@ -391,10 +424,10 @@ class EdgeServer:
     @staticmethod
     def _refuse_auth(stream: ServerStream, why: str) -> None:
         """§10.2.3: GOAWAY AUTH_FAILED, revealing nothing."""
-        logger.warning("authentication failed from %s: %s", stream._conn.remote_address, why)
-        stream._conn.close(ErrorCode.AUTH_FAILED, "authentication failed")
+        logger.warning("authentication failed from %s: %s", stream.connection.remote_address, why)
+        stream.connection.close(ErrorCode.AUTH_FAILED, "authentication failed")
 
-    def _welcome(self, state: _ConnState, key: str) -> dict[str, object]:
+    def _welcome(self, state: _ConnState, key: str) -> Welcome:
         session = self._sessions.get(key)
         if session is None:
             if len(self._sessions) >= self.config.max_sessions and not self._evict_idle():
@@ -404,19 +437,18 @@ class EdgeServer:
         state.session = session
         assert self._cost_model is not None
         limits = self.config.limits
-        return {
-            "m": "welcome",
-            "server": f"ionn_net/{__version__}",
-            "session": key,
-            "cost_model": self._cost_model.to_doc(),
-            "limits": {
+        return Welcome(
+            server=f"ionn_net/{__version__}",
+            session=key,
+            cost_model=self._cost_model.to_doc(),
+            limits={
                 "max_message_size": limits.max_message_size,
                 "max_batch": limits.max_batch,
                 "max_models": self.config.max_models_per_session,
                 "max_bytes": self.config.max_bytes_per_session,
                 "max_queries": self.config.max_queries_per_session,
             },
-        }
+        )
 
     def _evict_idle(self) -> bool:
         """At capacity, forget the least recently used session that has no live
@@ -431,17 +463,22 @@ class EdgeServer:
         victim = min(idle, key=lambda s: s.last_used)
         del self._sessions[victim.key]
         for digest in victim.partials:  # stale partial uploads expire with their session
-            self.store.drop_partial(partial_key(victim.hash, digest))
+            try:
+                self.store.drop_partial(partial_key(victim.hash, digest))
+            except StoreError as exc:  # best effort: the store's sweep expires it later
+                logger.warning("could not drop a partial upload of %s: %s", victim.hash[:8], exc)
         logger.info("forgot idle session %s to make room", victim.hash[:8])
         return True
 
     # -- §10.3 manifest, §10.4 have ----------------------------------------------------
 
-    async def _on_manifest(self, state: _ConnState, stream: ServerStream) -> Response:
+    async def _on_manifest(
+        self, state: _ConnState, stream: ServerStream, request: Manifest
+    ) -> Response:
         session = state.session
         assert session is not None
-        digest = get_digest(stream.head, "model")
-        body = await self._read_body(stream, self.config.max_manifest_bytes)
+        digest = request.model
+        body = await self._read_body(stream, request.body_len, self.config.max_manifest_bytes)
         if hashlib.sha256(body).hexdigest() != digest:
             raise RequestError("bad_manifest", "model: the digest does not match the manifest")
         model = session.models.get(digest)
@@ -453,14 +490,14 @@ class EdgeServer:
             except SpecError as exc:
                 raise RequestError("bad_manifest", str(exc)) from None
             session.models[digest] = model
-        return {"m": "manifest_ok", "model": digest, **self._holdings(session, model)}, b""
+        return ManifestOk(model=digest, holdings=self._holdings(session, model)), b""
 
     def _parse_model(self, body: bytes) -> _Model:
         manifest = loads_manifest(body, self.config.spec_limits, canonical=True)
         graph = graph_from_manifest(manifest, self.config.spec_limits)
         return _Model(manifest, graph, self.config.jit)
 
-    def _holdings(self, session: _Session, model: _Model) -> dict[str, object]:
+    def _holdings(self, session: _Session, model: _Model) -> Holdings:
         owned = self.store.owned_by(session.hash)
         partial = {}
         for digest in model.blob_sizes:
@@ -469,42 +506,42 @@ class EdgeServer:
                 if offset:
                     partial[digest] = offset
                     session.partials.add(digest)  # left by an earlier connection or process
-        return {
-            "blobs_held": sorted(d for d in model.blob_sizes if d in owned),
-            "partial": partial,
-            "layers_ready": sorted(model.ready, key=model.graph.position),
-            "refused": dict(model.refused),
-        }
+        return Holdings(
+            blobs_held=tuple(sorted(d for d in model.blob_sizes if d in owned)),
+            partial=partial,
+            layers_ready=tuple(sorted(model.ready, key=model.graph.position)),
+            refused=dict(model.refused),
+        )
 
-    def _model(self, state: _ConnState, head: Mapping[str, Any]) -> _Model:
+    def _model(self, state: _ConnState, digest: str) -> _Model:
         assert state.session is not None
-        digest = get_digest(head, "model")
         model = state.session.models.get(digest)
         if model is None:
             raise RequestError("unknown_model", f"model {digest}: send its manifest first")
         return model
 
-    async def _on_have(self, state: _ConnState, stream: ServerStream) -> Response:
-        model = self._model(state, stream.head)
+    async def _on_have(self, state: _ConnState, stream: ServerStream, have: Have) -> Response:
+        model = self._model(state, have.model)
         assert state.session is not None
-        return {"m": "have_ok", **self._holdings(state.session, model)}, b""
+        return HaveOk(holdings=self._holdings(state.session, model)), b""
 
     # -- §10.5 blob ----------------------------------------------------------------------
 
-    async def _on_blob(self, state: _ConnState, stream: ServerStream) -> Response:
+    async def _on_blob(self, state: _ConnState, stream: ServerStream, blob: Blob) -> Response:
         session = state.session
         assert session is not None
-        head = stream.head
-        model = self._model(state, head)
-        digest = get_digest(head, "sha256")
+        model = self._model(state, blob.model)
+        digest = blob.sha256
         size = model.blob_sizes.get(digest)
-        if size is None or get_int(head, "size") != size:
+        if size is None or blob.size != size:
             raise RequestError("unknown_blob", f"blob {digest}: not in this model's manifest")
         key = partial_key(session.hash, digest)
         if digest in self.store.owned_by(session.hash):
-            await stream.read_body(get_body_len(head, limit=size))
-            return {"m": "blob_ok", "sha256": digest, "offset": size, "complete": True}, b""
-        offset = get_int(head, "offset", hi=size)
+            await stream.read_body(check_body_len(blob.body_len, limit=size))
+            return BlobOk(sha256=digest, offset=size, complete=True), b""
+        offset = blob.offset
+        if offset > size:
+            raise bad_member("offset", f"an integer in 0..{size}", offset)
         current = self.store.partial_offset(key)
         if offset != current:
             raise RequestError(
@@ -515,13 +552,17 @@ class EdgeServer:
         reserved = sum(sizes.get(d, 0) for d in session.partials - {digest}) + size
         if self.store.bytes_owned_by(session.hash) + reserved > self.config.max_bytes_per_session:
             raise RequestError("limit_exceeded", "this session stores too many bytes")
-        body_len = get_body_len(head, limit=size - offset)
+        body_len = check_body_len(blob.body_len, limit=size - offset)
         session.partials.add(digest)
         new_offset = await self._append_body(stream, key, offset, body_len)
         complete = new_offset == size
         if complete:
             try:
                 await self._complete_blob(session, digest, key)
+            except StoreUnavailableError as exc:
+                # Not the client's bytes: the partial stays (nothing acknowledged is lost)
+                # and the client completes it again once the store is back.
+                raise RequestError("internal", f"blob {digest}: {exc}") from None
             except StoreError:
                 raise RequestError(
                     "digest_mismatch", f"blob {digest}: bytes do not match"
@@ -529,7 +570,7 @@ class EdgeServer:
             finally:
                 session.partials.discard(digest)  # stored, or dropped as corrupt
             self.stats["blobs"] += 1
-        return {"m": "blob_ok", "sha256": digest, "offset": new_offset, "complete": complete}, b""
+        return BlobOk(sha256=digest, offset=new_offset, complete=complete), b""
 
     async def _complete_blob(self, session: _Session, digest: str, key: str) -> None:
         """Verify and store the finished partial, then record this session as its owner,
@@ -575,14 +616,15 @@ class EdgeServer:
 
     # -- §10.6 load ----------------------------------------------------------------------
 
-    async def _on_load(self, state: _ConnState, stream: ServerStream) -> Response:
+    async def _on_load(self, state: _ConnState, stream: ServerStream, load: Load) -> Response:
         session = state.session
         assert session is not None
-        model = self._model(state, stream.head)
-        names = get_layer_list(stream.head, "layers")
-        sets = layer_sets(
-            stream.head.get("prepare"), member="prepare", max_sets=self.config.max_prepare_sets
-        )
+        model = self._model(state, load.model)
+        names = list(load.layers)
+        sets = [list(s) for s in load.prepare]
+        cap = self.config.max_prepare_sets
+        if len(sets) > cap:
+            raise bad_member("prepare", f"a list of at most {cap} layer lists", sets)
         for name in [n for s in sets for n in s] + names:
             if name not in model.specs:
                 raise RequestError("bad_request", f"layer {name!r}: not in the manifest")
@@ -605,15 +647,12 @@ class EdgeServer:
                 self._consolidate_later(model, run)
         self.stats["loads"] += 1
         load_ms = (time.perf_counter() - started) * 1000.0
-        ready = sorted(model.ready, key=model.graph.position)
-        return {
-            "m": "load_ok",
-            "layers_ready": ready,
-            "prepared": prepared,
-            "load_ms": load_ms,
-        }, b""
+        ready = tuple(sorted(model.ready, key=model.graph.position))
+        return LoadOk(
+            layers_ready=ready, prepared=tuple(map(tuple, prepared)), load_ms=load_ms
+        ), b""
 
-    def _build(self, model: _Model, names: list[str]) -> None:
+    def _build(self, model: _Model, names: Sequence[str]) -> None:
         """Build the named layers from verified blobs (worker thread). The manifest was
         validated as a whole when it arrived; each layer is re-validated on its own by
         ``build_layer`` with the input shapes of the server's own graph."""
@@ -628,7 +667,12 @@ class EdgeServer:
             shapes = [model.graph[r.layer].output_shapes[r.index] for r in spec.inbound]
             weights = []
             if spec.blob_sha256 is not None:
-                blob = self.store.get(spec.blob_sha256)  # verified on read
+                try:
+                    blob = self.store.get(spec.blob_sha256)  # verified on read
+                except BlobCorruptError:  # discarded by the store: the owner uploads it again
+                    raise RequestError(
+                        "missing_blobs", f"blob of {name!r} failed verification", layers=[name]
+                    ) from None
                 weights = split_blob(spec, blob, limits)
             built[name] = build_layer(spec, shapes, weights, limits=limits)
         model.executor().add_layers(built)
@@ -638,79 +682,59 @@ class EdgeServer:
 
     # -- §10.7 query ---------------------------------------------------------------------
 
-    async def _on_query(self, state: _ConnState, stream: ServerStream) -> Response:
+    async def _on_query(self, state: _ConnState, stream: ServerStream, query: Query) -> Response:
         session = state.session
         assert session is not None
-        head = stream.head
         received = time.monotonic()
-        model = self._model(state, head)
-        qid = get_str(head, "qid", max_len=64)
-        deadline_ms = get_int(head, "deadline_ms", lo=1, hi=3_600_000)
-        run = get_layer_list(head, "run")
+        model = self._model(state, query.model)
+        qid, deadline_ms, run = query.qid, query.deadline_ms, list(query.run)
         not_ready = [n for n in run if n not in model.ready]
         if not run or not_ready:
             raise RequestError("layer_not_ready", f"layers not ready: {not_ready[:8]}")
         ins, outs = model.graph.boundary(run)
         limits = self.config.limits
-        body = await self._read_body(stream, limits.max_message_size)
+        body = await self._read_body(stream, query.body_len, limits.max_message_size)
+        signature = boundary_signature(model.graph, ins)
         try:
-            tensors = decode_tensors(head.get("tensors"), body, limits=limits)
+            tensors = decode_tensors(query.tensors, body, limits=limits, expected=signature)
+        except SignatureError as exc:  # not the run set's boundary inputs (§10.7, §9.4)
+            raise RequestError("bad_request", str(exc)) from None
         except TensorError as exc:  # malformed descriptors or payload, NaN/Inf (§9)
             raise RequestError("bad_tensor", str(exc)) from None
-        self._check_boundary(model.graph, ins, tensors, limits.max_batch)
         if session.queries.locked():
             raise RequestError("busy", "too many concurrent queries in this session")
-        async with session.queries, self._inference:
-            if (time.monotonic() - received) * 1000.0 > deadline_ms:
+        async with session.queries:
+            # §14.3: the result is held back (not computed) until it fits under the
+            # connection's outbound cap, so unread results cannot pile up in memory.
+            left_s = deadline_ms / 1000.0 - (time.monotonic() - received)
+            size = _result_nbytes(model.graph, outs, tensors)
+            if left_s <= 0 or not await stream.reserve_outbound(size, timeout=left_s):
                 raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
-            feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
-            started = time.perf_counter()
-            result = await _to_thread_to_the_end(self._run, model, run, feeds)
-            server_ms = (time.perf_counter() - started) * 1000.0
+            async with self._inference:
+                if (time.monotonic() - received) * 1000.0 > deadline_ms:
+                    raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
+                feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
+                started = time.perf_counter()
+                result = await _to_thread_to_the_end(self._run, model, run, feeds)
+                server_ms = (time.perf_counter() - started) * 1000.0
         if model.complete:
             self._consolidate_later(model, run)
         self.stats["queries"] += 1
         descs, parts = encode_tensors({str(r): result[r] for r in outs})
         out_body = b"".join(parts)
-        order = sorted(run, key=model.graph.position)
-        reply = {
-            "m": "result",
-            "qid": qid,
-            "ran": order,
-            "last": order[-1],
-            "tensors": descs,
-            "server_ms": server_ms,
-            "body_len": len(out_body),
-        }
+        order = tuple(sorted(run, key=model.graph.position))
+        reply = Result(
+            qid=qid,
+            ran=order,
+            last=order[-1],
+            tensors=descs,
+            server_ms=server_ms,
+            body_len=len(out_body),
+        )
         return reply, out_body
 
     @staticmethod
-    def _check_boundary(
-        graph: LayerGraph, ins: Sequence[TensorRef], tensors: Mapping[str, np.ndarray], batch: int
-    ) -> None:
-        """§10.7: the tensors must be exactly the boundary inputs of the run set, with the
-        model's shapes and dtypes (§9.4); anything else is ``bad_request``."""
-        want = {str(r) for r in ins}
-        if set(tensors) != want:
-            raise RequestError(
-                "bad_request", f"tensors: expected {sorted(want)}, got {sorted(tensors)}"
-            )
-        for ref in ins:
-            node, arr = graph[ref.layer], tensors[str(ref)]
-            shape = node.output_shapes[ref.index]
-            if arr.shape[1:] != shape or not 1 <= arr.shape[0] <= batch:
-                raise RequestError(
-                    "bad_request",
-                    f"tensor {ref}: expected shape (1..{batch}, "
-                    f"{', '.join(map(str, shape))}), got {arr.shape}",
-                )
-            if arr.dtype != np.dtype(node.output_dtype):
-                raise RequestError(
-                    "bad_request", f"tensor {ref}: expected {node.output_dtype}, got {arr.dtype}"
-                )
-
-    @staticmethod
-    def _run(model: _Model, run: list[str], feeds: Mapping[TensorRef, np.ndarray]) -> Any:
+    def _run(model: _Model, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]) -> Any:
         return model.runner(run)(feeds)  # compiled by load's prepare (§10.6)
 
     def _consolidate_later(self, model: _Model, run: Sequence[str]) -> None:
@@ -766,6 +790,20 @@ def _lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
     except (OSError, AttributeError) as exc:  # not Linux, or not permitted
         logger.debug("loader thread keeps its priority: %s", exc)
+
+
+def _result_nbytes(
+    graph: LayerGraph, outs: Sequence[TensorRef], tensors: Mapping[str, np.ndarray]
+) -> int:
+    """Body bytes of the result of a query with these (checked) input tensors: its output
+    tensors' shapes, from the server's own graph, at the inputs' batch size (§10.8)."""
+    batch = next(iter(tensors.values())).shape[0] if tensors else 1
+    return sum(
+        batch
+        * math.prod(graph[r.layer].output_shapes[r.index])
+        * np.dtype(graph[r.layer].output_dtype).itemsize
+        for r in outs
+    )
 
 
 def _host(address: Any) -> Any:

@@ -6,8 +6,14 @@ This module owns :class:`TensorDesc` and the two directions of the tensor codec:
 numpy views on it. Validation follows §9 and §14.2: an exact dtype allowlist, 1-8
 dimensions of 1..2^31-1, element counts in Python integers, ``nbytes`` exact and within
 limits *before* the payload is touched, body length equal to the sum, finite floats, bools
-0/1, shapes checked against the expected signature (batch dimension against
-``max_batch``). Every refusal raises :class:`~ionn_net.errors.TensorError`. No pickle.
+0/1. Every refusal raises :class:`~ionn_net.errors.TensorError`. No pickle.
+
+It also owns the one check of a message's tensors against the boundary its receiver
+expects (§9.4, §10.7): :func:`boundary_signature` lists what a set of layers reads or
+writes (from the receiver's own graph) and :func:`check_signature` compares descriptors
+with it (names, shapes beyond the batch, dtypes, the batch against ``max_batch``),
+raising :class:`SignatureError`. The server checks a query's inputs with it, the client
+a result's outputs, both through ``decode_tensors(..., expected=...)``.
 """
 
 from __future__ import annotations
@@ -21,8 +27,20 @@ import numpy as np
 
 from ionn_net.config import Limits
 from ionn_net.errors import TensorError
+from ionn_net.model.graph import LayerGraph, TensorRef
 
-__all__ = ["DTYPES", "MAX_DIM", "MAX_NDIM", "TensorDesc", "decode_tensors", "encode_tensors"]
+__all__ = [
+    "DTYPES",
+    "MAX_DIM",
+    "MAX_NDIM",
+    "SignatureError",
+    "TensorDesc",
+    "TensorSpec",
+    "boundary_signature",
+    "check_signature",
+    "decode_tensors",
+    "encode_tensors",
+]
 
 #: The §9.1 allowlist: wire name -> little-endian numpy dtype.
 DTYPES: Mapping[str, np.dtype[Any]] = {
@@ -90,6 +108,60 @@ class TensorDesc:
         return cls(ref=ref, dtype=dtype, shape=shape, nbytes=nbytes)
 
 
+class SignatureError(TensorError):
+    """Well-formed tensors that are not the ones the receiver expects (§9.4): another set
+    of references, another shape beyond the batch, another dtype, or a batch above the
+    limit. A server answers it ``bad_request`` (§10.7), unlike a malformed or non-finite
+    tensor (``bad_tensor``, §9)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One tensor a receiver expects: its reference, its shape without the batch
+    dimension and its dtype (None: any §9.1 dtype)."""
+
+    ref: str
+    shape: tuple[int | None, ...]
+    dtype: str | None = None
+
+
+def boundary_signature(graph: LayerGraph, refs: Sequence[TensorRef]) -> tuple[TensorSpec, ...]:
+    """What ``refs`` (boundary tensors of a layer set, :meth:`LayerGraph.boundary`) look
+    like on the wire according to ``graph``."""
+    return tuple(
+        TensorSpec(
+            str(r), tuple(graph[r.layer].output_shapes[r.index]), graph[r.layer].output_dtype
+        )
+        for r in refs
+    )
+
+
+def check_signature(
+    descs: Sequence[TensorDesc], signature: Sequence[TensorSpec], *, max_batch: int
+) -> None:
+    """§9.4: ``descs`` are exactly the tensors of ``signature`` (any order), each of its
+    shape beyond the batch dimension and of its dtype, the batch at most ``max_batch``;
+    else :class:`SignatureError` naming the tensor, what was expected and what arrived."""
+    want = {s.ref: s for s in signature}
+    got = {d.ref for d in descs}
+    if got != set(want):
+        raise SignatureError(
+            f"tensors: expected refs {sorted(want)!r:.200}, got {sorted(got)!r:.200}"
+        )
+    for d in descs:
+        spec = want[d.ref]
+        shown = f"[1..{max_batch}{''.join(f', {n}' for n in spec.shape)}]"
+        if len(spec.shape) + 1 != len(d.shape) or spec.shape != d.shape[1:]:
+            raise SignatureError(f"tensor {d.ref}: expected shape {shown}, got {list(d.shape)}")
+        if d.shape[0] > max_batch:
+            raise SignatureError(
+                f"tensor {d.ref}: expected batch <= {max_batch} (shape {shown}), "
+                f"got {list(d.shape)}"
+            )
+        if spec.dtype is not None and d.dtype != spec.dtype:
+            raise SignatureError(f"tensor {d.ref}: expected {spec.dtype}, got {d.dtype}")
+
+
 def _check_shape(ref: str, shape: object) -> tuple[int, ...]:
     if not isinstance(shape, list) or not 1 <= len(shape) <= MAX_NDIM:
         raise TensorError(
@@ -155,17 +227,18 @@ def decode_tensors(
     body: bytes | bytearray | memoryview,
     *,
     limits: Limits = _DEFAULT_LIMITS,
-    expected: Mapping[str, Sequence[int | None]] | None = None,
+    expected: Sequence[TensorSpec] | Mapping[str, Sequence[int | None]] | None = None,
 ) -> dict[str, np.ndarray[Any, Any]]:
     """Validate ``descs`` (untrusted JSON) and ``body``; return read-only arrays by ref.
 
-    ``expected`` maps each reference the receiver expects to its full shape, batch
-    dimension first (its value is ignored: the batch is checked against
-    ``limits.max_batch``). When given, the references must be exactly its keys (§9.4).
+    ``expected`` is the signature the receiver expects (:func:`check_signature`, before
+    the payload is touched): :class:`TensorSpec` s, or a mapping of each reference to its
+    full shape, batch dimension first (the batch value is ignored: it is checked against
+    ``limits.max_batch``) when any dtype will do.
     """
     parsed = _parse_descs(descs, limits)
     if expected is not None:
-        _check_signature(parsed, expected, limits.max_batch)
+        check_signature(parsed, _as_signature(expected), max_batch=limits.max_batch)
     total = sum(d.nbytes for d in parsed)
     if len(body) != total:
         raise TensorError(f"tensor body: expected {total} bytes (sum of nbytes), got {len(body)}")
@@ -196,22 +269,12 @@ def _parse_descs(descs: object, limits: Limits) -> list[TensorDesc]:
     return parsed
 
 
-def _check_signature(
-    parsed: list[TensorDesc], expected: Mapping[str, Sequence[int | None]], max_batch: int
-) -> None:
-    got = {d.ref for d in parsed}
-    if got != set(expected):
-        raise TensorError(
-            f"tensors: expected refs {sorted(expected)!r:.200}, got {sorted(got)!r:.200}"
-        )
-    for d in parsed:
-        want = tuple(expected[d.ref])
-        if len(want) != len(d.shape) or tuple(want[1:]) != d.shape[1:]:
-            raise TensorError(
-                f"tensor {d.ref}: expected shape {list(want)} (batch first), got {list(d.shape)}"
-            )
-        if d.shape[0] > max_batch:
-            raise TensorError(f"tensor {d.ref}: expected batch <= {max_batch}, got {d.shape[0]}")
+def _as_signature(
+    expected: Sequence[TensorSpec] | Mapping[str, Sequence[int | None]],
+) -> Sequence[TensorSpec]:
+    if isinstance(expected, Mapping):
+        return [TensorSpec(ref, tuple(shape[1:])) for ref, shape in expected.items()]
+    return expected
 
 
 def _check_values(d: TensorDesc, arr: np.ndarray[Any, Any]) -> None:

@@ -1,10 +1,21 @@
-"""Shared fixtures for integration tests: a calibrated server cost model (once per run)."""
+"""Shared fixtures for integration tests: a calibrated server cost model, this project
+installed from its wheel into fresh virtual environments (each once per run), and real
+redis-server processes (tests/helpers/redis_server.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from tests.helpers.redis_server import own_redis, redis_server, redis_url
+from tests.helpers.wheel_env import build_wheel, extra_distributions, make_venv
+
+#: A directory in which to keep the calibrated cost model across pytest runs (the mutation
+#: check runs pytest many times on one machine); unset, every run calibrates afresh.
+COST_MODEL_DIR = "IONN_TEST_COST_MODEL_DIR"
+
+__all__ = ["own_redis", "redis_server", "redis_url"]
 
 
 @pytest.fixture(scope="session")
@@ -12,5 +23,33 @@ def cost_model(tmp_path_factory: pytest.TempPathFactory) -> object:
     """The server cost model calibrated on this machine (about 15 s, once per run)."""
     from ionn_net.calibrate import load_or_calibrate
 
-    root: Path = tmp_path_factory.mktemp("costmodel")
+    kept = os.environ.get(COST_MODEL_DIR)
+    root: Path = Path(kept) if kept else tmp_path_factory.mktemp("costmodel")
     return load_or_calibrate(root)
+
+
+@pytest.fixture(scope="session")
+def wheel_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built offline from a copy of the sources (about 10 s)."""
+    return build_wheel(tmp_path_factory.mktemp("wheel-build"))
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(tmp_path_factory: pytest.TempPathFactory, wheel_file: Path) -> Path:
+    """The ``bin`` directory of a fresh environment holding the wheel with every extra's
+    dependencies (see tests/helpers/wheel_env.py for how it is built)."""
+    return make_venv(tmp_path_factory.mktemp("wheel-venv") / "venv", wheel_file)
+
+
+@pytest.fixture(scope="session")
+def wheel_venv_without_bench(tmp_path_factory: pytest.TempPathFactory, wheel_file: Path) -> Path:
+    """The same without the distributions of the ``bench`` extra (matplotlib, grpcio)."""
+    path = tmp_path_factory.mktemp("wheel-venv-nobench") / "venv"
+    return make_venv(path, wheel_file, without=extra_distributions("bench"))
+
+
+@pytest.fixture(scope="session")
+def wheel_venv_without_redis(tmp_path_factory: pytest.TempPathFactory, wheel_file: Path) -> Path:
+    """The same without the distributions of the ``redis`` extra."""
+    path = tmp_path_factory.mktemp("wheel-venv-noredis") / "venv"
+    return make_venv(path, wheel_file, without=extra_distributions("redis"))

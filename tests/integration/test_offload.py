@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ionn_net.client import ClientConfig, OffloadClient
+from ionn_net.client import ClientConfig, InferenceResult, OffloadClient
 from ionn_net.netem.proxy import LinkSpec, ShapingProxy
 from ionn_net.server import EdgeServer
 
@@ -94,26 +94,49 @@ async def test_reconnect_uploads_nothing_twice(
 async def test_server_closed_mid_upload_loses_no_query(
     small_model: Any, cost_model: Any, tmp_path: Path
 ) -> None:
+    """The server goes away while queries offload and the upload still runs: the query
+    whose server segment fails then finishes locally (a fallback), and every query
+    returns the model's output."""
     model = small_model
-    xs = inputs(12, 96)
+    xs = inputs(6, 96)
     expected = [model(x, training=False).numpy() for x in xs]
     slow = LinkSpec(rate_bps=4e6, delay_ms=1.0)
-    config = ClientConfig(slowdown=5.0, profile_cache=str(tmp_path / "p"), reconnect=False)
+    # 40x: offloading pays as soon as the first partition is loaded (at 5x no query
+    # offloaded before the upload ended on this machine, so nothing was tested).
+    config = ClientConfig(slowdown=40.0, profile_cache=str(tmp_path / "p"), reconnect=False)
     server = await EdgeServer(cost_model=cost_model).start()
-    proxy = ShapingProxy("127.0.0.1", server.port, up=slow, down=slow)
-    await proxy.__aenter__()
+    proxy = await ShapingProxy("127.0.0.1", server.port, up=slow, down=slow).start()
     try:
         async with OffloadClient("127.0.0.1", proxy.port, model, config=config) as client:
-            got = []
-            for i, x in enumerate(xs):
-                if i == 4:
-                    await server.close()  # the server goes away mid-upload
-                    await proxy.__aexit__(None, None, None)
-                got.append(await asyncio.wait_for(client.infer(x), 60))
+            before = await _query_until_offloaded(client, xs[0], timeout_s=120.0)
+            progress = client.last_progress
+            assert progress is not None and not progress.done, progress  # still uploading
+            await server.close()  # the server goes away mid-upload
+            await proxy.close()
+            after = [await asyncio.wait_for(client.infer_detailed(x), 60) for x in xs]
+            fallbacks = client.stats["fallbacks"]
     finally:
         await server.close()
-    for g, want in zip(got, expected, strict=True):
-        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
+        await proxy.close()
+    np.testing.assert_allclose(before.output, expected[0], rtol=1e-4, atol=1e-5)
+    for result, want in zip(after, expected, strict=True):
+        np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
+    assert any(r.fallback for r in after), [r.segments for r in after]
+    assert fallbacks >= 1
+    assert not any(r.offloaded for r in after)
+
+
+async def _query_until_offloaded(
+    client: OffloadClient, x: np.ndarray, *, timeout_s: float
+) -> InferenceResult:
+    """Query until one answer used the server (fails after ``timeout_s``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        result = await asyncio.wait_for(client.infer_detailed(x), 60)
+        if result.offloaded:
+            return result
+        assert loop.time() < deadline, f"no query offloaded; progress: {client.last_progress}"
 
 
 async def test_a_running_query_joins_a_plan_that_becomes_active(
@@ -131,23 +154,25 @@ async def test_a_running_query_joins_a_plan_that_becomes_active(
         OffloadClient("127.0.0.1", server.port, model, config=config) as client,
     ):
         await client.wait_uploaded(timeout=120)
-        offloading = client._active
+        state = client.plan_state
+        offloading = state.active
         assert offloading.plan.offloads
-        local = client._local_plan()
+        local = state.local_plan()
         (whole,) = local.segments
-        chunks = client._chunks[whole.layers]  # compiled at start, as layers were to come
+        chunks = state.chunks_of(whole.layers)  # compiled at start, as layers were to come
         assert len(chunks) >= 2
-        client._active = type(offloading)(local, frozenset())
-        run_local = client._run_local
+        state.switch(local, frozenset(), {})
+        run_local = client.runner.run_local
         calls: list[tuple[str, ...]] = []
 
         async def first_chunk_then_activate(layers: Any, tensors: Any, due: Any = None) -> Any:
             calls.append(tuple(layers))
             out = await run_local(layers, tensors, due)
-            client._active = offloading  # as if a partition had just been loaded
+            # as if a partition had just been loaded
+            state.switch(offloading.plan, offloading.ready, {})
             return out
 
-        client._run_local = first_chunk_then_activate  # type: ignore[method-assign]
+        client.runner.run_local = first_chunk_then_activate
         result = await client.infer_detailed(x)
     np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
     assert result.replans == 1
@@ -205,18 +230,18 @@ async def test_a_client_that_stopped_offloading_on_bad_measurements_comes_back(
         assert (await client.infer_detailed(x)).offloaded
         # A spell of answers 20x slower than predicted and half a second late (the server
         # busy compiling), fed through the client's own measuring path:
-        ran = sorted(client._server_ready)
+        state = client.plan_state
+        ran = sorted(state.ready)
         slow_ms = 20 * sum(client.server_ms[n] for n in ran)
         for _ in range(20):
-            reply = {"server_ms": slow_ms, "ran": ran}
-            client._observe_round_trip(slow_ms / 1000 + 0.5, 0, 0, reply)
-        learned = client._learned
-        await client._activate(client._server_ready)
-        assert not client._active.plan.server_layers  # every layer on the client now
+            state.observe_round_trip(slow_ms / 1000 + 0.5, 0, 0, server_ms=slow_ms, ran=ran)
+        learned = state.learned
+        await client.replan()
+        assert not state.active.plan.server_layers  # every layer on the client now
         assert not (await client.infer_detailed(x)).offloaded
         learned.half_life_s = 0.3  # fade quickly (5 s by default)
         for _ in range(100):  # bounded: 10 s
-            if client._active.plan.server_layers:
+            if state.active.plan.server_layers:
                 break
             await asyncio.sleep(0.1)
         result = await client.infer_detailed(x)
@@ -241,7 +266,7 @@ async def test_upload_is_paced_at_the_configured_rate(
         client = OffloadClient("127.0.0.1", server.port, small_model, config=config)
         async with client:
             started = asyncio.get_running_loop().time()
-            assert client._conn is not None and client._conn.pacer is not None
+            assert client.connection is not None and client.connection.pacer is not None
             result = await client.infer_detailed(x)
             await client.wait_uploaded(timeout=120)
             elapsed = asyncio.get_running_loop().time() - started
@@ -257,7 +282,7 @@ async def test_upload_is_paced_at_the_configured_rate(
         )
         unpaced = ClientConfig(profile_cache=str(tmp_path / "p"), transport=TransportOptions())
         async with OffloadClient("127.0.0.1", server.port, small_model, config=unpaced) as other:
-            assert other._conn is not None and other._conn.pacer is None
+            assert other.connection is not None and other.connection.pacer is None
 
 
 def test_client_config_rejects_a_transport_that_is_not_transport_options() -> None:

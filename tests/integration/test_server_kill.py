@@ -52,7 +52,7 @@ async def _offloading(client: OffloadClient, *, timeout_s: float) -> None:
     """Wait until the client's plan sends work to the server (fails after ``timeout_s``)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    while not client._active.plan.offloads:
+    while not client.plan_state.active.plan.offloads:
         assert loop.time() < deadline, (
             f"no plan offloaded within {timeout_s:.0f} s; progress: {client.last_progress}"
         )
@@ -94,7 +94,7 @@ async def test_sigkill_mid_upload(model: Any, cost_model: Any, tmp_path: Path) -
                 got.append(result.output)
                 if i == 3:
                     assert result.fallback  # its server segment failed and ran locally
-            acknowledged = set(c._held_blobs)
+            acknowledged = set(c.plan_state.held_blobs)
     finally:
         proc.kill()
         proc.wait(10)

@@ -29,3 +29,13 @@ def test_demo_last_seconds_are_the_steady_state() -> None:
     assert ours.mean_after() == 137.5
     assert ours.mean_last() == 115.0
     assert RunSummary("local").mean_last() != RunSummary("local").mean_last()  # nan: no query
+
+
+def test_demo_shows_no_upload_bar_for_local() -> None:
+    import io
+
+    from ionn_net.cli import _Printer
+
+    printer = _Printer(io.StringIO(), quiet=True)
+    assert printer.progress_callback("local") is None
+    assert printer.progress_callback("ours") == printer.bar

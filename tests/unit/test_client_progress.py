@@ -1,4 +1,4 @@
-"""ionn_net.client_progress: computing upload progress and publishing it."""
+"""ionn_net.client.progress: computing upload progress and publishing it."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from ionn_net.client_progress import ProgressFeed, upload_progress
-from ionn_net.client_types import UploadProgress
+from ionn_net.client import UploadProgress
+from ionn_net.client.progress import ProgressFeed, upload_progress
 
 
 def _progress(done: bool = False, sent: int = 0) -> UploadProgress:

@@ -1,5 +1,5 @@
-"""Tests of ionn_net.executor: compiled slices of any layer set, cache, validation,
-profiling and load-time measurement, on small real Keras models."""
+"""Tests of ionn_net.executor and ionn_net.measure: compiled slices of any layer set, cache,
+validation, profiling and load-time measurement, on small real Keras models."""
 
 from __future__ import annotations
 
@@ -13,12 +13,9 @@ import pytest
 from tests.helpers.keras_clone import clone_layer, clone_layers
 
 from ionn_net.errors import ExecutorError
-from ionn_net.executor import (
-    DEFAULT_JIT,
-    CompiledSlice,
-    Executor,
+from ionn_net.executor import DEFAULT_JIT, CompiledSlice, Executor, SliceChain
+from ionn_net.measure import (
     LoadTimes,
-    SliceChain,
     measure_load_times,
     measure_profile,
     profile_layers,

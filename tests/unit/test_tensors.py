@@ -9,7 +9,14 @@ import pytest
 
 from ionn_net.config import Limits
 from ionn_net.errors import TensorError
-from ionn_net.tensors import DTYPES, TensorDesc, decode_tensors, encode_tensors
+from ionn_net.tensors import (
+    DTYPES,
+    SignatureError,
+    TensorDesc,
+    TensorSpec,
+    decode_tensors,
+    encode_tensors,
+)
 
 
 def _round_trip(arrays: dict[str, np.ndarray[Any, Any]], **kw: Any) -> dict[str, np.ndarray]:
@@ -130,6 +137,28 @@ def test_signature_and_batch_limit() -> None:
         batch2, bytes(16), expected={"conv1:0": (None, 2)}, limits=Limits(max_batch=4)
     )
     assert ok["conv1:0"].shape == (2, 2)
+
+
+def test_one_signature_check_serves_server_and_client() -> None:
+    """References, shape beyond the batch, dtype and batch limit, against TensorSpecs; a
+    mismatch is a SignatureError (bad_request at the server), a malformed or non-finite
+    tensor a plain TensorError (bad_tensor)."""
+    sig = [TensorSpec("conv1:0", (2,), "float32")]
+    assert decode_tensors([_desc(shape=[1, 2])], bytes(8), expected=sig)["conv1:0"].shape == (1, 2)
+    f64 = _desc(dtype="float64", shape=[1, 2], nbytes=16)
+    with pytest.raises(SignatureError, match=r"conv1:0: expected float32, got float64"):
+        decode_tensors([f64], bytes(16), expected=sig)
+    assert decode_tensors([f64], bytes(16), expected=[TensorSpec("conv1:0", (2,))])
+    with pytest.raises(SignatureError, match=r"expected shape \[1\.\.1, 2\], got \[1, 3\]"):
+        decode_tensors([_desc(shape=[1, 3], nbytes=12)], bytes(12), expected=sig)
+    with pytest.raises(SignatureError, match=r"expected batch <= 1 \(shape \[1\.\.1, 2\]\)"):
+        decode_tensors([_desc(shape=[2, 2], nbytes=16)], bytes(16), expected=sig)
+    with pytest.raises(SignatureError, match="expected refs"):
+        decode_tensors([_desc(ref="x:0", shape=[1, 2])], bytes(8), expected=sig)
+    nan = np.full((1, 2), np.nan, np.float32).tobytes()
+    with pytest.raises(TensorError, match="finite") as caught:
+        decode_tensors([_desc(shape=[1, 2])], nan, expected=sig)
+    assert not isinstance(caught.value, SignatureError)
 
 
 def test_encode_refuses_what_a_receiver_would_refuse() -> None:

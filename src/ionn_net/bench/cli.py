@@ -1,10 +1,12 @@
 """The ``ionn-bench`` console script.
 
 Owns argument parsing (each flag validated with a clear message), scenario lookup
-(a name means ``<scenarios dir>/<name>.toml``), the output directory and the final
-plots and summary. Progress goes to stderr; the paths of what was written go to
-stdout. Exit status: 0 when every run completed (skipped strategies included), 1
-when some run failed, 2 on bad arguments or an unusable environment, 130 on Ctrl-C.
+(a name means ``<scenarios dir>/<name>.toml``; by default the scenarios installed with
+the package, :func:`~ionn_net.bench.scenario.default_scenarios_dir`), the output
+directory and the final plots and summary. Progress goes to stderr; the paths of what
+was written go to stdout. Exit status: 0 when every run completed (skipped strategies
+included), 1 when some run failed, 2 on bad arguments, an unusable environment or a
+missing ``bench`` extra (:mod:`ionn_net.extras`), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +30,19 @@ from ionn_net.bench.links import BACKEND_CHOICES
 from ionn_net.bench.models import MODELS
 from ionn_net.bench.progress import Console
 from ionn_net.bench.runner import BenchOptions, machine_info, run_scenario
-from ionn_net.bench.scenario import STRATEGIES, Scenario, load_scenario, quick_scenario
+from ionn_net.bench.scenario import (
+    STRATEGIES,
+    Scenario,
+    default_scenarios_dir,
+    load_scenario,
+    quick_scenario,
+    scenario_files,
+)
 from ionn_net.errors import ConfigError, IonnError
+from ionn_net.extras import require_extras
+from ionn_net.tflog import VERBOSE_ENV
 
 __all__ = ["default_scenarios_dir", "main"]
-
-
-def default_scenarios_dir() -> Path:
-    """``bench/scenarios`` of the working directory, else of this source checkout."""
-    here = Path("bench/scenarios")
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parents[3] / "bench" / "scenarios"
 
 
 def _csv(choices: Sequence[str]) -> Any:
@@ -60,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run every upload strategy side by side on an emulated link with an "
         "emulated slow client, and write one JSON per run, latency-over-time plots, the "
         "simulator's prediction beside each measurement and a markdown summary.",
-        epilog="Scenarios: " + ", ".join(sorted(f.stem for f in _scenario_files())) + ". "
-        "Models: " + ", ".join(MODELS) + ".",
+        epilog="Scenarios: " + ", ".join(_names(default_scenarios_dir())) + " (--list "
+        "describes them). Models: " + ", ".join(MODELS) + ".",
     )
     p.add_argument(
         "scenarios",
@@ -74,7 +78,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="CI smoke run: a small CNN, 5 s runs, userspace link, every strategy (1-2 min)",
     )
-    p.add_argument("--scenarios-dir", type=Path, default=None, help="where scenario names resolve")
+    p.add_argument(
+        "--scenarios-dir",
+        type=Path,
+        default=None,
+        help="where scenario names resolve (default: the scenarios installed with the package)",
+    )
+    p.add_argument(
+        "--list",
+        action="store_true",
+        help="run nothing: list the scenarios found (in --scenarios-dir if given) and exit",
+    )
     p.add_argument("--models", type=_csv(tuple(MODELS)), help="override the models")
     p.add_argument("--strategies", type=_csv(STRATEGIES), help="override the strategies")
     p.add_argument(
@@ -123,25 +137,48 @@ def _parser() -> argparse.ArgumentParser:
         help="run nothing: rebuild the plots and summary of DIR from its runs/*.json",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's native start-up logs of the server and client processes "
+        "(hidden by default)",
+    )
     return p
 
 
-def _scenario_files(directory: Path | None = None) -> list[Path]:
-    d = directory or default_scenarios_dir()
-    return sorted(d.glob("*.toml")) if d.is_dir() else []
+def _names(directory: Traversable) -> list[str]:
+    return [f.name.removesuffix(".toml") for f in scenario_files(directory)]
 
 
-def _resolve(names: Sequence[str], directory: Path) -> list[Scenario]:
+def _resolve(names: Sequence[str], directory: Traversable) -> list[Scenario]:
     out = []
     for name in names:
-        path = Path(name)
-        if path.suffix != ".toml":
-            path = directory / f"{name}.toml"
+        path: Traversable = Path(name)
+        if not name.endswith(".toml"):
+            path = directory.joinpath(f"{name}.toml")
         if not path.is_file():
-            known = ", ".join(p.stem for p in _scenario_files(directory)) or "none"
+            known = ", ".join(_names(directory)) or "none"
             raise ConfigError(f"scenario {name!r}: no file {path} (known: {known})")
         out.append(load_scenario(path))
     return out
+
+
+def _list(directory: Traversable) -> int:
+    """``--list``: one line per scenario file of ``directory`` (name, link, description)."""
+    found = scenario_files(directory)
+    if not found:
+        print(f"ionn-bench: no scenario files (*.toml) in {directory}", file=sys.stderr)
+        return 2
+    print(f"scenarios in {directory}:")
+    for f in found:
+        name = f.name.removesuffix(".toml")
+        try:
+            sc = load_scenario(f)
+        except ConfigError as exc:
+            print(f"  {name:<12} unusable: {exc}")
+            continue
+        print(f"  {name:<12} {sc.description or sc.link.describe()}")
+    return 0
 
 
 def _apply_overrides(sc: Scenario, args: argparse.Namespace) -> Scenario:
@@ -192,13 +229,18 @@ def _write_report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    require_extras("ionn-bench")
     args = _parser().parse_args(argv)
+    if args.verbose:  # the server and worker processes read it (ionn_net.tflog)
+        os.environ[VERBOSE_ENV] = "1"
     console = Console(sys.stderr, quiet=args.quiet)
     command = "ionn-bench " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     if args.report is not None:
         return _report_only(args.report, console)
+    directory: Traversable = args.scenarios_dir or default_scenarios_dir()
+    if args.list:
+        return _list(directory)
     try:
-        directory = args.scenarios_dir or default_scenarios_dir()
         if args.quick:
             if args.scenarios:
                 raise ConfigError("--quick: expected no scenario names (it has its own)")

@@ -65,7 +65,11 @@ class BenchOptions:
 
 
 def _git_commit() -> str | None:
+    """The commit of the source checkout this package runs from; None for an installed
+    package (whose parent directories may lie inside some unrelated repository)."""
     root = Path(__file__).resolve().parents[3]
+    if not (root / "pyproject.toml").is_file() or not (root / "src" / "ionn_net").is_dir():
+        return None
     try:
         out = subprocess.run(
             ["git", "-C", str(root), "describe", "--always", "--dirty"],

@@ -26,6 +26,10 @@ Owns the scenario schema and its TOML loader (:func:`load_scenario`). A scenario
 Every key is checked: unknown keys, wrong types and out-of-range values raise
 :class:`~ionn_net.errors.ConfigError` naming the file, the key, what was expected
 and what arrived.
+
+The shipped scenarios are package data (``ionn_net/bench/scenarios/*.toml``), found
+through :mod:`importlib.resources` (:func:`default_scenarios_dir`), so an installed wheel
+has them as a source checkout does.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,8 +52,10 @@ __all__ = [
     "LinkConfig",
     "RunConfig",
     "Scenario",
+    "default_scenarios_dir",
     "load_scenario",
     "quick_scenario",
+    "scenario_files",
     "scenario_from_doc",
 ]
 
@@ -247,9 +255,22 @@ def scenario_from_doc(doc: Mapping[str, Any], where: str = "<scenario>") -> Scen
         raise ConfigError(text if text.startswith(where) else f"{where}: {text}") from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate one scenario file."""
-    p = Path(path)
+def default_scenarios_dir() -> Traversable:
+    """The scenarios shipped in the package (``ionn_net/bench/scenarios``)."""
+    return files("ionn_net.bench").joinpath("scenarios")
+
+
+def scenario_files(directory: Traversable) -> list[Traversable]:
+    """The ``*.toml`` files of ``directory`` by name (none if it is not a directory)."""
+    if not directory.is_dir():
+        return []
+    found = [f for f in directory.iterdir() if f.name.endswith(".toml") and f.is_file()]
+    return sorted(found, key=lambda f: f.name)
+
+
+def load_scenario(path: str | Path | Traversable) -> Scenario:
+    """Read and validate one scenario file (a path, or a packaged resource)."""
+    p = Path(path) if isinstance(path, str) else path
     try:
         data = p.read_bytes()
     except OSError as exc:

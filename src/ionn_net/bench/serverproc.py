@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -50,7 +49,8 @@ def workload_cost_model(name: str, seed: int, base: Any) -> tuple[Any, dict[str,
     """A server cost model fitted on model ``name``'s own layers, timed on this machine."""
     from ionn_net.bench.models import build_model
     from ionn_net.bench.worker import time_calls
-    from ionn_net.executor import Executor, measure_load_times, profile_layers
+    from ionn_net.executor import Executor
+    from ionn_net.measure import measure_load_times, profile_layers
     from ionn_net.model.graph import TensorRef
     from ionn_net.model.layers import build_layers, extract_manifest
     from ionn_net.planner.costmodel import ServerCostModel
@@ -135,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workload-model", default=None, help="fit the cost model on this model")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ionn_net.tflog import import_tensorflow
+
+    import_tensorflow()  # verbose when the ionn-bench that started it was (tflog.VERBOSE_ENV)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     from ionn_net.aio import run
 

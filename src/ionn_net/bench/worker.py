@@ -130,7 +130,8 @@ def _weight_ratio(blobs: Mapping[str, bytes]) -> float:
 def prepare(name: str, cache_dir: Path, seed: int) -> Prepared:
     """Build the model, its host profile (cached), the whole-model slice and timings."""
     from ionn_net.bench.models import build_model, query_input
-    from ionn_net.executor import Executor, profile_layers
+    from ionn_net.executor import Executor
+    from ionn_net.measure import profile_layers
     from ionn_net.model.graph import TensorRef
     from ionn_net.model.layers import extract_manifest
     from ionn_net.planner.profiles import ClientProfile, ProfileCache
@@ -332,7 +333,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ionn_net.tflog import import_tensorflow
+
+    import_tensorflow()  # verbose when the ionn-bench that started it was (tflog.VERBOSE_ENV)
     out = sys.stdout
     worker = Worker(args, out)
     log = logging.getLogger("ionn_net")

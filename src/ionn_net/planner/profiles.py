@@ -3,7 +3,7 @@
 This module owns :class:`ClientProfile` (per-layer milliseconds measured on one
 device for one model digest), its JSON form, and :class:`ProfileCache`, a directory
 of profiles keyed by (model digest, device id). Measuring is the executor's job
-(``ionn_net.executor.profile_layers``); this module only stores, validates and looks
+(``ionn_net.measure.profile_layers``); this module only stores, validates and looks
 up the results.
 """
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ionn_net.aio import ServerStream, connect, run, serve
-from ionn_net.client_types import ClientConfig
+from ionn_net.client.types import ClientConfig
 from ionn_net.config import Limits
 from ionn_net.netem.netns import NamespaceLink, environment_problem
 

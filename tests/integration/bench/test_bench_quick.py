@@ -1,16 +1,21 @@
 """``ionn-bench --quick`` end to end: real server and client processes over the
-userspace link, every strategy; the output files are checked."""
+userspace link, every strategy; the output files are checked.
+
+It runs as users run it: the ``ionn-bench`` console script of the project's wheel
+installed in a fresh environment (the ``wheel_venv`` fixture), from a directory outside
+the source tree; tests/integration/test_wheel_install.py checks that this environment
+runs the installed package and not the sources."""
 
 from __future__ import annotations
 
 import json
 import struct
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.helpers.wheel_env import venv_env
 
 from ionn_net.bench.results import check_run_doc
 from ionn_net.bench.scenario import STRATEGIES
@@ -20,13 +25,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 @pytest.fixture(scope="module")
 def quick_run(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, wheel_venv: Path
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("bench")
     out = root / "out"
-    argv = [sys.executable, "-m", "ionn_net.bench", "--quick", "--out", str(out)]
+    argv = [str(wheel_venv / "ionn-bench"), "--quick", "--out", str(out)]
     argv += ["--cache-dir", str(root / "cache")]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=400, check=False)
+    proc = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+        cwd=root,
+        env=venv_env(wheel_venv),
+    )
     return out, proc
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ionn_net.bench import cli
-from ionn_net.bench.scenario import quick_scenario
+from ionn_net.bench.scenario import default_scenarios_dir, quick_scenario
 
 
 def test_help_lists_scenarios_models_and_backends(capsys: pytest.CaptureFixture[str]) -> None:
@@ -72,6 +72,26 @@ def test_scenario_names_resolve_in_the_scenarios_directory(tmp_path: Path) -> No
     assert sc.name == "mine" and sc.link.rate_mbit == 1.0
     [same] = cli._resolve([str(tmp_path / "mine.toml")], Path("/nonexistent"))
     assert same.name == "mine"
+    [wifi] = cli._resolve(["wifi"], default_scenarios_dir())
+    assert wifi.name == "wifi" and wifi.link.rate_mbit == 80.0
+
+
+def test_list_shows_the_scenarios_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"scenarios in {default_scenarios_dir()}:"
+    assert [line.split()[0] for line in lines[1:]] == ["3g", "lte", "wifi", "wifi_lossy"]
+    assert "IONN paper default" in lines[3]
+    (tmp_path / "mine.toml").write_text(
+        'name = "mine"\n[link]\nrate_mbit = 2.0\nrtt_ms = 30.0\n[run]\nmodels = ["cnn_small"]\n'
+    )
+    (tmp_path / "broken.toml").write_text('name = "broken"\n')
+    assert cli.main(["--list", "--scenarios-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:2] == ["broken", "unusable:"]
+    assert out[2].split() == ["mine", "2", "Mbit/s,", "30", "ms", "RTT"]
+    assert cli.main(["--list", "--scenarios-dir", str(tmp_path / "none")]) == 2
+    assert "no scenario files" in capsys.readouterr().err
 
 
 def _run_doc(strategy: str, started: str) -> dict[str, object]:

@@ -7,16 +7,18 @@ from pathlib import Path
 
 import pytest
 
+import ionn_net
 from ionn_net.bench.scenario import (
     STRATEGIES,
     LinkConfig,
+    default_scenarios_dir,
     load_scenario,
     quick_scenario,
     scenario_from_doc,
 )
 from ionn_net.errors import ConfigError
 
-SCENARIOS = Path(__file__).resolve().parents[3] / "bench" / "scenarios"
+SCENARIOS = default_scenarios_dir()
 
 GOOD = {
     "name": "t",
@@ -38,6 +40,17 @@ def test_shipped_scenarios_have_the_issues_links(
     assert sc.run.models == ("mobilenetv2", "resnet50", "inceptionv3", "vgg16")
     assert sc.run.strategies == STRATEGIES
     assert sc.run.target_queries == 100
+
+
+def test_the_shipped_scenarios_are_package_data() -> None:
+    package = Path(ionn_net.__file__).resolve().parent
+    assert Path(str(SCENARIOS)).resolve() == package / "bench" / "scenarios"
+    assert sorted(f.name for f in SCENARIOS.iterdir() if f.name.endswith(".toml")) == [
+        "3g.toml",
+        "lte.toml",
+        "wifi.toml",
+        "wifi_lossy.toml",
+    ]
 
 
 def test_defaults_and_derived_values() -> None:

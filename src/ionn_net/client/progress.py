@@ -1,15 +1,18 @@
-"""The client's upload progress: one :class:`~ionn_net.client_types.UploadProgress` computed
+"""The client's upload progress: one :class:`~ionn_net.client.types.UploadProgress` computed
 from the upload's state (:func:`upload_progress`, pure) and published to the application
 (:class:`ProgressFeed`: the latest event, a callback, async iterators, waiters).
+
+The upload session computes and publishes events (on the event loop); the application
+reads them through :class:`~ionn_net.client.OffloadClient`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 
-from ionn_net.client_types import UploadProgress
+from ionn_net.client.types import UploadProgress
 
 __all__ = ["ProgressFeed", "upload_progress"]
 
@@ -17,7 +20,7 @@ __all__ = ["ProgressFeed", "upload_progress"]
 def upload_progress(
     partitions: Iterable[Iterable[str]],
     layer_blob: Mapping[str, tuple[str | None, int]],
-    held: set[str],
+    held: Collection[str],
     partial: Mapping[str, int],
     *,
     partitions_done: int,

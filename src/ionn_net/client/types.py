@@ -1,5 +1,6 @@
 """The client's public value types: its configuration, a query's result and the upload's
 progress (re-exported by :mod:`ionn_net.client`, where they are documented in use).
+Immutable values: any loop may read them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,399 @@
+"""The one place the client's planning state lives and changes: :class:`PlanState`.
+
+It holds what both of the client's loops plan with, and nothing else does:
+
+* the link estimate and what queries taught (the learned server speed and round trip),
+* the server's costs (its cost model, §10.10),
+* the server's readiness: layers ready, blobs held, partial offsets, layers it refused
+  and layers this client keeps local,
+* the upload: the strategy's plan and its partitions, how many went up and were loaded,
+* the active plan (the one queries start with) with its ready set, and the table of
+  compiled chunks of client segments.
+
+Every field is set in ``__init__``; outside code reads them through read-only
+properties and changes them only through the methods here, always on the event loop.
+Work done in worker threads (planning, compiling) returns values that the loop then
+stores through these methods. The upload session (:mod:`.session`) adopts what the
+server says, plans and activates; the query runner (:mod:`.runner`) learns from each
+server segment and drops to the local plan when the server fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+
+from ionn_net.client.prepare import ChunkTable, PreparedModel
+from ionn_net.errors import PlannerError
+from ionn_net.messages import Holdings
+from ionn_net.model.graph import LayerGraph
+from ionn_net.planner.costmodel import ServerCostModel
+from ionn_net.planner.execution import ExecutionPlan, LayerTimes, local_plan
+from ionn_net.planner.learned import BandwidthMeter, LearnedCosts
+from ionn_net.planner.link import Link
+from ionn_net.planner.midquery import SegmentCoster
+from ionn_net.planner.workload import PlanningContext, QueryPattern, UploadPlan
+
+__all__ = ["ActivePlan", "PlanState", "with_completion"]
+
+logger = logging.getLogger("ionn_net.client")
+
+#: Server time assumed for a layer the server must never run (refused or local-only).
+NEVER_MS = 1e9
+#: Re-plan the upload when the link moved by more than this fraction ...
+_REPLAN_MOVE = 0.3
+#: ... at most this often (planning costs CPU).
+_REPLAN_EVERY_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ActivePlan:
+    """The plan queries start with now, and the server layers it was chosen for; its
+    slices exist on both sides."""
+
+    plan: ExecutionPlan
+    ready: frozenset[str]
+
+
+def with_completion(
+    ctx: PlanningContext,
+    partitions: Sequence[frozenset[str]],
+    sent: frozenset[str],
+    never: Collection[str],
+) -> list[frozenset[str]]:
+    """A strategy's partitions minus what cannot or need not go, plus a last one:
+    whatever the strategy's horizon, the session may outlast it, so the layers that the
+    best plan with everything uploaded runs on the server follow at the end (a no-op for
+    ionn and all_at_once, which include them). Pure: runs in a worker thread."""
+    parts = [p - set(never) - sent for p in partitions]
+    best = ctx.best_plan(frozenset(ctx.graph.order) - set(never), link=ctx.link)
+    rest = best.server_layers - set(never) - sent - frozenset().union(*parts)
+    return [p for p in (*parts, rest) if p]
+
+
+class PlanState:
+    """What the client plans with (see the module docstring); changed only by its methods,
+    on the event loop."""
+
+    def __init__(
+        self,
+        prepared: PreparedModel,
+        *,
+        pattern: QueryPattern,
+        assumed_mbit: float,
+        slowdown: float,
+    ) -> None:
+        self._graph = prepared.graph
+        self._client_ms: Mapping[str, float] = MappingProxyType(dict(prepared.client_ms))
+        self._pattern = pattern
+        self._slowdown = slowdown
+        # the link and what queries taught
+        self._link = Link.from_mbit(assumed_mbit, 1.0)
+        self._learned = LearnedCosts()
+        self._bandwidth = BandwidthMeter()
+        # the server's costs: until a cost model is adopted, a 10x faster server
+        self._server_ms: dict[str, float] = self._assumed_server_ms()
+        self._load_ms: dict[str, float] = {}
+        self._partition_overhead_ms = 0.0
+        # the server's readiness
+        self._ready: frozenset[str] = frozenset()
+        self._held_blobs: set[str] = set()
+        self._partial: dict[str, int] = {}
+        self._refused: dict[str, str] = {}
+        self._local_only: dict[str, str] = dict(prepared.local_only)
+        # the upload
+        self._upload_plan: UploadPlan | None = None
+        self._partitions: list[frozenset[str]] = []
+        self._uploaded_parts = 0
+        self._loaded_parts = 0
+        self._planned_bandwidth: float | None = None
+        self._planned_at = 0.0
+        # the active plan and the compiled chunks of client segments
+        self._chunks: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
+        self._coster = SegmentCoster(self._graph, self._client_ms, {}, self._link)
+        self._active = ActivePlan(self.local_plan(), frozenset())
+
+    # -- reading ---------------------------------------------------------------------
+
+    @property
+    def graph(self) -> LayerGraph:
+        return self._graph
+
+    @property
+    def client_ms(self) -> Mapping[str, float]:
+        """Per-layer milliseconds of this (emulated) device."""
+        return self._client_ms
+
+    @property
+    def link(self) -> Link:
+        """The link estimate: measured bandwidth, learned effective round trip."""
+        return self._link
+
+    @property
+    def learned(self) -> LearnedCosts:
+        """The server speed and round trip learned from queries (read; tests may set its
+        ``half_life_s``)."""
+        return self._learned
+
+    @property
+    def server_ms(self) -> Mapping[str, float]:
+        """Per-layer server milliseconds of the server's cost model (§10.10)."""
+        return MappingProxyType(self._server_ms)
+
+    @property
+    def load_ms(self) -> Mapping[str, float]:
+        return MappingProxyType(self._load_ms)
+
+    @property
+    def partition_overhead_ms(self) -> float:
+        return self._partition_overhead_ms
+
+    @property
+    def ready(self) -> frozenset[str]:
+        """Layers the server confirmed ready (§10.6)."""
+        return self._ready
+
+    @property
+    def held_blobs(self) -> frozenset[str]:
+        return frozenset(self._held_blobs)
+
+    @property
+    def partial(self) -> Mapping[str, int]:
+        """Blob digest -> bytes of it the server holds."""
+        return MappingProxyType(self._partial)
+
+    @property
+    def refused(self) -> Mapping[str, str]:
+        """Layers the server will not run, and why (§10.3.3)."""
+        return MappingProxyType(self._refused)
+
+    @property
+    def local_only(self) -> Mapping[str, str]:
+        """Layers no server may run (outside the allowlist), and why."""
+        return MappingProxyType(self._local_only)
+
+    @property
+    def upload_plan(self) -> UploadPlan | None:
+        """The strategy's upload plan (None until the upload is planned)."""
+        return self._upload_plan
+
+    @property
+    def partitions(self) -> tuple[frozenset[str], ...]:
+        """The partitions to upload, in order (re-planning may change those not sent)."""
+        return tuple(self._partitions)
+
+    @property
+    def uploaded_parts(self) -> int:
+        """Partitions whose blobs have gone up."""
+        return self._uploaded_parts
+
+    @property
+    def loaded_parts(self) -> int:
+        """Partitions the server has loaded."""
+        return self._loaded_parts
+
+    @property
+    def active(self) -> ActivePlan:
+        return self._active
+
+    def chunks_of(self, layers: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+        """The compiled chunks of the client segment ``layers`` (itself if unchunked)."""
+        return self._chunks.get(layers, (layers,))
+
+    def never(self) -> frozenset[str]:
+        """Layers the server must never run: refused or local-only."""
+        return frozenset(self._refused) | frozenset(self._local_only)
+
+    def server_times(self) -> dict[str, float]:
+        """Per-layer server milliseconds planned with: the cost model scaled by what
+        queries taught, prohibitive for layers the server must never run."""
+        never = self.never()
+        k = self._learned.server_scale
+        return {n: (NEVER_MS if n in never else v * k) for n, v in self._server_ms.items()}
+
+    def context(self, held: frozenset[str] | None = None) -> PlanningContext:
+        """A snapshot to plan with (``held``: layers on the server; default: ready)."""
+        return PlanningContext(
+            graph=self._graph,
+            client_ms=self._client_ms,
+            server_ms=self.server_times(),
+            link=self._link,
+            load_ms=dict(self._load_ms),
+            held=self._ready if held is None else held,
+            pattern=self._pattern,
+            partition_overhead_ms=self._partition_overhead_ms,
+        )
+
+    def best_plan(
+        self, usable: frozenset[str], *, held: frozenset[str] | None = None
+    ) -> ExecutionPlan:
+        """The best execution plan once ``usable`` layers are on the server."""
+        return self.context(held).best_plan(usable, link=self._link)
+
+    def local_plan(self) -> ExecutionPlan:
+        times = LayerTimes.from_ms(self._graph, self._client_ms, self._client_ms)
+        return local_plan(self._graph, times, self._link)
+
+    def coster(self) -> SegmentCoster:
+        """Prices segments with the current times and link (planner.midquery)."""
+        return self._coster.priced(self._client_ms, self.server_times(), self._link)
+
+    def pending(self, ready: frozenset[str]) -> frozenset[str]:
+        """Planned layers not in ``ready``: while any remain, plans are chunked."""
+        return frozenset().union(*self._partitions) - ready
+
+    def sent(self) -> frozenset[str]:
+        """Layers ready or uploaded (maybe not loaded yet)."""
+        return self._ready.union(*self._partitions[: self._uploaded_parts])
+
+    def slower_than(self, mbit: float) -> bool:
+        """The link estimate is below ``mbit`` Mbit/s."""
+        return self._link.bandwidth * 8 / 1e6 < mbit
+
+    # -- what the server said ----------------------------------------------------------
+
+    def adopt_cost_model(self, doc: object) -> None:
+        """§10.10: the server's cost model, or (invalid) a 10x faster server."""
+        try:
+            cost = ServerCostModel.from_doc(doc)
+            self._server_ms = cost.exec_profile(self._graph)
+            self._load_ms = cost.load_profile(self._graph)
+            self._partition_overhead_ms = cost.partition_overhead_ms
+        except PlannerError as exc:
+            logger.warning("invalid server cost model (%s): assuming a 10x faster server", exc)
+            self._server_ms = self._assumed_server_ms()
+            self._load_ms = {}
+            self._partition_overhead_ms = 0.0
+
+    def _assumed_server_ms(self) -> dict[str, float]:
+        return {n: v / self._slowdown / 10 for n, v in self._client_ms.items()}
+
+    def adopt_holdings(self, holdings: Holdings) -> None:
+        """What the server holds for this session (§10.3.3), after a (re)connect."""
+        self._held_blobs = set(holdings.blobs_held)
+        self._partial = dict(holdings.partial)
+        self._ready = frozenset(holdings.layers_ready) & frozenset(self._graph.order)
+        self._refused = dict(holdings.refused)
+
+    def adopt_ready(self, layers_ready: Collection[str]) -> None:
+        """The layers ready after a load (§10.6)."""
+        self._ready = frozenset(layers_ready) & frozenset(self._graph.order)
+
+    # -- the upload ------------------------------------------------------------------
+
+    def start_upload(self, plan: UploadPlan, partitions: Sequence[frozenset[str]]) -> None:
+        """A new upload: the strategy's plan and the partitions to send."""
+        self._upload_plan = plan
+        self._partitions = list(partitions)
+        self._uploaded_parts = self._loaded_parts = 0
+
+    def replan_due(self, now: float) -> bool:
+        """True (once) when the rest of the upload should be re-planned: the measured
+        bandwidth has moved by more than 30% from the one the plan assumed, at most
+        every 5 s, while partitions remain."""
+        bandwidth = self._link.bandwidth
+        if self._planned_bandwidth is None:
+            self._planned_bandwidth, self._planned_at = bandwidth, now
+            return False
+        moved = abs(bandwidth / self._planned_bandwidth - 1) > _REPLAN_MOVE
+        if not moved or now - self._planned_at < _REPLAN_EVERY_S:
+            return False
+        if self._uploaded_parts >= len(self._partitions):
+            return False
+        self._planned_bandwidth, self._planned_at = bandwidth, now
+        return True
+
+    def replace_rest(self, partitions: Sequence[frozenset[str]]) -> None:
+        """Re-planned partitions for what has not gone up yet."""
+        self._partitions[self._uploaded_parts :] = partitions
+
+    def mark_uploaded(self, count: int) -> None:
+        """The first ``count`` partitions have gone up."""
+        self._uploaded_parts = count
+
+    def mark_loaded(self, count: int) -> None:
+        """``count`` more partitions are loaded on the server."""
+        self._loaded_parts += count
+
+    def record_piece(self, digest: str, offset: int) -> None:
+        """The server holds ``offset`` bytes of blob ``digest`` (§10.5)."""
+        self._partial[digest] = offset
+
+    def record_held(self, digest: str) -> None:
+        """The server holds all of blob ``digest``."""
+        self._held_blobs.add(digest)
+
+    # -- learning ------------------------------------------------------------------------
+
+    def set_ping(self, rtt_s: float) -> None:
+        """A new prior round trip, after a (re)connect."""
+        self._learned.set_ping(rtt_s)
+        self._take_learned_rtt()
+
+    def observe_transfer(self, nbytes: int, seconds: float) -> None:
+        """What the connection carried while one blob piece went up, queries included:
+        they overtake the blob and slow it, but the link is no slower for them (planned
+        transfers use all of it)."""
+        rate = self._bandwidth.add(nbytes, seconds)
+        if rate is not None:
+            self._link = self._link.with_bandwidth(rate)
+
+    def observe_round_trip(
+        self,
+        seconds: float,
+        up_bytes: int,
+        down_bytes: int,
+        *,
+        server_ms: float,
+        ran: Sequence[str],
+    ) -> float | None:
+        """Learn the *effective* round-trip cost of a server segment: what a query pays
+        beyond the server's compute and the raw transfer time (queueing behind the
+        upload at the bottleneck, framing, scheduling). Plans charge it per round trip,
+        so a loaded link leads to plans with fewer client/server transitions. Returns
+        the server's compute milliseconds (None when implausible: not learned from)."""
+        if not 0 <= server_ms < 1e7:
+            return None
+        link = self._link
+        transfer = up_bytes / link.bandwidth + down_bytes / link.down
+        # The server's cost model may have been calibrated on a busier (or idler)
+        # machine: scale its predictions by what the server really takes for these layers.
+        ratio = None
+        if ran:
+            predicted = sum(self._server_ms.get(n, 0.0) for n in ran)
+            if predicted > 0.05 and server_ms > 0:
+                ratio = server_ms / predicted
+        self._learned.observe(
+            overhead_s=seconds - server_ms / 1000.0 - transfer,
+            scale_ratio=ratio,
+            now=time.monotonic(),
+        )
+        self._take_learned_rtt()
+        return float(server_ms)
+
+    def fade(self, now: float) -> bool:
+        """Let what queries taught fade toward the priors; True if it moved enough that
+        the best plan may have changed."""
+        if not self._learned.fade(now):
+            return False
+        self._take_learned_rtt()
+        return True
+
+    def _take_learned_rtt(self) -> None:
+        """Plans charge the learned effective round trip (planner.learned)."""
+        self._link = replace(self._link, rtt_s=self._learned.rtt_s)
+
+    # -- the active plan -----------------------------------------------------------------
+
+    def switch(self, plan: ExecutionPlan, ready: frozenset[str], chunks: ChunkTable) -> None:
+        """Queries use ``plan`` from now on; its client side is compiled (``chunks``: the
+        chunk table of its client segments, kept for every later plan that shares them)."""
+        self._chunks.update(chunks)
+        self._active = ActivePlan(plan, ready)
+
+    def drop_to_local(self) -> None:
+        """The server is gone: queries run locally until a plan is activated again."""
+        self._active = ActivePlan(self.local_plan(), frozenset())

@@ -1,0 +1,280 @@
+"""The query loop: :class:`QueryRunner` runs each query's segments, locally and on the
+server, and guarantees exactly one result (protocol.md §10.7, §10.8).
+
+Each query starts with the plan active at that moment (``PlanState.active``). Its client
+segments run as their precompiled chunks; between two chunks it may join a plan that
+became active meanwhile (:mod:`ionn_net.planner.midquery`). A server segment that fails
+(connection lost, reset, timeout, an ``error``, a malformed result) is finished locally
+from the tensors the query holds, once; a lost connection also drops the plan to local
+until the upload session activates one again.
+
+It reads the plan state and the upload session's connection, and changes the plan state
+only through two of its methods: ``observe_round_trip`` (what each server segment taught)
+and ``drop_to_local``. ``stats["fallbacks"]`` is its counter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ionn_net.aio import ConnectionClosedError, StreamResetError
+from ionn_net.client.plan_state import PlanState
+from ionn_net.client.prepare import PreparedModel
+from ionn_net.client.session import UploadSession
+from ionn_net.client.types import ClientConfig, InferenceResult, SegmentTiming
+from ionn_net.errors import TensorError
+from ionn_net.messages import (
+    QUERY_URGENCY,
+    Query,
+    RemoteError,
+    RequestError,
+    Result,
+    UnexpectedReply,
+    parse_reply,
+)
+from ionn_net.model.graph import TensorRef
+from ionn_net.planner.execution import ExecutionPlan, Segment
+from ionn_net.planner.midquery import Continuation, choose_continuation
+from ionn_net.proto import Codec, ErrorCode
+from ionn_net.tensors import boundary_signature, decode_tensors, encode_tensors
+
+__all__ = ["LocalRun", "QueryRunner"]
+
+logger = logging.getLogger("ionn_net.client")
+
+Tensors = dict[TensorRef, np.ndarray]
+#: ``(layers, tensors, due) -> (their outputs, when the emulated device finished them)``
+LocalRun = Callable[
+    [Sequence[str], Mapping[TensorRef, np.ndarray], float | None],
+    Awaitable[tuple[Tensors, float]],
+]
+
+#: What a failed server segment raises: the query goes on locally.
+_SERVER_FAILURES = (
+    ConnectionClosedError,
+    StreamResetError,
+    RemoteError,
+    RequestError,
+    UnexpectedReply,
+    TensorError,
+    TimeoutError,
+    OSError,
+)
+#: Failures where the server answered (badly): the plan stays, the connection works.
+_ANSWERED = (RemoteError, RequestError, UnexpectedReply, TensorError)
+
+
+class QueryRunner:
+    """Runs queries (see the module docstring).
+
+    ``run_local`` runs a list of layers on this device: :meth:`execute_locally` by
+    default. It is looked up for every chunk, so a test may wrap it to act between two
+    chunks of a running query.
+    """
+
+    def __init__(
+        self,
+        *,
+        prepared: PreparedModel,
+        state: PlanState,
+        session: UploadSession,
+        config: ClientConfig,
+        stats: dict[str, int],
+    ) -> None:
+        self._prepared = prepared
+        self._state = state
+        self._session = session
+        self._config = config
+        self._stats = stats
+        self._qid = 0
+        self.run_local: LocalRun = self.execute_locally
+
+    async def infer(self, x: object) -> InferenceResult:
+        """One query (batch 1): its output, segments, timings and prediction."""
+        feeds = self._check_input(x)
+        plan = self._state.active.plan
+        predicted_ms = plan.predicted_s * 1000.0
+        started = time.perf_counter()
+        deadline = time.monotonic() + self._config.query_timeout_s
+        tensors: Tensors = dict(feeds)
+        timings: list[SegmentTiming] = []
+        segments, index, replans = plan.segments, 0, 0
+        while index < len(segments):
+            seg = segments[index]
+            index += 1
+            if seg.location == "server":
+                timings.append(await self._server_segment(seg, tensors, deadline))
+                continue
+            plan, join = await self._client_segment(seg, plan, segments[index:], tensors, timings)
+            if join is not None:
+                segments, index, replans = join.plan.segments, join.index, replans + 1
+        outputs = [tensors[r] for r in self._prepared.graph.outputs]
+        return InferenceResult(
+            output=outputs[0] if len(outputs) == 1 else outputs,
+            segments=tuple(timings),
+            total_ms=(time.perf_counter() - started) * 1000.0,
+            predicted_ms=predicted_ms,
+            fallback=any(t.fallback for t in timings),
+            replans=replans,
+        )
+
+    async def _client_segment(
+        self,
+        seg: Segment,
+        plan: ExecutionPlan,
+        after: Sequence[Segment],
+        tensors: Tensors,
+        timings: list[SegmentTiming],
+    ) -> tuple[ExecutionPlan, Continuation | None]:
+        """Run ``seg`` chunk by chunk. After each chunk but the last, a plan activated
+        meanwhile is considered once, whatever the answer: joining it (the returned
+        continuation) leaves the rest of ``seg`` and ``after`` behind."""
+        chunks = self._state.chunks_of(seg.layers)
+        due: float | None = None
+        for i, chunk in enumerate(chunks):
+            t0 = time.perf_counter()
+            out, due = await self.run_local(chunk, tensors, due)
+            tensors.update(out)
+            timings.append(SegmentTiming("client", chunk, (time.perf_counter() - t0) * 1e3))
+            if i + 1 == len(chunks) or self._state.active.plan is plan:
+                continue
+            plan = self._state.active.plan
+            rest = (Segment("client", sum(chunks[i + 1 :], ())), *after)
+            join = self._join(plan, rest, tensors)
+            if join is not None:
+                return plan, join
+        return plan, None
+
+    def _join(
+        self,
+        newer: ExecutionPlan,
+        rest: Sequence[Segment],
+        tensors: Mapping[TensorRef, np.ndarray],
+    ) -> Continuation | None:
+        """Where to join ``newer`` from here, if that beats finishing ``rest``
+        (the current course): only at segments whose slices are compiled on both sides
+        and whose inputs this query holds (planner.midquery)."""
+        remaining = {n for s in rest for n in s.layers}
+        return choose_continuation(self._state.coster(), rest, newer, tensors.keys(), remaining)
+
+    async def _server_segment(
+        self, seg: Segment, tensors: Tensors, deadline: float
+    ) -> SegmentTiming:
+        """Run ``seg`` on the server, or locally if the server fails; adds its outputs
+        to ``tensors``."""
+        t0 = time.perf_counter()
+        fallback = False
+        server_ms: float | None = None
+        try:
+            out, server_ms = await self._run_remote(seg, tensors, deadline)
+        except _SERVER_FAILURES as exc:
+            logger.warning("server segment failed (%s): finishing locally", exc)
+            self._stats["fallbacks"] += 1
+            fallback = True
+            if not isinstance(exc, _ANSWERED):
+                self._state.drop_to_local()
+            out, _ = await self.run_local(seg.layers, tensors, None)
+        tensors.update(out)
+        ms = (time.perf_counter() - t0) * 1e3
+        return SegmentTiming("server", seg.layers, ms, fallback, None if fallback else server_ms)
+
+    def _check_input(self, x: object) -> Tensors:
+        graph = self._prepared.graph
+        names = graph.inputs
+        arrays = x if isinstance(x, Mapping) else {names[0]: x}
+        if set(arrays) != set(names):
+            raise TensorError(f"model inputs: expected {list(names)}, got {sorted(arrays)}")
+        feeds = {}
+        for name in names:
+            arr = np.asarray(arrays[name])
+            want = (1, *graph[name].output_shapes[0])
+            if arr.shape != want:
+                raise TensorError(f"input {name!r}: expected shape {want}, got {arr.shape}")
+            if arr.dtype != np.float32:
+                if not np.issubdtype(arr.dtype, np.number):
+                    raise TensorError(f"input {name!r}: expected float32, got {arr.dtype}")
+                arr = arr.astype(np.float32)
+            feeds[TensorRef(name, 0)] = arr
+        return feeds
+
+    async def execute_locally(
+        self,
+        layers: Sequence[str],
+        tensors: Mapping[TensorRef, np.ndarray],
+        due: float | None = None,
+    ) -> tuple[Tensors, float]:
+        """Run ``layers`` here; returns their outputs and, for an emulated slower device
+        (``slowdown`` > 1), when the device would have finished them (perf_counter)."""
+        executor = self._prepared.executor
+        compiled = executor.cached(layers)
+        if compiled is None:
+            compiled = await asyncio.to_thread(executor.prepare, layers)
+        feeds = {r: tensors[r] for r in compiled.inputs}
+        started = time.perf_counter()
+        out: Tensors = await asyncio.to_thread(compiled, feeds)
+        if self._config.slowdown <= 1:
+            return out, time.perf_counter()
+        # The emulated device runs at its own, steady speed: the layers last what the
+        # (slowed) profile says. ``due`` carries the device's clock from the previous
+        # chunk of the same segment, so a host hiccup in one chunk is absorbed by the
+        # slack of the others, as it would be in one call; stretching measured times
+        # instead would multiply every hiccup of this shared host by the factor.
+        client_ms = self._state.client_ms
+        due = (started if due is None else due) + sum(client_ms[n] for n in layers) / 1e3
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        return out, due
+
+    async def _run_remote(
+        self, seg: Segment, tensors: Mapping[TensorRef, np.ndarray], deadline: float
+    ) -> tuple[Tensors, float | None]:
+        """The segment's outputs and the compute time the server reported (§10.7)."""
+        conn = self._session.connection
+        if conn is None or conn.closed:
+            raise ConnectionClosedError(
+                "not connected to the edge server", error_code=ErrorCode.NO_ERROR, remote=False
+            )
+        graph, state = self._prepared.graph, self._state
+        ins, outs = graph.boundary(seg.layers)
+        descs, parts = encode_tensors({str(r): tensors[r] for r in ins})
+        body = b"".join(parts)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("query deadline passed before its server segment")
+        self._qid += 1
+        query = Query(
+            model=self._prepared.model_digest,
+            qid=f"q{self._qid}",
+            deadline_ms=max(1, int(remaining * 1000)),
+            run=tuple(seg.layers),
+            tensors=descs,
+            body_len=len(body),
+        )
+        codec = Codec.ZSTD if state.slower_than(self._config.compress_below_mbit) else None
+        limits = self._config.limits
+        sent = time.monotonic()
+        head, data = await asyncio.wait_for(
+            conn.request(
+                query.to_head(),
+                body,
+                limit=limits.max_message_size,
+                urgency=QUERY_URGENCY,
+                codec=codec,
+            ),
+            remaining,
+        )
+        result = parse_reply(head, Result)
+        server_ms = state.observe_round_trip(
+            time.monotonic() - sent,
+            len(body),
+            len(data),
+            server_ms=result.server_ms,
+            ran=result.ran,
+        )
+        expected = boundary_signature(graph, outs)
+        decoded = decode_tensors(result.tensors, data, limits=limits, expected=expected)
+        return {TensorRef.parse(k): v for k, v in decoded.items()}, server_ms

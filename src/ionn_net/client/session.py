@@ -1,0 +1,426 @@
+"""The upload loop: :class:`UploadSession` connects, authenticates, uploads, loads,
+re-plans and reconnects with backoff (protocol.md §10.2-§10.6).
+
+One task runs :meth:`UploadSession.run` for the client's lifetime. It owns the connection
+(``connection``: the query runner borrows it for its server segments) and the set of blobs
+this client sent bytes of. Everything it learns goes into the
+:class:`~ionn_net.client.plan_state.PlanState` through its methods: the server's cost
+model and holdings, the upload's partitions and progress, the link's bandwidth, and each
+newly activated plan (compiled in a worker thread first, then switched to on the loop).
+
+Pipeline: the next partition's blobs go up (urgency 5, incremental, §8.1) while the server
+loads (and both sides compile for) the previous one; loads run one at a time, in plan
+order. After the upload, the session re-plans once a second as what queries taught fades.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import random
+import time
+from typing import Any
+
+from ionn_net.aio import AioConnection, connect
+from ionn_net.client.plan_state import PlanState, with_completion
+from ionn_net.client.prepare import PreparedModel, compile_client_side
+from ionn_net.client.progress import ProgressFeed, upload_progress
+from ionn_net.client.types import ClientConfig
+from ionn_net.config import Setting
+from ionn_net.errors import IonnError, OffloadError
+from ionn_net.messages import (
+    CONTROL_URGENCY,
+    UPLOAD_URGENCY,
+    Auth,
+    Blob,
+    BlobOk,
+    Challenge,
+    Hello,
+    Load,
+    LoadOk,
+    Manifest,
+    ManifestOk,
+    RemoteError,
+    Welcome,
+    hmac_proof,
+    parse_reply,
+)
+from ionn_net.planner.execution import ExecutionPlan
+from ionn_net.planner.upload import get_planner
+from ionn_net.planner.workload import PlanningContext, UploadPlan
+from ionn_net.proto import Codec, ErrorCode
+
+__all__ = ["UploadSession", "handshake"]
+
+logger = logging.getLogger("ionn_net.client")
+
+#: Largest blob message: bigger blobs go up in pieces at increasing offsets (§10.5).
+_BLOB_PIECE = 64 << 20
+#: After the upload, how often the session checks whether what was learned has faded.
+_REFRESH_S = 1.0
+#: At most this many run sets are named in a load's ``prepare`` (§10.6).
+_MAX_PREPARE = 16
+
+
+async def handshake(
+    conn: AioConnection, session_key: str, secret: bytes | None, limit: int
+) -> Welcome:
+    """§10.2: ``hello``, and with a shared secret ``challenge``/``auth``; the welcome.
+    A server that cannot prove the secret is left with GOAWAY AUTH_FAILED (§10.2.3)."""
+    nonce = os.urandom(16)
+    hello = Hello(client="ionn_net", session=session_key, nonce=nonce.hex())
+    head, _ = await conn.request(hello.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+    reply = parse_reply(head, Challenge, Welcome)
+    if isinstance(reply, Welcome):
+        return reply
+    server_nonce = bytes.fromhex(reply.nonce)
+    if secret is None:
+        conn.abort(ErrorCode.AUTH_FAILED, "no shared secret configured")
+        raise OffloadError("the server requires a shared secret; none is configured")
+    expected = hmac_proof(secret, "server", nonce, server_nonce)
+    if reply.proof is None or not hmac.compare_digest(reply.proof, expected):
+        conn.abort(ErrorCode.AUTH_FAILED, "the server's proof is wrong")
+        raise OffloadError("the server failed to prove it knows the shared secret")
+    auth = Auth(proof=hmac_proof(secret, "client", nonce, server_nonce))
+    head, _ = await conn.request(auth.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+    return parse_reply(head, Welcome)
+
+
+class UploadSession:
+    """The upload loop (see the module docstring)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        prepared: PreparedModel,
+        state: PlanState,
+        config: ClientConfig,
+        planner: str,
+        session_key: str,
+        ssl: Any,
+        progress: ProgressFeed,
+        stats: dict[str, int],
+        started: float,
+    ) -> None:
+        self._host, self._port = host, port
+        self._prepared = prepared
+        self._state = state
+        self._config = config
+        self._planner = planner
+        self._session_key = session_key
+        self._ssl = ssl
+        self._progress = progress
+        self._stats = stats
+        self._started = started
+        self._conn: AioConnection | None = None
+        self._closing = False
+        self._uploaded: set[str] = set()
+
+    @property
+    def connection(self) -> AioConnection | None:
+        """The connection to the server (None before the first; maybe closed)."""
+        return self._conn
+
+    @property
+    def uploaded(self) -> frozenset[str]:
+        """Digests of the blobs this client sent bytes of (resumed ones included)."""
+        return frozenset(self._uploaded)
+
+    def stop(self) -> None:
+        """End the loop at its next turn (the caller cancels the task)."""
+        self._closing = True
+
+    # -- connection ----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect, handshake, adopt the cost model, measure the round trip and send the
+        manifest; adopt what the server holds (§10.2, §10.3)."""
+        config, prepared = self._config, self._prepared
+        conn = await connect(
+            self._host, self._port, limits=config.limits, options=config.transport, ssl=self._ssl
+        )
+        try:
+            limit = config.limits.max_message_size
+            welcome = await handshake(conn, self._session_key, config.secret, limit)
+            self._state.adopt_cost_model(welcome.cost_model)
+            self._state.set_ping(await conn.ping())
+            manifest = Manifest(model=prepared.model_digest, body_len=len(prepared.manifest_body))
+            head, _ = await conn.request(
+                manifest.to_head(), prepared.manifest_body, limit=limit, urgency=CONTROL_URGENCY
+            )
+            holdings = parse_reply(head, ManifestOk).holdings
+        except BaseException:
+            conn.abort()
+            raise
+        self._conn = conn
+        self._state.adopt_holdings(holdings)
+
+    async def run(self) -> None:
+        """Until stopped: (re)connect, upload what is missing, then keep the plan fresh
+        until the connection closes; retry with capped exponential backoff and jitter."""
+        config, stats = self._config, self._stats
+        delay = config.backoff_initial_s
+        while not self._closing:
+            progress = (stats["sent_bytes"], self._state.loaded_parts)
+            try:
+                if self._conn_down():
+                    await self.connect()
+                    stats["reconnects"] += 1
+                await self._upload_all()
+                await self._until_closed()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, IonnError) as exc:
+                if not config.reconnect:
+                    logger.warning("edge session ended: %s", exc)
+                    return
+                logger.info("edge session interrupted (%s)", exc)
+            if (stats["sent_bytes"], self._state.loaded_parts) != progress:
+                # The attempt made progress: retry soon. One that failed without any
+                # (e.g. a limit it keeps hitting) backs off up to backoff_max_s.
+                delay = config.backoff_initial_s
+            if self._conn_down():
+                self._state.drop_to_local()
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, config.backoff_max_s)
+
+    def _conn_down(self) -> bool:
+        return self._conn is None or self._conn.closed
+
+    async def _until_closed(self) -> None:
+        """Wait for the connection to close; meanwhile (the upload is over) re-plan once
+        a second as what was learned from queries fades (:mod:`ionn_net.planner.learned`)."""
+        conn = self._conn
+        if conn is None:
+            return
+        closed = asyncio.ensure_future(conn.wait_closed())
+        try:
+            while not (await asyncio.wait({closed}, timeout=_REFRESH_S))[0]:
+                await self._refresh_plan()
+        finally:
+            closed.cancel()
+
+    async def _refresh_plan(self) -> None:
+        """Let the learned server speed and round trip fade toward their priors and
+        switch to the best plan for the layers the server holds if that changed it: a
+        plan that stopped offloading would otherwise never measure the server again."""
+        state = self._state
+        if not state.fade(time.monotonic()):
+            return
+        ready = state.ready
+        plan = state.best_plan(ready, held=ready)
+        if plan.server_layers != state.active.plan.server_layers:
+            logger.info("learned costs faded: re-planning")
+            await self.activate(ready, plan)
+
+    # -- planning ------------------------------------------------------------------------
+
+    async def activate(self, ready: frozenset[str], plan: ExecutionPlan | None = None) -> None:
+        """Compile the client side of ``plan`` (default: the best plan for ``ready``)
+        in a worker thread, then switch queries to it."""
+        state = self._state
+        if plan is None or not plan.server_layers <= ready:
+            plan = state.best_plan(ready, held=ready)
+        grid = self._prepared.grid_ends if state.pending(ready) else None
+        chunks = await asyncio.to_thread(compile_client_side, self._prepared.executor, plan, grid)
+        state.switch(plan, ready, chunks)
+        logger.info(
+            "plan: %d server layers, predicted %.1f ms",
+            len(plan.server_layers),
+            plan.predicted_s * 1000,
+        )
+        # Fallback slices for the server segments are not compiled ahead: a failure is
+        # rare, and compiling every plan's fallback would double the client's compile
+        # work during the upload. A failed segment compiles its slice on demand.
+
+    async def _plan_upload(self) -> None:
+        """Plan the upload with the strategy (worker thread), from what the server holds."""
+        state = self._state
+        ctx, never = state.context(), self._never_sent()
+        strategy = get_planner(self._planner)
+
+        def plan() -> tuple[UploadPlan, list[frozenset[str]]]:
+            found = strategy.plan(ctx)
+            return found, with_completion(ctx, found.partitions, ctx.held, never)
+
+        found, partitions = await asyncio.to_thread(plan)
+        state.start_upload(found, partitions)
+
+    async def _maybe_replan(self) -> None:
+        """Re-plan the rest of the upload when the measured bandwidth has moved by more
+        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU)."""
+        state = self._state
+        now = time.monotonic()
+        if not state.replan_due(now):
+            return
+        logger.info("bandwidth now %.1f Mbit/s: re-planning", state.link.bandwidth * 8e-6)
+        sent, ctx, never = state.sent(), state.context(), self._never_sent()
+        strategy = get_planner(self._planner)
+
+        def replan(ctx: PlanningContext) -> list[frozenset[str]]:
+            found = strategy.replan(ctx, sent - ctx.held, ctx.link, now - self._started)
+            return with_completion(ctx, found.partitions, sent, never)
+
+        state.replace_rest(await asyncio.to_thread(replan, ctx))
+
+    def _never_sent(self) -> frozenset[str]:
+        return self._state.never() | frozenset(self._prepared.graph.inputs)
+
+    # -- upload --------------------------------------------------------------------------
+
+    async def _upload_all(self) -> None:
+        conn, state = self._conn, self._state
+        assert conn is not None
+        if not self._config.upload or self._planner == "local":
+            self._emit_progress(done=True)
+            return
+        await self._plan_upload()
+        if state.ready:
+            await self.activate(state.ready)
+        loads: asyncio.Queue[frozenset[str] | None] = asyncio.Queue()
+        loader = asyncio.create_task(self._load_in_order(conn, loads))
+        try:
+            index = 0
+            while index < len(state.partitions):
+                part = state.partitions[index]
+                for name in sorted(part, key=self._prepared.graph.position):
+                    await self._upload_layer(conn, name)
+                    if loader.done():
+                        loader.result()  # a failed load ends the session attempt
+                loads.put_nowait(part)
+                index += 1
+                state.mark_uploaded(index)
+                await self._maybe_replan()
+            loads.put_nowait(None)
+            await loader
+        finally:
+            loader.cancel()
+        self._emit_progress(done=True)
+
+    async def _load_in_order(
+        self, conn: AioConnection, loads: asyncio.Queue[frozenset[str] | None]
+    ) -> None:
+        finished = False
+        while not finished:
+            batch = [await loads.get()]
+            while not loads.empty():  # the loader fell behind: load what is waiting at once
+                batch.append(loads.get_nowait())
+            finished = batch[-1] is None
+            parts = [p for p in batch if p is not None]
+            if parts:
+                await self._load(conn, frozenset().union(*parts))
+                self._state.mark_loaded(len(parts))
+                self._emit_progress()
+
+    async def _upload_layer(self, conn: AioConnection, name: str) -> None:
+        """Send one layer's blob from the server's offset, in messages of at most
+        ``_BLOB_PIECE`` bytes (and the peer's MAX_MESSAGE_SIZE): VGG16's first dense
+        layer alone is 411 MB, above the 256 MiB default (protocol.md §10.5.1)."""
+        state = self._state
+        digest, size = self._prepared.layer_blob[name]
+        if digest is None or digest in state.held_blobs:
+            return
+        blob = memoryview(self._prepared.blobs[digest])
+        offset = int(state.partial.get(digest, 0))
+        piece = min(_BLOB_PIECE, conn.peer_settings[Setting.MAX_MESSAGE_SIZE])
+        while True:
+            n = min(piece, size - offset)
+            started, written = time.monotonic(), conn.bytes_sent
+            try:
+                ok = await self._send_blob_piece(
+                    conn, digest, size, offset, blob[offset : offset + n]
+                )
+            except RemoteError as exc:
+                if exc.code != "offset_conflict":
+                    raise
+                offset = exc.error.offset or 0  # the server's offset is authoritative
+                continue
+            state.observe_transfer(conn.bytes_sent - written, time.monotonic() - started)
+            self._stats["sent_bytes"] += n
+            self._uploaded.add(digest)
+            offset += n
+            state.record_piece(digest, offset)
+            if ok.complete or offset >= size:
+                break
+            self._emit_progress()
+        state.record_held(digest)
+        self._emit_progress()
+
+    async def _send_blob_piece(
+        self, conn: AioConnection, digest: str, size: int, offset: int, body: memoryview
+    ) -> BlobOk:
+        blob = Blob(
+            model=self._prepared.model_digest,
+            sha256=digest,
+            size=size,
+            offset=offset,
+            body_len=len(body),
+        )
+        head, _ = await conn.request(
+            blob.to_head(),
+            body,
+            limit=self._config.limits.max_message_size,
+            urgency=UPLOAD_URGENCY,
+            incremental=True,
+            codec=Codec.ZSTD_SHUFFLE4 if self._compress() else None,
+            element_width=4,
+        )
+        return parse_reply(head, BlobOk)
+
+    def _compress(self) -> bool:
+        return self._state.slower_than(self._config.compress_below_mbit)
+
+    async def _load(self, conn: AioConnection, part: frozenset[str]) -> None:
+        """§10.6: load ``part``, preparing the run sets of the best plan with it; then
+        activate that plan."""
+        state, graph = self._state, self._prepared.graph
+        state.fade(time.monotonic())
+        plan = state.best_plan(state.ready | part)
+        runs = [s.layers for s in plan.segments if s.location == "server"]
+        load = Load(
+            model=self._prepared.model_digest,
+            layers=tuple(sorted(part, key=graph.position)),
+            prepare=tuple(runs[:_MAX_PREPARE]),
+        )
+        started = time.monotonic()
+        limit = self._config.limits.max_message_size
+        head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+        done = parse_reply(head, LoadOk)
+        loaded = time.monotonic()
+        state.adopt_ready(done.layers_ready)
+        await self.activate(state.ready, plan)
+        logger.info(
+            "partition of %d layers: server load %.2f s (it says %.0f ms), client compile %.2f s",
+            len(part),
+            loaded - started,
+            done.load_ms,
+            time.monotonic() - loaded,
+        )
+
+    # -- progress ------------------------------------------------------------------------
+
+    def _emit_progress(self, *, done: bool = False) -> None:
+        state = self._state
+        self._progress.publish(
+            upload_progress(
+                state.partitions,
+                self._prepared.layer_blob,
+                state.held_blobs,
+                state.partial,
+                partitions_done=state.loaded_parts,
+                layers_ready=len(state.ready),
+                elapsed_s=time.monotonic() - self._started,
+                bandwidth_mbit=state.link.bandwidth * 8e-6,
+                pacing_mbit=self._pacing_mbit(),
+                done=done,
+            )
+        )
+
+    def _pacing_mbit(self) -> float | None:
+        pacer = None if self._conn is None else self._conn.pacer
+        rate = None if pacer is None else pacer.pacing_rate
+        return None if rate is None else rate * 8e-6

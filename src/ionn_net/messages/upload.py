@@ -1,0 +1,242 @@
+"""§10.3-§10.6 model messages: ``manifest``/``manifest_ok``, ``have``/``have_ok``,
+``blob``/``blob_ok``, ``load``/``load_ok``.
+
+Each is a frozen dataclass with :meth:`parse` and :meth:`to_head`. ``parse`` checks what a
+member is without context (types, formats, list lengths); what depends on the receiver's
+state (a blob's size in the manifest, the server's limits) is checked by the receiver, with
+:func:`~ionn_net.messages.members.bad_member` or
+:func:`~ionn_net.messages.members.check_body_len` for the same errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ionn_net.messages.members import (
+    get_body_len,
+    get_bool,
+    get_digest,
+    get_digest_list,
+    get_int,
+    get_layer_list,
+    get_layer_sets,
+    get_number,
+    get_offsets,
+    get_reasons,
+)
+
+__all__ = [
+    "Blob",
+    "BlobOk",
+    "Have",
+    "HaveOk",
+    "Holdings",
+    "Load",
+    "LoadOk",
+    "Manifest",
+    "ManifestOk",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    """§10.3.1: the model's manifest as body; ``model`` is its SHA-256."""
+
+    KIND: ClassVar[str] = "manifest"
+    model: str
+    body_len: int
+
+    @classmethod
+    def parse(cls, head: Mapping[str, Any]) -> Manifest:
+        return cls(model=get_digest(head, "model"), body_len=get_body_len(head))
+
+    def to_head(self) -> dict[str, object]:
+        return {"m": self.KIND, "model": self.model, "body_len": self.body_len}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Holdings:
+    """What the server holds of one model for this session (§10.3.3, §10.4, §14.5)."""
+
+    blobs_held: tuple[str, ...] = ()
+    partial: Mapping[str, int] = field(default_factory=dict)
+    layers_ready: tuple[str, ...] = ()
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, head: Mapping[str, Any]) -> Holdings:
+        return cls(
+            blobs_held=get_digest_list(head, "blobs_held"),
+            partial=get_offsets(head, "partial"),
+            layers_ready=get_layer_list(head, "layers_ready"),
+            refused=get_reasons(head, "refused"),
+        )
+
+    def members(self) -> dict[str, object]:
+        return {
+            "blobs_held": list(self.blobs_held),
+            "partial": dict(self.partial),
+            "layers_ready": list(self.layers_ready),
+            "refused": dict(self.refused),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManifestOk:
+    """§10.3.3: the manifest is valid; what the server holds of it for this session."""
+
+    KIND: ClassVar[str] = "manifest_ok"
+    model: str
+    holdings: Holdings
+
+    @classmethod
+    def parse(cls, head: Mapping[str, Any]) -> ManifestOk:
+        return cls(model=get_digest(head, "model"), holdings=Holdings.parse(head))
+
+    def to_head(self) -> dict[str, object]:
+        return {"m": self.KIND, "model": self.model, **self.holdings.members()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Have:
+    """§10.4: what does the server hold of ``model`` for this session?"""
+
+    KIND: ClassVar[str] = "have"
+    model: str
+
+    @classmethod
+    def parse(cls, head: Mapping[str, Any]) -> Have:
+        return cls(model=get_digest(head, "model"))
+
+    def to_head(self) -> dict[str, object]:
+        return {"m": self.KIND, "model": self.model}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HaveOk:
+    """§10.4: the answer to ``have`` (``refused`` as in ``manifest_ok``)."""
+
+    KIND: ClassVar[str] = "have_ok"
+    holdings: Holdings
+
+    @classmethod
+    def parse(cls, head: Mapping[str, Any]) -> HaveOk:
+        return cls(holdings=Holdings.parse(head))
+
+    def to_head(self) -> dict[str, object]:
+        return {"m": self.KIND, **self.holdings.members()}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Blob:
+    """§10.5.1: bytes ``[offset, offset + body_len)`` of the blob ``sha256`` of ``size``
+    bytes. ``size`` and ``offset`` are checked against the manifest by the server."""
+
+    KIND: ClassVar[str] = "blob"
+    model: str
+    sha256: str
+    size: int
+    offset: int
+    body_len: int
+
+    @classmethod
+    def parse(cls, head: Mapping[str, Any]) -> Blob:
+        return cls(
+            model=get_digest(head, "model"),
+            sha256=get_digest(head, "sha256"),
+            size=get_int(head, "size"),
+            offset=get_int(head, "offset"),
+            body_len=get_body_len(head),
+        )
+
+    def to_head(self) -> dict[str, object]:
+        return {
+            "m": self.KIND,
+            "model": self.model,
+            "sha256": self.sha256,
+            "size": self.size,
+            "offset": self.offset,
+            "body_len": self.body_len,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobOk:
+    """§10.5.3: the server now holds ``offset`` bytes of the blob; ``complete`` once it
+    has verified and stored all of it."""
+
+    KIND: ClassVar[str] = "blob_ok"
+    sha256: str
+    offset: int
+    complete: bool
+
+    @classmethod
+    def parse(cls, head: Mapping[str, Any]) -> BlobOk:
+        return cls(
+            sha256=get_digest(head, "sha256"),
+            offset=get_int(head, "offset"),
+            complete=get_bool(head, "complete"),
+        )
+
+    def to_head(self) -> dict[str, object]:
+        return {
+            "m": self.KIND,
+            "sha256": self.sha256,
+            "offset": self.offset,
+            "complete": self.complete,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Load:
+    """§10.6: build ``layers``; compile the run sets in ``prepare`` (the server caps
+    their number)."""
+
+    KIND: ClassVar[str] = "load"
+    model: str
+    layers: tuple[str, ...]
+    prepare: tuple[tuple[str, ...], ...] = ()
+
+    @classmethod
+    def parse(cls, head: Mapping[str, Any]) -> Load:
+        return cls(
+            model=get_digest(head, "model"),
+            layers=get_layer_list(head, "layers"),
+            prepare=get_layer_sets(head, "prepare"),
+        )
+
+    def to_head(self) -> dict[str, object]:
+        return {
+            "m": self.KIND,
+            "model": self.model,
+            "layers": list(self.layers),
+            "prepare": [list(s) for s in self.prepare],
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadOk:
+    """§10.6: every layer ready now, the run sets compiled, and how long it took."""
+
+    KIND: ClassVar[str] = "load_ok"
+    layers_ready: tuple[str, ...]
+    prepared: tuple[tuple[str, ...], ...]
+    load_ms: float
+
+    @classmethod
+    def parse(cls, head: Mapping[str, Any]) -> LoadOk:
+        return cls(
+            layers_ready=get_layer_list(head, "layers_ready"),
+            prepared=get_layer_sets(head, "prepared"),
+            load_ms=get_number(head, "load_ms"),
+        )
+
+    def to_head(self) -> dict[str, object]:
+        return {
+            "m": self.KIND,
+            "layers_ready": list(self.layers_ready),
+            "prepared": [list(s) for s in self.prepared],
+            "load_ms": self.load_ms,
+        }
