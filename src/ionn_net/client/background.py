@@ -1,7 +1,8 @@
 """What the upload session does beside sending bytes, so that the link never waits.
 
 Owns :class:`Activations` (compile and switch to the plan of each load in the background,
-newest first) and :func:`head_start_layers` (what goes up while the client still plans).
+newest first), :func:`head_start_layers` (what goes up while the client still plans) and
+:func:`load_in_order` (loads that never hold the upload back).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from ionn_net.model.graph import LayerGraph
 from ionn_net.planner.execution import ExecutionPlan
 
-__all__ = ["Activations", "head_start_layers"]
+__all__ = ["Activations", "head_start_layers", "load_in_order"]
 
 logger = logging.getLogger("ionn_net.client")
+
+#: Loads the union of some partitions on the server; the int is how many partitions.
+LoadParts = Callable[[frozenset[str], int], Awaitable[None]]
 
 #: Compiles the client side of a plan for the ready layers, then switches queries to it.
 Activate = Callable[[frozenset[str], ExecutionPlan], Awaitable[None]]
@@ -81,3 +85,17 @@ def head_start_layers(
             break
         out.append(name)
     return out
+
+
+async def load_in_order(loads: asyncio.Queue[frozenset[str] | None], load: LoadParts) -> None:
+    """Load the partitions queued by the upload, in order, until ``None``: when the loader
+    fell behind (a slow load), every partition waiting is loaded at once, as one load."""
+    finished = False
+    while not finished:
+        batch = [await loads.get()]
+        while not loads.empty():
+            batch.append(loads.get_nowait())
+        finished = batch[-1] is None
+        parts = [p for p in batch if p is not None]
+        if parts:
+            await load(frozenset().union(*parts), len(parts))

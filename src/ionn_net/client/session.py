@@ -32,10 +32,11 @@ import os
 import random
 import time
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from ionn_net.aio import AioConnection, connect
-from ionn_net.client.background import Activations, head_start_layers
+from ionn_net.client.background import Activations, head_start_layers, load_in_order
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
@@ -173,7 +174,11 @@ class UploadSession:
             welcome = await handshake(conn, self._session_key, config.secret, limit)
             self._state.adopt_cost_model(welcome.cost_model)
             self._state.set_ping(await conn.ping())
-            manifest = Manifest(model=prepared.model_digest, body_len=len(prepared.manifest_body))
+            manifest = Manifest(
+                model=prepared.model_digest,
+                body_len=len(prepared.manifest_body),
+                public=config.public,
+            )
             head, _ = await conn.request(
                 manifest.to_head(), prepared.manifest_body, limit=limit, urgency=CONTROL_URGENCY
             )
@@ -344,11 +349,16 @@ class UploadSession:
         if not self._config.upload or self._planner == "local":
             self._emit_progress(done=True)
             return
+        if state.public_blobs:  # §10.3.3: what the server holds publicly is used at once,
+            held = state.loadable_now(self._prepared.layer_blob, self._never_sent())
+            if held:  # and the upload plans only the rest (a head on a catalog backbone)
+                logger.info("the server holds %d layers' blobs: loading them first", len(held))
+                await self._load(conn, held)
         await self._plan_upload(conn)
         if state.ready:
             await self.activate(state.ready)
         loads: asyncio.Queue[frozenset[str] | None] = asyncio.Queue()
-        loader = asyncio.create_task(self._load_in_order(conn, loads))
+        loader = asyncio.create_task(load_in_order(loads, partial(self._load_parts, conn)))
         try:
             index = 0
             while index < len(state.partitions):
@@ -372,20 +382,10 @@ class UploadSession:
                 self._replanning = None
         self._emit_progress(done=True)
 
-    async def _load_in_order(
-        self, conn: AioConnection, loads: asyncio.Queue[frozenset[str] | None]
-    ) -> None:
-        finished = False
-        while not finished:
-            batch = [await loads.get()]
-            while not loads.empty():  # the loader fell behind: load what is waiting at once
-                batch.append(loads.get_nowait())
-            finished = batch[-1] is None
-            parts = [p for p in batch if p is not None]
-            if parts:
-                await self._load(conn, frozenset().union(*parts))
-                self._state.mark_loaded(len(parts))
-                self._emit_progress()
+    async def _load_parts(self, conn: AioConnection, layers: frozenset[str], parts: int) -> None:
+        await self._load(conn, layers)
+        self._state.mark_loaded(parts)
+        self._emit_progress()
 
     async def _upload_layer(self, conn: AioConnection, name: str) -> None:
         """Send one layer's blob from the server's offset, in messages of at most
@@ -393,7 +393,7 @@ class UploadSession:
         layer alone is 411 MB, above the 256 MiB default (protocol.md §10.5.1)."""
         state = self._state
         digest, size = self._prepared.layer_blob[name]
-        if digest is None or digest in state.held_blobs:
+        if digest is None or not state.needs_upload(digest):
             return
         blob = memoryview(self._prepared.blobs[digest])
         offset = int(state.partial.get(digest, 0))
