@@ -120,7 +120,8 @@ def window_rows(groups: Sequence[Sequence[Mapping[str, Any]]]) -> tuple[list[str
                 fails.append(f"{where}: ours {got:+.1f}% against {rival}")
             elif got is not None and want is not None and want < -AHEAD_PCT and got >= 0:
                 fails.append(f"{where}: ours not ahead of {rival} (simulated {want:+.1f}%)")
-        out.append(f"| {where} | {_f(w, '{:.1f}')} | " + " | ".join(cells + versus) + " |")
+        span = _f(w, "{:.1f}") if w is not None else "whole run (no upload done)"
+        out.append(f"| {where} | {span} | " + " | ".join(cells + versus) + " |")
     return out, fails
 
 
