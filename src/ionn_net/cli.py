@@ -14,7 +14,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import statistics
 import sys
 import time
@@ -99,23 +98,86 @@ def _server_parser() -> argparse.ArgumentParser:
         help="logging level (default %(default)s)",
     )
     p.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="log lines as text or one JSON object per line (default %(default)s)",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="also show TensorFlow's native start-up logs (hidden by default)",
     )
+    ops = p.add_argument_group("operations")
+    ops.add_argument(
+        "--metrics-port",
+        type=port,
+        default=None,
+        help="serve Prometheus metrics (/metrics) and health probes (/v2/health/live, "
+        "/v2/health/ready) on this HTTP port (default: none; 0 picks one)",
+    )
+    ops.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics port (default %(default)s: loopback only)",
+    )
+    ops.add_argument(
+        "--drain-timeout",
+        type=positive(float, "--drain-timeout"),
+        default=20.0,
+        help="on SIGTERM, seconds to let running queries and blob pieces finish after "
+        "GOAWAY before the rest is cut (default %(default)s)",
+    )
+    ops.add_argument(
+        "--workers",
+        type=positive(int, "--workers"),
+        default=1,
+        help="server processes sharing the port and the --store directory (default "
+        "%(default)s; more than 1 needs --store)",
+    )
+    # set by the supervisor of --workers for each worker process: the Unix socket it
+    # hands connections over, and the worker's number
+    ops.add_argument("--worker-channel", type=int, default=None, help=argparse.SUPPRESS)
+    ops.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
 def server_main(argv: list[str] | None = None) -> int:
     require_extras("ionn-server")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _server_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    if args.workers > 1 and args.store is None and args.worker_channel is None:
+        raise SystemExit("--workers: more than 1 worker needs --store (they share its directory)")
+    from ionn_net.ops.logs import configure
+
+    static = {} if args.worker_channel is None else {"worker": args.worker_index}
+    configure(args.log_level, args.log_format, static=static)
+    from ionn_net.ops.run import OpsOptions
+
+    ops = OpsOptions(
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        drain_timeout_s=args.drain_timeout,
     )
+    from ionn_net.aio import run
+
+    if args.workers > 1 and args.worker_channel is None:
+        return run(_supervise(args, argv, ops))  # no TensorFlow in the supervisor
     from ionn_net.tflog import import_tensorflow
 
     import_tensorflow(verbose=args.verbose)
-    from ionn_net.aio import run
+    make = _server_factory(args)
+    if args.worker_channel is not None:
+        from ionn_net.ops.workers import serve_worker
+
+        return run(serve_worker(make, args.worker_channel, ops))
+    from ionn_net.ops.run import serve_process
+
+    return run(serve_process(make, ops, sys.stdout))
+
+
+def _server_factory(args: argparse.Namespace) -> Any:
+    """``hooks -> EdgeServer`` configured from the command line."""
     from ionn_net.config import Limits
     from ionn_net.server import EdgeServer, ServerConfig
 
@@ -126,8 +188,8 @@ def server_main(argv: list[str] | None = None) -> int:
         max_bytes_per_session=args.max_bytes,
         max_queries_per_session=args.max_queries,
         secret=secret,
+        drain_timeout_s=args.drain_timeout,
     )
-
     cost = None
     if args.cost_model is not None:
         from ionn_net.planner.costmodel import ServerCostModel
@@ -136,21 +198,33 @@ def server_main(argv: list[str] | None = None) -> int:
             cost = ServerCostModel.from_json(args.cost_model.read_text())
         except (OSError, ValueError) as exc:
             raise SystemExit(f"--cost-model: cannot use {args.cost_model}: {exc}") from None
+    worker = args.worker_channel is not None
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with EdgeServer(
-            args.host, args.port, store=args.store, config=config, cost_model=cost
-        ) as server:
-            sys.stdout.write(f"ionn-server listening on {args.host}:{server.port}\n")
-            sys.stdout.flush()
-            await stop.wait()
+    def make(hooks: Any) -> Any:
+        return EdgeServer(
+            args.host,
+            args.port,
+            store=args.store,
+            config=config,
+            cost_model=cost,
+            hooks=hooks,
+            listen=not worker,
+        )
 
-    run(main())
-    return 0
+    return make
+
+
+async def _supervise(args: argparse.Namespace, argv: list[str], ops: Any) -> int:
+    from ionn_net.ops.workers import Supervisor, worker_command
+
+    def worker_argv(index: int, channel: int) -> list[str]:
+        extra = ["--worker-channel", str(channel), "--worker-index", str(index)]
+        return worker_command([*argv, *extra])
+
+    supervisor = Supervisor(
+        worker_argv, args.workers, host=args.host, port=args.port, ops=ops, out=sys.stdout
+    )
+    return await supervisor.run()
 
 
 # -- ionn-demo -----------------------------------------------------------------------------

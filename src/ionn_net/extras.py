@@ -34,9 +34,12 @@ class Extra:
 
 #: What each console script needs beyond the base dependencies. ``ionn-server`` and
 #: ``ionn-demo`` run on the base dependencies alone (TensorFlow, Keras, NumPy, zstandard,
-#: uvloop). ``ionn-bench`` draws its plots with matplotlib; grpcio, the other half of the
-#: ``bench`` extra, serves only the transport benchmark under ``bench/`` in a source
-#: checkout, so the console script does not ask for it.
+#: uvloop, and prometheus_client for the server's metrics port: a base dependency, not an
+#: extra, because the health probes an orchestrator needs share that port and the package
+#: is small, pure Python and without dependencies of its own). ``ionn-bench`` draws its
+#: plots with matplotlib; grpcio, the other half of the ``bench`` extra, serves only the
+#: transport benchmark under ``bench/`` in a source checkout, so the console script does
+#: not ask for it.
 SCRIPT_EXTRAS: dict[str, tuple[Extra, ...]] = {
     "ionn-server": (),
     "ionn-demo": (),

@@ -135,6 +135,11 @@ class BlobStore:
     def bytes_owned_by(self, session_hash: str) -> int:
         raise NotImplementedError
 
+    def usage(self) -> tuple[int, int] | None:
+        """(verified blobs, their bytes) as this process knows them, in O(1); None when
+        the store cannot tell cheaply (the server's metrics then leave it out)."""
+        return None
+
 
 class MemoryStore(BlobStore):
     """Blobs in a dict; partial uploads in bytearrays. Lost when the process ends."""
@@ -142,6 +147,7 @@ class MemoryStore(BlobStore):
     def __init__(self) -> None:
         super().__init__()
         self._blobs: dict[str, bytes] = {}
+        self._bytes = 0
         self._partials: dict[str, bytearray] = {}
 
     def has(self, digest: str) -> bool:
@@ -155,6 +161,10 @@ class MemoryStore(BlobStore):
 
     def _save(self, digest: str, data: bytes) -> None:
         self._blobs[digest] = data
+        self._bytes += len(data)
+
+    def usage(self) -> tuple[int, int] | None:
+        return len(self._blobs), self._bytes
 
     def partial_offset(self, digest: str) -> int:
         with self._lock:
@@ -294,15 +304,10 @@ class DirectoryStore(BlobStore):
             self._index(digest, size)
         return True
 
-    @property
-    def blob_count(self) -> int:
-        """Verified blobs this process knows of (all at open, and those stored or found since)."""
-        return len(self._sizes)
-
-    @property
-    def blob_bytes(self) -> int:
-        """Their total size in bytes (kept as blobs come and go, not recomputed)."""
-        return self._bytes
+    def usage(self) -> tuple[int, int] | None:
+        """Blobs indexed at open and stored or found since (another process's blobs are
+        found when first asked for), and their bytes (kept as they change)."""
+        return len(self._sizes), self._bytes
 
     def get(self, digest: str) -> bytes:
         _check_digest(digest)

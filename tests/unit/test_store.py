@@ -153,7 +153,7 @@ def test_a_second_store_on_the_same_directory_sees_what_the_first_stored_later(
     assert second.has(DIGEST)
     assert second.owned_by(SESSION) == {DIGEST}
     assert second.bytes_owned_by(SESSION) == len(BLOB)
-    assert (second.blob_count, second.blob_bytes) == (1, len(BLOB))
+    assert second.usage() == (1, len(BLOB))
     other = sha256_hex(b"other")
     second.put(other, b"other")
     second.record_owner(SESSION, other)

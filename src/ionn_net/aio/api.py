@@ -18,6 +18,7 @@ installed; ``IONN_NET_NO_UVLOOP=1`` opts out); these functions run on the curren
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl as _ssl
 from collections.abc import Generator
 from typing import Any
@@ -128,6 +129,7 @@ class Server:
         self._closing = False
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._finisher: asyncio.Task[None] | None = None
+        self._ssl: _ssl.SSLContext | None = None
 
     def _protocol_factory(self) -> asyncio.BaseProtocol:
         conn = AioConnection(
@@ -147,11 +149,26 @@ class Server:
         if self._closing:
             conn.close()
 
-    async def _start(self, host: str | None, port: int, ssl: _ssl.SSLContext | None) -> Server:
+    async def _start(
+        self, host: str | None, port: int, ssl: _ssl.SSLContext | None, listen: bool
+    ) -> Server:
+        self._ssl = ssl
+        if not listen:
+            return self
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol_factory, host, port, ssl=ssl)
         logger.debug("serving on %s", self.sockets)
         return self
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection accepted elsewhere (a supervisor process that accepts and
+        hands sockets to workers) as if this server had accepted it; closed at once if
+        the server is closing."""
+        if self._closing:
+            sock.close()
+            return
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(self._protocol_factory, sock, ssl=self._ssl)
 
     @property
     def sockets(self) -> list[Any]:
@@ -211,15 +228,16 @@ class _Serve:
         limits: Limits,
         options: TransportOptions,
         ssl: _ssl.SSLContext | None,
+        listen: bool,
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler: expected an async callable, got {handler!r}")
-        self._args = (handler, host, _check_port(port), limits, options, ssl)
+        self._args = (handler, host, _check_port(port), limits, options, ssl, listen)
         self._server: Server | None = None
 
     async def _open(self) -> Server:
-        handler, host, port, limits, options, ssl = self._args
-        return await Server(handler, limits, options)._start(host, port, ssl)
+        handler, host, port, limits, options, ssl, listen = self._args
+        return await Server(handler, limits, options)._start(host, port, ssl, listen)
 
     def __await__(self) -> Generator[Any, None, Server]:
         return self._open().__await__()
@@ -241,11 +259,14 @@ def serve(
     limits: Limits | None = None,
     options: TransportOptions | None = None,
     ssl: _ssl.SSLContext | None = None,
+    listen: bool = True,
 ) -> _Serve:
     """Listen on ``host:port``; ``handler(stream)`` runs for every peer-initiated stream.
 
     A handler that raises resets its stream with INTERNAL_ERROR; one that returns without
-    ending its response likewise. Closing the server drains connections gracefully.
+    ending its response likewise. Closing the server drains connections gracefully. With
+    ``listen=False`` no socket is opened: the server serves what :meth:`Server.adopt`
+    hands it.
     """
     return _Serve(
         handler,
@@ -254,4 +275,5 @@ def serve(
         limits=limits or Limits(),
         options=options or TransportOptions(),
         ssl=ssl,
+        listen=listen,
     )
