@@ -74,6 +74,11 @@ class OpsEndpoint:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    @property
+    def active(self) -> int:
+        """Requests being served now (at most ``max_connections``)."""
+        return self._active
+
     async def start(self, host: str, port: int) -> OpsEndpoint:
         self._server = await asyncio.start_server(self._serve, host, port, limit=_MAX_HEAD)
         return self
