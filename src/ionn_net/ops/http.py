@@ -14,7 +14,9 @@ no request can hold a thread, and a slow client costs a socket and a timer only:
 
 Bounds: at most ``max_connections`` requests at once (more are closed unanswered), a
 request head of at most 8 KiB read within ``read_timeout_s``, and the response written
-within ``write_timeout_s``, else the connection is aborted. The response is handed to the
+within ``write_timeout_s``, else the connection is aborted; a 64 KiB kernel send buffer
+per connection (loopback would otherwise grow it to megabytes for a reader that reads
+nothing). The response is handed to the
 transport in one write: a scraper that reads one byte a second keeps only its own bytes
 buffered, never the loop. No work depends on the number of sessions beyond the
 exposition itself (label sets are bounded, :mod:`ionn_net.ops.metrics`).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
@@ -38,6 +41,7 @@ METRICS = "/metrics"
 HEALTH_LIVE = "/v2/health/live"
 HEALTH_READY = "/v2/health/ready"
 _MAX_HEAD = 8 << 10
+_SNDBUF = 64 << 10
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
 _REASONS[503] = "Service Unavailable"
 
@@ -95,6 +99,10 @@ class OpsEndpoint:
             return
         self._active += 1
         clean = False
+        sock = writer.get_extra_info("socket")
+        if sock is not None:  # what a slow reader can leave in the kernel stays small
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._read_timeout)
             status, ctype, body, method = await self._respond(head)
