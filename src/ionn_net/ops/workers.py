@@ -156,7 +156,14 @@ class Supervisor:
         worker.channel, worker.ready, worker.started_at = mine, False, time.monotonic()
         asyncio.get_running_loop().add_reader(mine.fileno(), self._on_status, worker)
         worker.watcher = asyncio.ensure_future(self._watch(worker))
-        logger.info("worker %d started (pid %d)", worker.index, worker.proc.pid)
+        logger.info(
+            "worker %d started (pid %d)",
+            worker.index,
+            worker.proc.pid,
+            extra={
+                "ionn": {"event": "worker_started", "index": worker.index, "child": worker.proc.pid}
+            },
+        )
 
     def _on_status(self, worker: _Worker) -> None:
         channel = worker.channel
@@ -201,6 +208,7 @@ class Supervisor:
             proc.pid,
             code,
             worker.backoff_s,
+            extra={"ionn": {"event": "worker_exited", "index": worker.index, "status": code}},
         )
         if self._restarts is not None:
             self._restarts.inc()
