@@ -74,8 +74,11 @@ async def serve_process(
     stop = stop_event()
     metrics = None
     if ops.metrics_port is not None:
+        from prometheus_client import disable_created_metrics
+
         from ionn_net.ops.metrics import ServerMetrics
 
+        disable_created_metrics()  # no *_created series: a third of the exposition
         metrics = ServerMetrics()
     hooks = ServerHooks(metrics)
     server = make(hooks)

@@ -280,10 +280,17 @@ class Supervisor:
     async def _start_endpoint(self) -> Any:
         if self._ops.metrics_port is None:
             return None
-        from prometheus_client import CollectorRegistry, Counter, Gauge, multiprocess
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            disable_created_metrics,
+            multiprocess,
+        )
 
         from ionn_net.ops.http import OpsEndpoint
 
+        disable_created_metrics()
         self._metrics_dir = tempfile.mkdtemp(prefix="ionn-metrics-")
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
