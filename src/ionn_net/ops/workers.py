@@ -290,7 +290,7 @@ class Supervisor:
 
         from ionn_net.ops.http import OpsEndpoint
 
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self._metrics_dir = tempfile.mkdtemp(prefix="ionn-metrics-")
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
