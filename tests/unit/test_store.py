@@ -195,3 +195,35 @@ def test_opening_the_store_keeps_the_temporary_files_of_live_writers(tmp_path: P
     DirectoryStore(tmp_path / "store")
     assert live.exists()
     assert not dead.exists() and not stray.exists()
+
+
+_RACER = """
+import json, sys
+from ionn_net.errors import StoreError
+from ionn_net.store import DirectoryStore
+store, key, won = DirectoryStore(sys.argv[1]), sys.argv[2], []
+for _ in range(int(sys.argv[3])):
+    try:
+        won.append(store.append_partial(key, store.partial_offset(key), b"x" * 100))
+    except StoreError:
+        pass  # another process appended in between: the offset check refused it
+print(json.dumps(won))
+"""
+
+
+def test_processes_racing_on_one_partial_never_both_win_the_same_offset(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path / "store"
+    DirectoryStore(root)
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(root), DIGEST, "2000"], stdout=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    won = [o for r in racers for o in json.loads(r.communicate(timeout=120)[0])]
+    assert len(won) == len(set(won))  # each accepted append got an offset of its own
+    assert (root / "partial" / DIGEST).stat().st_size == 100 * len(won)
