@@ -450,13 +450,11 @@ class _IonnClient:
     def _trace_heads(self) -> None:
         protocol = self.conn.protocol
         flush = protocol.flush
-        core_open = self.conn.core.open_stream
 
-        def traced_open(*args: Any, **kwargs: Any) -> Any:
+        def opened(stream: Any) -> None:
             self.opened_at = time.monotonic()
-            return core_open(*args, **kwargs)
 
-        self.conn.core.open_stream = traced_open
+        self.conn.on_stream_opened = opened
 
         def traced_flush() -> None:
             sent = protocol.headers_sent_own

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ionn_net.argtypes import port, positive
-from ionn_net.extras import require_extras
+from ionn_net.errors import StoreError
+from ionn_net.extras import REDIS_EXTRA, require_extra, require_extras
+from ionn_net.store import REDIS_SCHEMES, open_store
 
 __all__ = ["demo_main", "server_main"]
 
@@ -44,9 +46,9 @@ def _server_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--store",
-        type=Path,
         default=None,
-        help="directory of the durable layer store (default: keep layers in memory only)",
+        help="durable layer store: a directory, or redis://host:port/db for a store shared by "
+        "a site's servers (needs the redis extra) (default: keep layers in memory only)",
     )
     p.add_argument(
         "--cost-model",
@@ -147,7 +149,14 @@ def server_main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _server_parser().parse_args(argv)
     if args.workers > 1 and args.store is None and args.worker_channel is None:
-        raise SystemExit("--workers: more than 1 worker needs --store (they share its directory)")
+        raise SystemExit("--workers: more than 1 worker needs --store (a directory or Redis)")
+    if args.store is not None and args.store.startswith(REDIS_SCHEMES):
+        require_extra("ionn-server", REDIS_EXTRA, "--store redis://")
+    try:
+        # before TensorFlow loads (and before any worker starts): a bad store fails fast
+        store = open_store(args.store)
+    except StoreError as exc:
+        raise SystemExit(f"ionn-server: {exc}") from None
     from ionn_net.ops.logs import configure
 
     static = {} if args.worker_channel is None else {"worker": args.worker_index}
@@ -162,11 +171,12 @@ def server_main(argv: list[str] | None = None) -> int:
     from ionn_net.aio import run
 
     if args.workers > 1 and args.worker_channel is None:
+        store.close()  # opened to fail fast; each worker opens its own
         return run(_supervise(args, argv, ops))  # no TensorFlow in the supervisor
     from ionn_net.tflog import import_tensorflow
 
     import_tensorflow(verbose=args.verbose)
-    make = _server_factory(args)
+    make = _server_factory(args, store)
     if args.worker_channel is not None:
         from ionn_net.ops.workers import serve_worker
 
@@ -176,7 +186,7 @@ def server_main(argv: list[str] | None = None) -> int:
     return run(serve_process(make, ops, sys.stdout))
 
 
-def _server_factory(args: argparse.Namespace) -> Any:
+def _server_factory(args: argparse.Namespace, store: Any) -> Any:
     """``hooks -> EdgeServer`` configured from the command line."""
     from ionn_net.config import Limits
     from ionn_net.server import EdgeServer, ServerConfig
@@ -204,7 +214,7 @@ def _server_factory(args: argparse.Namespace) -> Any:
         return EdgeServer(
             args.host,
             args.port,
-            store=args.store,
+            store=store,
             config=config,
             cost_model=cost,
             hooks=hooks,

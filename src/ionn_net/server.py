@@ -24,13 +24,13 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import math
 import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,6 @@ import numpy as np
 from ionn_net import __version__
 from ionn_net.aio import ServerStream, TransportOptions, serve
 from ionn_net.aio.connection import AioConnection
-from ionn_net.config import Limits
 from ionn_net.errors import ConfigError, IonnError, SpecError, StoreError, TensorError
 from ionn_net.messages import (
     Auth,
@@ -65,14 +64,21 @@ from ionn_net.messages import (
     hmac_proof,
     request_type,
 )
-from ionn_net.model.graph import TensorRef
-from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
+from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.model.spec import graph_from_manifest, loads_manifest, split_blob
 from ionn_net.ops.hooks import ServerGauges, ServerHooks
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
-from ionn_net.server_model import ServerModel, lower_priority, to_thread_to_the_end
-from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
+from ionn_net.server_config import ServerConfig
+from ionn_net.server_model import ServerModel, lower_priority, to_thread_to_the_end, warm_up
+from ionn_net.store import (
+    BlobCorruptError,
+    BlobStore,
+    DirectoryStore,
+    StoreUnavailableError,
+    open_store,
+    partial_key,
+)
 from ionn_net.tensors import SignatureError, boundary_signature, decode_tensors, encode_tensors
 
 __all__ = ["EdgeServer", "ServerConfig"]
@@ -83,52 +89,6 @@ _LOADER_THREADS = 2
 logger = logging.getLogger("ionn_net.server")
 
 Response = tuple[Reply, bytes]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServerConfig:
-    """Server policy; wire limits live in ``limits`` (protocol.md §14)."""
-
-    limits: Limits = field(default_factory=Limits)
-    spec_limits: SpecLimits = DEFAULT_LIMITS
-    max_models_per_session: int = 4
-    max_bytes_per_session: int = 1 << 30
-    max_queries_per_session: int = 8
-    max_sessions: int = 1024
-    max_connections_per_address: int = 16
-    max_manifest_bytes: int = 16 << 20
-    max_prepare_sets: int = 16
-    inference_threads: int = 2
-    #: Niceness added to the threads that build and compile loaded layers (0: none).
-    #: On a host shared with queries (and, in the bench, the client) a load otherwise
-    #: slows the queries it overlaps 2-5x (BENCHMARKS.md, ionn-bench); Linux only.
-    loader_nice: int = 10
-    secret: bytes | None = None
-    jit: bool | None = None
-    #: Deadline of a graceful drain (§13.3): connections still open then are aborted.
-    drain_timeout_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_models_per_session",
-            "max_bytes_per_session",
-            "max_queries_per_session",
-            "max_sessions",
-            "max_connections_per_address",
-            "max_manifest_bytes",
-            "max_prepare_sets",
-            "inference_threads",
-        ):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ConfigError(f"{name}: expected an integer >= 1, got {value!r}")
-        if type(self.loader_nice) is not int or not 0 <= self.loader_nice <= 19:
-            raise ConfigError(f"loader_nice: expected an integer 0..19, got {self.loader_nice!r}")
-        if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
-            raise ConfigError("secret: expected non-empty bytes or None")
-        timeout = self.drain_timeout_s
-        if type(timeout) not in (int, float) or not 0 < timeout < float("inf"):
-            raise ConfigError(f"drain_timeout_s: expected seconds > 0, got {timeout!r}")
 
 
 class _Session:
@@ -162,10 +122,11 @@ class _ConnState:
 class EdgeServer:
     """The edge server. ``async with EdgeServer(port=0) as server: server.port``.
 
-    ``store`` is a :class:`BlobStore`, a directory path (durable store) or ``None``
-    (in memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default
-    the server calibrates one on this machine on first start (cached in the store
-    directory when there is one). ``hooks`` receive every event (logs, metrics:
+    ``store`` is a :class:`BlobStore`, a directory path (durable store), a
+    ``redis://host:port/db`` URL (store shared by a site's servers) or ``None`` (in
+    memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default the
+    server calibrates one on this machine on first start (cached in the store directory
+    when there is one). ``hooks`` receive every event (logs, metrics:
     :mod:`ionn_net.ops`). With ``listen=False`` the server opens no socket and serves
     the connections handed to :meth:`adopt` (a worker of ``ionn-server --workers``).
     """
@@ -185,12 +146,7 @@ class EdgeServer:
         self.host = host
         self._port = port
         self.config = config or ServerConfig()
-        if store is None:
-            self.store: BlobStore = MemoryStore()
-        elif isinstance(store, BlobStore):
-            self.store = store
-        else:
-            self.store = DirectoryStore(Path(store))
+        self.store: BlobStore = open_store(store)
         self._cost_model = cost_model
         self._ssl = ssl
         self.hooks = hooks or ServerHooks()
@@ -231,10 +187,15 @@ class EdgeServer:
         port: int = self._server.port
         return port
 
+    @property
+    def connections(self) -> tuple[AioConnection, ...]:
+        """The live client connections (e.g. to watch their ``outbound_bytes``, §14.3)."""
+        return () if self._server is None else tuple(self._server.connections)
+
     async def start(self) -> EdgeServer:
         if self._cost_model is None:
             self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
-        await asyncio.to_thread(_warm_up)
+        await asyncio.to_thread(warm_up)
         self._server = await serve(
             self._handle,
             self.host,
@@ -245,6 +206,7 @@ class EdgeServer:
             options=TransportOptions(close_timeout_s=self.config.drain_timeout_s + 1.0),
             ssl=self._ssl,
             listen=self._listen,
+            on_connection=self._arm_hello_deadline,
         )
         if self._listen:
             logger.info("edge server listening on %s:%d", self.host, self.port)
@@ -331,11 +293,6 @@ class EdgeServer:
                 return
             state = self._conns[conn] = _ConnState()
             self._watch(conn, state)
-            # §14.4: a session (welcome) within the handshake deadline, or the connection
-            # goes; otherwise requests before hello would hold it open forever.
-            asyncio.get_running_loop().call_later(
-                self.config.limits.handshake_timeout_s, self._check_hello, weakref.ref(conn)
-            )
         if state.session is not None:
             state.session.last_used = time.monotonic()
         started = time.perf_counter()
@@ -399,10 +356,20 @@ class EdgeServer:
 
         asyncio.ensure_future(conn.wait_closed()).add_done_callback(closed)
 
+    def _arm_hello_deadline(self, conn: AioConnection) -> None:
+        """§14.4: a session (welcome) within the handshake deadline counted from the accept,
+        or the connection goes, whatever the peer sends meanwhile (PINGs, requests before
+        hello, or nothing after its SETTINGS)."""
+        asyncio.get_running_loop().call_later(
+            self.config.limits.handshake_timeout_s, self._check_hello, weakref.ref(conn)
+        )
+
     def _check_hello(self, ref: weakref.ref[AioConnection]) -> None:
         conn = ref()
-        state = self._conns.get(conn) if conn is not None else None
-        if conn is None or conn.closed or state is None or state.session is not None:
+        if conn is None or conn.closed:
+            return
+        state = self._conns.get(conn)
+        if state is not None and state.session is not None:
             return
         self.hooks.refused("handshake_timeout", peer=conn.remote_address)
         conn.close(ErrorCode.TIMEOUT, "no hello within the handshake deadline")
@@ -493,7 +460,10 @@ class EdgeServer:
         del self._sessions[victim.key]
         self._layers_ready -= sum(len(m.ready) for m in victim.models.values())
         for digest in victim.partials:  # stale partial uploads expire with their session
-            self.store.drop_partial(partial_key(victim.hash, digest))
+            try:
+                self.store.drop_partial(partial_key(victim.hash, digest))
+            except StoreError as exc:  # best effort: the store's sweep expires it later
+                logger.warning("could not drop a partial upload of %s: %s", victim.hash[:8], exc)
         self.hooks.evicted(victim.hash)
         return True
 
@@ -594,6 +564,10 @@ class EdgeServer:
         if complete:
             try:
                 await self._complete_blob(session, digest, key)
+            except StoreUnavailableError as exc:
+                # Not the client's bytes: the partial stays (nothing acknowledged is lost)
+                # and the client completes it again once the store is back.
+                raise RequestError("internal", f"blob {digest}: {exc}") from None
             except StoreError:
                 raise RequestError(
                     "digest_mismatch", f"blob {digest}: bytes do not match"
@@ -706,7 +680,12 @@ class EdgeServer:
             shapes = [model.graph[r.layer].output_shapes[r.index] for r in spec.inbound]
             weights = []
             if spec.blob_sha256 is not None:
-                blob = self.store.get(spec.blob_sha256)  # verified on read
+                try:
+                    blob = self.store.get(spec.blob_sha256)  # verified on read
+                except BlobCorruptError:  # discarded by the store: the owner uploads it again
+                    raise RequestError(
+                        "missing_blobs", f"blob of {name!r} failed verification", layers=[name]
+                    ) from None
                 weights = split_blob(spec, blob, limits)
             built[name] = build_layer(spec, shapes, weights, limits=limits)
         model.executor().add_layers(built)
@@ -739,13 +718,20 @@ class EdgeServer:
             self.hooks.refused("queries_per_session", session=session.hash)
             raise RequestError("busy", "too many concurrent queries in this session")
         queued = time.perf_counter()
-        async with session.queries, self._inference:
-            if (time.monotonic() - received) * 1000.0 > deadline_ms:
+        async with session.queries:
+            # §14.3: the result is held back (not computed) until it fits under the
+            # connection's outbound cap, so unread results cannot pile up in memory.
+            left_s = deadline_ms / 1000.0 - (time.monotonic() - received)
+            size = _result_nbytes(model.graph, outs, tensors)
+            if left_s <= 0 or not await stream.reserve_outbound(size, timeout=left_s):
                 raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
-            feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
-            started = time.perf_counter()
-            result = await to_thread_to_the_end(self._run, model, run, feeds)
-            server_ms = (time.perf_counter() - started) * 1000.0
+            async with self._inference:
+                if (time.monotonic() - received) * 1000.0 > deadline_ms:
+                    raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
+                feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
+                started = time.perf_counter()
+                result = await to_thread_to_the_end(self._run, model, run, feeds)
+                server_ms = (time.perf_counter() - started) * 1000.0
         self.hooks.query_computed(started - queued, server_ms / 1000.0)
         if model.complete:
             self._consolidate_later(model, run)
@@ -788,19 +774,19 @@ class EdgeServer:
         task.add_done_callback(self._background.discard)
 
 
+def _result_nbytes(
+    graph: LayerGraph, outs: Sequence[TensorRef], tensors: Mapping[str, np.ndarray]
+) -> int:
+    """Body bytes of the result of a query with these (checked) input tensors: its output
+    tensors' shapes, from the server's own graph, at the inputs' batch size (§10.8)."""
+    batch = next(iter(tensors.values())).shape[0] if tensors else 1
+    return sum(
+        batch
+        * math.prod(graph[r.layer].output_shapes[r.index])
+        * np.dtype(graph[r.layer].output_dtype).itemsize
+        for r in outs
+    )
+
+
 def _host(address: Any) -> Any:
     return address[0] if isinstance(address, tuple) and address else address
-
-
-def _warm_up() -> None:
-    """Import TensorFlow/Keras and run one tiny compiled slice before accepting clients:
-    otherwise the first ``load`` pays the import and runtime start-up (5-7 s here)."""
-    import keras
-
-    from ionn_net.executor import Executor
-    from ionn_net.model import layers as _layers  # noqa: F401  (imports the spec builder)
-
-    x = keras.Input((4,))
-    model = keras.Model(x, keras.layers.Dense(2)(x), name="warm_up")
-    executor = Executor.from_model(model)
-    executor.prepare(executor.graph.order)

@@ -1,5 +1,5 @@
 """One client model on the server (:class:`ServerModel`), and how the server runs work in
-threads (:func:`to_thread_to_the_end`, :func:`lower_priority`).
+threads (:func:`to_thread_to_the_end`, :func:`lower_priority`, :func:`warm_up`).
 
 :class:`ServerModel` is a validated manifest of one session, assembled incrementally:
 which layers are built, which load built each (run sets are chained from per-load pieces,
@@ -22,7 +22,7 @@ from ionn_net.model.graph import LayerGraph
 from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest
 
-__all__ = ["ServerModel", "lower_priority", "to_thread_to_the_end"]
+__all__ = ["ServerModel", "lower_priority", "to_thread_to_the_end", "warm_up"]
 
 logger = logging.getLogger("ionn_net.server")
 
@@ -131,3 +131,17 @@ def lower_priority(nice: int) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
     except (OSError, AttributeError) as exc:  # not Linux, or not permitted
         logger.debug("loader thread keeps its priority: %s", exc)
+
+
+def warm_up() -> None:
+    """Import TensorFlow/Keras and run one tiny compiled slice before accepting clients:
+    otherwise the first ``load`` pays the import and runtime start-up (5-7 s here)."""
+    import keras
+
+    from ionn_net.executor import Executor
+    from ionn_net.model import layers as _layers  # noqa: F401  (imports the spec builder)
+
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Dense(2)(x), name="warm_up")
+    executor = Executor.from_model(model)
+    executor.prepare(executor.graph.order)

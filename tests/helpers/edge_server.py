@@ -24,9 +24,12 @@ def call(server: Any, coro: Callable[[], Coroutine[Any, Any, Any]], timeout: flo
 
 @contextmanager
 def running_server(
-    config: Any = None, timeout: float = 20.0, *, store: Any = None
+    config: Any = None, timeout: float = 60.0, *, store: Any = None
 ) -> Iterator[Any]:
-    """Yield a started EdgeServer (``.port`` is bound on 127.0.0.1)."""
+    """Yield a started EdgeServer (``.port`` is bound on 127.0.0.1).
+
+    The first start in a process imports TensorFlow: on a loaded 2-core machine that took
+    more than the former 20 s budget when a conformance test was the first to start one."""
     from ionn_net.planner.costmodel import ServerCostModel
     from ionn_net.server import EdgeServer
 

@@ -3,7 +3,8 @@
 Nothing here imports ``ionn_net``: the conformance suite uses this peer as the second
 implementation against which the library is checked (protocol-lessons: two implementations that
 agree are what make a specification real). ``python -m tests.refpeer --host H --port P`` runs a
-``hello`` + ``have`` exchange against a live server.
+``hello`` + ``have`` exchange against a live server. :mod:`.manifest` builds model manifests from
+§10.3.1 and Appendix B and checks a server's cost model against §10.10.
 """
 
 from .channels import Channel, PeerTimeout, PipeChannel, SocketChannel

@@ -13,7 +13,7 @@ import sys
 
 from .channels import PeerTimeout, SocketChannel
 from .peer import PeerClosed, RefPeer
-from .session import hello
+from .session import hello, welcome_cost_model
 from .wire import Code, PeerError
 
 
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         secret = args.secret.encode() if args.secret is not None else None
         for msg in hello(peer, session=args.session, secret=secret):
             print(json.dumps(msg.head, sort_keys=True))
+            if msg.head.get("m") == "welcome" and welcome_cost_model(msg) is None:
+                print("refpeer: the cost model breaks §10.10 (ignored)", file=sys.stderr)
         have = peer.request({"m": "have", "model": args.model})
         print(json.dumps(have.head, sort_keys=True))
         peer.ping(b"cli-ping")

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import os
 
+from .manifest import cost_model_problems
 from .peer import Message, RefPeer
 from .wire import Code, PeerError
 
@@ -53,3 +54,13 @@ def hello(
         raise PeerError(Code.AUTH_FAILED, "the server's proof does not match the secret")
     second = peer.request({"m": "auth", "proof": client_proof(secret, nonce, server_nonce)})
     return [first, second]
+
+
+def welcome_cost_model(welcome: Message) -> dict[str, object] | None:
+    """§10.10: the server's cost model if it follows every rule, else None (the client then
+    falls back to its own estimate)."""
+    doc = welcome.head.get("cost_model")
+    if cost_model_problems(doc):
+        return None
+    assert isinstance(doc, dict)
+    return doc

@@ -269,11 +269,6 @@ def test_no_module_outside_aio_imports_or_reaches_a_private_name() -> None:
     assert not found, found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aio/connection.py imports aio.stream._BaseStream: removed with the aio "
-    "stream<->connection cycle (drop this mark when that lands)",
-)
 def test_no_aio_module_imports_or_reaches_a_private_name() -> None:
     found = {
         str(p.relative_to(ROOT)): v
@@ -283,11 +278,6 @@ def test_no_aio_module_imports_or_reaches_a_private_name() -> None:
     assert not found, found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="aio/stream.py and aio/connection.py import each other: removed by the aio "
-    "re-cut (drop this mark when that lands)",
-)
 def test_no_import_cycle_inside_aio() -> None:
     assert import_cycles(_AIO) == []
 

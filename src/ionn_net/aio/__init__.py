@@ -8,16 +8,17 @@
 from __future__ import annotations
 
 from ionn_net.aio.api import Server, connect, serve
-from ionn_net.aio.connection import AioConnection, Handler
+from ionn_net.aio.connection import AioConnection, Handler, ServerStream, Stream
 from ionn_net.aio.errors import ConnectionClosedError, StreamResetError
 from ionn_net.aio.loop import ENV_NO_UVLOOP, loop_factory, new_event_loop, run, uvloop_wanted
 from ionn_net.aio.options import TransportOptions
 from ionn_net.aio.pacing import Pacer, PacingConfig, RateEstimator, TokenBucket
-from ionn_net.aio.stream import ServerStream, Stream
+from ionn_net.aio.stream import BaseStream, StreamHost
 
 __all__ = [
     "ENV_NO_UVLOOP",
     "AioConnection",
+    "BaseStream",
     "ConnectionClosedError",
     "Handler",
     "Pacer",
@@ -26,6 +27,7 @@ __all__ = [
     "Server",
     "ServerStream",
     "Stream",
+    "StreamHost",
     "StreamResetError",
     "TokenBucket",
     "TransportOptions",

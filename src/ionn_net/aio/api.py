@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl as _ssl
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from ionn_net.aio.connection import AioConnection, Handler
@@ -31,7 +31,11 @@ from ionn_net.config import Limits
 from ionn_net.errors import ConfigError
 from ionn_net.proto import ErrorCode
 
-__all__ = ["Server", "connect", "serve"]
+__all__ = ["ConnectionHook", "Server", "connect", "serve"]
+
+#: Called with each accepted connection once its socket (and TLS) is up, before the peer's
+#: preface is read: e.g. to arm an application deadline that counts from the accept (§14.4).
+ConnectionHook = Callable[[AioConnection], None]
 
 
 def _check_port(port: object) -> int:
@@ -120,8 +124,15 @@ def connect(
 class Server:
     """A listening IONN-NET server; ``port`` is the bound port."""
 
-    def __init__(self, handler: Handler, limits: Limits, options: TransportOptions) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        limits: Limits,
+        options: TransportOptions,
+        on_connection: ConnectionHook | None = None,
+    ) -> None:
         self._handler = handler
+        self._on_connection = on_connection
         self.limits = limits
         self.options = options
         self.connections: set[AioConnection] = set()
@@ -148,6 +159,8 @@ class Server:
         self.connections.add(conn)
         if self._closing:
             conn.close()
+        elif self._on_connection is not None:
+            self._on_connection(conn)
 
     async def _start(
         self, host: str | None, port: int, ssl: _ssl.SSLContext | None, listen: bool
@@ -229,15 +242,20 @@ class _Serve:
         options: TransportOptions,
         ssl: _ssl.SSLContext | None,
         listen: bool,
+        on_connection: ConnectionHook | None,
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler: expected an async callable, got {handler!r}")
+        if on_connection is not None and not callable(on_connection):
+            raise ConfigError(f"on_connection: expected a callable, got {on_connection!r}")
         self._args = (handler, host, _check_port(port), limits, options, ssl, listen)
+        self._on_connection = on_connection
         self._server: Server | None = None
 
     async def _open(self) -> Server:
         handler, host, port, limits, options, ssl, listen = self._args
-        return await Server(handler, limits, options)._start(host, port, ssl, listen)
+        server = Server(handler, limits, options, self._on_connection)
+        return await server._start(host, port, ssl, listen)
 
     def __await__(self) -> Generator[Any, None, Server]:
         return self._open().__await__()
@@ -260,13 +278,15 @@ def serve(
     options: TransportOptions | None = None,
     ssl: _ssl.SSLContext | None = None,
     listen: bool = True,
+    on_connection: ConnectionHook | None = None,
 ) -> _Serve:
     """Listen on ``host:port``; ``handler(stream)`` runs for every peer-initiated stream.
 
     A handler that raises resets its stream with INTERNAL_ERROR; one that returns without
     ending its response likewise. Closing the server drains connections gracefully. With
     ``listen=False`` no socket is opened: the server serves what :meth:`Server.adopt`
-    hands it.
+    hands it. ``on_connection(conn)`` (optional) is called with every accepted (or
+    adopted) connection as soon as its socket is up, whatever the peer sends afterwards.
     """
     return _Serve(
         handler,
@@ -276,4 +296,5 @@ def serve(
         options=options or TransportOptions(),
         ssl=ssl,
         listen=listen,
+        on_connection=on_connection,
     )

@@ -1,10 +1,16 @@
 """One IONN-NET connection in the asyncio idiom: streams, ping, graceful close.
 
-Owns the stream table of the application side, the dispatch of core events to streams
-(a dict from event type to handler), the waiting of senders for outbound room and credit,
-pacing of upload-urgency streams, ``ping()``/``rtt``, and the shutdown paths: graceful
-(GOAWAY, let open streams finish, flush, close -- under one deadline, §13.3) and abort.
-Socket-level behaviour (writer, timers, backpressure) is in :mod:`ionn_net.aio.protocol`.
+Owns the stream table of the application side and the concrete stream classes
+(:class:`Stream`, :class:`ServerStream`), the dispatch of core events to streams (a dict from
+event type to handler), the waiting of senders for outbound room and credit, the accounting of
+outbound bytes held outside the core (§14.3), pacing of upload-urgency streams,
+``ping()``/``rtt``, and the shutdown paths: graceful (GOAWAY, let open streams finish, flush,
+close -- under one deadline, §13.3) and abort. Socket-level behaviour (writer, timers,
+backpressure) is in :mod:`ionn_net.aio.protocol`.
+
+Streams reach the connection only through :class:`~ionn_net.aio.stream.StreamHost` (one
+:class:`_StreamLink` per stream), and the connection reaches a stream only through its
+``deliver_*`` methods and public properties: see :mod:`ionn_net.aio.stream`.
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from ionn_net.aio.errors import ConnectionClosedError, StreamResetError
 from ionn_net.aio.options import TransportOptions
 from ionn_net.aio.pacing import Pacer
 from ionn_net.aio.protocol import IonnProtocol, logger
-from ionn_net.aio.stream import Buffer, ServerStream, Stream, _BaseStream
+from ionn_net.aio.stream import BaseStream, Buffer
 from ionn_net.config import Limits, Setting
 from ionn_net.proto import (
     Codec,
@@ -38,7 +45,81 @@ from ionn_net.proto import (
     UsageError,
 )
 
-__all__ = ["AioConnection", "Handler"]
+__all__ = ["AioConnection", "Handler", "ServerStream", "Stream"]
+
+
+class Stream(BaseStream):
+    """A stream this endpoint opened (:meth:`AioConnection.open_stream`)."""
+
+    def __init__(
+        self,
+        conn: AioConnection,
+        stream_id: int,
+        *,
+        urgency: int,
+        incremental: bool,
+        end_stream: bool,
+    ) -> None:
+        link = _StreamLink(conn, stream_id, urgency)
+        super().__init__(
+            link, stream_id, urgency=urgency, incremental=incremental, local_ended=end_stream
+        )
+        self._connection = conn
+
+    @property
+    def connection(self) -> AioConnection:
+        """The connection this stream belongs to."""
+        return self._connection
+
+
+class ServerStream(BaseStream):
+    """A stream the peer opened; ``head`` is the request head.
+
+    The handler reads the body (``async for chunk in stream`` / ``read_body``) and answers
+    with :meth:`respond` (or ``send_headers`` + ``send_data``).
+    """
+
+    def __init__(
+        self,
+        conn: AioConnection,
+        stream_id: int,
+        head: Mapping[str, Any],
+        *,
+        urgency: int,
+        incremental: bool,
+        end_stream: bool,
+    ) -> None:
+        link = _StreamLink(conn, stream_id, urgency)
+        super().__init__(link, stream_id, urgency=urgency, incremental=incremental)
+        self._connection = conn
+        self._request_head = head
+        self.deliver_head(head, end_stream)
+
+    @property
+    def connection(self) -> AioConnection:
+        """The connection this stream arrived on (read-only)."""
+        return self._connection
+
+    @property
+    def head(self) -> Mapping[str, Any]:
+        """The request head."""
+        return self._request_head
+
+    async def respond(
+        self,
+        head: Mapping[str, Any],
+        body: Buffer = b"",
+        *,
+        codec: Codec | None = None,
+        element_width: int = 1,
+    ) -> None:
+        """Send the response message: HEADERS, then the body (if any) ending the stream.
+
+        ``"body_len"`` (§10.1.2) is added to the head when a body is given without it; the
+        body counts against the outbound cap from the start (§14.3, ``send_message``).
+        """
+        await self.send_message(head, body, codec=codec, element_width=element_width)
+
 
 Handler = Callable[[ServerStream], Awaitable[None]]
 
@@ -71,13 +152,19 @@ class AioConnection:
             self.pacer = Pacer(options.pacing, self.protocol.tcp_info, self.loop.time())
         self.rtt: float | None = None
         self.pings_acked = 0  # every answered PING, ours and the core's keepalive
+        #: Called with each stream this endpoint opens, right after its HEADERS is queued in
+        #: the core (before it is written): an observer for tracing, not a policy hook.
+        self.on_stream_opened: Callable[[Stream], None] | None = None
         self._handler = handler
         self._on_made = on_made
         self._on_closed = on_closed
-        self._streams: dict[int, _BaseStream] = {}
+        self._streams: dict[int, BaseStream] = {}
+        self._held = 0  # outbound bytes held by streams outside the core (§14.3)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pings: dict[bytes, tuple[float, asyncio.Future[float]]] = {}
-        self._room: asyncio.Future[None] | None = None
+        # One future per task waiting for send room: a shared one would be cancelled under
+        # every waiter when one of them is cancelled (they would take it for their own).
+        self._room_waiters: list[asyncio.Future[None]] = []
         self._ready: asyncio.Future[None] = self.loop.create_future()
         self._closed: asyncio.Future[None] = self.loop.create_future()
         self._error: ConnectionClosedError | None = None
@@ -108,6 +195,18 @@ class AioConnection:
     @property
     def open_stream_count(self) -> int:
         return len(self._streams)
+
+    @property
+    def peer_settings(self) -> Mapping[Setting, int]:
+        """The peer's settings in force (§11; the defaults until its SETTINGS arrives)."""
+        return MappingProxyType(self.core.peer_settings)
+
+    @property
+    def outbound_bytes(self) -> int:
+        """Bytes held for the peer and not yet written to the socket (§14.3): frames queued
+        in the core, the transport's buffer, and bodies given to ``send_data`` (or room
+        reserved with ``reserve_outbound``) not yet queued in the core."""
+        return self.protocol.outbound_bytes + self._held
 
     @property
     def bytes_sent(self) -> int:
@@ -153,21 +252,19 @@ class AioConnection:
             in_order = self.protocol.headers_sent_own >= self._last_opened
             if in_order and self._stream_slot_free() and self.protocol.send_room > 0:
                 break
-            await self._wait_room(None)
+            await self._wait_room()
         stream_id = self.core.open_stream(
             head, urgency=urgency, incremental=incremental, end_stream=end_stream
         )
         self._last_opened = stream_id
-        stream = Stream(self, stream_id, urgency=urgency, incremental=incremental)
-        stream._local_ended = end_stream
+        stream = Stream(
+            self, stream_id, urgency=urgency, incremental=incremental, end_stream=end_stream
+        )
         self._track(stream)
+        if self.on_stream_opened is not None:
+            self.on_stream_opened(stream)
         self.protocol.after_send()  # written with the first body bytes, if any follow now
         return stream
-
-    @property
-    def peer_settings(self) -> Mapping[Setting, int]:
-        """The peer's current settings (§11), e.g. its MAX_MESSAGE_SIZE."""
-        return self.core.peer_settings
 
     async def request(
         self,
@@ -197,7 +294,7 @@ class AioConnection:
                 )
         except StreamResetError:
             # The peer may answer early and reset the rest of our upload: keep the answer.
-            if stream._head is None or not stream._remote_ended:
+            if not stream.message_received:
                 raise
         response = await stream.receive_head()
         data = await stream.read_body(limit)
@@ -272,7 +369,7 @@ class AioConnection:
         deadline = self.loop.time() + self.options.close_timeout_s
         try:
             while self._unfinished() and not self.closed and self.loop.time() < deadline:
-                await asyncio.wait_for(self._wait_room(None), deadline - self.loop.time())
+                await asyncio.wait_for(self._wait_room(), deadline - self.loop.time())
             self.protocol.flush()
             self.protocol.close_transport()
             await asyncio.wait_for(asyncio.shield(self._closed), deadline - self.loop.time())
@@ -339,7 +436,7 @@ class AioConnection:
     def _on_headers(self, event: HeadersReceived) -> None:
         stream = self._streams.get(event.stream_id)
         if stream is not None:
-            stream._on_head(event.head, event.end_stream)
+            stream.deliver_head(event.head, event.end_stream)
             return
         new = ServerStream(
             self,
@@ -359,19 +456,19 @@ class AioConnection:
 
     def _on_data(self, event: DataReceived) -> None:
         stream = self._streams.get(event.stream_id)
-        if stream is None or stream._error is not None:
+        if stream is None or stream.failed:
             # Nobody will read it: give the credit back at once.
             self.core.acknowledge_received_data(event.stream_id, event.wire_length)
             return
         self.protocol.add_unconsumed(len(event.data))
-        stream._on_data(event.data, event.wire_length, event.end_stream)
+        stream.deliver_data(event.data, event.wire_length, event.end_stream)
 
     def _on_stream_reset(self, event: StreamReset) -> None:
         stream = self._streams.pop(event.stream_id, None)
         if stream is None:
             return
         side = "the peer" if event.remote else "us after a stream error"
-        stream._on_error(
+        stream.deliver_error(
             StreamResetError(
                 f"stream {event.stream_id} reset by {side} with {event.error_code.name}",
                 stream_id=event.stream_id,
@@ -432,9 +529,9 @@ class AioConnection:
         elif not stream.remote_ended:
             # Answered early: the rest of the request is unwanted, but the answer must reach
             # the peer first (the RESET waits for the response's last frame, §10.1.1).
-            self._reset(stream, ErrorCode.CANCEL, after_pending=True)
+            self._reset(stream.id, ErrorCode.CANCEL, after_pending=True)
         else:
-            self._stream_maybe_done(stream)
+            self._stream_maybe_done(stream.id)
 
     # ------------------------------------------------------------------ helpers for streams
 
@@ -446,10 +543,10 @@ class AioConnection:
         """Fail streams still exchanging; completed ones keep their unread chunks."""
         for stream in list(self._streams.values()):
             if not stream.finished:
-                stream._on_error(error)
+                stream.deliver_error(error)
         self._streams.clear()
 
-    def _track(self, stream: _BaseStream) -> None:
+    def _track(self, stream: BaseStream) -> None:
         self._streams[stream.id] = stream
 
     def _check_open(self) -> None:
@@ -467,62 +564,67 @@ class AioConnection:
         return self.core.available_streams > 0
 
     def _wake_room(self) -> None:
-        room = self._room
-        if room is not None and not room.done():
-            room.set_result(None)
-        self._room = None
+        waiters, self._room_waiters = self._room_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
-    async def _wait_room(self, stream: _BaseStream | None) -> None:
-        if self._room is None:
-            self._room = self.loop.create_future()
+    async def _wait_room(self) -> None:
+        waiter = self.loop.create_future()
+        self._room_waiters.append(waiter)
         self.protocol.note_blocked_sender()
-        try:
-            await self._room
-        except asyncio.CancelledError:
-            if stream is not None:
-                stream._cancelled()
-            raise
+        await waiter
 
-    async def _wait_send_room(self, stream: _BaseStream, n: int, *, paced: bool = False) -> int:
-        """Wait until ``stream`` may hand the core up to ``n`` more bytes; return how many.
+    def _send_allowance(self, stream_id: int, n: int, *, paced: bool) -> int | None:
+        """How many of ``n`` bytes stream ``stream_id`` may hand the core now (None: wait).
 
         An unpaced stream keeps up to one more piece queued in the core while the writer
         drains the previous one (so feeding and writing overlap); a paced stream hands over
         its next release only once the previous one has left, so releases keep their timing.
         """
+        self._check_open()
         want = min(n, self.limits.max_chunk)
         ahead = max(want, 1) if paced else 2 * self.send_chunk
-        while True:
-            stream._raise_error()
-            self._check_open()
-            room = self.protocol.send_room
-            queued = self.core.stream_outbound_bytes(stream.id)
-            if room >= want and queued < ahead and self.protocol.writable:
-                return min(n, room) if n else 0
-            await self._wait_room(stream)
+        room = self.protocol.send_room
+        queued = self.core.stream_outbound_bytes(stream_id)
+        if room >= want and queued < ahead and self.protocol.writable:
+            return min(n, room) if n else 0
+        return None
 
-    async def _pace(self, stream: _BaseStream, n: int) -> None:
+    def _outbound_fits(self, nbytes: int) -> bool:
+        self._check_open()
+        held = self.outbound_bytes
+        return held == 0 or held + nbytes <= self.limits.max_outbound_bytes
+
+    def _hold(self, delta: int) -> None:
+        self._held += delta
+        if delta < 0:
+            self._wake_room()
+
+    def _paced(self, urgency: int) -> bool:
+        pacer = self.pacer
+        return pacer is not None and urgency >= pacer.config.min_urgency
+
+    def _chunk_size(self, paced: bool) -> int:
+        if paced and self.pacer is not None:
+            # A few milliseconds of link time per release (see PacingConfig).
+            return self.pacer.chunk_size(self.send_chunk)
+        return self.send_chunk
+
+    async def _pace(self, n: int) -> None:
         pacer = self.pacer
         assert pacer is not None
-        try:
-            while True:
-                now = self.loop.time()
-                pacer.account(self.protocol.bytes_written, now)
-                delay = pacer.delay(n, now)
-                if delay <= 0:
-                    break
-                await asyncio.sleep(delay)
-        except asyncio.CancelledError:
-            stream._cancelled()
-            raise
+        while True:
+            now = self.loop.time()
+            pacer.account(self.protocol.bytes_written, now)
+            delay = pacer.delay(n, now)
+            if delay <= 0:
+                break
+            await asyncio.sleep(delay)
         # The chunk itself is charged at the next call, once the writer has sent it.
 
     def _after_send(self) -> None:
         self.protocol.after_core_call([])
-
-    def _sent(self, stream: _BaseStream) -> None:
-        self.protocol.after_send()
-        self._stream_maybe_done(stream)
 
     def _consumed(self, stream_id: int, nbytes: int, wire_length: int) -> None:
         self.protocol.consumed(nbytes)
@@ -532,17 +634,76 @@ class AioConnection:
                 self.core.acknowledge_received_data(stream_id, wire_length, now=self.loop.time())
             self.protocol.after_send()
 
-    def _reset(
-        self, stream: _BaseStream, error_code: ErrorCode, *, after_pending: bool = False
-    ) -> None:
-        self._streams.pop(stream.id, None)
+    def _reset(self, stream_id: int, error_code: ErrorCode, *, after_pending: bool = False) -> None:
+        self._streams.pop(stream_id, None)
         if not self.core.closed:
             with contextlib.suppress(UsageError):
-                self.core.reset_stream(stream.id, error_code, after_pending=after_pending)
+                self.core.reset_stream(stream_id, error_code, after_pending=after_pending)
             self.protocol.after_send()
         self._wake_room()
 
-    def _stream_maybe_done(self, stream: _BaseStream) -> None:
-        done = stream._local_ended and stream._remote_ended and not stream._chunks
-        if done and self._streams.pop(stream.id, None) is not None:
+    def _stream_maybe_done(self, stream_id: int) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.drained:
+            del self._streams[stream_id]
             self._wake_room()
+
+
+class _StreamLink:
+    """The :class:`~ionn_net.aio.stream.StreamHost` of one stream: what the stream may ask of
+    its connection, bound to the stream's id."""
+
+    __slots__ = ("_conn", "_id", "_urgency")
+
+    def __init__(self, conn: AioConnection, stream_id: int, urgency: int) -> None:
+        self._conn = conn
+        self._id = stream_id
+        self._urgency = urgency
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._conn.loop
+
+    def send_allowance(self, n: int, *, paced: bool) -> int | None:
+        return self._conn._send_allowance(self._id, n, paced=paced)
+
+    def chunk_size(self, paced: bool) -> int:
+        return self._conn._chunk_size(paced)
+
+    def is_paced(self) -> bool:
+        return self._conn._paced(self._urgency)
+
+    async def wait_room(self) -> None:
+        await self._conn._wait_room()
+
+    async def wait_paced(self, n: int) -> None:
+        await self._conn._pace(n)
+
+    def queue_headers(self, head: Mapping[str, Any], *, end_stream: bool) -> None:
+        conn = self._conn
+        conn.core.send_headers(self._id, head, end_stream=end_stream)
+        conn.protocol.after_send()
+
+    def queue_data(
+        self, data: memoryview, *, end_stream: bool, codec: Codec | None, element_width: int
+    ) -> None:
+        conn = self._conn
+        conn.core.send_data(
+            self._id, data, end_stream=end_stream, codec=codec, element_width=element_width
+        )
+        conn.protocol.after_send()
+
+    def consumed(self, nbytes: int, wire_length: int) -> None:
+        self._conn._consumed(self._id, nbytes, wire_length)
+
+    def reset(self, error_code: ErrorCode) -> None:
+        self._conn._reset(self._id, error_code)
+
+    def settled(self) -> None:
+        self._conn._stream_maybe_done(self._id)
+
+    def outbound_fits(self, nbytes: int) -> bool:
+        return self._conn._outbound_fits(nbytes)
+
+    def hold(self, delta: int) -> None:
+        self._conn._hold(delta)

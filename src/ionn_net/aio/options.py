@@ -3,7 +3,7 @@
 Protocol limits -- everything the peer can observe or abuse -- live in the one
 :class:`ionn_net.config.Limits`. This module owns the knobs that only shape how this
 endpoint drives its own socket: how much unsent data may sit below the scheduler (the
-head-of-line budget of protocol-lessons.md), how much received-but-unread data the
+head-of-line budget, §8.3), how much received-but-unread data the
 application may hold before reading pauses, how long a close may drain, and whether
 upload-urgency streams are paced.
 """
@@ -53,7 +53,7 @@ class TransportOptions:
       x 8).
     * ``stall_timeout_s``: a connection whose outbound queue stays at ``max_outbound_bytes``
       (or whose transport stays paused) without progress this long is closed with TIMEOUT
-      (None: ``Limits.heartbeat_timeout_s``).
+      (§14.3.2; None: ``Limits.heartbeat_timeout_s``).
     * ``close_timeout_s``: deadline of a graceful close (GOAWAY, drain, flush).
     * ``pacing``: pacing of upload-urgency streams (None: unpaced).
     * ``congestion``: TCP congestion control for this socket (e.g. "cubic"; None: the

@@ -17,13 +17,14 @@ Owns one connection's socket-level behaviour and nothing about streams:
   the batch is joined first: SSL transports make a record of every buffer they are
   given, and a 16-byte frame header would become a record of its own. Together
   with ``TCP_NOTSENT_LOWAT`` and small transport buffers this bounds the bytes that a newly
-  queued urgent frame can wait behind (protocol-lessons.md, head-of-line section).
+  queued urgent frame can wait behind (head-of-line blocking, §8.3).
 * **Read backpressure**: ``pause_reading()`` while the application holds more than the read
   budget of received-but-unconsumed bytes; reading resumes when it drops to half.
 * **Outbound cap**: bytes queued in the core plus the transport are observable through
-  :attr:`IonnProtocol.outbound_bytes`; senders wait while it is at ``max_outbound_bytes``
-  and a connection that makes no write progress for the stall timeout while stuck is
-  closed with TIMEOUT (§14.3) and a message naming the queued bytes.
+  :attr:`IonnProtocol.outbound_bytes` (the connection adds the bodies its streams hold,
+  §14.3.1); senders wait while it is at ``max_outbound_bytes`` and a connection that makes
+  no write progress for the stall timeout while stuck is closed with TIMEOUT (§14.3.2) and
+  a message naming the queued bytes.
 * **Timers**: the core's single deadline (``get_timer``) is one ``loop.call_at`` handle.
 """
 
@@ -63,7 +64,7 @@ _RTT_SAMPLE_S = 0.1  # how often the kernel's RTT estimate is read while receivi
 _FIRST_READ_BUFFER = 64 * 1024  # doubles, up to TransportOptions.read_buffer_size, when filled
 #: After our GOAWAY and FIN, how long we keep reading (and discarding) before closing:
 #: closing a socket with unread input makes the kernel send RST, which can destroy the
-#: GOAWAY in the peer's receive queue before it reads the reason (protocol.md §12).
+#: GOAWAY in the peer's receive queue before it reads the reason (protocol.md §5.2).
 _LINGER_S = 2.0
 
 

@@ -13,88 +13,71 @@ be asked to hold.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import Any
 
-__all__ = ["DEFAULT_LIMITS", "SpecLimits"]
+__all__ = ["DEFAULT_LIMITS", "SpecLimits", "cap_docs"]
 
 _MIB = 1 << 20
+
+
+def _cap(default: int | float, doc: str) -> Any:
+    """A field of SpecLimits with its meaning (rendered in protocol.md Appendix B)."""
+    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpecLimits:
     """Bounds on a model manifest; all sizes are at batch 1 and exclude the batch dim.
 
-    JSON shape of the manifest itself:
-
-    - ``max_json_bytes``: encoded manifest size accepted by :func:`loads_manifest`.
-    - ``max_json_depth``: nesting of lists/objects (a real manifest needs 6).
-    - ``max_json_nodes``: total JSON values (guards against wide documents).
-    - ``max_string_chars``: any single string (names are further limited by the
-      name pattern, digests are exactly 64 characters).
-
-    Graph:
-
-    - ``max_layers``, ``max_inputs``, ``max_outputs``: counts in one manifest.
-    - ``max_inbound``: inputs of one layer (NASNet concatenates up to 6).
-    - ``max_layer_outputs``: outputs of one client-only (``LocalOnly``) node.
-    - ``max_config_keys``: kwargs in one layer config.
-    - ``max_weights_per_layer``: weight tensors of one layer (BatchNormalization has 4).
-
-    Tensors:
-
-    - ``max_dims``: rank of any activation or weight tensor (batch excluded).
-    - ``max_dim``: any single dimension.
-    - ``max_tensor_elements``: elements of one weight tensor.
-    - ``max_layer_params`` / ``max_model_params``: weight elements per layer / model.
-    - ``max_layer_activation_bytes`` / ``max_model_activation_bytes``: float32 output
-      bytes of one layer / summed over all layers, at batch 1.
-    - ``max_layer_macs`` / ``max_model_macs``: multiply-accumulates at batch 1, so a
-      tiny manifest cannot ask for hours of compute.
-
-    Per-kwarg bounds:
-
-    - ``max_units``: ``filters``/``units``/``groups``.
-    - ``max_kernel``: convolution kernel side; ``max_pool``: pooling window side.
-    - ``max_stride``, ``max_dilation``, ``max_depth_multiplier``, ``max_upsample``.
-    - ``max_padding``: ZeroPadding2D/Cropping2D amount per side.
-    - ``max_abs_scalar``: magnitude of any float kwarg (Rescaling scale, ReLU
-      max_value, ...); keeps float32 casts finite.
-    - ``max_scalar_list``: length of a per-channel float list (Rescaling).
+    Each field's meaning is in its ``metadata["doc"]`` (see :func:`cap_docs`): the JSON
+    shape of the manifest itself, the graph's counts, tensor sizes, and per-kwarg bounds.
     """
 
-    max_json_bytes: int = 8 * _MIB
-    max_json_depth: int = 10
-    max_json_nodes: int = 500_000
-    max_string_chars: int = 256
+    # JSON shape of the manifest itself.
+    max_json_bytes: int = _cap(8 * _MIB, "bytes of the manifest's JSON text")
+    max_json_depth: int = _cap(10, "nesting of lists and objects (a real manifest needs 6)")
+    max_json_nodes: int = _cap(500_000, "JSON values in the whole manifest")
+    max_string_chars: int = _cap(256, "characters of any one string")
 
-    max_layers: int = 2048
-    max_inputs: int = 16
-    max_outputs: int = 64
-    max_inbound: int = 64
-    max_layer_outputs: int = 16
-    max_config_keys: int = 16
-    max_weights_per_layer: int = 8
+    # Graph.
+    max_layers: int = _cap(2048, "layers in one manifest")
+    max_inputs: int = _cap(16, "model inputs")
+    max_outputs: int = _cap(64, "model outputs")
+    max_inbound: int = _cap(64, "inputs of one layer")
+    max_layer_outputs: int = _cap(16, "outputs of one LocalOnly node")
+    max_config_keys: int = _cap(16, "keys in one layer config")
+    max_weights_per_layer: int = _cap(8, "weight tensors of one layer")
 
-    max_dims: int = 8
-    max_dim: int = 1 << 24
-    max_tensor_elements: int = 1 << 27
-    max_layer_params: int = 150_000_000
-    max_model_params: int = 200_000_000
-    max_layer_activation_bytes: int = 256 * _MIB
-    max_model_activation_bytes: int = 4096 * _MIB
-    max_layer_macs: int = 1 << 34
-    max_model_macs: int = 1 << 37
+    # Tensors.
+    max_dims: int = _cap(8, "rank of any activation or weight tensor (batch excluded)")
+    max_dim: int = _cap(1 << 24, "any one dimension of a shape")
+    max_tensor_elements: int = _cap(1 << 27, "elements of one weight tensor")
+    max_layer_params: int = _cap(150_000_000, "weight elements of one layer")
+    max_model_params: int = _cap(200_000_000, "weight elements of the whole model")
+    max_layer_activation_bytes: int = _cap(256 * _MIB, "float32 output bytes of one layer")
+    max_model_activation_bytes: int = _cap(
+        4096 * _MIB, "float32 output bytes summed over all layers"
+    )
+    max_layer_macs: int = _cap(1 << 34, "multiply-accumulates of one layer")
+    max_model_macs: int = _cap(1 << 37, "multiply-accumulates of the whole model")
 
-    max_units: int = 65536
-    max_kernel: int = 31
-    max_pool: int = 64
-    max_stride: int = 8
-    max_dilation: int = 16
-    max_depth_multiplier: int = 64
-    max_upsample: int = 16
-    max_padding: int = 256
-    max_abs_scalar: float = 1e9
-    max_scalar_list: int = 4096
+    # Per-kwarg bounds.
+    max_units: int = _cap(65536, "filters, units and groups")
+    max_kernel: int = _cap(31, "side of a convolution kernel")
+    max_pool: int = _cap(64, "side of a pooling window")
+    max_stride: int = _cap(8, "stride")
+    max_dilation: int = _cap(16, "dilation rate")
+    max_depth_multiplier: int = _cap(64, "depth multiplier")
+    max_upsample: int = _cap(16, "UpSampling2D factor")
+    max_padding: int = _cap(256, "ZeroPadding2D / Cropping2D amount per side")
+    max_abs_scalar: float = _cap(1e9, "magnitude of any float kwarg (keeps float32 casts finite)")
+    max_scalar_list: int = _cap(4096, "length of a per-channel list of floats (Rescaling)")
+
+
+def cap_docs() -> dict[str, str]:
+    """Field name -> what it bounds, in declaration order."""
+    return {f.name: str(f.metadata["doc"]) for f in fields(SpecLimits)}
 
 
 #: The limits used when none are given.

@@ -1,10 +1,12 @@
-"""The layer allowlist: per-class kwarg schemas and pure shape inference.
+"""The layer allowlist: per-class config keys, weights and pure shape inference.
 
-This module owns the meaning of one layer spec (protocol.md §10.3): which classes
-exist, which kwargs each accepts (types and bounds), and, from the input shapes
-alone, the output shapes, the exact weight tensors the layer must carry, and its
-multiply-accumulate count. Everything is Python ints; nothing is allocated and
-keras is never imported, so a hostile spec is refused before any object exists.
+This module owns the meaning of one layer spec (protocol.md §10.3, Appendix B): which
+classes exist (:data:`SCHEMAS`), which config keys each accepts (its :class:`Key` table:
+kinds, bounds and defaults, read through :class:`ConfigReader`), which weights it carries in
+which order, and, from the input shapes alone, the output shapes, the exact weight tensors
+and the multiply-accumulate count. Everything is Python ints; nothing is allocated and keras
+is never imported, so a hostile spec is refused before any object exists. The tables here are
+also the source of protocol.md's generated Appendix B (:mod:`ionn_net.model.appendix`).
 
 Two pseudo-classes are not Keras layers:
 
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from ionn_net.errors import SpecError, UnsupportedLayerError
+from ionn_net.model.configkeys import ACTIVATIONS, REQUIRED, ConfigReader, Key, Kind, show_value
 from ionn_net.model.graph import DTYPE_SIZES
 from ionn_net.model.limits import SpecLimits
 
@@ -34,8 +37,10 @@ __all__ = [
     "LOCAL_ONLY",
     "SCHEMAS",
     "WEIGHT_DTYPES",
+    "ClassSchema",
     "ExpectedWeight",
     "LayerInfo",
+    "WeightDoc",
     "infer_layer",
 ]
 
@@ -44,17 +49,7 @@ Shape = tuple[int, ...]
 #: Pseudo-class of a node the client keeps local (never built by a server).
 LOCAL_ONLY = "LocalOnly"
 
-#: Activation names accepted as strings (each one resolves to a built-in Keras 3
-#: activation; ``swish``/``hard_swish`` are Keras aliases of ``silu``/``hard_silu``).
-ACTIVATIONS = frozenset(
-    {
-        "linear", "relu", "relu6", "sigmoid", "tanh", "softmax", "swish", "silu",
-        "gelu", "hard_sigmoid", "hard_swish", "hard_silu", "elu", "selu", "softplus",
-        "softsign", "leaky_relu", "exponential", "mish",
-    }
-)  # fmt: skip
-
-#: Weight dtypes a layer may declare (Normalization's ``count`` is int64).
+#: Weight dtypes a layer may declare (Normalization's ``count`` is int64), with their sizes.
 WEIGHT_DTYPES: Mapping[str, int] = {"float32": 4, "int64": 8}
 
 #: Dtypes a LocalOnly node may declare for its outputs.
@@ -110,198 +105,70 @@ class LayerInfo:
         return sum(math.prod(s) for s in self.output_shapes) * size
 
 
-def _show(value: object) -> str:
-    """A short, safe rendering of an untrusted value for error messages."""
-    if isinstance(value, Mapping):
-        keys = list(value)[:6]
-        return f"a dict with keys {keys!r}"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+# -- config keys (Appendix B) ----------------------------------------------------------------
+# Bounds name SpecLimits fields where a cap applies; "-field" is its negation.
+
+_INT, _FLOAT, _BOOL, _CHOICE, _PAIR = Kind.INT, Kind.FLOAT, Kind.BOOL, Kind.CHOICE, Kind.PAIR
+_SCALAR = "max_abs_scalar"
+
+FILTERS = Key("filters", _INT, 1, "max_units")
+UNITS = Key("units", _INT, 1, "max_units")
+KERNEL = Key("kernel_size", _PAIR, 1, "max_kernel")
+STRIDES = Key("strides", _PAIR, 1, "max_stride", default=(1, 1))
+DILATION = Key(
+    "dilation_rate", _PAIR, 1, "max_dilation", default=(1, 1), note="[1, 1] if a stride is > 1"
+)
+PADDING = Key("padding", _CHOICE, default="valid", choices=_PADDINGS)
+DATA_FORMAT = Key("data_format", _CHOICE, default="channels_last", choices=("channels_last",))
+GROUPS = Key("groups", _INT, 1, "max_units", default=1, note="divides input channels and filters")
+DEPTH_MULTIPLIER = Key("depth_multiplier", _INT, 1, "max_depth_multiplier", default=1)
+ACTIVATION = Key("activation", Kind.ACTIVATION, default="linear")
+USE_BIAS = Key("use_bias", _BOOL, default=True)
+AXIS = Key("axis", Kind.AXIS, default=-1)
+EPSILON = Key("epsilon", _FLOAT, 0.0, 1.0, default=1e-3, lo_open=True)
+CENTER = Key("center", _BOOL, default=True)
+SCALE = Key("scale", _BOOL, default=True)
+_WINDOW = (KERNEL, STRIDES, DILATION, PADDING, DATA_FORMAT)
+_CONV_TAIL = (ACTIVATION, USE_BIAS)
 
 
-class _Cfg:
-    """Checked access to one layer's config; remembers which keys were consumed."""
-
-    def __init__(self, name: str, cls: str, config: Mapping[str, object], lim: SpecLimits):
-        self.name, self.cls, self.lim = name, cls, lim
-        self.raw = config
-        self.used: set[str] = set()
-        self.kwargs: dict[str, object] = {}
-
-    # -- errors ------------------------------------------------------------------
-
-    def fail(self, key: str, expected: str, got: object) -> NoReturn:
-        raise SpecError(
-            f"layer {self.name!r} ({self.cls}): config key {key!r}: "
-            f"expected {expected}, got {_show(got)}"
-        )
-
-    def fail_shape(self, message: str) -> NoReturn:
-        raise SpecError(f"layer {self.name!r} ({self.cls}): {message}")
-
-    def get(self, key: str, default: object = None, *, required: bool = False) -> object:
-        self.used.add(key)
-        if key in self.raw:
-            return self.raw[key]
-        if required:
-            self.fail(key, "a value (the key is required)", "nothing")
-        return default
-
-    def done(self) -> None:
-        """Refuse every key no checker consumed (``dtype`` is checked here)."""
-        if "dtype" in self.raw and self.raw["dtype"] != _F32:
-            self.fail("dtype", "'float32' (computation is always float32)", self.raw["dtype"])
-        extra = sorted(set(self.raw) - self.used - {"dtype"})
-        if extra:
-            self.fail(extra[0], f"one of {sorted(self.used)} (unknown key)", self.raw[extra[0]])
-
-    # -- typed getters (each stores the checked value as a Keras kwarg) -----------
-
-    def get_int(self, key: str, lo: int, hi: int, default: int | None = None) -> int:
-        v = self.get(key, default, required=default is None)
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            self.fail(key, f"an integer in [{lo}, {hi}]", v)
-        self.kwargs[key] = v
-        return v
-
-    def get_float(
-        self, key: str, lo: float, hi: float, default: float, *, lo_open: bool = False
-    ) -> float:
-        v = self.get(key, default)
-        x = _number(v)
-        if x is None or not lo <= x <= hi or (lo_open and x == lo):
-            self.fail(key, f"a finite number in {'(' if lo_open else '['}{lo}, {hi}]", v)
-        self.kwargs[key] = x
-        return x
-
-    def get_rate(self, key: str) -> float:
-        v = self.get(key, required=True)
-        x = _number(v)
-        if x is None or not 0.0 <= x < 1.0:
-            self.fail(key, "a number in [0, 1)", v)
-        self.kwargs[key] = x
-        return x
-
-    def get_bool(self, key: str, default: bool) -> bool:
-        v = self.get(key, default)
-        if not isinstance(v, bool):
-            self.fail(key, "true or false", v)
-        self.kwargs[key] = v
-        return v
-
-    def get_choice(self, key: str, options: Sequence[str], default: str | None) -> str:
-        v = self.get(key, default, required=default is None)
-        if not isinstance(v, str) or v not in options:
-            self.fail(key, f"one of {list(options)}", v)
-        self.kwargs[key] = v
-        return v
-
-    def get_pair(
-        self, key: str, lo: int, hi: int, default: tuple[int, int] | None
-    ) -> tuple[int, int]:
-        v = self.get(key, default, required=default is None)
-        xs = _ints(v, 2)
-        if xs is None or not all(lo <= x <= hi for x in xs):
-            self.fail(key, f"a list of 2 integers in [{lo}, {hi}]", v)
-        out = (xs[0], xs[1])
-        self.kwargs[key] = out
-        return out
-
-    def get_pad_pairs(self, key: str, default: tuple[tuple[int, int], ...]) -> tuple[int, ...]:
-        v = self.get(key, default)
-        hi = self.lim.max_padding
-        rows = [_ints(p, 2) for p in v] if isinstance(v, list | tuple) and len(v) == 2 else []
-        flat = [x for r in rows if r is not None for x in r]
-        if len(flat) != 4 or not all(0 <= x <= hi for x in flat):
-            self.fail(key, f"[[top, bottom], [left, right]] of integers in [0, {hi}]", v)
-        self.kwargs[key] = ((flat[0], flat[1]), (flat[2], flat[3]))
-        return tuple(flat)
-
-    def get_activation(self) -> str:
-        v = self.get("activation", "linear")
-        if isinstance(v, Mapping):
-            self.fail("activation", "an activation name (a dict-valued activation is refused)", v)
-        if not isinstance(v, str) or v not in ACTIVATIONS:
-            self.fail("activation", f"one of {sorted(ACTIVATIONS)}", v)
-        self.kwargs["activation"] = v
-        return v
-
-    def data_format(self) -> None:
-        self.get_choice("data_format", ("channels_last",), "channels_last")
-
-    def get_axis(self, key: str, rank: int, default: int) -> int:
-        """A Keras axis (batch is 0) normalized to an index into the batch-less shape."""
-        v = self.get(key, default)
-        if not isinstance(v, int) or isinstance(v, bool) or not (-rank <= v <= rank and v != 0):
-            self.fail(key, f"an axis in [{-rank}, -1] or [1, {rank}] (input rank {rank})", v)
-        self.kwargs[key] = v
-        return (v if v > 0 else rank + 1 + v) - 1
-
-    def get_axes(
-        self, key: str, rank: int, *, allow_none: bool
-    ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-        """An int or a list of distinct axes. Returns (indices in the given order,
-        sorted indices) into the batch-less shape, or None when null is allowed."""
-        v = self.get(key, -1)
-        if v is None and allow_none:
-            self.kwargs[key] = None
-            return None
-        xs = (v,) if isinstance(v, int) and not isinstance(v, bool) else _ints(v, None)
-        norm = [(a if a > 0 else rank + 1 + a) - 1 for a in xs or ()]
-        if not xs or not all(0 <= a < rank for a in norm) or len(set(norm)) != len(norm):
-            self.fail(key, f"an axis or a list of distinct axes in [1, {rank}] or [-{rank}, -1]", v)
-        self.kwargs[key] = v if isinstance(v, int) else xs
-        return tuple(norm), tuple(sorted(norm))
-
-    def get_scalar_or_list(self, key: str, default: float | None) -> int:
-        """A finite float, or a list of them; returns the list length (0 for a scalar)."""
-        v = self.get(key, default, required=default is None)
-        bound, n_max = self.lim.max_abs_scalar, self.lim.max_scalar_list
-        x = _number(v)
-        if x is not None and abs(x) <= bound:
-            self.kwargs[key] = x
-            return 0
-        if isinstance(v, list | tuple) and 1 <= len(v) <= n_max:
-            xs = [_number(e) for e in v]
-            vals = [e for e in xs if e is not None and abs(e) <= bound]
-            if len(vals) == len(v):
-                self.kwargs[key] = tuple(vals)
-                return len(vals)
-        self.fail(key, f"a finite number (|x| <= {bound:g}) or a list of 1..{n_max} of them", v)
-
-    def get_int_list(self, key: str, lo: int, hi: int, max_len: int) -> tuple[int, ...]:
-        v = self.get(key, required=True)
-        xs = _ints(v, None)
-        if xs is None or not 1 <= len(xs) <= max_len or not all(lo <= x <= hi for x in xs):
-            self.fail(key, f"a list of 1..{max_len} integers in [{lo}, {hi}]", v)
-        self.kwargs[key] = xs
-        return xs
+def _pool_keys(pool_default: object) -> tuple[Key, ...]:
+    return (
+        Key("pool_size", _PAIR, 1, "max_pool", default=pool_default),
+        Key(
+            "strides",
+            _PAIR,
+            1,
+            "max_stride",
+            default=None,
+            nullable=True,
+            note="null: the pool size",
+        ),
+        PADDING,
+        DATA_FORMAT,
+    )
 
 
-def _number(v: object) -> float | None:
-    """``v`` as a float if it is a finite JSON number (not a bool), else None."""
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        x = float(v) if not isinstance(v, int) or abs(v) < 1 << 1000 else math.inf
-        return x if math.isfinite(x) else None
-    return None
+@dataclass(frozen=True, slots=True)
+class WeightDoc:
+    """One weight of a class, in blob order: its role, its shape in terms of the input
+    (c: input channels, kh/kw: kernel size, ...) and the bool key that must be true for
+    it to exist (empty: always present)."""
+
+    role: str
+    shape: str
+    present_if: str = ""
+    dtype: str = _F32
 
 
-def _ints(v: object, length: int | None) -> tuple[int, ...] | None:
-    """``v`` as a tuple of ints if it is a list of ints (optionally of ``length``)."""
-    if not isinstance(v, list | tuple) or (length is not None and len(v) != length):
-        return None
-    out: list[int] = []
-    for x in v:
-        if not isinstance(x, int) or isinstance(x, bool):
-            return None
-        out.append(x)
-    return tuple(out)
+def _bias_doc(n: str) -> WeightDoc:
+    return WeightDoc("bias", f"[{n}]", "use_bias")
 
 
 # -- shape helpers --------------------------------------------------------------------
 
 
-def _need_rank(c: _Cfg, shape: Shape, rank: int) -> None:
+def _need_rank(c: ConfigReader, shape: Shape, rank: int) -> None:
     if len(shape) != rank:
         c.fail_shape(f"expected an input of rank {rank} (H, W, C), got shape {list(shape)}")
 
@@ -310,7 +177,7 @@ _Pair = tuple[int, int]
 _Window = tuple[_Pair, _Pair, _Pair, str]  # kernel, strides, dilation, padding
 
 
-def _spatial(c: _Cfg, shape: Shape, win: _Window) -> _Pair:
+def _spatial(c: ConfigReader, shape: Shape, win: _Window) -> _Pair:
     """Keras's conv/pool output size (operation_utils.compute_conv_output_shape)."""
     k, s, d, padding = win
     out = []
@@ -323,16 +190,15 @@ def _spatial(c: _Cfg, shape: Shape, win: _Window) -> _Pair:
     return out[0], out[1]
 
 
-def _window(c: _Cfg) -> _Window:
+def _window(c: ConfigReader) -> _Window:
     """kernel_size, strides, dilation_rate and padding of a convolution."""
-    lim = c.lim
-    k = c.get_pair("kernel_size", 1, lim.max_kernel, None)
-    s = c.get_pair("strides", 1, lim.max_stride, (1, 1))
-    d = c.get_pair("dilation_rate", 1, lim.max_dilation, (1, 1))
-    pad = c.get_choice("padding", _PADDINGS, "valid")
+    k = c.pair("kernel_size")
+    s = c.pair("strides")
+    d = c.pair("dilation_rate")
+    pad = c.choice("padding")
     if max(s) > 1 and max(d) > 1:
         c.fail("dilation_rate", "[1, 1] when a stride is > 1 (Keras refuses both)", list(d))
-    c.data_format()
+    c.choice("data_format")
     return k, s, d, pad
 
 
@@ -345,7 +211,7 @@ def _elementwise(ins: tuple[Shape, ...]) -> _Result:
 
 
 _Result = tuple[tuple[Shape, ...], tuple[ExpectedWeight, ...], int]
-_Infer = Callable[[_Cfg, tuple[Shape, ...]], _Result]
+_Infer = Callable[[ConfigReader, tuple[Shape, ...]], _Result]
 
 
 # -- per-class inference: (config, input shapes) -> (outputs, weights, macs) --------------
@@ -355,31 +221,26 @@ _Infer = Callable[[_Cfg, tuple[Shape, ...]], _Result]
 # every other layer one per output element.
 
 
-def _input_layer(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
-    shape = c.get_int_list("shape", 1, c.lim.max_dim, c.lim.max_dims)
+def _input_layer(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
+    shape = c.int_list("shape")
     return (shape,), (), 0
 
 
-def _local_only(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
-    v = c.get("output_shapes", required=True)
-    lim = c.lim
-    shapes = [_ints(s, None) for s in v] if isinstance(v, list | tuple) else []
-    good = [s for s in shapes if s and len(s) <= lim.max_dims and all(d >= 1 for d in s)]
-    if not 1 <= len(good) == len(shapes) <= lim.max_layer_outputs:
-        c.fail("output_shapes", f"1..{lim.max_layer_outputs} shapes of 1..{lim.max_dims} dims", v)
-    c.get_choice("output_dtype", sorted(_TENSOR_DTYPES), _F32)
-    return tuple(good), (), 0
+def _local_only(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
+    shapes = c.shapes("output_shapes")
+    c.choice("output_dtype")
+    return shapes, (), 0
 
 
-def _conv2d(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _conv2d(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
     _need_rank(c, shape, 3)
-    filters = c.get_int("filters", 1, c.lim.max_units)
+    filters = c.integer("filters")
     win = _window(c)
     k = win[0]
-    groups = c.get_int("groups", 1, c.lim.max_units, 1)
-    c.get_activation()
-    use_bias = c.get_bool("use_bias", True)
+    groups = c.integer("groups")
+    c.activation()
+    use_bias = c.flag("use_bias")
     in_c = shape[2]
     if in_c % groups or filters % groups:
         c.fail("groups", f"a divisor of input channels {in_c} and filters {filters}", groups)
@@ -389,21 +250,18 @@ def _conv2d(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     return ((oh, ow, filters),), (kernel, *_bias(use_bias, filters)), macs
 
 
-def _conv2d_transpose(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _conv2d_transpose(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
     _need_rank(c, shape, 3)
-    filters = c.get_int("filters", 1, c.lim.max_units)
-    k = c.get_pair("kernel_size", 1, c.lim.max_kernel, None)
-    s = c.get_pair("strides", 1, c.lim.max_stride, (1, 1))
-    pad = c.get_choice("padding", _PADDINGS, "valid")
-    c.get_pair("dilation_rate", 1, 1, (1, 1))  # only undilated transposed convolutions
-    out_pad = c.get("output_padding")
-    if out_pad is not None:
-        c.fail("output_padding", "null (explicit output padding is not supported)", out_pad)
-    c.kwargs["output_padding"] = None
-    c.data_format()
-    c.get_activation()
-    use_bias = c.get_bool("use_bias", True)
+    filters = c.integer("filters")
+    k = c.pair("kernel_size")
+    s = c.pair("strides")
+    pad = c.choice("padding")
+    c.pair("dilation_rate")  # only undilated transposed convolutions
+    c.null("output_padding")
+    c.choice("data_format")
+    c.activation()
+    use_bias = c.flag("use_bias")
     h, w, in_c = shape
     # Keras deconv_output_length without output_padding.
     grow = (0, 0) if pad == "same" else (max(k[0] - s[0], 0), max(k[1] - s[1], 0))
@@ -413,14 +271,14 @@ def _conv2d_transpose(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     return ((oh, ow, filters),), (kernel, *_bias(use_bias, filters)), macs
 
 
-def _depthwise(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _depthwise(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
     _need_rank(c, shape, 3)
     win = _window(c)
     k = win[0]
-    mult = c.get_int("depth_multiplier", 1, c.lim.max_depth_multiplier, 1)
-    c.get_activation()
-    use_bias = c.get_bool("use_bias", True)
+    mult = c.integer("depth_multiplier")
+    c.activation()
+    use_bias = c.flag("use_bias")
     in_c = shape[2]
     oh, ow = _spatial(c, shape, win)
     kernel = ExpectedWeight("kernel", (k[0], k[1], in_c, mult))
@@ -428,15 +286,15 @@ def _depthwise(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     return ((oh, ow, in_c * mult),), (kernel, *_bias(use_bias, in_c * mult)), macs
 
 
-def _separable(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _separable(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
     _need_rank(c, shape, 3)
-    filters = c.get_int("filters", 1, c.lim.max_units)
+    filters = c.integer("filters")
     win = _window(c)
     k = win[0]
-    mult = c.get_int("depth_multiplier", 1, c.lim.max_depth_multiplier, 1)
-    c.get_activation()
-    use_bias = c.get_bool("use_bias", True)
+    mult = c.integer("depth_multiplier")
+    c.activation()
+    use_bias = c.flag("use_bias")
     in_c = shape[2]
     oh, ow = _spatial(c, shape, win)
     dw = ExpectedWeight("depthwise_kernel", (k[0], k[1], in_c, mult))
@@ -445,28 +303,24 @@ def _separable(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     return ((oh, ow, filters),), (dw, pw, *_bias(use_bias, filters)), macs
 
 
-def _dense(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _dense(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
-    units = c.get_int("units", 1, c.lim.max_units)
-    c.get_activation()
-    use_bias = c.get_bool("use_bias", True)
+    units = c.integer("units")
+    c.activation()
+    use_bias = c.flag("use_bias")
     n_in = shape[-1]
     kernel = ExpectedWeight("kernel", (n_in, units))
     macs = math.prod(shape[:-1]) * n_in * units
     return ((*shape[:-1], units),), (kernel, *_bias(use_bias, units)), macs
 
 
-def _epsilon(c: _Cfg) -> None:
-    c.get_float("epsilon", 0.0, 1.0, 1e-3, lo_open=True)
-
-
-def _batch_norm(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _batch_norm(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
-    ax = c.get_axis("axis", len(shape), -1)
-    _epsilon(c)
-    c.get_float("momentum", 0.0, 1.0, 0.99)
-    center = c.get_bool("center", True)
-    scale = c.get_bool("scale", True)
+    ax = c.axis("axis", len(shape))
+    c.real("epsilon")
+    c.real("momentum")
+    center = c.flag("center")
+    scale = c.flag("scale")
     ch = (shape[ax],)
     weights = [ExpectedWeight("gamma", ch)] if scale else []
     weights += [ExpectedWeight("beta", ch)] if center else []
@@ -474,13 +328,13 @@ def _batch_norm(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     return (shape,), tuple(weights), math.prod(shape)
 
 
-def _layer_norm(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _layer_norm(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
-    axes = c.get_axes("axis", len(shape), allow_none=False)
+    axes = c.axes("axis", len(shape))
     given = axes[0] if axes else ()
-    _epsilon(c)
-    center = c.get_bool("center", True)
-    scale = c.get_bool("scale", True)
+    c.real("epsilon")
+    center = c.flag("center")
+    scale = c.flag("scale")
     # Keras shapes gamma/beta from the axes in the order given.
     param = tuple(shape[a] for a in given)
     weights = [ExpectedWeight("gamma", param)] if scale else []
@@ -488,10 +342,10 @@ def _layer_norm(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     return (shape,), tuple(weights), math.prod(shape)
 
 
-def _normalization(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _normalization(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
-    axes = c.get_axes("axis", len(shape), allow_none=True)
-    c.get_bool("invert", False)
+    axes = c.axes("axis", len(shape))
+    c.flag("invert")
     # Keras sorts the kept axes (Normalization._keep_axis); axis=None keeps none.
     param = tuple(shape[a] for a in axes[1]) if axes else ()
     weights = (
@@ -502,40 +356,34 @@ def _normalization(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     return (shape,), weights, math.prod(shape)
 
 
-def _relu(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
-    bound = c.lim.max_abs_scalar
-    mv = c.get("max_value")
-    x = _number(mv)
-    if mv is not None and (x is None or not 0.0 <= x <= bound):
-        c.fail("max_value", f"null or a finite number in [0, {bound:g}]", mv)
-    c.kwargs["max_value"] = x
-    c.get_float("negative_slope", 0.0, bound, 0.0)
-    c.get_float("threshold", -bound, bound, 0.0)
+def _relu(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
+    c.real("max_value")
+    c.real("negative_slope")
+    c.real("threshold")
     return _elementwise(ins)
 
 
-def _activation(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
-    c.get("activation", required=True)
-    c.get_activation()
+def _activation(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
+    c.activation()
     return _elementwise(ins)
 
 
-def _softmax(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
-    c.get_axis("axis", len(ins[0]), -1)
+def _softmax(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
+    c.axis("axis", len(ins[0]))
     return _elementwise(ins)
 
 
-def _leaky_relu(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
-    c.get_float("negative_slope", 0.0, c.lim.max_abs_scalar, 0.3)
+def _leaky_relu(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
+    c.real("negative_slope")
     return _elementwise(ins)
 
 
-def _elu(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
-    c.get_float("alpha", -c.lim.max_abs_scalar, c.lim.max_abs_scalar, 1.0)
+def _elu(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
+    c.real("alpha")
     return _elementwise(ins)
 
 
-def _no_config(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _no_config(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     return _free(ins[0])
 
 
@@ -544,12 +392,12 @@ def _free(shape: Shape) -> _Result:
     return (shape,), (), 0
 
 
-def _dropout(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
-    c.get_rate("rate")  # inference ignores it; noise_shape/seed are training-only
+def _dropout(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
+    c.rate("rate")  # inference ignores it; noise_shape/seed are training-only
     return _free(ins[0])
 
 
-def _merge(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _merge(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     """Elementwise merge with broadcasting over equal-rank inputs (dims equal or 1)."""
     rank = len(ins[0])
     if any(len(s) != rank for s in ins):
@@ -562,9 +410,9 @@ def _merge(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     return _elementwise((tuple(out),))
 
 
-def _concatenate(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _concatenate(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     rank = len(ins[0])
-    ax = c.get_axis("axis", rank, -1)
+    ax = c.axis("axis", rank)
     for s in ins:
         if len(s) != rank or any(s[i] != ins[0][i] for i in range(rank) if i != ax):
             c.fail_shape(f"shapes {[list(x) for x in ins]} differ outside axis {ax + 1}")
@@ -572,54 +420,52 @@ def _concatenate(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     return _elementwise((shape,))
 
 
-def _pooling(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _pooling(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
     _need_rank(c, shape, 3)
-    default = (2, 2) if c.cls == "MaxPooling2D" else None
-    p = c.get_pair("pool_size", 1, c.lim.max_pool, default)
-    if c.get("strides") is None:  # Keras: strides default to the pool size
+    p = c.pair("pool_size")
+    s = c.optional_pair("strides")
+    if s is None:  # Keras: strides default to the pool size
         s = p
         c.kwargs["strides"] = p
-    else:
-        s = c.get_pair("strides", 1, c.lim.max_stride, None)
-    pad = c.get_choice("padding", _PADDINGS, "valid")
-    c.data_format()
+    pad = c.choice("padding")
+    c.choice("data_format")
     oh, ow = _spatial(c, shape, (p, s, (1, 1), pad))
     out = (oh, ow, shape[2])
     return (out,), (), math.prod(out) * p[0] * p[1]
 
 
-def _global_pooling(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _global_pooling(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
     _need_rank(c, shape, 3)
-    keep = c.get_bool("keepdims", False)
-    c.data_format()
+    keep = c.flag("keepdims")
+    c.choice("data_format")
     h, w, ch = shape
     return (((1, 1, ch) if keep else (ch,)),), (), ch * h * w
 
 
-def _zero_padding(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _zero_padding(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
     _need_rank(c, shape, 3)
-    t, b, left, right = c.get_pad_pairs("padding", ((1, 1), (1, 1)))
-    c.data_format()
+    t, b, left, right = c.pad_pairs("padding")
+    c.choice("data_format")
     return _elementwise(((shape[0] + t + b, shape[1] + left + right, shape[2]),))
 
 
-def _cropping(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _cropping(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
     _need_rank(c, shape, 3)
-    t, b, left, right = c.get_pad_pairs("cropping", ((0, 0), (0, 0)))
-    c.data_format()
+    t, b, left, right = c.pad_pairs("cropping")
+    c.choice("data_format")
     out = (shape[0] - t - b, shape[1] - left - right, shape[2])
     if min(out[:2]) < 1:
         c.fail_shape(f"cropping {[[t, b], [left, right]]} empties input {list(shape)}")
     return _elementwise((out,))
 
 
-def _reshape(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _reshape(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
-    target = c.get_int_list("target_shape", -1, c.lim.max_dim, c.lim.max_dims)
+    target = c.int_list("target_shape")
     total = math.prod(shape)
     if 0 in target or target.count(-1) > 1:
         c.fail("target_shape", "positive sizes and at most one -1", list(target))
@@ -629,86 +475,250 @@ def _reshape(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
     return _free(tuple(total // known if t == -1 else t for t in target))
 
 
-def _flatten(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
-    c.data_format()
+def _flatten(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
+    c.choice("data_format")
     return _free((math.prod(ins[0]),))
 
 
-def _rescaling(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _rescaling(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
-    for key, default in (("scale", None), ("offset", 0.0)):
-        n = c.get_scalar_or_list(key, default)
+    for key in ("scale", "offset"):
+        n = c.scalar_or_list(key)
         if n not in (0, 1, shape[-1]):
             c.fail(key, f"a scalar or {shape[-1]} values (one per channel)", f"{n} values")
     return _elementwise(ins)
 
 
-def _permute(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _permute(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
-    rank = len(shape)
-    dims = c.get_int_list("dims", 1, rank, rank)
-    if sorted(dims) != list(range(1, rank + 1)):
-        c.fail("dims", f"a permutation of 1..{rank}", list(dims))
+    dims = c.permutation("dims", len(shape))
     return _elementwise((tuple(shape[d - 1] for d in dims),))
 
 
-def _upsampling(c: _Cfg, ins: tuple[Shape, ...]) -> _Result:
+def _upsampling(c: ConfigReader, ins: tuple[Shape, ...]) -> _Result:
     (shape,) = ins
     _need_rank(c, shape, 3)
-    sh, sw = c.get_pair("size", 1, c.lim.max_upsample, (2, 2))
-    c.get_choice("interpolation", ("nearest", "bilinear"), "nearest")
-    c.data_format()
+    sh, sw = c.pair("size")
+    c.choice("interpolation")
+    c.choice("data_format")
     return _elementwise(((shape[0] * sh, shape[1] * sw, shape[2]),))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClassSchema:
-    """How to check one allowlisted class: inference function and input arity."""
+    """One allowlisted class: its inference function, its input count, its config keys,
+    its weights in blob order and how its MACs are counted (``macs``: "out" for one per
+    output element, "0" for layers that only move data, else a formula)."""
 
     infer: _Infer
+    keys: tuple[Key, ...] = ()
     min_inputs: int = 1
     max_inputs: int = 1
+    weights: tuple[WeightDoc, ...] = ()
+    macs: str = "out"
 
 
 _MANY = 1 << 30  # any number of inputs up to SpecLimits.max_inbound
 
+
+def _merge_schema(min_inputs: int = 2, max_inputs: int = _MANY) -> ClassSchema:
+    return ClassSchema(infer=_merge, min_inputs=min_inputs, max_inputs=max_inputs)
+
+
+_CONV2D = ClassSchema(
+    infer=_conv2d,
+    keys=(FILTERS, *_WINDOW, GROUPS, *_CONV_TAIL),
+    weights=(WeightDoc("kernel", "[kh, kw, c / groups, filters]"), _bias_doc("filters")),
+    macs="oh * ow * filters * kh * kw * c / groups",
+)
+_CONV2D_TRANSPOSE = ClassSchema(
+    infer=_conv2d_transpose,
+    keys=(
+        FILTERS,
+        KERNEL,
+        STRIDES,
+        PADDING,
+        Key("dilation_rate", _PAIR, 1, 1, default=(1, 1)),
+        Key(
+            "output_padding",
+            Kind.NULL,
+            default=None,
+            note="explicit output padding is not supported",
+        ),
+        DATA_FORMAT,
+        *_CONV_TAIL,
+    ),
+    weights=(WeightDoc("kernel", "[kh, kw, filters, c]"), _bias_doc("filters")),
+    macs="h * w * c * kh * kw * filters",
+)
+_DEPTHWISE = ClassSchema(
+    infer=_depthwise,
+    keys=(*_WINDOW, DEPTH_MULTIPLIER, *_CONV_TAIL),
+    weights=(
+        WeightDoc("kernel", "[kh, kw, c, depth_multiplier]"),
+        _bias_doc("c * depth_multiplier"),
+    ),
+    macs="oh * ow * c * depth_multiplier * kh * kw",
+)
+_SEPARABLE = ClassSchema(
+    infer=_separable,
+    keys=(FILTERS, *_WINDOW, DEPTH_MULTIPLIER, *_CONV_TAIL),
+    weights=(
+        WeightDoc("depthwise_kernel", "[kh, kw, c, depth_multiplier]"),
+        WeightDoc("pointwise_kernel", "[1, 1, c * depth_multiplier, filters]"),
+        _bias_doc("filters"),
+    ),
+    macs="oh * ow * c * depth_multiplier * (kh * kw + filters)",
+)
+_DENSE = ClassSchema(
+    infer=_dense,
+    keys=(UNITS, *_CONV_TAIL),
+    weights=(WeightDoc("kernel", "[n, units]"), _bias_doc("units")),
+    macs="(input elements / n) * n * units, n = the input's last dimension",
+)
+_BATCH_NORM = ClassSchema(
+    infer=_batch_norm,
+    keys=(AXIS, EPSILON, Key("momentum", _FLOAT, 0.0, 1.0, default=0.99), CENTER, SCALE),
+    weights=(
+        WeightDoc("gamma", "[n]", "scale"),
+        WeightDoc("beta", "[n]", "center"),
+        WeightDoc("moving_mean", "[n]"),
+        WeightDoc("moving_variance", "[n]"),
+    ),
+)
+_LAYER_NORM = ClassSchema(
+    infer=_layer_norm,
+    keys=(Key("axis", Kind.AXES, default=-1), EPSILON, CENTER, SCALE),
+    weights=(WeightDoc("gamma", "[d...]", "scale"), WeightDoc("beta", "[d...]", "center")),
+)
+_NORMALIZATION = ClassSchema(
+    infer=_normalization,
+    keys=(
+        Key("axis", Kind.AXES, default=-1, nullable=True, note="null: no axis kept"),
+        Key("invert", _BOOL, default=False),
+    ),
+    weights=(
+        WeightDoc("mean", "[k...]"),
+        WeightDoc("variance", "[k...]"),
+        WeightDoc("count", "[]", dtype="int64"),
+    ),
+)
+_MAX_POOL = ClassSchema(infer=_pooling, keys=_pool_keys((2, 2)), macs="output elements * ph * pw")
+_AVG_POOL = ClassSchema(infer=_pooling, keys=_pool_keys(REQUIRED), macs="output elements * ph * pw")
+_GLOBAL_POOL = ClassSchema(
+    infer=_global_pooling,
+    keys=(Key("keepdims", _BOOL, default=False), DATA_FORMAT),
+    macs="h * w * c",
+)
+
 #: The allowlist: class name -> schema. Nothing outside this table is ever built.
 SCHEMAS: Mapping[str, ClassSchema] = {
-    "InputLayer": ClassSchema(_input_layer, 0, 0),
-    LOCAL_ONLY: ClassSchema(_local_only, 1, _MANY),
-    "Conv2D": ClassSchema(_conv2d),
-    "Conv2DTranspose": ClassSchema(_conv2d_transpose),
-    "DepthwiseConv2D": ClassSchema(_depthwise),
-    "SeparableConv2D": ClassSchema(_separable),
-    "Dense": ClassSchema(_dense),
-    "BatchNormalization": ClassSchema(_batch_norm),
-    "LayerNormalization": ClassSchema(_layer_norm),
-    "Normalization": ClassSchema(_normalization),
-    "ReLU": ClassSchema(_relu),
-    "Activation": ClassSchema(_activation),
-    "Softmax": ClassSchema(_softmax),
-    "LeakyReLU": ClassSchema(_leaky_relu),
-    "ELU": ClassSchema(_elu),
-    "Add": ClassSchema(_merge, 2, _MANY),
-    "Subtract": ClassSchema(_merge, 2, 2),
-    "Multiply": ClassSchema(_merge, 2, _MANY),
-    "Average": ClassSchema(_merge, 2, _MANY),
-    "Maximum": ClassSchema(_merge, 2, _MANY),
-    "Minimum": ClassSchema(_merge, 2, _MANY),
-    "Concatenate": ClassSchema(_concatenate, 2, _MANY),
-    "MaxPooling2D": ClassSchema(_pooling),
-    "AveragePooling2D": ClassSchema(_pooling),
-    "GlobalAveragePooling2D": ClassSchema(_global_pooling),
-    "GlobalMaxPooling2D": ClassSchema(_global_pooling),
-    "ZeroPadding2D": ClassSchema(_zero_padding),
-    "Cropping2D": ClassSchema(_cropping),
-    "Reshape": ClassSchema(_reshape),
-    "Flatten": ClassSchema(_flatten),
-    "Dropout": ClassSchema(_dropout),
-    "Rescaling": ClassSchema(_rescaling),
-    "Permute": ClassSchema(_permute),
-    "Identity": ClassSchema(_no_config),
-    "UpSampling2D": ClassSchema(_upsampling),
+    "InputLayer": ClassSchema(
+        infer=_input_layer,
+        keys=(Key("shape", Kind.INT_LIST, 1, "max_dim", max_len="max_dims"),),
+        min_inputs=0,
+        max_inputs=0,
+        macs="0",
+    ),
+    LOCAL_ONLY: ClassSchema(
+        infer=_local_only,
+        keys=(
+            Key("output_shapes", Kind.SHAPES),
+            Key("output_dtype", _CHOICE, default=_F32, choices=tuple(sorted(_TENSOR_DTYPES))),
+        ),
+        max_inputs=_MANY,
+        macs="0",
+    ),
+    "Conv2D": _CONV2D,
+    "Conv2DTranspose": _CONV2D_TRANSPOSE,
+    "DepthwiseConv2D": _DEPTHWISE,
+    "SeparableConv2D": _SEPARABLE,
+    "Dense": _DENSE,
+    "BatchNormalization": _BATCH_NORM,
+    "LayerNormalization": _LAYER_NORM,
+    "Normalization": _NORMALIZATION,
+    "ReLU": ClassSchema(
+        infer=_relu,
+        keys=(
+            Key(
+                "max_value",
+                _FLOAT,
+                0.0,
+                _SCALAR,
+                default=None,
+                nullable=True,
+                note="null: no upper bound",
+            ),
+            Key("negative_slope", _FLOAT, 0.0, _SCALAR, default=0.0),
+            Key("threshold", _FLOAT, "-" + _SCALAR, _SCALAR, default=0.0),
+        ),
+    ),
+    "Activation": ClassSchema(infer=_activation, keys=(Key("activation", Kind.ACTIVATION),)),
+    "Softmax": ClassSchema(infer=_softmax, keys=(AXIS,)),
+    "LeakyReLU": ClassSchema(
+        infer=_leaky_relu, keys=(Key("negative_slope", _FLOAT, 0.0, _SCALAR, default=0.3),)
+    ),
+    "ELU": ClassSchema(
+        infer=_elu, keys=(Key("alpha", _FLOAT, "-" + _SCALAR, _SCALAR, default=1.0),)
+    ),
+    "Add": _merge_schema(),
+    "Subtract": _merge_schema(2, 2),
+    "Multiply": _merge_schema(),
+    "Average": _merge_schema(),
+    "Maximum": _merge_schema(),
+    "Minimum": _merge_schema(),
+    "Concatenate": ClassSchema(infer=_concatenate, keys=(AXIS,), min_inputs=2, max_inputs=_MANY),
+    "MaxPooling2D": _MAX_POOL,
+    "AveragePooling2D": _AVG_POOL,
+    "GlobalAveragePooling2D": _GLOBAL_POOL,
+    "GlobalMaxPooling2D": _GLOBAL_POOL,
+    "ZeroPadding2D": ClassSchema(
+        infer=_zero_padding,
+        keys=(
+            Key("padding", Kind.PAD_PAIRS, 0, "max_padding", default=((1, 1), (1, 1))),
+            DATA_FORMAT,
+        ),
+    ),
+    "Cropping2D": ClassSchema(
+        infer=_cropping,
+        keys=(
+            Key("cropping", Kind.PAD_PAIRS, 0, "max_padding", default=((0, 0), (0, 0))),
+            DATA_FORMAT,
+        ),
+    ),
+    "Reshape": ClassSchema(
+        infer=_reshape,
+        keys=(
+            Key(
+                "target_shape",
+                Kind.INT_LIST,
+                -1,
+                "max_dim",
+                max_len="max_dims",
+                note="no 0, at most one -1; the same element count as the input",
+            ),
+        ),
+        macs="0",
+    ),
+    "Flatten": ClassSchema(infer=_flatten, keys=(DATA_FORMAT,), macs="0"),
+    "Dropout": ClassSchema(infer=_dropout, keys=(Key("rate", Kind.RATE),), macs="0"),
+    "Rescaling": ClassSchema(
+        infer=_rescaling,
+        keys=(
+            Key("scale", Kind.SCALAR_OR_LIST, note="a list has 1 or c values"),
+            Key("offset", Kind.SCALAR_OR_LIST, default=0.0, note="a list has 1 or c values"),
+        ),
+    ),
+    "Permute": ClassSchema(infer=_permute, keys=(Key("dims", Kind.PERMUTATION),)),
+    "Identity": ClassSchema(infer=_no_config, macs="0"),
+    "UpSampling2D": ClassSchema(
+        infer=_upsampling,
+        keys=(
+            Key("size", _PAIR, 1, "max_upsample", default=(2, 2)),
+            Key("interpolation", _CHOICE, default="nearest", choices=("nearest", "bilinear")),
+            DATA_FORMAT,
+        ),
+    ),
 }
 
 #: Classes a server may turn into Keras objects (everything but ``LocalOnly``).
@@ -731,7 +741,7 @@ def infer_layer(
     schema = SCHEMAS.get(cls) if isinstance(cls, str) else None
     if schema is None:
         raise UnsupportedLayerError(
-            f"layer {name!r}: class {_show(cls)} is not in the allowlist "
+            f"layer {name!r}: class {show_value(cls)} is not in the allowlist "
             f"(expected one of {sorted(SCHEMAS)})"
         )
     n_in = len(input_shapes)
@@ -745,7 +755,7 @@ def infer_layer(
             f"layer {name!r} ({cls}): expected at most {limits.max_config_keys} config keys, "
             f"got {len(config)}"
         )
-    c = _Cfg(name, cls, config, limits)
+    c = ConfigReader(name, cls, config, schema.keys, limits)
     outputs, weights, macs = schema.infer(c, tuple(input_shapes))
     c.done()
     out_dtype = str(c.kwargs.pop("output_dtype", _F32)) if cls == LOCAL_ONLY else _F32
