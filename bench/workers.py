@@ -17,9 +17,13 @@ request time (``ionn_request_duration_seconds``), the rest of the round trip (cl
 encode/decode, transport, scheduling), and the CPU seconds per query of the server
 processes and of the clients (``/proc``; 2 cores give 2 CPU-seconds per second).
 
+``--store redis`` runs the same rows with the servers on a ``redis-server`` of their own
+(started per row, its CPU counted with the server's) instead of a directory.
+
 Usage: ``flock /tmp/ionn-bench.lock .venv/bin/python bench/workers.py [--clients 4]
-[--seconds 30] [--workers 1 2]``. Other processes on the machine change the absolute
-figures; the ratio between worker counts measured in one run is what counts.
+[--seconds 30] [--workers 1 2] [--store dir redis]``. Other processes on the machine
+change the absolute figures; the ratio between worker counts measured in one run is what
+counts.
 """
 
 from __future__ import annotations
@@ -104,11 +108,26 @@ def _metric(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def _one(workers: int, clients: int, seconds: float, cost: Path, work: Path) -> dict[str, Any]:
-    store = work / f"store-{workers}"
-    args = ["--port", "0", "--store", str(store), "--metrics-port", "0"]
+def _store(kind: str, workers: int, work: Path) -> tuple[str, Any]:
+    """The ``--store`` of a row and the redis-server started for it (or None)."""
+    if kind != "redis":
+        return str(work / f"store-{workers}"), None
+    from tests.helpers.redis_server import RedisServer, redis_server_binary
+
+    binary = redis_server_binary()
+    if binary is None:
+        raise SystemExit("--store redis needs a redis-server binary")
+    redis = RedisServer(work / f"redis-{workers}", binary=binary).start()
+    return redis.url(0), redis
+
+
+def _one(
+    workers: int, clients: int, seconds: float, cost: Path, work: Path, *, kind: str
+) -> dict[str, Any]:
+    store, redis = _store(kind, workers, work)  # a redis-server's CPU counts as the server's
+    args = ["--port", "0", "--store", store, "--metrics-port", "0"]
     args += ["--cost-model", str(cost), "--workers", str(workers)]
-    server = start(args, work / f"server-{workers}.log")
+    server = start(args, work / f"server-{workers}-{kind}.log")
     procs: list[subprocess.Popen[str]] = []
     try:
         port = server.wait_listening(900)
@@ -130,6 +149,8 @@ def _one(workers: int, clients: int, seconds: float, cost: Path, work: Path) -> 
         before = metrics(server.metrics_port)
         server_pids = [server.proc.pid]
         server_pids += [e["child"] for e in server.events("worker_started")]
+        if redis is not None and redis.proc is not None:
+            server_pids.append(redis.proc.pid)
         load = os.getloadavg()
         start_at = time.time() + 1.0
         cpu0 = _cpu_seconds(server_pids)
@@ -152,6 +173,8 @@ def _one(workers: int, clients: int, seconds: float, cost: Path, work: Path) -> 
             server.proc.wait(120)
         finally:
             server.stop()
+            if redis is not None:
+                redis.stop()
 
     def delta(name: str, **labels: str) -> float:
         return _metric(after, name, **labels) - _metric(before, name, **labels)
@@ -161,6 +184,7 @@ def _one(workers: int, clients: int, seconds: float, cost: Path, work: Path) -> 
     served = delta("ionn_query_compute_seconds_count") or 1.0
     return {
         "workers": workers,
+        "store": kind,
         "clients": clients,
         "queries": n,
         "qps": n / seconds,
@@ -183,6 +207,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--store",
+        choices=("dir", "redis"),
+        nargs="+",
+        default=["dir"],
+        help="store of the servers: a directory, or a redis-server of each row's own "
+        "(every worker count is run with each store)",
+    )
     args = parser.parse_args()
     from ionn_net.calibrate import load_or_calibrate
 
@@ -190,18 +222,24 @@ def main() -> None:
         work = Path(tmp)
         cost = work / "cost.json"
         cost.write_text(load_or_calibrate(work).to_json())
-        rows = [_one(w, args.clients, args.seconds, cost, work) for w in args.workers]
+        rows = [
+            _one(w, args.clients, args.seconds, cost, work, kind=kind)
+            for kind in args.store
+            for w in args.workers
+        ]
     cols = list(rows[0])
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in rows:
         cells = [f"{v:.1f}" if isinstance(v, float) else str(v) for v in row.values()]
         print("| " + " | ".join(cells) + " |")
-    if len(rows) > 1:
-        print(
-            f"queries/s ratio {rows[-1]['workers']} vs {rows[0]['workers']} workers: "
-            f"{rows[-1]['qps'] / rows[0]['qps']:.2f}x"
-        )
+    for kind in args.store:
+        mine = [r for r in rows if r["store"] == kind]
+        if len(mine) > 1:
+            print(
+                f"{kind}: queries/s ratio {mine[-1]['workers']} vs {mine[0]['workers']} "
+                f"workers: {mine[-1]['qps'] / mine[0]['qps']:.2f}x"
+            )
 
 
 if __name__ == "__main__":
