@@ -1,9 +1,11 @@
-"""``ionn-server --workers 2``: one port, two worker processes, one directory store.
+"""``ionn-server --workers 2``: one port, two worker processes, one shared store.
 
 A session uploads one blob whole and another half-way on one worker, then reconnects and
 lands on the other (the supervisor hands connections out round-robin): it is told both,
 resumes the half blob there, loads and queries. A worker killed with SIGKILL is started
 again; the metrics port adds up every worker's counters; SIGTERM drains all and exits 0.
+The same session handover runs with the workers on a real redis-server instead of a
+directory (each worker opens its own connection to it).
 """
 
 from __future__ import annotations
@@ -114,3 +116,25 @@ def test_two_workers_share_the_store_and_the_port(cost_model: Any, tmp_path: Pat
     for pid in children:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_two_workers_share_a_redis_store(cost_model: Any, tmp_path: Path, redis_url: str) -> None:
+    cost = tmp_path / "cost.json"
+    cost.write_text(cost_model.to_json())
+    args = ["--port", "0", "--workers", "2", "--store", redis_url]
+    args += ["--metrics-port", "0", "--cost-model", str(cost), "--drain-timeout", "10"]
+    srv = start(args, tmp_path / "server.log")
+    whole, cut = dense_model(seed=6), dense_model(seed=7, inputs=512, units=32)
+    try:
+        port = srv.wait_listening(600)
+        mport = srv.metrics_port
+        assert mport is not None
+        _upload_one_and_cut_one(port, whole, cut)
+        _resume_load_and_query(port, whole, cut)
+        welcomes = [e["worker"] for e in srv.events("welcome")]
+        assert welcomes == [0, 1], welcomes  # the reconnect was served by the other worker
+        assert _value(mport, "ionn_blobs_completed_total") == 2
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(120) == 0, srv.tail()
+    finally:
+        srv.stop()
