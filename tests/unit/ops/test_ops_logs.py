@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,12 +18,22 @@ SESSION = "0123456789abcdef" * 2
 DIGEST = "ab" * 32
 
 
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """configure() replaces the root logger's handlers (pytest's capture among them) and
+    level: put them back, or later tests' records go to the terminal."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 @pytest.fixture
 def json_log() -> io.StringIO:
     out = io.StringIO()
     configure("INFO", "json", static={"worker": 3}, stream=out)
-    yield out
-    logging.getLogger().handlers.clear()
+    return out
 
 
 def records(out: io.StringIO) -> list[dict[str, object]]:
@@ -53,10 +64,7 @@ def test_answered_queries_write_no_line(json_log: io.StringIO) -> None:
 def test_text_format_shows_the_message_alone() -> None:
     out = io.StringIO()
     configure("INFO", "text", stream=out)
-    try:
-        ServerHooks().loaded(SESSION, DIGEST, built=3, ready=5, seconds=0.25)
-    finally:
-        logging.getLogger().handlers.clear()
+    ServerHooks().loaded(SESSION, DIGEST, built=3, ready=5, seconds=0.25)
     line = out.getvalue().strip()
     want = "session 01234567: load of model abababab: 3 layers built in 0.250 s, 5 ready"
     assert line.endswith(want)
