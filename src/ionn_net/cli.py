@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ionn_net.argtypes import port, positive
-from ionn_net.errors import StoreError
+from ionn_net.errors import ConfigError, StoreError
 from ionn_net.extras import REDIS_EXTRA, require_extra, require_extras
 from ionn_net.store import REDIS_SCHEMES, open_store
 
@@ -49,6 +49,23 @@ def _server_parser() -> argparse.ArgumentParser:
         default=None,
         help="durable layer store: a directory, or redis://host:port/db for a store shared by "
         "a site's servers (needs the redis extra) (default: keep layers in memory only)",
+    )
+    p.add_argument(
+        "--catalog",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="serve the models of this catalog directory publicly (ionn-catalog add): clients "
+        "naming their blobs load them without uploading; refused entries are logged and the "
+        "rest is served; a directory that is not a catalog stops the start",
+    )
+    p.add_argument(
+        "--catalog-warm",
+        default="all",
+        metavar="WHICH",
+        help="catalog models to build and compile ahead, after the server listens, at the "
+        "lowest priority: all, none, a number N (the first N) or comma-separated names or "
+        "digests (default %(default)s; about 5 s of CPU and 120 MB of memory for ResNet50)",
     )
     p.add_argument(
         "--cost-model",
@@ -168,15 +185,17 @@ def server_main(argv: list[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         drain_timeout_s=args.drain_timeout,
     )
+    catalog = _open_catalog(args.catalog)
+    config = _server_config(args, catalog)
     from ionn_net.aio import run
 
     if args.workers > 1 and args.worker_channel is None:
-        store.close()  # opened to fail fast; each worker opens its own
+        store.close()  # opened to fail fast; each worker opens its own (and its catalog)
         return run(_supervise(args, argv, ops))  # no TensorFlow in the supervisor
     from ionn_net.tflog import import_tensorflow
 
     import_tensorflow(verbose=args.verbose)
-    make = _server_factory(args, store)
+    make = _server_factory(args, store, catalog, config)
     if args.worker_channel is not None:
         from ionn_net.ops.workers import serve_worker
 
@@ -186,20 +205,37 @@ def server_main(argv: list[str] | None = None) -> int:
     return run(serve_process(make, ops, sys.stdout))
 
 
-def _server_factory(args: argparse.Namespace, store: Any) -> Any:
-    """``hooks -> EdgeServer`` configured from the command line."""
+def _server_config(args: argparse.Namespace, catalog: Any) -> Any:
+    """The :class:`~ionn_net.server.ServerConfig` of the command line; a bad value stops
+    the start with one line (in the supervisor of ``--workers``, before any worker)."""
     from ionn_net.config import Limits
-    from ionn_net.server import EdgeServer, ServerConfig
+    from ionn_net.server_catalog import select_warm
+    from ionn_net.server_config import ServerConfig
 
     secret = args.secret_file.read_bytes().strip() if args.secret_file else None
-    config = ServerConfig(
-        limits=Limits(max_concurrent_streams=args.max_streams, idle_timeout_s=args.idle_timeout),
-        max_models_per_session=args.max_models,
-        max_bytes_per_session=args.max_bytes,
-        max_queries_per_session=args.max_queries,
-        secret=secret,
-        drain_timeout_s=args.drain_timeout,
-    )
+    try:
+        config = ServerConfig(
+            limits=Limits(
+                max_concurrent_streams=args.max_streams, idle_timeout_s=args.idle_timeout
+            ),
+            max_models_per_session=args.max_models,
+            max_bytes_per_session=args.max_bytes,
+            max_queries_per_session=args.max_queries,
+            secret=secret,
+            catalog_warm=args.catalog_warm,
+            drain_timeout_s=args.drain_timeout,
+        )
+        if catalog is not None:  # a model name the catalog does not serve fails here
+            select_warm(catalog, args.catalog_warm)
+    except ConfigError as exc:
+        raise SystemExit(f"ionn-server: {exc}") from None
+    return config
+
+
+def _server_factory(args: argparse.Namespace, store: Any, catalog: Any, config: Any) -> Any:
+    """``hooks -> EdgeServer`` configured from the command line."""
+    from ionn_net.server import EdgeServer
+
     cost = None
     if args.cost_model is not None:
         from ionn_net.planner.costmodel import ServerCostModel
@@ -217,6 +253,7 @@ def _server_factory(args: argparse.Namespace, store: Any) -> Any:
             store=store,
             config=config,
             cost_model=cost,
+            catalog=catalog,
             hooks=hooks,
             listen=not worker,
         )
@@ -235,6 +272,20 @@ async def _supervise(args: argparse.Namespace, argv: list[str], ops: Any) -> int
         worker_argv, args.workers, host=args.host, port=args.port, ops=ops, out=sys.stdout
     )
     return await supervisor.run()
+
+
+def _open_catalog(path: Path | None) -> Any:
+    """The catalog at ``path`` (None: none), opened before TensorFlow loads: a directory that
+    is not a catalog stops the start with one line; refused entries are logged, naming their
+    files, and the rest is served."""
+    if path is None:
+        return None
+    from ionn_net.catalog import Catalog, CatalogError
+
+    try:
+        return Catalog.open(path)
+    except CatalogError as exc:
+        raise SystemExit(f"ionn-server: {exc}") from None
 
 
 # -- ionn-demo -----------------------------------------------------------------------------

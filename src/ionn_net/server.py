@@ -7,10 +7,12 @@ a server-side :class:`~ionn_net.executor.Executor` per model; blobs live in a
 content-addressed :class:`~ionn_net.store.BlobStore` shared by all sessions.
 
 Tenant rule (protocol.md §14.5): the server only ever tells a session about blobs that
-this session uploaded. Storage is deduplicated silently (a blob already stored by
-another tenant is verified again when this session uploads it, and not written twice),
-so nothing about other tenants' models leaks through ``manifest_ok`` / ``have_ok`` or
-resume offsets (partials are keyed per session).
+this session uploaded (``blobs_held``) or that are public (``blobs_public``: its catalog
+and blobs other sessions uploaded under a public marking, §14.5.1, handled by
+:mod:`ionn_net.server_catalog`). Storage is deduplicated silently (a blob already stored
+by another tenant is verified again when this session uploads it, and not written twice),
+so nothing about other tenants' private models leaks through ``manifest_ok`` /
+``have_ok`` or resume offsets (partials are keyed per session).
 
 Everything slow (hashing blobs, building Keras layers, compiling slices, running
 inference) runs in worker threads, never on the event loop. A request that fails
@@ -38,6 +40,7 @@ import numpy as np
 from ionn_net import __version__
 from ionn_net.aio import ServerStream, TransportOptions, serve
 from ionn_net.aio.connection import AioConnection
+from ionn_net.catalog import Catalog
 from ionn_net.errors import ConfigError, IonnError, SpecError, StoreError, TensorError
 from ionn_net.messages import (
     Auth,
@@ -69,6 +72,7 @@ from ionn_net.model.spec import graph_from_manifest, loads_manifest, split_blob
 from ionn_net.ops.hooks import ServerGauges, ServerHooks
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
+from ionn_net.server_catalog import PublicHoldings
 from ionn_net.server_config import ServerConfig
 from ionn_net.server_model import ServerModel, lower_priority, to_thread_to_the_end, warm_up
 from ionn_net.store import (
@@ -124,11 +128,15 @@ class EdgeServer:
 
     ``store`` is a :class:`BlobStore`, a directory path (durable store), a
     ``redis://host:port/db`` URL (store shared by a site's servers) or ``None`` (in
-    memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default the
-    server calibrates one on this machine on first start (cached in the store directory
-    when there is one). ``hooks`` receive every event (logs, metrics:
-    :mod:`ionn_net.ops`). With ``listen=False`` the server opens no socket and serves
-    the connections handed to :meth:`adopt` (a worker of ``ionn-server --workers``).
+    memory). ``catalog`` is a :class:`~ionn_net.catalog.Catalog` or its directory, opened
+    at start (a directory that is not a catalog raises
+    :class:`~ionn_net.catalog.CatalogError` and the server does not start; refused entries
+    are logged and the rest is served). ``cost_model`` is sent to clients in ``welcome``
+    (§10.10); by default the server calibrates one on this machine on first start, cached
+    in the store directory, in the Redis store (per host), or else in ``~/.cache/ionn_net``.
+    ``hooks`` receive every event (logs, metrics: :mod:`ionn_net.ops`). With
+    ``listen=False`` the server opens no socket and serves the connections handed to
+    :meth:`adopt` (a worker of ``ionn-server --workers``).
     """
 
     def __init__(
@@ -140,6 +148,7 @@ class EdgeServer:
         config: ServerConfig | None = None,
         cost_model: ServerCostModel | None = None,
         ssl: Any = None,
+        catalog: Catalog | str | os.PathLike[str] | None = None,
         hooks: ServerHooks | None = None,
         listen: bool = True,
     ) -> None:
@@ -147,6 +156,11 @@ class EdgeServer:
         self._port = port
         self.config = config or ServerConfig()
         self.store: BlobStore = open_store(store)
+        self._catalog = catalog
+        #: The catalog and the published blobs (§14.5.1).
+        self.public = PublicHoldings(
+            self.store, limits=self.config.spec_limits, jit=self.config.jit
+        )
         self._cost_model = cost_model
         self._ssl = ssl
         self.hooks = hooks or ServerHooks()
@@ -171,6 +185,7 @@ class EdgeServer:
         }
         self.stats = {"queries": 0, "errors": 0, "blobs": 0, "loads": 0}
         self._background: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Future[None] | None = None
         self._loader = ThreadPoolExecutor(
             max_workers=_LOADER_THREADS,
             thread_name_prefix="ionn-loader",
@@ -193,6 +208,7 @@ class EdgeServer:
         return () if self._server is None else tuple(self._server.connections)
 
     async def start(self) -> EdgeServer:
+        await asyncio.to_thread(self.public.open_catalog, self._catalog, self.config.catalog_warm)
         if self._cost_model is None:
             self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
         await asyncio.to_thread(warm_up)
@@ -210,7 +226,20 @@ class EdgeServer:
         )
         if self._listen:
             logger.info("edge server listening on %s:%d", self.host, self.port)
+        self.public.start_warm()  # its own thread, lowest priority: never on a query's path
+        self._sweeper = asyncio.ensure_future(self._sweep_periodically())
         return self
+
+    async def _sweep_periodically(self) -> None:
+        """§14.5: partial uploads not appended to for the store's TTL expire while the
+        server runs, not only when a store opens."""
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                if swept := await asyncio.to_thread(self.store.sweep_partials):
+                    logger.info("swept %d stale partial uploads", swept)
+            except StoreError as exc:
+                logger.warning("sweeping stale partial uploads failed: %s", exc)
 
     async def adopt(self, sock: Any) -> None:
         """Serve a connection another process accepted (see ``listen``)."""
@@ -260,6 +289,9 @@ class EdgeServer:
         return aborted
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await asyncio.to_thread(self.public.stop_warm)  # waits for the model being built
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -277,7 +309,7 @@ class EdgeServer:
         from ionn_net.calibrate import load_or_calibrate
 
         root = self.store.root if isinstance(self.store, DirectoryStore) else None
-        return load_or_calibrate(root)
+        return load_or_calibrate(root, notes=self.store)
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -336,6 +368,10 @@ class EdgeServer:
         except RequestError as exc:
             self.stats["errors"] += 1
             reply = Error.of(exc)
+        except StoreUnavailableError as exc:  # not the client's fault: the store is down
+            self.stats["errors"] += 1
+            logger.warning("request %r failed: %s", call.kind, exc)
+            reply = Error(code="internal", message=str(exc))
         except (SpecError, TensorError, StoreError) as exc:
             self.stats["errors"] += 1
             reply = Error(code="bad_request", message=str(exc))
@@ -489,7 +525,11 @@ class EdgeServer:
                 model = await asyncio.to_thread(self._parse_model, body)
             except SpecError as exc:
                 raise RequestError("bad_manifest", str(exc)) from None
-            session.models[digest] = model
+        # §10.3.4: a bad marking refuses the whole request; blobs this session already
+        # holds from its own verified uploads are published at once.
+        model.public_marked = self.public.marking(model.manifest, request.public)
+        session.models[digest] = model
+        self.public.publish(model.public_marked & self.store.owned_by(session.hash))
         holdings = self._holdings(session, model)
         layers, held = len(model.specs), len(holdings.blobs_held)
         self.hooks.manifest_accepted(session.hash, digest, layers=layers, held=held)
@@ -498,7 +538,11 @@ class EdgeServer:
     def _parse_model(self, body: bytes) -> ServerModel:
         manifest = loads_manifest(body, self.config.spec_limits, canonical=True)
         graph = graph_from_manifest(manifest, self.config.spec_limits)
-        return ServerModel(manifest, graph, self.config.jit)
+        model = ServerModel(manifest, graph, self.config.jit)
+        shared = self.public.shared_executor(model.digest)
+        if shared is not None:  # a warm catalog model: its compiled slices serve at once
+            model.share_executor(shared)
+        return model
 
     def _holdings(self, session: _Session, model: ServerModel) -> Holdings:
         owned = self.store.owned_by(session.hash)
@@ -514,6 +558,7 @@ class EdgeServer:
             partial=partial,
             layers_ready=tuple(sorted(model.ready, key=model.graph.position)),
             refused=dict(model.refused),
+            blobs_public=self.public.held(model.blob_sizes),
         )
 
     def _model(self, state: _ConnState, digest: str) -> ServerModel:
@@ -539,7 +584,7 @@ class EdgeServer:
         if size is None or blob.size != size:
             raise RequestError("unknown_blob", f"blob {digest}: not in this model's manifest")
         key = partial_key(session.hash, digest)
-        if digest in self.store.owned_by(session.hash):
+        if digest in self.store.owned_by(session.hash) or self.public.holds(digest, size):
             self.hooks.blob_resent(session.hash, digest)
             await stream.read_body(check_body_len(blob.body_len, limit=size))
             return BlobOk(sha256=digest, offset=size, complete=True), b""
@@ -579,20 +624,14 @@ class EdgeServer:
         return BlobOk(sha256=digest, offset=new_offset, complete=complete), b""
 
     async def _complete_blob(self, session: _Session, digest: str, key: str) -> None:
-        """Verify and store the finished partial, then record this session as its owner,
-        also when the client vanished while the digest was checked: the partial is consumed
-        by then, so without the record it would have to send the whole blob again."""
-        work = asyncio.ensure_future(
-            asyncio.to_thread(self.store.complete_partial, digest, key=key)
+        """Verify and store the finished partial; the store records this session as its
+        owner (and, under a public marking, the blob as published, §10.3.4) with the
+        commit, also when the client vanished while the digest was checked: the partial
+        is consumed by then, so without the record it would have to send it again."""
+        public = any(digest in m.public_marked for m in session.models.values())
+        await to_thread_to_the_end(
+            lambda: self.store.complete_partial(digest, key=key, owner=session.hash, public=public)
         )
-        try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            await asyncio.wait({work})
-            if not work.cancelled() and work.exception() is None:
-                self.store.record_owner(session.hash, digest)
-            raise
-        self.store.record_owner(session.hash, digest)
 
     async def _append_body(self, stream: ServerStream, key: str, offset: int, body_len: int) -> int:
         """Append the body to the partial blob as it arrives, about 1 MiB at a time, so
@@ -637,8 +676,8 @@ class EdgeServer:
                 raise RequestError("bad_request", f"layer {name!r}: not in the manifest")
             if name in model.refused:
                 raise RequestError("bad_request", f"layer {name!r}: {model.refused[name]}")
-        owned = self.store.owned_by(session.hash)
-        missing = [n for n in names if model.specs[n].blob_sha256 not in (None, *owned)]
+        usable = self.store.owned_by(session.hash) | set(self.public.held(model.blob_sizes))
+        missing = [n for n in names if model.specs[n].blob_sha256 not in (None, *usable)]
         if missing:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
@@ -678,10 +717,14 @@ class EdgeServer:
                 continue
             spec = model.specs[name]
             shapes = [model.graph[r.layer].output_shapes[r.index] for r in spec.inbound]
+            prebuilt = self.public.reuse(model.digest, spec, shapes)  # catalog layers only
+            if prebuilt is not None:
+                built[name] = prebuilt
+                continue
             weights = []
             if spec.blob_sha256 is not None:
                 try:
-                    blob = self.store.get(spec.blob_sha256)  # verified on read
+                    blob = self.public.read(spec.blob_sha256)  # verified on read
                 except BlobCorruptError:  # discarded by the store: the owner uploads it again
                     raise RequestError(
                         "missing_blobs", f"blob of {name!r} failed verification", layers=[name]

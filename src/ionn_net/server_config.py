@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ionn_net.config import Limits
 from ionn_net.errors import ConfigError
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
+from ionn_net.server_catalog import check_warm_spec
 
 __all__ = ["ServerConfig"]
 
@@ -34,6 +35,11 @@ class ServerConfig:
     loader_nice: int = 10
     secret: bytes | None = None
     jit: bool | None = None
+    #: Catalog models built and compiled ahead, after the server listens: ``all``,
+    #: ``none``, a number N (the first N of the index) or comma-separated names/digests.
+    catalog_warm: str = "all"
+    #: Seconds between sweeps of stale partial uploads (§14.5; the store's TTL decides).
+    sweep_interval_s: float = 3600.0
     #: Deadline of a graceful drain (§13.3): connections still open then are aborted.
     drain_timeout_s: float = 10.0
 
@@ -55,6 +61,9 @@ class ServerConfig:
             raise ConfigError(f"loader_nice: expected an integer 0..19, got {self.loader_nice!r}")
         if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
             raise ConfigError("secret: expected non-empty bytes or None")
+        check_warm_spec(self.catalog_warm)
+        if not isinstance(self.sweep_interval_s, int | float) or not self.sweep_interval_s > 0:
+            raise ConfigError(f"sweep_interval_s: expected > 0, got {self.sweep_interval_s!r}")
         timeout = self.drain_timeout_s
         if type(timeout) not in (int, float) or not 0 < timeout < float("inf"):
             raise ConfigError(f"drain_timeout_s: expected seconds > 0, got {timeout!r}")

@@ -53,6 +53,13 @@ class ServerModel:
         self._runners: dict[frozenset[str], Any] = {}
         self.consolidating: set[frozenset[str]] = set()
         self._complete = False
+        #: Blobs the session's latest manifest request marks public (§10.3.4).
+        self.public_marked: frozenset[str] = frozenset()
+
+    def share_executor(self, executor: Any) -> None:
+        """Run on a warm catalog model's executor (same manifest digest, so the same graph
+        and layers): its compiled slices serve this session at once."""
+        self._executor = executor
 
     @property
     def complete(self) -> bool:
