@@ -189,6 +189,22 @@ def test_a_second_store_on_the_same_directory_sees_what_the_first_stored_later(
     assert first.owned_by(SESSION) == {DIGEST, other}  # and the other way round
 
 
+def test_a_second_store_on_the_same_directory_sees_what_the_first_published_later(
+    tmp_path: Path,
+) -> None:
+    first = DirectoryStore(tmp_path / "store")
+    second = DirectoryStore(tmp_path / "store")  # opened before the blob was published
+    key = partial_key(SESSION, DIGEST)
+    first.append_partial(key, 0, BLOB)
+    first.complete_partial(DIGEST, key=key, owner=SESSION, public=True)
+    assert second.public_held([DIGEST]) == {DIGEST}
+    (tmp_path / "store" / "blobs" / DIGEST[:2] / DIGEST).write_bytes(BLOB[::-1])
+    with pytest.raises(BlobCorruptError):
+        first.get(DIGEST)  # discarded by the first: the second no longer reveals it
+    second.put(DIGEST, BLOB)  # a later private upload of the same bytes
+    assert second.public_held([DIGEST]) == frozenset()
+
+
 def test_owner_records_are_read_incrementally_and_only_whole_lines(tmp_path: Path) -> None:
     first = DirectoryStore(tmp_path / "store")
     second = DirectoryStore(tmp_path / "store")
