@@ -187,6 +187,7 @@ def server_main(argv: list[str] | None = None) -> int:
     )
     catalog = _open_catalog(args.catalog)
     config = _server_config(args, catalog)
+    cost = _cost_model(args.cost_model)  # a bad file stops the supervisor, not each worker
     from ionn_net.aio import run
 
     if args.workers > 1 and args.worker_channel is None:
@@ -195,7 +196,7 @@ def server_main(argv: list[str] | None = None) -> int:
     from ionn_net.tflog import import_tensorflow
 
     import_tensorflow(verbose=args.verbose)
-    make = _server_factory(args, store, catalog, config)
+    make = _server_factory(args, store, catalog, config, cost)
     if args.worker_channel is not None:
         from ionn_net.ops.workers import serve_worker
 
@@ -232,18 +233,12 @@ def _server_config(args: argparse.Namespace, catalog: Any) -> Any:
     return config
 
 
-def _server_factory(args: argparse.Namespace, store: Any, catalog: Any, config: Any) -> Any:
+def _server_factory(
+    args: argparse.Namespace, store: Any, catalog: Any, config: Any, cost: Any
+) -> Any:
     """``hooks -> EdgeServer`` configured from the command line."""
     from ionn_net.server import EdgeServer
 
-    cost = None
-    if args.cost_model is not None:
-        from ionn_net.planner.costmodel import ServerCostModel
-
-        try:
-            cost = ServerCostModel.from_json(args.cost_model.read_text())
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"--cost-model: cannot use {args.cost_model}: {exc}") from None
     worker = args.worker_channel is not None
 
     def make(hooks: Any) -> Any:
@@ -259,6 +254,19 @@ def _server_factory(args: argparse.Namespace, store: Any, catalog: Any, config: 
         )
 
     return make
+
+
+def _cost_model(path: Path | None) -> Any:
+    """The server cost model of ``--cost-model`` (None: calibrate); a file that does not
+    parse stops the start with one line."""
+    if path is None:
+        return None
+    from ionn_net.planner.costmodel import ServerCostModel
+
+    try:
+        return ServerCostModel.from_json(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--cost-model: cannot use {path}: {exc}") from None
 
 
 async def _supervise(args: argparse.Namespace, argv: list[str], ops: Any) -> int:
