@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import select
 import socket
 import statistics
 import threading
@@ -174,6 +175,10 @@ def _slow_sender(port: int, stop: threading.Event, got: list[int]) -> None:
             if stop.wait(1.0):
                 return
             try:
+                # A close by the server shows as EOF at once; a send after it may still
+                # succeed once (only the peer's RST makes the next one fail).
+                if select.select([sock], [], [], 0)[0] and not sock.recv(1):
+                    raise ConnectionResetError("closed by the server")
                 sock.sendall(bytes([byte]))
             except OSError:  # dropped at the read deadline, as it should be
                 got[0] += 1
