@@ -18,7 +18,8 @@ it fits
 
 The result is cached as JSON (next to the layer store, or in ``~/.cache/ionn_net``) in a
 file named by host, TensorFlow version and :data:`CALIBRATION_VERSION`, so a restart does
-not pay for it again and a cache made by an older method is refitted.
+not pay for it again and a cache made by an older method is refitted; a server on the
+Redis store keeps it in the store instead (per host), as it has no directory of its own.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ionn_net.errors import PlannerError
+from ionn_net.errors import PlannerError, StoreError
 from ionn_net.model.graph import LayerGraph, LayerNode
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.planner.prior import LayerPrior, chunks_of, holdout_errors
@@ -344,9 +345,14 @@ def cache_path(root: str | os.PathLike[str] | None) -> Path:
 _cache_path = cache_path  # the name the cache tests have always used
 
 
-def store_calibration(root: str | os.PathLike[str] | None, found: Calibration) -> Path:
-    """Write ``found`` to the cache (atomically); returns the file."""
+def store_calibration(
+    root: str | os.PathLike[str] | None, found: Calibration, *, notes: Any = None
+) -> Path | None:
+    """Write ``found`` to the cache: into ``notes`` when that store keeps notes (then
+    returns ``None``), else to the file (atomically; returns it)."""
     path = cache_path(root)
+    if _write_note(notes, path.name, found.to_json()):
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(found.to_json())
@@ -354,20 +360,60 @@ def store_calibration(root: str | os.PathLike[str] | None, found: Calibration) -
     return path
 
 
-def load_calibration(root: str | os.PathLike[str] | None = None) -> Calibration:
-    """The cached calibration for this host, or a fresh one (then cached)."""
+def load_calibration(
+    root: str | os.PathLike[str] | None = None, *, notes: Any = None
+) -> Calibration:
+    """The cached calibration for this host, or a fresh one (then cached).
+
+    The cache is the file ``costmodel-<host>-<tensorflow>-c<version>.json`` in ``root``
+    (default ``~/.cache/ionn_net``). ``notes`` is the server's blob store: one that keeps
+    notes (the Redis store: a server with no directory of its own, often in a fresh
+    container at each start) holds the calibration under that same name, read first and
+    written after a calibration; other stores keep none and the file is used."""
     path = cache_path(root)
-    try:
-        return Calibration.from_json(path.read_text())
-    except FileNotFoundError:
-        pass
-    except PlannerError as exc:
-        logger.warning("ignoring invalid cached calibration %s: %s", path, exc)
+    for text in (_read_note(notes, path.name), _read_file(path)):
+        if text is None:
+            continue
+        try:
+            return Calibration.from_json(text)
+        except PlannerError as exc:
+            logger.warning("ignoring invalid cached calibration %s: %s", path.name, exc)
     found = calibrate()
-    store_calibration(root, found)
+    store_calibration(root, found, notes=notes)
     return found
 
 
-def load_or_calibrate(root: str | os.PathLike[str] | None = None) -> ServerCostModel:
-    """The cached wire cost model for this host (§10.10), or a fresh calibration."""
-    return load_calibration(root).cost_model
+def load_or_calibrate(
+    root: str | os.PathLike[str] | None = None, *, notes: Any = None
+) -> ServerCostModel:
+    """The cached wire cost model for this host (§10.10), or a fresh calibration
+    (:func:`load_calibration`)."""
+    return load_calibration(root, notes=notes).cost_model
+
+
+def _read_file(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _read_note(notes: Any, name: str) -> str | None:
+    if notes is None:
+        return None
+    try:
+        text = notes.read_note(name)
+    except StoreError as exc:  # the store is down: calibrate (or use the file) instead
+        logger.warning("cannot read the cached calibration from the store: %s", exc)
+        return None
+    return text if isinstance(text, str) else None
+
+
+def _write_note(notes: Any, name: str, text: str) -> bool:
+    if notes is None:
+        return False
+    try:
+        return bool(notes.write_note(name, text))
+    except StoreError as exc:
+        logger.warning("cannot cache the calibration in the store: %s", exc)
+        return False

@@ -1,23 +1,31 @@
-"""One validated model of one session on the server, assembled incrementally.
+"""One client model on the server (:class:`ServerModel`), and how the server runs work in
+threads (:func:`to_thread_to_the_end`, :func:`lower_priority`, :func:`warm_up`).
 
-This module owns :class:`ServerModel`: a client's manifest as the server holds it (its
-graph, layer specs, blob sizes, the layers it refuses), the layers built so far and the
-executor that runs them, the run sets compiled for queries (chains of per-load pieces,
-then one slice once the model is complete, protocol.md §10.6), and the server's timing of
-its layers (§10.11). :class:`~ionn_net.server.EdgeServer` keeps one per model per session.
+:class:`ServerModel` is a validated manifest of one session, assembled incrementally: its
+graph, layer specs, blob sizes and the layers it refuses, which layers are built and which
+load built each (run sets are chained from per-load pieces, then one slice once the model
+is complete, protocol.md §10.6), the compiled runners, and the server's timing of its
+layers (§10.11). :class:`~ionn_net.server.EdgeServer` owns one per (session, model digest).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ionn_net.model.graph import LayerGraph
 from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest
 
-__all__ = ["ServerModel"]
+__all__ = ["ServerModel", "lower_priority", "to_thread_to_the_end", "warm_up"]
+
+logger = logging.getLogger("ionn_net.server")
 
 
 class ServerModel:
@@ -55,6 +63,13 @@ class ServerModel:
         #: the prior's times of the layers the server may run, and their timing (§10.11)
         self.predicted = predicted
         self.timing: Any = None
+        #: Blobs the session's latest manifest request marks public (§10.3.4).
+        self.public_marked: frozenset[str] = frozenset()
+
+    def share_executor(self, executor: Any) -> None:
+        """Run on a warm catalog model's executor (same manifest digest, so the same graph
+        and layers): its compiled slices serve this session at once."""
+        self._executor = executor
 
     @property
     def complete(self) -> bool:
@@ -99,3 +114,51 @@ class ServerModel:
 
             self._executor = Executor(self.graph, {}, jit=self._jit)
         return self._executor
+
+
+async def to_thread_to_the_end(
+    func: Callable[..., Any], *args: Any, pool: ThreadPoolExecutor | None = None
+) -> Any:
+    """``asyncio.to_thread`` (or ``pool``) that, when cancelled (a RESET, a vanished
+    client, §14.3), waits for the thread to finish before re-raising: a thread cannot be
+    stopped, so the locks and slots its caller holds (session queries, inference threads,
+    the model lock) stay taken until the work has really stopped (Rapid Reset,
+    MadeYouReset). Without this a client dropping connections mid-query could queue
+    unbounded inference."""
+    if pool is None:
+        work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    else:
+        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(pool, func, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait({work})
+        raise
+
+
+def lower_priority(nice: int) -> None:
+    """Initializer of a loader thread: raise its niceness (Linux: per thread), so that
+    the scheduler runs query threads first. Best effort: where it is not allowed the
+    thread keeps the server's priority."""
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
+        logger.debug("loader thread keeps its priority: %s", exc)
+
+
+def warm_up() -> None:
+    """Import TensorFlow/Keras and run one tiny compiled slice before accepting clients:
+    otherwise the first ``load`` pays the import and runtime start-up (5-7 s here)."""
+    import keras
+
+    from ionn_net.executor import Executor
+    from ionn_net.model import layers as _layers  # noqa: F401  (imports the spec builder)
+
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Dense(2)(x), name="warm_up")
+    executor = Executor.from_model(model)
+    executor.prepare(executor.graph.order)

@@ -32,9 +32,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import statistics
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,23 +47,11 @@ from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
 from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest
+from ionn_net.server_model import lower_priority
 
-__all__ = ["ModelTiming", "ServerTimer", "TimingConfig", "WorkGauge", "lower_priority"]
+__all__ = ["ModelTiming", "ServerTimer", "TimingConfig", "WorkGauge"]
 
 logger = logging.getLogger("ionn_net.server")
-
-
-def lower_priority(nice: int) -> None:
-    """Initializer of a background worker thread: raise its niceness (Linux: per
-    thread), so that the scheduler runs query threads first. Best effort: where it is not
-    allowed the thread keeps the server's priority."""
-    if nice <= 0:
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
-    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
-        logger.debug("worker thread keeps its priority: %s", exc)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

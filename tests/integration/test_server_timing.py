@@ -122,7 +122,7 @@ async def _server_agrees(model: Any) -> tuple[float, float, Any]:
         async with OffloadClient("127.0.0.1", server.port, model, config=config) as client:
             state = client.plan_state
             deadline = time.monotonic() + 300
-            while not state.timings_done and time.monotonic() < deadline:
+            while not state.timings.done and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             await client.wait_uploaded(300)
             import numpy as np

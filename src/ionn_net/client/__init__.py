@@ -45,6 +45,7 @@ from ionn_net.client.types import (
     InferenceResult,
     SegmentTiming,
     UploadProgress,
+    UploadTimeline,
     paced_transport,
 )
 
@@ -58,5 +59,6 @@ __all__ = [
     "SegmentCost",
     "SegmentTiming",
     "UploadProgress",
+    "UploadTimeline",
     "paced_transport",
 ]

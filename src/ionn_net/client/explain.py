@@ -184,7 +184,7 @@ def explain(state: PlanState) -> PlanExplanation:
         sources=dict(
             Counter(v for n, v in state.server_ms_source.items() if state.graph[n].inbound)
         ),
-        errors=state.prediction_errors(),
+        errors=tuple(state.timings.errors),
         server_scale=state.learned.server_scale,
         why_local=None if plan.offloads else why_local(state),
     )

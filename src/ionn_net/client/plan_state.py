@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from ionn_net.client.prepare import ChunkTable, PreparedModel
+from ionn_net.client.server_times import ServerTimes
 from ionn_net.errors import PlannerError
-from ionn_net.messages import Holdings, TimingTable
+from ionn_net.messages import Holdings
 from ionn_net.model.graph import LayerGraph
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.planner.execution import ExecutionPlan, LayerTimes, local_plan
@@ -48,8 +48,6 @@ NEVER_MS = 1e9
 _REPLAN_MOVE = 0.3
 #: ... at most this often (planning costs CPU).
 _REPLAN_EVERY_S = 5.0
-#: Server segments whose prediction error is kept (for explanations).
-_ERRORS_KEPT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,17 +97,14 @@ class PlanState:
         self._bandwidth = BandwidthMeter()
         # the server's costs: until a cost model is adopted, a 10x faster server; then
         # per layer its measured time, else its prediction (§10.11), else the cost model's
-        self._server_ms: dict[str, float] = self._assumed_server_ms()
-        self._model_ms: dict[str, float] = dict(self._server_ms)
-        self._source: dict[str, str] = dict.fromkeys(self._server_ms, "assumed")
-        self._timings_done = False
-        self._profile_changed = False
-        self._errors: deque[float] = deque(maxlen=_ERRORS_KEPT)
+        self._times = ServerTimes(self._assumed_server_ms())
+        self._server_ms = self._times.ms  # the same dict, updated in place
         self._load_ms: dict[str, float] = {}
         self._partition_overhead_ms = 0.0
         # the server's readiness
         self._ready: frozenset[str] = frozenset()
         self._held_blobs: set[str] = set()
+        self._public_blobs: frozenset[str] = frozenset()
         self._partial: dict[str, int] = {}
         self._refused: dict[str, str] = {}
         self._local_only: dict[str, str] = dict(prepared.local_only)
@@ -120,6 +115,7 @@ class PlanState:
         self._loaded_parts = 0
         self._planned_bandwidth: float | None = None
         self._planned_at = 0.0
+        self._loads_in_flight = 0
         # the active plan and the compiled chunks of client segments
         self._chunks: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
         self._coster = SegmentCoster(self._graph, self._client_ms, {}, self._link)
@@ -161,18 +157,12 @@ class PlanState:
         """Where each layer's server time comes from: ``measured`` or ``predicted`` by
         the server for this model (§10.11), ``cost_model`` (§10.10) or ``assumed`` (no
         valid cost model: a 10x faster server)."""
-        return MappingProxyType(self._source)
+        return self._times.source
 
     @property
-    def timings_done(self) -> bool:
-        """The server announced that it will time nothing more of this model."""
-        return self._timings_done
-
-    def prediction_errors(self) -> tuple[float, ...]:
-        """Relative errors (measured / predicted - 1) of the server's compute time for
-        the last server segments, before the learned scale: how far the server's
-        times planned with were from what it then took."""
-        return tuple(self._errors)
+    def timings(self) -> ServerTimes:
+        """The server's times of this model's layers and their sources (§10.11)."""
+        return self._times
 
     @property
     def partition_overhead_ms(self) -> float:
@@ -186,6 +176,39 @@ class PlanState:
     @property
     def held_blobs(self) -> frozenset[str]:
         return frozenset(self._held_blobs)
+
+    @property
+    def public_blobs(self) -> frozenset[str]:
+        """Blobs the server holds publicly (§10.3.3): never uploaded, loadable at once."""
+        return self._public_blobs
+
+    def needs_upload(self, digest: str | None) -> bool:
+        """The server holds none of blob ``digest``'s bytes for this session or publicly."""
+        return digest is not None and not (
+            digest in self._held_blobs or digest in self._public_blobs
+        )
+
+    def loadable_now(
+        self, layer_blob: Mapping[str, tuple[str | None, int]], never: Collection[str]
+    ) -> frozenset[str]:
+        """Layers not ready that the server can load without any upload: those whose blob
+        it holds (publicly or for this session), and the weightless layers fed only by
+        them, by ready layers or by model inputs (topological order)."""
+        inputs = set(self._graph.inputs)
+        usable: set[str] = set()
+        for name in self._graph.order:
+            if name in never or name in self._ready:
+                continue
+            digest = layer_blob[name][0]
+            if digest is not None:
+                if not self.needs_upload(digest):
+                    usable.add(name)
+            elif all(
+                r.layer in usable or r.layer in self._ready or r.layer in inputs
+                for r in self._graph[name].inbound
+            ):
+                usable.add(name)
+        return frozenset(usable)
 
     @property
     def partial(self) -> Mapping[str, int]:
@@ -286,42 +309,17 @@ class PlanState:
         """§10.10: the server's cost model, or (invalid) a 10x faster server."""
         try:
             cost = ServerCostModel.from_doc(doc)
-            self._model_ms = cost.exec_profile(self._graph)
+            model_ms = cost.exec_profile(self._graph)
             self._load_ms = cost.load_profile(self._graph)
             self._partition_overhead_ms = cost.partition_overhead_ms
             source = "cost_model"
         except PlannerError as exc:
             logger.warning("invalid server cost model (%s): assuming a 10x faster server", exc)
-            self._model_ms = self._assumed_server_ms()
+            model_ms = self._assumed_server_ms()
             self._load_ms = {}
             self._partition_overhead_ms = 0.0
             source = "assumed"
-        # a reconnect brings the cost model again: layers the server timed keep their times
-        for name, ms in self._model_ms.items():
-            if self._source.get(name) not in ("measured", "predicted"):
-                self._server_ms[name] = ms
-                self._source[name] = source
-
-    def adopt_timings(self, table: TimingTable, *, done: bool) -> int:
-        """§10.11: the server's measured and predicted times of this model's layers,
-        already checked (:meth:`TimingTable.decode`); every other layer keeps its time
-        from the cost model (§10.11.2). What queries taught about the server's speed
-        restarts from its prior: it was learned against the old times. Returns how many
-        layers changed their time."""
-        changed = 0
-        for source, table_ms in (("measured", table.measured), ("predicted", table.predicted)):
-            for name, ms in table_ms.items():
-                if name not in self._server_ms or self._source.get(name) == "measured":
-                    continue
-                if ms != self._server_ms[name] or self._source[name] != source:
-                    changed += 1
-                self._server_ms[name] = ms
-                self._source[name] = source
-        self._timings_done = self._timings_done or done
-        if changed:
-            self._learned.reset_scale()
-            self._profile_changed = True
-        return changed
+        self._times.adopt_model(model_ms, source)
 
     def _assumed_server_ms(self) -> dict[str, float]:
         return {n: v / self._slowdown / 10 for n, v in self._client_ms.items()}
@@ -329,6 +327,7 @@ class PlanState:
     def adopt_holdings(self, holdings: Holdings) -> None:
         """What the server holds for this session (§10.3.3), after a (re)connect."""
         self._held_blobs = set(holdings.blobs_held)
+        self._public_blobs = frozenset(holdings.blobs_public)
         self._partial = dict(holdings.partial)
         self._ready = frozenset(holdings.layers_ready) & frozenset(self._graph.order)
         self._refused = dict(holdings.refused)
@@ -344,7 +343,7 @@ class PlanState:
         self._upload_plan = plan
         self._partitions = list(partitions)
         self._uploaded_parts = self._loaded_parts = 0
-        self._profile_changed = False  # planned with the times known now
+        self._times.changed = False  # planned with the times known now
 
     def replan_due(self, now: float) -> bool:
         """True (once) when the rest of the upload should be re-planned: the measured
@@ -357,8 +356,8 @@ class PlanState:
         moved = abs(bandwidth / self._planned_bandwidth - 1) > _REPLAN_MOVE
         if self._uploaded_parts >= len(self._partitions):
             return False
-        if self._profile_changed:  # the server's times changed (§10.11): re-plan once
-            self._profile_changed = False
+        if self._times.changed:  # the server's times changed (§10.11): re-plan once
+            self._times.changed = False
             self._planned_bandwidth, self._planned_at = bandwidth, now
             return True
         if not moved or now - self._planned_at < _REPLAN_EVERY_S:
@@ -373,6 +372,14 @@ class PlanState:
     def mark_uploaded(self, count: int) -> None:
         """The first ``count`` partitions have gone up."""
         self._uploaded_parts = count
+
+    def load_started(self) -> None:
+        """A load request is on its way (§10.6): the server builds and compiles on the
+        CPU its queries use, until :meth:`load_finished`."""
+        self._loads_in_flight += 1
+
+    def load_finished(self) -> None:
+        self._loads_in_flight = max(0, self._loads_in_flight - 1)
 
     def mark_loaded(self, count: int) -> None:
         """``count`` more partitions are loaded on the server."""
@@ -414,9 +421,16 @@ class PlanState:
         beyond the server's compute and the raw transfer time (queueing behind the
         upload at the bottleneck, framing, scheduling). Plans charge it per round trip,
         so a loaded link leads to plans with fewer client/server transitions. Returns
-        the server's compute milliseconds (None when implausible: not learned from)."""
+        the server's compute milliseconds (None when implausible: not learned from).
+
+        Nothing is learned while a load is in flight: the server's loader then shares
+        its CPU with the query (a segment measured 2-4x slower in ionn-bench), and a
+        speed learned from that transient outlived the load, keeping layers the server
+        had ready on the client for seconds after the upload."""
         if not 0 <= server_ms < 1e7:
             return None
+        if self._loads_in_flight:
+            return float(server_ms)
         link = self._link
         transfer = up_bytes / link.bandwidth + down_bytes / link.down
         # The server's cost model may have been calibrated on a busier (or idler)
@@ -426,7 +440,7 @@ class PlanState:
             predicted = sum(self._server_ms.get(n, 0.0) for n in ran)
             if predicted > 0.05 and server_ms > 0:
                 ratio = server_ms / predicted
-                self._errors.append(ratio - 1.0)
+                self._times.errors.append(ratio - 1.0)
         self._learned.observe(
             overhead_s=seconds - server_ms / 1000.0 - transfer,
             scale_ratio=ratio,

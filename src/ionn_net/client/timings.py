@@ -12,11 +12,14 @@ model), a malformed answer is ignored, and a server without ``timings``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ionn_net.aio import AioConnection
 from ionn_net.client.plan_state import PlanState
+from ionn_net.errors import IonnError
 from ionn_net.messages import (
     CONTROL_URGENCY,
     MemberError,
@@ -27,8 +30,12 @@ from ionn_net.messages import (
     UnexpectedReply,
     parse_reply,
 )
+from ionn_net.planner.execution import ExecutionPlan
 
-__all__ = ["fetch_timings", "follow_timings"]
+__all__ = ["TimingsFollower", "fetch_timings", "follow_timings"]
+
+#: How the session switches queries to a plan: ``activate(ready, plan)``.
+Activate = Callable[[frozenset[str], ExecutionPlan], Awaitable[None]]
 
 logger = logging.getLogger("ionn_net.client")
 
@@ -64,7 +71,10 @@ async def fetch_timings(
         logger.warning(
             "ignored %d invalid timing entries from the server (§10.11.2)", table.rejected
         )
-    changed = state.adopt_timings(table, done=reply.done)
+    # every other layer keeps its time from the cost model (§10.11.2)
+    changed = state.timings.adopt_timings(table, done=reply.done)
+    if changed:  # what queries taught about the server's speed was learned against the old
+        state.learned.reset_scale()
     logger.info(
         "server timings: %d layers measured, %d predicted, %d changed%s",
         len(table.measured),
@@ -86,10 +96,61 @@ async def follow_timings(
     """Long-poll until the server is done timing ``model`` (at most :data:`MAX_POLLS`
     times); after each answer that changed a layer's time, ``on_change`` (re-plan)."""
     for _ in range(MAX_POLLS):
-        if state.timings_done or conn.closed:
+        if state.timings.done or conn.closed:
             return
         found = await fetch_timings(conn, state, model, wait_ms=WAIT_MS, limit=limit)
         if found is None:
             return
         if found[1]:
             await on_change()
+
+
+class TimingsFollower:
+    """The session's side of §10.11 for one model: :meth:`fetch` once per connection
+    before planning, then :meth:`following` while the server measures; when the times
+    changed, the best plan for what the server holds may have too: ``activate`` switches
+    to it (the rest of the upload is re-planned at the next partition, ``replan_due``).
+    A server without ``timings`` is not asked again."""
+
+    def __init__(self, state: PlanState, model: str, limit: int, activate: Activate) -> None:
+        self._state = state
+        self._model = model
+        self._limit = limit
+        self._activate = activate
+        #: the server answers ``timings`` (unknown until the first connect)
+        self.supported = True
+
+    async def fetch(self, conn: AioConnection) -> None:
+        if self.supported:
+            found = await fetch_timings(
+                conn, self._state, self._model, wait_ms=0, limit=self._limit
+            )
+            self.supported = found is not None
+
+    @contextlib.asynccontextmanager
+    async def following(self, conn: AioConnection | None) -> AsyncIterator[None]:
+        """Long-poll the server's timings on ``conn`` in a task for the body's duration."""
+        task = None
+        if conn is not None and self.supported and not self._state.timings.done:
+            task = asyncio.create_task(self._follow(conn), name="ionn-client-timings")
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+
+    async def _follow(self, conn: AioConnection) -> None:
+        try:
+            await follow_timings(
+                conn, self._state, self._model, limit=self._limit, on_change=self._changed
+            )
+        except (OSError, IonnError) as exc:  # the session's loop sees the connection go
+            logger.debug("following the server's timings stopped: %s", exc)
+
+    async def _changed(self) -> None:
+        state = self._state
+        if state.ready:
+            plan = state.best_plan(state.ready, held=state.ready)
+            if plan.server_layers != state.active.plan.server_layers:
+                logger.info("server timings changed the plan: re-planning")
+                await self._activate(state.ready, plan)
