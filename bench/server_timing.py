@@ -111,6 +111,18 @@ async def timings(conn: AioConnection, p: Prepared, wait_ms: int) -> tuple[Timin
     return reply, TimingTable.decode(body, p.graph.order)
 
 
+async def until_timed(
+    conn: AioConnection, p: Prepared, limit_s: float = 900.0
+) -> tuple[TimingsOk, TimingTable]:
+    """Long-poll ``timings`` (``wait_ms`` at most 60000, §10.11) until the server is done
+    timing ``p`` or ``limit_s`` passed."""
+    started = time.monotonic()
+    reply, table = await timings(conn, p, 60_000)
+    while not reply.done and time.monotonic() - started < limit_s:
+        reply, table = await timings(conn, p, 60_000)
+    return reply, table
+
+
 async def upload_and_load(conn: AioConnection, p: Prepared) -> None:
     for digest, blob in p.blobs.items():
         for offset in range(0, len(blob), 32 << 20):
@@ -222,7 +234,7 @@ async def interference(args: argparse.Namespace, cal: Any) -> None:
     async with EdgeServer(cost_model=cal.cost_model, prior=cal.prior) as server:
         a = await open_session(server.port)
         await send_manifest(a, served)
-        await timings(a, served, 600_000)  # its own timing out of the way first
+        await until_timed(a, served)  # its own timing out of the way first
         await upload_and_load(a, served)
         run = tuple(n for n in served.graph.order if served.graph[n].inbound)
         await query(a, served, run, 0)
@@ -242,7 +254,7 @@ async def interference(args: argparse.Namespace, cal: Any) -> None:
         b = await open_session(server.port)
         manifest_s = await send_manifest(b, timed)
         t_manifest = time.monotonic()
-        poll = asyncio.create_task(timings(b, timed, 600_000))
+        poll = asyncio.create_task(until_timed(b, timed))
         while not poll.done():
             await queries(time.monotonic() + 0.5)
         t_done = time.monotonic()
