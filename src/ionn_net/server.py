@@ -21,13 +21,11 @@ failure is logged once and answered with ``internal``; other sessions are unaffe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import math
 import os
-import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -43,6 +41,9 @@ from ionn_net.aio import ServerStream, serve
 from ionn_net.aio.connection import AioConnection
 from ionn_net.config import Limits
 from ionn_net.errors import ConfigError, IonnError, SpecError, StoreError, TensorError
+from ionn_net.handoff import HandoffConfig
+from ionn_net.handoff.service import HandoffService
+from ionn_net.ingest import BlobIngest
 from ionn_net.messages import (
     Auth,
     Blob,
@@ -57,6 +58,7 @@ from ionn_net.messages import (
     LoadOk,
     Manifest,
     ManifestOk,
+    PullOk,
     Query,
     Reply,
     Request,
@@ -72,6 +74,7 @@ from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
 from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest, split_blob
+from ionn_net.offthread import lower_priority, to_thread_to_the_end
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
 from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
@@ -107,6 +110,8 @@ class ServerConfig:
     loader_nice: int = 10
     secret: bytes | None = None
     jit: bool | None = None
+    #: Handoff to and from other servers: peers, grants, limits (protocol.md §14.7, §15).
+    handoff: HandoffConfig = field(default_factory=HandoffConfig)
 
     def __post_init__(self) -> None:
         for name in (
@@ -246,6 +251,7 @@ class EdgeServer:
             self.store = store
         else:
             self.store = DirectoryStore(Path(store))
+        self.ingest = BlobIngest(self.store, self.config.max_bytes_per_session)
         self._cost_model = cost_model
         self._ssl = ssl
         self._sessions: dict[str, _Session] = {}
@@ -264,12 +270,22 @@ class EdgeServer:
             Load: self._on_load,
             Query: self._on_query,
         }
+        self.handoff = HandoffService(
+            self,
+            self.ingest,
+            self.config.handoff,
+            self.config.limits,
+            spec_limits=self.config.spec_limits,
+            max_manifest_bytes=self.config.max_manifest_bytes,
+            nice=self.config.loader_nice,
+        )
+        self._handlers.update(self.handoff.handlers())  # §15
         self.stats = {"queries": 0, "errors": 0, "blobs": 0, "loads": 0}
         self._background: set[asyncio.Task[None]] = set()
         self._loader = ThreadPoolExecutor(
             max_workers=_LOADER_THREADS,
             thread_name_prefix="ionn-loader",
-            initializer=_lower_priority,
+            initializer=lower_priority,
             initargs=(self.config.loader_nice,),
         )
 
@@ -306,6 +322,7 @@ class EdgeServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self.handoff.close()
         if self._background:  # a compile in a thread cannot be interrupted: wait for it
             await asyncio.gather(*self._background, return_exceptions=True)
         self._loader.shutdown(wait=False)
@@ -360,7 +377,10 @@ class EdgeServer:
             self.stats["errors"] += 1
             logger.warning("request %r failed: %s", kind, exc)
             reply = Error(code="internal", message=str(exc))
-        await stream.respond(reply.to_head(), body, codec=Codec.ZSTD if body else None)
+        # Weights pulled by a peer cross the backhaul RAW: compressing them costs more CPU
+        # than the fast link saves (§12.4).
+        codec = Codec.ZSTD if body and not isinstance(reply, PullOk) else None
+        await stream.respond(reply.to_head(), body, codec=codec)
 
     def _arm_hello_deadline(self, conn: AioConnection) -> None:
         """§14.4: a session (welcome) within the handshake deadline counted from the accept,
@@ -485,6 +505,7 @@ class EdgeServer:
             except SpecError as exc:
                 raise RequestError("bad_manifest", str(exc)) from None
             session.models[digest] = model
+        self.handoff.claim(session, digest)  # blobs pushed ahead of this client (§15.5)
         return ManifestOk(model=digest, holdings=self._holdings(session, model)), b""
 
     def _parse_model(self, body: bytes) -> _Model:
@@ -507,6 +528,17 @@ class EdgeServer:
             layers_ready=tuple(sorted(model.ready, key=model.graph.position)),
             refused=dict(model.refused),
         )
+
+    def find_session(self, session_hash: str) -> _Session | None:
+        """The remembered session whose owner hash is ``session_hash`` (§15.3)."""
+        return next((s for s in self._sessions.values() if s.hash == session_hash), None)
+
+    def holdings_of(self, session_key: str, model: str) -> Holdings:
+        """What this server holds of ``model`` for session ``session_key`` (§10.3.3, §15.4)."""
+        session = self._sessions.get(session_key)
+        if session is None or model not in session.models:
+            return Holdings()
+        return self._holdings(session, session.models[model])
 
     def _model(self, state: _ConnState, digest: str) -> _Model:
         assert state.session is not None
@@ -544,66 +576,18 @@ class EdgeServer:
             )
         # Unfinished uploads reserve their whole size: partials count against the budget.
         sizes = {d: n for m in session.models.values() for d, n in m.blob_sizes.items()}
-        reserved = sum(sizes.get(d, 0) for d in session.partials - {digest}) + size
-        if self.store.bytes_owned_by(session.hash) + reserved > self.config.max_bytes_per_session:
-            raise RequestError("limit_exceeded", "this session stores too many bytes")
+        self.ingest.check_budget(session.hash, session.partials, sizes, digest, size)
         body_len = check_body_len(blob.body_len, limit=size - offset)
         session.partials.add(digest)
-        new_offset = await self._append_body(stream, key, offset, body_len)
+        new_offset = await self.ingest.append(key, offset, stream, body_len)
         complete = new_offset == size
         if complete:
             try:
-                await self._complete_blob(session, digest, key)
-            except StoreError:
-                raise RequestError(
-                    "digest_mismatch", f"blob {digest}: bytes do not match"
-                ) from None
+                await self.ingest.complete(session.hash, digest, key)
             finally:
                 session.partials.discard(digest)  # stored, or dropped as corrupt
             self.stats["blobs"] += 1
         return BlobOk(sha256=digest, offset=new_offset, complete=complete), b""
-
-    async def _complete_blob(self, session: _Session, digest: str, key: str) -> None:
-        """Verify and store the finished partial, then record this session as its owner,
-        also when the client vanished while the digest was checked: the partial is consumed
-        by then, so without the record it would have to send the whole blob again."""
-        work = asyncio.ensure_future(
-            asyncio.to_thread(self.store.complete_partial, digest, key=key)
-        )
-        try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            await asyncio.wait({work})
-            if not work.cancelled() and work.exception() is None:
-                self.store.record_owner(session.hash, digest)
-            raise
-        self.store.record_owner(session.hash, digest)
-
-    async def _append_body(self, stream: ServerStream, key: str, offset: int, body_len: int) -> int:
-        """Append the body to the partial blob as it arrives, about 1 MiB at a time, so
-        that an upload cut at any byte resumes from what was received (§10.5.2)."""
-        pending: list[bytes] = []
-        pending_bytes = 0
-        received = 0
-        try:
-            async for chunk in stream:
-                received += len(chunk)
-                if received > body_len:
-                    raise RequestError("bad_request", f"body: more than body_len={body_len}")
-                pending.append(chunk)
-                pending_bytes += len(chunk)
-                if pending_bytes >= 1 << 20:
-                    data, pending, pending_bytes = b"".join(pending), [], 0
-                    offset = await _to_thread_to_the_end(
-                        self.store.append_partial, key, offset, data
-                    )
-        finally:
-            if pending:  # also when the client vanished: keep what arrived
-                data = b"".join(pending)
-                offset = await _to_thread_to_the_end(self.store.append_partial, key, offset, data)
-        if received != body_len:
-            raise RequestError("bad_request", f"body: expected {body_len} bytes, got {received}")
-        return offset
 
     # -- §10.6 load ----------------------------------------------------------------------
 
@@ -627,11 +611,11 @@ class EdgeServer:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
         async with model.lock:
-            await _to_thread_to_the_end(self._build, model, names, pool=self._loader)
+            await to_thread_to_the_end(self._build, model, names, pool=self._loader)
             prepared = []
             for run in sets:
                 if set(run) <= model.ready:
-                    await _to_thread_to_the_end(model.runner, run, pool=self._loader)
+                    await to_thread_to_the_end(model.runner, run, pool=self._loader)
                     prepared.append(run)
         if model.complete:
             for run in prepared:
@@ -701,7 +685,7 @@ class EdgeServer:
                     raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
                 feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
                 started = time.perf_counter()
-                result = await _to_thread_to_the_end(self._run, model, run, feeds)
+                result = await to_thread_to_the_end(self._run, model, run, feeds)
                 server_ms = (time.perf_counter() - started) * 1000.0
         if model.complete:
             self._consolidate_later(model, run)
@@ -735,47 +719,13 @@ class EdgeServer:
         async def work() -> None:
             async with model.lock:
                 try:
-                    await _to_thread_to_the_end(model.consolidate, run, pool=self._loader)
+                    await to_thread_to_the_end(model.consolidate, run, pool=self._loader)
                 except Exception:  # the chain keeps serving; nothing is lost
                     logger.exception("consolidating a run set of %d layers failed", len(run))
 
         task = asyncio.get_running_loop().create_task(work())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-async def _to_thread_to_the_end(
-    func: Callable[..., Any], *args: Any, pool: ThreadPoolExecutor | None = None
-) -> Any:
-    """``asyncio.to_thread`` (or ``pool``) that, when cancelled (a RESET, a vanished
-    client, §14.3), waits for the thread to finish before re-raising: a thread cannot be
-    stopped, so the locks and slots its caller holds (session queries, inference threads,
-    the model lock) stay taken until the work has really stopped (Rapid Reset,
-    MadeYouReset). Without this a client dropping connections mid-query could queue
-    unbounded inference."""
-    if pool is None:
-        work = asyncio.ensure_future(asyncio.to_thread(func, *args))
-    else:
-        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(pool, func, *args))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await asyncio.wait({work})
-        raise
-
-
-def _lower_priority(nice: int) -> None:
-    """Initializer of a loader thread: raise its niceness (Linux: per thread), so that
-    the scheduler runs query threads first. Best effort: where it is not allowed the
-    thread keeps the server's priority."""
-    if nice <= 0:
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
-    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
-        logger.debug("loader thread keeps its priority: %s", exc)
 
 
 def _result_nbytes(

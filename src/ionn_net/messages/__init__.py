@@ -9,6 +9,7 @@ package; nothing else spells a message's ``"m"`` or reads its members.
 * :mod:`.session`: ``hello``, ``challenge``, ``auth``, ``welcome`` (§10.2);
 * :mod:`.upload`: ``manifest``, ``have``, ``blob``, ``load`` and their replies (§10.3-§10.6);
 * :mod:`.query`: ``query``, ``result``, ``error`` (§10.7-§10.9);
+* :mod:`.handoff`: the handoff between servers (§15);
 * :mod:`.dispatch`: which message a head is, by its ``"m"``;
 * :mod:`.probe`: the transport benchmark's own messages (not §10).
 
@@ -27,6 +28,21 @@ from ionn_net.messages.dispatch import (
     parse_reply,
     parse_request,
     request_type,
+)
+from ionn_net.messages.handoff import (
+    Fetch,
+    FetchOk,
+    Grant,
+    GrantOk,
+    Pull,
+    PullOk,
+    Push,
+    PushOk,
+    Redeem,
+    RedeemOk,
+    Stage,
+    StageBlob,
+    StageOk,
 )
 from ionn_net.messages.members import (
     CONTROL_URGENCY,
@@ -72,6 +88,10 @@ __all__ = [
     "BlobOk",
     "Challenge",
     "Error",
+    "Fetch",
+    "FetchOk",
+    "Grant",
+    "GrantOk",
     "Have",
     "HaveOk",
     "Hello",
@@ -85,12 +105,21 @@ __all__ = [
     "ProbeResult",
     "ProbeUpload",
     "ProbeUploadOk",
+    "Pull",
+    "PullOk",
+    "Push",
+    "PushOk",
     "Query",
+    "Redeem",
+    "RedeemOk",
     "RemoteError",
     "Reply",
     "Request",
     "RequestError",
     "Result",
+    "Stage",
+    "StageBlob",
+    "StageOk",
     "UnexpectedReply",
     "Welcome",
     "bad_member",

@@ -1,0 +1,77 @@
+"""What the handoff service sees of the server it runs in (protocol.md §15).
+
+Owns the structural types :class:`ModelView`, :class:`SessionView`, :class:`ConnView` and
+:class:`ServerView`: the handoff service reads a session's key, owner hash, manifests and
+unfinished blobs, and asks the server for a session's model by owner hash and for what the
+server holds of a model for a session; nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from ionn_net.messages import Holdings, RequestError
+from ionn_net.model.spec import ModelManifest
+
+__all__ = ["ConnView", "ModelView", "ServerView", "SessionView", "model_of", "session_of"]
+
+
+class ModelView(Protocol):
+    """One validated manifest of a session."""
+
+    @property
+    def manifest(self) -> ModelManifest: ...
+
+    @property
+    def blob_sizes(self) -> Mapping[str, int]: ...
+
+
+class SessionView(Protocol):
+    """One client session: its key (§10.2.1), its owner hash in the store (§14.5), its
+    manifests and the blobs it has unfinished uploads of."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def hash(self) -> str: ...
+
+    @property
+    def models(self) -> Mapping[str, ModelView]: ...
+
+    @property
+    def partials(self) -> set[str]: ...
+
+
+class ConnView(Protocol):
+    """A connection's state: its session, once established."""
+
+    @property
+    def session(self) -> SessionView | None: ...
+
+
+class ServerView(Protocol):
+    """The server, as the handoff service asks it."""
+
+    def find_session(self, session_hash: str) -> SessionView | None:
+        """The session whose owner hash is ``session_hash``, if the server remembers it."""
+        ...
+
+    def holdings_of(self, session_key: str, model: str) -> Holdings:
+        """What the server holds of ``model`` for the session ``session_key`` (§10.3.3)."""
+        ...
+
+
+def session_of(state: ConnView) -> SessionView:
+    session = state.session
+    if session is None:  # the dispatcher answers no_session first (§10.2.1)
+        raise RequestError("no_session", "send hello first (protocol.md §10.2.1)")
+    return session
+
+
+def model_of(session: SessionView, digest: str) -> ModelView:
+    model = session.models.get(digest)
+    if model is None:
+        raise RequestError("unknown_model", f"model {digest}: send its manifest first")
+    return model
