@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from ionn_net.aio import AioConnection, connect
+from ionn_net.client.mobility import Mobility
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
@@ -62,6 +63,8 @@ _BLOB_PIECE = 64 << 20
 _REFRESH_S = 1.0
 #: At most this many run sets are named in a load's ``prepare`` (§10.6).
 _MAX_PREPARE = 16
+#: Upload plans kept for reuse (per cost model, layers ready and layers never sent).
+_PLANS_KEPT = 4
 
 
 async def handshake(
@@ -105,8 +108,10 @@ class UploadSession:
         progress: ProgressFeed,
         stats: dict[str, int],
         started: float,
+        mobility: Mobility | None = None,
     ) -> None:
         self._host, self._port = host, port
+        self._mobility = mobility
         self._prepared = prepared
         self._state = state
         self._config = config
@@ -119,6 +124,7 @@ class UploadSession:
         self._conn: AioConnection | None = None
         self._closing = False
         self._uploaded: set[str] = set()
+        self._plans: dict[object, tuple[UploadPlan, list[frozenset[str]]]] = {}
 
     @property
     def connection(self) -> AioConnection | None:
@@ -133,6 +139,14 @@ class UploadSession:
     def stop(self) -> None:
         """End the loop at its next turn (the caller cancels the task)."""
         self._closing = True
+
+    def set_server(self, host: str, port: int) -> None:
+        """Connect to this server from now on (§15: the client moved). The caller stops
+        the loop first and starts it again afterwards: the next turn connects there."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort(ErrorCode.CANCEL, "the client moved to another server")
+        self._host, self._port = host, port
 
     # -- connection ----------------------------------------------------------------------
 
@@ -238,17 +252,27 @@ class UploadSession:
         # work during the upload. A failed segment compiles its slice on demand.
 
     async def _plan_upload(self) -> None:
-        """Plan the upload with the strategy (worker thread), from what the server holds."""
+        """Plan the upload with the strategy (worker thread), from what the server holds.
+        A plan made earlier from the same cost model, layers ready and layers never sent
+        is used again (at a server the client moved to, planning would otherwise delay
+        the first partition by the planner's time, §15); re-planning for the measured
+        bandwidth follows as always (:meth:`_maybe_replan`)."""
         state = self._state
         ctx, never = state.context(), self._never_sent()
-        strategy = get_planner(self._planner)
+        key = (state.cost_model_id, ctx.held, never)
+        found_parts = self._plans.get(key)
+        if found_parts is None:
+            strategy = get_planner(self._planner)
 
-        def plan() -> tuple[UploadPlan, list[frozenset[str]]]:
-            found = strategy.plan(ctx)
-            return found, with_completion(ctx, found.partitions, ctx.held, never)
+            def plan() -> tuple[UploadPlan, list[frozenset[str]]]:
+                found = strategy.plan(ctx)
+                return found, with_completion(ctx, found.partitions, ctx.held, never)
 
-        found, partitions = await asyncio.to_thread(plan)
-        state.start_upload(found, partitions)
+            found_parts = await asyncio.to_thread(plan)
+            if len(self._plans) >= _PLANS_KEPT:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = found_parts
+        state.start_upload(*found_parts)
 
     async def _maybe_replan(self) -> None:
         """Re-plan the rest of the upload when the measured bandwidth has moved by more
@@ -287,6 +311,8 @@ class UploadSession:
             index = 0
             while index < len(state.partitions):
                 part = state.partitions[index]
+                if self._mobility is not None:  # from the previous server first (§15.4)
+                    await self._mobility.fetch(conn, self._blobs_of(part))
                 for name in sorted(part, key=self._prepared.graph.position):
                     await self._upload_layer(conn, name)
                     if loader.done():
@@ -300,6 +326,12 @@ class UploadSession:
         finally:
             loader.cancel()
         self._emit_progress(done=True)
+
+    def _blobs_of(self, part: frozenset[str]) -> list[str]:
+        """The blobs of ``part``'s layers, in layer order."""
+        names = sorted(part, key=self._prepared.graph.position)
+        digests = (self._prepared.layer_blob[n][0] for n in names)
+        return list(dict.fromkeys(d for d in digests if d is not None))
 
     async def _load_in_order(
         self, conn: AioConnection, loads: asyncio.Queue[frozenset[str] | None]
