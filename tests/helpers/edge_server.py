@@ -15,13 +15,14 @@ from typing import Any
 
 
 @contextmanager
-def running_server(config: Any = None, timeout: float = 20.0) -> Iterator[Any]:
-    """Yield a started EdgeServer (``.port`` is bound on 127.0.0.1)."""
+def running_server(config: Any = None, timeout: float = 20.0, port: int = 0) -> Iterator[Any]:
+    """Yield a started EdgeServer (``.port`` is bound on 127.0.0.1; ``port`` 0: any free
+    one)."""
     from ionn_net.planner.costmodel import ServerCostModel
     from ionn_net.server import EdgeServer
 
     loop = asyncio.new_event_loop()
-    server = EdgeServer("127.0.0.1", 0, config=config, cost_model=ServerCostModel())
+    server = EdgeServer("127.0.0.1", port, config=config, cost_model=ServerCostModel())
     ready = threading.Event()
     failure: list[BaseException] = []
 

@@ -143,6 +143,11 @@ class Mobility:
         """The servers the client may move to next (pre-migration targets, §15.5)."""
         self._candidates = list(dict.fromkeys(candidates))
 
+    def holds_grant(self, server: str) -> bool:
+        """A grant from ``server`` is held and has not expired (§15.2)."""
+        held = self._grants.get(server)
+        return held is not None and time.monotonic() < held.expires
+
     def pushed_to(self, target: str) -> frozenset[str]:
         """Blobs the current server has pushed to ``target`` for this client."""
         return frozenset(self._pushed.get(target, ()))
