@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 from ionn_net.argtypes import port, positive
 from ionn_net.extras import require_extras
+from ionn_net.handoff import cli as handoff_cli
 
 __all__ = ["demo_main", "server_main"]
 
@@ -103,6 +104,7 @@ def _server_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also show TensorFlow's native start-up logs (hidden by default)",
     )
+    handoff_cli.add_arguments(p)
     return p
 
 
@@ -126,6 +128,7 @@ def server_main(argv: list[str] | None = None) -> int:
         max_bytes_per_session=args.max_bytes,
         max_queries_per_session=args.max_queries,
         secret=secret,
+        handoff=handoff_cli.config_from(args),
     )
 
     cost = None

@@ -160,11 +160,15 @@ class ReferenceSource:
             peer.send_message(msg.stream_id, {"m": "error", "code": code, "message": "refused"})
         elif kind == "redeem":
             sizes = {d: len(b) for d, b in self.blobs.items()}
-            peer.send_message(msg.stream_id, {"m": "redeem_ok", "model": self.model, "blobs": sizes})
+            peer.send_message(
+                msg.stream_id, {"m": "redeem_ok", "model": self.model, "blobs": sizes}
+            )
         elif kind == "pull":
             return self._pull(peer, msg)
         else:
-            peer.send_message(msg.stream_id, {"m": "error", "code": "unknown_message", "message": "?"})
+            peer.send_message(
+                msg.stream_id, {"m": "error", "code": "unknown_message", "message": "?"}
+            )
         return True
 
     def _pull(self, peer: RefPeer, msg: Message) -> bool:
