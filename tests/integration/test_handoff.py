@@ -65,11 +65,11 @@ async def _scenario(model: Any, cost_model: Any, tmp: Path, mode: str) -> dict[s
                 handoff=HandoffOptions(fetch=mode != "reupload"),
             )
             async with client:
-                return await _queries_across_the_move(client, x, want, wifi_b.port, a, b)
+                return await _queries_across_the_move(client, x, want, wifi_b.port, a=a, b=b)
 
 
 async def _queries_across_the_move(
-    client: OffloadClient, x: np.ndarray, want: np.ndarray, b_port: int, a: Any, b: Any
+    client: OffloadClient, x: np.ndarray, want: np.ndarray, b_port: int, *, a: Any, b: Any
 ) -> dict[str, Any]:
     moved: dict[str, Any] = {}
 
