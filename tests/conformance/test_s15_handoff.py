@@ -230,25 +230,33 @@ def test_a_server_that_cannot_remember_one_more_grant_refuses_it() -> None:
 def test_pulls_are_answered_only_within_a_redeemed_scope(two: list[Any]) -> None:
     a, _ = two
     key = random_key()
-    grant = grant_of(seeded(a.port, key))["grant"]
-    stranger = seeded(a.port, random_key(), OTHER_BODY, OTHER_BLOBS)
+    d1, d2, _d3 = BLOBS
+    # The granting session holds d1 of the model, and all of another model of its own;
+    # another tenant holds every blob of the model (so A stores d2, for someone else).
+    on_a = seeded(a.port, key, BODY, {d1: BLOBS[d1]})
+    on_a.request({"m": "manifest", "model": OTHER_DIGEST}, OTHER_BODY)
+    upload(on_a, OTHER_DIGEST, OTHER_BLOBS, {})
+    stranger = seeded(a.port, random_key())
+    grant = grant_of(on_a)["grant"]
     other_sha = next(iter(OTHER_BLOBS))
-    sha, blob = next(iter(BLOBS.items()))
 
     def pull(peer: RefPeer, digest: str, offset: int, length: int, model: str = DIGEST) -> Any:
         head = {"m": "pull", "model": model, "sha256": digest, "offset": offset, "length": length}
         return peer.request(head)
 
     before = open_session(a.port, random_key())
-    assert pull(before, sha, 0, 8).head["code"] == "out_of_scope"  # nothing redeemed
+    assert pull(before, d1, 0, 8).head["code"] == "out_of_scope"  # nothing redeemed
     peer, ok = redeem(a.port, grant, stage_tag(key))
-    assert ok["m"] == "redeem_ok"
-    assert pull(peer, other_sha, 0, 8).head["code"] == "out_of_scope"  # another tenant's
+    assert ok["m"] == "redeem_ok" and ok["blobs"] == {d1: len(BLOBS[d1])}
+    assert pull(peer, d2, 0, 8).head["code"] == "out_of_scope"  # stored, but another's
+    assert pull(peer, other_sha, 0, 8).head["code"] == "out_of_scope"  # its other model
     assert pull(peer, other_sha, 0, 8, OTHER_DIGEST).head["code"] == "out_of_scope"
-    assert pull(peer, sha, len(blob) - 4, 8).head["code"] == "bad_request"  # past the end
-    got = pull(peer, sha, 100, 1000)
-    assert got.head["m"] == "pull_ok" and got.body == blob[100:1100]
-    assert stranger.request({"m": "have", "model": OTHER_DIGEST}).head["blobs_held"]
+    assert pull(peer, d1, len(BLOBS[d1]) - 4, 8).head["code"] == "bad_request"  # past the end
+    got = pull(peer, d1, 100, 1000)
+    assert got.head["m"] == "pull_ok" and got.body == BLOBS[d1][100:1100]
+    assert sorted(stranger.request({"m": "have", "model": DIGEST}).head["blobs_held"]) == sorted(
+        BLOBS
+    )
 
 
 @pytest.mark.spec("15.3.3")
