@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.helpers.peered import dense_model, name, peered_servers, server_peering
+from tests.helpers.edge_server import running_server
+from tests.helpers.peered import dense_model, free_port, name, peered_servers, server_peering
 from tests.refpeer import RefPeer
 from tests.refpeer.handoff import (
     ReferenceSource,
@@ -29,6 +30,9 @@ from tests.refpeer.handoff import (
     stage_tag,
     upload,
 )
+
+from ionn_net.handoff import HandoffConfig
+from ionn_net.server import ServerConfig
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -399,6 +403,20 @@ def test_stage_validates_the_manifest_and_its_digest(two: list[Any]) -> None:
     sha = next(iter(BLOBS))
     assert stage_blob(peer, tag, sha, BLOBS[sha])["code"] == "unknown_model"  # nothing staged
     assert stage(peer, tag) == {"m": "stage_ok", "model": DIGEST}
+
+
+@pytest.mark.spec("15.5.2")
+def test_only_peers_may_stage() -> None:
+    elsewhere = free_port()  # a peer whose backhaul address is not this loopback one
+    peers = {name(elsewhere): f"127.0.0.2:{elsewhere}"}
+    with running_server(ServerConfig(handoff=HandoffConfig(peers=peers))) as b:
+        peer = open_session(b.port, random_key())  # connects from 127.0.0.1
+        key = random_key()
+        assert stage(peer, stage_tag(key))["code"] == "unknown_peer"
+        sha = next(iter(BLOBS))
+        assert stage_blob(peer, stage_tag(key), sha, BLOBS[sha])["code"] == "unknown_peer"
+        _, manifest, _ = move(b.port, key, BODY, {}, source=None, grant=None)
+        assert manifest["blobs_held"] == []
 
 
 @pytest.mark.spec("15.5.3")

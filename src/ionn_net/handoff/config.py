@@ -96,6 +96,10 @@ class HandoffConfig:
             if value is not None and (not isinstance(value, bytes) or len(value) < 16):
                 raise ConfigError(f"handoff {name}: expected at least 16 bytes or None")
 
+    def peer_hosts(self) -> frozenset[str]:
+        """The backhaul hosts of the peers: where a peer's connections come from (§15.5.2)."""
+        return frozenset(parse_address(a)[0] for a in self.peers.values())
+
     def backhaul(self, public: str) -> tuple[str, int] | None:
         """Where this server reaches the peer clients call ``public`` (None: not a peer)."""
         address = self.peers.get(public)

@@ -50,6 +50,8 @@ logger = logging.getLogger("ionn_net.handoff")
 
 #: §8.1: a push is the least urgent traffic there is.
 PUSH_URGENCY = 7
+#: Blob bytes kept per peer connection between its pulls (at least the blob being pulled).
+_READ_CACHE_BYTES = 256 << 20
 
 
 class HandoffSource:
@@ -81,8 +83,9 @@ class HandoffSource:
         self._scopes: weakref.WeakKeyDictionary[AioConnection, dict[str, GrantScope]] = (
             weakref.WeakKeyDictionary()
         )
-        #: per peer connection: the last blob read (pulls of one blob come piece by piece)
-        self._reads: weakref.WeakKeyDictionary[AioConnection, tuple[str, bytes]] = (
+        #: per peer connection: the blobs read last (pulls of a blob come piece by piece,
+        #: a few blobs at a time), so that a store that verifies every read reads each once
+        self._reads: weakref.WeakKeyDictionary[AioConnection, dict[str, bytes]] = (
             weakref.WeakKeyDictionary()
         )
         self._reader = ThreadPoolExecutor(
@@ -149,11 +152,13 @@ class HandoffSource:
         return PullOk(sha256=req.sha256, offset=req.offset, body_len=len(piece)), piece
 
     async def _read(self, conn: AioConnection, digest: str) -> bytes:
-        cached = self._reads.get(conn)
-        if cached is not None and cached[0] == digest:
-            return cached[1]
-        data: bytes = await to_thread_to_the_end(self._store.get, digest, pool=self._reader)
-        self._reads[conn] = (digest, data)
+        cached = self._reads.setdefault(conn, {})
+        data = cached.pop(digest, None)
+        if data is None:
+            data = await to_thread_to_the_end(self._store.get, digest, pool=self._reader)
+            while cached and sum(map(len, cached.values())) + len(data) > _READ_CACHE_BYTES:
+                cached.pop(next(iter(cached)))  # the least recently used goes
+        cached[digest] = data
         return data
 
     # -- §15.5 push ----------------------------------------------------------------------
