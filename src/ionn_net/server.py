@@ -497,15 +497,18 @@ class EdgeServer:
         if hashlib.sha256(body).hexdigest() != digest:
             raise RequestError("bad_manifest", "model: the digest does not match the manifest")
         model = session.models.get(digest)
+        if model is None and len(session.models) >= self.config.max_models_per_session:
+            raise RequestError("limit_exceeded", "this session holds too many models")
+        # blobs pushed ahead of this client become its own, with any layer built (§15.5)
+        built = self.handoff.claim(session, digest)
         if model is None:
-            if len(session.models) >= self.config.max_models_per_session:
-                raise RequestError("limit_exceeded", "this session holds too many models")
-            try:
-                model = await asyncio.to_thread(self._parse_model, body)
-            except SpecError as exc:
-                raise RequestError("bad_manifest", str(exc)) from None
+            model = built if isinstance(built, _Model) else None
+            if model is None:
+                try:
+                    model = await asyncio.to_thread(self._parse_model, body)
+                except SpecError as exc:
+                    raise RequestError("bad_manifest", str(exc)) from None
             session.models[digest] = model
-        self.handoff.claim(session, digest)  # blobs pushed ahead of this client (§15.5)
         return ManifestOk(model=digest, holdings=self._holdings(session, model)), b""
 
     def _parse_model(self, body: bytes) -> _Model:
@@ -610,13 +613,7 @@ class EdgeServer:
         if missing:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
-        async with model.lock:
-            await to_thread_to_the_end(self._build, model, names, pool=self._loader)
-            prepared = []
-            for run in sets:
-                if set(run) <= model.ready:
-                    await to_thread_to_the_end(model.runner, run, pool=self._loader)
-                    prepared.append(run)
+        prepared = await self.build(model, names, sets)
         if model.complete:
             for run in prepared:
                 self._consolidate_later(model, run)
@@ -626,6 +623,25 @@ class EdgeServer:
         return LoadOk(
             layers_ready=ready, prepared=tuple(map(tuple, prepared)), load_ms=load_ms
         ), b""
+
+    async def build(
+        self, model: _Model, names: Sequence[str], sets: Sequence[Sequence[str]]
+    ) -> list[list[str]]:
+        """Build ``names`` from verified blobs and compile the run sets of ``sets`` that are
+        then ready (§10.6); the sets compiled. For a ``load``, and for layers a peer pushed
+        ahead of their client (§15.5.5)."""
+        async with model.lock:
+            await to_thread_to_the_end(self._build, model, names, pool=self._loader)
+            prepared = []
+            for run in sets:
+                if set(run) <= model.ready:
+                    await to_thread_to_the_end(model.runner, run, pool=self._loader)
+                    prepared.append(list(run))
+        return prepared
+
+    def new_model(self, body: bytes) -> _Model:
+        """A model from a manifest body, validated as a client's (§10.3.2; worker thread)."""
+        return self._parse_model(body)
 
     def _build(self, model: _Model, names: Sequence[str]) -> None:
         """Build the named layers from verified blobs (worker thread). The manifest was

@@ -479,6 +479,53 @@ def test_staged_blobs_reach_only_the_session_with_that_key_and_manifest(two: lis
     assert load_and_query(on_b).shape == (8,)
 
 
+@pytest.mark.spec("15.5.5")
+def test_layers_built_ahead_are_ready_for_their_client_only(two: list[Any]) -> None:
+    a, b = two
+    key = random_key()
+    on_a = seeded(a.port, key)
+    push = {"m": "push", "model": DIGEST, "target": name(b.port), "blobs": list(BLOBS),
+            "deadline_ms": 10_000, "prepare": [["d1", "d2"]]}  # fmt: skip
+    built = b.handoff.stats["built_ahead"]
+    assert sorted(on_a.request(push).head["pushed"]) == sorted(BLOBS)
+    _, stranger, _ = move(b.port, random_key(), BODY, {}, source=None, grant=None)
+    assert stranger["layers_ready"] == []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and b.handoff.stats["built_ahead"] < built + 2:
+        time.sleep(0.1)  # B builds d1 and d2 in the background
+    on_b, manifest, _ = move(b.port, key, BODY, {}, source=None, grant=None)
+    assert {"d1", "d2"} <= set(manifest["layers_ready"]), manifest
+    assert "d3" not in manifest["layers_ready"]  # not asked for: the client loads it
+    assert load_and_query(on_b).shape == (8,)
+
+
+@pytest.mark.spec("15.5.5")
+def test_building_ahead_checks_every_weight_and_the_sets() -> None:
+    with peered_servers(1) as (b,):
+        peer = open_session(b.port, random_key())
+        tag = stage_tag(random_key())
+        for bad in (["nope"], ["x"], *([["d1"]] * 17,)):
+            sets = bad if isinstance(bad[0], list) else [bad]
+            head = {"m": "stage", "model": DIGEST, "tag": tag, "prepare": sets}
+            assert peer.request(head, BODY).head["code"] == "bad_request", bad
+        # A manifest whose first weight's own digest is wrong (the blob's is right): the
+        # blob is staged, but the layer is never built (§10.6.1), so never reported ready.
+        doc = json.loads(BODY)
+        doc["layers"][1]["weights"][0]["sha256"] = "0" * 64
+        body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        digest = hashlib.sha256(body).hexdigest()
+        key = random_key()
+        head = {"m": "stage", "model": digest, "tag": stage_tag(key), "prepare": [["d1"]]}
+        assert peer.request(head, body).head["m"] == "stage_ok"
+        d1 = next(iter(BLOBS))
+        blob = {"m": "stage_blob", "model": digest, "tag": stage_tag(key), "sha256": d1,
+                "size": len(BLOBS[d1]), "offset": 0}  # fmt: skip
+        assert peer.request(blob, BLOBS[d1]).head["complete"] is True
+        time.sleep(3.0)  # time to try
+        _, manifest, _ = move(b.port, key, body, {}, source=None, grant=None)
+        assert manifest["blobs_held"] == [d1] and manifest["layers_ready"] == []
+
+
 # ----- §14.7 limits ----------------------------------------------------------------------------
 
 

@@ -136,10 +136,10 @@ def test_staging_is_bounded_per_peer_and_claimed_by_tag_and_model() -> None:
     with pytest.raises(RequestError) as room:
         area.check_budget(entry, "f" * 64)  # 60 + 50 > 100
     assert code(room) == "limit_exceeded"
-    assert area.claim("t" * 64, "ee" * 32, now=1.0) == set()  # another manifest
-    assert area.claim("v" * 64, MODEL, now=1.0) == set()  # another key
-    assert area.claim("t" * 64, MODEL, now=1.0) == {digest}
-    assert area.claim("t" * 64, MODEL, now=1.0) == set()  # once
+    assert area.claim("t" * 64, "ee" * 32, now=1.0) == []  # another manifest
+    assert area.claim("v" * 64, MODEL, now=1.0) == []  # another key
+    assert [e.blobs for e in area.claim("t" * 64, MODEL, now=1.0)] == [{digest}]
+    assert area.claim("t" * 64, MODEL, now=1.0) == []  # once
 
 
 def test_staged_entries_expire_and_drop_their_partials() -> None:

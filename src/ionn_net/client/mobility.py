@@ -33,6 +33,7 @@ from ionn_net.client.prepare import PreparedModel
 from ionn_net.errors import ConfigError, IonnError
 from ionn_net.messages import (
     CONTROL_URGENCY,
+    MAX_PREPARE_SETS,
     Fetch,
     FetchOk,
     Grant,
@@ -283,6 +284,7 @@ class Mobility:
             target=target,
             blobs=tuple(todo),
             deadline_ms=int(timeout * 1000),
+            prepare=await self._runs_with(done | set(todo)),
         )
         try:
             head, _ = await asyncio.wait_for(
@@ -298,6 +300,21 @@ class Mobility:
         if ok.target_error is not None:
             logger.info("push to %s stopped: %s", target, ok.target_error)
             self._push_failed_at[target] = time.monotonic()
+
+    async def _runs_with(self, blobs: set[str]) -> tuple[tuple[str, ...], ...]:
+        """The server run sets of the best plan once every layer whose blob is in ``blobs``
+        is ready: what the target may build ahead for this client (§15.5.5)."""
+        graph, layer_blob = self._prepared.graph, self._prepared.layer_blob
+        never = self._state.never() | frozenset(graph.inputs)
+        usable = frozenset(
+            n
+            for n in graph.order
+            if n not in never and (layer_blob[n][0] is None or layer_blob[n][0] in blobs)
+        )
+        ctx, link = self._state.context(held=usable), self._state.link  # a snapshot, here
+        plan = await asyncio.to_thread(ctx.best_plan, usable, link=link)
+        runs = tuple(s.layers for s in plan.segments if s.location == "server")
+        return runs[:MAX_PREPARE_SETS]
 
     async def _push_order(self) -> tuple[str, ...]:
         """Blob digests in the order the upload planner would send the model to a server

@@ -44,8 +44,9 @@ class PeerLink:
         self.last_used = time.monotonic()
         #: model digest -> blob sizes the peer listed when the grant was redeemed (§15.3)
         self.redeemed: dict[str, Mapping[str, int]] = {}
-        #: models whose manifest the peer has staged for the session (§15.5)
-        self.staged: set[str] = set()
+        #: models whose manifest the peer has staged for the session, with the run sets
+        #: it was asked to build ahead (§15.5)
+        self.staged: dict[str, tuple[tuple[str, ...], ...]] = {}
 
     @property
     def closed(self) -> bool:

@@ -17,7 +17,7 @@ from ionn_net.handoff.config import HandoffConfig
 from ionn_net.handoff.peers import PeerLinks
 from ionn_net.handoff.source import HandoffSource
 from ionn_net.handoff.target import HandoffTarget
-from ionn_net.handoff.views import ConnView, ServerView, SessionView
+from ionn_net.handoff.views import ConnView, ModelView, ServerView, SessionView
 from ionn_net.ingest import BlobIngest
 from ionn_net.messages import Fetch, Grant, Pull, Push, Redeem, Reply, Stage, StageBlob
 from ionn_net.model.limits import SpecLimits
@@ -79,8 +79,9 @@ class HandoffService:
             StageBlob: bodiless(self.target.on_stage_blob),
         }
 
-    def claim(self, session: SessionView, model: str) -> int:
-        """Blobs staged for ``session`` and ``model`` become its own (§15.5); how many."""
+    def claim(self, session: SessionView, model: str) -> ModelView | None:
+        """Blobs staged for ``session`` and ``model`` become its own (§15.5); the model
+        object staged layers were built into, if any (§15.5.5)."""
         return self.target.claim(session, model)
 
     @property
@@ -88,5 +89,6 @@ class HandoffService:
         return {**self.source.stats, **self.target.stats}
 
     async def close(self) -> None:
+        await self.target.close()
         await self.links.close()
         self.source.close()

@@ -180,7 +180,7 @@ class HandoffSource:
         try:
             async with asyncio.timeout(budget):
                 async with self._links.use(session.hash, req.target) as link:
-                    await self._stage(link, stage_tag(session.key), req.model, model)
+                    await self._stage(link, stage_tag(session.key), req, model)
                     for digest in [d for d in transfer.order if d not in transfer.failed]:
                         await self._push_blob(link, req, stage_tag(session.key), digest, model)
                         transfer.ok(digest)
@@ -198,16 +198,18 @@ class HandoffSource:
             pushed=tuple(transfer.done), failed=transfer.failed, target_error=transfer.peer_error
         )
 
-    async def _stage(self, link: PeerLink, tag: str, digest: str, model: ModelView) -> None:
-        if digest in link.staged:
+    async def _stage(self, link: PeerLink, tag: str, req: Push, model: ModelView) -> None:
+        """The manifest, once per peer connection, and again when the run sets to build
+        ahead change (§15.5.2, §15.5.5)."""
+        if link.staged.get(req.model) == req.prepare:
             return
-        body = model.manifest.to_json_bytes()  # canonical: its SHA-256 is ``digest`` (§10.3.1)
-        stage = Stage(model=digest, tag=tag, body_len=len(body))
+        body = model.manifest.to_json_bytes()  # canonical: its SHA-256 is the digest (§10.3.1)
+        stage = Stage(model=req.model, tag=tag, body_len=len(body), prepare=req.prepare)
         head, _ = await link.call(
             stage.to_head(), body, limit=self._limit, timeout=self._config.max_transfer_s
         )
         parse_reply(head, StageOk)
-        link.staged.add(digest)
+        link.staged[req.model] = req.prepare
 
     async def _push_blob(
         self, link: PeerLink, req: Push, tag: str, digest: str, model: ModelView

@@ -17,27 +17,39 @@ and the client uploads or fetches those blobs instead.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ionn_net.handoff.config import HandoffConfig
+from ionn_net.handoff.views import ModelView
 from ionn_net.messages import RequestError
 from ionn_net.store import BlobStore, partial_key
 
 __all__ = ["Staged", "StagingArea"]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Staged:
-    """One staged manifest of one peer for one session tag."""
+    """One staged manifest of one peer for one session tag: its blobs' sizes, each layer's
+    blob, the run sets the pushing peer asked to prepare (§15.5.5) and, once any is being
+    built, the model object they are built into."""
 
     peer: str
     tag: str
     model: str
     sizes: Mapping[str, int]
     touched: float
+    body: bytes = b""
+    layer_blob: Mapping[str, str | None] = field(default_factory=dict)
+    prepare: tuple[tuple[str, ...], ...] = ()
     blobs: set[str] = field(default_factory=set)
     partials: set[str] = field(default_factory=set)
+    built: ModelView | None = None
+    dirty: bool = False
+
+    def buildable(self, run: Sequence[str]) -> bool:
+        """Every layer of ``run`` has its blob staged (or none)."""
+        return all(self.layer_blob.get(n) in (None, *self.blobs) for n in run)
 
     @property
     def owner(self) -> str:
@@ -100,15 +112,16 @@ class StagingArea:
         if total > self._config.max_staged_bytes_per_peer:
             raise RequestError("limit_exceeded", "this peer has staged too many bytes")
 
-    def claim(self, tag: str, model: str, *, now: float) -> set[str]:
-        """The verified blobs staged for ``tag`` and ``model`` by any peer; their entries
-        go (their unfinished blobs are dropped)."""
+    def claim(self, tag: str, model: str, *, now: float) -> list[Staged]:
+        """The entries staged for ``tag`` and ``model`` by any peer; they go (their
+        unfinished blobs are dropped; their verified blobs are in the store)."""
         self.expire(now)
-        found: set[str] = set()
+        found = []
         for key in [k for k in self._entries if k[1:] == (tag, model)]:
             entry = self._entries.pop(key)
-            found |= {d for d in entry.blobs if self._store.has(d)}
+            entry.blobs = {d for d in entry.blobs if self._store.has(d)}
             self._drop_partials(entry)
+            found.append(entry)
         return found
 
     def expire(self, now: float) -> None:

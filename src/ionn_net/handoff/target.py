@@ -25,10 +25,11 @@ from ionn_net.config import Limits
 from ionn_net.errors import SpecError
 from ionn_net.handoff.config import HandoffConfig, stage_tag
 from ionn_net.handoff.peers import PeerLink, PeerLinks, PeerUnreachable
-from ionn_net.handoff.staging import StagingArea
+from ionn_net.handoff.staging import Staged, StagingArea
 from ionn_net.handoff.transfer import Transfer
 from ionn_net.handoff.views import (
     ConnView,
+    ModelView,
     ServerView,
     SessionView,
     model_of,
@@ -48,16 +49,21 @@ from ionn_net.messages import (
     Stage,
     StageBlob,
     StageOk,
+    bad_member,
     check_body_len,
     parse_reply,
 )
 from ionn_net.model.limits import SpecLimits
+from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import graph_from_manifest, loads_manifest
 from ionn_net.store import partial_key
 
 __all__ = ["HandoffTarget"]
 
 logger = logging.getLogger("ionn_net.handoff")
+
+#: At most this many run sets are built ahead per staged model (as ``load``'s ``prepare``).
+_MAX_PREPARE = 16
 
 
 def _host(address: object) -> str:
@@ -87,7 +93,14 @@ class HandoffTarget:
         self._spec_limits = spec_limits
         self._max_manifest_bytes = max_manifest_bytes
         self.staging = StagingArea(ingest.store, config)
-        self.stats = {"fetched_blobs": 0, "fetch_failed": 0, "staged_blobs": 0, "claimed": 0}
+        self._warming: dict[Staged, asyncio.Task[None]] = {}
+        self.stats = {
+            "fetched_blobs": 0,
+            "fetch_failed": 0,
+            "staged_blobs": 0,
+            "claimed": 0,
+            "built_ahead": 0,
+        }
 
     # -- §15.4 fetch ---------------------------------------------------------------------
 
@@ -208,8 +221,17 @@ class HandoffTarget:
 
     # -- §15.5 stage -----------------------------------------------------------------------
 
+    def _peer_of(self, stream: ServerStream) -> str:
+        """The pushing peer's host; ``unknown_peer`` unless it is one of this server's peers
+        (§15.5.2): staging is for servers, and nothing else vouches for the sender."""
+        host = _host(stream.connection.remote_address)
+        if host not in self._config.peer_hosts():
+            raise RequestError("unknown_peer", f"{host}: only peers of this server may stage")
+        return host
+
     async def on_stage(self, state: ConnView, stream: ServerStream, req: Stage) -> StageOk:
         session_of(state)
+        peer = self._peer_of(stream)
         expected = check_body_len(req.body_len, limit=self._max_manifest_bytes)
         body = await stream.read_body(expected)
         if len(body) != expected:
@@ -217,22 +239,31 @@ class HandoffTarget:
         if hashlib.sha256(body).hexdigest() != req.model:
             raise RequestError("bad_manifest", "model: the digest does not match the manifest")
         try:
-            sizes = await asyncio.to_thread(self._validate, body)
+            sizes, layer_blob, buildable = await asyncio.to_thread(self._validate, body)
         except SpecError as exc:
             raise RequestError("bad_manifest", str(exc)) from None
-        peer = _host(stream.connection.remote_address)
-        self.staging.stage(peer, req.tag, req.model, sizes, now=time.monotonic())
+        if len(req.prepare) > _MAX_PREPARE or any(set(r) - buildable for r in req.prepare):
+            raise bad_member("prepare", f"at most {_MAX_PREPARE} sets of buildable layers", None)
+        entry = self.staging.stage(peer, req.tag, req.model, sizes, now=time.monotonic())
+        entry.body, entry.layer_blob = body, layer_blob
+        entry.prepare = tuple(r for r in req.prepare if r) or entry.prepare
+        self._warm_soon(entry)
         return StageOk(model=req.model)
 
-    def _validate(self, body: bytes) -> dict[str, int]:
-        """§10.3.2, as for a client's manifest; the blob sizes it names."""
+    def _validate(self, body: bytes) -> tuple[dict[str, int], dict[str, str | None], set[str]]:
+        """§10.3.2, as for a client's manifest: the blobs' sizes, each layer's blob, and the
+        layers a server may build (not inputs, not LocalOnly)."""
         manifest = loads_manifest(body, self._spec_limits, canonical=True)
         graph_from_manifest(manifest, self._spec_limits)
-        return {s.blob_sha256: s.blob_size for s in manifest.layers if s.blob_sha256 is not None}
+        layers = manifest.layers
+        sizes = {s.blob_sha256: s.blob_size for s in layers if s.blob_sha256 is not None}
+        layer_blob = {s.name: s.blob_sha256 for s in layers}
+        buildable = {s.name for s in layers if s.cls not in ("InputLayer", LOCAL_ONLY)}
+        return sizes, layer_blob, buildable
 
     async def on_stage_blob(self, state: ConnView, stream: ServerStream, req: StageBlob) -> BlobOk:
         session_of(state)
-        peer = _host(stream.connection.remote_address)
+        peer = self._peer_of(stream)
         entry = self.staging.entry(peer, req.tag, req.model, now=time.monotonic())
         digest = req.sha256
         size = entry.sizes.get(digest)
@@ -259,26 +290,69 @@ class HandoffTarget:
                 entry.partials.discard(digest)
             entry.blobs.add(digest)
             self.stats["staged_blobs"] += 1
+            self._warm_soon(entry)
         if not self.staging.live(entry):  # claimed or expired meanwhile: keep nothing
             self._store.drop_partial(key)
         return BlobOk(sha256=digest, offset=offset, complete=complete)
 
     # -- §15.5 claim -----------------------------------------------------------------------
 
-    def claim(self, session: SessionView, model: str) -> int:
+    def claim(self, session: SessionView, model: str) -> ModelView | None:
         """A session sent the manifest ``model``: the blobs staged for its key's tag and
-        that manifest become its own (within its byte budget, §14.5); how many."""
-        found = self.staging.claim(stage_tag(session.key), model, now=time.monotonic())
-        sizes = session.models[model].blob_sizes
+        that manifest become its own, within its byte budget (§14.5, §15.5.4). Returns the
+        model object staged layers were built into, if any was and every staged blob fitted
+        (§15.5.5), for the session to take as its model."""
+        entries = self.staging.claim(stage_tag(session.key), model, now=time.monotonic())
         owned = self._store.owned_by(session.hash)
         used = self._store.bytes_owned_by(session.hash)
-        claimed = 0
-        for digest in sorted(found - owned, key=lambda d: sizes.get(d, 0)):
-            size = sizes.get(digest)
-            if size is None or used + size > self._ingest.max_bytes_per_session:
-                continue
-            self._store.record_owner(session.hash, digest)
-            used += size
-            claimed += 1
+        claimed, complete = 0, True
+        for entry in entries:
+            for digest in sorted(entry.blobs - owned, key=lambda d: entry.sizes[d]):
+                size = entry.sizes[digest]
+                if used + size > self._ingest.max_bytes_per_session:
+                    complete = False
+                    continue
+                self._store.record_owner(session.hash, digest)
+                owned |= {digest}
+                used += size
+                claimed += 1
         self.stats["claimed"] += claimed
-        return claimed
+        built = [e.built for e in entries if e.built is not None]
+        return built[0] if built and complete else None
+
+    # -- §15.5.5 layers built ahead ---------------------------------------------------------
+
+    def _warm_soon(self, entry: Staged) -> None:
+        """Build the staged run sets whose blobs are all here, in the background (one task
+        per entry; blobs that arrive meanwhile are picked up by the same task)."""
+        if not entry.prepare or not any(entry.buildable(r) for r in entry.prepare):
+            return
+        entry.dirty = True
+        if entry in self._warming:
+            return
+        task = asyncio.get_running_loop().create_task(self._warm(entry))
+        self._warming[entry] = task
+        task.add_done_callback(lambda _: self._warming.pop(entry, None))
+
+    async def _warm(self, entry: Staged) -> None:
+        try:
+            while entry.dirty and self.staging.live(entry):
+                entry.dirty = False
+                if entry.built is None:
+                    entry.built = await asyncio.to_thread(self._server.new_model, entry.body)
+                built = entry.built
+                ready = built.ready
+                sets = [r for r in entry.prepare if entry.buildable(r) and not set(r) <= ready]
+                names = sorted({n for r in sets for n in r} - ready)
+                if sets:
+                    await self._server.build(built, names, sets)
+                    self.stats["built_ahead"] += len(names)
+        except Exception:  # the client loads them itself; nothing is lost
+            logger.exception("building staged layers ahead failed")
+
+    async def close(self) -> None:
+        """Stop building ahead (waits for the build in progress: threads cannot stop)."""
+        tasks = list(self._warming.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

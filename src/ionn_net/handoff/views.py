@@ -8,8 +8,8 @@ server holds of a model for a session; nothing more.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from ionn_net.messages import Holdings, RequestError
 from ionn_net.model.spec import ModelManifest
@@ -18,13 +18,16 @@ __all__ = ["ConnView", "ModelView", "ServerView", "SessionView", "model_of", "se
 
 
 class ModelView(Protocol):
-    """One validated manifest of a session."""
+    """One validated manifest of a session, and its layers ready (§10.6)."""
 
     @property
     def manifest(self) -> ModelManifest: ...
 
     @property
     def blob_sizes(self) -> Mapping[str, int]: ...
+
+    @property
+    def ready(self) -> set[str]: ...
 
 
 class SessionView(Protocol):
@@ -60,6 +63,16 @@ class ServerView(Protocol):
 
     def holdings_of(self, session_key: str, model: str) -> Holdings:
         """What the server holds of ``model`` for the session ``session_key`` (§10.3.3)."""
+        ...
+
+    def new_model(self, body: bytes) -> ModelView:
+        """A model from a manifest body, validated as a client's (worker thread)."""
+        ...
+
+    async def build(
+        self, model: Any, names: Sequence[str], sets: Sequence[Sequence[str]]
+    ) -> list[list[str]]:
+        """Build ``names`` of ``model`` (one :meth:`new_model` made) and compile ``sets``."""
         ...
 
 

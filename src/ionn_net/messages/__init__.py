@@ -30,6 +30,7 @@ from ionn_net.messages.dispatch import (
     request_type,
 )
 from ionn_net.messages.handoff import (
+    MAX_PREPARE_SETS,
     Fetch,
     FetchOk,
     Grant,
@@ -79,6 +80,7 @@ from ionn_net.messages.upload import (
 __all__ = [
     "CONTROL_URGENCY",
     "ERROR_CODES",
+    "MAX_PREPARE_SETS",
     "QUERY_URGENCY",
     "REPLIES",
     "REQUESTS",

@@ -28,11 +28,13 @@ from ionn_net.messages.members import (
     get_digest_list,
     get_hex,
     get_int,
+    get_layer_sets,
 )
 from ionn_net.messages.upload import Holdings
 
 __all__ = [
     "MAX_GRANT_CHARS",
+    "MAX_PREPARE_SETS",
     "Fetch",
     "FetchOk",
     "Grant",
@@ -49,6 +51,8 @@ __all__ = [
     "get_peer",
 ]
 
+#: Most run sets a ``push`` or ``stage`` may ask to build ahead (§15.5.5), as ``load``'s.
+MAX_PREPARE_SETS = 16
 #: Longest grant a receiver accepts (§15.2): the reference server's are about 250.
 MAX_GRANT_CHARS = 1024
 #: A peer as the client knows it: "host:port" (§15.1), host a name or an IPv4/IPv6 literal.
@@ -319,13 +323,15 @@ class FetchOk:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Push:
     """§15.5: send ``blobs`` of ``model`` (in this order) to the candidate ``target``,
-    staged for this session until the client arrives there."""
+    staged for this session until the client arrives there; ``prepare``: the run sets the
+    client expects to use there, which the target may build ahead (§15.5.5)."""
 
     KIND: ClassVar[str] = "push"
     model: str
     target: str
     blobs: tuple[str, ...]
     deadline_ms: int
+    prepare: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> Push:
@@ -334,16 +340,20 @@ class Push:
             target=get_peer(head, "target"),
             blobs=get_digest_list(head, "blobs"),
             deadline_ms=get_int(head, "deadline_ms", lo=1, hi=3_600_000),
+            prepare=get_layer_sets(head, "prepare", max_sets=MAX_PREPARE_SETS),
         )
 
     def to_head(self) -> dict[str, object]:
-        return {
+        head: dict[str, object] = {
             "m": self.KIND,
             "model": self.model,
             "target": self.target,
             "blobs": list(self.blobs),
             "deadline_ms": self.deadline_ms,
         }
+        if self.prepare:
+            head["prepare"] = [list(s) for s in self.prepare]
+        return head
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -377,12 +387,13 @@ class PushOk:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stage:
     """§15.5: a manifest (the body, ``model`` its SHA-256) staged for the session whose
-    key hashes to ``tag``."""
+    key hashes to ``tag``; ``prepare``: run sets the receiver may build ahead (§15.5.5)."""
 
     KIND: ClassVar[str] = "stage"
     model: str
     tag: str
     body_len: int
+    prepare: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> Stage:
@@ -390,10 +401,15 @@ class Stage:
             model=get_digest(head, "model"),
             tag=get_hex(head, "tag", digits=64),
             body_len=get_body_len(head),
+            prepare=get_layer_sets(head, "prepare", max_sets=MAX_PREPARE_SETS),
         )
 
     def to_head(self) -> dict[str, object]:
-        return {"m": self.KIND, "model": self.model, "tag": self.tag, "body_len": self.body_len}
+        head: dict[str, object] = {"m": self.KIND, "model": self.model, "tag": self.tag}
+        if self.prepare:
+            head["prepare"] = [list(s) for s in self.prepare]
+        head["body_len"] = self.body_len
+        return head
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
