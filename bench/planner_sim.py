@@ -53,9 +53,19 @@ server share the machine (there a 45-layer ResNet50 partition took 3.1 s to load
 loaded set's rate). Every strategy is simulated on the same numbers, so within one set
 the ratios compare like with like; across sets they differ, and both are reported.
 
+``--precision 16bit-first|8bit-first`` makes ``ours`` a precision-first upload (the
+baselines stay exact): every layer first as its base stage, then the refinements
+(:mod:`ionn_net.planner.precision`), charged with what ``bench/stages.py`` measured and
+stored under ``"stages"`` (wire bytes of each stage, the server's decode time per MB, the
+swap of exact weights per layer and per MB; the loaded set reads the default set's). The
+table and the summary are the same; after them, per cell, when every stage of ``ours`` is
+in use, from when every query runs on exact weights, and the share of the queries in W
+that ran on approximate ones.
+
 Usage: ``python bench/planner_sim.py [--models ...] [--gap 100 10] [--remeasure]
-[--data DIR] [--bound N]``; ``--bound N`` adds, per cell, an optimistic bound on what the
-upload order can buy (:func:`polished_bound`) and its geometric mean against IONN.
+[--data DIR] [--bound N] [--precision P]``; ``--bound N`` adds, per cell, an optimistic
+bound on what the upload order can buy (:func:`polished_bound`) and its geometric mean
+against IONN.
 """
 
 from __future__ import annotations
@@ -76,11 +86,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from ionn_net.model.graph import LayerGraph
 from ionn_net.model.graph_io import graph_from_json, graph_to_json
+from ionn_net.model.stages import STAGED_PRECISIONS
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.planner.link import Link
 from ionn_net.planner.simulate import SimResult, simulate, simulate_partitions
 from ionn_net.planner.upload import get_planner
-from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern
+from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern, StageCosts
 
 DATA = Path(__file__).resolve().parent / "data" / "planner"
 MODELS = ("MobileNetV2", "ResNet50", "InceptionV3", "VGG16")
@@ -98,6 +109,20 @@ class Measured:
     weight_ratio: float
     note: str
     piece_call_ms: float
+    stages: dict[str, Any] | None = None
+
+    def stage_costs(self, precision: str) -> StageCosts:
+        """What ``bench/stages.py`` measured for this model at ``precision``."""
+        if self.stages is None:
+            raise SystemExit("no stage measurements: run bench/stages.py --save DIR")
+        got = self.stages[precision]
+        return StageCosts(
+            precision=precision,
+            wire_fraction=tuple(got["wire_fraction"]),
+            decode_ms_per_mb=tuple(got["decode_ms_per_mb"]),
+            swap_ms_per_mb=self.stages["swap_ms_per_mb"],
+            swap_ms_per_layer=self.stages["swap_ms_per_layer"],
+        )
 
 
 # -- measurement (TensorFlow) ------------------------------------------------------------
@@ -209,6 +234,7 @@ def load_or_measure(name: str, remeasure: bool, data: Path = DATA) -> Measured:
             doc["weight_ratio"],
             doc["note"],
             doc["piece_call_ms"],
+            doc.get("stages") or _stages_of(name, path),
         )
     m = measure(name)
     data.mkdir(parents=True, exist_ok=True)
@@ -224,6 +250,16 @@ def load_or_measure(name: str, remeasure: bool, data: Path = DATA) -> Measured:
     }
     path.write_text(json.dumps(doc, indent=0, sort_keys=True))
     return m
+
+
+def _stages_of(name: str, path: Path) -> dict[str, Any] | None:
+    """Stage measurements of ``name`` (``bench/stages.py``): the default set's when
+    ``path`` has none (they do not depend on the server's load; the model is the same)."""
+    default = DATA / path.name
+    if default != path and default.exists():
+        found = json.loads(default.read_text()).get("stages")
+        return found if isinstance(found, dict) else None
+    return None
 
 
 # -- cost model check ----------------------------------------------------------------------
@@ -262,6 +298,16 @@ def cost_model_report(measured: dict[str, Measured]) -> None:
 
 
 @dataclass(frozen=True)
+class Staged:
+    """A precision-first run: issue time of the first query from which all are exact,
+    when the last stage was in use, share of the queries in W run on approximate weights."""
+
+    exact_from: float | None
+    done_s: float
+    approx_share: float
+
+
+@dataclass(frozen=True)
 class Cell:
     mean: float
     first: float | None
@@ -269,6 +315,7 @@ class Cell:
     mean_same_policy: float
     plan_wall_s: float
     plan_cpu_s: float
+    staged: Staged | None = None
 
 
 def run_cell(ctx: PlanningContext, window: float, strategy: str) -> Cell:
@@ -278,10 +325,24 @@ def run_cell(ctx: PlanningContext, window: float, strategy: str) -> Cell:
     in_window = ctx.with_(pattern=QueryPattern.back_to_back(duration_s=window))
     res: SimResult = simulate(in_window, plan)
     hundred = simulate(ctx.with_(pattern=QueryPattern.back_to_back(count=100)), plan)
-    same = simulate_partitions(in_window, plan.partitions, ExecutionPolicy("fine", adaptive=True))
+    same = simulate_partitions(
+        in_window,
+        plan.partitions,
+        ExecutionPolicy("fine", adaptive=True),
+        refinements=plan.refinements,
+    )
     first = res.first_faster_than_local()
     if first is None:
         first = hundred.first_faster_than_local()
+    staged = None
+    if ctx.stages is not None:  # precision-first: when it is exact, and how many were not
+        whole = simulate(ctx.with_(pattern=QueryPattern.back_to_back()), plan)
+        approx = res.approximate_queries(0.0, window) / max(len(res.window(0.0, window)), 1)
+        # the run stops once every stage is in use: the next query is issued then, exact
+        exact_from = whole.exact_from()
+        if exact_from is None:
+            exact_from = whole.queries[-1].finished_s
+        staged = Staged(exact_from, whole.upload_done_s, approx)
     return Cell(
         res.mean_latency(0.0, window),
         first,
@@ -289,6 +350,7 @@ def run_cell(ctx: PlanningContext, window: float, strategy: str) -> Cell:
         same.mean_latency(0.0, window),
         wall,
         cpu,
+        staged,
     )
 
 
@@ -324,7 +386,51 @@ def geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _context(m: Measured, gap: float, mbit: float, rtt: float) -> PlanningContext:
+    return PlanningContext(
+        graph=m.graph,
+        client_ms={k: v * gap for k, v in m.server_ms.items()},
+        server_ms=m.server_ms,
+        load_ms=m.load_ms,
+        link=Link.from_mbit(mbit, rtt, weight_ratio=m.weight_ratio),
+        partition_overhead_ms=m.overhead_ms,
+        compile_ms_per_layer=m.compile_ms_per_layer,
+        piece_call_ms=m.piece_call_ms,
+        pattern=QueryPattern.back_to_back(),
+    )
+
+
+def _staged_line(label: str, window: float, cell: Cell) -> str:
+    st = cell.staged
+    assert st is not None
+    return (
+        f"  {label:22s} W {window:6.1f} s: all stages in use at {st.done_s:7.1f} s, "
+        f"every query exact from {_fmt(st.exact_from):>7s} s, "
+        f"{100 * st.approx_share:5.1f}% of the queries in W on approximate weights"
+    )
+
+
+def describe(measured: dict[str, Measured], precision: str) -> None:
+    for name, m in measured.items():
+        print(
+            f"{name}: {len(m.graph)} layers, {m.graph.total_weight_bytes / 1e6:.1f} MB, "
+            f"server {sum(m.server_ms.values()):.1f} ms, rebuild {sum(m.load_ms.values()):.0f} ms, "
+            f"compile {m.compile_ms_per_layer:.1f} ms/layer + {m.overhead_ms:.0f} ms/partition, "
+            f"{m.piece_call_ms:.2f} ms per chained piece, "
+            f"weight zstd ratio {m.weight_ratio:.3f} "
+            f"({m.note})"
+        )
+        if precision != "exact":
+            sc = m.stage_costs(precision)
+            print(
+                f"  {precision}: stages {', '.join(f'{f:.3f}' for f in sc.wire_fraction)} "
+                f"of the raw bytes on the wire, decode "
+                f"{', '.join(f'{d:.1f}' for d in sc.decode_ms_per_mb)} ms/MB, swap "
+                f"{sc.swap_ms_per_layer:.2f} ms/layer + {sc.swap_ms_per_mb:.2f} ms/MB"
+            )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     ap.add_argument("--gap", nargs="+", type=float, default=[100.0, 10.0])
@@ -337,18 +443,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="N",
         help="also polish each cell on its own metric for N simulations (an optimistic bound)",
     )
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--precision",
+        choices=("exact", *STAGED_PRECISIONS),
+        default="exact",
+        help="upload of ours: exact blobs, or base stages first (the baselines stay exact)",
+    )
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
 
     measured = {name: load_or_measure(name, args.remeasure, args.data) for name in args.models}
-    for name, m in measured.items():
-        print(
-            f"{name}: {len(m.graph)} layers, {m.graph.total_weight_bytes / 1e6:.1f} MB, "
-            f"server {sum(m.server_ms.values()):.1f} ms, rebuild {sum(m.load_ms.values()):.0f} ms, "
-            f"compile {m.compile_ms_per_layer:.1f} ms/layer + {m.overhead_ms:.0f} ms/partition, "
-            f"{m.piece_call_ms:.2f} ms per chained piece, "
-            f"weight zstd ratio {m.weight_ratio:.3f} "
-            f"({m.note})"
-        )
+    describe(measured, args.precision)
     if len(measured) > 1:
         cost_model_report(measured)
 
@@ -356,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     same_ratios: dict[str, list[float]] = {"ionn": [], "efficiency": []}
     failures: list[str] = []
     bounds: list[float] = []
+    staged: list[str] = []
     plan_times: dict[str, list[tuple[float, float]]] = {name: [] for name in measured}
     t_start = time.perf_counter()
     for gap in args.gap:
@@ -364,22 +473,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{'model':12s} {'net':>10s} {'W s':>7s} {'local s':>8s} {head}")
         print(f"{'':40s}" + " ".join(f"{'mean / first / t100':>24s}" for _ in STRATEGIES))
         for name, m in measured.items():
-            client_ms = {k: v * gap for k, v in m.server_ms.items()}
             for mbit, rtt in NETWORKS:
-                link = Link.from_mbit(mbit, rtt, weight_ratio=m.weight_ratio)
-                ctx = PlanningContext(
-                    graph=m.graph,
-                    client_ms=client_ms,
-                    server_ms=m.server_ms,
-                    load_ms=m.load_ms,
-                    link=link,
-                    partition_overhead_ms=m.overhead_ms,
-                    compile_ms_per_layer=m.compile_ms_per_layer,
-                    piece_call_ms=m.piece_call_ms,
-                    pattern=QueryPattern.back_to_back(),
-                )
-                window = m.graph.total_weight_bytes / link.bandwidth
-                cells = {s: run_cell(ctx, window, s) for s in STRATEGIES}
+                ctx = _context(m, gap, mbit, rtt)
+                staged_ctx = ctx
+                if args.precision != "exact":
+                    staged_ctx = ctx.with_(stages=m.stage_costs(args.precision))
+                window = m.graph.total_weight_bytes / ctx.link.bandwidth
+                cells = {
+                    s: run_cell(staged_ctx if s == "ours" else ctx, window, s) for s in STRATEGIES
+                }
                 row = " ".join(
                     f"{_fmt(c.mean):>8s}/{_fmt(c.first):>7s}/{_fmt(c.t100):>7s}"
                     for c in cells.values()
@@ -387,6 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{name:12s} {mbit:4g}M/{rtt:3g}ms {window:7.1f} {ctx.local_s():8.2f} {row}")
                 ours = cells["ours"]
                 plan_times[name].append((ours.plan_wall_s, ours.plan_cpu_s))
+                if ours.staged is not None:
+                    label = f"{name} {mbit:g}M x{gap:g}"
+                    staged.append(_staged_line(label, window, ours))
                 if args.bound:
                     bound = polished_bound(ctx, window, args.bound)
                     bounds.append(cells["ionn"].mean / bound)
@@ -413,6 +518,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             wall = max(w for w, _ in times)
             cpu = max(c for _, c in times)
             print(f"  {name:12s} {wall:5.2f} / {cpu:5.2f}")
+    if staged:
+        print(f"ours, {args.precision} (whole session until every stage is in use):")
+        print("\n".join(staged))
     return 0
 
 

@@ -16,6 +16,9 @@ __all__ = [
     "OffloadError",
     "PlannerError",
     "SpecError",
+    "StageDigestError",
+    "StageError",
+    "StageOrderError",
     "StoreError",
     "TensorError",
     "UnsupportedLayerError",
@@ -36,6 +39,19 @@ class GraphError(IonnError, ValueError):
 
 class SpecError(IonnError, ValueError):
     """A layer spec or weight blob was refused (protocol.md §10.3, §14.5)."""
+
+
+class StageError(SpecError):
+    """A weight stage (a base or refinement of a layer's blob) was refused: unknown
+    encoding, wrong size, values a base may not hold, or a layer it cannot apply to."""
+
+
+class StageOrderError(StageError):
+    """A weight stage arrived out of order (a refinement before its base, or twice)."""
+
+
+class StageDigestError(StageError):
+    """A weight stage, or the blob rebuilt from all stages, does not match its SHA-256."""
 
 
 class UnsupportedLayerError(SpecError):

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, Collection, Mapping
 from ionn_net.errors import StoreError
 from ionn_net.messages import RequestError
 from ionn_net.offthread import to_thread_to_the_end
-from ionn_net.store import BlobStore
+from ionn_net.store import BlobStore, StoreUnavailableError
 
 __all__ = ["BlobIngest", "one_chunk"]
 
@@ -79,7 +79,8 @@ class BlobIngest:
         """Verify and store the finished partial ``key`` as ``digest``, then record ``owner``
         as its owner, also when the sender vanished while the digest was checked: the
         partial is consumed by then, so without the record it would have to be sent again.
-        Bytes that do not hash to ``digest`` are discarded: ``digest_mismatch``. With no
+        Bytes that do not hash to ``digest`` are discarded: ``digest_mismatch``; a store
+        that cannot be reached keeps the partial: ``internal``. With no
         ``owner`` (a blob staged for a session yet to come, §15.5) nobody is recorded."""
         work = asyncio.ensure_future(
             asyncio.to_thread(self.store.complete_partial, digest, key=key)
@@ -91,6 +92,10 @@ class BlobIngest:
             if owner is not None and not work.cancelled() and work.exception() is None:
                 self.store.record_owner(owner, digest)
             raise
+        except StoreUnavailableError as exc:
+            # Not the sender's bytes: the partial stays (nothing acknowledged is lost) and
+            # the blob is completed again once the store is back.
+            raise RequestError("internal", f"blob {digest}: {exc}") from None
         except StoreError:
             raise RequestError("digest_mismatch", f"blob {digest}: bytes do not match") from None
         if owner is not None:

@@ -31,7 +31,6 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,7 +76,13 @@ from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manife
 from ionn_net.offthread import lower_priority, to_thread_to_the_end
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
-from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
+from ionn_net.store import (
+    BlobCorruptError,
+    BlobStore,
+    DirectoryStore,
+    open_store,
+    partial_key,
+)
 from ionn_net.tensors import SignatureError, boundary_signature, decode_tensors, encode_tensors
 
 __all__ = ["EdgeServer", "ServerConfig"]
@@ -226,10 +231,11 @@ class _ConnState:
 class EdgeServer:
     """The edge server. ``async with EdgeServer(port=0) as server: server.port``.
 
-    ``store`` is a :class:`BlobStore`, a directory path (durable store) or ``None``
-    (in memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default
-    the server calibrates one on this machine on first start (cached in the store
-    directory when there is one).
+    ``store`` is a :class:`BlobStore`, a directory path (durable store), a
+    ``redis://host:port/db`` URL (store shared by a site's servers) or ``None`` (in
+    memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default the
+    server calibrates one on this machine on first start (cached in the store directory
+    when there is one).
     """
 
     def __init__(
@@ -245,12 +251,7 @@ class EdgeServer:
         self.host = host
         self._port = port
         self.config = config or ServerConfig()
-        if store is None:
-            self.store: BlobStore = MemoryStore()
-        elif isinstance(store, BlobStore):
-            self.store = store
-        else:
-            self.store = DirectoryStore(Path(store))
+        self.store: BlobStore = open_store(store)
         self.ingest = BlobIngest(self.store, self.config.max_bytes_per_session)
         self._cost_model = cost_model
         self._ssl = ssl
@@ -481,7 +482,10 @@ class EdgeServer:
         victim = min(idle, key=lambda s: s.last_used)
         del self._sessions[victim.key]
         for digest in victim.partials:  # stale partial uploads expire with their session
-            self.store.drop_partial(partial_key(victim.hash, digest))
+            try:
+                self.store.drop_partial(partial_key(victim.hash, digest))
+            except StoreError as exc:  # best effort: the store's sweep expires it later
+                logger.warning("could not drop a partial upload of %s: %s", victim.hash[:8], exc)
         logger.info("forgot idle session %s to make room", victim.hash[:8])
         return True
 
@@ -658,7 +662,12 @@ class EdgeServer:
             shapes = [model.graph[r.layer].output_shapes[r.index] for r in spec.inbound]
             weights = []
             if spec.blob_sha256 is not None:
-                blob = self.store.get(spec.blob_sha256)  # verified on read
+                try:
+                    blob = self.store.get(spec.blob_sha256)  # verified on read
+                except BlobCorruptError:  # discarded by the store: the owner uploads it again
+                    raise RequestError(
+                        "missing_blobs", f"blob of {name!r} failed verification", layers=[name]
+                    ) from None
                 weights = split_blob(spec, blob, limits)
             built[name] = build_layer(spec, shapes, weights, limits=limits)
         model.executor().add_layers(built)

@@ -159,6 +159,12 @@ def build_layer(
         )
     if arrays:
         layer.set_weights(arrays)
+        # Layers that derive tensors from their variables (Normalization's mean and
+        # variance) compute them here, as Keras's own loading does; without it they keep
+        # their initial state and ignore the weights. Most classes have no such method.
+        finalize = getattr(layer, "finalize_state", None)
+        if callable(finalize):
+            finalize()
     return layer
 
 

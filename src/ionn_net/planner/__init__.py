@@ -10,5 +10,7 @@ Pure (no keras, no asyncio, no clock reads). Modules:
 * :mod:`.upload` - the strategy registry (:func:`~.upload.get_planner`) and the
   ``local``, ``all_at_once`` and ``ionn`` strategies; :mod:`.efficiency` (EMDL 2019)
   and :mod:`.ours`;
-* :mod:`.simulate` - the discrete-event simulator every strategy is measured with.
+* :mod:`.precision` - precision-first uploads: base stages first, then refinements;
+* :mod:`.simulate` - the discrete-event simulator every strategy is measured with, and
+  :mod:`.timeline` - the records and metrics of one simulation.
 """

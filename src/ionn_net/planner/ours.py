@@ -75,6 +75,9 @@ This module owns the strategy registered as ``"ours"``. The idea, step by step:
 8. **Online re-planning.** :meth:`OursPlanner.replan` runs all of this again from the
    layers already sent with a re-measured link, shortening the horizon by the elapsed
    time.
+9. **Precision-first** (``ctx.stages``): the base stages are ordered by all of the above
+   on :func:`~.precision.base_context` (uploads cost the bases' bytes), and the
+   refinements follow (:mod:`.precision` says why and in which order).
 
 The greedy is incremental: its first partition is known after one round, so a client
 can start sending while the rest is planned (``select=False`` skips steps 5 and 6;
@@ -93,6 +96,7 @@ import numpy as np
 from ionn_net.errors import PlannerError
 from ionn_net.planner.execution import METHODS, BoolArray, ExecutionPlan, FloatArray, planner_for
 from ionn_net.planner.link import Link
+from ionn_net.planner.precision import base_context, staged_plan
 from ionn_net.planner.simulate import SimMemo, simulate_partitions
 from ionn_net.planner.upload import UploadPlanner, build_plan, get_planner
 from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, UploadPlan
@@ -486,6 +490,8 @@ class OursPlanner(UploadPlanner):
         return self._plan(ctx.with_(held=ctx.held | uploaded, link=link), elapsed_s)
 
     def _plan(self, ctx: PlanningContext, elapsed_s: float) -> UploadPlan:
+        if ctx.stages is not None:  # precision-first: order the bases, then refinements
+            return staged_plan(ctx, self._plan(base_context(ctx), elapsed_s))
         policy = ExecutionPolicy(self.method, adaptive=self.adaptive, objective=ctx.objective)
         variants = self._variants(ctx, elapsed_s)
         parts = variants[0][1]

@@ -28,6 +28,13 @@ Model:
   locally if new layers became usable meanwhile.
 * **Energy.** Client power model of the context: computing, radio active (either
   direction), idle while waiting for the RTT and server compute.
+* **Precision-first** (``PlanningContext.stages``). A partition sends its layers' base
+  stages (their wire fraction of the raw bytes); the loader decodes them before building
+  the layers, which are then usable at base precision. Refinements (the plan's, then the
+  next stage of any layer still approximate) go over the same link and the same serial
+  loader, which decodes them and swaps the exact weights in (no rebuild, no compile). A
+  query that ran a server segment on a layer not yet exact is recorded as approximate
+  (``QueryRecord.exact``).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,7 +50,14 @@ import numpy as np
 from ionn_net.errors import PlannerError
 from ionn_net.planner.execution import ExecutionPlan, ExecutionPlanner, Segment, planner_for
 from ionn_net.planner.link import Link
-from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern, UploadPlan
+from ionn_net.planner.timeline import PartitionRecord, QueryRecord, SimResult
+from ionn_net.planner.workload import (
+    ExecutionPolicy,
+    PlanningContext,
+    QueryPattern,
+    Refinement,
+    UploadPlan,
+)
 
 __all__ = [
     "PartitionRecord",
@@ -62,80 +76,6 @@ Replanner = Callable[[frozenset[str], Link], Sequence[frozenset[str]]]
 _MAX_QUERIES = 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class QueryRecord:
-    """One simulated query. ``server_layers`` ran on the server, the rest locally."""
-
-    index: int
-    issued_s: float
-    started_s: float
-    finished_s: float
-    server_layers: frozenset[str]
-    compute_s: float
-    transfer_s: float
-    wait_s: float
-    energy_j: float
-    replans: int = 0
-
-    @property
-    def latency_s(self) -> float:
-        """From issue to result, including time queued behind earlier queries."""
-        return self.finished_s - self.issued_s
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionRecord:
-    index: int
-    layers: frozenset[str]
-    wire_bytes: float
-    sent_s: float
-    arrived_s: float
-    ready_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class SimResult:
-    """The timeline of one simulation."""
-
-    queries: tuple[QueryRecord, ...]
-    partitions: tuple[PartitionRecord, ...]
-    local_s: float
-    upload_replans: int = 0
-    notes: dict[str, float] = field(default_factory=dict, compare=False)
-
-    @property
-    def upload_done_s(self) -> float:
-        """When the last partition became usable (0 without partitions)."""
-        return self.partitions[-1].ready_s if self.partitions else 0.0
-
-    def window(self, since: float = 0.0, until: float = math.inf) -> list[QueryRecord]:
-        return [q for q in self.queries if since <= q.issued_s < until]
-
-    def mean_latency(self, since: float = 0.0, until: float = math.inf) -> float:
-        """Mean latency of the queries issued in ``[since, until)`` (nan if none)."""
-        qs = self.window(since, until)
-        return sum(q.latency_s for q in qs) / len(qs) if qs else math.nan
-
-    def mean_energy(self, since: float = 0.0, until: float = math.inf) -> float:
-        qs = self.window(since, until)
-        return sum(q.energy_j for q in qs) / len(qs) if qs else math.nan
-
-    def first_faster_than_local(self, factor: float = 1.0) -> float | None:
-        """Issue time of the first query faster than ``factor`` x the local latency."""
-        for q in self.queries:
-            if q.latency_s < self.local_s * factor * (1 - 1e-9):
-                return q.issued_s
-        return None
-
-    def completion_time(self, n: int) -> float | None:
-        """When the ``n``-th query finished (``None`` if fewer were simulated)."""
-        return self.queries[n - 1].finished_s if 0 < n <= len(self.queries) else None
-
-    def uploaded_by(self, t: float) -> float:
-        """Wire bytes of the partitions that arrived by time ``t``."""
-        return sum(p.wire_bytes for p in self.partitions if p.arrived_s <= t)
-
-
 class _Uploader:
     """The upload fluid: progress over the link's free time, and the loader."""
 
@@ -145,14 +85,24 @@ class _Uploader:
         partitions: Sequence[frozenset[str]],
         link_changes: Sequence[tuple[float, Link]],
         replanner: Replanner | None,
+        refinements: Sequence[Refinement] = (),
     ) -> None:
         self.ctx = ctx
-        self.queue: deque[frozenset[str]] = deque(partitions)
+        #: upload units: (layers, stage); stage 0 makes layers usable (whole blobs, or
+        #: base stages precision-first), later stages refine them
+        self.queue: deque[tuple[frozenset[str], int]] = deque(_units(partitions, refinements))
         self.changes = list(link_changes)
         self.replanner = replanner
         self.now = 0.0
         self.rem = 0.0
         self.current: frozenset[str] | None = None
+        self.current_stage = 0
+        self.stages = ctx.stages
+        #: precision-first: the last stage each sent layer received, and when the layers
+        #: whose last stage arrived run on exact weights; layers still approximate
+        self.level: dict[str, int] = {}
+        self.exact_at: dict[str, float] = {}
+        self.inexact: set[str] = set()
         self.sent_at = 0.0
         self.busy: deque[tuple[float, float]] = deque()
         self.records: list[PartitionRecord] = []
@@ -203,33 +153,62 @@ class _Uploader:
         self.replans += 1
         fresh = [p - self.sent_layers for p in self.replanner(frozenset(self.sent_layers), link)]
         wanted = frozenset().union(*fresh) if fresh else frozenset()
-        if self.current is not None:
+        if self.current is not None and self.current_stage == 0:
             if self.current & wanted:
                 fresh = [p - self.current for p in fresh]
             else:
                 self.current = None
                 self.records.pop()
                 self.abandoned += 1
-        self.queue = deque(p for p in fresh if p)
+        refine = [unit for unit in self.queue if unit[1] > 0]
+        self.queue = deque([(p, 0) for p in fresh if p] + refine)
 
     def _start_next(self) -> bool:
         self._maybe_replan()
-        if not self.queue:
-            return False
+        while True:
+            if not self.queue and not self._queue_refinement():
+                return False
+            layers, stage = self.queue.popleft()
+            if stage == 0:
+                self.current = layers - self.sent_layers
+                break
+            self.current = frozenset(n for n in layers if self.level.get(n) == stage - 1)
+            if self.current:
+                break
+        self.current_stage = stage
         link = self.link_at(self.now)[1]
-        self.current = self.queue.popleft() - self.sent_layers
         wb = sum(self.ctx.graph[n].weight_bytes for n in self.current)
-        self.rem = wb / link.weight_ratio
+        if self.stages is None:
+            self.rem = wb / link.weight_ratio
+        else:
+            self.rem = self.stages.wire_bytes(wb, stage)
         self.records.append(
-            PartitionRecord(len(self.records), self.current, self.rem, self.now, -1, -1)
+            PartitionRecord(len(self.records), self.current, self.rem, self.now, -1, -1, stage)
         )
+        return True
+
+    def _queue_refinement(self) -> bool:
+        """Precision-first: once nothing else is queued, the next stage of every layer
+        still approximate (whatever the plan listed, the upload ends exact)."""
+        if not self.inexact:
+            return False
+        low = min(self.level[n] for n in self.inexact)
+        layers = frozenset(n for n in self.inexact if self.level[n] == low)
+        self.queue.append((layers, low + 1))
         return True
 
     def _finish(self) -> None:
         assert self.current is not None
+        if self.current_stage > 0:
+            self._finish_refinement()
+            return
         part = self.current
         g = self.ctx.graph
         layer_load = sum(float(self.ctx.load_s[g.position(n)]) for n in part)
+        if self.stages is not None:  # the base stage is decoded before the layer is built
+            layer_load += self.stages.decode_s(sum(g[n].weight_bytes for n in part), 0)
+            self.level.update(dict.fromkeys(part, 0))
+            self.inexact |= part
         self.batch_of.update(dict.fromkeys(part, len(self.records)))
         usable = self.usable[-1] | part
         fresh: list[frozenset[str]] = []
@@ -252,6 +231,34 @@ class _Uploader:
         self.sent_layers |= part
         self.usable.append(self.usable[-1] | part)
         self.current = None
+
+    def _finish_refinement(self) -> None:
+        """A refinement arrived: the loader checks, decodes and swaps it in (no rebuild,
+        no compilation: the built layers' variables are assigned)."""
+        assert self.current is not None and self.stages is not None
+        part, stage = self.current, self.current_stage
+        wb = sum(self.ctx.graph[n].weight_bytes for n in part)
+        ready = max(self.now, self.loader_free) + self.stages.refine_s(wb, len(part), stage)
+        self.loader_free = ready
+        self.level.update(dict.fromkeys(part, stage))
+        if stage == self.stages.stages - 1:
+            self.exact_at.update(dict.fromkeys(part, ready))
+            self.inexact -= part
+        rec = self.records[-1]
+        self.records[-1] = PartitionRecord(
+            rec.index, part, rec.wire_bytes, rec.sent_s, self.now, ready, stage
+        )
+        self.usable.append(self.usable[-1])
+        self.current = None
+
+    def exact_by(self, layers: Iterable[str], t: float) -> bool:
+        """Whether every one of ``layers`` runs on exact weights at time ``t`` (layers
+        held before the upload do)."""
+        if self.stages is None:
+            return True
+        return all(
+            self.exact_at.get(n, -1.0 if n not in self.level else math.inf) <= t for n in layers
+        )
 
     def pieces(self, layers: frozenset[str]) -> tuple[frozenset[str], ...]:
         """:meth:`LayerGraph.pieces` of usable ``layers`` (memoised: a pure function of
@@ -300,6 +307,9 @@ class _Uploader:
         twin.usable = list(self.usable)
         twin.batch_of = dict(self.batch_of)
         twin.compiled = set(self.compiled)
+        twin.level = dict(self.level)
+        twin.exact_at = dict(self.exact_at)
+        twin.inexact = set(self.inexact)
         twin.replanner = None
         return twin
 
@@ -307,7 +317,7 @@ class _Uploader:
         """True when nothing is left to send, every partition is usable at ``t`` and
         the server has compiled its chained segments as one slice (if it ever will)."""
         self.advance(t)
-        if self.queue or self.current is not None:
+        if self.queue or self.current is not None or self.inexact:
             return False
         usable = not self.records or self.records[-1].ready_s <= t
         return usable and (math.isinf(self.consolidated_at) or self.consolidated_at <= t)
@@ -322,7 +332,7 @@ class _Uploader:
 
     def drain(self, limit: float) -> float:
         """Finish the upload with no more queries; return when it is usable."""
-        while self.current is not None or self.queue:
+        while self.current is not None or self.queue or self.inexact:
             if self.now >= limit:
                 break
             self.advance(min(limit, self.now + 3600.0))
@@ -336,6 +346,7 @@ class _Acc:
     wait: float = 0.0
     server: set[str] = field(default_factory=set)
     replans: int = 0
+    approx: bool = False
 
 
 _LinkKey = tuple[Link, object]
@@ -465,6 +476,8 @@ class _Runner:
         acc.transfer += up_s + down_s
         acc.wait += link.rtt_s + srv
         acc.server.update(seg.layers)
+        if not acc.approx and not self.up.exact_by(seg.layers, t - srv):
+            acc.approx = True
         return t + down_s
 
     def _run_client(
@@ -546,6 +559,23 @@ class _Runner:
         return t
 
 
+def _units(
+    partitions: Sequence[frozenset[str]], refinements: Sequence[Refinement]
+) -> list[tuple[frozenset[str], int]]:
+    """Partitions (stage 0) and refinements in sending order."""
+    n = len(partitions)
+    after: dict[int, list[tuple[frozenset[str], int]]] = {}
+    for ref in refinements:
+        k = n if ref.after is None else min(max(ref.after, 0), n)
+        after.setdefault(k, []).append((ref.layers, ref.stage))
+    out: list[tuple[frozenset[str], int]] = []
+    for k in range(n + 1):
+        out.extend(after.get(k, ()))
+        if k < n:
+            out.append((partitions[k], 0))
+    return out
+
+
 def _issue_time(pattern: QueryPattern, i: int, prev_end: float) -> float:
     if pattern.kind == "rate":
         assert pattern.rate_qps is not None
@@ -579,6 +609,7 @@ def _repeat(
                 rec.wait_s,
                 rec.energy_j,
                 0,
+                rec.exact,
             )
         )
         i += 1
@@ -623,6 +654,7 @@ def simulate(
         replanner=replanner,
         until_s=until_s,
         max_queries=max_queries,
+        refinements=plan.refinements,
     )
 
 
@@ -636,15 +668,18 @@ def simulate_partitions(
     until_s: float | None = None,
     max_queries: int = 200_000,
     memo: SimMemo | None = None,
+    refinements: Sequence[Refinement] = (),
 ) -> SimResult:
     """:func:`simulate` for a bare list of partitions and a policy. ``memo`` (made for
-    the same context and policy) lets several simulations share their execution plans."""
+    the same context and policy) lets several simulations share their execution plans.
+    With ``ctx.stages`` (precision-first) the partitions send base stages and
+    ``refinements`` (then whatever stages are still missing) follow."""
     if not 1 <= max_queries <= _MAX_QUERIES:
         raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
     if memo is None:
         memo = SimMemo(ctx, policy)
     memo.check(ctx, policy)
-    up = _Uploader(ctx, partitions, _validate_changes(link_changes), replanner)
+    up = _Uploader(ctx, partitions, _validate_changes(link_changes), replanner, refinements)
     runner = _Runner(ctx, policy, up, memo)
     pattern = ctx.pattern
     limit = min(
@@ -677,6 +712,7 @@ def simulate_partitions(
             acc.wait,
             energy,
             acc.replans,
+            not acc.approx,
         )
         records.append(rec)
         i += 1

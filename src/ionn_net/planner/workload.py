@@ -30,7 +30,14 @@ from ionn_net.planner.execution import (
 )
 from ionn_net.planner.link import Link
 
-__all__ = ["ExecutionPolicy", "PlanningContext", "QueryPattern", "UploadPlan"]
+__all__ = [
+    "ExecutionPolicy",
+    "PlanningContext",
+    "QueryPattern",
+    "Refinement",
+    "StageCosts",
+    "UploadPlan",
+]
 
 _MAX_QUERIES = 10_000_000
 
@@ -107,12 +114,81 @@ class ExecutionPolicy:
             )
 
 
+def _finite_ms(what: str, value: object) -> float:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise PlannerError(f"{what}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageCosts:
+    """What a precision-first upload costs (:mod:`ionn_net.model.stages`), per raw byte
+    of a layer's float32 blob: for each stage (the base first) its bytes on the wire
+    (compression included) and the server's time to check and decode it; for each
+    refinement also the swap of the new weights into the built layer (assigning its
+    variables: per MB and per layer). One set of numbers per model (its layers' sums)."""
+
+    precision: str
+    wire_fraction: tuple[float, ...]
+    decode_ms_per_mb: tuple[float, ...]
+    swap_ms_per_mb: float = 0.0
+    swap_ms_per_layer: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("16bit-first", "8bit-first"):
+            raise PlannerError(
+                f"stage costs precision: expected '16bit-first' or '8bit-first', "
+                f"got {self.precision!r}"
+            )
+        wire = tuple(_finite_ms("stage wire fraction", f) for f in self.wire_fraction)
+        decode = tuple(_finite_ms("stage decode ms per MB", d) for d in self.decode_ms_per_mb)
+        if len(wire) < 2 or len(decode) != len(wire) or not 1e-3 <= wire[0] <= 100:
+            raise PlannerError(
+                "stage costs: expected a base and refinements, a decode time per stage and "
+                f"a base wire fraction in [0.001, 100]; got {wire!r} and {decode!r}"
+            )
+        object.__setattr__(self, "wire_fraction", wire)
+        object.__setattr__(self, "decode_ms_per_mb", decode)
+        _finite_ms("swap_ms_per_mb", self.swap_ms_per_mb)
+        _finite_ms("swap_ms_per_layer", self.swap_ms_per_layer)
+
+    @property
+    def stages(self) -> int:
+        return len(self.wire_fraction)
+
+    def wire_bytes(self, raw_bytes: float, stage: int) -> float:
+        """Wire bytes of ``stage`` of blobs totalling ``raw_bytes``."""
+        return raw_bytes * self.wire_fraction[stage]
+
+    def decode_s(self, raw_bytes: float, stage: int) -> float:
+        return raw_bytes * self.decode_ms_per_mb[stage] / 1e9
+
+    def refine_s(self, raw_bytes: float, layers: int, stage: int) -> float:
+        """Server seconds to check, decode and swap in refinement ``stage`` of ``layers``
+        layers whose blobs total ``raw_bytes``."""
+        swap = raw_bytes * self.swap_ms_per_mb / 1e9 + layers * self.swap_ms_per_layer / 1e3
+        return self.decode_s(raw_bytes, stage) + swap
+
+
+@dataclass(frozen=True, slots=True)
+class Refinement:
+    """A refinement stage of some layers in an upload: sent after ``after`` partitions
+    (their base stages) of the plan, ``None`` after all of them."""
+
+    layers: frozenset[str]
+    stage: int = 1
+    after: int | None = None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UploadPlan:
     """Ordered partitions to upload and the execution plans they enable.
 
     ``exec_plans[k]`` is the plan once ``partitions[: k + 1]`` are usable (plus the
-    layers held before the upload); ``initial_plan`` applies before any of them.
+    layers held before the upload); ``initial_plan`` applies before any of them. In a
+    precision-first upload (``precision`` other than ``"exact"``) each partition sends its
+    layers' base stages, which make them usable at a lower precision, and
+    ``refinements`` the later stages that make them exact.
     """
 
     strategy: str
@@ -121,6 +197,8 @@ class UploadPlan:
     initial_plan: ExecutionPlan
     policy: ExecutionPolicy = field(default_factory=ExecutionPolicy)
     notes: Mapping[str, object] = field(default_factory=dict, compare=False)
+    precision: str = "exact"
+    refinements: tuple[Refinement, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.exec_plans) != len(self.partitions):
@@ -135,7 +213,24 @@ class UploadPlan:
             if seen & part:
                 raise PlannerError(f"upload plan: partition {i} repeats {sorted(seen & part)[:3]}")
             seen |= part
+        self._check_refinements()
         object.__setattr__(self, "notes", MappingProxyType(dict(self.notes)))
+
+    def _check_refinements(self) -> None:
+        if self.precision not in ("exact", "16bit-first", "8bit-first"):
+            raise PlannerError(f"upload plan precision: got {self.precision!r}")
+        if self.refinements and self.precision == "exact":
+            raise PlannerError("upload plan: refinements in an exact upload")
+        n = len(self.partitions)
+        for i, ref in enumerate(self.refinements):
+            after = n if ref.after is None else ref.after
+            ok = isinstance(ref, Refinement) and ref.layers and ref.stage >= 1
+            sent = frozenset().union(*self.partitions[:after]) if 0 <= after <= n else None
+            if not ok or sent is None or not ref.layers <= sent:
+                raise PlannerError(
+                    f"upload plan: refinement {i} must refine layers whose base was sent "
+                    f"before it (stage >= 1, after 0..{n})"
+                )
 
     @property
     def layers(self) -> frozenset[str]:
@@ -179,6 +274,9 @@ class PlanningContext:
     includes each layer's share of compilation. A server segment made of several
     pieces costs ``piece_call_ms`` per extra piece on every query until the upload is
     complete and the server has compiled the segment as one slice.
+
+    ``stages`` (precision-first upload) says what each stage of a layer costs; the
+    simulator then sends every partition as base stages and charges the refinements.
     """
 
     graph: LayerGraph
@@ -193,6 +291,7 @@ class PlanningContext:
     pattern: QueryPattern = field(default_factory=QueryPattern)
     objective: str = "latency"
     power: PowerModel = field(default_factory=PowerModel)
+    stages: StageCosts | None = None
     times: LayerTimes = field(init=False, repr=False, compare=False)
     load_s: FloatArray = field(init=False, repr=False, compare=False)
     weight_bytes: FloatArray = field(init=False, repr=False, compare=False)
@@ -208,6 +307,8 @@ class PlanningContext:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
                 raise PlannerError(f"{name}: expected a finite ms >= 0, got {v!r}")
+        if self.stages is not None and not isinstance(self.stages, StageCosts):
+            raise PlannerError(f"stages: expected StageCosts, got {type(self.stages).__name__}")
         unknown = [n for n in self.held if n not in self.graph]
         if unknown:
             raise PlannerError(f"held: unknown layers {sorted(unknown)[:5]}")
