@@ -12,8 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -520,10 +521,92 @@ def test_building_ahead_checks_every_weight_and_the_sets() -> None:
         d1 = next(iter(BLOBS))
         blob = {"m": "stage_blob", "model": digest, "tag": stage_tag(key), "sha256": d1,
                 "size": len(BLOBS[d1]), "offset": 0}  # fmt: skip
+        failed = b.handoff.stats["build_ahead_failed"]
         assert peer.request(blob, BLOBS[d1]).head["complete"] is True
-        time.sleep(3.0)  # time to try
+        wait_for(lambda: b.handoff.stats["build_ahead_failed"] > failed)  # tried, refused
         _, manifest, _ = move(b.port, key, body, {}, source=None, grant=None)
         assert manifest["blobs_held"] == [d1] and manifest["layers_ready"] == []
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds (the target builds ahead in the background)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the target never got there"
+        time.sleep(0.05)
+
+
+def stage_model(peer: RefPeer, tag: str, body: bytes, blobs: dict[str, bytes], sets: Any) -> None:
+    """Stage ``body`` with ``prepare`` ``sets`` and every blob of ``blobs`` under ``tag``."""
+    digest = hashlib.sha256(body).hexdigest()
+    head = {"m": "stage", "model": digest, "tag": tag, "prepare": sets}
+    assert peer.request(head, body).head["m"] == "stage_ok"
+    for sha, data in blobs.items():
+        head = {"m": "stage_blob", "model": digest, "tag": tag, "sha256": sha,
+                "size": len(data), "offset": 0}  # fmt: skip
+        assert peer.request(head, data).head["complete"] is True
+
+
+@pytest.mark.spec("15.5.5")
+def test_building_ahead_refuses_sets_naming_local_only_layers(two: list[Any]) -> None:
+    _, b = two
+    m = dense_model(2)[3]
+    m.layer("on_device", "LocalOnly", {"output_shapes": [[8]]}, ["d3:0"])
+    body = m.body(["on_device:0"])
+    digest = hashlib.sha256(body).hexdigest()
+    peer = open_session(b.port, random_key())
+    key = random_key()
+    for sets in ([["on_device"]], [["d3", "on_device"]]):
+        head = {"m": "stage", "model": digest, "tag": stage_tag(key), "prepare": sets}
+        assert peer.request(head, body).head["code"] == "bad_request", sets
+    _, manifest, _ = move(b.port, key, body, {}, source=None, grant=None)
+    assert manifest["blobs_held"] == [] and manifest["layers_ready"] == []  # nothing staged
+    stage_model(peer, stage_tag(key), body, dict(m.blobs), [["d1", "d2", "d3"]])  # buildable
+
+
+@pytest.mark.spec("15.5.5")
+def test_a_staged_layer_with_a_non_finite_weight_is_never_built(two: list[Any]) -> None:
+    _, b = two
+    m = dense_model(3)[3]
+    spec = m.layers[1]  # d1: its kernel's first value becomes NaN, every digest made to match
+    sha, blob = m.blob_of("d1")
+    del m.blobs[sha]
+    bad = struct.pack("<f", float("nan")) + blob[4:]
+    kernel_len = 64 * 256 * 4
+    spec["weights"][0]["sha256"] = hashlib.sha256(bad[:kernel_len]).hexdigest()
+    spec["blob"]["sha256"] = hashlib.sha256(bad).hexdigest()
+    m.blobs[spec["blob"]["sha256"]] = bad
+    body = m.body(["d3:0"])
+    key = random_key()
+    peer = open_session(b.port, random_key())
+    failed = b.handoff.stats["build_ahead_failed"]
+    stage_model(peer, stage_tag(key), body, dict(m.blobs), [["d1"], ["d2", "d3"]])
+    wait_for(lambda: b.handoff.stats["build_ahead_failed"] > failed)
+    time.sleep(0.5)  # a build of the other set, were one under way, would be done by now
+    on_b, manifest, _ = move(b.port, key, body, {}, source=None, grant=None)
+    assert sorted(manifest["blobs_held"]) == sorted(m.blobs)  # the blobs themselves verified
+    assert "d1" not in manifest["layers_ready"], manifest
+    digest = hashlib.sha256(body).hexdigest()
+    refused = on_b.request({"m": "load", "model": digest, "layers": ["d1"]}).head
+    assert refused["code"] == "bad_request", refused  # as a client's load of it (§10.6.1)
+    well_behaved, _, _ = move(b.port, random_key(), BODY, BLOBS, source=None, grant=None)
+    assert load_and_query(well_behaved).shape == (8,)
+
+
+@pytest.mark.spec("15.5.5")
+def test_layers_built_ahead_are_not_ready_when_the_staged_blobs_exceed_the_budget() -> None:
+    budget = sum(map(len, BLOBS.values())) - 1  # every blob but one byte
+    with peered_servers(1, max_bytes_per_session=budget) as (b,):
+        key = random_key()
+        peer = open_session(b.port, random_key())
+        stage_model(peer, stage_tag(key), BODY, BLOBS, [["d1"]])
+        wait_for(lambda: b.handoff.stats["built_ahead"] >= 1)  # d1 is built on the target
+        on_b, manifest, _ = move(b.port, key, BODY, {}, source=None, grant=None)
+        assert manifest["layers_ready"] == [], manifest  # not every staged blob fitted
+        biggest = max(BLOBS, key=lambda d: len(BLOBS[d]))  # d2's: the one that did not fit
+        assert sorted(manifest["blobs_held"]) == sorted(set(BLOBS) - {biggest})
+        loaded = on_b.request({"m": "load", "model": DIGEST, "layers": ["d1"]}).head
+        assert loaded["m"] == "load_ok" and "d1" in loaded["layers_ready"], loaded
 
 
 # ----- §14.7 limits ----------------------------------------------------------------------------

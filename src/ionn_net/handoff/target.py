@@ -100,6 +100,7 @@ class HandoffTarget:
             "staged_blobs": 0,
             "claimed": 0,
             "built_ahead": 0,
+            "build_ahead_failed": 0,
         }
 
     # -- §15.4 fetch ---------------------------------------------------------------------
@@ -348,6 +349,7 @@ class HandoffTarget:
                     await self._server.build(built, names, sets)
                     self.stats["built_ahead"] += len(names)
         except Exception:  # the client loads them itself; nothing is lost
+            self.stats["build_ahead_failed"] += 1
             logger.exception("building staged layers ahead failed")
 
     async def close(self) -> None:
