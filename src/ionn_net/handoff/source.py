@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ionn_net.aio import AioConnection, ServerStream
 from ionn_net.config import Limits
+from ionn_net.errors import StoreError
 from ionn_net.handoff.config import HandoffConfig, stage_tag
 from ionn_net.handoff.grants import GrantIssuer, GrantScope
 from ionn_net.handoff.peers import PeerLink, PeerLinks, PeerUnreachable
@@ -42,7 +43,7 @@ from ionn_net.messages import (
     parse_reply,
 )
 from ionn_net.offthread import lower_priority, to_thread_to_the_end
-from ionn_net.store import BlobStore
+from ionn_net.store import BlobStore, StoreUnavailableError
 
 __all__ = ["PUSH_URGENCY", "HandoffSource"]
 
@@ -146,7 +147,12 @@ class HandoffSource:
             raise RequestError(
                 "bad_request", f"pull: expected a range within {size} bytes, at most {cap}"
             )
-        data = await self._read(stream.connection, req.sha256)
+        try:
+            data = await self._read(stream.connection, req.sha256)
+        except StoreUnavailableError as exc:
+            raise RequestError("internal", f"pull: blob {req.sha256}: {exc}") from None
+        except StoreError:  # failed verification on read and discarded: no longer held
+            raise RequestError("out_of_scope", f"pull: blob {req.sha256} is not held") from None
         piece = data[req.offset : req.offset + req.length]
         self.stats["pulled_bytes"] += len(piece)
         return PullOk(sha256=req.sha256, offset=req.offset, body_len=len(piece)), piece
@@ -182,7 +188,13 @@ class HandoffSource:
                 async with self._links.use(session.hash, req.target) as link:
                     await self._stage(link, stage_tag(session.key), req, model)
                     for digest in [d for d in transfer.order if d not in transfer.failed]:
-                        await self._push_blob(link, req, stage_tag(session.key), digest, model)
+                        try:
+                            await self._push_blob(link, req, stage_tag(session.key), digest, model)
+                        except StoreUnavailableError:
+                            raise
+                        except StoreError:  # failed verification on read: no longer held
+                            transfer.fail(digest, "missing_blobs")
+                            continue
                         transfer.ok(digest)
                         self.stats["pushed_blobs"] += 1
         except TimeoutError:

@@ -54,12 +54,15 @@ def config(peers: Mapping[str, str], **handoff: Any) -> ServerConfig:
 
 
 @contextlib.asynccontextmanager
-async def pair(**handoff: Any) -> AsyncIterator[tuple[EdgeServer, EdgeServer]]:
+async def pair(
+    store_a: Path | None = None, **handoff: Any
+) -> AsyncIterator[tuple[EdgeServer, EdgeServer]]:
+    """Two peered servers; A keeps its blobs in the directory ``store_a`` when given."""
     pa, pb = free_port(), free_port()
     peers = {name(pa): name(pa), name(pb): name(pb)}
     cost = ServerCostModel()
     async with (
-        EdgeServer(port=pa, config=config(peers, **handoff), cost_model=cost) as a,
+        EdgeServer(port=pa, config=config(peers, **handoff), cost_model=cost, store=store_a) as a,
         EdgeServer(port=pb, config=config(peers, **handoff), cost_model=cost) as b,
     ):
         yield a, b
@@ -229,6 +232,42 @@ async def test_a_source_sending_bytes_that_do_not_match_is_treated_like_a_client
     finally:
         rogue.close()
         await rogue.wait_closed()
+
+
+def rot(store: Path, digest: str) -> None:
+    """Flip a bit of ``digest``'s file in a directory store, as bit rot on disk would."""
+    path = next((store / "blobs").glob(f"*/{digest}"))
+    data = path.read_bytes()
+    path.write_bytes(bytes([data[0] ^ 1]) + data[1:])
+
+
+async def test_a_source_whose_stored_blob_rotted_sends_none_of_it(tmp_path: Path) -> None:
+    """A blob that fails verification on the previous server's disk is neither pulled nor
+    pushed (the store discards it); the others move, and the client uploads that one."""
+    async with pair(tmp_path) as (a, b), bystanders(a, b):
+        key = os.urandom(16).hex()
+        async with tenant(a.port, key, mlp(8)) as on_a:
+            await on_a.setup()
+            token = await grant(on_a)
+            first, second = list(on_a.builder.blobs)
+            rot(tmp_path, first)
+            async with tenant(b.port, key, mlp(8)) as on_b:
+                await on_b.hello()
+                await on_b.manifest()
+                reply = await fetch(on_b, name(a.port), token)
+                assert reply["fetched"] == [second], reply
+                assert reply["failed"] == {first: "out_of_scope"}, reply
+                assert "source_error" not in reply
+                assert await held(on_b) == [second]
+                assert (await on_b.blob(first, 0, on_a.builder.blobs[first]))["complete"]
+                assert (await on_b.load())["m"] == "load_ok"
+                await on_b.check_works()
+            assert (await on_a.blob(first, 0, on_a.builder.blobs[first]))["complete"]
+            rot(tmp_path, second)
+            push = {"m": "push", "model": on_a.digest, "target": name(b.port),
+                    "blobs": [second, first], "deadline_ms": 30_000}  # fmt: skip
+            reply, _ = await call(on_a.conn, push, timeout=60.0)
+            assert reply["pushed"] == [first] and reply["failed"] == {second: "missing_blobs"}
 
 
 def wide(seed: int = 11) -> tuple[dict[str, Any], ManifestBuilder]:
