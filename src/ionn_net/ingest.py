@@ -11,7 +11,6 @@ other, that it holds the blob.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterable, Collection, Mapping
 
 from ionn_net.errors import StoreError
@@ -75,31 +74,26 @@ class BlobIngest:
             raise RequestError("bad_request", f"body: expected {body_len} bytes, got {received}")
         return offset
 
-    async def complete(self, owner: str | None, digest: str, key: str) -> None:
-        """Verify and store the finished partial ``key`` as ``digest``, then record ``owner``
-        as its owner, also when the sender vanished while the digest was checked: the
-        partial is consumed by then, so without the record it would have to be sent again.
-        Bytes that do not hash to ``digest`` are discarded: ``digest_mismatch``; a store
-        that cannot be reached keeps the partial: ``internal``. With no
-        ``owner`` (a blob staged for a session yet to come, §15.5) nobody is recorded."""
-        work = asyncio.ensure_future(
-            asyncio.to_thread(self.store.complete_partial, digest, key=key)
-        )
+    async def complete(
+        self, owner: str | None, digest: str, key: str, *, public: bool = False
+    ) -> None:
+        """Verify and store the finished partial ``key`` as ``digest``; the store records
+        ``owner`` as its owner (and, with ``public``, the blob as published, §10.3.4) with
+        the commit, also when the sender vanished while the digest was checked: the partial
+        is consumed by then, so without the record it would have to be sent again. Bytes
+        that do not hash to ``digest`` are discarded: ``digest_mismatch``; a store that
+        cannot be reached keeps the partial: ``internal``. With no ``owner`` (a blob staged
+        for a session yet to come, §15.5) nobody is recorded."""
         try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            await asyncio.wait({work})
-            if owner is not None and not work.cancelled() and work.exception() is None:
-                self.store.record_owner(owner, digest)
-            raise
+            await to_thread_to_the_end(
+                lambda: self.store.complete_partial(digest, key=key, owner=owner, public=public)
+            )
         except StoreUnavailableError as exc:
             # Not the sender's bytes: the partial stays (nothing acknowledged is lost) and
             # the blob is completed again once the store is back.
             raise RequestError("internal", f"blob {digest}: {exc}") from None
         except StoreError:
             raise RequestError("digest_mismatch", f"blob {digest}: bytes do not match") from None
-        if owner is not None:
-            self.store.record_owner(owner, digest)
 
 
 async def one_chunk(data: bytes) -> AsyncIterable[bytes]:

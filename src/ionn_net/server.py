@@ -7,10 +7,12 @@ a server-side :class:`~ionn_net.executor.Executor` per model; blobs live in a
 content-addressed :class:`~ionn_net.store.BlobStore` shared by all sessions.
 
 Tenant rule (protocol.md §14.5): the server only ever tells a session about blobs that
-this session uploaded. Storage is deduplicated silently (a blob already stored by
-another tenant is verified again when this session uploads it, and not written twice),
-so nothing about other tenants' models leaks through ``manifest_ok`` / ``have_ok`` or
-resume offsets (partials are keyed per session).
+this session uploaded (``blobs_held``) or that are public (``blobs_public``: its catalog
+and blobs other sessions uploaded under a public marking, §14.5.1, handled by
+:mod:`ionn_net.server_catalog`). Storage is deduplicated silently (a blob already stored
+by another tenant is verified again when this session uploads it, and not written twice),
+so nothing about other tenants' private models leaks through ``manifest_ok`` /
+``have_ok`` or resume offsets (partials are keyed per session).
 
 Everything slow (hashing blobs, building Keras layers, compiling slices, running
 inference) runs in worker threads, never on the event loop. A request that fails
@@ -38,6 +40,7 @@ import numpy as np
 from ionn_net import __version__
 from ionn_net.aio import ServerStream, serve
 from ionn_net.aio.connection import AioConnection
+from ionn_net.catalog import Catalog
 from ionn_net.config import Limits
 from ionn_net.errors import ConfigError, IonnError, SpecError, StoreError, TensorError
 from ionn_net.handoff import HandoffConfig
@@ -76,10 +79,12 @@ from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manife
 from ionn_net.offthread import lower_priority, to_thread_to_the_end
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
+from ionn_net.server_catalog import PublicHoldings, check_warm_spec
 from ionn_net.store import (
     BlobCorruptError,
     BlobStore,
     DirectoryStore,
+    StoreUnavailableError,
     open_store,
     partial_key,
 )
@@ -117,6 +122,11 @@ class ServerConfig:
     jit: bool | None = None
     #: Handoff to and from other servers: peers, grants, limits (protocol.md §14.7, §15).
     handoff: HandoffConfig = field(default_factory=HandoffConfig)
+    #: Catalog models built and compiled ahead, after the server listens: ``all``,
+    #: ``none``, a number N (the first N of the index) or comma-separated names/digests.
+    catalog_warm: str = "all"
+    #: Seconds between sweeps of stale partial uploads (§14.5; the store's TTL decides).
+    sweep_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -136,6 +146,9 @@ class ServerConfig:
             raise ConfigError(f"loader_nice: expected an integer 0..19, got {self.loader_nice!r}")
         if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
             raise ConfigError("secret: expected non-empty bytes or None")
+        check_warm_spec(self.catalog_warm)
+        if not isinstance(self.sweep_interval_s, int | float) or not self.sweep_interval_s > 0:
+            raise ConfigError(f"sweep_interval_s: expected > 0, got {self.sweep_interval_s!r}")
 
 
 class _Model:
@@ -164,6 +177,13 @@ class _Model:
         self._runners: dict[frozenset[str], Any] = {}
         self.consolidating: set[frozenset[str]] = set()
         self._complete = False
+        #: Blobs the session's latest manifest request marks public (§10.3.4).
+        self.public_marked: frozenset[str] = frozenset()
+
+    def share_executor(self, executor: Any) -> None:
+        """Run on a warm catalog model's executor (same manifest digest, so the same graph
+        and layers): its compiled slices serve this session at once."""
+        self._executor = executor
 
     @property
     def complete(self) -> bool:
@@ -233,9 +253,12 @@ class EdgeServer:
 
     ``store`` is a :class:`BlobStore`, a directory path (durable store), a
     ``redis://host:port/db`` URL (store shared by a site's servers) or ``None`` (in
-    memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default the
-    server calibrates one on this machine on first start (cached in the store directory
-    when there is one).
+    memory). ``catalog`` is a :class:`~ionn_net.catalog.Catalog` or its directory, opened
+    at start (a directory that is not a catalog raises
+    :class:`~ionn_net.catalog.CatalogError` and the server does not start; refused entries
+    are logged and the rest is served). ``cost_model`` is sent to clients in ``welcome``
+    (§10.10); by default the server calibrates one on this machine on first start, cached
+    in the store directory, in the Redis store (per host), or else in ``~/.cache/ionn_net``.
     """
 
     def __init__(
@@ -247,12 +270,18 @@ class EdgeServer:
         config: ServerConfig | None = None,
         cost_model: ServerCostModel | None = None,
         ssl: Any = None,
+        catalog: Catalog | str | os.PathLike[str] | None = None,
     ) -> None:
         self.host = host
         self._port = port
         self.config = config or ServerConfig()
         self.store: BlobStore = open_store(store)
         self.ingest = BlobIngest(self.store, self.config.max_bytes_per_session)
+        self._catalog = catalog
+        #: The catalog and the published blobs (§14.5.1).
+        self.public = PublicHoldings(
+            self.store, limits=self.config.spec_limits, jit=self.config.jit
+        )
         self._cost_model = cost_model
         self._ssl = ssl
         self._sessions: dict[str, _Session] = {}
@@ -283,6 +312,7 @@ class EdgeServer:
         self._handlers.update(self.handoff.handlers())  # §15
         self.stats = {"queries": 0, "errors": 0, "blobs": 0, "loads": 0}
         self._background: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Future[None] | None = None
         self._loader = ThreadPoolExecutor(
             max_workers=_LOADER_THREADS,
             thread_name_prefix="ionn-loader",
@@ -305,6 +335,7 @@ class EdgeServer:
         return () if self._server is None else tuple(self._server.connections)
 
     async def start(self) -> EdgeServer:
+        await asyncio.to_thread(self.public.open_catalog, self._catalog, self.config.catalog_warm)
         if self._cost_model is None:
             self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
         await asyncio.to_thread(_warm_up)
@@ -317,9 +348,25 @@ class EdgeServer:
             on_connection=self._arm_hello_deadline,
         )
         logger.info("edge server listening on %s:%d", self.host, self.port)
+        self.public.start_warm()  # its own thread, lowest priority: never on a query's path
+        self._sweeper = asyncio.ensure_future(self._sweep_periodically())
         return self
 
+    async def _sweep_periodically(self) -> None:
+        """§14.5: partial uploads not appended to for the store's TTL expire while the
+        server runs, not only when a store opens."""
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                if swept := await asyncio.to_thread(self.store.sweep_partials):
+                    logger.info("swept %d stale partial uploads", swept)
+            except StoreError as exc:
+                logger.warning("sweeping stale partial uploads failed: %s", exc)
+
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await asyncio.to_thread(self.public.stop_warm)  # waits for the model being built
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -338,7 +385,7 @@ class EdgeServer:
         from ionn_net.calibrate import load_or_calibrate
 
         root = self.store.root if isinstance(self.store, DirectoryStore) else None
-        return load_or_calibrate(root)
+        return load_or_calibrate(root, notes=self.store)
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -371,6 +418,10 @@ class EdgeServer:
         except RequestError as exc:
             self.stats["errors"] += 1
             reply = Error.of(exc)
+        except StoreUnavailableError as exc:  # not the client's fault: the store is down
+            self.stats["errors"] += 1
+            logger.warning("request %r failed: %s", kind, exc)
+            reply = Error(code="internal", message=str(exc))
         except (SpecError, TensorError, StoreError) as exc:
             self.stats["errors"] += 1
             reply = Error(code="bad_request", message=str(exc))
@@ -501,24 +552,34 @@ class EdgeServer:
         if hashlib.sha256(body).hexdigest() != digest:
             raise RequestError("bad_manifest", "model: the digest does not match the manifest")
         model = session.models.get(digest)
-        if model is None and len(session.models) >= self.config.max_models_per_session:
-            raise RequestError("limit_exceeded", "this session holds too many models")
+        if model is None:
+            if len(session.models) >= self.config.max_models_per_session:
+                raise RequestError("limit_exceeded", "this session holds too many models")
+            try:
+                model = await asyncio.to_thread(self._parse_model, body)
+            except SpecError as exc:
+                raise RequestError("bad_manifest", str(exc)) from None
+        # §10.3.4: a bad marking refuses the whole request (before anything is claimed).
+        marked = self.public.marking(model.manifest, request.public)
         # blobs pushed ahead of this client become its own, with any layer built (§15.5)
         built = self.handoff.claim(session, digest)
-        if model is None:
-            model = built if isinstance(built, _Model) else None
-            if model is None:
-                try:
-                    model = await asyncio.to_thread(self._parse_model, body)
-                except SpecError as exc:
-                    raise RequestError("bad_manifest", str(exc)) from None
-            session.models[digest] = model
+        if isinstance(built, _Model) and digest not in session.models:
+            model = built
+        model.public_marked = marked
+        session.models[digest] = model
+        # blobs this session already holds from its own verified uploads (or claimed) are
+        # published at once
+        self.public.publish(model.public_marked & self.store.owned_by(session.hash))
         return ManifestOk(model=digest, holdings=self._holdings(session, model)), b""
 
     def _parse_model(self, body: bytes) -> _Model:
         manifest = loads_manifest(body, self.config.spec_limits, canonical=True)
         graph = graph_from_manifest(manifest, self.config.spec_limits)
-        return _Model(manifest, graph, self.config.jit)
+        model = _Model(manifest, graph, self.config.jit)
+        shared = self.public.shared_executor(model.digest)
+        if shared is not None:  # a warm catalog model: its compiled slices serve at once
+            model.share_executor(shared)
+        return model
 
     def _holdings(self, session: _Session, model: _Model) -> Holdings:
         owned = self.store.owned_by(session.hash)
@@ -534,6 +595,7 @@ class EdgeServer:
             partial=partial,
             layers_ready=tuple(sorted(model.ready, key=model.graph.position)),
             refused=dict(model.refused),
+            blobs_public=self.public.held(model.blob_sizes),
         )
 
     def find_session(self, session_hash: str) -> _Session | None:
@@ -570,7 +632,7 @@ class EdgeServer:
         if size is None or blob.size != size:
             raise RequestError("unknown_blob", f"blob {digest}: not in this model's manifest")
         key = partial_key(session.hash, digest)
-        if digest in self.store.owned_by(session.hash):
+        if digest in self.store.owned_by(session.hash) or self.public.holds(digest, size):
             await stream.read_body(check_body_len(blob.body_len, limit=size))
             return BlobOk(sha256=digest, offset=size, complete=True), b""
         offset = blob.offset
@@ -590,7 +652,8 @@ class EdgeServer:
         complete = new_offset == size
         if complete:
             try:
-                await self.ingest.complete(session.hash, digest, key)
+                public = any(digest in m.public_marked for m in session.models.values())
+                await self.ingest.complete(session.hash, digest, key, public=public)
             finally:
                 session.partials.discard(digest)  # stored, or dropped as corrupt
             self.stats["blobs"] += 1
@@ -612,8 +675,8 @@ class EdgeServer:
                 raise RequestError("bad_request", f"layer {name!r}: not in the manifest")
             if name in model.refused:
                 raise RequestError("bad_request", f"layer {name!r}: {model.refused[name]}")
-        owned = self.store.owned_by(session.hash)
-        missing = [n for n in names if model.specs[n].blob_sha256 not in (None, *owned)]
+        usable = self.store.owned_by(session.hash) | set(self.public.held(model.blob_sizes))
+        missing = [n for n in names if model.specs[n].blob_sha256 not in (None, *usable)]
         if missing:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
@@ -660,10 +723,14 @@ class EdgeServer:
                 continue
             spec = model.specs[name]
             shapes = [model.graph[r.layer].output_shapes[r.index] for r in spec.inbound]
+            prebuilt = self.public.reuse(model.digest, spec, shapes)  # catalog layers only
+            if prebuilt is not None:
+                built[name] = prebuilt
+                continue
             weights = []
             if spec.blob_sha256 is not None:
                 try:
-                    blob = self.store.get(spec.blob_sha256)  # verified on read
+                    blob = self.public.read(spec.blob_sha256)  # verified on read
                 except BlobCorruptError:  # discarded by the store: the owner uploads it again
                     raise RequestError(
                         "missing_blobs", f"blob of {name!r} failed verification", layers=[name]

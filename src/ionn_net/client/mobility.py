@@ -208,8 +208,8 @@ class Mobility:
         order); what it then holds is recorded in the plan state. Nothing happens without
         a previous server and a live grant from it."""
         source = self._source()
-        have = self._state.held_blobs
-        wanted = [d for d in digests if d not in have and d not in self._not_at_source]
+        state = self._state  # blobs the server holds publicly need no fetch either
+        wanted = [d for d in digests if state.needs_upload(d) and d not in self._not_at_source]
         if source is None or not wanted:
             return
         name, held = source

@@ -103,6 +103,7 @@ class PlanState:
         # the server's readiness
         self._ready: frozenset[str] = frozenset()
         self._held_blobs: set[str] = set()
+        self._public_blobs: frozenset[str] = frozenset()
         self._partial: dict[str, int] = {}
         self._refused: dict[str, str] = {}
         self._local_only: dict[str, str] = dict(prepared.local_only)
@@ -166,6 +167,39 @@ class PlanState:
     @property
     def held_blobs(self) -> frozenset[str]:
         return frozenset(self._held_blobs)
+
+    @property
+    def public_blobs(self) -> frozenset[str]:
+        """Blobs the server holds publicly (§10.3.3): never uploaded, loadable at once."""
+        return self._public_blobs
+
+    def needs_upload(self, digest: str | None) -> bool:
+        """The server holds none of blob ``digest``'s bytes for this session or publicly."""
+        return digest is not None and not (
+            digest in self._held_blobs or digest in self._public_blobs
+        )
+
+    def loadable_now(
+        self, layer_blob: Mapping[str, tuple[str | None, int]], never: Collection[str]
+    ) -> frozenset[str]:
+        """Layers not ready that the server can load without any upload: those whose blob
+        it holds (publicly or for this session), and the weightless layers fed only by
+        them, by ready layers or by model inputs (topological order)."""
+        inputs = set(self._graph.inputs)
+        usable: set[str] = set()
+        for name in self._graph.order:
+            if name in never or name in self._ready:
+                continue
+            digest = layer_blob[name][0]
+            if digest is not None:
+                if not self.needs_upload(digest):
+                    usable.add(name)
+            elif all(
+                r.layer in usable or r.layer in self._ready or r.layer in inputs
+                for r in self._graph[name].inbound
+            ):
+                usable.add(name)
+        return frozenset(usable)
 
     @property
     def partial(self) -> Mapping[str, int]:
@@ -282,6 +316,7 @@ class PlanState:
     def adopt_holdings(self, holdings: Holdings) -> None:
         """What the server holds for this session (§10.3.3), after a (re)connect."""
         self._held_blobs = set(holdings.blobs_held)
+        self._public_blobs = frozenset(holdings.blobs_public)
         self._partial = dict(holdings.partial)
         self._ready = frozenset(holdings.layers_ready) & frozenset(self._graph.order)
         self._refused = dict(holdings.refused)

@@ -162,7 +162,11 @@ class UploadSession:
             welcome = await handshake(conn, self._session_key, config.secret, limit)
             self._state.adopt_cost_model(welcome.cost_model)
             self._state.set_ping(await conn.ping())
-            manifest = Manifest(model=prepared.model_digest, body_len=len(prepared.manifest_body))
+            manifest = Manifest(
+                model=prepared.model_digest,
+                body_len=len(prepared.manifest_body),
+                public=config.public,
+            )
             head, _ = await conn.request(
                 manifest.to_head(), prepared.manifest_body, limit=limit, urgency=CONTROL_URGENCY
             )
@@ -302,6 +306,7 @@ class UploadSession:
         if not self._config.upload or self._planner == "local":
             self._emit_progress(done=True)
             return
+        await self._load_held(conn)
         await self._plan_upload()
         if state.ready:
             await self.activate(state.ready)
@@ -333,6 +338,19 @@ class UploadSession:
         digests = (self._prepared.layer_blob[n][0] for n in names)
         return list(dict.fromkeys(d for d in digests if d is not None))
 
+    async def _load_held(self, conn: AioConnection) -> None:
+        """When the server holds blobs of this model publicly (§10.3.3: a catalog, or
+        another client published them), load every layer it can build without an upload
+        first, so that queries use them from the start and the upload plans only the rest
+        (a fine-tuned head on a catalog backbone uploads the head)."""
+        state = self._state
+        if not state.public_blobs:
+            return
+        part = state.loadable_now(self._prepared.layer_blob, self._never_sent())
+        if part:
+            logger.info("the server holds %d layers' blobs: loading them first", len(part))
+            await self._load(conn, part)
+
     async def _load_in_order(
         self, conn: AioConnection, loads: asyncio.Queue[frozenset[str] | None]
     ) -> None:
@@ -354,7 +372,7 @@ class UploadSession:
         layer alone is 411 MB, above the 256 MiB default (protocol.md §10.5.1)."""
         state = self._state
         digest, size = self._prepared.layer_blob[name]
-        if digest is None or digest in state.held_blobs:
+        if digest is None or not state.needs_upload(digest):
             return
         blob = memoryview(self._prepared.blobs[digest])
         offset = int(state.partial.get(digest, 0))

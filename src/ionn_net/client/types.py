@@ -54,6 +54,11 @@ class ClientConfig:
     #: the rate is known and TCP cannot see the bottleneck (a userspace proxy in between),
     #: or ``TransportOptions()`` for no pacing.
     transport: TransportOptions = field(default_factory=paced_transport)
+    #: Publish this model's blobs (protocol.md §10.3.4): ``True`` every blob, a tuple of
+    #: layer names those layers' blobs. Once this client's upload of a marked blob is
+    #: verified, the server tells any later session naming the same blob that it holds
+    #: it; unmarked blobs stay private to this session key (§14.5).
+    public: bool | tuple[str, ...] = False
 
     def __post_init__(self) -> None:
         for name in ("query_timeout_s", "slowdown", "assumed_mbit", "backoff_initial_s"):
@@ -66,6 +71,11 @@ class ClientConfig:
             raise ConfigError(f"transport: expected TransportOptions, got {self.transport!r}")
         if self.backoff_max_s < self.backoff_initial_s:
             raise ConfigError("backoff_max_s: expected >= backoff_initial_s")
+        public = self.public
+        if not isinstance(public, bool) and not (
+            isinstance(public, tuple) and all(isinstance(n, str) for n in public)
+        ):
+            raise ConfigError(f"public: expected a bool or a tuple of layer names, got {public!r}")
         key = self.session_key
         if key is not None and (len(key) != 32 or any(c not in "0123456789abcdef" for c in key)):
             raise ConfigError(f"session_key: expected 32 lowercase hex digits, got {key!r}")

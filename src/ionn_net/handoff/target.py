@@ -213,7 +213,9 @@ class HandoffTarget:
                 raise PeerUnreachable(f"pull of {digest}: the source answered another range")
             offset = await self._ingest.append(key, offset, one_chunk(data), n)
         try:
-            await self._ingest.complete(session.hash, digest, key)
+            # published when its client marked it public, as its own upload would be
+            public = any(digest in m.public_marked for m in session.models.values())
+            await self._ingest.complete(session.hash, digest, key, public=public)
         except RequestError as exc:  # digest_mismatch: dropped, as a client's would be
             return exc.code
         finally:

@@ -29,6 +29,11 @@ class ModelView(Protocol):
     @property
     def ready(self) -> set[str]: ...
 
+    @property
+    def public_marked(self) -> frozenset[str]:
+        """The blobs its client marked public (§10.3.4)."""
+        ...
+
 
 class SessionView(Protocol):
     """One client session: its key (§10.2.1), its owner hash in the store (§14.5), its

@@ -1,4 +1,4 @@
-"""One test per attack row of security-lessons.md against a real EdgeServer on loopback.
+"""One test per attack listed in RELIABILITY.md against a real EdgeServer on loopback.
 
 Malformed traffic goes out as raw frames (the reference peer's encoder over a plain
 socket); well-behaved traffic uses the asyncio client. Each test asserts the defense
