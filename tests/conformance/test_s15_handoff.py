@@ -321,6 +321,43 @@ def test_pulled_blobs_count_against_the_sessions_byte_budget() -> None:
         assert sorted(reply["blobs_held"]) == sorted([d1, d3]) and reply["partial"] == {}
 
 
+@pytest.mark.spec("15.4.2", "10.3.4")
+def test_a_fetched_blob_of_a_public_marked_model_is_published_as_an_upload_is() -> None:
+    d1, d2, _ = BLOBS
+    src = ReferenceSource(DIGEST, BLOBS)
+    with src.serving() as port, server_peering(port) as b:
+        on_b = open_session(b.port, random_key())
+        head = {"m": "manifest", "model": DIGEST, "public": ["d1"]}  # d1's blob only
+        assert on_b.request(head, BODY).head["blobs_public"] == []
+        reply = fetch(on_b, name(port), "g", [d1, d2])
+        assert sorted(reply["fetched"]) == sorted([d1, d2]), reply
+        assert reply["blobs_public"] == [d1]
+        other = open_session(b.port, random_key())  # any later session naming it
+        seen = other.request({"m": "manifest", "model": DIGEST}, BODY).head
+        assert seen["blobs_public"] == [d1] and seen["blobs_held"] == []
+
+
+@pytest.mark.spec("15.5.4", "10.3.4")
+def test_a_manifest_refused_for_its_marking_claims_no_staged_blob(two: list[Any]) -> None:
+    a, b = two
+    key = random_key()
+    on_a = seeded(a.port, key)
+    push = {"m": "push", "model": DIGEST, "target": name(b.port), "blobs": list(BLOBS),
+            "deadline_ms": 10_000, "prepare": [["d1", "d2"]]}  # fmt: skip
+    built = b.handoff.stats["built_ahead"]
+    assert sorted(on_a.request(push).head["pushed"]) == sorted(BLOBS)
+    wait_for(lambda: b.handoff.stats["built_ahead"] >= built + 2)  # d1 and d2 built ahead
+    on_b = open_session(b.port, key)
+    head = {"m": "manifest", "model": DIGEST, "public": ["no_such_layer"]}
+    assert on_b.request(head, BODY).head["code"] == "bad_request"
+    assert on_b.request({"m": "have", "model": DIGEST}).head["code"] == "unknown_model"
+    claimed = on_b.request({"m": "manifest", "model": DIGEST}, BODY).head  # the staged blobs
+    assert sorted(claimed["blobs_held"]) == sorted(BLOBS), claimed  # are still there,
+    assert {"d1", "d2"} <= set(claimed["layers_ready"]), claimed  # with the layers built
+    assert claimed["blobs_public"] == []  # and not published without a marking
+    assert load_and_query(on_b).shape == (8,)
+
+
 @pytest.mark.spec("15.4.3")
 def test_a_source_that_vanishes_leaves_what_verified() -> None:
     order = list(BLOBS)  # d1 (66 KB), d2 (263 KB), d3 (8 KB)
