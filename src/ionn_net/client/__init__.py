@@ -44,6 +44,7 @@ from ionn_net.client.types import (
     InferenceResult,
     SegmentTiming,
     UploadProgress,
+    UploadTimeline,
     paced_transport,
 )
 
@@ -56,5 +57,6 @@ __all__ = [
     "PlanState",
     "SegmentTiming",
     "UploadProgress",
+    "UploadTimeline",
     "paced_transport",
 ]

@@ -1,6 +1,7 @@
 """The client's side of a handoff between edge servers (protocol.md §15).
 
-Owns :class:`Mobility` and its options (:class:`HandoffOptions`). It keeps:
+Owns :class:`Mobility` and its options (:class:`HandoffOptions`), and :class:`PlanCache` (the
+upload plans a session made, reused at a server the client moved to). It keeps:
 
 * a grant from each server the client connected to (§15.2), asked for right after the
   manifest and renewed before it expires, so that the client holds one from the server it
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from ionn_net.aio import AioConnection
@@ -43,9 +44,9 @@ from ionn_net.messages import (
     RemoteError,
     parse_reply,
 )
-from ionn_net.planner.upload import get_planner
+from ionn_net.planner.upload import UploadPlan, get_planner
 
-__all__ = ["HandoffOptions", "Mobility", "server_name"]
+__all__ = ["HandoffOptions", "Mobility", "PlanCache", "server_name"]
 
 logger = logging.getLogger("ionn_net.client")
 
@@ -83,6 +84,25 @@ class HandoffOptions:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0 < value < 1e6:
                 raise ConfigError(f"{name}: expected seconds > 0, got {value!r}")
+
+
+class PlanCache:
+    """Upload plans (and their partitions) by what they were planned from: the cost model,
+    the layers ready and the layers never sent. At a server the client moved to, the same
+    inputs give the same plan, and planning again would delay the first partition by the
+    planner's time (seconds for ``ours``)."""
+
+    def __init__(self, kept: int = 4) -> None:
+        self._kept = kept
+        self._plans: dict[object, tuple[UploadPlan, list[frozenset[str]]]] = {}
+
+    def get(self, key: object) -> tuple[UploadPlan, list[frozenset[str]]] | None:
+        return self._plans.get(key)
+
+    def put(self, key: object, plan: tuple[UploadPlan, list[frozenset[str]]]) -> None:
+        if key not in self._plans and len(self._plans) >= self._kept:
+            self._plans.pop(next(iter(self._plans)))  # the oldest goes
+        self._plans[key] = plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +222,13 @@ class Mobility:
         if held is None or time.monotonic() >= held.expires:
             return None
         return previous, held
+
+    async def fetch_layers(self, conn: AioConnection, layers: Collection[str]) -> None:
+        """:meth:`fetch` the blobs of ``layers``, in layer order."""
+        prepared = self._prepared
+        names = sorted(layers, key=prepared.graph.position)
+        digests = (prepared.layer_blob[n][0] for n in names)
+        await self.fetch(conn, list(dict.fromkeys(d for d in digests if d is not None)))
 
     async def fetch(self, conn: AioConnection, digests: Sequence[str]) -> None:
         """Ask the current server to fetch ``digests`` from the previous one (in this

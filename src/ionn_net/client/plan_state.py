@@ -114,6 +114,7 @@ class PlanState:
         self._loaded_parts = 0
         self._planned_bandwidth: float | None = None
         self._planned_at = 0.0
+        self._loads_in_flight = 0
         # the active plan and the compiled chunks of client segments
         self._chunks: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
         self._coster = SegmentCoster(self._graph, self._client_ms, {}, self._link)
@@ -357,6 +358,14 @@ class PlanState:
         """The first ``count`` partitions have gone up."""
         self._uploaded_parts = count
 
+    def load_started(self) -> None:
+        """A load request is on its way (§10.6): the server builds and compiles on the
+        CPU its queries use, until :meth:`load_finished`."""
+        self._loads_in_flight += 1
+
+    def load_finished(self) -> None:
+        self._loads_in_flight = max(0, self._loads_in_flight - 1)
+
     def mark_loaded(self, count: int) -> None:
         """``count`` more partitions are loaded on the server."""
         self._loaded_parts += count
@@ -397,9 +406,16 @@ class PlanState:
         beyond the server's compute and the raw transfer time (queueing behind the
         upload at the bottleneck, framing, scheduling). Plans charge it per round trip,
         so a loaded link leads to plans with fewer client/server transitions. Returns
-        the server's compute milliseconds (None when implausible: not learned from)."""
+        the server's compute milliseconds (None when implausible: not learned from).
+
+        Nothing is learned while a load is in flight: the server's loader then shares
+        its CPU with the query (a segment measured 2-4x slower in ionn-bench), and a
+        speed learned from that transient outlived the load, keeping layers the server
+        had ready on the client for seconds after the upload."""
         if not 0 <= server_ms < 1e7:
             return None
+        if self._loads_in_flight:
+            return float(server_ms)
         link = self._link
         transfer = up_bytes / link.bandwidth + down_bytes / link.down
         # The server's cost model may have been calibrated on a busier (or idler)

@@ -11,6 +11,16 @@ newly activated plan (compiled in a worker thread first, then switched to on the
 Pipeline: the next partition's blobs go up (urgency 5, incremental, §8.1) while the server
 loads (and both sides compile for) the previous one; loads run one at a time, in plan
 order. After the upload, the session re-plans once a second as what queries taught fades.
+
+No idle link while the client plans: planning an upload can take seconds of CPU (``ours``
+simulates many candidate orders), so the strategy plans in a worker thread while the
+session already sends the *head start*: the model's first layers in topological order,
+each blob small enough to go up in a fraction of a second, until the plan is known. Every
+strategy that offloads a prefix of the network sends them first anyway, and every plan
+completes with the layers the best plan runs on the server (:func:`with_completion`),
+which include them when offloading pays at all; their blobs are then simply held when
+their partition comes (§10.5). The session records when it became ready, when the first
+upload byte left and when the plan was known (:class:`~ionn_net.client.types.UploadTimeline`).
 """
 
 from __future__ import annotations
@@ -21,14 +31,17 @@ import logging
 import os
 import random
 import time
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from ionn_net.aio import AioConnection, connect
-from ionn_net.client.mobility import Mobility
+from ionn_net.client.background import Activations, head_start_layers, load_in_order
+from ionn_net.client.mobility import Mobility, PlanCache
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
-from ionn_net.client.types import ClientConfig
+from ionn_net.client.types import ClientConfig, UploadTimeline
 from ionn_net.config import Setting
 from ionn_net.errors import IonnError, OffloadError
 from ionn_net.messages import (
@@ -63,8 +76,9 @@ _BLOB_PIECE = 64 << 20
 _REFRESH_S = 1.0
 #: At most this many run sets are named in a load's ``prepare`` (§10.6).
 _MAX_PREPARE = 16
-#: Upload plans kept for reuse (per cost model, layers ready and layers never sent).
-_PLANS_KEPT = 4
+#: A head-start blob must go up in at most this many seconds at the estimated bandwidth:
+#: the plan, once known, waits for the blob in flight.
+_HEAD_BLOB_S = 0.25
 
 
 async def handshake(
@@ -124,7 +138,12 @@ class UploadSession:
         self._conn: AioConnection | None = None
         self._closing = False
         self._uploaded: set[str] = set()
-        self._plans: dict[object, tuple[UploadPlan, list[frozenset[str]]]] = {}
+        self._timeline = UploadTimeline()
+        # the re-planning of the rest of the upload in a worker thread, while it goes on
+        self._replanning: asyncio.Future[list[frozenset[str]]] | None = None
+        # plans activated after loads, compiled in the background
+        self._activations = Activations(self.activate)
+        self._plans = PlanCache()
 
     @property
     def connection(self) -> AioConnection | None:
@@ -135,6 +154,11 @@ class UploadSession:
     def uploaded(self) -> frozenset[str]:
         """Digests of the blobs this client sent bytes of (resumed ones included)."""
         return frozenset(self._uploaded)
+
+    @property
+    def timeline(self) -> UploadTimeline:
+        """Milestones of the latest session's upload (see :class:`UploadTimeline`)."""
+        return replace(self._timeline, activations=tuple(self._activations.records))
 
     def stop(self) -> None:
         """End the loop at its next turn (the caller cancels the task)."""
@@ -175,6 +199,7 @@ class UploadSession:
             conn.abort()
             raise
         self._conn = conn
+        self._timeline = UploadTimeline(ready_at=time.monotonic())
         self._state.adopt_holdings(holdings)
 
     async def run(self) -> None:
@@ -255,33 +280,72 @@ class UploadSession:
         # rare, and compiling every plan's fallback would double the client's compile
         # work during the upload. A failed segment compiles its slice on demand.
 
-    async def _plan_upload(self) -> None:
-        """Plan the upload with the strategy (worker thread), from what the server holds.
-        A plan made earlier from the same cost model, layers ready and layers never sent
-        is used again (at a server the client moved to, planning would otherwise delay
-        the first partition by the planner's time, §15); re-planning for the measured
-        bandwidth follows as always (:meth:`_maybe_replan`)."""
-        state = self._state
+    async def _plan_upload(self, conn: AioConnection) -> None:
+        """Plan the upload with the strategy (worker thread), from what the server holds,
+        sending the head start meanwhile (see the module docstring). A plan made earlier
+        from the same cost model, layers ready and layers never sent is used again: at a
+        server the client moved to, planning would delay the first partition (§15)."""
+        state, prepared = self._state, self._prepared
+        key = (state.cost_model_id, state.ready, self._never_sent())
+        if (cached := self._plans.get(key)) is not None:
+            state.start_upload(*cached)
+            return
+        head = head_start_layers(  # blobs that go up in _HEAD_BLOB_S at most
+            prepared.graph,
+            prepared.layer_blob,
+            held_blobs=state.held_blobs,
+            never=self._never_sent(),
+            max_bytes=state.link.bandwidth * _HEAD_BLOB_S,
+        )
+        if self._mobility is not None:  # from the previous server first (§15.4)
+            await self._mobility.fetch_layers(conn, head)
+        # the first blob's frames are written before the planner's thread takes the CPU
+        first = asyncio.ensure_future(self._upload_layer(conn, head[0])) if head else None
+        await asyncio.sleep(0)
         ctx, never = state.context(), self._never_sent()
-        key = (state.cost_model_id, ctx.held, never)
-        found_parts = self._plans.get(key)
-        if found_parts is None:
-            strategy = get_planner(self._planner)
+        strategy = get_planner(self._planner)
 
-            def plan() -> tuple[UploadPlan, list[frozenset[str]]]:
-                found = strategy.plan(ctx)
-                return found, with_completion(ctx, found.partitions, ctx.held, never)
+        def plan() -> tuple[UploadPlan, list[frozenset[str]]]:
+            found = strategy.plan(ctx)
+            return found, with_completion(ctx, found.partitions, ctx.held, never)
 
-            found_parts = await asyncio.to_thread(plan)
-            if len(self._plans) >= _PLANS_KEPT:
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = found_parts
-        state.start_upload(*found_parts)
+        planning = asyncio.ensure_future(asyncio.to_thread(plan))
+        planning.add_done_callback(self._planned)
+        sent: list[str] = []
+        try:
+            if first is not None:
+                await first
+                sent.append(head[0])
+            for name in head[1:]:
+                if planning.done():
+                    break
+                await self._upload_layer(conn, name)
+                sent.append(name)
+            found, partitions = await planning
+        finally:
+            if first is not None:
+                first.cancel()  # only if the head start failed
+            planning.cancel()  # likewise (the thread runs to its end)
+            self._timeline = replace(self._timeline, head_start=tuple(sent))
+        self._plans.put(key, (found, partitions))
+        state.start_upload(found, partitions)
+
+    def _planned(self, _: object) -> None:
+        self._timeline = replace(self._timeline, planned_at=time.monotonic())
 
     async def _maybe_replan(self) -> None:
         """Re-plan the rest of the upload when the measured bandwidth has moved by more
-        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU)."""
+        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU), in
+        a worker thread while the upload goes on (``ours`` plans for seconds); the result,
+        minus what went up meanwhile, replaces the rest at the next partition boundary."""
         state = self._state
+        task = self._replanning
+        if task is not None:
+            if task.done():
+                self._replanning = None
+                sent = state.sent()
+                state.replace_rest([p - sent for p in task.result() if p - sent])
+            return
         now = time.monotonic()
         if not state.replan_due(now):
             return
@@ -293,7 +357,7 @@ class UploadSession:
             found = strategy.replan(ctx, sent - ctx.held, ctx.link, now - self._started)
             return with_completion(ctx, found.partitions, sent, never)
 
-        state.replace_rest(await asyncio.to_thread(replan, ctx))
+        self._replanning = asyncio.ensure_future(asyncio.to_thread(replan, ctx))
 
     def _never_sent(self) -> frozenset[str]:
         return self._state.never() | frozenset(self._prepared.graph.inputs)
@@ -306,18 +370,22 @@ class UploadSession:
         if not self._config.upload or self._planner == "local":
             self._emit_progress(done=True)
             return
-        await self._load_held(conn)
-        await self._plan_upload()
+        if state.public_blobs:  # §10.3.3: what the server holds publicly is used at once,
+            held = state.loadable_now(self._prepared.layer_blob, self._never_sent())
+            if held:  # and the upload plans only the rest (a head on a catalog backbone)
+                logger.info("the server holds %d layers' blobs: loading them first", len(held))
+                await self._load(conn, held)
+        await self._plan_upload(conn)
         if state.ready:
             await self.activate(state.ready)
         loads: asyncio.Queue[frozenset[str] | None] = asyncio.Queue()
-        loader = asyncio.create_task(self._load_in_order(conn, loads))
+        loader = asyncio.create_task(load_in_order(loads, partial(self._load_parts, conn)))
         try:
             index = 0
             while index < len(state.partitions):
                 part = state.partitions[index]
                 if self._mobility is not None:  # from the previous server first (§15.4)
-                    await self._mobility.fetch(conn, self._blobs_of(part))
+                    await self._mobility.fetch_layers(conn, part)
                 for name in sorted(part, key=self._prepared.graph.position):
                     await self._upload_layer(conn, name)
                     if loader.done():
@@ -328,43 +396,19 @@ class UploadSession:
                 await self._maybe_replan()
             loads.put_nowait(None)
             await loader
+            await self._activations.wait()
         finally:
             loader.cancel()
+            self._activations.cancel()
+            if self._replanning is not None:  # the plan it would change is all sent
+                self._replanning.cancel()
+                self._replanning = None
         self._emit_progress(done=True)
 
-    def _blobs_of(self, part: frozenset[str]) -> list[str]:
-        """The blobs of ``part``'s layers, in layer order."""
-        names = sorted(part, key=self._prepared.graph.position)
-        digests = (self._prepared.layer_blob[n][0] for n in names)
-        return list(dict.fromkeys(d for d in digests if d is not None))
-
-    async def _load_held(self, conn: AioConnection) -> None:
-        """When the server holds blobs of this model publicly (§10.3.3: a catalog, or
-        another client published them), load every layer it can build without an upload
-        first, so that queries use them from the start and the upload plans only the rest
-        (a fine-tuned head on a catalog backbone uploads the head)."""
-        state = self._state
-        if not state.public_blobs:
-            return
-        part = state.loadable_now(self._prepared.layer_blob, self._never_sent())
-        if part:
-            logger.info("the server holds %d layers' blobs: loading them first", len(part))
-            await self._load(conn, part)
-
-    async def _load_in_order(
-        self, conn: AioConnection, loads: asyncio.Queue[frozenset[str] | None]
-    ) -> None:
-        finished = False
-        while not finished:
-            batch = [await loads.get()]
-            while not loads.empty():  # the loader fell behind: load what is waiting at once
-                batch.append(loads.get_nowait())
-            finished = batch[-1] is None
-            parts = [p for p in batch if p is not None]
-            if parts:
-                await self._load(conn, frozenset().union(*parts))
-                self._state.mark_loaded(len(parts))
-                self._emit_progress()
+    async def _load_parts(self, conn: AioConnection, layers: frozenset[str], parts: int) -> None:
+        await self._load(conn, layers)
+        self._state.mark_loaded(parts)
+        self._emit_progress()
 
     async def _upload_layer(self, conn: AioConnection, name: str) -> None:
         """Send one layer's blob from the server's offset, in messages of at most
@@ -403,26 +447,12 @@ class UploadSession:
     async def _send_blob_piece(
         self, conn: AioConnection, digest: str, size: int, offset: int, body: memoryview
     ) -> BlobOk:
-        blob = Blob(
-            model=self._prepared.model_digest,
-            sha256=digest,
-            size=size,
-            offset=offset,
-            body_len=len(body),
-        )
-        head, _ = await conn.request(
-            blob.to_head(),
-            body,
-            limit=self._config.limits.max_message_size,
-            urgency=UPLOAD_URGENCY,
-            incremental=True,
-            codec=Codec.ZSTD_SHUFFLE4 if self._compress() else None,
-            element_width=4,
-        )
-        return parse_reply(head, BlobOk)
-
-    def _compress(self) -> bool:
-        return self._state.slower_than(self._config.compress_below_mbit)
+        if self._timeline.first_byte_at is None:
+            self._timeline = replace(self._timeline, first_byte_at=time.monotonic())
+        model = self._prepared.model_digest
+        blob = Blob(model=model, sha256=digest, size=size, offset=offset, body_len=len(body))
+        compress = self._state.slower_than(self._config.compress_below_mbit)
+        return await send_blob(conn, blob, body, self._config.limits.max_message_size, compress)
 
     async def _load(self, conn: AioConnection, part: frozenset[str]) -> None:
         """§10.6: load ``part``, preparing the run sets of the best plan with it; then
@@ -438,23 +468,29 @@ class UploadSession:
         )
         started = time.monotonic()
         limit = self._config.limits.max_message_size
-        head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+        state.load_started()
+        try:
+            head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+        finally:
+            state.load_finished()
         done = parse_reply(head, LoadOk)
-        loaded = time.monotonic()
         state.adopt_ready(done.layers_ready)
-        await self.activate(state.ready, plan)
+        record = (started, time.monotonic(), len(part), float(done.load_ms))
+        self._timeline = replace(self._timeline, loads=(*self._timeline.loads, record))
         logger.info(
-            "partition of %d layers: server load %.2f s (it says %.0f ms), client compile %.2f s",
+            "partition of %d layers: server load %.2f s (it says %.0f ms)",
             len(part),
-            loaded - started,
+            time.monotonic() - started,
             done.load_ms,
-            time.monotonic() - loaded,
         )
+        self._activations.submit(state.ready, plan)
 
     # -- progress ------------------------------------------------------------------------
 
     def _emit_progress(self, *, done: bool = False) -> None:
         state = self._state
+        if state.upload_plan is None and not done:
+            return  # the head start, before any plan: no partitions to report on yet
         self._progress.publish(
             upload_progress(
                 state.partitions,
@@ -465,12 +501,30 @@ class UploadSession:
                 layers_ready=len(state.ready),
                 elapsed_s=time.monotonic() - self._started,
                 bandwidth_mbit=state.link.bandwidth * 8e-6,
-                pacing_mbit=self._pacing_mbit(),
+                pacing_mbit=pacing_mbit(self._conn),
                 done=done,
             )
         )
 
-    def _pacing_mbit(self) -> float | None:
-        pacer = None if self._conn is None else self._conn.pacer
-        rate = None if pacer is None else pacer.pacing_rate
-        return None if rate is None else rate * 8e-6
+
+async def send_blob(
+    conn: AioConnection, blob: Blob, body: memoryview, limit: int, compress: bool
+) -> BlobOk:
+    """§10.5: one piece of a blob, at the upload's urgency, zstd+shuffle when ``compress``."""
+    head, _ = await conn.request(
+        blob.to_head(),
+        body,
+        limit=limit,
+        urgency=UPLOAD_URGENCY,
+        incremental=True,
+        codec=Codec.ZSTD_SHUFFLE4 if compress else None,
+        element_width=4,
+    )
+    return parse_reply(head, BlobOk)
+
+
+def pacing_mbit(conn: AioConnection | None) -> float | None:
+    """The rate ``conn``'s pacer sends at (Mbit/s), if it paces."""
+    pacer = None if conn is None else conn.pacer
+    rate = None if pacer is None else pacer.pacing_rate
+    return None if rate is None else rate * 8e-6

@@ -15,7 +15,14 @@ from ionn_net.aio.pacing import PacingConfig
 from ionn_net.config import Limits
 from ionn_net.errors import ConfigError
 
-__all__ = ["ClientConfig", "InferenceResult", "SegmentTiming", "UploadProgress", "paced_transport"]
+__all__ = [
+    "ClientConfig",
+    "InferenceResult",
+    "SegmentTiming",
+    "UploadProgress",
+    "UploadTimeline",
+    "paced_transport",
+]
 
 
 def paced_transport(rate_bps: float | None = None) -> TransportOptions:
@@ -134,3 +141,30 @@ class UploadProgress:
     @property
     def fraction(self) -> float:
         return 1.0 if self.total_bytes == 0 else min(1.0, self.sent_bytes / self.total_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadTimeline:
+    """When the latest upload session reached its milestones (``time.monotonic()``
+    seconds; None: not yet). ``ready_at``: the manifest was acknowledged (§10.3), the
+    session can upload; ``first_byte_at``: the first blob message was handed to the
+    connection; ``planned_at``: the strategy's upload plan was known. The client does not
+    wait for its plan to start uploading: until then it sends ``head_start``, the first
+    layers of the model in order (see :mod:`ionn_net.client.session`)."""
+
+    ready_at: float | None = None
+    first_byte_at: float | None = None
+    planned_at: float | None = None
+    head_start: tuple[str, ...] = ()
+    #: each load of the session (§10.6): (sent at, answered at, layers, the server's
+    #: own ``load_ms``)
+    loads: tuple[tuple[float, float, int, float], ...] = ()
+    #: each plan activated after a load: (compile started, plan switched)
+    activations: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def first_byte_delay_s(self) -> float | None:
+        """Seconds from session ready to the first upload byte (None: not both yet)."""
+        if self.ready_at is None or self.first_byte_at is None:
+            return None
+        return self.first_byte_at - self.ready_at
