@@ -11,7 +11,7 @@ other, that it holds the blob.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Collection, Mapping
+from collections.abc import AsyncIterable, Callable, Collection, Mapping
 
 from ionn_net.errors import StoreError
 from ionn_net.messages import RequestError
@@ -27,9 +27,17 @@ _APPEND_BYTES = 1 << 20
 class BlobIngest:
     """Budget, append, verify and record (see the module docstring)."""
 
-    def __init__(self, store: BlobStore, max_bytes_per_session: int) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        max_bytes_per_session: int,
+        *,
+        received: Callable[[str, int], None] | None = None,
+    ) -> None:
         self.store = store
         self.max_bytes_per_session = max_bytes_per_session
+        #: told the bytes of each body read (kind, bytes), also of one cut short
+        self._received = received
 
     def check_budget(
         self,
@@ -46,7 +54,13 @@ class BlobIngest:
             raise RequestError("limit_exceeded", "this session stores too many bytes")
 
     async def append(
-        self, key: str, offset: int, chunks: AsyncIterable[bytes], body_len: int
+        self,
+        key: str,
+        offset: int,
+        chunks: AsyncIterable[bytes],
+        body_len: int,
+        *,
+        kind: str = "blob",
     ) -> int:
         """Append ``chunks`` to the partial blob ``key`` as they arrive, about 1 MiB at a
         time; returns the new offset. What arrived is kept also when the sender vanishes
@@ -67,6 +81,8 @@ class BlobIngest:
                         self.store.append_partial, key, offset, data
                     )
         finally:
+            if self._received is not None:
+                self._received(kind, received)
             if pending:  # also when the sender vanished: keep what arrived
                 data = b"".join(pending)
                 offset = await to_thread_to_the_end(self.store.append_partial, key, offset, data)

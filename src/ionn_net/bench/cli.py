@@ -251,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ionn_net.bench.handoff import main as handoff_main
 
         return handoff_main(given[1:])
+    if given[:1] == ["cache"]:  # its own command: what a model catalog spares a client
+        from ionn_net.bench.cache import main as cache_main
+
+        return cache_main(given[1:])
     args = _parser().parse_args(argv)
     if args.verbose:  # the server and worker processes read it (ionn_net.tflog)
         os.environ[VERBOSE_ENV] = "1"

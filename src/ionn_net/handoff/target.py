@@ -211,7 +211,7 @@ class HandoffTarget:
             if ok.sha256 != digest or ok.offset != offset or len(data) != n:
                 link.conn.abort()  # not what was asked: the source is not trusted further
                 raise PeerUnreachable(f"pull of {digest}: the source answered another range")
-            offset = await self._ingest.append(key, offset, one_chunk(data), n)
+            offset = await self._ingest.append(key, offset, one_chunk(data), n, kind="pull")
         try:
             # published when its client marked it public, as its own upload would be
             public = any(digest in m.public_marked for m in session.models.values())
@@ -284,7 +284,7 @@ class HandoffTarget:
         self.staging.check_budget(entry, digest)
         body_len = check_body_len(req.body_len, limit=size - req.offset)
         entry.partials.add(digest)
-        offset = await self._ingest.append(key, req.offset, stream, body_len)
+        offset = await self._ingest.append(key, req.offset, stream, body_len, kind="stage_blob")
         complete = offset == size
         if complete:
             try:

@@ -76,8 +76,9 @@ class ServerView(Protocol):
 
     async def build(
         self, model: Any, names: Sequence[str], sets: Sequence[Sequence[str]]
-    ) -> list[list[str]]:
-        """Build ``names`` of ``model`` (one :meth:`new_model` made) and compile ``sets``."""
+    ) -> tuple[list[list[str]], int]:
+        """Build ``names`` of ``model`` (one :meth:`new_model` made) and compile ``sets``;
+        the sets compiled and how many layers were built."""
         ...
 
 
