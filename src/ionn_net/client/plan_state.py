@@ -20,6 +20,7 @@ server segment and drops to the local plan when the server fails.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -98,6 +99,7 @@ class PlanState:
         self._server_ms: dict[str, float] = self._assumed_server_ms()
         self._load_ms: dict[str, float] = {}
         self._partition_overhead_ms = 0.0
+        self._cost_model_id = ""
         # the server's readiness
         self._ready: frozenset[str] = frozenset()
         self._held_blobs: set[str] = set()
@@ -152,6 +154,11 @@ class PlanState:
     @property
     def partition_overhead_ms(self) -> float:
         return self._partition_overhead_ms
+
+    @property
+    def cost_model_id(self) -> str:
+        """Names the cost model adopted last (equal for equal documents; "" before one)."""
+        return self._cost_model_id
 
     @property
     def ready(self) -> frozenset[str]:
@@ -292,6 +299,7 @@ class PlanState:
 
     def adopt_cost_model(self, doc: object) -> None:
         """§10.10: the server's cost model, or (invalid) a 10x faster server."""
+        self._cost_model_id = hashlib.sha256(repr(doc).encode()).hexdigest()
         try:
             cost = ServerCostModel.from_doc(doc)
             self._server_ms = cost.exec_profile(self._graph)
@@ -444,6 +452,18 @@ class PlanState:
         chunk table of its client segments, kept for every later plan that shares them)."""
         self._chunks.update(chunks)
         self._active = ActivePlan(plan, ready)
+
+    def new_server(self) -> None:
+        """The client moved to another server (§15): nothing the previous one held or was
+        learned about it counts there; queries run locally until the new one's holdings
+        are adopted and a plan is activated."""
+        self._ready = frozenset()
+        self._held_blobs = set()
+        self._partial = {}
+        self._refused = {}
+        self._learned = LearnedCosts(half_life_s=self._learned.half_life_s)
+        self._take_learned_rtt()
+        self.drop_to_local()
 
     def drop_to_local(self) -> None:
         """The server is gone: queries run locally until a plan is activated again."""
