@@ -47,7 +47,7 @@ from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
 from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest
-from ionn_net.server_model import lower_priority
+from ionn_net.offthread import lower_priority
 
 __all__ = ["ModelTiming", "ServerTimer", "TimingConfig", "WorkGauge"]
 

@@ -209,11 +209,11 @@ def test_the_client_ignores_invalid_entries_and_adopts_valid_ones(model: Any) ->
     assert fake.asked >= 1
     state = client.plan_state
     assert state.server_ms["d1"] == pytest.approx(5.0)  # valid: adopted
-    assert state.server_ms_source["d1"] == "measured"
+    assert state.timings.source["d1"] == "measured"
     for name in ("d2", "d3"):  # NaN, negative, too large: ignored
-        assert state.server_ms_source[name] == "cost_model"
+        assert state.timings.source[name] == "cost_model"
     assert "ghost" not in state.server_ms  # not a layer of the model
-    assert state.server_ms_source["x"] != "measured"  # an input layer: no server time
+    assert state.timings.source["x"] != "measured"  # an input layer: no server time
 
 
 @pytest.mark.spec("10.11.2")
@@ -224,7 +224,7 @@ def test_layers_without_a_valid_entry_keep_the_cost_models_prediction(model: Any
     # a malformed body is ignored as a whole: every layer keeps its prediction
     client = run_against(TimingServer(b'{"measured": [1, 2], "predicted": {}}'), model)
     for name in ("d1", "d2", "d3"):
-        assert client.plan_state.server_ms_source[name] == "cost_model"
+        assert client.plan_state.timings.source[name] == "cost_model"
         assert client.plan_state.server_ms[name] == pytest.approx(cost_model_ms(client, name))
 
 
@@ -239,5 +239,5 @@ def test_a_server_without_timings_leaves_the_client_on_its_cost_model(model: Any
         thread.join(30)
     assert not fake.errors, fake.errors
     assert fake.ready, "the upload did not go on"
-    sources = client.plan_state.server_ms_source
+    sources = client.plan_state.timings.source
     assert {sources[n] for n in ("d1", "d2", "d3")} == {"cost_model"}

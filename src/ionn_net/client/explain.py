@@ -12,6 +12,7 @@ does not offload at all, with the numbers.
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections import Counter
 from collections.abc import Mapping
@@ -20,7 +21,9 @@ from dataclasses import dataclass
 from ionn_net.client.plan_state import PlanState
 from ionn_net.planner.execution import ExecutionPlan, Segment
 
-__all__ = ["PlanExplanation", "SegmentCost", "explain", "why_local"]
+__all__ = ["PlanExplanation", "SegmentCost", "explain", "log_why_local", "why_local"]
+
+logger = logging.getLogger("ionn_net.client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +184,15 @@ def explain(state: PlanState) -> PlanExplanation:
         ready_layers=len(active.ready),
         upload_ms=upload_ms,
         partitions_left=max(left, 0),
-        sources=dict(
-            Counter(v for n, v in state.server_ms_source.items() if state.graph[n].inbound)
-        ),
+        sources=dict(Counter(v for n, v in state.timings.source.items() if state.graph[n].inbound)),
         errors=tuple(state.timings.errors),
         server_scale=state.learned.server_scale,
         why_local=None if plan.offloads else why_local(state),
     )
+
+
+def log_why_local(state: PlanState) -> None:
+    """Log at INFO, with the numbers, why the client will not offload at all (if so)."""
+    reason = why_local(state)
+    if reason is not None:
+        logger.info("%s", reason)

@@ -20,6 +20,7 @@ server segment and drops to the local plan when the server fails.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Collection, Mapping, Sequence
@@ -95,12 +96,12 @@ class PlanState:
         self._link = Link.from_mbit(assumed_mbit, 1.0)
         self._learned = LearnedCosts()
         self._bandwidth = BandwidthMeter()
-        # the server's costs: until a cost model is adopted, a 10x faster server; then
-        # per layer its measured time, else its prediction (§10.11), else the cost model's
+        # the server's times per layer and their sources (§10.10, §10.11)
         self._times = ServerTimes(self._assumed_server_ms())
         self._server_ms = self._times.ms  # the same dict, updated in place
         self._load_ms: dict[str, float] = {}
         self._partition_overhead_ms = 0.0
+        self._cost_model_id = ""
         # the server's readiness
         self._ready: frozenset[str] = frozenset()
         self._held_blobs: set[str] = set()
@@ -153,13 +154,6 @@ class PlanState:
         return MappingProxyType(self._load_ms)
 
     @property
-    def server_ms_source(self) -> Mapping[str, str]:
-        """Where each layer's server time comes from: ``measured`` or ``predicted`` by
-        the server for this model (§10.11), ``cost_model`` (§10.10) or ``assumed`` (no
-        valid cost model: a 10x faster server)."""
-        return self._times.source
-
-    @property
     def timings(self) -> ServerTimes:
         """The server's times of this model's layers and their sources (§10.11)."""
         return self._times
@@ -167,6 +161,11 @@ class PlanState:
     @property
     def partition_overhead_ms(self) -> float:
         return self._partition_overhead_ms
+
+    @property
+    def cost_model_id(self) -> str:
+        """Names the cost model adopted last (equal for equal documents; "" before one)."""
+        return self._cost_model_id
 
     @property
     def ready(self) -> frozenset[str]:
@@ -307,19 +306,17 @@ class PlanState:
 
     def adopt_cost_model(self, doc: object) -> None:
         """§10.10: the server's cost model, or (invalid) a 10x faster server."""
+        self._cost_model_id = hashlib.sha256(repr(doc).encode()).hexdigest()
         try:
             cost = ServerCostModel.from_doc(doc)
-            model_ms = cost.exec_profile(self._graph)
+            self._times.adopt_model(cost.exec_profile(self._graph), "cost_model")
             self._load_ms = cost.load_profile(self._graph)
             self._partition_overhead_ms = cost.partition_overhead_ms
-            source = "cost_model"
         except PlannerError as exc:
             logger.warning("invalid server cost model (%s): assuming a 10x faster server", exc)
-            model_ms = self._assumed_server_ms()
+            self._times.adopt_model(self._assumed_server_ms(), "assumed")
             self._load_ms = {}
             self._partition_overhead_ms = 0.0
-            source = "assumed"
-        self._times.adopt_model(model_ms, source)
 
     def _assumed_server_ms(self) -> dict[str, float]:
         return {n: v / self._slowdown / 10 for n, v in self._client_ms.items()}
@@ -356,8 +353,7 @@ class PlanState:
         moved = abs(bandwidth / self._planned_bandwidth - 1) > _REPLAN_MOVE
         if self._uploaded_parts >= len(self._partitions):
             return False
-        if self._times.changed:  # the server's times changed (§10.11): re-plan once
-            self._times.changed = False
+        if self._times.take_change():  # the server's times changed (§10.11): re-plan once
             self._planned_bandwidth, self._planned_at = bandwidth, now
             return True
         if not moved or now - self._planned_at < _REPLAN_EVERY_S:
@@ -435,12 +431,7 @@ class PlanState:
         transfer = up_bytes / link.bandwidth + down_bytes / link.down
         # The server's cost model may have been calibrated on a busier (or idler)
         # machine: scale its predictions by what the server really takes for these layers.
-        ratio = None
-        if ran:
-            predicted = sum(self._server_ms.get(n, 0.0) for n in ran)
-            if predicted > 0.05 and server_ms > 0:
-                ratio = server_ms / predicted
-                self._times.errors.append(ratio - 1.0)
+        ratio = self._times.observe(ran, server_ms) if ran else None
         self._learned.observe(
             overhead_s=seconds - server_ms / 1000.0 - transfer,
             scale_ratio=ratio,
@@ -468,6 +459,18 @@ class PlanState:
         chunk table of its client segments, kept for every later plan that shares them)."""
         self._chunks.update(chunks)
         self._active = ActivePlan(plan, ready)
+
+    def new_server(self) -> None:
+        """The client moved to another server (§15): nothing the previous one held or was
+        learned about it counts there; queries run locally until the new one's holdings
+        are adopted and a plan is activated."""
+        self._ready = frozenset()
+        self._held_blobs = set()
+        self._partial = {}
+        self._refused = {}
+        self._learned = LearnedCosts(half_life_s=self._learned.half_life_s)
+        self._take_learned_rtt()
+        self.drop_to_local()
 
     def drop_to_local(self) -> None:
         """The server is gone: queries run locally until a plan is activated again."""

@@ -4,7 +4,7 @@ each comes from (:class:`ServerTimes`, protocol.md §10.10, §10.11)."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 from ionn_net.messages import TimingTable
@@ -36,6 +36,21 @@ class ServerTimes:
     def source(self) -> Mapping[str, str]:
         """``measured``, ``predicted``, ``cost_model`` or ``assumed`` per layer."""
         return MappingProxyType(self._source)
+
+    def take_change(self) -> bool:
+        """True (once) when the times changed since the last call or the upload's plan."""
+        changed, self.changed = self.changed, False
+        return changed
+
+    def observe(self, ran: Sequence[str], server_ms: float) -> float | None:
+        """What the server took for the layers ``ran`` over what they were predicted to
+        take (None when too small to tell), its error kept in :attr:`errors`."""
+        predicted = sum(self.ms.get(n, 0.0) for n in ran)
+        if predicted <= 0.05 or server_ms <= 0:
+            return None
+        ratio = server_ms / predicted
+        self.errors.append(ratio - 1.0)
+        return ratio
 
     def adopt_model(self, model_ms: Mapping[str, float], source: str) -> None:
         """A cost model's times (``source``: ``cost_model`` or ``assumed``). A reconnect

@@ -37,7 +37,8 @@ from typing import Any
 
 from ionn_net.aio import AioConnection, connect
 from ionn_net.client.background import Activations, head_start_layers, load_in_order
-from ionn_net.client.explain import why_local
+from ionn_net.client.explain import log_why_local
+from ionn_net.client.mobility import Mobility, PlanCache
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
@@ -123,8 +124,10 @@ class UploadSession:
         progress: ProgressFeed,
         stats: dict[str, int],
         started: float,
+        mobility: Mobility | None = None,
     ) -> None:
         self._host, self._port = host, port
+        self._mobility = mobility
         self._prepared = prepared
         self._state = state
         self._config = config
@@ -137,13 +140,13 @@ class UploadSession:
         self._conn: AioConnection | None = None
         self._closing = False
         self._uploaded: set[str] = set()
-        limit = config.limits.max_message_size
-        self._timings = TimingsFollower(state, prepared.model_digest, limit, self.activate)
+        self._timings = TimingsFollower(state, prepared.model_digest, config, self.activate)
         self._timeline = UploadTimeline()
         # the re-planning of the rest of the upload in a worker thread, while it goes on
         self._replanning: asyncio.Future[list[frozenset[str]]] | None = None
         # plans activated after loads, compiled in the background
         self._activations = Activations(self.activate)
+        self._plans = PlanCache()
 
     @property
     def connection(self) -> AioConnection | None:
@@ -163,6 +166,14 @@ class UploadSession:
     def stop(self) -> None:
         """End the loop at its next turn (the caller cancels the task)."""
         self._closing = True
+
+    def set_server(self, host: str, port: int) -> None:
+        """Connect to this server from now on (§15: the client moved). The caller stops
+        the loop first and starts it again afterwards: the next turn connects there."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort(ErrorCode.CANCEL, "the client moved to another server")
+        self._host, self._port = host, port
 
     # -- connection ----------------------------------------------------------------------
 
@@ -187,7 +198,6 @@ class UploadSession:
                 manifest.to_head(), prepared.manifest_body, limit=limit, urgency=CONTROL_URGENCY
             )
             holdings = parse_reply(head, ManifestOk).holdings
-            await self._timings.fetch(conn)  # the server's times, before planning (§10.11)
         except BaseException:
             conn.abort()
             raise
@@ -203,7 +213,7 @@ class UploadSession:
         while not self._closing:
             progress = (stats["sent_bytes"], self._state.loaded_parts)
             try:
-                if self._conn_down():
+                if self._conn is None or self._conn.closed:
                     await self.connect()
                     stats["reconnects"] += 1
                 async with self._timings.following(self._conn):
@@ -220,13 +230,10 @@ class UploadSession:
                 # The attempt made progress: retry soon. One that failed without any
                 # (e.g. a limit it keeps hitting) backs off up to backoff_max_s.
                 delay = config.backoff_initial_s
-            if self._conn_down():
+            if self._conn is None or self._conn.closed:
                 self._state.drop_to_local()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, config.backoff_max_s)
-
-    def _conn_down(self) -> bool:
-        return self._conn is None or self._conn.closed
 
     async def _until_closed(self) -> None:
         """Wait for the connection to close; meanwhile (the upload is over) re-plan once
@@ -276,8 +283,14 @@ class UploadSession:
 
     async def _plan_upload(self, conn: AioConnection) -> None:
         """Plan the upload with the strategy (worker thread), from what the server holds,
-        sending the head start meanwhile (see the module docstring)."""
+        sending the head start meanwhile (see the module docstring). A plan made earlier
+        from the same cost model, layers ready and layers never sent is used again: at a
+        server the client moved to, planning would delay the first partition (§15)."""
         state, prepared = self._state, self._prepared
+        key = (state.cost_model_id, state.ready, self._never_sent())
+        if (cached := self._plans.get(key)) is not None:
+            state.start_upload(*cached)
+            return
         head = head_start_layers(  # blobs that go up in _HEAD_BLOB_S at most
             prepared.graph,
             prepared.layer_blob,
@@ -285,6 +298,8 @@ class UploadSession:
             never=self._never_sent(),
             max_bytes=state.link.bandwidth * _HEAD_BLOB_S,
         )
+        if self._mobility is not None:  # from the previous server first (§15.4)
+            await self._mobility.fetch_layers(conn, head)
         # the first blob's frames are written before the planner's thread takes the CPU
         first = asyncio.ensure_future(self._upload_layer(conn, head[0])) if head else None
         await asyncio.sleep(0)
@@ -313,9 +328,9 @@ class UploadSession:
                 first.cancel()  # only if the head start failed
             planning.cancel()  # likewise (the thread runs to its end)
             self._timeline = replace(self._timeline, head_start=tuple(sent))
+        self._plans.put(key, (found, partitions))
         state.start_upload(found, partitions)
-        if (reason := why_local(state)) is not None:  # once, with the numbers, at INFO
-            logger.info("%s", reason)
+        log_why_local(state)  # once, with the numbers, at INFO
 
     def _planned(self, _: object) -> None:
         self._timeline = replace(self._timeline, planned_at=time.monotonic())
@@ -371,6 +386,8 @@ class UploadSession:
             index = 0
             while index < len(state.partitions):
                 part = state.partitions[index]
+                if self._mobility is not None:  # from the previous server first (§15.4)
+                    await self._mobility.fetch_layers(conn, part)
                 for name in sorted(part, key=self._prepared.graph.position):
                     await self._upload_layer(conn, name)
                     if loader.done():
@@ -434,24 +451,10 @@ class UploadSession:
     ) -> BlobOk:
         if self._timeline.first_byte_at is None:
             self._timeline = replace(self._timeline, first_byte_at=time.monotonic())
+        model = self._prepared.model_digest
+        blob = Blob(model=model, sha256=digest, size=size, offset=offset, body_len=len(body))
         compress = self._state.slower_than(self._config.compress_below_mbit)
-        blob = Blob(
-            model=self._prepared.model_digest,
-            sha256=digest,
-            size=size,
-            offset=offset,
-            body_len=len(body),
-        )
-        head, _ = await conn.request(
-            blob.to_head(),
-            body,
-            limit=self._config.limits.max_message_size,
-            urgency=UPLOAD_URGENCY,
-            incremental=True,
-            codec=Codec.ZSTD_SHUFFLE4 if compress else None,
-            element_width=4,
-        )
-        return parse_reply(head, BlobOk)
+        return await send_blob(conn, blob, body, self._config.limits.max_message_size, compress)
 
     async def _load(self, conn: AioConnection, part: frozenset[str]) -> None:
         """§10.6: load ``part``, preparing the run sets of the best plan with it; then
@@ -500,13 +503,30 @@ class UploadSession:
                 layers_ready=len(state.ready),
                 elapsed_s=time.monotonic() - self._started,
                 bandwidth_mbit=state.link.bandwidth * 8e-6,
-                pacing_mbit=_pacing_mbit(self._conn),
+                pacing_mbit=pacing_mbit(self._conn),
                 done=done,
             )
         )
 
 
-def _pacing_mbit(conn: AioConnection | None) -> float | None:
+async def send_blob(
+    conn: AioConnection, blob: Blob, body: memoryview, limit: int, compress: bool
+) -> BlobOk:
+    """§10.5: one piece of a blob, at the upload's urgency, zstd+shuffle when ``compress``."""
+    head, _ = await conn.request(
+        blob.to_head(),
+        body,
+        limit=limit,
+        urgency=UPLOAD_URGENCY,
+        incremental=True,
+        codec=Codec.ZSTD_SHUFFLE4 if compress else None,
+        element_width=4,
+    )
+    return parse_reply(head, BlobOk)
+
+
+def pacing_mbit(conn: AioConnection | None) -> float | None:
+    """The rate ``conn``'s pacer sends at (Mbit/s), if it paces."""
     pacer = None if conn is None else conn.pacer
     rate = None if pacer is None else pacer.pacing_rate
     return None if rate is None else rate * 8e-6

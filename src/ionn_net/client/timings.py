@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ionn_net.aio import AioConnection
 from ionn_net.client.plan_state import PlanState
+from ionn_net.client.types import ClientConfig
 from ionn_net.errors import IonnError
 from ionn_net.messages import (
     CONTROL_URGENCY,
@@ -106,16 +107,18 @@ async def follow_timings(
 
 
 class TimingsFollower:
-    """The session's side of §10.11 for one model: :meth:`fetch` once per connection
-    before planning, then :meth:`following` while the server measures; when the times
+    """The session's side of §10.11 for one model: :meth:`following` fetches the times once
+    per connection before planning, then follows them while the server measures; when the times
     changed, the best plan for what the server holds may have too: ``activate`` switches
     to it (the rest of the upload is re-planned at the next partition, ``replan_due``).
     A server without ``timings`` is not asked again."""
 
-    def __init__(self, state: PlanState, model: str, limit: int, activate: Activate) -> None:
+    def __init__(
+        self, state: PlanState, model: str, config: ClientConfig, activate: Activate
+    ) -> None:
         self._state = state
         self._model = model
-        self._limit = limit
+        self._limit = config.limits.max_message_size
         self._activate = activate
         #: the server answers ``timings`` (unknown until the first connect)
         self.supported = True
@@ -129,7 +132,10 @@ class TimingsFollower:
 
     @contextlib.asynccontextmanager
     async def following(self, conn: AioConnection | None) -> AsyncIterator[None]:
-        """Long-poll the server's timings on ``conn`` in a task for the body's duration."""
+        """Fetch the server's timings on ``conn`` (before the body plans the upload), then
+        long-poll them in a task for the body's duration."""
+        if conn is not None:
+            await self.fetch(conn)
         task = None
         if conn is not None and self.supported and not self._state.timings.done:
             task = asyncio.create_task(self._follow(conn), name="ionn-client-timings")
