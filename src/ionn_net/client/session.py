@@ -198,6 +198,7 @@ class UploadSession:
                 manifest.to_head(), prepared.manifest_body, limit=limit, urgency=CONTROL_URGENCY
             )
             holdings = parse_reply(head, ManifestOk).holdings
+            await self._timings.fetch(conn)  # the server's times, before planning (§10.11)
         except BaseException:
             conn.abort()
             raise
@@ -336,10 +337,9 @@ class UploadSession:
         self._timeline = replace(self._timeline, planned_at=time.monotonic())
 
     async def _maybe_replan(self) -> None:
-        """Re-plan the rest of the upload when the bandwidth moved by 30% from the plan's
-        (at most every 5 s) or the server's times changed (§10.11), in a worker thread while
-        the upload goes on; the result, minus what went up meanwhile, replaces the rest at
-        the next partition boundary."""
+        """Re-plan the rest of the upload when the bandwidth moved by 30% from the plan's (at
+        most every 5 s) or the server's times changed (§10.11), in a worker thread; the result,
+        minus what went up meanwhile, replaces the rest at the next partition boundary."""
         state = self._state
         task = self._replanning
         if task is not None:

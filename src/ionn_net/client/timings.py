@@ -107,8 +107,8 @@ async def follow_timings(
 
 
 class TimingsFollower:
-    """The session's side of §10.11 for one model: :meth:`following` fetches the times once
-    per connection before planning, then follows them while the server measures; when the times
+    """The session's side of §10.11 for one model: :meth:`fetch` once per connection
+    before planning, then :meth:`following` while the server measures; when the times
     changed, the best plan for what the server holds may have too: ``activate`` switches
     to it (the rest of the upload is re-planned at the next partition, ``replan_due``).
     A server without ``timings`` is not asked again."""
@@ -132,10 +132,7 @@ class TimingsFollower:
 
     @contextlib.asynccontextmanager
     async def following(self, conn: AioConnection | None) -> AsyncIterator[None]:
-        """Fetch the server's timings on ``conn`` (before the body plans the upload), then
-        long-poll them in a task for the body's duration."""
-        if conn is not None:
-            await self.fetch(conn)
+        """Long-poll the server's timings on ``conn`` in a task for the body's duration."""
         task = None
         if conn is not None and self.supported and not self._state.timings.done:
             task = asyncio.create_task(self._follow(conn), name="ionn-client-timings")
