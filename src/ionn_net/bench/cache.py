@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import statistics
 import sys
 import time
@@ -56,6 +57,7 @@ _WARM_TIMEOUT_S = 600.0
 @dataclass(frozen=True, slots=True)
 class CacheOptions:
     model: str
+    cases: tuple[str, ...]
     rates: tuple[float, ...]
     rtt_ms: float
     slowdown: float
@@ -160,6 +162,8 @@ class _Server:
             argv += ["--catalog", str(catalog), "--catalog-warm", "all"]
         self.argv, self.catalog, self.log = argv, catalog, log
         self.proc: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []
         self.port = 0
 
     async def __aenter__(self) -> _Server:
@@ -185,12 +189,22 @@ class _Server:
             raise RuntimeError(f"ionn-server did not start: {line!r}")
         self.port = int(line.rsplit(":", 1)[1])
         while self.catalog is not None:  # until the catalog is built ahead (or failed)
-            text = (await proc.stderr.readline()).decode()
+            raw = await proc.stderr.readline()
+            self._early.append(raw)
+            text = raw.decode()
             if not text:
                 raise RuntimeError("ionn-server exited while building its catalog")
             if "built ahead" in text or "ahead failed" in text:
                 print("   server: " + text.strip().split(" INFO ", 1)[-1], file=sys.stderr)
                 break
+        self._drain = asyncio.create_task(self._keep_log(proc.stderr))
+
+    async def _keep_log(self, stream: asyncio.StreamReader) -> None:
+        """Read the server's log while it runs (a full pipe would block the server)."""
+        with self.log.open("wb") as out:
+            out.write(b"".join(self._early))
+            while chunk := await stream.read(1 << 16):
+                out.write(chunk)
 
     async def __aexit__(self, *exc: object) -> None:
         proc, self.proc = self.proc, None
@@ -198,8 +212,9 @@ class _Server:
             return
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-        self.log.write_bytes(err)
+        await asyncio.wait_for(proc.wait(), 60)
+        if self._drain is not None:
+            await asyncio.wait_for(self._drain, 10)
 
 
 async def _run_case(
@@ -247,11 +262,11 @@ async def _run(opts: CacheOptions) -> list[dict[str, Any]]:
         config = LinkConfig(rate_mbit=rate, rtt_ms=opts.rtt_ms)
         async with BenchLink(config, backend=opts.backend, probe_s=1.0, seed=opts.seed) as link:
             print(f"== {config.describe()}: {link.message}", file=sys.stderr)
-            for with_catalog in (False, True):
+            for with_catalog in sorted({CASES[c][1] for c in opts.cases}):
                 log = opts.out / "logs" / f"server_{rate:g}_{int(with_catalog)}.log"
                 async with _Server(link, catalog if with_catalog else None, log) as server:
                     for case, (_, uses, _) in CASES.items():
-                        if uses != with_catalog:
+                        if uses != with_catalog or case not in opts.cases:
                             continue
                         r = await _run_case(opts, link, case, server.port, rate)
                         r.update(case=case, rate_mbit=rate, window_s=opts.window_s)
@@ -269,6 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="CI: cnn_small, 20 Mbit/s, 5 s window")
     p.add_argument("--model", choices=tuple(MODELS), default="resnet50")
+    p.add_argument("--cases", default=",".join(CASES), help="comma-separated (default: all)")
     p.add_argument("--rates", default="20,80", help="Mbit/s, comma-separated (default 20,80)")
     p.add_argument("--rtt-ms", type=float, default=1.0)
     p.add_argument("--slowdown", type=positive(float), default=10.0)
@@ -300,8 +316,12 @@ def _options(args: argparse.Namespace) -> CacheOptions:
     except ValueError:
         bad = f"ionn-bench cache: --rates: expected numbers, got {args.rates!r}"
         raise SystemExit(bad) from None
+    cases = tuple(c for c in args.cases.split(",") if c)
+    if not cases or any(c not in CASES for c in cases):
+        raise SystemExit(f"ionn-bench cache: --cases: expected names from {', '.join(CASES)}")
     return CacheOptions(
         model="cnn_small" if quick else args.model,
+        cases=cases,
         rates=(20.0,) if quick else rates,
         rtt_ms=args.rtt_ms,
         slowdown=30.0 if quick else args.slowdown,
@@ -319,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ionn_net.tflog import import_tensorflow
 
         import_tensorflow()
+        # the client's own account of each load (server load, client compile) to the log
+        logging.basicConfig(level=logging.INFO, format="%(relativeCreated)8.0f ms %(message)s")
         result = asyncio.run(_client(_client_parser().parse_args(argv[1:])))
         print(json.dumps(result))
         return 0
@@ -340,6 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _opts_doc(opts: CacheOptions) -> dict[str, Any]:
     return {
         "model": opts.model,
+        "cases": list(opts.cases),
         "rates_mbit": list(opts.rates),
         "rtt_ms": opts.rtt_ms,
         "slowdown": opts.slowdown,
