@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,9 +71,10 @@ from ionn_net.messages import (
 from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
 from ionn_net.model.schema import LOCAL_ONLY
-from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest, split_blob
+from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
+from ionn_net.server_stages import ModelStages, build_for_load
 from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
 from ionn_net.tensors import SignatureError, boundary_signature, decode_tensors, encode_tensors
 
@@ -139,6 +140,9 @@ class _Model:
         self.blob_sizes = {
             s.blob_sha256: s.blob_size for s in manifest.layers if s.blob_sha256 is not None
         }
+        #: declared weight stages (§10.11), None without: their digests are blobs too
+        self.stages = ModelStages.of(manifest)
+        self.blob_sizes.update(self.stages.sizes if self.stages else {})
         self.refused = {
             s.name: "this layer's class is kept on the client"
             for s in manifest.layers
@@ -506,6 +510,7 @@ class EdgeServer:
             partial=partial,
             layers_ready=tuple(sorted(model.ready, key=model.graph.position)),
             refused=dict(model.refused),
+            layers_base=_base_layers(model, model.ready),
         )
 
     def _model(self, state: _ConnState, digest: str) -> _Model:
@@ -531,9 +536,12 @@ class EdgeServer:
         if size is None or blob.size != size:
             raise RequestError("unknown_blob", f"blob {digest}: not in this model's manifest")
         key = partial_key(session.hash, digest)
-        if digest in self.store.owned_by(session.hash):
+        owned, stages = self.store.owned_by(session.hash), model.stages
+        if digest in owned or (stages is not None and stages.completes(digest, owned)):
             await stream.read_body(check_body_len(blob.body_len, limit=size))
             return BlobOk(sha256=digest, offset=size, complete=True), b""
+        if stages is not None:  # §10.11.3: a refinement only after its base
+            stages.check_order(digest, owned)
         offset = blob.offset
         if offset > size:
             raise bad_member("offset", f"an integer in 0..{size}", offset)
@@ -544,7 +552,8 @@ class EdgeServer:
             )
         # Unfinished uploads reserve their whole size: partials count against the budget.
         sizes = {d: n for m in session.models.values() for d, n in m.blob_sizes.items()}
-        reserved = sum(sizes.get(d, 0) for d in session.partials - {digest}) + size
+        reserved = sum(sizes.get(d, 0) for d in session.partials - {digest})
+        reserved += stages.reserve(digest, size, model.blob_sizes) if stages else size
         if self.store.bytes_owned_by(session.hash) + reserved > self.config.max_bytes_per_session:
             raise RequestError("limit_exceeded", "this session stores too many bytes")
         body_len = check_body_len(blob.body_len, limit=size - offset)
@@ -553,7 +562,7 @@ class EdgeServer:
         complete = new_offset == size
         if complete:
             try:
-                await self._complete_blob(session, digest, key)
+                await self._complete_blob(session, model, digest, key)
             except StoreError:
                 raise RequestError(
                     "digest_mismatch", f"blob {digest}: bytes do not match"
@@ -563,21 +572,27 @@ class EdgeServer:
             self.stats["blobs"] += 1
         return BlobOk(sha256=digest, offset=new_offset, complete=complete), b""
 
-    async def _complete_blob(self, session: _Session, digest: str, key: str) -> None:
-        """Verify and store the finished partial, then record this session as its owner,
+    async def _complete_blob(self, session: _Session, model: _Model, digest: str, key: str) -> None:
+        """Verify and store the finished partial (a refinement stage: the exact blob it
+        rebuilds, §10.11.3), then record this session as the owner of what was stored,
         also when the client vanished while the digest was checked: the partial is consumed
         by then, so without the record it would have to send the whole blob again."""
-        work = asyncio.ensure_future(
-            asyncio.to_thread(self.store.complete_partial, digest, key=key)
-        )
+
+        def complete() -> str:
+            if model.stages is not None:
+                return model.stages.complete(self.store, digest, key)
+            self.store.complete_partial(digest, key=key)
+            return digest
+
+        work = asyncio.ensure_future(asyncio.to_thread(complete))
         try:
             await asyncio.shield(work)
         except asyncio.CancelledError:
             await asyncio.wait({work})
             if not work.cancelled() and work.exception() is None:
-                self.store.record_owner(session.hash, digest)
+                self.store.record_owner(session.hash, work.result())
             raise
-        self.store.record_owner(session.hash, digest)
+        self.store.record_owner(session.hash, work.result())
 
     async def _append_body(self, stream: ServerStream, key: str, offset: int, body_len: int) -> int:
         """Append the body to the partial blob as it arrives, about 1 MiB at a time, so
@@ -623,11 +638,13 @@ class EdgeServer:
                 raise RequestError("bad_request", f"layer {name!r}: {model.refused[name]}")
         owned = self.store.owned_by(session.hash)
         missing = [n for n in names if model.specs[n].blob_sha256 not in (None, *owned)]
+        if model.stages is not None and load.precision == "base":  # §10.11.4
+            missing = [n for n in missing if not model.stages.buildable(n, model.ready, owned)]
         if missing:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
         async with model.lock:
-            await _to_thread_to_the_end(self._build, model, names, pool=self._loader)
+            await _to_thread_to_the_end(self._build, model, names, owned, pool=self._loader)
             prepared = []
             for run in sets:
                 if set(run) <= model.ready:
@@ -640,31 +657,28 @@ class EdgeServer:
         load_ms = (time.perf_counter() - started) * 1000.0
         ready = tuple(sorted(model.ready, key=model.graph.position))
         return LoadOk(
-            layers_ready=ready, prepared=tuple(map(tuple, prepared)), load_ms=load_ms
+            layers_ready=ready,
+            prepared=tuple(map(tuple, prepared)),
+            load_ms=load_ms,
+            layers_base=_base_layers(model, model.ready),
         ), b""
 
-    def _build(self, model: _Model, names: Sequence[str]) -> None:
+    def _build(self, model: _Model, names: Sequence[str], owned: Collection[str]) -> None:
         """Build the named layers from verified blobs (worker thread). The manifest was
         validated as a whole when it arrived; each layer is re-validated on its own by
-        ``build_layer`` with the input shapes of the server's own graph."""
-        from ionn_net.model.layers import build_layer
-
-        limits = self.config.spec_limits
-        built = {}
-        for name in names:
-            if name in model.ready:
-                continue
-            spec = model.specs[name]
-            shapes = [model.graph[r.layer].output_shapes[r.index] for r in spec.inbound]
-            weights = []
-            if spec.blob_sha256 is not None:
-                blob = self.store.get(spec.blob_sha256)  # verified on read
-                weights = split_blob(spec, blob, limits)
-            built[name] = build_layer(spec, shapes, weights, limits=limits)
+        ``build_layer`` with the input shapes of the server's own graph. With declared
+        stages (§10.11.4) a layer may be built from its base stage, and a layer built so
+        becomes exact by a swap once its blob is held (server_stages.build_for_load)."""
+        built, refined = build_for_load(
+            model.stages, names, specs=model.specs, graph=model.graph, ready=model.ready,
+            owned=owned, store=self.store, limits=self.config.spec_limits,
+        )  # fmt: skip
         model.executor().add_layers(built)
         model.batch_of.update(dict.fromkeys(built, model.loads))
         model.loads += 1 if built else 0
         model.ready.update(built)
+        if model.stages is not None and refined:
+            model.stages.swap(model.executor(), refined)
 
     # -- §10.7 query ---------------------------------------------------------------------
 
@@ -675,6 +689,8 @@ class EdgeServer:
         model = self._model(state, query.model)
         qid, deadline_ms, run = query.qid, query.deadline_ms, list(query.run)
         not_ready = [n for n in run if n not in model.ready]
+        if query.exact and model.stages is not None:  # §10.11.5: never on base weights
+            not_ready += sorted(model.stages.ran_base(run), key=model.graph.position)
         if not run or not_ready:
             raise RequestError("layer_not_ready", f"layers not ready: {not_ready[:8]}")
         ins, outs = model.graph.boundary(run)
@@ -701,7 +717,7 @@ class EdgeServer:
                     raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
                 feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
                 started = time.perf_counter()
-                result = await _to_thread_to_the_end(self._run, model, run, feeds)
+                result, ran_base = await _to_thread_to_the_end(self._run, model, run, feeds)
                 server_ms = (time.perf_counter() - started) * 1000.0
         if model.complete:
             self._consolidate_later(model, run)
@@ -716,12 +732,21 @@ class EdgeServer:
             tensors=descs,
             server_ms=server_ms,
             body_len=len(out_body),
+            ran_base=_base_layers(model, ran_base),
         )
         return reply, out_body
 
     @staticmethod
-    def _run(model: _Model, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]) -> Any:
-        return model.runner(run)(feeds)  # compiled by load's prepare (§10.6)
+    def _run(
+        model: _Model, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]
+    ) -> tuple[Any, frozenset[str]]:
+        """The outputs, and the layers that ran at base precision (§10.11.5): the query
+        runs on the weights it started with, a swap waits for it (server_stages)."""
+        runner = model.runner(run)  # compiled by load's prepare (§10.6), outside the lock
+        if model.stages is None:
+            return runner(feeds), frozenset()
+        with model.stages.lock.reading():
+            return runner(feeds), model.stages.ran_base(run)
 
     def _consolidate_later(self, model: _Model, run: Sequence[str]) -> None:
         """Once the model is complete no piece will ever be added: compile each run set
@@ -790,6 +815,12 @@ def _result_nbytes(
         * np.dtype(graph[r.layer].output_dtype).itemsize
         for r in outs
     )
+
+
+def _base_layers(model: _Model, layers: Collection[str]) -> tuple[str, ...] | None:
+    """§10.11.4, §10.11.5: which of ``layers`` are at base precision (None: no stages)."""
+    stages = model.stages
+    return None if stages is None else stages.listed(layers, model.graph.position)
 
 
 def _host(address: Any) -> Any:

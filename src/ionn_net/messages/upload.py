@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from ionn_net.messages.members import (
     get_body_len,
     get_bool,
+    get_choice,
     get_digest,
     get_digest_list,
     get_int,
@@ -24,10 +25,12 @@ from ionn_net.messages.members import (
     get_layer_sets,
     get_number,
     get_offsets,
+    get_optional_layer_list,
     get_reasons,
 )
 
 __all__ = [
+    "LOAD_PRECISIONS",
     "Blob",
     "BlobOk",
     "Have",
@@ -58,12 +61,15 @@ class Manifest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Holdings:
-    """What the server holds of one model for this session (§10.3.3, §10.4, §14.5)."""
+    """What the server holds of one model for this session (§10.3.3, §10.4, §14.5).
+    ``layers_base`` (§10.11.4): the ready layers that run on base-stage weights; None
+    (the member absent) for a model that declares no stages."""
 
     blobs_held: tuple[str, ...] = ()
     partial: Mapping[str, int] = field(default_factory=dict)
     layers_ready: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
+    layers_base: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> Holdings:
@@ -72,15 +78,19 @@ class Holdings:
             partial=get_offsets(head, "partial"),
             layers_ready=get_layer_list(head, "layers_ready"),
             refused=get_reasons(head, "refused"),
+            layers_base=get_optional_layer_list(head, "layers_base"),
         )
 
     def members(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "blobs_held": list(self.blobs_held),
             "partial": dict(self.partial),
             "layers_ready": list(self.layers_ready),
             "refused": dict(self.refused),
         }
+        if self.layers_base is not None:
+            out["layers_base"] = list(self.layers_base)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,15 +199,21 @@ class BlobOk:
         }
 
 
+#: §10.11.4: what a ``load`` makes its layers ready at.
+LOAD_PRECISIONS = ("exact", "base")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Load:
     """§10.6: build ``layers``; compile the run sets in ``prepare`` (the server caps
-    their number)."""
+    their number). ``precision`` (§10.11.4): ``"exact"`` (the default, the member left
+    out) or ``"base"`` (layers with declared stages may be built from their base)."""
 
     KIND: ClassVar[str] = "load"
     model: str
     layers: tuple[str, ...]
     prepare: tuple[tuple[str, ...], ...] = ()
+    precision: str = "exact"
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> Load:
@@ -205,25 +221,31 @@ class Load:
             model=get_digest(head, "model"),
             layers=get_layer_list(head, "layers"),
             prepare=get_layer_sets(head, "prepare"),
+            precision=get_choice(head, "precision", LOAD_PRECISIONS, default="exact"),
         )
 
     def to_head(self) -> dict[str, object]:
-        return {
+        head: dict[str, object] = {
             "m": self.KIND,
             "model": self.model,
             "layers": list(self.layers),
             "prepare": [list(s) for s in self.prepare],
         }
+        if self.precision != "exact":
+            head["precision"] = self.precision
+        return head
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoadOk:
-    """§10.6: every layer ready now, the run sets compiled, and how long it took."""
+    """§10.6: every layer ready now, the run sets compiled, and how long it took;
+    ``layers_base`` as in :class:`Holdings` (§10.11.4)."""
 
     KIND: ClassVar[str] = "load_ok"
     layers_ready: tuple[str, ...]
     prepared: tuple[tuple[str, ...], ...]
     load_ms: float
+    layers_base: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> LoadOk:
@@ -231,12 +253,16 @@ class LoadOk:
             layers_ready=get_layer_list(head, "layers_ready"),
             prepared=get_layer_sets(head, "prepared"),
             load_ms=get_number(head, "load_ms"),
+            layers_base=get_optional_layer_list(head, "layers_base"),
         )
 
     def to_head(self) -> dict[str, object]:
-        return {
+        head: dict[str, object] = {
             "m": self.KIND,
             "layers_ready": list(self.layers_ready),
             "prepared": [list(s) for s in self.prepared],
             "load_ms": self.load_ms,
         }
+        if self.layers_base is not None:
+            head["layers_base"] = list(self.layers_base)
+        return head
