@@ -4,11 +4,13 @@ It holds what both of the client's loops plan with, and nothing else does:
 
 * the link estimate and what queries taught (the learned server speed and round trip),
 * the server's costs (its cost model, §10.10),
-* the server's readiness: layers ready, blobs held, partial offsets, layers it refused
-  and layers this client keeps local,
+* the server's readiness: layers ready (and which of them at base precision, §10.11.4),
+  blobs held, partial offsets, layers it refused and layers this client keeps local,
 * the upload: the strategy's plan and its partitions, how many went up and were loaded,
-* the active plan (the one queries start with) with its ready set, and the table of
-  compiled chunks of client segments.
+* the active plan (the one queries start with) with its ready set, the plan exact queries
+  start with (``active_exact``: the last active plan whose server layers were all exact;
+  the same plan when the upload is exact), and the table of compiled chunks of client
+  segments.
 
 Every field is set in ``__init__``; outside code reads them through read-only
 properties and changes them only through the methods here, always on the event loop.
@@ -87,6 +89,7 @@ class PlanState:
         slowdown: float,
     ) -> None:
         self._graph = prepared.graph
+        self._stage_costs = prepared.stage_costs
         self._client_ms: Mapping[str, float] = MappingProxyType(dict(prepared.client_ms))
         self._pattern = pattern
         self._slowdown = slowdown
@@ -100,6 +103,7 @@ class PlanState:
         self._partition_overhead_ms = 0.0
         # the server's readiness
         self._ready: frozenset[str] = frozenset()
+        self._base: frozenset[str] = frozenset()
         self._held_blobs: set[str] = set()
         self._partial: dict[str, int] = {}
         self._refused: dict[str, str] = {}
@@ -115,6 +119,7 @@ class PlanState:
         self._chunks: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
         self._coster = SegmentCoster(self._graph, self._client_ms, {}, self._link)
         self._active = ActivePlan(self.local_plan(), frozenset())
+        self._active_exact = self._active
 
     # -- reading ---------------------------------------------------------------------
 
@@ -155,6 +160,23 @@ class PlanState:
     def ready(self) -> frozenset[str]:
         """Layers the server confirmed ready (§10.6)."""
         return self._ready
+
+    @property
+    def base(self) -> frozenset[str]:
+        """Ready layers the server runs on base-stage weights (§10.11.4)."""
+        return self._base
+
+    @property
+    def exact_ready(self) -> frozenset[str]:
+        """Ready layers on exact weights."""
+        return self._ready - self._base
+
+    @property
+    def usable(self) -> frozenset[str]:
+        """The ready layers plans may run on the server: all of them in a precision-first
+        upload, only exact ones otherwise (a server that reports base layers to a client
+        that declared no stages is not believed to be exact about them either)."""
+        return self._ready if self._stage_costs is not None else self.exact_ready
 
     @property
     def held_blobs(self) -> frozenset[str]:
@@ -199,6 +221,11 @@ class PlanState:
     def active(self) -> ActivePlan:
         return self._active
 
+    @property
+    def active_exact(self) -> ActivePlan:
+        """The plan an exact query starts with: no server layer of it is at base."""
+        return self._active_exact
+
     def chunks_of(self, layers: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
         """The compiled chunks of the client segment ``layers`` (itself if unchunked)."""
         return self._chunks.get(layers, (layers,))
@@ -225,6 +252,7 @@ class PlanState:
             held=self._ready if held is None else held,
             pattern=self._pattern,
             partition_overhead_ms=self._partition_overhead_ms,
+            stages=self._stage_costs,
         )
 
     def best_plan(
@@ -276,11 +304,25 @@ class PlanState:
         self._held_blobs = set(holdings.blobs_held)
         self._partial = dict(holdings.partial)
         self._ready = frozenset(holdings.layers_ready) & frozenset(self._graph.order)
+        self._base = frozenset(holdings.layers_base or ()) & self._ready
         self._refused = dict(holdings.refused)
 
-    def adopt_ready(self, layers_ready: Collection[str]) -> None:
-        """The layers ready after a load (§10.6)."""
+    def adopt_ready(
+        self, layers_ready: Collection[str], layers_base: Collection[str] | None = None
+    ) -> None:
+        """The layers ready after a load (§10.6), and which of them at base (§10.11.4)."""
         self._ready = frozenset(layers_ready) & frozenset(self._graph.order)
+        self._base = frozenset(layers_base or ()) & self._ready
+        self._take_exact(self._active)
+
+    def observe_base(self, layers: Collection[str]) -> None:
+        """A result says these layers ran at base (§10.11.5): believe it over what a load
+        said, and stop starting exact queries with a plan that runs them on the server."""
+        found = frozenset(layers) & self._ready
+        if found - self._base:
+            self._base |= found
+            if self._active_exact.plan.server_layers & found:
+                self._active_exact = ActivePlan(self.local_plan(), frozenset())
 
     # -- the upload ------------------------------------------------------------------
 
@@ -393,7 +435,15 @@ class PlanState:
         chunk table of its client segments, kept for every later plan that shares them)."""
         self._chunks.update(chunks)
         self._active = ActivePlan(plan, ready)
+        self._take_exact(self._active)
+
+    def _take_exact(self, active: ActivePlan) -> None:
+        """Exact queries start with ``active`` once none of its server layers is at base
+        (layers only ever become exact, so the plan they start with stays exact)."""
+        if not active.plan.server_layers & self._base:
+            self._active_exact = active
 
     def drop_to_local(self) -> None:
         """The server is gone: queries run locally until a plan is activated again."""
         self._active = ActivePlan(self.local_plan(), frozenset())
+        self._active_exact = self._active

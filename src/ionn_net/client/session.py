@@ -10,7 +10,11 @@ newly activated plan (compiled in a worker thread first, then switched to on the
 
 Pipeline: the next partition's blobs go up (urgency 5, incremental, §8.1) while the server
 loads (and both sides compile for) the previous one; loads run one at a time, in plan
-order. After the upload, the session re-plans once a second as what queries taught fades.
+order. A precision-first upload (§10.11) sends each layer's base stage in the partitions
+and loads them at base precision, then the refinements (:func:`.staged.refinement_units`:
+the plan's order, then whatever else is still at base after a re-plan or a reconnect),
+each unit loaded again to swap its exact weights in. After the upload, the session
+re-plans once a second as what queries taught fades.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ionn_net.aio import AioConnection, connect
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
+from ionn_net.client.staged import refinement_units, stage_codec
 from ionn_net.client.types import ClientConfig
 from ionn_net.config import Setting
 from ionn_net.errors import IonnError, OffloadError
@@ -62,6 +67,8 @@ _BLOB_PIECE = 64 << 20
 _REFRESH_S = 1.0
 #: At most this many run sets are named in a load's ``prepare`` (§10.6).
 _MAX_PREPARE = 16
+#: Times a stage refused with ``digest_mismatch`` is sent again on one connection (§10.11.3).
+_STAGE_ATTEMPTS = 3
 
 
 async def handshake(
@@ -211,7 +218,7 @@ class UploadSession:
         state = self._state
         if not state.fade(time.monotonic()):
             return
-        ready = state.ready
+        ready = state.usable
         plan = state.best_plan(ready, held=ready)
         if plan.server_layers != state.active.plan.server_layers:
             logger.info("learned costs faded: re-planning")
@@ -280,7 +287,7 @@ class UploadSession:
             return
         await self._plan_upload()
         if state.ready:
-            await self.activate(state.ready)
+            await self.activate(state.usable)
         loads: asyncio.Queue[frozenset[str] | None] = asyncio.Queue()
         loader = asyncio.create_task(self._load_in_order(conn, loads))
         try:
@@ -299,7 +306,28 @@ class UploadSession:
             await loader
         finally:
             loader.cancel()
+        await self._refine_all(conn)
         self._emit_progress(done=True)
+
+    async def _refine_all(self, conn: AioConnection) -> None:
+        """§10.11: the refinements of every layer still at base precision, unit by unit,
+        each loaded again (the server swaps the exact weights in)."""
+        state, graph = self._state, self._prepared.graph
+        units = refinement_units(
+            state.upload_plan,
+            state.base & frozenset(self._prepared.staged),
+            first=state.active.plan.server_layers,
+            order=graph.order,
+        )
+        for unit in units:
+            for name in sorted(unit, key=graph.position):
+                await self._upload_layer(conn, name, stage=1)
+            load = Load(model=self._prepared.model_digest, layers=tuple(sorted(unit)))
+            limit = self._config.limits.max_message_size
+            head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+            done = parse_reply(head, LoadOk)
+            state.adopt_ready(done.layers_ready, done.layers_base)
+            self._emit_progress()
 
     async def _load_in_order(
         self, conn: AioConnection, loads: asyncio.Queue[frozenset[str] | None]
@@ -316,25 +344,39 @@ class UploadSession:
                 self._state.mark_loaded(len(parts))
                 self._emit_progress()
 
-    async def _upload_layer(self, conn: AioConnection, name: str) -> None:
-        """Send one layer's blob from the server's offset, in messages of at most
-        ``_BLOB_PIECE`` bytes (and the peer's MAX_MESSAGE_SIZE): VGG16's first dense
-        layer alone is 411 MB, above the 256 MiB default (protocol.md §10.5.1)."""
+    async def _upload_layer(self, conn: AioConnection, name: str, stage: int = 0) -> None:
+        """Send one layer's blob (or stage ``stage`` of it, §10.11.3) from the server's
+        offset, in messages of at most ``_BLOB_PIECE`` bytes (and the peer's
+        MAX_MESSAGE_SIZE): VGG16's first dense layer alone is 411 MB, above the 256 MiB
+        default (protocol.md §10.5.1). A stage refused with ``digest_mismatch`` goes
+        again from its start (the server dropped it), a few times."""
         state = self._state
-        digest, size = self._prepared.layer_blob[name]
-        if digest is None or digest in state.held_blobs:
+        unit = self._prepared.upload_unit(name, stage)
+        blob_digest = self._prepared.layer_blob[name][0]
+        if unit is None or unit[0] in state.held_blobs or blob_digest in state.held_blobs:
             return
-        blob = memoryview(self._prepared.blobs[digest])
+        digest, data, encoding = unit
+        size, blob = len(data), memoryview(data)
+        codec, width = stage_codec(encoding) if encoding else (Codec.ZSTD_SHUFFLE4, 4)
         offset = int(state.partial.get(digest, 0))
         piece = min(_BLOB_PIECE, conn.peer_settings[Setting.MAX_MESSAGE_SIZE])
+        attempts = 0
         while True:
             n = min(piece, size - offset)
             started, written = time.monotonic(), conn.bytes_sent
             try:
                 ok = await self._send_blob_piece(
-                    conn, digest, size, offset, blob[offset : offset + n]
+                    conn, digest, size, offset, blob[offset : offset + n], codec=codec, width=width
                 )
             except RemoteError as exc:
+                attempts += exc.code == "digest_mismatch"
+                if exc.code == "digest_mismatch" and encoding and attempts < _STAGE_ATTEMPTS:
+                    logger.warning(
+                        "stage %s of %s refused (%s): sending it again", stage, name, exc
+                    )
+                    offset = 0
+                    state.record_piece(digest, 0)
+                    continue
                 if exc.code != "offset_conflict":
                     raise
                 offset = exc.error.offset or 0  # the server's offset is authoritative
@@ -347,11 +389,20 @@ class UploadSession:
             if ok.complete or offset >= size:
                 break
             self._emit_progress()
-        state.record_held(digest)
+        # a refinement is never held itself: the server rebuilt the exact blob from it
+        state.record_held(blob_digest if stage and blob_digest else digest)
         self._emit_progress()
 
     async def _send_blob_piece(
-        self, conn: AioConnection, digest: str, size: int, offset: int, body: memoryview
+        self,
+        conn: AioConnection,
+        digest: str,
+        size: int,
+        offset: int,
+        body: memoryview,
+        *,
+        codec: Codec,
+        width: int,
     ) -> BlobOk:
         blob = Blob(
             model=self._prepared.model_digest,
@@ -366,8 +417,8 @@ class UploadSession:
             limit=self._config.limits.max_message_size,
             urgency=UPLOAD_URGENCY,
             incremental=True,
-            codec=Codec.ZSTD_SHUFFLE4 if self._compress() else None,
-            element_width=4,
+            codec=codec if self._compress() else None,
+            element_width=width,
         )
         return parse_reply(head, BlobOk)
 
@@ -379,20 +430,21 @@ class UploadSession:
         activate that plan."""
         state, graph = self._state, self._prepared.graph
         state.fade(time.monotonic())
-        plan = state.best_plan(state.ready | part)
+        plan = state.best_plan(state.usable | part)
         runs = [s.layers for s in plan.segments if s.location == "server"]
         load = Load(
             model=self._prepared.model_digest,
             layers=tuple(sorted(part, key=graph.position)),
             prepare=tuple(runs[:_MAX_PREPARE]),
+            precision="base" if self._prepared.staged else "exact",
         )
         started = time.monotonic()
         limit = self._config.limits.max_message_size
         head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
         done = parse_reply(head, LoadOk)
         loaded = time.monotonic()
-        state.adopt_ready(done.layers_ready)
-        await self.activate(state.ready, plan)
+        state.adopt_ready(done.layers_ready, done.layers_base)
+        await self.activate(state.usable, plan)
         logger.info(
             "partition of %d layers: server load %.2f s (it says %.0f ms), client compile %.2f s",
             len(part),
@@ -411,6 +463,8 @@ class UploadSession:
                 self._prepared.layer_blob,
                 state.held_blobs,
                 state.partial,
+                staged=self._prepared.staged,
+                layers_base=len(state.base),
                 partitions_done=state.loaded_parts,
                 layers_ready=len(state.ready),
                 elapsed_s=time.monotonic() - self._started,
