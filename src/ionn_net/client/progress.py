@@ -31,20 +31,24 @@ def upload_progress(
     pacing_mbit: float | None,
     done: bool,
     staged: Mapping[str, StagedLayer] | None = None,
-    layers_base: int = 0,
+    layers_base: Collection[str] = (),
 ) -> UploadProgress:
     """Bytes planned and sent so far: a blob the server holds counts whole, a partly sent
     one by its offset. A layer sent as stages (§10.11) counts each stage, whole once the
-    server holds it or the exact blob it makes."""
+    server holds it or the exact blob it makes; a layer at base precision that no
+    partition names (its base went up before a re-plan or a reconnect) counts its
+    refinement."""
     parts = [list(p) for p in partitions]
     total = sent = 0
-    for name in (n for p in parts for n in p):
+    planned = [n for p in parts for n in p]
+    refining = sorted(set(layers_base) - set(planned))
+    for name, first in [(n, 0) for n in planned] + [(n, 1) for n in refining]:
         digest, size = layer_blob[name]
         layer = None if staged is None else staged.get(name)
         units = (
             [(digest, size)]
             if layer is None
-            else [(d, len(b)) for d, b in zip(layer.digests, layer.data, strict=True)]
+            else [(d, len(b)) for d, b in zip(layer.digests, layer.data, strict=True)][first:]
         )
         for unit, n in units:
             total += n
@@ -60,7 +64,7 @@ def upload_progress(
         bandwidth_mbit=bandwidth_mbit,
         pacing_mbit=pacing_mbit,
         done=done,
-        layers_base=layers_base,
+        layers_base=len(layers_base),
     )
 
 

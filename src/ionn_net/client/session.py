@@ -314,7 +314,7 @@ class UploadSession:
         each loaded again (the server swaps the exact weights in)."""
         state, graph = self._state, self._prepared.graph
         units = refinement_units(
-            state.upload_plan,
+            state.upload_plan.refinements if state.upload_plan else (),
             state.base & frozenset(self._prepared.staged),
             first=state.active.plan.server_layers,
             order=graph.order,
@@ -464,7 +464,7 @@ class UploadSession:
                 state.held_blobs,
                 state.partial,
                 staged=self._prepared.staged,
-                layers_base=len(state.base),
+                layers_base=state.base,
                 partitions_done=state.loaded_parts,
                 layers_ready=len(state.ready),
                 elapsed_s=time.monotonic() - self._started,

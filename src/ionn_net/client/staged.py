@@ -20,7 +20,7 @@ from types import MappingProxyType
 from ionn_net.errors import StageError
 from ionn_net.model.spec import LayerSpec, ModelManifest
 from ionn_net.model.stages import STAGE_SHUFFLE, StageSpec, encode_layer
-from ionn_net.planner.workload import StageCosts, UploadPlan
+from ionn_net.planner.workload import Refinement, StageCosts
 from ionn_net.proto import Codec, encode
 
 __all__ = [
@@ -113,7 +113,8 @@ def _stages_of(
         (enc.specs[0].sha256, ("base", enc.specs[0].size))
     ]
     claims += [(s.sha256, ("refinement", spec.blob_sha256)) for s in enc.specs[1:]]
-    if any(roles.get(d, role) != role for d, role in claims):
+    distinct = len({d for d, _ in claims}) == len(claims)
+    if not distinct or any(roles.get(d, role) != role for d, role in claims):
         return None
     roles.update(claims)
     layer = StagedLayer(
@@ -164,19 +165,19 @@ def stage_costs(
 
 
 def refinement_units(
-    plan: UploadPlan | None,
+    planned: Sequence[Refinement],
     pending: Collection[str],
     *,
     first: Collection[str],
     order: Sequence[str],
 ) -> list[frozenset[str]]:
     """The refinements still to send, for the ``pending`` layers (at base precision, or
-    with their base sent): the plan's refinement units first, in its order; then any
+    with their base sent): the ``planned`` units first, in the plan's order; then any
     other pending layer (a re-plan or a reconnect made the plan forget it), those in
     ``first`` (the active plan's server layers) before the rest, in ``order``."""
     left = set(pending)
     units: list[frozenset[str]] = []
-    for ref in plan.refinements if plan is not None else ():
+    for ref in planned:
         unit = frozenset(ref.layers) & left
         if unit:
             units.append(unit)
