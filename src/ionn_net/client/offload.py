@@ -32,7 +32,7 @@ from ionn_net.errors import IonnError, OffloadError
 from ionn_net.model.graph import LayerGraph
 from ionn_net.planner.link import Link
 from ionn_net.planner.upload import get_planner
-from ionn_net.planner.workload import QueryPattern, UploadPlan
+from ionn_net.planner.workload import QueryPattern, StageCosts, UploadPlan
 
 __all__ = ["OffloadClient"]
 
@@ -273,3 +273,8 @@ class OffloadClient:
     @property
     def upload_plan(self) -> UploadPlan | None:
         return self._started().state.upload_plan
+
+    @property
+    def stage_costs(self) -> StageCosts | None:
+        """What the planner charges for a precision-first upload's stages (None: exact)."""
+        return self._started().prepared.stage_costs

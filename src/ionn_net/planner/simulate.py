@@ -207,8 +207,10 @@ class _Uploader:
         layer_load = sum(float(self.ctx.load_s[g.position(n)]) for n in part)
         if self.stages is not None:  # the base stage is decoded before the layer is built
             layer_load += self.stages.decode_s(sum(g[n].weight_bytes for n in part), 0)
-            self.level.update(dict.fromkeys(part, 0))
-            self.inexact |= part
+            # only layers with weights travel as stages (§10.12.1): the others are exact
+            staged = frozenset(n for n in part if g[n].weight_bytes > 0)
+            self.level.update(dict.fromkeys(staged, 0))
+            self.inexact |= staged
         self.batch_of.update(dict.fromkeys(part, len(self.records)))
         usable = self.usable[-1] | part
         fresh: list[frozenset[str]] = []
