@@ -199,7 +199,7 @@ def _demo_parser() -> argparse.ArgumentParser:
         default="exact",
         choices=("exact", "16bit-first", "8bit-first"),
         help="also run the planner uploading each layer first at this lower precision, then "
-        "its refinement (protocol.md §10.11): one more row in the table (default %(default)s: "
+        "its refinement (protocol.md §10.12): one more row in the table (default %(default)s: "
         "none)",
     )
     p.add_argument(

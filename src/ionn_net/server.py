@@ -140,7 +140,7 @@ class _Model:
         self.blob_sizes = {
             s.blob_sha256: s.blob_size for s in manifest.layers if s.blob_sha256 is not None
         }
-        #: declared weight stages (§10.11), None without: their digests are blobs too
+        #: declared weight stages (§10.12), None without: their digests are blobs too
         self.stages = ModelStages.of(manifest)
         self.blob_sizes.update(self.stages.sizes if self.stages else {})
         self.refused = {
@@ -540,7 +540,7 @@ class EdgeServer:
         if digest in owned or (stages is not None and stages.completes(digest, owned)):
             await stream.read_body(check_body_len(blob.body_len, limit=size))
             return BlobOk(sha256=digest, offset=size, complete=True), b""
-        if stages is not None:  # §10.11.3: a refinement only after its base
+        if stages is not None:  # §10.12.3: a refinement only after its base
             stages.check_order(digest, owned)
         offset = blob.offset
         if offset > size:
@@ -574,7 +574,7 @@ class EdgeServer:
 
     async def _complete_blob(self, session: _Session, model: _Model, digest: str, key: str) -> None:
         """Verify and store the finished partial (a refinement stage: the exact blob it
-        rebuilds, §10.11.3), then record this session as the owner of what was stored,
+        rebuilds, §10.12.3), then record this session as the owner of what was stored,
         also when the client vanished while the digest was checked: the partial is consumed
         by then, so without the record it would have to send the whole blob again."""
 
@@ -638,7 +638,7 @@ class EdgeServer:
                 raise RequestError("bad_request", f"layer {name!r}: {model.refused[name]}")
         owned = self.store.owned_by(session.hash)
         missing = [n for n in names if model.specs[n].blob_sha256 not in (None, *owned)]
-        if model.stages is not None and load.precision == "base":  # §10.11.4
+        if model.stages is not None and load.precision == "base":  # §10.12.4
             missing = [n for n in missing if not model.stages.buildable(n, model.ready, owned)]
         if missing:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
@@ -667,7 +667,7 @@ class EdgeServer:
         """Build the named layers from verified blobs (worker thread). The manifest was
         validated as a whole when it arrived; each layer is re-validated on its own by
         ``build_layer`` with the input shapes of the server's own graph. With declared
-        stages (§10.11.4) a layer may be built from its base stage, and a layer built so
+        stages (§10.12.4) a layer may be built from its base stage, and a layer built so
         becomes exact by a swap once its blob is held (server_stages.build_for_load)."""
         built, refined = build_for_load(
             model.stages, names, specs=model.specs, graph=model.graph, ready=model.ready,
@@ -689,7 +689,7 @@ class EdgeServer:
         model = self._model(state, query.model)
         qid, deadline_ms, run = query.qid, query.deadline_ms, list(query.run)
         not_ready = [n for n in run if n not in model.ready]
-        if query.exact and model.stages is not None:  # §10.11.5: never on base weights
+        if query.exact and model.stages is not None:  # §10.12.5: never on base weights
             not_ready += sorted(model.stages.ran_base(run), key=model.graph.position)
         if not run or not_ready:
             raise RequestError("layer_not_ready", f"layers not ready: {not_ready[:8]}")
@@ -740,7 +740,7 @@ class EdgeServer:
     def _run(
         model: _Model, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]
     ) -> tuple[Any, frozenset[str]]:
-        """The outputs, and the layers that ran at base precision (§10.11.5): the query
+        """The outputs, and the layers that ran at base precision (§10.12.5): the query
         runs on the weights it started with, a swap waits for it (server_stages)."""
         runner = model.runner(run)  # compiled by load's prepare (§10.6), outside the lock
         if model.stages is None:
@@ -818,7 +818,7 @@ def _result_nbytes(
 
 
 def _base_layers(model: _Model, layers: Collection[str]) -> tuple[str, ...] | None:
-    """§10.11.4, §10.11.5: which of ``layers`` are at base precision (None: no stages)."""
+    """§10.12.4, §10.12.5: which of ``layers`` are at base precision (None: no stages)."""
     stages = model.stages
     return None if stages is None else stages.listed(layers, model.graph.position)
 

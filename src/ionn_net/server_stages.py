@@ -1,17 +1,17 @@
-"""Weight stages on the server (protocol.md §10.11): uploads, builds and swaps.
+"""Weight stages on the server (protocol.md §10.12): uploads, builds and swaps.
 
 This module owns what the server does with a model whose manifest declares stages
 (:class:`ModelStages`, one per session model): which digests are stages and of which
-blob, the order of their upload (a refinement only after its base, §10.11.3), what a
+blob, the order of their upload (a refinement only after its base, §10.12.3), what a
 finished refinement becomes (the exact blob, rebuilt and checked against the blob's
-SHA-256 before anything is stored), building a layer from its base stage (§10.11.4),
+SHA-256 before anything is stored), building a layer from its base stage (§10.12.4),
 and swapping the exact weights into a built layer while queries run.
 
 The swap assigns the layer's variables: compiled slices read them, so no slice is
 rebuilt or traced again. A query holds :class:`WeightLock` for reading while its slice
 runs, and reads which of its layers are at base precision under the same lock; a swap
 holds it for writing while it assigns one layer's variables. A query therefore runs
-entirely on the weights it started with and reports them (§10.11.5); a swap waits for
+entirely on the weights it started with and reports them (§10.12.5); a swap waits for
 the queries running at that moment and delays the next ones by at most one layer's
 assignment (about 0.3 ms plus 0.1-0.3 ms per MB, BENCHMARKS.md). Decoding, rebuilding
 and checking the exact blob happen before, outside the lock.
@@ -101,7 +101,7 @@ class ModelStages:
         self.precision: dict[str, str] = {s.name: str(precision_of(s.stages)) for s in staged}
         #: refinement digest -> (the blob it completes, a layer whose stages name it)
         self._refines: dict[str, tuple[str, LayerSpec]] = {}
-        #: every stage digest -> its size (the blob table of §10.5 extended, §10.11.3)
+        #: every stage digest -> its size (the blob table of §10.5 extended, §10.12.3)
         self.sizes: dict[str, int] = {}
         for spec in staged:
             assert spec.blob_sha256 is not None
@@ -130,10 +130,10 @@ class ModelStages:
         return self._base.intersection(run)
 
     def listed(self, layers: Collection[str], position: Callable[[str], int]) -> tuple[str, ...]:
-        """The layers of ``layers`` at base precision, in ``position`` order (§10.11.4)."""
+        """The layers of ``layers`` at base precision, in ``position`` order (§10.12.4)."""
         return tuple(sorted(self._base.intersection(layers), key=position))
 
-    # -- §10.11.3 upload -------------------------------------------------------------
+    # -- §10.12.3 upload -------------------------------------------------------------
 
     def completes(self, digest: str, owned: Collection[str]) -> bool:
         """``digest`` is a refinement whose exact blob the session holds already: there
@@ -190,7 +190,7 @@ class ModelStages:
             store.drop_partial(key)
         return blob
 
-    # -- §10.11.4 load ------------------------------------------------------------------
+    # -- §10.12.4 load ------------------------------------------------------------------
 
     def buildable(self, name: str, ready: Collection[str], owned: Collection[str]) -> bool:
         """``name`` can be made ready at base precision: it is, or its base is held."""
@@ -199,7 +199,7 @@ class ModelStages:
 
     def base_weights(self, spec: LayerSpec, store: BlobStore) -> list[np.ndarray]:
         """The weights of ``spec`` decoded from its base stage (loader thread), checked
-        as far as a base can be (§10.11.4): the stage's SHA-256 (the store verifies it on
+        as far as a base can be (§10.12.4): the stage's SHA-256 (the store verifies it on
         read), its values finite, and the SHA-256 of each weight that travels whole in
         it against the manifest. :class:`~ionn_net.errors.SpecError` otherwise."""
         stages = self.stages_of[spec.name]
@@ -250,7 +250,7 @@ def build_for_load(
 ) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
     """What a ``load`` of ``names`` changes (loader thread), decoded and checked before
     anything changes: the layers to build (not ready yet; from their verified blob, or
-    with declared ``stages`` from their base stage when the blob is not held, §10.11.4)
+    with declared ``stages`` from their base stage when the blob is not held, §10.12.4)
     and the exact weights of layers ready at base whose blob is now held (to
     :meth:`ModelStages.swap` in). Layers built from a base are marked so first. A
     :class:`~ionn_net.errors.SpecError` leaves everything as it was (§10.6.1)."""

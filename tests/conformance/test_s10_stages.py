@@ -1,7 +1,7 @@
-"""protocol.md §10.11 (weight stages): golden vectors, and the real EdgeServer's MUSTs.
+"""protocol.md §10.12 (weight stages): golden vectors, and the real EdgeServer's MUSTs.
 
 The stage bytes come from the reference peer's encoder (``tests/refpeer/stages.py``, written
-from §10.11.2 alone) and are checked against the library's codec both ways on the golden
+from §10.12.2 alone) and are checked against the library's codec both ways on the golden
 vectors. Server tests drive a real EdgeServer over a loopback socket with the reference peer;
 the model is two Dense layers and a BatchNormalization (whose blob holds no kernel, so it
 travels whole), and every answer is checked against numpy in float64, at exact and at base
@@ -57,14 +57,14 @@ def _layer_spec(vector: dict[str, Any], blob: bytes) -> Any:
     return LayerSpec("v", vector["class"], {}, (), tuple(specs), digest, size)
 
 
-# ----- §10.11.2 golden vectors ------------------------------------------------------------
+# ----- §10.12.2 golden vectors ------------------------------------------------------------
 
 
 def _valid_cases() -> list[tuple[dict[str, Any], str]]:
     return [(v, p) for v in _vectors()["valid"] for p in ENCODINGS]
 
 
-@pytest.mark.spec("10.11.2")
+@pytest.mark.spec("10.12.2")
 @pytest.mark.parametrize(("vector", "precision"), _valid_cases(), ids=lambda v: str(v)[:40])
 def test_stage_vectors_both_ways_with_the_library(vector: dict[str, Any], precision: str) -> None:
     from ionn_net.model.stages import decode_base as lib_decode
@@ -83,7 +83,7 @@ def test_stage_vectors_both_ways_with_the_library(vector: dict[str, Any], precis
     assert b"".join(a.astype("<f4").tobytes() for a in decoded).hex() == want["decoded_base_hex"]
 
 
-@pytest.mark.spec("10.11.2")
+@pytest.mark.spec("10.12.2")
 @pytest.mark.parametrize(("vector", "precision"), _valid_cases(), ids=lambda v: str(v)[:40])
 def test_stage_vectors_both_ways_with_the_reference_peer(
     vector: dict[str, Any], precision: str
@@ -98,7 +98,7 @@ def test_stage_vectors_both_ways_with_the_reference_peer(
     assert decoded.hex() == want["decoded_base_hex"]
 
 
-@pytest.mark.spec("10.11.2")
+@pytest.mark.spec("10.12.2")
 @pytest.mark.parametrize("vector", _vectors()["invalid"], ids=lambda v: v["name"])
 def test_invalid_base_stages_are_refused_by_both(vector: dict[str, Any]) -> None:
     from ionn_net.errors import StageError
@@ -111,7 +111,7 @@ def test_invalid_base_stages_are_refused_by_both(vector: dict[str, Any]) -> None
         lib_decode(_layer_spec(vector, b"\0" * 24), vector["precision"], data)
 
 
-# ----- a staged model written from §10.3.1 and §10.11 -------------------------------------
+# ----- a staged model written from §10.3.1 and §10.12 -------------------------------------
 
 
 def _f32(rng: np.random.Generator, *shape: int) -> np.ndarray:
@@ -298,7 +298,7 @@ def _have(peer: RefPeer, model: Staged) -> dict[str, Any]:
     return head
 
 
-# ----- §10.11.1 declaration ----------------------------------------------------------------
+# ----- §10.12.1 declaration ----------------------------------------------------------------
 
 
 def _tamper(kind: str) -> Staged:
@@ -332,7 +332,7 @@ TAMPERED = ["unknown_encoding", "mixed_precisions", "wrong_size", "one_stage",
             "extra_member"]  # fmt: skip
 
 
-@pytest.mark.spec("10.11.1")
+@pytest.mark.spec("10.12.1")
 @pytest.mark.parametrize("kind", TAMPERED)
 def test_a_manifest_breaking_the_stage_rules_is_bad_manifest(server: Any, kind: str) -> None:
     peer = _session(server)
@@ -345,9 +345,9 @@ def test_a_manifest_breaking_the_stage_rules_is_bad_manifest(server: Any, kind: 
     )
 
 
-@pytest.mark.spec("10.11")
+@pytest.mark.spec("10.12")
 def test_a_model_without_stages_gets_no_stage_members(server: Any) -> None:
-    """A client that declares no stages meets none of §10.11 (the exact path is unchanged)."""
+    """A client that declares no stages meets none of §10.12 (the exact path is unchanged)."""
     model = Staged("8bit-first", seed=12)
     for layer in model.obj["layers"]:
         layer.get("blob", {}).pop("stages", None)
@@ -364,10 +364,10 @@ def test_a_model_without_stages_gets_no_stage_members(server: Any) -> None:
     assert "layers_base" not in _have(peer, model)
 
 
-# ----- §10.11.3 upload ---------------------------------------------------------------------
+# ----- §10.12.3 upload ---------------------------------------------------------------------
 
 
-@pytest.mark.spec("10.11.3")
+@pytest.mark.spec("10.12.3")
 def test_a_refinement_before_its_base_is_refused_with_stage_order(server: Any) -> None:
     peer = _session(server)
     model = Staged("16bit-first", seed=1)
@@ -383,7 +383,7 @@ def test_a_refinement_before_its_base_is_refused_with_stage_order(server: Any) -
     assert _send(peer, model, digest, data).head["complete"]  # in order it goes through
 
 
-@pytest.mark.spec("10.11.3")
+@pytest.mark.spec("10.12.3")
 def test_a_refinement_of_a_blob_already_held_is_answered_complete(server: Any) -> None:
     peer = _session(server)
     model = Staged("8bit-first", seed=2)
@@ -397,7 +397,7 @@ def test_a_refinement_of_a_blob_already_held_is_answered_complete(server: Any) -
     assert reply.head == {"m": "blob_ok", "sha256": digest, "offset": len(data), "complete": True}
 
 
-@pytest.mark.spec("10.11.3")
+@pytest.mark.spec("10.12.3")
 def test_a_corrupt_refinement_is_digest_mismatch_and_changes_nothing(server: Any) -> None:
     peer = _at_base(_session(server), Staged("8bit-first", seed=3))
     model = Staged("8bit-first", seed=3)
@@ -420,7 +420,7 @@ def test_a_corrupt_refinement_is_digest_mismatch_and_changes_nothing(server: Any
     assert model.blob_of("d1")[0] in _have(peer, model)["blobs_held"]
 
 
-@pytest.mark.spec("10.11.3")
+@pytest.mark.spec("10.12.3")
 def test_a_refinement_that_does_not_rebuild_the_blob_stores_nothing(server: Any) -> None:
     """Its own SHA-256 matches its declaration, but base + refinement is not the blob."""
     model = Staged("16bit-first", seed=4)
@@ -438,7 +438,7 @@ def test_a_refinement_that_does_not_rebuild_the_blob_stores_nothing(server: Any)
     assert _query(peer, model).head["ran_base"] == ["d1", "d2"]
 
 
-# ----- §10.11.4 load ------------------------------------------------------------------------
+# ----- §10.12.4 load ------------------------------------------------------------------------
 
 
 def _bad_base(kind: str) -> Staged:
@@ -454,7 +454,7 @@ def _bad_base(kind: str) -> Staged:
     return model
 
 
-@pytest.mark.spec("10.11.4")
+@pytest.mark.spec("10.12.4")
 @pytest.mark.parametrize("kind", ["nan_kernel", "whole_weight_digest"])
 def test_a_base_that_fails_its_checks_is_not_built(server: Any, kind: str) -> None:
     model = _bad_base(kind)
@@ -471,7 +471,7 @@ def test_a_base_that_fails_its_checks_is_not_built(server: Any, kind: str) -> No
     assert _code(_query(peer, model)) == "layer_not_ready"
 
 
-@pytest.mark.spec("10.11.4")
+@pytest.mark.spec("10.12.4")
 @pytest.mark.parametrize("precision", ["base", "exact", None])
 def test_a_load_makes_a_base_layer_exact_once_its_blob_is_held(
     server: Any, precision: str | None
@@ -506,7 +506,7 @@ def test_a_base_load_without_the_base_is_missing_blobs(server: Any) -> None:
     assert _code(reply) == "missing_blobs" and reply.head["layers"] == ["d1"]
 
 
-@pytest.mark.spec("10.11.4")
+@pytest.mark.spec("10.12.4")
 @pytest.mark.slow
 def test_no_query_sees_weights_change_while_it_runs(server: Any) -> None:
     """Queries from two connections run back to back while both layers are swapped in:
@@ -560,10 +560,10 @@ def test_no_query_sees_weights_change_while_it_runs(server: Any) -> None:
         np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
-# ----- §10.11.5 queries and results --------------------------------------------------------
+# ----- §10.12.5 queries and results --------------------------------------------------------
 
 
-@pytest.mark.spec("10.11.5")
+@pytest.mark.spec("10.12.5")
 def test_every_result_of_a_staged_model_says_which_layers_ran_at_base(server: Any) -> None:
     model = Staged("16bit-first", seed=9)
     peer = _at_base(_session(server), model)
@@ -580,7 +580,7 @@ def test_every_result_of_a_staged_model_says_which_layers_ran_at_base(server: An
     assert part.head["m"] == "result" and part.head["ran_base"] == []
 
 
-@pytest.mark.spec("10.11.5")
+@pytest.mark.spec("10.12.5")
 def test_an_exact_query_never_runs_on_base_weights(server: Any) -> None:
     model = Staged("8bit-first", seed=10)
     peer = _at_base(_session(server), model)

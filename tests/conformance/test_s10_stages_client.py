@@ -1,4 +1,4 @@
-"""protocol.md §10.11.5's client-side MUST: a client that promised exact results never uses a
+"""protocol.md §10.12.5's client-side MUST: a client that promised exact results never uses a
 result computed on base-stage weights, with the reference peer playing the edge server.
 
 The fake server (:class:`~tests.conformance.test_s10_client.FakeServer`, a blocking RefPeer in
@@ -93,7 +93,7 @@ async def _queries(keras_model: Any, port: int, n: int = 5) -> list[Any]:
     return results
 
 
-@pytest.mark.spec("10.11.5")
+@pytest.mark.spec("10.12.5")
 def test_an_exact_client_sends_no_query_to_layers_at_base(
     fake: tuple[FakeServer, int],  # noqa: F811
     model: Any,  # noqa: F811
@@ -107,7 +107,7 @@ def test_an_exact_client_sends_no_query_to_layers_at_base(
     assert all(not r.offloaded for r in results)
 
 
-@pytest.mark.spec("10.11.5")
+@pytest.mark.spec("10.12.5")
 def test_an_exact_client_does_not_use_a_result_computed_at_base(
     fake: tuple[FakeServer, int],  # noqa: F811
     model: Any,  # noqa: F811

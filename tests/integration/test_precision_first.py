@@ -1,4 +1,4 @@
-"""Precision-first upload end to end (protocol.md §10.11): EdgeServer + OffloadClient over
+"""Precision-first upload end to end (protocol.md §10.12): EdgeServer + OffloadClient over
 real sockets with a narrow MobileNetV2 (2 MB of weights, random).
 
 * The end state is exact: after the last refinement every result equals local execution,

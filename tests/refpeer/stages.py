@@ -1,4 +1,4 @@
-"""Weight stages of protocol.md §10.11.2 for the reference peer: encode, decode, rebuild.
+"""Weight stages of protocol.md §10.12.2 for the reference peer: encode, decode, rebuild.
 
 Written from protocol.md alone, with ``struct`` and plain integers (one value at a time: meant
 for the small layers of the conformance suite). Float32 arithmetic is done in double precision
@@ -12,12 +12,12 @@ import math
 import struct
 from dataclasses import dataclass
 
-#: §10.11.1: the encodings of each precision, base first.
+#: §10.12.1: the encodings of each precision, base first.
 ENCODINGS = {
     "16bit-first": ("bf16-round", "bf16-low"),
     "8bit-first": ("int8-channel", "int8-residual"),
 }
-#: §10.11.2: (class, weight index) -> (first channel axis, last + 1, rank).
+#: §10.12.2: (class, weight index) -> (first channel axis, last + 1, rank).
 KERNELS = {
     ("Conv2D", 0): (3, 4, 4),
     ("Conv2DTranspose", 0): (2, 3, 4),
@@ -32,7 +32,7 @@ _MASK = 0xFFFFFFFF
 
 
 class StageRefused(ValueError):
-    """A stage that §10.11.2 says is invalid."""
+    """A stage that §10.12.2 says is invalid."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def _order(qs: list[int]) -> list[int]:
     return out
 
 
-# -- encoding (the reference client's choice, §10.11.2) ----------------------------------
+# -- encoding (the reference client's choice, §10.12.2) ----------------------------------
 
 
 def encode(cls: str, weights: list[W], blob: bytes, precision: str) -> tuple[bytes, bytes]:
@@ -176,7 +176,7 @@ def stage_sizes(cls: str, weights: list[W], precision: str) -> tuple[int, int]:
 
 
 def _bf16_bits(hi: int) -> int:
-    """The float32 pattern of a ``bf16-round`` value (§10.11.2)."""
+    """The float32 pattern of a ``bf16-round`` value (§10.12.2)."""
     if hi & 0x7F80 == 0x7F80:
         if hi & 0x7FFF != 0x7F80:
             raise StageRefused("a bf16-round value is NaN or infinite")

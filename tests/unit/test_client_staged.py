@@ -1,5 +1,5 @@
 """The client's side of a precision-first upload (ionn_net.client.staged, protocol.md
-§10.11): which layers declare stages, what the planner is told they cost, the order of the
+§10.12): which layers declare stages, what the planner is told they cost, the order of the
 refinements across re-plans, and how the upload's progress counts stages."""
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def test_identical_layers_share_their_stages() -> None:
 
 def test_a_layer_whose_stages_would_collide_goes_whole() -> None:
     """An all-zero kernel without bias: at 16 bits its base and refinement are the same
-    bytes, so one digest would name two stages (§10.11.1 forbids it)."""
+    bytes, so one digest would name two stages (§10.12.1 forbids it)."""
     manifest, blobs = _model(np.random.default_rng(2), zero=True)
     staged_manifest, staged = declare_stages(manifest, blobs, "16bit-first")
     assert "d2" not in staged and "d1" in staged

@@ -72,7 +72,7 @@ STRATEGIES: tuple[str, ...] = (
     "ours-16",
     "ours-8",
 )
-#: Strategies that are a planner with a precision-first upload (protocol.md §10.11).
+#: Strategies that are a planner with a precision-first upload (protocol.md §10.12).
 _PRECISION_FIRST = {"ours-16": ("ours", "16bit-first"), "ours-8": ("ours", "8bit-first")}
 
 

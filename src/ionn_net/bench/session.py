@@ -33,7 +33,7 @@ __all__ = ["run_session"]
 
 _GRACE_S = 60.0
 _NEVER_MS = 1e9
-#: An approximate result (protocol.md §10.11.5) is ok within this fraction of the
+#: An approximate result (protocol.md §10.12.5) is ok within this fraction of the
 #: largest output magnitude (the fidelity bench measures 0.3-3% on the four models).
 APPROX_TOLERANCE = 0.1
 

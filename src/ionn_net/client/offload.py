@@ -163,7 +163,7 @@ class OffloadClient:
         """The model's output for ``x`` (batch 1), computed collaboratively. ``exact``:
         run only on exact weights (default: unless the upload is precision-first,
         ``ClientConfig.precision``); layers the server holds at base precision then run
-        here (protocol.md §10.11.5)."""
+        here (protocol.md §10.12.5)."""
         return (await self.infer_detailed(x, exact=exact)).output
 
     async def infer_detailed(self, x: np.ndarray, *, exact: bool | None = None) -> InferenceResult:

@@ -4,7 +4,7 @@ It holds what both of the client's loops plan with, and nothing else does:
 
 * the link estimate and what queries taught (the learned server speed and round trip),
 * the server's costs (its cost model, §10.10),
-* the server's readiness: layers ready (and which of them at base precision, §10.11.4),
+* the server's readiness: layers ready (and which of them at base precision, §10.12.4),
   blobs held, partial offsets, layers it refused and layers this client keeps local,
 * the upload: the strategy's plan and its partitions, how many went up and were loaded,
 * the active plan (the one queries start with) with its ready set, the plan exact queries
@@ -163,7 +163,7 @@ class PlanState:
 
     @property
     def base(self) -> frozenset[str]:
-        """Ready layers the server runs on base-stage weights (§10.11.4)."""
+        """Ready layers the server runs on base-stage weights (§10.12.4)."""
         return self._base
 
     @property
@@ -310,13 +310,13 @@ class PlanState:
     def adopt_ready(
         self, layers_ready: Collection[str], layers_base: Collection[str] | None = None
     ) -> None:
-        """The layers ready after a load (§10.6), and which of them at base (§10.11.4)."""
+        """The layers ready after a load (§10.6), and which of them at base (§10.12.4)."""
         self._ready = frozenset(layers_ready) & frozenset(self._graph.order)
         self._base = frozenset(layers_base or ()) & self._ready
         self._take_exact(self._active)
 
     def observe_base(self, layers: Collection[str]) -> None:
-        """A result says these layers ran at base (§10.11.5): believe it over what a load
+        """A result says these layers ran at base (§10.12.5): believe it over what a load
         said, and stop starting exact queries with a plan that runs them on the server."""
         found = frozenset(layers) & self._ready
         if found - self._base:

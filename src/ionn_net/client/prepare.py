@@ -39,7 +39,7 @@ class PreparedModel:
     are the layers no server may run (and why); ``client_ms`` the per-layer milliseconds
     of this (emulated) device; ``grid_ends`` the last layers of the chunks of the whole
     model's chunk grid (empty when nothing will be uploaded, so nothing is chunked).
-    A precision-first upload (``precision`` not ``"exact"``, protocol.md §10.11) also has
+    A precision-first upload (``precision`` not ``"exact"``, protocol.md §10.12) also has
     ``staged``, the layers whose blobs go up as stages (declared in the manifest), and
     ``stage_costs``, what the planner charges for them.
     """

@@ -34,7 +34,7 @@ def upload_progress(
     layers_base: Collection[str] = (),
 ) -> UploadProgress:
     """Bytes planned and sent so far: a blob the server holds counts whole, a partly sent
-    one by its offset. A layer sent as stages (§10.11) counts each stage, whole once the
+    one by its offset. A layer sent as stages (§10.12) counts each stage, whole once the
     server holds it or the exact blob it makes; a layer at base precision that no
     partition names (its base went up before a re-plan or a reconnect) counts its
     refinement."""

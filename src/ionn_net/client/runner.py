@@ -6,7 +6,7 @@ query that must be exact ``PlanState.active_exact``, whose server layers are all
 Its client segments run as their precompiled chunks; between two chunks it may join a plan
 that became active meanwhile (:mod:`ionn_net.planner.midquery`). A server segment that
 fails (connection lost, reset, timeout, an ``error``, a malformed result, or an exact
-query's result computed on base-stage weights, §10.11.5) is finished locally from the
+query's result computed on base-stage weights, §10.12.5) is finished locally from the
 tensors the query holds, once; a lost connection also drops the plan to local until the
 upload session activates one again. A result says which server layers ran on base-stage
 weights; the query reports itself approximate then (``InferenceResult.exact``).
@@ -61,7 +61,7 @@ LocalRun = Callable[
 
 class ApproximateResultError(OffloadError):
     """A query that must be exact got a result computed on base-stage weights
-    (protocol.md §10.11.5): the client does not use it and finishes the segment here."""
+    (protocol.md §10.12.5): the client does not use it and finishes the segment here."""
 
 
 #: What a failed server segment raises: the query goes on locally.
@@ -262,7 +262,7 @@ class QueryRunner:
         self, seg: Segment, tensors: Mapping[TensorRef, np.ndarray], deadline: float, exact: bool
     ) -> tuple[Tensors, float | None, tuple[str, ...]]:
         """The segment's outputs, the compute time the server reported (§10.7) and the
-        layers that ran on base-stage weights (§10.11.5: an exact query refuses them)."""
+        layers that ran on base-stage weights (§10.12.5: an exact query refuses them)."""
         conn = self._session.connection
         if conn is None or conn.closed:
             raise ConnectionClosedError(

@@ -10,7 +10,7 @@ newly activated plan (compiled in a worker thread first, then switched to on the
 
 Pipeline: the next partition's blobs go up (urgency 5, incremental, §8.1) while the server
 loads (and both sides compile for) the previous one; loads run one at a time, in plan
-order. A precision-first upload (§10.11) sends each layer's base stage in the partitions
+order. A precision-first upload (§10.12) sends each layer's base stage in the partitions
 and loads them at base precision, then the refinements (:func:`.staged.refinement_units`:
 the plan's order, then whatever else is still at base after a re-plan or a reconnect),
 each unit loaded again to swap its exact weights in. After the upload, the session
@@ -67,7 +67,7 @@ _BLOB_PIECE = 64 << 20
 _REFRESH_S = 1.0
 #: At most this many run sets are named in a load's ``prepare`` (§10.6).
 _MAX_PREPARE = 16
-#: Times a stage refused with ``digest_mismatch`` is sent again on one connection (§10.11.3).
+#: Times a stage refused with ``digest_mismatch`` is sent again on one connection (§10.12.3).
 _STAGE_ATTEMPTS = 3
 
 
@@ -310,7 +310,7 @@ class UploadSession:
         self._emit_progress(done=True)
 
     async def _refine_all(self, conn: AioConnection) -> None:
-        """§10.11: the refinements of every layer still at base precision, unit by unit,
+        """§10.12: the refinements of every layer still at base precision, unit by unit,
         each loaded again (the server swaps the exact weights in)."""
         state, graph = self._state, self._prepared.graph
         units = refinement_units(
@@ -345,7 +345,7 @@ class UploadSession:
                 self._emit_progress()
 
     async def _upload_layer(self, conn: AioConnection, name: str, stage: int = 0) -> None:
-        """Send one layer's blob (or stage ``stage`` of it, §10.11.3) from the server's
+        """Send one layer's blob (or stage ``stage`` of it, §10.12.3) from the server's
         offset, in messages of at most ``_BLOB_PIECE`` bytes (and the peer's
         MAX_MESSAGE_SIZE): VGG16's first dense layer alone is 411 MB, above the 256 MiB
         default (protocol.md §10.5.1). A stage refused with ``digest_mismatch`` goes

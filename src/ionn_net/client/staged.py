@@ -1,4 +1,4 @@
-"""The client's side of a precision-first upload (protocol.md §10.11): which layers travel
+"""The client's side of a precision-first upload (protocol.md §10.12): which layers travel
 as stages, what each stage costs on the wire, and in which order the refinements go.
 
 Owns :class:`StagedLayer` and :func:`declare_stages` (run once by :mod:`.prepare`: each
@@ -71,7 +71,7 @@ def declare_stages(
     manifest: ModelManifest, blobs: Mapping[str, bytes], precision: str
 ) -> tuple[ModelManifest, dict[str, StagedLayer]]:
     """``manifest`` with the stages of every layer whose blob holds a kernel declared
-    (§10.11.1), and those stages by layer name. A layer whose stage digests would name
+    (§10.12.1), and those stages by layer name. A layer whose stage digests would name
     something else in the manifest (identical weights elsewhere make it so, rarely) keeps
     its blob whole: a digest names one thing."""
     roles: dict[str, tuple[str, object]] = {

@@ -57,7 +57,7 @@ class ClientConfig:
     transport: TransportOptions = field(default_factory=paced_transport)
     #: ``"exact"`` (every result equal to local execution, the whole blobs uploaded), or
     #: ``"16bit-first"`` / ``"8bit-first"``: each layer goes up first as a low-precision base
-    #: stage the server serves queries with, then its refinement (protocol.md §10.11); a
+    #: stage the server serves queries with, then its refinement (protocol.md §10.12); a
     #: result computed on base weights says so (``InferenceResult.exact``), and a query
     #: may still ask for exact weights (``infer(x, exact=True)``).
     precision: str = "exact"
@@ -107,7 +107,7 @@ class InferenceResult:
     #: Times the query left its plan mid-way for one made possible by layers that
     #: landed while it ran (ionn_net.planner.midquery).
     replans: int = 0
-    #: False when a server layer ran on base-stage weights (protocol.md §10.11.5)
+    #: False when a server layer ran on base-stage weights (protocol.md §10.12.5)
     exact: bool = True
     #: The lowest precision any layer ran at: ``"exact"``, ``"16bit"`` or ``"8bit"``
     precision: str = "exact"
@@ -135,7 +135,7 @@ class UploadProgress:
     #: the rate the upload is currently paced at (None: unpaced, or still measuring)
     pacing_mbit: float | None = None
     done: bool = False
-    #: ready layers still at base precision (a precision-first upload, §10.11.4)
+    #: ready layers still at base precision (a precision-first upload, §10.12.4)
     layers_base: int = 0
 
     @property

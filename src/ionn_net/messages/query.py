@@ -34,7 +34,7 @@ _MAX_ERROR_TEXT = 1 << 16
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Query:
     """§10.7: run ``run`` on the input ``tensors`` (the body) within ``deadline_ms``.
-    ``exact`` (§10.11.5; the member left out when false): run only on exact weights."""
+    ``exact`` (§10.12.5; the member left out when false): run only on exact weights."""
 
     KIND: ClassVar[str] = "query"
     model: str
@@ -75,7 +75,7 @@ class Query:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
     """§10.8: the boundary outputs of the query's ``run`` set (the body); ``ran`` in
-    execution order and the compute time ``server_ms``. ``ran_base`` (§10.11.5): the
+    execution order and the compute time ``server_ms``. ``ran_base`` (§10.12.5): the
     layers of ``ran`` that ran on base-stage weights; None (absent) for a model that
     declares no stages."""
 

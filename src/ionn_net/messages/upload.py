@@ -62,7 +62,7 @@ class Manifest:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Holdings:
     """What the server holds of one model for this session (§10.3.3, §10.4, §14.5).
-    ``layers_base`` (§10.11.4): the ready layers that run on base-stage weights; None
+    ``layers_base`` (§10.12.4): the ready layers that run on base-stage weights; None
     (the member absent) for a model that declares no stages."""
 
     blobs_held: tuple[str, ...] = ()
@@ -199,14 +199,14 @@ class BlobOk:
         }
 
 
-#: §10.11.4: what a ``load`` makes its layers ready at.
+#: §10.12.4: what a ``load`` makes its layers ready at.
 LOAD_PRECISIONS = ("exact", "base")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Load:
     """§10.6: build ``layers``; compile the run sets in ``prepare`` (the server caps
-    their number). ``precision`` (§10.11.4): ``"exact"`` (the default, the member left
+    their number). ``precision`` (§10.12.4): ``"exact"`` (the default, the member left
     out) or ``"base"`` (layers with declared stages may be built from their base)."""
 
     KIND: ClassVar[str] = "load"
@@ -239,7 +239,7 @@ class Load:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoadOk:
     """§10.6: every layer ready now, the run sets compiled, and how long it took;
-    ``layers_base`` as in :class:`Holdings` (§10.11.4)."""
+    ``layers_base`` as in :class:`Holdings` (§10.12.4)."""
 
     KIND: ClassVar[str] = "load_ok"
     layers_ready: tuple[str, ...]

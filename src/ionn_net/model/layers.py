@@ -136,7 +136,7 @@ def build_layer(
     graph (:func:`~ionn_net.model.spec.graph_from_manifest`). The spec is validated
     again here, and ``weights`` are checked (count, dtype, shape, finiteness and the
     spec's SHA-256s) before any Keras object exists; ``digests=False`` skips the
-    SHA-256s, for weights decoded from a base stage (protocol.md §10.11.4), which the
+    SHA-256s, for weights decoded from a base stage (protocol.md §10.12.4), which the
     caller has checked as far as a base can be. Raises :class:`SpecError`, or
     :class:`UnsupportedLayerError` for ``LocalOnly`` and unknown classes.
     """

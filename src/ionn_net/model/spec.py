@@ -127,7 +127,7 @@ class LayerSpec:
     weights: tuple[WeightSpec, ...] = ()
     blob_sha256: str | None = None
     blob_size: int = 0
-    #: the blob as weight stages (protocol.md §10.11.1): base first; empty when it is
+    #: the blob as weight stages (protocol.md §10.12.1): base first; empty when it is
     #: sent whole only
     stages: tuple[StageSpec, ...] = ()
 
@@ -416,7 +416,7 @@ def _layer_from_obj(value: object, index: int, limits: SpecLimits) -> LayerSpec:
 
 
 def _stages_from_obj(value: object, where: str) -> tuple[StageSpec, ...]:
-    """§10.11.1: the declared stages of a blob (their format; what they must be for the
+    """§10.12.1: the declared stages of a blob (their format; what they must be for the
     layer is checked by :func:`validate_manifest`)."""
     from ionn_net.model.stages import StageSpec
 
@@ -774,7 +774,7 @@ def check_weights(
 ) -> list[np.ndarray]:
     """Check arrays against what the validator expects for ``spec`` (count, dtype,
     shape, finiteness) and against the spec's declared SHA-256s (unless ``digests`` is
-    False: weights decoded from a base stage, §10.11.4); return C-contiguous native-order
+    False: weights decoded from a base stage, §10.12.4); return C-contiguous native-order
     copies. Used by ``layers.build_layer``."""
     where = f"layer {spec.name!r} ({spec.cls})"
     if not isinstance(weights, list | tuple):

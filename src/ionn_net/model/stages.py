@@ -295,7 +295,7 @@ def precision_of(stages: Sequence[StageSpec]) -> str | None:
 
 
 def check_declared(spec: LayerSpec, limits: SpecLimits = DEFAULT_LIMITS) -> str:
-    """The precision of ``spec``'s declared stages (protocol.md §10.11.1), checked against
+    """The precision of ``spec``'s declared stages (protocol.md §10.12.1), checked against
     what its blob allows: the encodings of one precision, base first; each stage's size
     as computed from the layer's weights; a blob with at least one kernel (a blob
     without kernels travels whole); stage digests distinct from each other and from the
@@ -323,7 +323,7 @@ def check_declared(spec: LayerSpec, limits: SpecLimits = DEFAULT_LIMITS) -> str:
 
 def check_manifest_stages(layers: Sequence[LayerSpec], limits: SpecLimits = DEFAULT_LIMITS) -> None:
     """Every layer's stages (:func:`check_declared`) and the rule that makes a digest
-    name one thing in a manifest (§10.11.1): a whole blob, a base stage (which blobs of
+    name one thing in a manifest (§10.12.1): a whole blob, a base stage (which blobs of
     the same size may share), or a refinement of one blob; layers with the same blob
     declare the same stages or none."""
     roles: dict[str, tuple[str, object]] = {}

@@ -1,4 +1,4 @@
-"""Builds ``stages.json``, the golden weight-stage vectors of protocol.md §10.11.2, with the
+"""Builds ``stages.json``, the golden weight-stage vectors of protocol.md §10.12.2, with the
 reference peer's encoder (``tests/refpeer/stages.py``, written from the text alone).
 
 Run ``python -m tests.conformance.vectors.build_stage_vectors`` to rewrite the file; the JSON is
@@ -91,7 +91,7 @@ def _valid(layer: dict[str, Any]) -> dict[str, Any]:
     blob = layer["blob"]
     out: dict[str, Any] = {
         "name": layer["name"],
-        "section": "10.11.2",
+        "section": "10.12.2",
         "class": layer["cls"],
         "weights": [{"dtype": d, "shape": list(s)} for d, s in layer["weights"]],
         "blob_hex": blob.hex(),
@@ -136,7 +136,7 @@ def _invalid() -> list[dict[str, Any]]:
     return [
         {
             "name": name,
-            "section": "10.11.2",
+            "section": "10.12.2",
             "class": "Dense",
             "weights": [{"dtype": d, "shape": list(s)} for d, s in dense],
             "precision": precision,
@@ -148,7 +148,7 @@ def _invalid() -> list[dict[str, Any]]:
 
 def main() -> None:
     doc = {
-        "about": "protocol.md §10.11.2 weight stages; built by build_stage_vectors.py",
+        "about": "protocol.md §10.12.2 weight stages; built by build_stage_vectors.py",
         "valid": [_valid(layer) for layer in _layers()],
         "invalid": _invalid(),
     }

@@ -1,4 +1,4 @@
-"""Hostile weight stages (protocol.md §10.11) against a real EdgeServer on loopback.
+"""Hostile weight stages (protocol.md §10.12) against a real EdgeServer on loopback.
 
 Each test sends one kind of bad stage traffic from a session of its own and asserts the
 defense: the typed refusal, and that nothing changed for that session (``have`` answers the
@@ -238,7 +238,7 @@ async def test_stage_uploads_that_do_not_match_the_manifest_change_nothing(
 
 
 async def test_a_refinement_beyond_the_byte_budget_is_refused(good: Tenant) -> None:
-    """An unfinished refinement reserves its exact blob's size (§10.11.3), not only its own:
+    """An unfinished refinement reserves its exact blob's size (§10.12.3), not only its own:
     d2's refinement is 576 bytes and rebuilds a 600-byte blob, which the room left after the
     bases (590 bytes) cannot hold."""
     budget = 768 + 590
