@@ -11,6 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from hypothesis import Phase, settings
+
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+# ``--hypothesis-profile=mutation`` (tests/mutation/run.py): a failing property only needs
+# to fail there, not to shrink to its smallest example (minutes per mutation otherwise).
+settings.register_profile("mutation", phases=(Phase.explicit, Phase.reuse, Phase.generate))

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ionn_net.argtypes import port, positive
-from ionn_net.extras import require_extras
+from ionn_net.errors import StoreError
+from ionn_net.extras import REDIS_EXTRA, require_extra, require_extras
+from ionn_net.store import REDIS_SCHEMES, open_store
 
 __all__ = ["demo_main", "demo_runs", "server_main"]
 
@@ -45,9 +47,9 @@ def _server_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--store",
-        type=Path,
         default=None,
-        help="directory of the durable layer store (default: keep layers in memory only)",
+        help="durable layer store: a directory, or redis://host:port/db for a store shared by "
+        "a site's servers (needs the redis extra) (default: keep layers in memory only)",
     )
     p.add_argument(
         "--cost-model",
@@ -109,6 +111,12 @@ def _server_parser() -> argparse.ArgumentParser:
 def server_main(argv: list[str] | None = None) -> int:
     require_extras("ionn-server")
     args = _server_parser().parse_args(argv)
+    if args.store is not None and args.store.startswith(REDIS_SCHEMES):
+        require_extra("ionn-server", REDIS_EXTRA, "--store redis://")
+    try:
+        store = open_store(args.store)  # before TensorFlow loads: a bad store fails fast
+    except StoreError as exc:
+        raise SystemExit(f"ionn-server: {exc}") from None
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
@@ -143,7 +151,7 @@ def server_main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with EdgeServer(
-            args.host, args.port, store=args.store, config=config, cost_model=cost
+            args.host, args.port, store=store, config=config, cost_model=cost
         ) as server:
             sys.stdout.write(f"ionn-server listening on {args.host}:{server.port}\n")
             sys.stdout.flush()

@@ -15,7 +15,14 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 
-__all__ = ["SCRIPT_EXTRAS", "Extra", "missing_extras", "require_extras"]
+__all__ = [
+    "REDIS_EXTRA",
+    "SCRIPT_EXTRAS",
+    "Extra",
+    "missing_extras",
+    "require_extra",
+    "require_extras",
+]
 
 #: The distribution name users install (``pip install 'ionn_net[bench]'``).
 DISTRIBUTION = "ionn_net"
@@ -32,16 +39,24 @@ class Extra:
         return f"pip install '{DISTRIBUTION}[{self.name}]'"
 
 
-#: What each console script needs beyond the base dependencies. ``ionn-server`` and
-#: ``ionn-demo`` run on the base dependencies alone (TensorFlow, Keras, NumPy, zstandard,
-#: uvloop). ``ionn-bench`` draws its plots with matplotlib; grpcio, the other half of the
+#: What each console script needs beyond the base dependencies. ``ionn-server``,
+#: ``ionn-demo`` and ``ionn-catalog`` run on the base dependencies alone (TensorFlow,
+#: Keras, NumPy, zstandard, uvloop); ``ionn-server --store redis://`` also needs
+#: :data:`REDIS_EXTRA`, checked when that option is given. ``ionn-bench`` draws its plots
+#: with matplotlib; grpcio, the other half of the
 #: ``bench`` extra, serves only the transport benchmark under ``bench/`` in a source
 #: checkout, so the console script does not ask for it.
 SCRIPT_EXTRAS: dict[str, tuple[Extra, ...]] = {
     "ionn-server": (),
     "ionn-demo": (),
     "ionn-bench": (Extra("bench", ("matplotlib",)),),
+    "ionn-catalog": (),
 }
+
+#: The shared layer store on Redis (``--store redis://...``): needed only when a script is
+#: asked for it, so it is checked by :func:`require_extra` then, not by
+#: :func:`require_extras` on every start.
+REDIS_EXTRA = Extra("redis", ("redis",))
 
 
 def missing_extras(script: str) -> list[tuple[Extra, list[str]]]:
@@ -68,5 +83,19 @@ def require_extras(script: str) -> None:
     modules = ", ".join(m for _, absent in missing for m in absent)
     hints = " and ".join(extra.install_hint() for extra, _ in missing)
     sys.stderr.write(f"{script}: needs {modules}, not installed; install it with: {hints}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
+
+
+def require_extra(script: str, extra: Extra, feature: str) -> None:
+    """Exit with status 2 and one line on stderr if ``extra``, which ``feature`` of
+    ``script`` needs (e.g. ``--store redis://``), is missing."""
+    absent = [m for m in extra.modules if importlib.util.find_spec(m) is None]
+    if not absent:
+        return
+    sys.stderr.write(
+        f"{script}: {feature} needs {', '.join(absent)}, not installed; "
+        f"install it with: {extra.install_hint()}\n"
+    )
     sys.stderr.flush()
     raise SystemExit(2)

@@ -33,7 +33,6 @@ import weakref
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,7 +74,13 @@ from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manife
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
 from ionn_net.server_stages import ModelStages, build_for_load
-from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, partial_key
+from ionn_net.store import (
+    BlobStore,
+    DirectoryStore,
+    StoreUnavailableError,
+    open_store,
+    partial_key,
+)
 from ionn_net.tensors import SignatureError, boundary_signature, decode_tensors, encode_tensors
 
 __all__ = ["EdgeServer", "ServerConfig"]
@@ -225,10 +230,11 @@ class _ConnState:
 class EdgeServer:
     """The edge server. ``async with EdgeServer(port=0) as server: server.port``.
 
-    ``store`` is a :class:`BlobStore`, a directory path (durable store) or ``None``
-    (in memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default
-    the server calibrates one on this machine on first start (cached in the store
-    directory when there is one).
+    ``store`` is a :class:`BlobStore`, a directory path (durable store), a
+    ``redis://host:port/db`` URL (store shared by a site's servers) or ``None`` (in
+    memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default the
+    server calibrates one on this machine on first start (cached in the store directory
+    when there is one).
     """
 
     def __init__(
@@ -244,12 +250,7 @@ class EdgeServer:
         self.host = host
         self._port = port
         self.config = config or ServerConfig()
-        if store is None:
-            self.store: BlobStore = MemoryStore()
-        elif isinstance(store, BlobStore):
-            self.store = store
-        else:
-            self.store = DirectoryStore(Path(store))
+        self.store: BlobStore = open_store(store)
         self._cost_model = cost_model
         self._ssl = ssl
         self._sessions: dict[str, _Session] = {}
@@ -465,7 +466,10 @@ class EdgeServer:
         victim = min(idle, key=lambda s: s.last_used)
         del self._sessions[victim.key]
         for digest in victim.partials:  # stale partial uploads expire with their session
-            self.store.drop_partial(partial_key(victim.hash, digest))
+            try:
+                self.store.drop_partial(partial_key(victim.hash, digest))
+            except StoreError as exc:  # best effort: the store's sweep expires it later
+                logger.warning("could not drop a partial upload of %s: %s", victim.hash[:8], exc)
         logger.info("forgot idle session %s to make room", victim.hash[:8])
         return True
 
@@ -563,6 +567,10 @@ class EdgeServer:
         if complete:
             try:
                 await self._complete_blob(session, model, digest, key)
+            except StoreUnavailableError as exc:
+                # Not the client's bytes: the partial stays (nothing acknowledged is lost)
+                # and the client completes it again once the store is back.
+                raise RequestError("internal", f"blob {digest}: {exc}") from None
             except StoreError:
                 raise RequestError(
                     "digest_mismatch", f"blob {digest}: bytes do not match"

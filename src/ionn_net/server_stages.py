@@ -42,7 +42,7 @@ from ionn_net.model.stages import (
     precision_of,
     reconstruct,
 )
-from ionn_net.store import BlobStore
+from ionn_net.store import BlobCorruptError, BlobStore
 
 __all__ = ["ModelStages", "WeightLock", "build_for_load"]
 
@@ -266,7 +266,13 @@ def build_for_load(
             continue
         weights: list[np.ndarray] = []
         if spec.blob_sha256 in owned or (spec.blob_sha256 is not None and stages is None):
-            weights = split_blob(spec, store.get(str(spec.blob_sha256)), limits)  # verified
+            try:
+                blob = store.get(str(spec.blob_sha256))  # verified on read
+            except BlobCorruptError:  # discarded by the store: the owner uploads it again
+                raise RequestError(
+                    "missing_blobs", f"blob of {name!r} failed verification", layers=[name]
+                ) from None
+            weights = split_blob(spec, blob, limits)
         elif stages is not None and spec.blob_sha256 is not None:
             weights = stages.base_weights(spec, store)
             at_base.add(name)

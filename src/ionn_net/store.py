@@ -1,4 +1,4 @@
-"""Content-addressed layer-blob store: in memory, or durable in a directory.
+"""Content-addressed layer-blob store: in memory, durable in a directory, or shared on Redis.
 
 This module owns where verified weight blobs live on the server and how partial
 uploads survive a disconnect or a crash (protocol.md §10.5, §14.5):
@@ -14,24 +14,68 @@ uploads survive a disconnect or a crash (protocol.md §10.5, §14.5):
   process); a torn or corrupt partial is caught by the final digest check and discarded.
 * Tenant scoping: which session uploaded which blob is recorded in a per-session index,
   so the server reveals only a session's own blobs (§14.5), even after a restart.
+
+:func:`open_store` picks the backend from a spec: ``None`` (memory), a directory path
+(:class:`DirectoryStore`, the embedded default) or a ``redis://host:port/db`` URL
+(:class:`~ionn_net.store_redis.RedisStore`, shared by the servers of one site; needs the
+``redis`` extra).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from ionn_net.errors import StoreError
+from ionn_net.extras import REDIS_EXTRA
 
-__all__ = ["BlobStore", "DirectoryStore", "MemoryStore", "partial_key", "sha256_hex"]
+__all__ = [
+    "REDIS_SCHEMES",
+    "BlobCorruptError",
+    "BlobStore",
+    "DirectoryStore",
+    "MemoryStore",
+    "StoreUnavailableError",
+    "check_digest",
+    "check_session_hash",
+    "open_store",
+    "partial_key",
+    "redact_url",
+    "sha256_hex",
+]
+
+#: URL schemes :func:`open_store` hands to the Redis backend.
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class BlobCorruptError(StoreError):
+    """A stored blob no longer hashes to its name (bit rot, tampering, a lost chunk): it
+    was never served and was removed from the store, so it counts as not held."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store's backend could not be reached or refused the operation (e.g. Redis down,
+    restarting, out of memory). Nothing was changed that a later retry would not redo;
+    the message names the store and the cause."""
+
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_SESSION_RE = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def check_session_hash(session_hash: str) -> None:
+    """:class:`StoreError` unless ``session_hash`` is 16-64 lowercase hex digits."""
+    if not isinstance(session_hash, str) or not _SESSION_RE.match(session_hash):
+        raise StoreError(f"session hash: expected 16-64 hex digits, got {session_hash!r}")
 
 
 def sha256_hex(data: bytes | bytearray | memoryview) -> str:
@@ -43,7 +87,19 @@ def partial_key(session_hash: str, digest: str) -> str:
     return hashlib.sha256(f"{session_hash}:{digest}".encode()).hexdigest()
 
 
-def _check_digest(digest: str) -> None:
+def redact_url(url: str) -> str:
+    """``url`` without its password, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+def check_digest(digest: str) -> None:
+    """:class:`StoreError` unless ``digest`` is 64 lowercase hex digits (also used for
+    partial-upload keys, which are digests too)."""
     if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
         raise StoreError(f"blob digest: expected 64 lowercase hex digits, got {digest!r}")
 
@@ -70,7 +126,7 @@ class BlobStore:
 
     def put(self, digest: str, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` after checking that it hashes to ``digest``."""
-        _check_digest(digest)
+        check_digest(digest)
         actual = sha256_hex(data)
         if actual != digest:
             raise StoreError(f"blob digest mismatch: expected {digest}, bytes hash to {actual}")
@@ -128,6 +184,18 @@ class BlobStore:
     def bytes_owned_by(self, session_hash: str) -> int:
         raise NotImplementedError
 
+    # -- maintenance --------------------------------------------------------------
+
+    def digests(self) -> Iterable[str]:
+        """Every complete blob held (verified when it was stored; ``get`` verifies it
+        again)."""
+        raise NotImplementedError
+
+    def sweep_partials(self, *, now: float | None = None) -> int:
+        """Delete partial uploads not appended to for the store's time-to-live; returns
+        how many were deleted (§14.5 lets a server expire them)."""
+        raise NotImplementedError
+
 
 class MemoryStore(BlobStore):
     """Blobs in a dict; partial uploads in bytearrays. Lost when the process ends."""
@@ -154,7 +222,7 @@ class MemoryStore(BlobStore):
             return len(self._partials.get(digest, b""))
 
     def append_partial(self, digest: str, offset: int, data: bytes | memoryview) -> int:
-        _check_digest(digest)
+        check_digest(digest)
         with self._lock:
             buf = self._partials.setdefault(digest, bytearray())
             if offset != len(buf):
@@ -173,6 +241,15 @@ class MemoryStore(BlobStore):
     def bytes_owned_by(self, session_hash: str) -> int:
         with self._lock:
             return sum(len(self._blobs[d]) for d in self.owned_by(session_hash))
+
+    def digests(self) -> Iterable[str]:
+        with self._lock:
+            return tuple(self._blobs)
+
+    def sweep_partials(self, *, now: float | None = None) -> int:
+        """Nothing to sweep: partials live as long as the process, and the server drops
+        those of a session it forgets."""
+        return 0
 
 
 class DirectoryStore(BlobStore):
@@ -247,7 +324,7 @@ class DirectoryStore(BlobStore):
         return digest in self._sizes
 
     def get(self, digest: str) -> bytes:
-        _check_digest(digest)
+        check_digest(digest)
         path = self._blob_path(digest)
         try:
             data = path.read_bytes()
@@ -260,7 +337,7 @@ class DirectoryStore(BlobStore):
             with self._lock:
                 path.unlink(missing_ok=True)
                 self._sizes.pop(digest, None)
-            raise StoreError(f"blob {digest} failed verification on read and was discarded")
+            raise BlobCorruptError(f"blob {digest} failed verification on read and was discarded")
         return data
 
     def _save(self, digest: str, data: bytes) -> None:
@@ -292,14 +369,14 @@ class DirectoryStore(BlobStore):
     # -- partial uploads ----------------------------------------------------------
 
     def partial_offset(self, digest: str) -> int:
-        _check_digest(digest)
+        check_digest(digest)
         try:
             return self._partial_path(digest).stat().st_size
         except FileNotFoundError:
             return 0
 
     def append_partial(self, digest: str, offset: int, data: bytes | memoryview) -> int:
-        _check_digest(digest)
+        check_digest(digest)
         with self._lock:
             current = self.partial_offset(digest)
             if offset != current:
@@ -320,9 +397,8 @@ class DirectoryStore(BlobStore):
     # -- tenant scoping -----------------------------------------------------------
 
     def record_owner(self, session_hash: str, digest: str) -> None:
-        _check_digest(digest)
-        if not re.match(r"^[0-9a-f]{16,64}$", session_hash):
-            raise StoreError(f"session hash: expected 16-64 hex digits, got {session_hash!r}")
+        check_digest(digest)
+        check_session_hash(session_hash)
         with self._lock:
             if digest in self._sessions.get(session_hash, ()):
                 return
@@ -340,3 +416,33 @@ class DirectoryStore(BlobStore):
 
     def digests(self) -> Iterable[str]:
         return tuple(self._sizes)
+
+
+def open_store(spec: BlobStore | str | os.PathLike[str] | None, **options: Any) -> BlobStore:
+    """The store a spec names: ``None`` -> :class:`MemoryStore`; a
+    ``redis://host:port/db`` (or ``rediss://``, ``unix://``) URL ->
+    :class:`~ionn_net.store_redis.RedisStore`; any other string or path ->
+    :class:`DirectoryStore` on that directory; a :class:`BlobStore` is returned as is.
+
+    ``options`` go to the backend's constructor. A Redis URL without the ``redis``
+    package installed raises :class:`StoreError` naming the extra to install."""
+    if isinstance(spec, BlobStore):
+        return spec
+    if spec is None:
+        return MemoryStore()
+    if isinstance(spec, str) and spec.startswith(REDIS_SCHEMES):
+        absent = [m for m in REDIS_EXTRA.modules if importlib.util.find_spec(m) is None]
+        if absent:
+            raise StoreError(
+                f"store {redact_url(spec)}: a Redis store needs {', '.join(absent)}, not "
+                f"installed; install it with: {REDIS_EXTRA.install_hint()}"
+            )
+        from ionn_net.store_redis import RedisStore  # the redis package is an extra
+
+        return RedisStore(spec, **options)
+    if isinstance(spec, str | os.PathLike):
+        return DirectoryStore(spec, **options)
+    raise StoreError(
+        f"store: expected None, a directory, a redis:// URL or a BlobStore, "
+        f"got {type(spec).__name__}"
+    )

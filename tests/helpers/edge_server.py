@@ -15,8 +15,11 @@ from typing import Any
 
 
 @contextmanager
-def running_server(config: Any = None, timeout: float = 20.0) -> Iterator[Any]:
-    """Yield a started EdgeServer (``.port`` is bound on 127.0.0.1)."""
+def running_server(config: Any = None, timeout: float = 60.0) -> Iterator[Any]:
+    """Yield a started EdgeServer (``.port`` is bound on 127.0.0.1).
+
+    The first start in a process imports TensorFlow: on a loaded 2-core machine that took
+    more than the former 20 s budget when a conformance test was the first to start one."""
     from ionn_net.planner.costmodel import ServerCostModel
     from ionn_net.server import EdgeServer
 

@@ -1,12 +1,21 @@
-"""Shared fixtures for integration tests: a calibrated server cost model and this project
-installed from its wheel into fresh virtual environments (each once per run)."""
+"""Shared fixtures for integration tests: a calibrated server cost model, this project
+installed from its wheel into fresh virtual environments (each once per run), and real
+redis-server processes (tests/helpers/redis_server.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from tests.helpers.redis_server import own_redis, redis_server, redis_url
 from tests.helpers.wheel_env import build_wheel, extra_distributions, make_venv
+
+#: A directory in which to keep the calibrated cost model across pytest runs (the mutation
+#: check runs pytest many times on one machine); unset, every run calibrates afresh.
+COST_MODEL_DIR = "IONN_TEST_COST_MODEL_DIR"
+
+__all__ = ["own_redis", "redis_server", "redis_url"]
 
 
 @pytest.fixture(scope="session")
@@ -14,7 +23,8 @@ def cost_model(tmp_path_factory: pytest.TempPathFactory) -> object:
     """The server cost model calibrated on this machine (about 15 s, once per run)."""
     from ionn_net.calibrate import load_or_calibrate
 
-    root: Path = tmp_path_factory.mktemp("costmodel")
+    kept = os.environ.get(COST_MODEL_DIR)
+    root: Path = Path(kept) if kept else tmp_path_factory.mktemp("costmodel")
     return load_or_calibrate(root)
 
 
@@ -36,3 +46,10 @@ def wheel_venv_without_bench(tmp_path_factory: pytest.TempPathFactory, wheel_fil
     """The same without the distributions of the ``bench`` extra (matplotlib, grpcio)."""
     path = tmp_path_factory.mktemp("wheel-venv-nobench") / "venv"
     return make_venv(path, wheel_file, without=extra_distributions("bench"))
+
+
+@pytest.fixture(scope="session")
+def wheel_venv_without_redis(tmp_path_factory: pytest.TempPathFactory, wheel_file: Path) -> Path:
+    """The same without the distributions of the ``redis`` extra."""
+    path = tmp_path_factory.mktemp("wheel-venv-noredis") / "venv"
+    return make_venv(path, wheel_file, without=extra_distributions("redis"))

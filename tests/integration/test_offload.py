@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ionn_net.client import ClientConfig, OffloadClient
+from ionn_net.client import ClientConfig, InferenceResult, OffloadClient
 from ionn_net.netem.proxy import LinkSpec, ShapingProxy
 from ionn_net.server import EdgeServer
 
@@ -94,26 +94,49 @@ async def test_reconnect_uploads_nothing_twice(
 async def test_server_closed_mid_upload_loses_no_query(
     small_model: Any, cost_model: Any, tmp_path: Path
 ) -> None:
+    """The server goes away while queries offload and the upload still runs: the query
+    whose server segment fails then finishes locally (a fallback), and every query
+    returns the model's output."""
     model = small_model
-    xs = inputs(12, 96)
+    xs = inputs(6, 96)
     expected = [model(x, training=False).numpy() for x in xs]
     slow = LinkSpec(rate_bps=4e6, delay_ms=1.0)
-    config = ClientConfig(slowdown=5.0, profile_cache=str(tmp_path / "p"), reconnect=False)
+    # 40x: offloading pays as soon as the first partition is loaded (at 5x no query
+    # offloaded before the upload ended on this machine, so nothing was tested).
+    config = ClientConfig(slowdown=40.0, profile_cache=str(tmp_path / "p"), reconnect=False)
     server = await EdgeServer(cost_model=cost_model).start()
-    proxy = ShapingProxy("127.0.0.1", server.port, up=slow, down=slow)
-    await proxy.__aenter__()
+    proxy = await ShapingProxy("127.0.0.1", server.port, up=slow, down=slow).start()
     try:
         async with OffloadClient("127.0.0.1", proxy.port, model, config=config) as client:
-            got = []
-            for i, x in enumerate(xs):
-                if i == 4:
-                    await server.close()  # the server goes away mid-upload
-                    await proxy.__aexit__(None, None, None)
-                got.append(await asyncio.wait_for(client.infer(x), 60))
+            before = await _query_until_offloaded(client, xs[0], timeout_s=120.0)
+            progress = client.last_progress
+            assert progress is not None and not progress.done, progress  # still uploading
+            await server.close()  # the server goes away mid-upload
+            await proxy.close()
+            after = [await asyncio.wait_for(client.infer_detailed(x), 60) for x in xs]
+            fallbacks = client.stats["fallbacks"]
     finally:
         await server.close()
-    for g, want in zip(got, expected, strict=True):
-        np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-5)
+        await proxy.close()
+    np.testing.assert_allclose(before.output, expected[0], rtol=1e-4, atol=1e-5)
+    for result, want in zip(after, expected, strict=True):
+        np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
+    assert any(r.fallback for r in after), [r.segments for r in after]
+    assert fallbacks >= 1
+    assert not any(r.offloaded for r in after)
+
+
+async def _query_until_offloaded(
+    client: OffloadClient, x: np.ndarray, *, timeout_s: float
+) -> InferenceResult:
+    """Query until one answer used the server (fails after ``timeout_s``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        result = await asyncio.wait_for(client.infer_detailed(x), 60)
+        if result.offloaded:
+            return result
+        assert loop.time() < deadline, f"no query offloaded; progress: {client.last_progress}"
 
 
 async def test_a_running_query_joins_a_plan_that_becomes_active(

@@ -2,9 +2,10 @@
 
 A child process stores blobs one by one and prints ``ACK <digest>`` after each ``put``
 returns (the moment the server would acknowledge the upload). It is killed with SIGKILL
-at a chosen step (written, fsynced, renamed, dir_fsynced) of a chosen write. After each
-crash a fresh store on the same directory must hold every acknowledged blob intact and
-must never serve a corrupt one.
+at a chosen step of a chosen write: for the directory store written, fsynced, renamed,
+dir_fsynced; for the Redis store the second chunk staged (mid-blob) and committed. After
+each crash a fresh store on the same directory or database must hold every acknowledged
+blob intact and must never serve a corrupt one.
 """
 
 from __future__ import annotations
@@ -17,23 +18,31 @@ from pathlib import Path
 import pytest
 
 from ionn_net.errors import StoreError
-from ionn_net.store import DirectoryStore
+from ionn_net.store import BlobStore, DirectoryStore
 
 CHILD = textwrap.dedent(
     """
     import hashlib, os, signal, sys
     from ionn_net.store import DirectoryStore
 
-    root, point, victim = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    writes = {"n": 0}
+    target, point, victim = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    state = {"blob": 1, "step": 0}
 
     def hook(name):
-        if name == "written":
-            writes["n"] += 1
-        if name == point and writes["n"] == victim:
+        # The directory store writes a blob at "written"; the Redis store stages it in
+        # four chunks ("staged" each) and commits it ("committed").
+        state["step"] += 1
+        if name == point and state["blob"] == victim and (name != "staged" or state["step"] == 2):
             os.kill(os.getpid(), signal.SIGKILL)
+        if name in ("dir_fsynced", "committed"):
+            state["blob"] += 1
+            state["step"] = 0
 
-    store = DirectoryStore(root, fault_hook=hook)
+    if target.startswith("redis://"):
+        from ionn_net.store_redis import RedisStore
+        store = RedisStore(target, chunk_size=16384, fault_hook=hook)
+    else:
+        store = DirectoryStore(target, fault_hook=hook)
     for i in range(6):
         blob = hashlib.sha256(str(i).encode()).digest() * 2000
         digest = hashlib.sha256(blob).hexdigest()
@@ -42,12 +51,14 @@ CHILD = textwrap.dedent(
     """
 )
 
+POINTS = [("directory", p) for p in ("written", "fsynced", "renamed", "dir_fsynced")] + [
+    ("redis", p) for p in ("staged", "committed")
+]
 
-@pytest.mark.parametrize("point", ["written", "fsynced", "renamed", "dir_fsynced"])
-@pytest.mark.parametrize("victim", [1, 4])
-def test_acknowledged_blobs_survive_sigkill(tmp_path: Path, point: str, victim: int) -> None:
+
+def _crash(target: str, point: str, victim: int) -> list[str]:
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp_path), point, str(victim)],
+        [sys.executable, "-c", CHILD, target, point, str(victim)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -56,7 +67,10 @@ def test_acknowledged_blobs_survive_sigkill(tmp_path: Path, point: str, victim: 
     assert proc.returncode == -9, proc.stderr  # it really died by SIGKILL mid-write
     acked = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ACK")]
     assert len(acked) == victim - 1
-    store = DirectoryStore(tmp_path)
+    return acked
+
+
+def _check(store: BlobStore, acked: list[str]) -> None:
     for digest in acked:
         assert store.get(digest)  # verified on read
     for digest in store.digests():
@@ -64,4 +78,31 @@ def test_acknowledged_blobs_survive_sigkill(tmp_path: Path, point: str, victim: 
             store.get(digest)
         except StoreError:
             pytest.fail(f"the store indexed a blob that does not verify: {digest}")
-    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize(("backend", "point"), POINTS)
+@pytest.mark.parametrize("victim", [1, 4])
+def test_acknowledged_blobs_survive_sigkill(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str, point: str, victim: int
+) -> None:
+    if backend == "directory":
+        acked = _crash(str(tmp_path), point, victim)
+        _check(DirectoryStore(tmp_path), acked)
+        assert list((tmp_path / "tmp").iterdir()) == []
+        return
+    import redis
+
+    from ionn_net.store_redis import RedisStore
+
+    url: str = request.getfixturevalue("redis_url")
+    acked = _crash(url, point, victim)
+    store = RedisStore(url)
+    _check(store, acked)
+    held = set(store.digests())
+    assert set(acked) <= held
+    # The blob being written is held once committed, and not at all before.
+    assert len(held) == len(acked) + (point == "committed")
+    client = redis.Redis.from_url(url)
+    staged = client.keys("ionn:stage:*")
+    assert all(0 < client.pttl(k) <= 3_600_000 for k in staged)  # leftovers expire
+    assert len(staged) == (2 if point == "staged" else 0)

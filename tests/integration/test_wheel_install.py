@@ -2,10 +2,11 @@
 the source tree.
 
 The fixtures (tests/integration/conftest.py, built by tests/helpers/wheel_env.py) build
-the wheel offline and install it into two fresh virtual environments, one with every
-dependency and one without the ``bench`` extra. Here the console scripts answer
-``--help``, ``ionn-bench`` finds the scenario files shipped in the wheel, and without the
-extra a script that needs it stops with one line naming it and status 2.
+the wheel offline and install it into fresh virtual environments, one with every
+dependency, one without the ``bench`` extra and one without the ``redis`` extra. Here the
+console scripts answer ``--help``, ``ionn-bench`` finds the scenario files shipped in the
+wheel, and without an extra a script (or option) that needs it stops with one line naming
+it and status 2.
 ``ionn-bench --quick`` from the same installed wheel is
 tests/integration/bench/test_bench_quick.py (one quick run serves both).
 """
@@ -20,7 +21,7 @@ from tests.helpers.wheel_env import ROOT, venv_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-SCRIPTS = ("ionn-server", "ionn-demo", "ionn-bench")
+SCRIPTS = ("ionn-server", "ionn-demo", "ionn-bench", "ionn-catalog")
 SHIPPED = ("3g", "lte", "wifi", "wifi_lossy")
 HINT = "pip install 'ionn_net[bench]'"
 
@@ -68,6 +69,7 @@ def test_every_console_script_answers_help(wheel_venv: Path, tmp_path: Path) -> 
         ("ionn-server", ("usage: ionn-server", "--secret-file")),
         ("ionn-demo", ("usage: ionn-demo", "--planner")),
         ("ionn-bench", ("usage: ionn-bench", "--quick", "--list", *SHIPPED)),
+        ("ionn-catalog", ("usage: ionn-catalog", "add", "list", "verify")),
     ):
         proc = run(wheel_venv, tmp_path, script, "--help")
         assert proc.returncode == 0, (script, proc.stderr)
@@ -106,3 +108,27 @@ def test_without_the_bench_extra_one_line_names_it(
         proc = run(bin_dir, tmp_path, script, "--help")
         assert proc.returncode == 0, (script, proc.stderr)
         assert f"usage: {script}" in proc.stdout
+
+
+def test_without_the_redis_extra_a_redis_store_names_it(
+    wheel_venv_without_redis: Path, tmp_path: Path
+) -> None:
+    bin_dir = wheel_venv_without_redis
+    premise = run(bin_dir, tmp_path, "python", "-c", "import redis")
+    assert premise.returncode != 0 and "No module named 'redis'" in premise.stderr
+    proc = run(bin_dir, tmp_path, "ionn-server", "--store", "redis://127.0.0.1:6379/0")
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        "ionn-server: --store redis:// needs redis, not installed; "
+        "install it with: pip install 'ionn_net[redis]'\n"
+    )
+    # the library names it too, and the other stores need nothing more
+    code = (
+        "from ionn_net.store import open_store\n"
+        "print(type(open_store(None)).__name__)\n"
+        "open_store('redis://127.0.0.1:6379/0')"
+    )
+    proc = run(bin_dir, tmp_path, "python", "-c", code)
+    assert proc.stdout == "MemoryStore\n"
+    assert "StoreError: store redis://127.0.0.1:6379/0: a Redis store needs redis" in proc.stderr

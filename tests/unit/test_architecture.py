@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -383,3 +384,59 @@ def test_the_size_check_finds_a_long_class_and_function() -> None:
     assert size_violations(ast.parse(f"def long():\n{body}\n"), MAX_FUNCTION_LINES + 1)
     assert size_violations(ast.parse("x = 1"), MAX_MODULE_LINES + 1)
     assert not size_violations(ast.parse("class Small:\n    x = 1\n"), 2)
+
+
+# -- references a reader of the repository can follow ------------------------------------
+
+# Notes kept outside the repository, and tracker numbers, mean nothing to a reader of a
+# clone: comments cite protocol.md sections, the repository's own documents and benches.
+_STALE_REFERENCE = re.compile(
+    r"\b(baselines|ionn-algorithm|round2|architecture)\.md\b|protocol-lessons|security-lessons"
+    r"|\bissue\s*#?\d+|\btracker\b",
+    re.IGNORECASE,
+)
+
+
+def stale_references(text: str) -> list[str]:
+    return [
+        f"line {number}: {line.strip()}"
+        for number, line in enumerate(text.splitlines(), start=1)
+        if _STALE_REFERENCE.search(line)
+    ]
+
+
+def test_no_comment_points_outside_the_repository() -> None:
+    this_file = Path(__file__).resolve()
+    found = [
+        f"{path.relative_to(ROOT)} {hit}"
+        for path in _python_files(SRC, ROOT / "tests", ROOT / "bench")
+        if path.resolve() != this_file
+        for hit in stale_references(path.read_text(encoding="utf-8"))
+    ]
+    assert not found, found
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "# ~100 ms p50 (baselines.md)",
+        "# see protocol-lessons, head-of-line section",
+        '"""One test per attack row of security-lessons.md."""',
+        "# the window issue 4 reports",
+        "# fixed for Issue #12",
+    ],
+)
+def test_the_reference_check_finds_a_stale_reference(line: str) -> None:
+    assert stale_references(line), line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "# §14.3.1: results count against the outbound cap",
+        "# measured by bench/transport.py; see RELIABILITY.md",
+        "# the baselines' orders are candidates too",
+    ],
+)
+def test_the_reference_check_leaves_repository_references_alone(line: str) -> None:
+    assert not stale_references(line), line

@@ -353,7 +353,7 @@ def test_profile_sum_close_to_whole_model() -> None:
         assert found.whole_ms is not None
         ratios.append(found.total_ms / found.whole_ms)
     # Within 1.5x either way: summing per-layer compiled calls instead overshoots ~5x
-    # (baselines.md), and a loaded shared machine moves single ratios by +-50%.
+    # (measured by bench/executor.py), and a loaded shared machine moves single ratios by +-50%.
     assert 0.67 <= sorted(ratios)[2] <= 1.5, ratios
     assert len(found.chunks) == 8 and found.call_overhead_ms > 0
     assert [n for c in found.chunks for n in c] == list(ex.graph.order)

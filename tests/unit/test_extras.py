@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ionn_net import cli, extras
+from ionn_net import catalog_cli, cli, extras
 from ionn_net.bench import cli as bench_cli
 from ionn_net.extras import SCRIPT_EXTRAS, Extra, missing_extras
 
@@ -20,6 +20,7 @@ MAINS: dict[str, Callable[[list[str]], Any]] = {
     "ionn-server": cli.server_main,
     "ionn-demo": cli.demo_main,
     "ionn-bench": bench_cli.main,
+    "ionn-catalog": catalog_cli.main,
 }
 
 
@@ -56,8 +57,8 @@ def test_nothing_is_missing_in_the_development_environment() -> None:
 
 
 def test_an_unknown_script_is_a_typed_error() -> None:
-    with pytest.raises(KeyError, match="ionn-catalog"):
-        missing_extras("ionn-catalog")
+    with pytest.raises(KeyError, match="ionn-no-such-script"):
+        missing_extras("ionn-no-such-script")
 
 
 @pytest.mark.parametrize("script", sorted(MAINS))
@@ -75,3 +76,28 @@ def test_a_missing_module_stops_the_script_first_with_one_line(
         f"{script}: needs ionn_net_test_no_such_module, not installed; "
         "install it with: pip install 'ionn_net[bench]'\n"
     )
+
+
+def test_a_redis_store_without_the_redis_extra_stops_the_server_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    absent = Extra("redis", ("ionn_net_test_no_such_module",))
+    monkeypatch.setattr(cli, "REDIS_EXTRA", absent)
+    with pytest.raises(SystemExit) as info:
+        cli.server_main(["--store", "redis://127.0.0.1:6379/0"])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "ionn-server: --store redis:// needs ionn_net_test_no_such_module, not installed; "
+        "install it with: pip install 'ionn_net[redis]'\n"
+    )
+
+
+def test_the_redis_extra_lists_the_redis_distribution() -> None:
+    declared = PYPROJECT["project"]["optional-dependencies"]
+    assert extras.REDIS_EXTRA.name in declared
+    providers = importlib.metadata.packages_distributions()
+    allowed = {_name(r) for r in declared[extras.REDIS_EXTRA.name]}
+    for module in extras.REDIS_EXTRA.modules:
+        assert {d.lower() for d in providers.get(module, [])} & allowed, module

@@ -219,7 +219,7 @@ def test_mobilenet_v2(mobilenet_v2: keras.Model) -> None:
     g = graph_from_keras(model)
     assert len(g) == len(model.layers) == 156
     assert g.total_weight_bytes == 4 * model.count_params()
-    # 74 interior single-tensor cuts (baselines.md); cut_points() also lists the input
+    # 74 interior single-tensor cuts; cut_points() also lists the input
     # layer (its output alone is live) and, by definition, the last layer.
     cuts = g.cut_points()
     assert cuts[0] == "input_layer" or g[cuts[0]].cls == "InputLayer"

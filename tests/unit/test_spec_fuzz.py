@@ -1,23 +1,31 @@
 """Hypothesis fuzzing of the manifest validator: whatever arrives, the only outcomes
 are a validated manifest or a :class:`SpecError` (or subclass), never another
-exception, a hang or a crash (protocol.md §10.3.2)."""
+exception, a hang or a crash (protocol.md §10.3.2). And what must be refused is: input
+that holds a key naming code or a class at any depth, a non-finite number or a value
+that is not JSON is never accepted, and each known-bad edit of a valid manifest is
+refused for its own reason (a validator that accepted everything would fail here)."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
+import math
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.helpers.manifests import SHAPE_CASES, tiny_cnn
 
-from ionn_net.errors import SpecError
+from ionn_net.errors import SpecError, UnsupportedLayerError
 from ionn_net.model.graph import TensorRef
 from ionn_net.model.schema import SCHEMAS
 from ionn_net.model.spec import (
+    FORBIDDEN_KEYS,
+    FORMAT,
     LayerSpec,
     ModelManifest,
     WeightSpec,
@@ -67,17 +75,52 @@ _JSONISH = st.recursive(
 
 
 def _outcome(fn: Any, *args: Any) -> object:
-    """Call ``fn``; a SpecError is an accepted outcome, anything else propagates."""
+    """Call ``fn``; a SpecError is an accepted outcome (None), anything else propagates."""
     try:
         return fn(*args)
     except SpecError:
         return None
 
 
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _must_refuse(obj: object, *, config: bool = False) -> str | None:
+    """Why ``obj`` can never be (part of) an accepted manifest, or None: a key of
+    FORBIDDEN_KEYS at any depth, a non-finite float, a value that is not JSON (a tuple
+    counts as a list: hand-built specs freeze lists), and with ``config`` (a layer's
+    config, whose members are primitives or lists of them) any nested object."""
+    todo: list[tuple[object, int]] = [(obj, 0)]
+    while todo:
+        value, depth = todo.pop()
+        if isinstance(value, dict):
+            if config and depth > 0:
+                return "a dict inside a layer config"
+            for key, item in value.items():
+                if key in FORBIDDEN_KEYS:
+                    return f"forbidden key {key!r}"
+                todo.append((item, depth + 1))
+        elif isinstance(value, list | tuple):
+            todo.extend((item, depth + 1) for item in value)
+        elif not isinstance(value, _JSON_SCALARS):
+            return f"not JSON: {type(value).__name__}"
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"non-finite {value}"
+    return None
+
+
+def _check_refused(outcome: object, obj: object, *, config: bool = False) -> None:
+    reason = _must_refuse(obj, config=config)
+    assert reason is None or outcome is None, f"accepted despite {reason}: {obj!r:.300}"
+
+
 @FUZZ
 @given(_JSONISH)
 def test_random_objects(obj: object) -> None:
-    _outcome(parse_manifest, obj)
+    manifest = _outcome(parse_manifest, obj)
+    _check_refused(manifest, obj)
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        assert manifest is None, obj
 
 
 def _paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -129,6 +172,7 @@ def test_mutated_valid_manifests(data: st.DataObject, local: bool) -> None:
     for _ in range(data.draw(st.integers(1, 3))):
         obj = _mutate(obj, data)
     manifest = _outcome(parse_manifest, obj)
+    _check_refused(manifest, obj)
     if isinstance(manifest, ModelManifest):  # a harmless mutation: everything still holds
         graph = graph_from_manifest(manifest)
         assert len(graph) == len(manifest.layers)
@@ -142,13 +186,20 @@ def test_mutated_manifest_text(data: st.DataObject) -> None:
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(text) - 1))
         text[i] = data.draw(st.sampled_from(b'[]{}:,"0123456789.-eE \\naNI\xff'))
-    _outcome(loads_manifest, bytes(text))
+    manifest = _outcome(loads_manifest, bytes(text))
+    try:
+        obj = json.loads(bytes(text))
+    except ValueError:  # not JSON (UnicodeDecodeError included): nothing to accept
+        assert manifest is None, bytes(text)
+        return
+    _check_refused(manifest, obj)
 
 
 @FUZZ
 @given(st.binary(max_size=300) | st.text(max_size=300))
 def test_random_text(data: bytes | str) -> None:
-    _outcome(loads_manifest, data)
+    # The smallest valid manifest is ~190 bytes of exact JSON: never drawn at random.
+    assert _outcome(loads_manifest, data) is None, data
 
 
 @FUZZ
@@ -159,7 +210,8 @@ def test_random_text(data: bytes | str) -> None:
 )
 def test_random_layer_configs(cls: str, config: dict[str, Any], shapes: list[list[int]]) -> None:
     inbound = tuple(TensorRef(f"in{i}", 0) for i in range(len(shapes)))
-    _outcome(validate_layer, LayerSpec("layer", cls, config, inbound), shapes)
+    info = _outcome(validate_layer, LayerSpec("layer", cls, config, inbound), shapes)
+    _check_refused(info, config, config=True)
 
 
 @FUZZ
@@ -171,7 +223,8 @@ def test_perturbed_shape_cases(case: Any, data: st.DataObject) -> None:
         config[key] = data.draw(_JSONISH)
     shapes = [[data.draw(st.integers(1, 40)) for _ in s] for s in case.inputs]
     inbound = tuple(TensorRef(f"in{i}", 0) for i in range(len(shapes)))
-    _outcome(validate_layer, LayerSpec("layer", case.cls, config, inbound), shapes)
+    info = _outcome(validate_layer, LayerSpec("layer", case.cls, config, inbound), shapes)
+    _check_refused(info, config, config=True)
 
 
 @FUZZ
@@ -191,7 +244,10 @@ def test_split_blob_random(blob: bytes, data: st.DataObject) -> None:
         spec = dataclasses.replace(spec, weights=weights)
     if data.draw(st.booleans()) and spec.blob_sha256 in b.blobs:
         blob = b.blobs[spec.blob_sha256]
-    _outcome(split_blob, spec, blob)
+    arrays = _outcome(split_blob, spec, blob)
+    if arrays is not None:  # only the very bytes the spec's digests name are accepted
+        assert hashlib.sha256(blob).hexdigest() == spec.blob_sha256
+        assert blob == b.blobs[spec.blob_sha256]
 
 
 _MANIFEST = parse_manifest(tiny_cnn()[0])
@@ -211,5 +267,108 @@ def test_hand_built_objects(data: st.DataObject) -> None:
         m = dataclasses.replace(m, layers=(*m.layers[:i], layer, *m.layers[i + 1 :]))
     else:
         field = data.draw(st.sampled_from(["name", "inputs", "outputs", "layers"]))
-        m = dataclasses.replace(m, **{field: data.draw(_JSONISH)})
-    _outcome(graph_from_manifest, m)
+        value = data.draw(_JSONISH)
+        m = dataclasses.replace(m, **{field: value})
+    graph = _outcome(graph_from_manifest, m)
+    reason = _must_refuse(value)
+    if reason is not None and not reason.startswith("not JSON"):  # hand-built: any type
+        assert graph is None, f"accepted despite {reason}: {value!r:.300}"
+
+
+# -- known-bad edits of a valid manifest: each refused for its own reason -------------------
+
+_CLEAN = st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=12)
+_NOT_ALLOWLISTED = st.sampled_from(
+    ["Lambda", "TFSMLayer", "StringLookup", "TextVectorization", "dense", "conv2d", "Conv2d",
+     "keras.layers.Dense", "Dense ", "Functional", "Sequential", "Layer", "__init__"]
+) | st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_", min_size=1,
+            max_size=20).filter(lambda c: c not in SCHEMAS)  # fmt: skip
+_BAD_NAMES = st.sampled_from(["", "a" * 65, "has space", "../etc", "-lead", "é", "a/b", "a:0"])
+
+
+def _dict_paths(obj: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    return [p for p in _paths(obj, prefix) if isinstance(_at(obj, p), dict)]
+
+
+def _at(obj: Any, path: tuple[Any, ...]) -> Any:
+    for p in path:
+        obj = obj[p]
+    return obj
+
+
+def _nest(value: object, data: st.DataObject) -> object:
+    """``value`` wrapped in 0-3 levels of lists and objects."""
+    for _ in range(data.draw(st.integers(0, 3))):
+        if data.draw(st.booleans()):
+            value = [value]
+        else:
+            value = {data.draw(st.sampled_from(["a", "config", "items", "x"])): value}
+    return value
+
+
+def _bad_edit(obj: dict[str, Any], edit: str, data: st.DataObject) -> tuple[str, type]:
+    """Apply ``edit`` somewhere in ``obj``; return the text the refusal must contain and
+    the exception type it must have."""
+    layers = [layer for layer in obj["layers"] if layer["class"] != "InputLayer"]
+    layer = data.draw(st.sampled_from(layers))
+    if edit == "forbidden_key":  # at any depth: a key naming code or a class
+        path = data.draw(st.sampled_from(_dict_paths(obj)))
+        key = data.draw(st.sampled_from(sorted(FORBIDDEN_KEYS)))
+        inner = {key: data.draw(_CLEAN)}
+        _at(obj, path)[data.draw(st.sampled_from(["extra", "config", "value"]))] = _nest(
+            inner, data
+        )
+        if data.draw(st.booleans()):
+            _at(obj, path).update(inner)
+        return "refused at any depth", SpecError
+    if edit == "class_outside_allowlist":
+        layer["class"] = data.draw(_NOT_ALLOWLISTED)
+        return "not in the allowlist", UnsupportedLayerError
+    if edit == "dict_config_value":
+        configured = [la for la in layers if la["config"]]
+        layer = data.draw(st.sampled_from(configured))
+        key = data.draw(st.sampled_from(sorted(layer["config"])))
+        layer["config"][key] = data.draw(st.dictionaries(st.sampled_from(["a", "name"]), _CLEAN))
+        return "a dict", SpecError
+    if edit == "non_finite":
+        leaf = data.draw(st.sampled_from([p for p in _paths(obj) if p]))
+        value = data.draw(st.sampled_from([math.nan, math.inf, -math.inf]))
+        _at(obj, leaf[:-1])[leaf[-1]] = _nest(value, data)
+        return "finite", SpecError
+    if edit == "bad_name":
+        layer["name"] = data.draw(_BAD_NAMES)
+        return "expected a name matching", SpecError
+    if edit == "unknown_config_key":
+        layer["config"]["zz_" + data.draw(st.text("abcdefgh_", max_size=8))] = data.draw(_CLEAN)
+        return "unknown key", SpecError
+    assert edit == "weight_shape"
+    weighted = [la for la in layers if la["weights"]]
+    weight = data.draw(st.sampled_from(data.draw(st.sampled_from(weighted))["weights"]))
+    axis = data.draw(st.integers(0, len(weight["shape"]) - 1))
+    weight["shape"][axis] += data.draw(st.sampled_from([1, 2, 7]))
+    return "expected float32", SpecError
+
+
+BAD_EDITS = [
+    "forbidden_key",
+    "class_outside_allowlist",
+    "dict_config_value",
+    "non_finite",
+    "bad_name",
+    "unknown_config_key",
+    "weight_shape",
+]
+
+
+@pytest.mark.parametrize("edit", BAD_EDITS)
+@settings(FUZZ, max_examples=60)
+@given(data=st.data(), local=st.booleans())
+def test_known_bad_edits_are_refused_for_their_reason(
+    edit: str, data: st.DataObject, local: bool
+) -> None:
+    obj = _local_variant() if local else tiny_cnn()[0]
+    assert isinstance(parse_manifest(copy.deepcopy(obj)), ModelManifest)  # valid before
+    text, kind = _bad_edit(obj, edit, data)
+    with pytest.raises(kind) as refused:
+        parse_manifest(obj)
+    assert text in str(refused.value), (edit, str(refused.value))

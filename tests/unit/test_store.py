@@ -1,4 +1,7 @@
-"""Layer-blob store: verification, durability, resume and tenant scoping."""
+"""Layer-blob store: verification, durability, resume and tenant scoping.
+
+The behavioural tests run on every backend: memory, directory, and Redis (a real
+redis-server started by the test session; they skip without one)."""
 
 from __future__ import annotations
 
@@ -16,10 +19,15 @@ DIGEST = sha256_hex(BLOB)
 SESSION = "ab" * 16
 
 
-@pytest.fixture(params=["memory", "directory"])
+@pytest.fixture(params=["memory", "directory", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
     if request.param == "memory":
         return MemoryStore()
+    if request.param == "redis":
+        from ionn_net.store_redis import RedisStore
+
+        # Small chunks, so that a 10 kB blob spans three of them.
+        return RedisStore(request.getfixturevalue("redis_url"), chunk_size=4096)
     return DirectoryStore(tmp_path / "store")
 
 
@@ -64,6 +72,20 @@ def test_a_corrupt_partial_is_discarded_on_completion(store: BlobStore) -> None:
         store.complete_partial(DIGEST)
     assert not store.has(DIGEST)
     assert store.partial_offset(DIGEST) == 0
+
+
+def test_other_bytes_for_a_held_digest_are_still_a_mismatch(store: BlobStore) -> None:
+    """A session completing a digest another session stored is verified like any other:
+    otherwise "complete" for wrong bytes would reveal that someone holds it (§14.5)."""
+    from ionn_net.store import partial_key
+
+    store.put(DIGEST, BLOB)
+    theirs = partial_key("cd" * 16, DIGEST)
+    store.append_partial(theirs, 0, bytes(len(BLOB)))
+    with pytest.raises(StoreError, match="mismatch"):
+        store.complete_partial(DIGEST, key=theirs)
+    assert store.get(DIGEST) == BLOB
+    assert store.partial_offset(theirs) == 0
 
 
 def test_sessions_see_only_their_own_blobs(store: BlobStore) -> None:

@@ -2,9 +2,9 @@
 
 Why: on a slow link the bytes in flight queue at the bottleneck (a tbf qdisc, a home router),
 and a query frame queued behind them waits for all of them even when the sender's own queues
-are empty (baselines.md: ~100 ms p50 at 20 Mbit/s with TCP_NOTSENT_LOWAT alone). Releasing
-upload bytes at a little under the bottleneck rate keeps that queue near empty, so a query
-sees about one upload frame of extra delay.
+are empty (~100 ms p50 at 20 Mbit/s with TCP_NOTSENT_LOWAT alone, measured by
+bench/transport.py). Releasing upload bytes at a little under the bottleneck rate keeps that
+queue near empty, so a query sees about one upload frame of extra delay.
 
 Owns pure pieces (time passed in, no clock reads) and their composition:
 

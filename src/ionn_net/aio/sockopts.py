@@ -1,7 +1,7 @@
 """Socket options of the asyncio layer: latency-friendly TCP settings and ``TCP_INFO``.
 
-Owns the per-socket tuning that keeps unsent bytes below the scheduler small (protocol-lessons,
-head-of-line section): ``TCP_NODELAY`` so small query frames leave at once, and
+Owns the per-socket tuning that keeps unsent bytes below the scheduler small (protocol.md §8,
+head-of-line blocking): ``TCP_NODELAY`` so small query frames leave at once, and
 ``TCP_NOTSENT_LOWAT`` so the kernel accepts only a bounded amount of not-yet-sent data (a
 non-blocking ``send`` returns short once that much is queued, and the transport then buffers
 in userspace where the next frame is still chosen by priority). Also reads Linux ``TCP_INFO``

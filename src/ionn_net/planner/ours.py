@@ -49,7 +49,7 @@ This module owns the strategy registered as ``"ours"``. The idea, step by step:
    time; the greedy then goes on without a horizon, since the session may last) and
    a plan is judged by its mean latency averaged over windows of 0.5, 1, 2 and 4
    times that length plus the *reference window* (raw model bytes / bandwidth, the
-   window issue 4 reports), so no single window length is over-fitted; dropping
+   window the paper's upload figures use), so no single window length is over-fitted; dropping
    partitions is only a move when the session has a known end (then the reference
    window is the pattern's own end). All simulations of one planning round share
    their execution plans (:class:`~.simulate.SimMemo`) and the greedy's variants
@@ -561,8 +561,8 @@ class _Judge:
     """Scores a partition list by simulation (step 5). Every plan is simulated once;
     its *profile* is the objective's mean over each judged window (one value when the
     pattern is bounded). The *reference window* is the pattern's own end when it is
-    bounded, otherwise the raw model bytes over the bandwidth (the window issue 4
-    reports); the others are multiples of the compressed upload window."""
+    bounded, otherwise the raw model bytes over the bandwidth (the window the
+    paper's upload figures use); the others are multiples of the compressed upload window."""
 
     def __init__(self, ctx: PlanningContext, policy: ExecutionPolicy) -> None:
         self.ctx = ctx

@@ -700,6 +700,17 @@ def _invalid_zstd_bounds() -> list[dict[str, object]]:
             prefix=OPEN1,
         ),
         _inv(
+            # A real frame declaring (and holding) 64 MiB of zeros in a few KB, sent where the
+            # DATA header says 4096 bytes: the declared size must be refused before any
+            # decompression, or the decoder allocates what the frame declares.
+            "zstd_content_size_above_decoded_length",
+            build_frame(T.DATA, 0, 1, zstd(bytes(64 << 20)), codec=1, decoded_length=4096),
+            CE,
+            "connection",
+            "12.1",
+            prefix=OPEN1,
+        ),
+        _inv(
             "zstd_window_16_mib",
             build_frame(
                 T.DATA,

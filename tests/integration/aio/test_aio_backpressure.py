@@ -67,6 +67,49 @@ async def test_a_peer_that_stops_reading_cannot_make_us_buffer() -> None:
     assert 0 < peak <= CAP + 64 * 1024
 
 
+async def test_many_streams_answering_a_mute_peer_stay_within_the_outbound_cap() -> None:
+    """The cap bounds the connection as a whole: 100 handlers answering a peer that never
+    reads, all at once, queue no more than the cap between them (25 MiB of answers; each
+    stream's own limit of two send chunks would let them queue all of it)."""
+    answered = 0
+    body = bytes(256 * 1024)  # 25 MiB in all: far more than the socket buffers take
+
+    async def handler(stream: ServerStream) -> None:
+        nonlocal answered
+        await stream.respond({"m": "r"}, body)
+        answered += 1
+
+    limits = Limits(max_outbound_bytes=CAP)
+    options = TransportOptions(stall_timeout_s=30.0)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)  # fills quickly
+    stop = threading.Event()
+    async with serve(handler, "127.0.0.1", 0, limits=limits, options=options) as srv:
+        await asyncio.to_thread(sock.connect, ("127.0.0.1", srv.port))
+
+        def mute_client() -> None:
+            peer = RefPeer(SocketChannel(sock), client=True, timeout=5.0)
+            peer.handshake()
+            for _ in range(100):
+                peer.open_stream({"m": "q"}, end_stream=True)
+            stop.wait(10)
+
+        thread = threading.Thread(target=mute_client, daemon=True)
+        thread.start()
+        peak = 0
+        try:
+            for _ in range(200):  # 1 s: sample the server's queue while it is stuck
+                for conn in srv.connections:
+                    peak = max(peak, conn.protocol.outbound_bytes)
+                await asyncio.sleep(0.005)
+        finally:
+            stop.set()
+            await asyncio.to_thread(thread.join, 5)
+            sock.close()
+    assert answered < 100  # most handlers were still waiting for room
+    assert 0 < peak <= CAP + 64 * 1024, peak
+
+
 async def test_reading_pauses_while_the_application_holds_data() -> None:
     gate = asyncio.Event()
     received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()

@@ -1,4 +1,4 @@
-"""A Hypothesis rule-based state machine over client/server sessions (issue 8).
+"""A Hypothesis rule-based state machine over client/server sessions.
 
 Two tenants with distinct session keys upload the SAME Dense-only model to one EdgeServer on
 a DirectoryStore, so tenant scoping is tested on identical digests. Rules: connect (hello +

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from ionn_net.bench.links import BenchLink
 from ionn_net.bench.scenario import DeviceConfig, LinkConfig
 from ionn_net.errors import ConfigError
 from ionn_net.netem.device import cpu_quota_support
-from ionn_net.netem.netns import environment_problem, list_namespaces
+from ionn_net.netem.netns import PREFIX, environment_problem, list_namespaces
 
 
 async def test_userspace_link_is_probed_and_forwards_to_the_server() -> None:
@@ -60,13 +61,20 @@ async def test_an_explicit_backend_that_cannot_run_is_refused_not_replaced() -> 
             pass
 
 
+def own_namespaces() -> set[str]:
+    """This process's namespaces (named ``ionn-<pid>-...``): other test runs on the same
+    machine create and delete theirs meanwhile."""
+    mine = f"{PREFIX}{os.getpid()}-"
+    return {name for name in list_namespaces() if name.startswith(mine)}
+
+
 @pytest.mark.root
 @pytest.mark.slow
 async def test_namespace_link_runs_tbf_within_10_percent_and_cleans_up() -> None:
     problem = environment_problem()
     if problem is not None:
         pytest.skip(f"namespace links unavailable: {problem}")
-    before = set(list_namespaces())
+    before = own_namespaces()
     config = LinkConfig(rate_mbit=20.0, rtt_ms=10.0)
     async with BenchLink(config, probe_s=1.0) as link:
         report = link.report
@@ -77,7 +85,7 @@ async def test_namespace_link_runs_tbf_within_10_percent_and_cleans_up() -> None
         ratio = report.probes["up"].rate_ratio()
         assert ratio is not None and 0.9 <= ratio <= 1.1, report.describe()
         assert link.prefix("server")[:3] == ["ip", "netns", "exec"]
-    assert set(list_namespaces()) == before
+    assert own_namespaces() == before
 
 
 def test_device_modes_resolve_to_what_runs_here() -> None:

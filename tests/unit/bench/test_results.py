@@ -104,7 +104,10 @@ def test_an_unfinished_upload_puts_every_query_in_the_upload_window() -> None:
 
 
 def test_valid_documents_pass_the_layout_check() -> None:
-    assert check_run_doc(doc()) is not None
+    d = doc()
+    before = copy.deepcopy(d)
+    assert check_run_doc(d) is d  # the document itself, for ``doc = check_run_doc(...)``
+    assert d == before  # unchanged
 
 
 @pytest.mark.parametrize(

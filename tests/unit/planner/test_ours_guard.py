@@ -2,7 +2,7 @@
 
 ``ours`` judges candidate orders by simulation and keeps none that does worse than
 IONN or EMDL 2019 (each run with its own execution policy) at any window it judges,
-among them the reference window of issue 4 (raw model bytes / bandwidth). These tests
+among them the reference window (raw model bytes / bandwidth). These tests
 replay the plans independently of the planner and check that promise.
 """
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from typing import Any
+
 import numpy as np
 import pytest
 import zstandard
+from tests.conformance.harness import Outcome, core_outcome
+from tests.conformance.vectors import category
+from tests.refpeer import wire as rw
 
 from ionn_net.proto import CompressionError, UsageError, choose_codec, decode, encode
 from ionn_net.proto.codecs import MAX_WINDOW_SIZE, Codec, encode_if_smaller, shuffle, unshuffle
@@ -49,6 +55,7 @@ def _frame(data: bytes, **kw: object) -> bytes:
         (b"abc", 0, 4, MIB, "decoded_length == length"),
         (b"abc", 9, 3, MIB, "codec"),
         (_frame(b"x" * 100), 1, 99, MIB, "Frame_Content_Size 99"),
+        (_frame(b"x" * 100), 1, 101, MIB, "101"),  # declares less: output would be short
         (_frame(b"x" * 100, write_content_size=False), 1, 100, MIB, "Frame_Content_Size"),
         (_frame(bytes(2 * MIB)), 1, 2 * MIB, MIB, "decoded_length <= 1048576"),
         (_frame(b"x" * 100) + b"\0", 1, 100, MIB, "corrupt"),
@@ -76,6 +83,48 @@ def test_declared_size_is_capped_before_decompressing() -> None:
         decode(bomb, 1, 64 * MIB, MIB)
     with pytest.raises(CompressionError):
         decode(bytes(header), 1, 2**40, 2**41)  # content size says 10, not 2^40
+
+
+def _declaring_more(vector: dict[str, Any]) -> tuple[bytes, int, int] | None:
+    """(payload, codec, decoded_length) of a §12.1 vector whose zstd frame declares at least
+    1 MiB more content than its DATA header's decoded_length; None for other vectors."""
+    frame = bytes.fromhex(str(vector["hex"]))
+    ftype, _, codec, _, _, length, dlen = rw.HEADER.unpack_from(frame)
+    payload = frame[rw.HEADER_SIZE : rw.HEADER_SIZE + length]
+    if ftype != rw.T.DATA or codec == 0:
+        return None
+    try:
+        declared = zstandard.get_frame_parameters(payload).content_size
+    except zstandard.ZstdError:
+        return None
+    if declared == zstandard.CONTENTSIZE_UNKNOWN or declared < dlen + MIB:
+        return None
+    return payload, codec, dlen
+
+
+def test_frames_declaring_more_than_decoded_length_allocate_nothing() -> None:
+    """§12.1: the declared content size is checked against decoded_length before anything is
+    decompressed. Measured directly (tracemalloc sees the decoder's output buffer): a decoder
+    that only checked its output length would allocate what the frame declares first."""
+    vectors = [(v, _declaring_more(v)) for v in category("invalid", "12.1")]
+    found = {str(v["name"]): d for v, d in vectors if d is not None}
+    assert {"zstd_content_size_above_decoded_length", "zstd_declares_2_pow_40_bytes"} <= set(found)
+    by_name = {str(v["name"]): v for v, _ in vectors}
+    for name, (payload, codec, dlen) in found.items():
+        vector = by_name[name]
+        tracemalloc.start()
+        try:
+            with pytest.raises(CompressionError):
+                decode(payload, codec, dlen, MIB)
+            decoder_peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            prefix = bytes.fromhex(str(vector["prefix_hex"]))
+            outcome, _ = core_outcome(prefix, [bytes.fromhex(str(vector["hex"]))])
+            core_peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert outcome == Outcome("connection", "COMPRESSION_ERROR"), name
+        assert decoder_peak < MIB and core_peak < 2 * MIB, (name, decoder_peak, core_peak)
 
 
 def test_window_above_8_mib_is_refused() -> None:
