@@ -125,6 +125,7 @@ def test_the_lossless_window_is_the_raw_bytes_at_the_measured_rate() -> None:
 
     doc = run_doc("ours", [["a", "b"]])
     doc["model"]["weight_bytes"] = 2_000_000
+    doc["link"]["configured"]["rate_bps"] = 10e6  # the probed rate wins over it
     assert lossless_window_s(doc) == pytest.approx(2.0)  # 16 Mbit at 8 Mbit/s
     del doc["link"]["measured"]["up"]
     doc["link"]["configured"]["rate_bps"] = 16e6
