@@ -9,7 +9,8 @@ compiled slices (:func:`~ionn_net.measure.profile_layers`) and per-class load ti
 :func:`~ionn_net.measure.measure_load_times`), and fits a
 :class:`~ionn_net.planner.costmodel.ServerCostModel`. The result is cached as JSON
 (next to the layer store, or in ``~/.cache/ionn_net``) keyed by host, TensorFlow
-version and calibration method, so a restart does not pay for it again.
+version and calibration method, so a restart does not pay for it again; a server on the
+Redis store keeps it in the store instead (per host), as it has no directory of its own.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from ionn_net.errors import PlannerError
+from ionn_net.errors import PlannerError, StoreError
 from ionn_net.model.graph import LayerNode
 from ionn_net.planner.costmodel import ServerCostModel
 
@@ -153,19 +154,57 @@ def _cache_path(root: Path | None) -> Path:
     return base / f"costmodel-{tag}.json"
 
 
-def load_or_calibrate(root: str | os.PathLike[str] | None = None) -> ServerCostModel:
-    """The cached cost model for this host, or a fresh calibration (then cached)."""
+def load_or_calibrate(
+    root: str | os.PathLike[str] | None = None, *, notes: Any = None
+) -> ServerCostModel:
+    """The cached cost model for this host, or a fresh calibration (then cached).
+
+    The cache is the file ``costmodel-<host>-<tensorflow>-c<version>.json`` in ``root``
+    (default ``~/.cache/ionn_net``). ``notes`` is the server's blob store: one that keeps
+    notes (the Redis store: a server with no directory of its own, often in a fresh
+    container at each start) holds the cost model under that same name, read first and
+    written after a calibration; other stores keep none and the file is used."""
     path = _cache_path(Path(root) if root is not None else None)
-    try:
-        return ServerCostModel.from_json(path.read_text())
-    except FileNotFoundError:
-        pass
-    except PlannerError as exc:
-        logger.warning("ignoring invalid cached cost model %s: %s", path, exc)
+    for text in (_read_note(notes, path.name), _read_file(path)):
+        if text is None:
+            continue
+        try:
+            return ServerCostModel.from_json(text)
+        except PlannerError as exc:
+            logger.warning("ignoring invalid cached cost model %s: %s", path.name, exc)
     model, held_out = calibrate()
     logger.info("calibrated the server cost model; held-out error %s", json.dumps(held_out))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(model.to_json())
-    tmp.replace(path)
+    if not _write_note(notes, path.name, model.to_json()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(model.to_json())
+        tmp.replace(path)
     return model
+
+
+def _read_file(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def _read_note(notes: Any, name: str) -> str | None:
+    if notes is None:
+        return None
+    try:
+        text = notes.read_note(name)
+    except StoreError as exc:  # the store is down: calibrate (or use the file) instead
+        logger.warning("cannot read the cached cost model from the store: %s", exc)
+        return None
+    return text if isinstance(text, str) else None
+
+
+def _write_note(notes: Any, name: str, text: str) -> bool:
+    if notes is None:
+        return False
+    try:
+        return bool(notes.write_note(name, text))
+    except StoreError as exc:
+        logger.warning("cannot cache the cost model in the store: %s", exc)
+        return False

@@ -7,10 +7,12 @@ a server-side :class:`~ionn_net.executor.Executor` per model; blobs live in a
 content-addressed :class:`~ionn_net.store.BlobStore` shared by all sessions.
 
 Tenant rule (protocol.md §14.5): the server only ever tells a session about blobs that
-this session uploaded. Storage is deduplicated silently (a blob already stored by
-another tenant is verified again when this session uploads it, and not written twice),
-so nothing about other tenants' models leaks through ``manifest_ok`` / ``have_ok`` or
-resume offsets (partials are keyed per session).
+this session uploaded (``blobs_held``) or that are public (``blobs_public``: its catalog
+and blobs other sessions uploaded under a public marking, §14.5.1, handled by
+:mod:`ionn_net.server_catalog`). Storage is deduplicated silently (a blob already stored
+by another tenant is verified again when this session uploads it, and not written twice),
+so nothing about other tenants' private models leaks through ``manifest_ok`` /
+``have_ok`` or resume offsets (partials are keyed per session).
 
 Everything slow (hashing blobs, building Keras layers, compiling slices, running
 inference) runs in worker threads, never on the event loop. A request that fails
@@ -40,6 +42,7 @@ import numpy as np
 from ionn_net import __version__
 from ionn_net.aio import ServerStream, serve
 from ionn_net.aio.connection import AioConnection
+from ionn_net.catalog import Catalog
 from ionn_net.config import Limits
 from ionn_net.errors import ConfigError, IonnError, SpecError, StoreError, TensorError
 from ionn_net.messages import (
@@ -73,6 +76,7 @@ from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
+from ionn_net.server_catalog import PublicHoldings, check_warm_spec
 from ionn_net.server_stages import ModelStages, build_for_load
 from ionn_net.store import (
     BlobStore,
@@ -113,6 +117,11 @@ class ServerConfig:
     loader_nice: int = 10
     secret: bytes | None = None
     jit: bool | None = None
+    #: Catalog models built and compiled ahead, after the server listens: ``all``,
+    #: ``none``, a number N (the first N of the index) or comma-separated names/digests.
+    catalog_warm: str = "all"
+    #: Seconds between sweeps of stale partial uploads (§14.5; the store's TTL decides).
+    sweep_interval_s: float = 3600.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -132,6 +141,9 @@ class ServerConfig:
             raise ConfigError(f"loader_nice: expected an integer 0..19, got {self.loader_nice!r}")
         if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
             raise ConfigError("secret: expected non-empty bytes or None")
+        check_warm_spec(self.catalog_warm)
+        if not isinstance(self.sweep_interval_s, int | float) or not self.sweep_interval_s > 0:
+            raise ConfigError(f"sweep_interval_s: expected > 0, got {self.sweep_interval_s!r}")
 
 
 class _Model:
@@ -163,6 +175,13 @@ class _Model:
         self._runners: dict[frozenset[str], Any] = {}
         self.consolidating: set[frozenset[str]] = set()
         self._complete = False
+        #: Blobs the session's latest manifest request marks public (§10.3.4).
+        self.public_marked: frozenset[str] = frozenset()
+
+    def share_executor(self, executor: Any) -> None:
+        """Run on a warm catalog model's executor (same manifest digest, so the same graph
+        and layers): its compiled slices serve this session at once."""
+        self._executor = executor
 
     @property
     def complete(self) -> bool:
@@ -232,9 +251,12 @@ class EdgeServer:
 
     ``store`` is a :class:`BlobStore`, a directory path (durable store), a
     ``redis://host:port/db`` URL (store shared by a site's servers) or ``None`` (in
-    memory). ``cost_model`` is sent to clients in ``welcome`` (§10.10); by default the
-    server calibrates one on this machine on first start (cached in the store directory
-    when there is one).
+    memory). ``catalog`` is a :class:`~ionn_net.catalog.Catalog` or its directory, opened
+    at start (a directory that is not a catalog raises
+    :class:`~ionn_net.catalog.CatalogError` and the server does not start; refused entries
+    are logged and the rest is served). ``cost_model`` is sent to clients in ``welcome``
+    (§10.10); by default the server calibrates one on this machine on first start, cached
+    in the store directory, in the Redis store (per host), or else in ``~/.cache/ionn_net``.
     """
 
     def __init__(
@@ -246,11 +268,17 @@ class EdgeServer:
         config: ServerConfig | None = None,
         cost_model: ServerCostModel | None = None,
         ssl: Any = None,
+        catalog: Catalog | str | os.PathLike[str] | None = None,
     ) -> None:
         self.host = host
         self._port = port
         self.config = config or ServerConfig()
         self.store: BlobStore = open_store(store)
+        self._catalog = catalog
+        #: The catalog and the published blobs (§14.5.1).
+        self.public = PublicHoldings(
+            self.store, limits=self.config.spec_limits, jit=self.config.jit
+        )
         self._cost_model = cost_model
         self._ssl = ssl
         self._sessions: dict[str, _Session] = {}
@@ -271,6 +299,7 @@ class EdgeServer:
         }
         self.stats = {"queries": 0, "errors": 0, "blobs": 0, "loads": 0}
         self._background: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Future[None] | None = None
         self._loader = ThreadPoolExecutor(
             max_workers=_LOADER_THREADS,
             thread_name_prefix="ionn-loader",
@@ -293,6 +322,7 @@ class EdgeServer:
         return () if self._server is None else tuple(self._server.connections)
 
     async def start(self) -> EdgeServer:
+        await asyncio.to_thread(self.public.open_catalog, self._catalog, self.config.catalog_warm)
         if self._cost_model is None:
             self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
         await asyncio.to_thread(_warm_up)
@@ -305,9 +335,25 @@ class EdgeServer:
             on_connection=self._arm_hello_deadline,
         )
         logger.info("edge server listening on %s:%d", self.host, self.port)
+        self.public.start_warm()  # its own thread, lowest priority: never on a query's path
+        self._sweeper = asyncio.ensure_future(self._sweep_periodically())
         return self
 
+    async def _sweep_periodically(self) -> None:
+        """§14.5: partial uploads not appended to for the store's TTL expire while the
+        server runs, not only when a store opens."""
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            try:
+                if swept := await asyncio.to_thread(self.store.sweep_partials):
+                    logger.info("swept %d stale partial uploads", swept)
+            except StoreError as exc:
+                logger.warning("sweeping stale partial uploads failed: %s", exc)
+
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await asyncio.to_thread(self.public.stop_warm)  # waits for the model being built
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -325,7 +371,7 @@ class EdgeServer:
         from ionn_net.calibrate import load_or_calibrate
 
         root = self.store.root if isinstance(self.store, DirectoryStore) else None
-        return load_or_calibrate(root)
+        return load_or_calibrate(root, notes=self.store)
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -358,6 +404,10 @@ class EdgeServer:
         except RequestError as exc:
             self.stats["errors"] += 1
             reply = Error.of(exc)
+        except StoreUnavailableError as exc:  # not the client's fault: the store is down
+            self.stats["errors"] += 1
+            logger.warning("request %r failed: %s", kind, exc)
+            reply = Error(code="internal", message=str(exc))
         except (SpecError, TensorError, StoreError) as exc:
             self.stats["errors"] += 1
             reply = Error(code="bad_request", message=str(exc))
@@ -492,13 +542,21 @@ class EdgeServer:
                 model = await asyncio.to_thread(self._parse_model, body)
             except SpecError as exc:
                 raise RequestError("bad_manifest", str(exc)) from None
-            session.models[digest] = model
+        # §10.3.4: a bad marking refuses the whole request; blobs this session already
+        # holds from its own verified uploads are published at once.
+        model.public_marked = self.public.marking(model.manifest, request.public)
+        session.models[digest] = model
+        self.public.publish(model.public_marked & self.store.owned_by(session.hash))
         return ManifestOk(model=digest, holdings=self._holdings(session, model)), b""
 
     def _parse_model(self, body: bytes) -> _Model:
         manifest = loads_manifest(body, self.config.spec_limits, canonical=True)
         graph = graph_from_manifest(manifest, self.config.spec_limits)
-        return _Model(manifest, graph, self.config.jit)
+        model = _Model(manifest, graph, self.config.jit)
+        shared = self.public.shared_executor(model.digest)
+        if shared is not None:  # a warm catalog model: its compiled slices serve at once
+            model.share_executor(shared)
+        return model
 
     def _holdings(self, session: _Session, model: _Model) -> Holdings:
         owned = self.store.owned_by(session.hash)
@@ -515,6 +573,7 @@ class EdgeServer:
             layers_ready=tuple(sorted(model.ready, key=model.graph.position)),
             refused=dict(model.refused),
             layers_base=_base_layers(model, model.ready),
+            blobs_public=self.public.held(model.blob_sizes),
         )
 
     def _model(self, state: _ConnState, digest: str) -> _Model:
@@ -541,7 +600,8 @@ class EdgeServer:
             raise RequestError("unknown_blob", f"blob {digest}: not in this model's manifest")
         key = partial_key(session.hash, digest)
         owned, stages = self.store.owned_by(session.hash), model.stages
-        if digest in owned or (stages is not None and stages.completes(digest, owned)):
+        held = digest in owned or self.public.holds(digest, size)
+        if held or (stages is not None and stages.completes(digest, owned)):
             await stream.read_body(check_body_len(blob.body_len, limit=size))
             return BlobOk(sha256=digest, offset=size, complete=True), b""
         if stages is not None:  # §10.12.3: a refinement only after its base
@@ -582,25 +642,22 @@ class EdgeServer:
 
     async def _complete_blob(self, session: _Session, model: _Model, digest: str, key: str) -> None:
         """Verify and store the finished partial (a refinement stage: the exact blob it
-        rebuilds, §10.12.3), then record this session as the owner of what was stored,
-        also when the client vanished while the digest was checked: the partial is consumed
-        by then, so without the record it would have to send the whole blob again."""
-
-        def complete() -> str:
-            if model.stages is not None:
-                return model.stages.complete(self.store, digest, key)
-            self.store.complete_partial(digest, key=key)
-            return digest
-
-        work = asyncio.ensure_future(asyncio.to_thread(complete))
-        try:
-            await asyncio.shield(work)
-        except asyncio.CancelledError:
-            await asyncio.wait({work})
-            if not work.cancelled() and work.exception() is None:
-                self.store.record_owner(session.hash, work.result())
-            raise
-        self.store.record_owner(session.hash, work.result())
+        rebuilds, §10.12.3); the store records this session as its owner (and, under a
+        public marking, the blob as published, §10.3.4) with the commit, also when the
+        client vanished while the digest was checked: the partial is consumed by then, so
+        without the record it would have to send it again."""
+        marked = frozenset().union(*(m.public_marked for m in session.models.values()))
+        stages = model.stages
+        if stages is not None:
+            await _to_thread_to_the_end(
+                lambda: stages.complete(self.store, digest, key, owner=session.hash, public=marked)
+            )
+            return
+        await _to_thread_to_the_end(
+            lambda: self.store.complete_partial(
+                digest, key=key, owner=session.hash, public=digest in marked
+            )
+        )
 
     async def _append_body(self, stream: ServerStream, key: str, offset: int, body_len: int) -> int:
         """Append the body to the partial blob as it arrives, about 1 MiB at a time, so
@@ -644,15 +701,15 @@ class EdgeServer:
                 raise RequestError("bad_request", f"layer {name!r}: not in the manifest")
             if name in model.refused:
                 raise RequestError("bad_request", f"layer {name!r}: {model.refused[name]}")
-        owned = self.store.owned_by(session.hash)
-        missing = [n for n in names if model.specs[n].blob_sha256 not in (None, *owned)]
+        usable = self.store.owned_by(session.hash) | set(self.public.held(model.blob_sizes))
+        missing = [n for n in names if model.specs[n].blob_sha256 not in (None, *usable)]
         if model.stages is not None and load.precision == "base":  # §10.12.4
-            missing = [n for n in missing if not model.stages.buildable(n, model.ready, owned)]
+            missing = [n for n in missing if not model.stages.buildable(n, model.ready, usable)]
         if missing:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
         async with model.lock:
-            await _to_thread_to_the_end(self._build, model, names, owned, pool=self._loader)
+            await _to_thread_to_the_end(self._build, model, names, usable, pool=self._loader)
             prepared = []
             for run in sets:
                 if set(run) <= model.ready:
@@ -676,10 +733,13 @@ class EdgeServer:
         validated as a whole when it arrived; each layer is re-validated on its own by
         ``build_layer`` with the input shapes of the server's own graph. With declared
         stages (§10.12.4) a layer may be built from its base stage, and a layer built so
-        becomes exact by a swap once its blob is held (server_stages.build_for_load)."""
+        becomes exact by a swap once its blob is held (server_stages.build_for_load);
+        catalog layers built ahead are reused (§14.5.1)."""
         built, refined = build_for_load(
             model.stages, names, specs=model.specs, graph=model.graph, ready=model.ready,
             owned=owned, store=self.store, limits=self.config.spec_limits,
+            read=self.public.read,
+            reuse=lambda spec, shapes: self.public.reuse(model.digest, spec, shapes),
         )  # fmt: skip
         model.executor().add_layers(built)
         model.batch_of.update(dict.fromkeys(built, model.loads))

@@ -163,17 +163,26 @@ class ModelStages:
         found = self._refines.get(digest)
         return size if found is None else max(size, blob_sizes.get(found[0], 0))
 
-    def complete(self, store: BlobStore, digest: str, key: str) -> str:
+    def complete(
+        self,
+        store: BlobStore,
+        digest: str,
+        key: str,
+        *,
+        owner: str,
+        public: Collection[str] = (),
+    ) -> str:
         """Verify the finished upload ``key`` of ``digest`` and store what it makes
-        (worker thread); returns the digest the session now owns. A refinement is
-        checked against its own SHA-256, then the exact blob is rebuilt from the base
-        and checked against the blob's SHA-256; only then is it stored, and the
-        refinement itself is not kept. Any mismatch raises :class:`StoreError` (the
+        (worker thread), recording ``owner`` as its owner (and it as published when its
+        digest is in ``public``, §10.3.4); returns the digest the session now owns. A
+        refinement is checked against its own SHA-256, then the exact blob is rebuilt
+        from the base and checked against the blob's SHA-256; only then is it stored, and
+        the refinement itself is not kept. Any mismatch raises :class:`StoreError` (the
         server answers ``digest_mismatch``) and stores nothing; the partial upload is
         dropped either way."""
         found = self._refines.get(digest)
         if found is None:
-            store.complete_partial(digest, key=key)
+            store.complete_partial(digest, key=key, owner=owner, public=digest in public)
             return digest
         blob, spec = found
         try:
@@ -186,6 +195,9 @@ class ModelStages:
             except SpecError as exc:  # the rebuilt blob does not match, or cannot be made
                 raise StoreError(f"refinement {digest}: {exc}") from None
             store.put(blob, exact)
+            store.record_owner(owner, blob)
+            if blob in public:
+                store.record_public(blob)
         finally:
             store.drop_partial(key)
         return blob
@@ -247,13 +259,17 @@ def build_for_load(
     owned: Collection[str],
     store: BlobStore,
     limits: SpecLimits = DEFAULT_LIMITS,
+    read: Callable[[str], bytes] | None = None,
+    reuse: Callable[[LayerSpec, list[Any]], Any | None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[np.ndarray]]]:
     """What a ``load`` of ``names`` changes (loader thread), decoded and checked before
     anything changes: the layers to build (not ready yet; from their verified blob, or
     with declared ``stages`` from their base stage when the blob is not held, §10.12.4)
     and the exact weights of layers ready at base whose blob is now held (to
     :meth:`ModelStages.swap` in). Layers built from a base are marked so first. A
-    :class:`~ionn_net.errors.SpecError` leaves everything as it was (§10.6.1)."""
+    :class:`~ionn_net.errors.SpecError` leaves everything as it was (§10.6.1). Whole
+    blobs are read with ``read`` (default ``store.get``; the server passes its public
+    holdings' reader, §14.5.1), and ``reuse`` may give an exact layer built ahead."""
     from ionn_net.model.layers import build_layer
 
     built: dict[str, Any] = {}
@@ -264,10 +280,15 @@ def build_for_load(
         upgrade = stages is not None and name in stages.base and spec.blob_sha256 in owned
         if name in ready and not upgrade:
             continue
+        shapes = [graph[r.layer].output_shapes[r.index] for r in spec.inbound]
+        prebuilt = None if upgrade or reuse is None else reuse(spec, shapes)
+        if prebuilt is not None:  # exact weights built ahead (catalog layers only)
+            built[name] = prebuilt
+            continue
         weights: list[np.ndarray] = []
         if spec.blob_sha256 in owned or (spec.blob_sha256 is not None and stages is None):
             try:
-                blob = store.get(str(spec.blob_sha256))  # verified on read
+                blob = (read or store.get)(str(spec.blob_sha256))  # verified on read
             except BlobCorruptError:  # discarded by the store: the owner uploads it again
                 raise RequestError(
                     "missing_blobs", f"blob of {name!r} failed verification", layers=[name]
@@ -279,7 +300,6 @@ def build_for_load(
         if upgrade:
             refined[name] = weights
             continue
-        shapes = [graph[r.layer].output_shapes[r.index] for r in spec.inbound]
         digests = name not in at_base  # a base's kernels cannot match the manifest's SHA-256
         built[name] = build_layer(spec, shapes, weights, limits=limits, digests=digests)
     if stages is not None:

@@ -14,6 +14,9 @@ uploads survive a disconnect or a crash (protocol.md §10.5, §14.5):
   process); a torn or corrupt partial is caught by the final digest check and discarded.
 * Tenant scoping: which session uploaded which blob is recorded in a per-session index,
   so the server reveals only a session's own blobs (§14.5), even after a restart.
+* Public records: a blob a session uploaded under a public marking (§10.3.4) is recorded
+  as published, in the store itself, so that every server sharing the store reveals it
+  (§14.5.1). A blob discarded as corrupt loses its public record with it.
 
 :func:`open_store` picks the backend from a spec: ``None`` (memory), a directory path
 (:class:`DirectoryStore`, the embedded default) or a ``redis://host:port/db`` URL
@@ -114,6 +117,7 @@ class BlobStore:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._sessions: dict[str, set[str]] = {}
+        self._public: set[str] = set()
 
     # -- complete blobs -----------------------------------------------------------
 
@@ -155,13 +159,24 @@ class BlobStore:
     def drop_partial(self, digest: str) -> None:
         raise NotImplementedError
 
-    def complete_partial(self, digest: str, *, key: str | None = None) -> None:
+    def complete_partial(
+        self,
+        digest: str,
+        *,
+        key: str | None = None,
+        owner: str | None = None,
+        public: bool = False,
+    ) -> None:
         """Verify the finished partial blob and move it into the store; a blob whose
         bytes do not hash to ``digest`` is discarded and :class:`StoreError` raised.
 
         ``key`` names the partial upload when it is not the digest itself: the server
         keys partials per session (:func:`partial_key`) so that one tenant's resume
-        offset never reveals another tenant's upload (protocol.md §14.5)."""
+        offset never reveals another tenant's upload (protocol.md §14.5). ``owner`` (a
+        session hash) is recorded as the blob's uploader, and with ``public`` the blob
+        is recorded as published (§10.3.4), both only once the bytes verified and were
+        stored, under the same lock (a crash in between leaves the blob stored and
+        unrecorded: its uploader sends it again, nothing acknowledged is lost)."""
         key = key or digest
         with self._lock:
             data = self.partial_bytes(key)
@@ -169,6 +184,13 @@ class BlobStore:
                 self.put(digest, data)
             finally:
                 self.drop_partial(key)
+            self._record_uploaded(digest, owner, public)
+
+    def _record_uploaded(self, digest: str, owner: str | None, public: bool) -> None:
+        if owner is not None:
+            self.record_owner(owner, digest)
+        if public:
+            self.record_public(digest)
 
     # -- tenant scoping (protocol.md §14.5) ---------------------------------------
 
@@ -183,6 +205,38 @@ class BlobStore:
 
     def bytes_owned_by(self, session_hash: str) -> int:
         raise NotImplementedError
+
+    # -- public blobs (protocol.md §10.3.4, §14.5.1) ------------------------------
+
+    def record_public(self, digest: str) -> None:
+        """Record ``digest`` as published. Only for a blob held and verified from the
+        publishing session's own upload: the caller checks that (§14.5.1)."""
+        check_digest(digest)
+        with self._lock:
+            self._public.add(digest)
+
+    def public_held(self, digests: Iterable[str]) -> frozenset[str]:
+        """Those of ``digests`` that are published and still held."""
+        with self._lock:
+            return frozenset(d for d in digests if d in self._public and self.has(d))
+
+    def _forget_public(self, digest: str) -> None:
+        """A discarded blob is no longer public: a later private upload of the same
+        bytes must not be revealed through an old record (§14.5.1)."""
+        with self._lock:
+            self._public.discard(digest)
+
+    # -- small documents kept with the store --------------------------------------
+
+    def read_note(self, name: str) -> str | None:
+        """A small text document kept in the store under ``name`` (e.g. the server's
+        calibrated cost model where the store has no directory), or None. Only stores
+        shared across restarts keep notes; this one does not."""
+        return None
+
+    def write_note(self, name: str, text: str) -> bool:
+        """Keep ``text`` under ``name``; False when this store keeps no notes."""
+        return False
 
     # -- maintenance --------------------------------------------------------------
 
@@ -257,7 +311,9 @@ class DirectoryStore(BlobStore):
 
     Layout: ``blobs/`` complete verified blobs; ``partial/<digest>`` append-only partial
     uploads; ``sessions/<session hash>`` one digest per line, appended and fsynced when a
-    blob completes for that session.
+    blob completes for that session; ``public/<digest>`` an empty file per published blob
+    (§10.3.4), created and fsynced when it is published, removed with the blob when it is
+    discarded as corrupt.
     """
 
     def __init__(
@@ -276,7 +332,7 @@ class DirectoryStore(BlobStore):
         self._partial_ttl_s = partial_ttl_s
         # Crash tests kill the process at each named step of a durable write.
         self._fault_hook = fault_hook or (lambda _point: None)
-        for sub in ("blobs", "partial", "sessions", "tmp"):
+        for sub in ("blobs", "partial", "sessions", "tmp", "public"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._sizes: dict[str, int] = {}
         self._scan()
@@ -300,6 +356,9 @@ class DirectoryStore(BlobStore):
         for path in (self.root / "sessions").iterdir():
             digests = {ln for ln in path.read_text().split() if _DIGEST_RE.match(ln)}
             self._sessions[path.name] = digests
+        self._public = {
+            p.name for p in (self.root / "public").iterdir() if _DIGEST_RE.match(p.name)
+        }
         self.sweep_partials()
 
     def sweep_partials(self, *, now: float | None = None) -> int:
@@ -337,6 +396,7 @@ class DirectoryStore(BlobStore):
             with self._lock:
                 path.unlink(missing_ok=True)
                 self._sizes.pop(digest, None)
+                self._forget_public(digest)
             raise BlobCorruptError(f"blob {digest} failed verification on read and was discarded")
         return data
 
@@ -413,6 +473,21 @@ class DirectoryStore(BlobStore):
     def bytes_owned_by(self, session_hash: str) -> int:
         with self._lock:
             return sum(self._sizes.get(d, 0) for d in self.owned_by(session_hash))
+
+    def record_public(self, digest: str) -> None:
+        check_digest(digest)
+        with self._lock:
+            if digest in self._public:
+                return
+            marker = self.root / "public" / digest
+            marker.touch()
+            self._fsync_dir(marker.parent)
+            super().record_public(digest)
+
+    def _forget_public(self, digest: str) -> None:
+        with self._lock:
+            (self.root / "public" / digest).unlink(missing_ok=True)
+            super()._forget_public(digest)
 
     def digests(self) -> Iterable[str]:
         return tuple(self._sizes)

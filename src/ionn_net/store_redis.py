@@ -16,6 +16,8 @@ Layout, every key under ``prefix`` (default ``ionn:``)::
     part:<key>:<i>              chunk i of that partial upload
     partials                    sorted set: partial key -> time of its last append
     owner:<session hash>        set of the digests that session uploaded
+    public                      set of the digests published (protocol.md §10.3.4)
+    note:<name>                 a small text document (the calibrated cost model of a host)
 
 Guarantees and how they are kept:
 
@@ -36,6 +38,12 @@ Guarantees and how they are kept:
   chunks carry a TTL, so a writer that dies before its commit leaves nothing for good. Two
   servers completing the same blob both verify it; the second finds it held and drops its
   own copy: idempotent.
+* **Owner and public records atomic with the commit.** ``complete_partial(owner=...,
+  public=...)`` records the uploading session and, for a blob uploaded under a public
+  marking, the public record in the same script that commits the blob (also when the blob
+  was already held: the partial's bytes were verified first). Deleting a corrupt blob
+  removes its public record in the same script, so an old record never makes a later
+  private upload of the same bytes public (§14.5.1).
 * **Partial appends atomic with respect to the offset** (§10.5.2). One Lua script checks
   that the partial's length equals the caller's offset (and that the chunk it extends has
   the matching length) before appending, so two servers racing on one partial upload never
@@ -145,8 +153,9 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: partial hash, blob hash, blobs set, partials zset.  ARGV: verified length, digest,
-# chunk size, gen, partial chunk prefix, staged prefix, blob chunk prefix, member.
+# KEYS: partial hash, blob hash, blobs set, partials zset, owner set, public set.
+# ARGV: verified length, digest, chunk size, gen, partial chunk prefix, staged prefix, blob
+# chunk prefix, member, record the owner ('1'/''), record public ('1'/'').
 _COMMIT_PARTIAL = (
     _DROP_PARTIAL_FN
     + """
@@ -155,9 +164,14 @@ local n = math.ceil(len / cs)
 local function unstage()
   for i = 0, n - 1 do redis.call('DEL', ARGV[6] .. i) end
 end
+local function recorded()
+  if ARGV[9] == '1' then redis.call('SADD', KEYS[5], ARGV[2]) end
+  if ARGV[10] == '1' then redis.call('SADD', KEYS[6], ARGV[2]) end
+end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   unstage()
   drop_partial(KEYS[1], KEYS[4], ARGV[8], ARGV[5], cs)
+  recorded()
   return 2
 end
 if tonumber(redis.call('HGET', KEYS[1], 'len') or '-1') ~= len then
@@ -177,6 +191,7 @@ end
 redis.call('HSET', KEYS[2], 'size', len, 'chunks', n, 'gen', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
 drop_partial(KEYS[1], KEYS[4], ARGV[8], ARGV[5], cs)
+recorded()
 return 1
 """
 )
@@ -200,13 +215,14 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: blob hash, blobs set.  ARGV: gen, blob chunk prefix, digest.
+# KEYS: blob hash, blobs set, public set.  ARGV: gen, blob chunk prefix, digest.
 _DELETE_IF_GEN = """
 if (redis.call('HGET', KEYS[1], 'gen') or '') ~= ARGV[1] then return 0 end
 local n = tonumber(redis.call('HGET', KEYS[1], 'chunks') or '0') or 0
 for i = 0, n - 1 do redis.call('DEL', ARGV[2] .. i) end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[3])
+redis.call('SREM', KEYS[3], ARGV[3])
 return 1
 """
 
@@ -355,7 +371,8 @@ class RedisStore(BlobStore):
             return b"".join(c for c in chunks if c is not None)
         with self._errors(f"delete corrupt {digest}"):
             self._delete_if_gen(
-                keys=[meta_key, self._key("blobs")], args=[meta.get(b"gen", b""), prefix, digest]
+                keys=[meta_key, self._key("blobs"), self._key("public")],
+                args=[meta.get(b"gen", b""), prefix, digest],
             )
         logger.warning("store %s: blob %s %s; deleted", self.url, digest, problem)
         raise BlobCorruptError(
@@ -472,17 +489,28 @@ class RedisStore(BlobStore):
             )
         return bool(dropped)
 
-    def complete_partial(self, digest: str, *, key: str | None = None) -> None:
+    def complete_partial(
+        self,
+        digest: str,
+        *,
+        key: str | None = None,
+        owner: str | None = None,
+        public: bool = False,
+    ) -> None:
         """Verify the finished partial upload, copy its chunks inside Redis to staged keys
         of exactly their length (``COPY``, one chunk per command; the appended originals
         carry APPEND's preallocated slack) and commit them with one script that also drops
         the partial; bytes that do not hash to ``digest`` are discarded with
         :class:`StoreError`. A blob already held (another server or session completed it
         first) is kept and this partial, once verified, dropped (§14.5: the bytes of every
-        session are verified, so "complete" never reveals another tenant's blob)."""
+        session are verified, so "complete" never reveals another tenant's blob).
+        ``owner`` and ``public`` are recorded by the committing script itself (see the
+        module docstring)."""
         key = key or digest
         check_digest(digest)
         check_digest(key)
+        if owner is not None:
+            check_session_hash(owner)
         meta, prefix = self._partial_keys(key)
         with self._errors(f"read partial {key}"):
             length = int(self._r.hget(meta, "len") or 0)
@@ -495,6 +523,7 @@ class RedisStore(BlobStore):
         if length == 0:  # nothing to rename: the empty blob is stored directly
             self.put(digest, b"")
             self.drop_partial(key)
+            self._record_uploaded(digest, owner, public)
             return
         count = _chunks(length, self.chunk_size)
         stage = self._key("stage", digest, secrets.token_hex(8), "")
@@ -506,12 +535,16 @@ class RedisStore(BlobStore):
                     )
                     self._fault_hook("staged")
             done = self._commit_partial(
-                keys=[meta, self._key("blob", digest), self._key("blobs"), self._key("partials")],
+                keys=[meta, self._key("blob", digest), self._key("blobs"), self._key("partials"),
+                      self._key("owner", owner or "-"), self._key("public")],
                 args=[length, digest, self.chunk_size, secrets.token_hex(8), prefix, stage,
-                      self._key("blob", digest, ""), key],
+                      self._key("blob", digest, ""), key, "1" if owner else "",
+                      "1" if public else ""],
             )  # fmt: skip
-        if done == 0 and not self.has(digest):
-            raise StoreError(f"blob {digest}: the partial upload changed while it was verified")
+        if done == 0:
+            if not self.has(digest):
+                raise StoreError(f"blob {digest}: the partial upload changed while it was verified")
+            self._record_uploaded(digest, owner, public)  # verified here, committed elsewhere
         self._fault_hook("committed")
 
     # -- tenant scoping (protocol.md §14.5) ---------------------------------------------
@@ -544,6 +577,40 @@ class RedisStore(BlobStore):
                 pipe.hget(self._key("blob", digest), "size")
             sizes = pipe.execute()
         return sum(int(s) for s in sizes if s is not None)
+
+    # -- public blobs (protocol.md §10.3.4, §14.5.1) --------------------------------------
+
+    def record_public(self, digest: str) -> None:
+        check_digest(digest)
+        with self._errors(f"record public {digest}"):
+            self._r.sadd(self._key("public"), digest)
+
+    def public_held(self, digests: Iterable[str]) -> frozenset[str]:
+        """Those of ``digests`` published (by any server of the site) and still held."""
+        wanted = sorted(set(digests))
+        if not wanted:
+            return frozenset()
+        for digest in wanted:
+            check_digest(digest)
+        with self._errors("public records"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.smismember(self._key("public"), wanted)
+            for digest in wanted:
+                pipe.exists(self._key("blob", digest))
+            flags, *held = pipe.execute()
+        return frozenset(d for d, p, h in zip(wanted, flags, held, strict=True) if p and h)
+
+    # -- notes --------------------------------------------------------------------------
+
+    def read_note(self, name: str) -> str | None:
+        with self._errors(f"read note {name}"):
+            value = self._r.get(self._key("note", name))
+        return None if value is None else _text(value)
+
+    def write_note(self, name: str, text: str) -> bool:
+        with self._errors(f"write note {name}"):
+            self._r.set(self._key("note", name), text.encode())
+        return True
 
     # -- maintenance --------------------------------------------------------------------
 

@@ -80,3 +80,33 @@ async def test_redis_dying_at_the_digest_check_is_not_a_digest_mismatch(
         reply = await tenant.blob(sha, len(blob), b"")
         assert reply == {"m": "blob_ok", "sha256": sha, "offset": len(blob), "complete": True}
         assert sha in (await tenant.manifest())["blobs_held"]
+
+
+async def test_every_request_needing_the_store_is_answered_internal(
+    own_redis: RedisServer,
+) -> None:
+    """Redis down is the server's trouble, not a bad request: ``internal``, naming the store,
+    on every request path that needs it; requests that do not (queries on built layers)
+    keep working."""
+    store = RedisStore(own_redis.url(), retries=1)
+    async with EdgeServer(store=store, cost_model=ServerCostModel()) as srv:
+        async with connect("127.0.0.1", srv.port) as conn:
+            tenant = Tenant(conn)
+            await tenant.setup()
+            own_redis.kill()
+            sha, blob = next(iter(tenant.builder.blobs.items()))
+            replies = {
+                "manifest": await tenant.manifest(),
+                "have": (await call(conn, {"m": "have", "model": tenant.digest}))[0],
+                "blob": await tenant.blob(sha, 0, blob),
+                "load": await tenant.load(),
+            }
+            for kind, reply in replies.items():
+                assert reply["m"] == "error" and reply["code"] == "internal", (kind, reply)
+                assert own_redis.url() in str(reply["message"]), (kind, reply)
+            await tenant.check_works()
+        async with connect("127.0.0.1", srv.port) as conn:
+            fresh = Tenant(conn)
+            assert (await fresh.hello())["m"] == "welcome"
+            reply = await fresh.manifest()
+            assert reply["m"] == "error" and reply["code"] == "internal", reply

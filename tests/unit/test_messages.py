@@ -73,7 +73,11 @@ GOLDEN: list[tuple[Any, dict[str, Any]]] = [
         ManifestOk(
             model=D1,
             holdings=Holdings(
-                blobs_held=(D2,), partial={D1: 5}, layers_ready=("a", "b"), refused={"c": "why"}
+                blobs_held=(D2,),
+                partial={D1: 5},
+                layers_ready=("a", "b"),
+                refused={"c": "why"},
+                blobs_public=(D1,),
             ),
         ),
         {
@@ -83,12 +87,20 @@ GOLDEN: list[tuple[Any, dict[str, Any]]] = [
             "partial": {D1: 5},
             "layers_ready": ["a", "b"],
             "refused": {"c": "why"},
+            "blobs_public": [D1],
         },
     ),
     (Have(model=D1), {"m": "have", "model": D1}),
     (
         HaveOk(holdings=Holdings()),
-        {"m": "have_ok", "blobs_held": [], "partial": {}, "layers_ready": [], "refused": {}},
+        {
+            "m": "have_ok",
+            "blobs_held": [],
+            "partial": {},
+            "layers_ready": [],
+            "refused": {},
+            "blobs_public": [],
+        },
     ),
     (
         Blob(model=D1, sha256=D2, size=10, offset=2, body_len=8),
@@ -145,6 +157,14 @@ GOLDEN: list[tuple[Any, dict[str, Any]]] = [
     ),
     (ProbeUpload(body_len=4), {"m": "upload", "body_len": 4}),
     (ProbeUploadOk(received=4), {"m": "upload_ok", "received": 4}),
+    (
+        Manifest(model=D1, body_len=12, public=True),
+        {"m": "manifest", "model": D1, "body_len": 12, "public": True},
+    ),
+    (
+        Manifest(model=D1, body_len=12, public=("a", "b")),
+        {"m": "manifest", "model": D1, "body_len": 12, "public": ["a", "b"]},
+    ),
 ]
 
 
@@ -164,6 +184,7 @@ def test_every_section_10_message_has_a_golden_head() -> None:
 
 def _required(message: Any, head: dict[str, Any]) -> list[tuple[Any, dict[str, Any], str]]:
     optional = {"client", "prepare", "prepared", "offset", "layers", "body_len", "proof"}
+    optional |= {"public", "blobs_public"}  # §10.3.4, §10.3.3: absent means none
     cls = type(message)
     return [(cls, head, k) for k in head if k != "m" and k not in optional]
 

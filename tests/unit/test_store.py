@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 from ionn_net.errors import StoreError
-from ionn_net.store import BlobStore, DirectoryStore, MemoryStore, sha256_hex
+from ionn_net.store import (
+    BlobCorruptError,
+    BlobStore,
+    DirectoryStore,
+    MemoryStore,
+    partial_key,
+    sha256_hex,
+)
 
 BLOB = os.urandom(10_000)
 DIGEST = sha256_hex(BLOB)
@@ -160,3 +167,73 @@ def test_stale_partial_uploads_are_swept_and_fresh_ones_kept(tmp_path: Path) -> 
 def test_partial_ttl_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="partial_ttl_s"):
         DirectoryStore(tmp_path, partial_ttl_s=0)
+
+
+# -- public records and owners recorded with the commit (protocol.md §10.3.4, §14.5.1) ------
+
+
+def test_complete_partial_records_owner_and_public_with_the_blob(store: BlobStore) -> None:
+    key = partial_key(SESSION, DIGEST)
+    store.append_partial(key, 0, BLOB)
+    store.complete_partial(DIGEST, key=key, owner=SESSION, public=True)
+    assert store.owned_by(SESSION) == {DIGEST}
+    assert store.public_held([DIGEST, "cd" * 32]) == {DIGEST}
+
+
+def test_a_private_completion_records_no_public_record(store: BlobStore) -> None:
+    key = partial_key(SESSION, DIGEST)
+    store.append_partial(key, 0, BLOB)
+    store.complete_partial(DIGEST, key=key, owner=SESSION)
+    assert store.owned_by(SESSION) == {DIGEST}
+    assert store.public_held([DIGEST]) == frozenset()
+
+
+def test_bytes_that_do_not_verify_record_neither_owner_nor_public(store: BlobStore) -> None:
+    key = partial_key(SESSION, DIGEST)
+    store.append_partial(key, 0, BLOB[:-1] + bytes([BLOB[-1] ^ 1]))
+    with pytest.raises(StoreError, match="mismatch"):
+        store.complete_partial(DIGEST, key=key, owner=SESSION, public=True)
+    assert store.owned_by(SESSION) == frozenset()
+    assert store.public_held([DIGEST]) == frozenset()
+
+
+def test_a_second_uploader_of_a_held_blob_is_recorded_too(store: BlobStore) -> None:
+    """The blob was committed by a first session; the second's own bytes verified, so it
+    owns the blob too and its public marking publishes it."""
+    other = "cd" * 16
+    first = partial_key(other, DIGEST)
+    store.append_partial(first, 0, BLOB)
+    store.complete_partial(DIGEST, key=first, owner=other)
+    assert store.public_held([DIGEST]) == frozenset()  # a private copy publishes nothing
+    second = partial_key(SESSION, DIGEST)
+    store.append_partial(second, 0, BLOB)
+    store.complete_partial(DIGEST, key=second, owner=SESSION, public=True)
+    assert store.owned_by(SESSION) == {DIGEST} and store.owned_by(other) == {DIGEST}
+    assert store.public_held([DIGEST]) == {DIGEST}
+
+
+def test_a_public_record_of_a_blob_not_held_reveals_nothing(store: BlobStore) -> None:
+    store.record_public(DIGEST)
+    assert store.public_held([DIGEST]) == frozenset()
+    store.put(DIGEST, BLOB)
+    assert store.public_held([DIGEST]) == {DIGEST}
+
+
+def test_public_records_survive_a_restart_of_the_directory_store(tmp_path: Path) -> None:
+    first = DirectoryStore(tmp_path / "store")
+    first.put(DIGEST, BLOB)
+    first.record_public(DIGEST)
+    assert DirectoryStore(tmp_path / "store").public_held([DIGEST]) == {DIGEST}
+
+
+def test_a_corrupt_blob_loses_its_public_record_in_the_directory_store(tmp_path: Path) -> None:
+    store = DirectoryStore(tmp_path / "store")
+    store.put(DIGEST, BLOB)
+    store.record_public(DIGEST)
+    path = tmp_path / "store" / "blobs" / DIGEST[:2] / DIGEST
+    path.write_bytes(BLOB[::-1])
+    with pytest.raises(BlobCorruptError):
+        store.get(DIGEST)
+    store.put(DIGEST, BLOB)  # stored again, by a private upload
+    assert store.public_held([DIGEST]) == frozenset()
+    assert DirectoryStore(tmp_path / "store").public_held([DIGEST]) == frozenset()

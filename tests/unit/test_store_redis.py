@@ -271,3 +271,48 @@ def test_the_server_does_not_start_on_an_unreachable_redis(
     message = str(info.value.code)
     assert message.startswith(f"ionn-server: store {url}: open failed: ConnectionError"), message
     assert capsys.readouterr().out == ""  # it never said it was listening
+
+
+def test_public_records_are_shared_by_the_servers_of_a_site(redis_url: str) -> None:
+    a, b = (RedisStore(redis_url, chunk_size=CHUNK) for _ in range(2))
+    key = partial_key(SESSION, DIGEST)
+    a.append_partial(key, 0, BLOB)
+    a.complete_partial(DIGEST, key=key, owner=SESSION, public=True)
+    assert b.public_held([DIGEST]) == {DIGEST}
+    assert b.owned_by(SESSION) == {DIGEST}
+
+
+def test_a_corrupt_blob_loses_its_public_record_in_the_same_script(redis_url: str) -> None:
+    store = RedisStore(redis_url, chunk_size=CHUNK)
+    store.put(DIGEST, BLOB)
+    store.record_public(DIGEST)
+    _client(redis_url).setrange(f"ionn:blob:{DIGEST}:1", 3, b"\x00\x01")
+    with pytest.raises(BlobCorruptError):
+        store.get(DIGEST)
+    assert not _client(redis_url).sismember("ionn:public", DIGEST)
+    store.put(DIGEST, BLOB)  # stored again, by a private upload
+    assert store.public_held([DIGEST]) == frozenset()
+
+
+def test_notes_are_kept_in_the_store(redis_url: str) -> None:
+    a, b = (RedisStore(redis_url) for _ in range(2))
+    assert a.read_note("costmodel-x.json") is None
+    assert a.write_note("costmodel-x.json", '{"format": 1}')
+    assert b.read_note("costmodel-x.json") == '{"format": 1}'
+    assert not MemoryStore().write_note("n", "t") and MemoryStore().read_note("n") is None
+
+
+def test_a_redis_server_caches_its_cost_model_in_the_store(
+    redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ionn_net import calibrate
+    from ionn_net.planner.costmodel import LinearFit, ServerCostModel
+
+    fitted = ServerCostModel(exec_fits={"conv": LinearFit("macs", 0.0, 3.0)})
+    calls: list[int] = []
+    monkeypatch.setattr(calibrate, "calibrate", lambda: (calls.append(1) or fitted, {}))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no cache file anywhere else
+    for _ in range(2):  # two starts, two servers of the site
+        assert calibrate.load_or_calibrate(None, notes=RedisStore(redis_url)) == fitted
+    assert calls == [1]
+    assert not list(tmp_path.rglob("costmodel-*"))  # kept in the store, not in a home dir

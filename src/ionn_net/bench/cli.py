@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ionn_net.argtypes import positive
+from ionn_net.bench.isolation import ISOLATION_MODES, resolve_isolation
 from ionn_net.bench.links import BACKEND_CHOICES
 from ionn_net.bench.models import MODELS
 from ionn_net.bench.progress import Console
@@ -110,6 +111,20 @@ def _parser() -> argparse.ArgumentParser:
         default="calibrated",
         help="the cost model the server announces: calibrated on small models (the "
         "library's default) or fitted on the benchmark model's own layers timed here",
+    )
+    p.add_argument(
+        "--isolation",
+        choices=ISOLATION_MODES,
+        default="cores",
+        help="cores (default): the edge server on its own CPU(s), the client and the link "
+        "emulation on the others, as in a deployment; shared: every process on every CPU",
+    )
+    p.add_argument(
+        "--pace",
+        choices=("estimate", "link"),
+        default="estimate",
+        help="the client's upload pacing rate on namespace links: estimated from TCP_INFO "
+        "(default, as deployed) or the configured link rate",
     )
     p.add_argument("--quota", type=positive(float), help="CPU quota (cores)")
     p.add_argument("--slowdown", type=positive(float), help="slowdown factor")
@@ -258,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scenarios = _resolve(args.scenarios or ["wifi"], directory)
             backend = args.backend
         scenarios = [_apply_overrides(s, args) for s in scenarios]
+        resolve_isolation(args.isolation)  # refused here, before anything starts
     except ConfigError as exc:
         print(f"ionn-bench: {exc}", file=sys.stderr)
         return 2
@@ -273,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         command=command,
         server_costs=args.server_costs,
+        isolation=args.isolation,
+        pace=args.pace,
     )
     return _run(scenarios, opts, console, out, command)
 

@@ -21,9 +21,15 @@ mean signed error), and the error of every summary metric (mean latency during
 upload and in the lossless window, upload completion, first offloaded query, time to
 N queries).
 
-Known blind spots of the prediction (they are part of the error): the time the
-client spends planning and compiling slices, CPU contention between client, server
-and link emulation on one machine, and the server cost model's own error.
+Two replays: the main one takes the server's speed, its loads' duration, the contention
+between its loader and its queries, the client's own contention and compile time and the
+upload's pacing rate from what the run itself measured (:mod:`.measured`), and lets
+queries choose their plans with the announced costs until one has run on the server, as
+the client does; ``announced`` takes the server's cost model as
+announced and the probed link. Both charge the planning time the client really took
+(the head start goes up meanwhile, ``timing.planned_s``). Known blind spots (part of
+the error): the client's compile time for each new plan, and the server's background
+consolidation after the upload.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ionn_net.bench.measured import MeasuredInputs, measured_inputs
 from ionn_net.bench.results import QueryPoint, lossless_window_s, metrics_from_points
 from ionn_net.model.graph import LayerGraph
 from ionn_net.planner.link import Link
@@ -115,42 +122,81 @@ def _diff(pred: float | None, meas: float | None) -> float | None:
     return None if pred is None or meas is None else pred - meas
 
 
-def predict_run(
-    doc: Mapping[str, Any], graph: LayerGraph, measured: Sequence[QueryPoint]
-) -> dict[str, Any]:
-    """The prediction block of a run document (see the module docstring)."""
+def _replay(
+    doc: Mapping[str, Any],
+    graph: LayerGraph,
+    horizon: float,
+    inputs: MeasuredInputs | None,
+) -> tuple[SimResult, Link]:
+    """The run's plan replayed with the announced costs (``inputs`` None) or with what
+    the run measured (:mod:`.measured`)."""
     per_layer = doc["per_layer"]
     plan = doc.get("plan") or {}
     weight_ratio = float(doc["model"].get("weight_ratio", 1.0))
     link = _link(doc, weight_ratio)
     objective = (plan.get("policy") or {}).get("objective", "latency")
     stages = plan.get("stages")
+    overhead = _overhead_ms(doc)
+    server_ms, load_ms = per_layer["server_ms"], per_layer["load_ms"]
+    extra = 0.0
+    activation: tuple[float, ...] = ()
+    load_s: tuple[float, ...] = ()
+    if inputs is not None:
+        activation, load_s = inputs.activation_s, inputs.load_s
+        server_ms = {n: v * inputs.exec_scale for n, v in server_ms.items()}
+        load_ms = {n: v * inputs.load_scale for n, v in load_ms.items()}
+        overhead *= inputs.load_scale
+        extra = inputs.loader_extra_s
     ctx = PlanningContext(
         graph=graph,
         client_ms=per_layer["client_ms"],
-        server_ms=per_layer["server_ms"],
-        load_ms=per_layer["load_ms"],
+        server_ms=server_ms,
+        load_ms=load_ms,
         link=link,
         pattern=QueryPattern.back_to_back(),
         objective=objective,
+        partition_overhead_ms=overhead,
         stages=None if not stages else StageCosts(**stages),
     )
-    partitions = [frozenset(p) for p in plan.get("partitions", [])]
     refinements = [
         Refinement(frozenset(layers), int(k)) for layers, k in plan.get("refinements", [])
     ]
-    horizon = max((m.issued_s for m in measured), default=0.0) + 1e-6
+    timing = doc.get("timing") or {}
+    # the planning time the run really took (the client sends its head start meanwhile)
+    planned_s = max(0.0, float(timing.get("planned_s") or 0.0))
+    head = [n for n in timing.get("head_start") or () if n in graph]
     result = simulate_partitions(
         ctx,
-        partitions,
+        [frozenset(p) for p in plan.get("partitions", [])],
         ExecutionPolicy("fine", objective=objective),
         until_s=horizon,
         max_queries=_MAX_SIM_QUERIES,
         refinements=refinements if stages else (),
+        head_start=head,
+        planned_s=planned_s,
+        pace=inputs.pace if inputs is not None else (),
+        client_extra_s=inputs.client_extra_s if inputs is not None else 0.0,
+        # the client plans with the announced costs until its queries measure the server
+        plan_server_ms=per_layer["server_ms"] if inputs is not None else None,
+        loader_extra_s=extra,
+        activation_s=activation,
+        load_s=load_s,
     )
+    return result, link
+
+
+def _overhead_ms(doc: Mapping[str, Any]) -> float:
+    cost = (doc.get("server") or {}).get("cost_model_doc") or {}
+    value = cost.get("partition_overhead_ms") if isinstance(cost, Mapping) else None
+    return float(value) if isinstance(value, int | float) and value >= 0 else 0.0
+
+
+def _errors(
+    doc: Mapping[str, Any], measured: Sequence[QueryPoint], result: SimResult
+) -> tuple[list[QueryPoint], dict[str, Any], dict[str, float | None]]:
     points = sim_points(result)
     uploads = doc["strategy"] != "local"
-    done = result.upload_done_s if partitions else (0.0 if uploads else None)
+    done = result.upload_done_s if result.partitions else (0.0 if uploads else None)
     n = int(doc["metrics"].get("n", 100))
     window = lossless_window_s(doc)
     pm = metrics_from_points(points, done, uploads=uploads, n=n, window_s=window)
@@ -164,6 +210,22 @@ def predict_run(
     errors["upload_done_pct"] = _pct(pm["upload_done_s"], mm.get("upload_done_s"))
     errors["first_offloaded_diff_s"] = _diff(pm["first_offloaded_s"], mm.get("first_offloaded_s"))
     errors["time_to_n_pct"] = _pct(pm["time_to_n_s"], mm.get("time_to_n_s"))
+    return points, pm, errors
+
+
+def predict_run(
+    doc: Mapping[str, Any], graph: LayerGraph, measured: Sequence[QueryPoint]
+) -> dict[str, Any]:
+    """The prediction block of a run document (see the module docstring): the replay with
+    the server and pacing inputs this run measured, and (``announced``) the replay with
+    the server's announced cost model and the probed link alone."""
+    horizon = max((m.issued_s for m in measured), default=0.0) + 1e-6
+    plan = doc.get("plan") or {}
+    inputs = measured_inputs(doc, graph.order, plan.get("partitions", []), _overhead_ms(doc))
+    result, link = _replay(doc, graph, horizon, inputs)
+    points, pm, errors = _errors(doc, measured, result)
+    announced, _ = _replay(doc, graph, horizon, None)
+    _, am, aerr = _errors(doc, measured, announced)
     return {
         "link": {
             "up_bps": link.bandwidth * 8,
@@ -173,6 +235,7 @@ def predict_run(
             "half_duplex": link.half_duplex,
         },
         "policy": "fine, not adaptive (what the client executes)",
+        "inputs": inputs.to_dict(),
         "queries": [
             [round(p.issued_s, 4), round(p.latency_ms, 3), len(q.server_layers), q.exact]
             for p, q in zip(points, result.queries, strict=True)
@@ -183,4 +246,5 @@ def predict_run(
         ],
         "metrics": pm,
         "errors": errors,
+        "announced": {"metrics": am, "errors": aerr},
     }

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,10 +33,18 @@ class BenchError(IonnError):
 class Child:
     """One child process speaking the event-line protocol (see module)."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        preexec: Callable[[], None] | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
+        self.preexec = preexec  # run in the child before exec (CPU affinity)
         self._proc: asyncio.subprocess.Process | None = None
         self._log: IO[str] | None = None
 
@@ -62,6 +70,7 @@ class Child:
             stderr=self._log,
             start_new_session=True,
             limit=_LINE_LIMIT,
+            preexec_fn=self.preexec,
         )
         return self
 

@@ -227,14 +227,17 @@ def _prediction_table(docs: Sequence[Mapping[str, Any]]) -> list[str]:
         "| strategy | mean during upload: measured / simulated (ms) | error | upload done: "
         "measured / simulated (s) | error | first offloaded: measured / simulated (s) | "
         "per-query latency error: MAPE / median / mean signed | client's own per-query "
-        "prediction error (MAPE) |",
-        "|---|---|---|---|---|---|---|---|",
+        "prediction error (MAPE) | error with the announced costs | planning (s) | first "
+        "upload byte after session ready (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in docs:
         pred = d.get("prediction") or {}
         if d["status"] != "ok" or "metrics" not in pred:
             continue
         m, pm, e = d["metrics"], pred["metrics"], pred.get("errors") or {}
+        announced = (pred.get("announced") or {}).get("errors") or {}
+        timing = d.get("timing") or {}
         lines.append(
             f"| {d['strategy']} | {_f(m.get('mean_during_upload_ms'))} / "
             f"{_f(pm.get('mean_during_upload_ms'))} | {_pct(e.get('mean_during_upload_pct'))} | "
@@ -242,7 +245,10 @@ def _prediction_table(docs: Sequence[Mapping[str, Any]]) -> list[str]:
             f"{_pct(e.get('upload_done_pct'))} | {_f(m.get('first_offloaded_s'), '{:.2f}')} / "
             f"{_f(pm.get('first_offloaded_s'), '{:.2f}')} | {_f(e.get('mape_pct'), '{:.0f}%')} / "
             f"{_f(e.get('median_ape_pct'), '{:.0f}%')} / {_pct(e.get('mean_signed_pct'))} | "
-            f"{_f(m.get('client_prediction_mape_pct'), '{:.0f}%')} |"
+            f"{_f(m.get('client_prediction_mape_pct'), '{:.0f}%')} | "
+            f"{_pct(announced.get('mean_during_upload_pct'))} | "
+            f"{_f(timing.get('planned_s'), '{:.2f}')} | "
+            f"{_f(timing.get('first_byte_delay_ms'), '{:.1f}')} |"
         )
     return lines
 
@@ -337,6 +343,8 @@ def _link_lines(doc: Mapping[str, Any]) -> list[str]:
         )
     dev = doc["device"]
     lines.append(f"- device: {dev['describe']}")
+    iso = doc.get("isolation")
+    lines.append(f"- isolation: {iso['describe'] if iso else 'not recorded (shared)'}")
     return lines
 
 
@@ -376,7 +384,14 @@ def summary_markdown(
         )
         out.append("")
         out += _group_table(docs)
-        out += ["", "Simulator (replaying each run's plan with the probed link) vs measured:", ""]
+        out += [
+            "",
+            "Simulator (replaying each run's plan, the partitions the client really sent, "
+            "with the server speed, load times, loader and client contention, client "
+            "compile, planning time and pacing rate the run measured; 'announced': with the "
+            "server's announced cost model and the probed link instead) vs measured:",
+            "",
+        ]
         out += _prediction_table(docs)
         out += ["", *_window_table(docs)]
         for rel in plots.get((d["scenario"]["name"], d["model"]["name"]), ()):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ionn_net.bench.device import DeviceSetting, QuotaController, resolve_device
+from ionn_net.bench.isolation import Isolation, resolve_isolation
 from ionn_net.bench.links import BenchLink
 from ionn_net.bench.models import MODELS
 from ionn_net.bench.procs import BenchError, Child
@@ -62,6 +63,11 @@ class BenchOptions:
     command: str = ""
     prep_timeout_s: float = 900.0
     server_costs: str = "calibrated"
+    #: CPU isolation of server and client side (:mod:`.isolation`): "cores" or "shared"
+    isolation: str = "cores"
+    #: "estimate": the client paces at a rate it estimates (on namespace links); "link":
+    #: at the configured link rate (diagnosis: is the estimate what limits the upload?)
+    pace: str = "estimate"
 
 
 def _git_commit() -> str | None:
@@ -123,11 +129,13 @@ class _Group:
         *,
         device: DeviceSetting,
         quota: QuotaController | None,
+        isolation: Isolation,
         opts: BenchOptions,
         console: Console,
     ) -> None:
         self.scenario, self.model, self.link = scenario, model, link
         self.device, self.quota, self.opts, self.console = device, quota, opts, console
+        self.isolation = isolation
         self.tag = f"{scenario.name}__{model}"
         self.server: Child | None = None
         self.worker: Child | None = None
@@ -142,14 +150,16 @@ class _Group:
         return [*self.link.prefix(side), sys.executable, "-m", module, *args]
 
     async def _start_server(self) -> None:
-        host, cache = self.link.server_host, str(self.opts.cache_dir)
+        host = self.link.server_host
+        cache = str(self.isolation.cache_dir(self.opts.cache_dir))
         argv = self._python(
             "server", "ionn_net.bench.serverproc", "--host", host, "--cache-dir", cache
         )
         argv += ["--seed", str(self.opts.seed)]
         if self.opts.server_costs == "workload":
             argv += ["--workload-model", self.model]
-        self.server = await Child("server", argv, self._log("server")).start()
+        preexec = self.isolation.server_preexec()
+        self.server = await Child("server", argv, self._log("server"), preexec=preexec).start()
 
     async def _start_worker(self) -> None:
         argv = self._python(
@@ -274,6 +284,7 @@ class _Group:
                 "describe": self.device.describe(),
             },
             "versions": dict(r.get("versions", {})),
+            "isolation": self.isolation.to_dict(),
             "server": dict(self.cost_model),
             "machine": machine_info(),
             "command": self.opts.command,
@@ -305,7 +316,8 @@ class _Group:
         (ClientConfig.transport). The userspace proxy terminates TCP on loopback, so the
         client's socket never sees that bottleneck: there it is told the configured rate.
         Behind a kernel qdisc (namespace backends), as on a real link, it estimates."""
-        return self.scenario.link.rate_mbit if self.link.kind == "userspace-proxy" else None
+        told = self.link.kind == "userspace-proxy" or self.opts.pace == "link"
+        return self.scenario.link.rate_mbit if told else None
 
     async def _run_one(self, strategy: str) -> dict[str, Any]:
         doc = self._base_doc(strategy)
@@ -397,6 +409,7 @@ class _Group:
         doc["plan"] = ev["plan"]
         doc["per_layer"] = {k: ev[k] for k in ("client_ms", "server_ms", "load_ms")}
         doc["client"] = {k: ev[k] for k in ("client_link", "stats", "refused", "local_only")}
+        doc["timing"].update(ev.get("timeline") or {})
 
     def _finish(self, doc: dict[str, Any]) -> None:
         from ionn_net.bench.predict import predict_run
@@ -422,7 +435,21 @@ async def run_scenario(
     """Every model x strategy of ``scenario``; the run documents of each model are
     appended to ``groups`` as a list that grows run by run."""
     device = resolve_device(scenario.device, override=opts.device)
+    isolation = resolve_isolation(opts.isolation)
     console.line(f"== scenario {scenario.name}: {scenario.link.describe()}")
+    with isolation.pin_self():
+        await _run_groups(scenario, opts, console, groups, device=device, isolation=isolation)
+
+
+async def _run_groups(
+    scenario: Scenario,
+    opts: BenchOptions,
+    console: Console,
+    groups: list[list[dict[str, Any]]],
+    *,
+    device: DeviceSetting,
+    isolation: Isolation,
+) -> None:
     async with BenchLink(
         scenario.link, backend=opts.backend, probe_s=opts.probe_s, seed=opts.seed
     ) as link:
@@ -432,11 +459,19 @@ async def run_scenario(
             console.line("   " + text)
         _warn_rate(link, console)
         console.line(f"   device: {device.describe()}")
+        console.line(f"   isolation: {isolation.describe()}")
         quota_cm = QuotaController(device) if device.quota is not None else None
         with quota_cm if quota_cm is not None else contextlib.nullcontext():
             for model in scenario.run.models:
                 group = _Group(
-                    scenario, model, link, device=device, quota=quota_cm, opts=opts, console=console
+                    scenario,
+                    model,
+                    link,
+                    device=device,
+                    quota=quota_cm,
+                    isolation=isolation,
+                    opts=opts,
+                    console=console,
                 )
                 docs: list[dict[str, Any]] = []
                 groups.append(docs)

@@ -210,7 +210,10 @@ def _plan_doc(client: Any) -> dict[str, Any]:
         "plan": None,
     }
     if plan is not None:
-        parts = [sorted(p - never, key=g.position) for p in plan.partitions]
+        # the partitions the session really sent: the strategy's, re-planned where the
+        # link moved, completed by the layers the best final plan runs on the server
+        sent = client.plan_state.partitions or plan.partitions
+        parts = [sorted(p - never, key=g.position) for p in sent]
         refinements = [
             (sorted(r.layers - never, key=g.position), r.stage) for r in plan.refinements
         ]
@@ -235,8 +238,31 @@ def _plan_doc(client: Any) -> dict[str, Any]:
                 "objective": plan.policy.objective,
             },
             "notes": {str(k): v for k, v in plan.notes.items()},
+            "planned_partitions": len(plan.partitions),
         }
     return doc
+
+
+def _timeline_doc(client: Any, run: _RunState) -> dict[str, Any]:
+    """When the session became ready, the first upload byte left and the plan was known,
+    on the run's clock (the session is ready just before the clock starts: negative)."""
+    tl = client.upload_timeline
+    t0 = run.t0
+    assert t0 is not None
+
+    def rel(t: float | None) -> float | None:
+        return None if t is None else round(t - t0, 4)
+
+    delay = tl.first_byte_delay_s
+    return {
+        "session_ready_s": rel(tl.ready_at),
+        "first_byte_s": rel(tl.first_byte_at),
+        "planned_s": rel(tl.planned_at),
+        "first_byte_delay_ms": None if delay is None else round(delay * 1000, 3),
+        "head_start": list(tl.head_start),
+        "loads": [[rel(a), rel(b), n, round(ms, 3)] for a, b, n, ms in tl.loads],
+        "activations": [[rel(a), rel(b)] for a, b in tl.activations],
+    }
 
 
 async def run_session(worker: Worker, cmd: Mapping[str, Any]) -> None:
@@ -296,6 +322,8 @@ async def _measured(worker: Worker, client: Any, cmd: Mapping[str, Any], run: _R
         elapsed = run.now()
         # Without a start (it raised) there is nothing to report: the error event is.
         doc = _plan_doc(client) if run.t0 is not None else None
+        if doc is not None:
+            doc["timeline"] = _timeline_doc(client, run)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(client.close(), 30.0)
         if doc is not None:

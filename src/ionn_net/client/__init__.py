@@ -42,6 +42,7 @@ from ionn_net.client.types import (
     InferenceResult,
     SegmentTiming,
     UploadProgress,
+    UploadTimeline,
     paced_transport,
 )
 
@@ -53,5 +54,6 @@ __all__ = [
     "PlanState",
     "SegmentTiming",
     "UploadProgress",
+    "UploadTimeline",
     "paced_transport",
 ]

@@ -27,7 +27,7 @@ from ionn_net.client.prepare import PreparedModel, compile_client_side, prepare_
 from ionn_net.client.progress import ProgressFeed
 from ionn_net.client.runner import QueryRunner
 from ionn_net.client.session import UploadSession
-from ionn_net.client.types import ClientConfig, InferenceResult, UploadProgress
+from ionn_net.client.types import ClientConfig, InferenceResult, UploadProgress, UploadTimeline
 from ionn_net.errors import IonnError, OffloadError
 from ionn_net.model.graph import LayerGraph
 from ionn_net.planner.link import Link
@@ -215,6 +215,12 @@ class OffloadClient:
     def uploaded(self) -> frozenset[str]:
         """Digests of the blobs this client sent bytes of (resumed ones included)."""
         return frozenset() if self._parts is None else self._parts.session.uploaded
+
+    @property
+    def upload_timeline(self) -> UploadTimeline:
+        """When the latest session became ready, sent its first upload byte and knew its
+        upload plan (empty before the first connection)."""
+        return UploadTimeline() if self._parts is None else self._parts.session.timeline
 
     @property
     def executor(self) -> Any:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
@@ -105,6 +105,7 @@ class PlanState:
         self._ready: frozenset[str] = frozenset()
         self._base: frozenset[str] = frozenset()
         self._held_blobs: set[str] = set()
+        self._public_blobs: frozenset[str] = frozenset()
         self._partial: dict[str, int] = {}
         self._refused: dict[str, str] = {}
         self._local_only: dict[str, str] = dict(prepared.local_only)
@@ -115,6 +116,7 @@ class PlanState:
         self._loaded_parts = 0
         self._planned_bandwidth: float | None = None
         self._planned_at = 0.0
+        self._loads_in_flight = 0
         # the active plan and the compiled chunks of client segments
         self._chunks: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
         self._coster = SegmentCoster(self._graph, self._client_ms, {}, self._link)
@@ -173,14 +175,32 @@ class PlanState:
 
     @property
     def usable(self) -> frozenset[str]:
-        """The ready layers plans may run on the server: all of them in a precision-first
-        upload, only exact ones otherwise (a server that reports base layers to a client
-        that declared no stages is not believed to be exact about them either)."""
+        """Ready layers plans may run on the server: only exact ones unless the upload is
+        precision-first (a server's base layers are not exact for any other client)."""
         return self._ready if self._stage_costs is not None else self.exact_ready
 
     @property
     def held_blobs(self) -> frozenset[str]:
         return frozenset(self._held_blobs)
+
+    @property
+    def public_blobs(self) -> frozenset[str]:
+        """Blobs the server holds publicly (§10.3.3): never uploaded, loadable at once."""
+        return self._public_blobs
+
+    def needs_upload(self, digest: str | None) -> bool:
+        """The server holds none of blob ``digest``'s bytes for this session or publicly."""
+        return digest is not None and not (
+            digest in self._held_blobs or digest in self._public_blobs
+        )
+
+    def loadable_now(
+        self, layer_blob: Mapping[str, tuple[str | None, int]], never: Collection[str]
+    ) -> frozenset[str]:
+        """Layers not ready that the server can load without any upload: those whose blob
+        it holds (publicly or for this session), and the weightless layers fed only by
+        them, by ready layers or by model inputs (topological order)."""
+        return _loadable(self._graph, self._ready, frozenset(never), layer_blob, self.needs_upload)
 
     @property
     def partial(self) -> Mapping[str, int]:
@@ -302,6 +322,7 @@ class PlanState:
     def adopt_holdings(self, holdings: Holdings) -> None:
         """What the server holds for this session (§10.3.3), after a (re)connect."""
         self._held_blobs = set(holdings.blobs_held)
+        self._public_blobs = frozenset(holdings.blobs_public)
         self._partial = dict(holdings.partial)
         self._ready = frozenset(holdings.layers_ready) & frozenset(self._graph.order)
         self._base = frozenset(holdings.layers_base or ()) & self._ready
@@ -356,6 +377,14 @@ class PlanState:
         """The first ``count`` partitions have gone up."""
         self._uploaded_parts = count
 
+    def load_started(self) -> None:
+        """A load request is on its way (§10.6): the server builds and compiles on the
+        CPU its queries use, until :meth:`load_finished`."""
+        self._loads_in_flight += 1
+
+    def load_finished(self) -> None:
+        self._loads_in_flight = max(0, self._loads_in_flight - 1)
+
     def mark_loaded(self, count: int) -> None:
         """``count`` more partitions are loaded on the server."""
         self._loaded_parts += count
@@ -396,23 +425,23 @@ class PlanState:
         beyond the server's compute and the raw transfer time (queueing behind the
         upload at the bottleneck, framing, scheduling). Plans charge it per round trip,
         so a loaded link leads to plans with fewer client/server transitions. Returns
-        the server's compute milliseconds (None when implausible: not learned from)."""
+        the server's compute milliseconds (None when implausible: not learned from).
+
+        Nothing is learned while a load is in flight: the server's loader then shares
+        its CPU with the query (a segment measured 2-4x slower in ionn-bench), and a
+        speed learned from that transient outlived the load, keeping layers the server
+        had ready on the client for seconds after the upload."""
         if not 0 <= server_ms < 1e7:
             return None
+        if self._loads_in_flight:
+            return float(server_ms)
         link = self._link
         transfer = up_bytes / link.bandwidth + down_bytes / link.down
         # The server's cost model may have been calibrated on a busier (or idler)
         # machine: scale its predictions by what the server really takes for these layers.
-        ratio = None
-        if ran:
-            predicted = sum(self._server_ms.get(n, 0.0) for n in ran)
-            if predicted > 0.05 and server_ms > 0:
-                ratio = server_ms / predicted
-        self._learned.observe(
-            overhead_s=seconds - server_ms / 1000.0 - transfer,
-            scale_ratio=ratio,
-            now=time.monotonic(),
-        )
+        ratio = _scale_ratio(self._server_ms, ran, server_ms)
+        overhead_s = seconds - server_ms / 1000.0 - transfer
+        self._learned.observe(overhead_s=overhead_s, scale_ratio=ratio, now=time.monotonic())
         self._take_learned_rtt()
         return float(server_ms)
 
@@ -447,3 +476,35 @@ class PlanState:
         """The server is gone: queries run locally until a plan is activated again."""
         self._active = ActivePlan(self.local_plan(), frozenset())
         self._active_exact = self._active
+
+
+def _loadable(
+    graph: LayerGraph,
+    ready: frozenset[str],
+    never: frozenset[str],
+    layer_blob: Mapping[str, tuple[str | None, int]],
+    needs_upload: Callable[[str | None], bool],
+) -> frozenset[str]:
+    """:meth:`PlanState.loadable_now` of a server with ``ready`` layers."""
+    inputs = set(graph.inputs)
+    usable: set[str] = set()
+    for name in graph.order:
+        if name in never or name in ready:
+            continue
+        digest = layer_blob[name][0]
+        if digest is not None:
+            if not needs_upload(digest):
+                usable.add(name)
+        elif all(
+            r.layer in usable or r.layer in ready or r.layer in inputs for r in graph[name].inbound
+        ):
+            usable.add(name)
+    return frozenset(usable)
+
+
+def _scale_ratio(
+    server_ms_map: Mapping[str, float], ran: Sequence[str], server_ms: float
+) -> float | None:
+    """What the server really took for ``ran`` against what its cost model predicts."""
+    predicted = sum(server_ms_map.get(n, 0.0) for n in ran)
+    return server_ms / predicted if ran and predicted > 0.05 and server_ms > 0 else None

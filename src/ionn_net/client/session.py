@@ -15,6 +15,16 @@ and loads them at base precision, then the refinements (:func:`.staged.refinemen
 the plan's order, then whatever else is still at base after a re-plan or a reconnect),
 each unit loaded again to swap its exact weights in. After the upload, the session
 re-plans once a second as what queries taught fades.
+
+No idle link while the client plans: planning an upload can take seconds of CPU (``ours``
+simulates many candidate orders), so the strategy plans in a worker thread while the
+session already sends the *head start*: the model's first layers in topological order,
+each blob small enough to go up in a fraction of a second, until the plan is known. Every
+strategy that offloads a prefix of the network sends them first anyway, and every plan
+completes with the layers the best plan runs on the server (:func:`with_completion`),
+which include them when offloading pays at all; their blobs are then simply held when
+their partition comes (§10.5). The session records when it became ready, when the first
+upload byte left and when the plan was known (:class:`~ionn_net.client.types.UploadTimeline`).
 """
 
 from __future__ import annotations
@@ -25,14 +35,17 @@ import logging
 import os
 import random
 import time
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from ionn_net.aio import AioConnection, connect
+from ionn_net.client.background import Activations, head_start_layers, load_in_order
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
 from ionn_net.client.staged import refinement_units, stage_codec
-from ionn_net.client.types import ClientConfig
+from ionn_net.client.types import ClientConfig, UploadTimeline
 from ionn_net.config import Setting
 from ionn_net.errors import IonnError, OffloadError
 from ionn_net.messages import (
@@ -69,6 +82,9 @@ _REFRESH_S = 1.0
 _MAX_PREPARE = 16
 #: Times a stage refused with ``digest_mismatch`` is sent again on one connection (§10.12.3).
 _STAGE_ATTEMPTS = 3
+#: A head-start blob must go up in at most this many seconds at the estimated bandwidth:
+#: the plan, once known, waits for the blob in flight.
+_HEAD_BLOB_S = 0.25
 
 
 async def handshake(
@@ -126,6 +142,11 @@ class UploadSession:
         self._conn: AioConnection | None = None
         self._closing = False
         self._uploaded: set[str] = set()
+        self._timeline = UploadTimeline()
+        # the re-planning of the rest of the upload in a worker thread, while it goes on
+        self._replanning: asyncio.Future[list[frozenset[str]]] | None = None
+        # plans activated after loads, compiled in the background
+        self._activations = Activations(self.activate)
 
     @property
     def connection(self) -> AioConnection | None:
@@ -136,6 +157,11 @@ class UploadSession:
     def uploaded(self) -> frozenset[str]:
         """Digests of the blobs this client sent bytes of (resumed ones included)."""
         return frozenset(self._uploaded)
+
+    @property
+    def timeline(self) -> UploadTimeline:
+        """Milestones of the latest session's upload (see :class:`UploadTimeline`)."""
+        return replace(self._timeline, activations=tuple(self._activations.records))
 
     def stop(self) -> None:
         """End the loop at its next turn (the caller cancels the task)."""
@@ -155,7 +181,11 @@ class UploadSession:
             welcome = await handshake(conn, self._session_key, config.secret, limit)
             self._state.adopt_cost_model(welcome.cost_model)
             self._state.set_ping(await conn.ping())
-            manifest = Manifest(model=prepared.model_digest, body_len=len(prepared.manifest_body))
+            manifest = Manifest(
+                model=prepared.model_digest,
+                body_len=len(prepared.manifest_body),
+                public=config.public,
+            )
             head, _ = await conn.request(
                 manifest.to_head(), prepared.manifest_body, limit=limit, urgency=CONTROL_URGENCY
             )
@@ -164,6 +194,7 @@ class UploadSession:
             conn.abort()
             raise
         self._conn = conn
+        self._timeline = UploadTimeline(ready_at=time.monotonic())
         self._state.adopt_holdings(holdings)
 
     async def run(self) -> None:
@@ -244,9 +275,20 @@ class UploadSession:
         # rare, and compiling every plan's fallback would double the client's compile
         # work during the upload. A failed segment compiles its slice on demand.
 
-    async def _plan_upload(self) -> None:
-        """Plan the upload with the strategy (worker thread), from what the server holds."""
-        state = self._state
+    async def _plan_upload(self, conn: AioConnection) -> None:
+        """Plan the upload with the strategy (worker thread), from what the server holds,
+        sending the head start meanwhile (see the module docstring)."""
+        state, prepared = self._state, self._prepared
+        head = head_start_layers(  # blobs that go up in _HEAD_BLOB_S at most
+            prepared.graph,
+            prepared.layer_blob,
+            held_blobs=state.held_blobs,
+            never=self._never_sent(),
+            max_bytes=state.link.bandwidth * _HEAD_BLOB_S,
+        )
+        # the first blob's frames are written before the planner's thread takes the CPU
+        first = asyncio.ensure_future(_upload_layer(self, conn, head[0])) if head else None
+        await asyncio.sleep(0)
         ctx, never = state.context(), self._never_sent()
         strategy = get_planner(self._planner)
 
@@ -254,13 +296,42 @@ class UploadSession:
             found = strategy.plan(ctx)
             return found, with_completion(ctx, found.partitions, ctx.held, never)
 
-        found, partitions = await asyncio.to_thread(plan)
+        planning = asyncio.ensure_future(asyncio.to_thread(plan))
+        planning.add_done_callback(self._planned)
+        sent: list[str] = []
+        try:
+            if first is not None:
+                await first
+                sent.append(head[0])
+            for name in head[1:]:
+                if planning.done():
+                    break
+                await _upload_layer(self, conn, name)
+                sent.append(name)
+            found, partitions = await planning
+        finally:
+            if first is not None:
+                first.cancel()  # only if the head start failed
+            planning.cancel()  # likewise (the thread runs to its end)
+            self._timeline = replace(self._timeline, head_start=tuple(sent))
         state.start_upload(found, partitions)
+
+    def _planned(self, _: object) -> None:
+        self._timeline = replace(self._timeline, planned_at=time.monotonic())
 
     async def _maybe_replan(self) -> None:
         """Re-plan the rest of the upload when the measured bandwidth has moved by more
-        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU)."""
+        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU), in
+        a worker thread while the upload goes on (``ours`` plans for seconds); the result,
+        minus what went up meanwhile, replaces the rest at the next partition boundary."""
         state = self._state
+        task = self._replanning
+        if task is not None:
+            if task.done():
+                self._replanning = None
+                sent = state.sent()
+                state.replace_rest([p - sent for p in task.result() if p - sent])
+            return
         now = time.monotonic()
         if not state.replan_due(now):
             return
@@ -272,7 +343,7 @@ class UploadSession:
             found = strategy.replan(ctx, sent - ctx.held, ctx.link, now - self._started)
             return with_completion(ctx, found.partitions, sent, never)
 
-        state.replace_rest(await asyncio.to_thread(replan, ctx))
+        self._replanning = asyncio.ensure_future(asyncio.to_thread(replan, ctx))
 
     def _never_sent(self) -> frozenset[str]:
         return self._state.never() | frozenset(self._prepared.graph.inputs)
@@ -285,17 +356,22 @@ class UploadSession:
         if not self._config.upload or self._planner == "local":
             self._emit_progress(done=True)
             return
-        await self._plan_upload()
+        if state.public_blobs:  # §10.3.3: what the server holds publicly is used at once,
+            held = state.loadable_now(self._prepared.layer_blob, self._never_sent())
+            if held:  # and the upload plans only the rest (a head on a catalog backbone)
+                logger.info("the server holds %d layers' blobs: loading them first", len(held))
+                await self._load(conn, held)
+        await self._plan_upload(conn)
         if state.ready:
             await self.activate(state.usable)
         loads: asyncio.Queue[frozenset[str] | None] = asyncio.Queue()
-        loader = asyncio.create_task(self._load_in_order(conn, loads))
+        loader = asyncio.create_task(load_in_order(loads, partial(self._load_parts, conn)))
         try:
             index = 0
             while index < len(state.partitions):
                 part = state.partitions[index]
                 for name in sorted(part, key=self._prepared.graph.position):
-                    await self._upload_layer(conn, name)
+                    await _upload_layer(self, conn, name)
                     if loader.done():
                         loader.result()  # a failed load ends the session attempt
                 loads.put_nowait(part)
@@ -304,8 +380,13 @@ class UploadSession:
                 await self._maybe_replan()
             loads.put_nowait(None)
             await loader
+            await self._activations.wait()
         finally:
             loader.cancel()
+            self._activations.cancel()
+            if self._replanning is not None:  # the plan it would change is all sent
+                self._replanning.cancel()
+                self._replanning = None
         await self._refine_all(conn)
         self._emit_progress(done=True)
 
@@ -321,7 +402,7 @@ class UploadSession:
         )
         for unit in units:
             for name in sorted(unit, key=graph.position):
-                await self._upload_layer(conn, name, stage=1)
+                await _upload_layer(self, conn, name, stage=1)
             load = Load(model=self._prepared.model_digest, layers=tuple(sorted(unit)))
             limit = self._config.limits.max_message_size
             head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
@@ -329,68 +410,9 @@ class UploadSession:
             state.adopt_ready(done.layers_ready, done.layers_base)
             self._emit_progress()
 
-    async def _load_in_order(
-        self, conn: AioConnection, loads: asyncio.Queue[frozenset[str] | None]
-    ) -> None:
-        finished = False
-        while not finished:
-            batch = [await loads.get()]
-            while not loads.empty():  # the loader fell behind: load what is waiting at once
-                batch.append(loads.get_nowait())
-            finished = batch[-1] is None
-            parts = [p for p in batch if p is not None]
-            if parts:
-                await self._load(conn, frozenset().union(*parts))
-                self._state.mark_loaded(len(parts))
-                self._emit_progress()
-
-    async def _upload_layer(self, conn: AioConnection, name: str, stage: int = 0) -> None:
-        """Send one layer's blob (or stage ``stage`` of it, §10.12.3) from the server's
-        offset, in messages of at most ``_BLOB_PIECE`` bytes (and the peer's
-        MAX_MESSAGE_SIZE): VGG16's first dense layer alone is 411 MB, above the 256 MiB
-        default (protocol.md §10.5.1). A stage refused with ``digest_mismatch`` goes
-        again from its start (the server dropped it), a few times."""
-        state = self._state
-        unit = self._prepared.upload_unit(name, stage)
-        blob_digest = self._prepared.layer_blob[name][0]
-        if unit is None or unit[0] in state.held_blobs or blob_digest in state.held_blobs:
-            return
-        digest, data, encoding = unit
-        size, blob = len(data), memoryview(data)
-        codec, width = stage_codec(encoding) if encoding else (Codec.ZSTD_SHUFFLE4, 4)
-        offset = int(state.partial.get(digest, 0))
-        piece = min(_BLOB_PIECE, conn.peer_settings[Setting.MAX_MESSAGE_SIZE])
-        attempts = 0
-        while True:
-            n = min(piece, size - offset)
-            started, written = time.monotonic(), conn.bytes_sent
-            try:
-                ok = await self._send_blob_piece(
-                    conn, digest, size, offset, blob[offset : offset + n], codec=codec, width=width
-                )
-            except RemoteError as exc:
-                attempts += exc.code == "digest_mismatch"
-                if exc.code == "digest_mismatch" and encoding and attempts < _STAGE_ATTEMPTS:
-                    logger.warning(
-                        "stage %s of %s refused (%s): sending it again", stage, name, exc
-                    )
-                    offset = 0
-                    state.record_piece(digest, 0)
-                    continue
-                if exc.code != "offset_conflict":
-                    raise
-                offset = exc.error.offset or 0  # the server's offset is authoritative
-                continue
-            state.observe_transfer(conn.bytes_sent - written, time.monotonic() - started)
-            self._stats["sent_bytes"] += n
-            self._uploaded.add(digest)
-            offset += n
-            state.record_piece(digest, offset)
-            if ok.complete or offset >= size:
-                break
-            self._emit_progress()
-        # a refinement is never held itself: the server rebuilt the exact blob from it
-        state.record_held(blob_digest if stage and blob_digest else digest)
+    async def _load_parts(self, conn: AioConnection, layers: frozenset[str], parts: int) -> None:
+        await self._load(conn, layers)
+        self._state.mark_loaded(parts)
         self._emit_progress()
 
     async def _send_blob_piece(
@@ -404,6 +426,8 @@ class UploadSession:
         codec: Codec,
         width: int,
     ) -> BlobOk:
+        if self._timeline.first_byte_at is None:
+            self._timeline = replace(self._timeline, first_byte_at=time.monotonic())
         blob = Blob(
             model=self._prepared.model_digest,
             sha256=digest,
@@ -440,23 +464,29 @@ class UploadSession:
         )
         started = time.monotonic()
         limit = self._config.limits.max_message_size
-        head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+        state.load_started()
+        try:
+            head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+        finally:
+            state.load_finished()
         done = parse_reply(head, LoadOk)
-        loaded = time.monotonic()
         state.adopt_ready(done.layers_ready, done.layers_base)
-        await self.activate(state.usable, plan)
+        record = (started, time.monotonic(), len(part), float(done.load_ms))
+        self._timeline = replace(self._timeline, loads=(*self._timeline.loads, record))
         logger.info(
-            "partition of %d layers: server load %.2f s (it says %.0f ms), client compile %.2f s",
+            "partition of %d layers: server load %.2f s (it says %.0f ms)",
             len(part),
-            loaded - started,
+            time.monotonic() - started,
             done.load_ms,
-            time.monotonic() - loaded,
         )
+        self._activations.submit(state.usable, plan)
 
     # -- progress ------------------------------------------------------------------------
 
     def _emit_progress(self, *, done: bool = False) -> None:
         state = self._state
+        if state.upload_plan is None and not done:
+            return  # the head start, before any plan: no partitions to report on yet
         self._progress.publish(
             upload_progress(
                 state.partitions,
@@ -478,3 +508,54 @@ class UploadSession:
         pacer = None if self._conn is None else self._conn.pacer
         rate = None if pacer is None else pacer.pacing_rate
         return None if rate is None else rate * 8e-6
+
+
+async def _upload_layer(
+    session: UploadSession, conn: AioConnection, name: str, stage: int = 0
+) -> None:
+    """``session`` sends one layer's blob (or stage ``stage`` of it, §10.12.3) from the
+    server's offset, in messages of at most ``_BLOB_PIECE`` bytes (and the peer's
+    MAX_MESSAGE_SIZE): VGG16's first dense layer alone is 411 MB, above the 256 MiB
+    default (protocol.md §10.5.1). A stage refused with ``digest_mismatch`` goes again
+    from its start (the server dropped it), a few times. A function of the session's
+    module, not a method, so that the session class stays small."""
+    state = session._state
+    unit = session._prepared.upload_unit(name, stage)
+    blob_digest = session._prepared.layer_blob[name][0]
+    if unit is None or not state.needs_upload(unit[0]) or not state.needs_upload(blob_digest):
+        return
+    digest, data, encoding = unit
+    size, blob = len(data), memoryview(data)
+    codec, width = stage_codec(encoding) if encoding else (Codec.ZSTD_SHUFFLE4, 4)
+    offset = int(state.partial.get(digest, 0))
+    piece = min(_BLOB_PIECE, conn.peer_settings[Setting.MAX_MESSAGE_SIZE])
+    attempts = 0
+    while True:
+        n = min(piece, size - offset)
+        started, written = time.monotonic(), conn.bytes_sent
+        try:
+            ok = await session._send_blob_piece(
+                conn, digest, size, offset, blob[offset : offset + n], codec=codec, width=width
+            )
+        except RemoteError as exc:
+            attempts += exc.code == "digest_mismatch"
+            if exc.code == "digest_mismatch" and encoding and attempts < _STAGE_ATTEMPTS:
+                logger.warning("stage %s of %s refused (%s): sending it again", stage, name, exc)
+                offset = 0
+                state.record_piece(digest, 0)
+                continue
+            if exc.code != "offset_conflict":
+                raise
+            offset = exc.error.offset or 0  # the server's offset is authoritative
+            continue
+        state.observe_transfer(conn.bytes_sent - written, time.monotonic() - started)
+        session._stats["sent_bytes"] += n
+        session._uploaded.add(digest)
+        offset += n
+        state.record_piece(digest, offset)
+        if ok.complete or offset >= size:
+            break
+        session._emit_progress()
+    # a refinement is never held itself: the server rebuilt the exact blob from it
+    state.record_held(blob_digest if stage and blob_digest else digest)
+    session._emit_progress()

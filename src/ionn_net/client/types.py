@@ -16,7 +16,14 @@ from ionn_net.config import Limits
 from ionn_net.errors import ConfigError
 from ionn_net.model.stages import PRECISIONS
 
-__all__ = ["ClientConfig", "InferenceResult", "SegmentTiming", "UploadProgress", "paced_transport"]
+__all__ = [
+    "ClientConfig",
+    "InferenceResult",
+    "SegmentTiming",
+    "UploadProgress",
+    "UploadTimeline",
+    "paced_transport",
+]
 
 
 def paced_transport(rate_bps: float | None = None) -> TransportOptions:
@@ -61,6 +68,11 @@ class ClientConfig:
     #: result computed on base weights says so (``InferenceResult.exact``), and a query
     #: may still ask for exact weights (``infer(x, exact=True)``).
     precision: str = "exact"
+    #: Publish this model's blobs (protocol.md §10.3.4): ``True`` every blob, a tuple of
+    #: layer names those layers' blobs. Once this client's upload of a marked blob is
+    #: verified, the server tells any later session naming the same blob that it holds
+    #: it; unmarked blobs stay private to this session key (§14.5).
+    public: bool | tuple[str, ...] = False
 
     def __post_init__(self) -> None:
         for name in ("query_timeout_s", "slowdown", "assumed_mbit", "backoff_initial_s"):
@@ -77,6 +89,11 @@ class ClientConfig:
             )
         if self.backoff_max_s < self.backoff_initial_s:
             raise ConfigError("backoff_max_s: expected >= backoff_initial_s")
+        public = self.public
+        if not isinstance(public, bool) and not (
+            isinstance(public, tuple) and all(isinstance(n, str) for n in public)
+        ):
+            raise ConfigError(f"public: expected a bool or a tuple of layer names, got {public!r}")
         key = self.session_key
         if key is not None and (len(key) != 32 or any(c not in "0123456789abcdef" for c in key)):
             raise ConfigError(f"session_key: expected 32 lowercase hex digits, got {key!r}")
@@ -141,3 +158,30 @@ class UploadProgress:
     @property
     def fraction(self) -> float:
         return 1.0 if self.total_bytes == 0 else min(1.0, self.sent_bytes / self.total_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadTimeline:
+    """When the latest upload session reached its milestones (``time.monotonic()``
+    seconds; None: not yet). ``ready_at``: the manifest was acknowledged (§10.3), the
+    session can upload; ``first_byte_at``: the first blob message was handed to the
+    connection; ``planned_at``: the strategy's upload plan was known. The client does not
+    wait for its plan to start uploading: until then it sends ``head_start``, the first
+    layers of the model in order (see :mod:`ionn_net.client.session`)."""
+
+    ready_at: float | None = None
+    first_byte_at: float | None = None
+    planned_at: float | None = None
+    head_start: tuple[str, ...] = ()
+    #: each load of the session (§10.6): (sent at, answered at, layers, the server's
+    #: own ``load_ms``)
+    loads: tuple[tuple[float, float, int, float], ...] = ()
+    #: each plan activated after a load: (compile started, plan switched)
+    activations: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def first_byte_delay_s(self) -> float | None:
+        """Seconds from session ready to the first upload byte (None: not both yet)."""
+        if self.ready_at is None or self.first_byte_at is None:
+            return None
+        return self.first_byte_at - self.ready_at

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ionn_net.messages.members import (
+    MemberError,
     get_body_len,
     get_bool,
     get_choice,
@@ -45,23 +46,47 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Manifest:
-    """§10.3.1: the model's manifest as body; ``model`` is its SHA-256."""
+    """§10.3.1: the model's manifest as body; ``model`` is its SHA-256. ``public``
+    (§10.3.4): ``True`` marks every blob of the model public, a tuple of layer names the
+    blobs of those layers, ``False`` (absent on the wire) none. Whether the names are
+    layers of the manifest is checked by the server once it has parsed the body."""
 
     KIND: ClassVar[str] = "manifest"
     model: str
     body_len: int
+    public: bool | tuple[str, ...] = False
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> Manifest:
-        return cls(model=get_digest(head, "model"), body_len=get_body_len(head))
+        return cls(
+            model=get_digest(head, "model"),
+            body_len=get_body_len(head),
+            public=_public_marking(head),
+        )
 
     def to_head(self) -> dict[str, object]:
-        return {"m": self.KIND, "model": self.model, "body_len": self.body_len}
+        head: dict[str, object] = {"m": self.KIND, "model": self.model, "body_len": self.body_len}
+        if self.public is not False:
+            head["public"] = self.public if self.public is True else list(self.public)
+        return head
+
+
+def _public_marking(head: Mapping[str, Any]) -> bool | tuple[str, ...]:
+    """§10.3.4: ``public`` is absent, a boolean or a list of layer names."""
+    value = head.get("public", False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, list):
+        return get_layer_list(head, "public")
+    raise MemberError("public", "true, false or a list of layer names", value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Holdings:
-    """What the server holds of one model for this session (§10.3.3, §10.4, §14.5).
+    """What the server holds of one model for this session (§10.3.3, §10.4, §14.5):
+    ``blobs_held`` this session uploaded; ``blobs_public`` the server holds publicly (a
+    catalog or another session's published upload, §14.5.1), which the client need not
+    upload. An answer without ``blobs_public`` (a server that predates it) holds none.
     ``layers_base`` (§10.12.4): the ready layers that run on base-stage weights; None
     (the member absent) for a model that declares no stages."""
 
@@ -70,6 +95,7 @@ class Holdings:
     layers_ready: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
     layers_base: tuple[str, ...] | None = None
+    blobs_public: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> Holdings:
@@ -79,6 +105,7 @@ class Holdings:
             layers_ready=get_layer_list(head, "layers_ready"),
             refused=get_reasons(head, "refused"),
             layers_base=get_optional_layer_list(head, "layers_base"),
+            blobs_public=(get_digest_list(head, "blobs_public") if "blobs_public" in head else ()),
         )
 
     def members(self) -> dict[str, object]:
@@ -87,6 +114,7 @@ class Holdings:
             "partial": dict(self.partial),
             "layers_ready": list(self.layers_ready),
             "refused": dict(self.refused),
+            "blobs_public": list(self.blobs_public),
         }
         if self.layers_base is not None:
             out["layers_base"] = list(self.layers_base)

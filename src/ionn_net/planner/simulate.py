@@ -15,10 +15,34 @@ Model:
   (``link_changes``); an optional ``replanner`` is then called at once with the
   layers already sent and the new link; its partitions replace the rest of the queue,
   and the partition in flight is abandoned unless the new plan still wants it.
-* **Loading.** One loader on the server: a partition becomes usable at
-  ``max(arrival, previous partition usable) + load``, where load is its layers' load
+* **Planning.** The client may still be planning when the session starts
+  (``planned_s``): until then it sends only its head start (``head_start``, layers in
+  order, each started before ``planned_s``; the link idles once they are sent), then the
+  partitions, whose bytes exclude the head start's. Without either, the plan is known at 0.
+* **Loading.** One loader on the server, which takes every partition that has arrived by
+  the time it is free as one load (as the client's session sends them): a partition
+  becomes usable at ``max(arrival, loader free) + load``, where load is its layers' load
   times + the partition overhead + compiling the run sets of the best plan with it
   (``PlanningContext.partition_load_s``). Queries never pay compilation.
+* **Client compile.** With ``activation_s``, the partitions of load ``k`` become usable
+  by queries ``activation_s[k]`` after the server has loaded them: the client compiles its
+  side of the new plan first (the server's loader does not wait for that).
+* **Server contention.** With ``loader_extra_s``, a server segment that starts while the
+  loader works (building and compiling a partition, or consolidating after the upload)
+  takes that much longer: the loader's threads and the query's share the server's CPU
+  and interpreter, and a call waits for them at each hand-over, whatever its size.
+* **Client contention.** With ``client_extra_s``, a query that runs part of the model
+  on the client while the upload is not over takes that much longer: the client's own
+  upload work (compressing and framing blobs, planning, compiling new plans) shares its
+  CPU and interpreter with the query.
+* **Planning view.** With ``plan_server_ms``, queries choose their plans with those
+  server times (the client's prior, e.g. the server's announced cost model) until the
+  first query that ran on the server; from then on with the context's (what the client
+  learns from each answer).
+* **Pacing.** With ``pace``, the upload (not the queries' tensors) goes no faster than
+  the client's pacer lets it, from each given time on.
+* **Measured loads.** ``load_s`` gives the duration of the first loads (as a run
+  measured them, in order) instead of the per-layer model.
 * **Queries.** One at a time on the client (a query issued while another runs waits).
   A query takes the best execution plan (policy method) for the layers usable when it
   starts; each server segment costs upload of its input boundary tensors, one RTT,
@@ -39,22 +63,32 @@ Model:
 
 from __future__ import annotations
 
-import copy
 import math
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ionn_net.errors import PlannerError
-from ionn_net.planner.execution import ExecutionPlan, ExecutionPlanner, Segment, planner_for
+from ionn_net.planner.execution import (
+    ExecutionPlan,
+    ExecutionPlanner,
+    LayerTimes,
+    Segment,
+    planner_for,
+)
 from ionn_net.planner.link import Link
-from ionn_net.planner.timeline import PartitionRecord, QueryRecord, SimResult
+from ionn_net.planner.timeline import (
+    PartitionRecord,
+    QueryRecord,
+    SimResult,
+    issue_time,
+    repeat_query,
+)
+from ionn_net.planner.uploader import Replanner, Uploader
 from ionn_net.planner.workload import (
     ExecutionPolicy,
     PlanningContext,
-    QueryPattern,
     Refinement,
     UploadPlan,
 )
@@ -69,276 +103,7 @@ __all__ = [
     "simulate_partitions",
 ]
 
-#: Called at a partition boundary after a bandwidth change: (layers sent, new link)
-#: -> partitions to send next.
-Replanner = Callable[[frozenset[str], Link], Sequence[frozenset[str]]]
-
 _MAX_QUERIES = 1_000_000
-
-
-class _Uploader:
-    """The upload fluid: progress over the link's free time, and the loader."""
-
-    def __init__(
-        self,
-        ctx: PlanningContext,
-        partitions: Sequence[frozenset[str]],
-        link_changes: Sequence[tuple[float, Link]],
-        replanner: Replanner | None,
-        refinements: Sequence[Refinement] = (),
-    ) -> None:
-        self.ctx = ctx
-        #: upload units: (layers, stage); stage 0 makes layers usable (whole blobs, or
-        #: base stages precision-first), later stages refine them
-        self.queue: deque[tuple[frozenset[str], int]] = deque(_units(partitions, refinements))
-        self.changes = list(link_changes)
-        self.replanner = replanner
-        self.now = 0.0
-        self.rem = 0.0
-        self.current: frozenset[str] | None = None
-        self.current_stage = 0
-        self.stages = ctx.stages
-        #: precision-first: the last stage each sent layer received, and when the layers
-        #: whose last stage arrived run on exact weights; layers still approximate
-        self.level: dict[str, int] = {}
-        self.exact_at: dict[str, float] = {}
-        self.inexact: set[str] = set()
-        self.sent_at = 0.0
-        self.busy: deque[tuple[float, float]] = deque()
-        self.records: list[PartitionRecord] = []
-        self.loader_free = 0.0
-        self.sent_layers: set[str] = set(ctx.held)
-        self.planned_with = 0  # index into self.changes already planned for
-        self.replans = 0
-        self.abandoned = 0
-        #: the server segments of the best plan once ``usable`` layers are ready
-        self.run_sets: Callable[[frozenset[str], Link], tuple[frozenset[str], ...]] | None = None
-        self.usable: list[frozenset[str]] = [ctx.held]
-        self.n_usable = 0
-        #: the partition that brought each layer (0: held before): the server's pieces
-        self.batch_of: dict[str, int] = dict.fromkeys(ctx.held, 0)
-        self.compiled: set[frozenset[str]] = set()
-        #: when the server has compiled every segment in use as one slice (§10.6)
-        self.consolidated_at = math.inf
-        self.needed = frozenset(n.name for n in ctx.graph if n.cls != "InputLayer")
-        self.piece_memo: dict[frozenset[tuple[str, int]], tuple[frozenset[str], ...]] = {}
-
-    def link_at(self, t: float) -> tuple[int, Link]:
-        idx, link = 0, self.ctx.link
-        for i, (when, new) in enumerate(self.changes):
-            if when <= t:
-                idx, link = i + 1, new
-        return idx, link
-
-    def next_change(self, t: float) -> float:
-        return next((when for when, _ in self.changes if when > t), math.inf)
-
-    def add_busy(self, start: float, end: float) -> None:
-        if end <= start:
-            return
-        if self.busy and start <= self.busy[-1][1]:
-            self.busy[-1] = (self.busy[-1][0], max(end, self.busy[-1][1]))
-        else:
-            self.busy.append((start, end))
-
-    def _maybe_replan(self) -> None:
-        """After a bandwidth change, ask the replanner for the rest of the upload. The
-        partition in flight keeps going if the new plan still wants any of its layers
-        (they are dropped from the new queue); otherwise it is abandoned and the bytes
-        already sent are lost."""
-        idx, link = self.link_at(self.now)
-        if self.replanner is None or idx <= self.planned_with:
-            return
-        self.planned_with = idx
-        self.replans += 1
-        fresh = [p - self.sent_layers for p in self.replanner(frozenset(self.sent_layers), link)]
-        wanted = frozenset().union(*fresh) if fresh else frozenset()
-        if self.current is not None and self.current_stage == 0:
-            if self.current & wanted:
-                fresh = [p - self.current for p in fresh]
-            else:
-                self.current = None
-                self.records.pop()
-                self.abandoned += 1
-        refine = [unit for unit in self.queue if unit[1] > 0]
-        self.queue = deque([(p, 0) for p in fresh if p] + refine)
-
-    def _start_next(self) -> bool:
-        self._maybe_replan()
-        while True:
-            if not self.queue and not self._queue_refinement():
-                return False
-            layers, stage = self.queue.popleft()
-            if stage == 0:
-                self.current = layers - self.sent_layers
-                break
-            self.current = frozenset(n for n in layers if self.level.get(n) == stage - 1)
-            if self.current:
-                break
-        self.current_stage = stage
-        link = self.link_at(self.now)[1]
-        wb = sum(self.ctx.graph[n].weight_bytes for n in self.current)
-        if self.stages is None:
-            self.rem = wb / link.weight_ratio
-        else:
-            self.rem = self.stages.wire_bytes(wb, stage)
-        self.records.append(
-            PartitionRecord(len(self.records), self.current, self.rem, self.now, -1, -1, stage)
-        )
-        return True
-
-    def _queue_refinement(self) -> bool:
-        """Precision-first: once nothing else is queued, the next stage of every layer
-        still approximate (whatever the plan listed, the upload ends exact)."""
-        if not self.inexact:
-            return False
-        low = min(self.level[n] for n in self.inexact)
-        layers = frozenset(n for n in self.inexact if self.level[n] == low)
-        self.queue.append((layers, low + 1))
-        return True
-
-    def _finish(self) -> None:
-        assert self.current is not None
-        if self.current_stage > 0:
-            self._finish_refinement()
-            return
-        part = self.current
-        g = self.ctx.graph
-        layer_load = sum(float(self.ctx.load_s[g.position(n)]) for n in part)
-        if self.stages is not None:  # the base stage is decoded before the layer is built
-            layer_load += self.stages.decode_s(sum(g[n].weight_bytes for n in part), 0)
-            # only layers with weights travel as stages (§10.12.1): the others are exact
-            staged = frozenset(n for n in part if g[n].weight_bytes > 0)
-            self.level.update(dict.fromkeys(staged, 0))
-            self.inexact |= staged
-        self.batch_of.update(dict.fromkeys(part, len(self.records)))
-        usable = self.usable[-1] | part
-        fresh: list[frozenset[str]] = []
-        segments: tuple[frozenset[str], ...] = ()
-        if self.run_sets is not None and self.ctx.compile_ms_per_layer > 0:
-            segments = self.run_sets(usable, self.link_at(self.now)[1])
-            for seg in segments:
-                fresh.extend(p for p in self.pieces(seg) if p not in self.compiled)
-            self.compiled.update(fresh)
-        load = self.ctx.partition_load_s(layer_load, sum(map(len, fresh)))
-        ready = max(self.now, self.loader_free) + load
-        self.loader_free = ready
-        if self.needed <= usable:  # complete: each segment becomes one slice, in turn
-            whole = sum(len(s) for s in segments if len(self.pieces(s)) > 1)
-            self.consolidated_at = ready + self.ctx.compile_ms_per_layer / 1000.0 * whole
-        rec = self.records[-1]
-        self.records[-1] = PartitionRecord(
-            rec.index, part, rec.wire_bytes, rec.sent_s, self.now, ready
-        )
-        self.sent_layers |= part
-        self.usable.append(self.usable[-1] | part)
-        self.current = None
-
-    def _finish_refinement(self) -> None:
-        """A refinement arrived: the loader checks, decodes and swaps it in (no rebuild,
-        no compilation: the built layers' variables are assigned)."""
-        assert self.current is not None and self.stages is not None
-        part, stage = self.current, self.current_stage
-        wb = sum(self.ctx.graph[n].weight_bytes for n in part)
-        ready = max(self.now, self.loader_free) + self.stages.refine_s(wb, len(part), stage)
-        self.loader_free = ready
-        self.level.update(dict.fromkeys(part, stage))
-        if stage == self.stages.stages - 1:
-            self.exact_at.update(dict.fromkeys(part, ready))
-            self.inexact -= part
-        rec = self.records[-1]
-        self.records[-1] = PartitionRecord(
-            rec.index, part, rec.wire_bytes, rec.sent_s, self.now, ready, stage
-        )
-        self.usable.append(self.usable[-1])
-        self.current = None
-
-    def exact_by(self, layers: Iterable[str], t: float) -> bool:
-        """Whether every one of ``layers`` runs on exact weights at time ``t`` (layers
-        held before the upload do)."""
-        if self.stages is None:
-            return True
-        return all(
-            self.exact_at.get(n, -1.0 if n not in self.level else math.inf) <= t for n in layers
-        )
-
-    def pieces(self, layers: frozenset[str]) -> tuple[frozenset[str], ...]:
-        """:meth:`LayerGraph.pieces` of usable ``layers`` (memoised: a pure function of
-        the layers and the partitions they came in)."""
-        key = frozenset((n, self.batch_of[n]) for n in layers)
-        found = self.piece_memo.get(key)
-        if found is None:
-            found = tuple(self.ctx.graph.pieces(layers, self.batch_of))
-            self.piece_memo[key] = found
-        return found
-
-    def advance(self, t: float) -> None:
-        """Move the upload forward to time ``t``."""
-        guard = 0
-        while self.now < t:
-            guard += 1
-            if guard > 10_000_000:
-                raise PlannerError("simulation: upload did not converge")
-            self._maybe_replan()
-            if self.current is None and not self._start_next():
-                # idle until the next bandwidth change (which may bring a new plan)
-                self.now = min(t, self.next_change(self.now)) if self.replanner else t
-                continue
-            while self.busy and self.busy[0][1] <= self.now:
-                self.busy.popleft()
-            if self.busy and self.busy[0][0] <= self.now:
-                self.now = min(self.busy[0][1], t)
-                continue
-            horizon = min(t, self.busy[0][0] if self.busy else math.inf, self.next_change(self.now))
-            bw = self.link_at(self.now)[1].bandwidth
-            if self.rem <= (horizon - self.now) * bw:
-                self.now += self.rem / bw
-                self.rem = 0.0
-                self._finish()
-            else:
-                self.rem -= (horizon - self.now) * bw
-                self.now = horizon
-
-    def clone(self) -> _Uploader:
-        """An independent copy that never calls the replanner (for look-ahead)."""
-        twin = copy.copy(self)
-        twin.queue = deque(self.queue)
-        twin.busy = deque(self.busy)
-        twin.records = list(self.records)
-        twin.sent_layers = set(self.sent_layers)
-        twin.usable = list(self.usable)
-        twin.batch_of = dict(self.batch_of)
-        twin.compiled = set(self.compiled)
-        twin.level = dict(self.level)
-        twin.exact_at = dict(self.exact_at)
-        twin.inexact = set(self.inexact)
-        twin.replanner = None
-        return twin
-
-    def finished_by(self, t: float) -> bool:
-        """True when nothing is left to send, every partition is usable at ``t`` and
-        the server has compiled its chained segments as one slice (if it ever will)."""
-        self.advance(t)
-        if self.queue or self.current is not None or self.inexact:
-            return False
-        usable = not self.records or self.records[-1].ready_s <= t
-        return usable and (math.isinf(self.consolidated_at) or self.consolidated_at <= t)
-
-    def usable_count(self, t: float) -> int:
-        """Partitions usable at time ``t``."""
-        self.advance(t)
-        recs = self.records
-        while self.n_usable < len(recs) and 0 <= recs[self.n_usable].ready_s <= t:
-            self.n_usable += 1
-        return self.n_usable
-
-    def drain(self, limit: float) -> float:
-        """Finish the upload with no more queries; return when it is usable."""
-        while self.current is not None or self.queue or self.inexact:
-            if self.now >= limit:
-                break
-            self.advance(min(limit, self.now + 3600.0))
-        return self.records[-1].ready_s if self.records else 0.0
 
 
 @dataclass
@@ -364,8 +129,10 @@ class SimMemo:
     def __init__(self, ctx: PlanningContext, policy: ExecutionPolicy) -> None:
         self.ctx = ctx
         self.policy = policy
-        self.plans: dict[tuple[frozenset[str], _LinkKey, int], ExecutionPlan] = {}
-        self.run_sets: dict[tuple[frozenset[str], _LinkKey], tuple[frozenset[str], ...]] = {}
+        # keyed also by whether the plans are chosen with the context's times (True) or
+        # with a simulation's planning view (False: such a simulation has its own memo)
+        self.plans: dict[tuple[frozenset[str], _LinkKey, int, bool], ExecutionPlan] = {}
+        self.run_sets: dict[tuple[frozenset[str], _LinkKey, bool], tuple[frozenset[str], ...]] = {}
         self.seg_costs: dict[tuple[tuple[str, ...], object], tuple[float, float, float]] = {}
         self.pieces: dict[frozenset[tuple[str, int]], tuple[frozenset[str], ...]] = {}
 
@@ -393,11 +160,24 @@ class _Runner:
     """Runs queries one at a time against the uploader."""
 
     def __init__(
-        self, ctx: PlanningContext, policy: ExecutionPolicy, up: _Uploader, memo: SimMemo
+        self,
+        ctx: PlanningContext,
+        policy: ExecutionPolicy,
+        up: Uploader,
+        memo: SimMemo,
+        *,
+        loader_extra_s: float = 0.0,
+        client_extra_s: float = 0.0,
+        view: LayerTimes | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
         self.up = up
+        self.loader_extra_s = loader_extra_s
+        self.client_extra_s = client_extra_s
+        #: what plans are chosen with until a query has run on the server ("Planning view")
+        self.view = ctx.times if view is None else view
+        self.learned = view is None
         self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
         self.plans = memo.plans
         self.run_sets = memo.run_sets
@@ -409,11 +189,11 @@ class _Runner:
     def run_sets_for(self, usable: frozenset[str], link: Link) -> tuple[frozenset[str], ...]:
         """Server segments of the best plan with ``usable`` layers: what the server
         prepares when a partition lands."""
-        key = (usable, _link_key(link))
+        key = (usable, _link_key(link), self.learned)
         if key in self.run_sets:
             return self.run_sets[key]
         plan = self.planner.solve(
-            self.ctx.times,
+            self.view,
             self.planner.servable(usable),
             link,
             objective=self.policy.objective,
@@ -439,10 +219,10 @@ class _Runner:
     def plan(self, k: int, link_idx: int, link: Link, start: int = 0) -> ExecutionPlan:
         del link_idx  # the link itself is part of the key
         usable = self.up.usable[k]
-        key = (usable, _link_key(link), start)
+        key = (usable, _link_key(link), start, self.learned)
         if key not in self.plans:
             self.plans[key] = self.planner.solve(
-                self.ctx.times,
+                self.view,
                 self.planner.servable(usable),
                 link,
                 objective=self.policy.objective,
@@ -469,6 +249,8 @@ class _Runner:
         srv += self._piece_overhead_s(seg, t)
         up_s = up_b / link.bandwidth
         self.up.advance(t)
+        if self.loader_extra_s and self.up.loading_at(t + up_s):
+            srv += self.loader_extra_s
         self.up.add_busy(t, t + up_s)
         t += up_s + link.rtt_s + srv
         down_s = down_b / link.down
@@ -508,7 +290,7 @@ class _Runner:
             # partition becomes usable, without committing the real one past ``t``
             event = self.up.next_change(t)
             peek = self.up.clone()
-            peek.advance(min(end, event))
+            peek.settle(min(end, event))
             recs = peek.records
             if k < len(recs) and recs[k].ready_s >= 0:
                 event = min(event, recs[k].ready_s)
@@ -528,8 +310,9 @@ class _Runner:
             acc.compute += dt
         return t, pos + n, None
 
-    def run(self, start: float, acc: _Acc) -> float:
-        """Execute one query from time ``start``; return its finish time."""
+    def run(self, start: float, acc: _Acc, *, uploading: bool = False) -> float:
+        """Execute one query from time ``start``; return its finish time. ``uploading``:
+        the upload is not over, so its client segments pay ``client_extra_s``."""
         k = self.up.usable_count(start)
         link_idx, link = self.up.link_at(start)
         segments = list(self.plan(k, link_idx, link).segments)
@@ -542,6 +325,10 @@ class _Runner:
                 t = self._run_server(seg, t, acc)
                 pos += len(seg.layers)
                 continue
+            if uploading and self.client_extra_s:  # once per query (see "Client contention")
+                t += self.client_extra_s
+                acc.compute += self.client_extra_s
+                uploading = False
             t, pos, changed = self._run_client(
                 seg, t, pos, k=k, link_idx=link_idx, acc=acc, declined=declined
             )
@@ -558,64 +345,9 @@ class _Runner:
             else:  # not worth it: keep to the course until more layers land
                 declined = changed[0]
             segments, si = list(rest.segments), 0
+        if acc.server and not self.learned:  # the client has measured the server now
+            self.learned, self.view = True, self.ctx.times
         return t
-
-
-def _units(
-    partitions: Sequence[frozenset[str]], refinements: Sequence[Refinement]
-) -> list[tuple[frozenset[str], int]]:
-    """Partitions (stage 0) and refinements in sending order."""
-    n = len(partitions)
-    after: dict[int, list[tuple[frozenset[str], int]]] = {}
-    for ref in refinements:
-        k = n if ref.after is None else min(max(ref.after, 0), n)
-        after.setdefault(k, []).append((ref.layers, ref.stage))
-    out: list[tuple[frozenset[str], int]] = []
-    for k in range(n + 1):
-        out.extend(after.get(k, ()))
-        if k < n:
-            out.append((partitions[k], 0))
-    return out
-
-
-def _issue_time(pattern: QueryPattern, i: int, prev_end: float) -> float:
-    if pattern.kind == "rate":
-        assert pattern.rate_qps is not None
-        return i / pattern.rate_qps
-    return prev_end
-
-
-def _repeat(
-    records: list[QueryRecord], rec: QueryRecord, pattern: QueryPattern, limit: float, total: int
-) -> float:
-    """Append copies of ``rec`` (same service time) until the pattern's limit or
-    ``total`` queries; return the last finish time."""
-    service = rec.finished_s - rec.started_s
-    prev_end = rec.finished_s
-    i = rec.index + 1
-    while i < total:
-        issued = _issue_time(pattern, i, prev_end)
-        if issued >= limit:
-            break
-        started = max(issued, prev_end)
-        prev_end = started + service
-        records.append(
-            QueryRecord(
-                i,
-                issued,
-                started,
-                prev_end,
-                rec.server_layers,
-                rec.compute_s,
-                rec.transfer_s,
-                rec.wait_s,
-                rec.energy_j,
-                0,
-                rec.exact,
-            )
-        )
-        i += 1
-    return prev_end
 
 
 def _validate_changes(changes: Sequence[tuple[float, Link]]) -> list[tuple[float, Link]]:
@@ -670,19 +402,71 @@ def simulate_partitions(
     until_s: float | None = None,
     max_queries: int = 200_000,
     memo: SimMemo | None = None,
+    head_start: Sequence[str] = (),
+    planned_s: float = 0.0,
+    loader_extra_s: float = 0.0,
+    activation_s: Sequence[float] = (),
+    load_s: Sequence[float] = (),
+    pace: Sequence[tuple[float, float]] = (),
+    client_extra_s: float = 0.0,
+    plan_server_ms: Mapping[str, float] | None = None,
     refinements: Sequence[Refinement] = (),
 ) -> SimResult:
     """:func:`simulate` for a bare list of partitions and a policy. ``memo`` (made for
     the same context and policy) lets several simulations share their execution plans.
     With ``ctx.stages`` (precision-first) the partitions send base stages and
-    ``refinements`` (then whatever stages are still missing) follow."""
+    ``refinements`` (then whatever stages are still missing) follow.
+    ``planned_s``: when the client knows its plan; until then it sends ``head_start``
+    (see the module docstring). ``loader_extra_s``: how much longer a server segment
+    takes while the loader works (see "Server contention"); ``activation_s``: the
+    client's compile time after each load (see "Client compile"); ``load_s``: measured
+    load times of the first partitions (see "Measured loads"); ``pace``: (from time,
+    bytes/s) the upload's pacing rate over time (query tensors are not paced);
+    ``client_extra_s``: what a query's client side pays while the upload runs (see
+    "Client contention"); ``plan_server_ms``: the server times plans are chosen with
+    until a query has run on the server (see "Planning view")."""
+    for name, values in (
+        ("activation_s", activation_s),
+        ("load_s", load_s),
+        ("loader_extra_s", (loader_extra_s,)),
+        ("client_extra_s", (client_extra_s,)),
+    ):
+        if any(not (math.isfinite(v) and v >= 0) for v in values):
+            raise PlannerError(f"{name}: expected finite seconds >= 0, got {values!r}")
     if not 1 <= max_queries <= _MAX_QUERIES:
         raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
+    view = None
+    if plan_server_ms is not None:
+        view = LayerTimes.from_ms(ctx.graph, ctx.client_ms, plan_server_ms)
+        memo = None  # plans chosen with this view are this simulation's own
     if memo is None:
         memo = SimMemo(ctx, policy)
     memo.check(ctx, policy)
-    up = _Uploader(ctx, partitions, _validate_changes(link_changes), replanner, refinements)
-    runner = _Runner(ctx, policy, up, memo)
+    if not (math.isfinite(planned_s) and planned_s >= 0):
+        raise PlannerError(f"planned_s: expected a finite time >= 0, got {planned_s!r}")
+    unknown = [n for n in head_start if n not in ctx.graph]
+    if unknown:
+        raise PlannerError(f"head_start: unknown layers {unknown[:3]}")
+    up = Uploader(
+        ctx,
+        partitions,
+        _validate_changes(link_changes),
+        replanner,
+        head=(tuple(head_start), planned_s),
+        refinements=refinements,
+    )
+    up.activation_s = tuple(activation_s)
+    up.measured_load_s = tuple(load_s)
+    up.pace = tuple(sorted(pace))
+    runner = _Runner(
+        ctx,
+        policy,
+        up,
+        memo,
+        loader_extra_s=loader_extra_s,
+        client_extra_s=client_extra_s,
+        view=view,
+    )
     pattern = ctx.pattern
     limit = min(
         until_s if until_s is not None else math.inf,
@@ -695,13 +479,14 @@ def simulate_partitions(
     total = min(count, max_queries)
     i = 0
     while i < total:
-        issued = _issue_time(pattern, i, prev_end)
+        issued = issue_time(pattern, i, prev_end)
         if issued >= limit or (open_ended and i > 0 and up.finished_by(issued)):
             break
         started = max(issued, prev_end)
         acc = _Acc()
-        steady = up.finished_by(started) and math.isinf(up.next_change(started))
-        prev_end = runner.run(started, acc)
+        done = up.finished_by(started)
+        steady = done and math.isinf(up.next_change(started))
+        prev_end = runner.run(started, acc, uploading=not done)
         energy = ctx.power.energy_j(compute_s=acc.compute, transfer_s=acc.transfer, wait_s=acc.wait)
         rec = QueryRecord(
             i,
@@ -720,7 +505,7 @@ def simulate_partitions(
         i += 1
         if steady and not open_ended:
             # nothing changes any more: every later query repeats this one
-            prev_end = _repeat(records, rec, pattern, limit, total)
+            prev_end = repeat_query(records, rec, pattern, limit, total)
             break
     up.drain(limit=prev_end + 1e7)
     return SimResult(

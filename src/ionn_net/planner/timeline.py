@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["PartitionRecord", "QueryRecord", "SimResult"]
+from ionn_net.planner.workload import QueryPattern
+
+__all__ = ["PartitionRecord", "QueryRecord", "SimResult", "issue_time", "repeat_query"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,3 +101,44 @@ class SimResult:
         while first > 0 and self.queries[first - 1].exact:
             first -= 1
         return self.queries[first].issued_s
+
+
+def issue_time(pattern: QueryPattern, i: int, prev_end: float) -> float:
+    """When query ``i`` is issued (back to back: when the previous one ended)."""
+    if pattern.kind == "rate":
+        assert pattern.rate_qps is not None
+        return i / pattern.rate_qps
+    return prev_end
+
+
+def repeat_query(
+    records: list[QueryRecord], rec: QueryRecord, pattern: QueryPattern, limit: float, total: int
+) -> float:
+    """Append copies of ``rec`` (same service time) until the pattern's limit or
+    ``total`` queries; return the last finish time."""
+    service = rec.finished_s - rec.started_s
+    prev_end = rec.finished_s
+    i = rec.index + 1
+    while i < total:
+        issued = issue_time(pattern, i, prev_end)
+        if issued >= limit:
+            break
+        started = max(issued, prev_end)
+        prev_end = started + service
+        records.append(
+            QueryRecord(
+                i,
+                issued,
+                started,
+                prev_end,
+                rec.server_layers,
+                rec.compute_s,
+                rec.transfer_s,
+                rec.wait_s,
+                rec.energy_j,
+                0,
+                rec.exact,
+            )
+        )
+        i += 1
+    return prev_end

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 from tests.integration.hardening.tenant import Tenant, call
@@ -28,10 +29,10 @@ class GatedStore(MemoryStore):
         self.gate = threading.Event()
         self.entered = threading.Event()
 
-    def complete_partial(self, digest: str, *, key: str | None = None) -> None:
+    def complete_partial(self, digest: str, **options: Any) -> None:
         self.entered.set()
         self.gate.wait(20)
-        super().complete_partial(digest, key=key)
+        super().complete_partial(digest, **options)
 
 
 async def test_client_vanishing_during_the_digest_check_keeps_the_blob() -> None:

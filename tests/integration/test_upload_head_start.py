@@ -1,0 +1,73 @@
+"""The upload starts within 50 ms of the session being ready, while the client still
+plans (ionn_net.client.session: the head start), and what a query measures while the
+server loads teaches the client nothing. Real client, real server, real TCP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ionn_net.client import ClientConfig, OffloadClient
+from ionn_net.netem.proxy import LinkSpec, ShapingProxy
+from ionn_net.server import EdgeServer
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+#: The bound: from the manifest's acknowledgement to the first blob leaving.
+FIRST_BYTE_S = 0.050
+
+
+@pytest.fixture(scope="module")
+def small_model() -> Any:
+    """A narrow MobileNetV2 (155 layers, 2 MB): ``ours`` plans it for far longer than
+    50 ms, so a client that plans before it sends fails the bound."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    return keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35)
+
+
+async def test_the_first_upload_byte_leaves_while_the_client_plans(
+    small_model: Any, cost_model: Any, tmp_path: Path
+) -> None:
+    link = LinkSpec(rate_bps=20e6, delay_ms=2.0)
+    config = ClientConfig(slowdown=10.0, profile_cache=str(tmp_path / "p"), assumed_mbit=20.0)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32)
+    async with (
+        EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server,
+        ShapingProxy("127.0.0.1", server.port, up=link, down=link) as proxy,
+        OffloadClient("127.0.0.1", proxy.port, small_model, planner="ours", config=config) as c,
+    ):
+        await c.wait_uploaded(timeout=120)
+        result = await c.infer_detailed(x)
+        timeline = c.upload_timeline
+        # While a load runs the server's loader shares its CPU with the queries: answers
+        # that slow teach the client nothing; once the load is over they do.
+        state, ran = c.plan_state, sorted(c.plan_state.ready)
+        slow_ms = 20 * sum(c.server_ms[n] for n in ran)
+        before = state.learned.server_scale
+        state.load_started()
+        for _ in range(10):
+            state.observe_round_trip(slow_ms / 1000, 0, 0, server_ms=slow_ms, ran=ran)
+        assert state.learned.server_scale == before
+        state.load_finished()
+        for _ in range(10):
+            state.observe_round_trip(slow_ms / 1000, 0, 0, server_ms=slow_ms, ran=ran)
+        assert state.learned.server_scale > 2 * before
+    assert timeline.ready_at is not None and timeline.first_byte_at is not None
+    assert timeline.planned_at is not None
+    delay = timeline.first_byte_delay_s
+    assert delay is not None and 0 <= delay <= FIRST_BYTE_S, timeline
+    # the bytes really overlapped planning: the first went up before the plan was known,
+    # and the head start's blobs were sent (and, being useful, loaded: all layers offload)
+    assert timeline.first_byte_at < timeline.planned_at, timeline
+    assert timeline.head_start
+    sent_head = {c.layer_blob[n][0] for n in timeline.head_start}
+    assert sent_head <= c.uploaded
+    assert result.offloaded
+    np.testing.assert_allclose(
+        result.output, small_model(x, training=False).numpy(), rtol=1e-4, atol=1e-5
+    )
