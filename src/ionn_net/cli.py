@@ -14,7 +14,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import statistics
 import sys
 import time
@@ -118,33 +117,101 @@ def _server_parser() -> argparse.ArgumentParser:
         help="logging level (default %(default)s)",
     )
     p.add_argument(
+        "--log-format",
+        default="text",
+        choices=("text", "json"),
+        help="log lines as text or one JSON object per line (default %(default)s)",
+    )
+    p.add_argument(
         "--verbose",
         action="store_true",
         help="also show TensorFlow's native start-up logs (hidden by default)",
     )
+    ops = p.add_argument_group("operations")
+    ops.add_argument(
+        "--metrics-port",
+        type=port,
+        default=None,
+        help="serve Prometheus metrics (/metrics) and health probes (/v2/health/live, "
+        "/v2/health/ready) on this HTTP port (default: none; 0 picks one)",
+    )
+    ops.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address of the metrics port (default %(default)s: loopback only)",
+    )
+    ops.add_argument(
+        "--drain-timeout",
+        type=positive(float, "--drain-timeout"),
+        default=20.0,
+        help="on SIGTERM, seconds to let running queries and blob pieces finish after "
+        "GOAWAY before the rest is cut (default %(default)s)",
+    )
+    ops.add_argument(
+        "--workers",
+        type=positive(int, "--workers"),
+        default=1,
+        help="server processes sharing the port and the --store directory (default "
+        "%(default)s; more than 1 needs --store)",
+    )
+    # set by the supervisor of --workers for each worker process: the Unix socket it
+    # hands connections over, and the worker's number
+    ops.add_argument("--worker-channel", type=int, default=None, help=argparse.SUPPRESS)
+    ops.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
 def server_main(argv: list[str] | None = None) -> int:
     require_extras("ionn-server")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _server_parser().parse_args(argv)
+    if args.workers > 1 and args.store is None and args.worker_channel is None:
+        raise SystemExit("--workers: more than 1 worker needs --store (a directory or Redis)")
     if args.store is not None and args.store.startswith(REDIS_SCHEMES):
         require_extra("ionn-server", REDIS_EXTRA, "--store redis://")
     try:
-        store = open_store(args.store)  # before TensorFlow loads: a bad store fails fast
+        # before TensorFlow loads (and before any worker starts): a bad store fails fast
+        store = open_store(args.store)
     except StoreError as exc:
         raise SystemExit(f"ionn-server: {exc}") from None
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    from ionn_net.ops.logs import configure
+
+    static = {} if args.worker_channel is None else {"worker": args.worker_index}
+    configure(args.log_level, args.log_format, static=static)
+    from ionn_net.ops.run import OpsOptions
+
+    ops = OpsOptions(
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        drain_timeout_s=args.drain_timeout,
     )
     catalog = _open_catalog(args.catalog)
+    config = _server_config(args, catalog)
+    cost = _cost_model(args.cost_model)  # a bad file stops the supervisor, not each worker
+    from ionn_net.aio import run
+
+    if args.workers > 1 and args.worker_channel is None:
+        store.close()  # opened to fail fast; each worker opens its own (and its catalog)
+        return run(_supervise(args, argv, ops))  # no TensorFlow in the supervisor
     from ionn_net.tflog import import_tensorflow
 
     import_tensorflow(verbose=args.verbose)
-    from ionn_net.aio import run
+    make = _server_factory(args, store, catalog, config, cost)
+    if args.worker_channel is not None:
+        from ionn_net.ops.workers import serve_worker
+
+        return run(serve_worker(make, args.worker_channel, ops))
+    from ionn_net.ops.run import serve_process
+
+    return run(serve_process(make, ops, sys.stdout))
+
+
+def _server_config(args: argparse.Namespace, catalog: Any) -> Any:
+    """The :class:`~ionn_net.server.ServerConfig` of the command line; a bad value stops
+    the start with one line (in the supervisor of ``--workers``, before any worker)."""
     from ionn_net.config import Limits
-    from ionn_net.server import EdgeServer, ServerConfig
     from ionn_net.server_catalog import select_warm
+    from ionn_net.server_config import ServerConfig
 
     secret = args.secret_file.read_bytes().strip() if args.secret_file else None
     try:
@@ -157,35 +224,62 @@ def server_main(argv: list[str] | None = None) -> int:
             max_queries_per_session=args.max_queries,
             secret=secret,
             catalog_warm=args.catalog_warm,
+            drain_timeout_s=args.drain_timeout,
         )
         if catalog is not None:  # a model name the catalog does not serve fails here
             select_warm(catalog, args.catalog_warm)
     except ConfigError as exc:
         raise SystemExit(f"ionn-server: {exc}") from None
+    return config
 
-    cost = None
-    if args.cost_model is not None:
-        from ionn_net.planner.costmodel import ServerCostModel
 
-        try:
-            cost = ServerCostModel.from_json(args.cost_model.read_text())
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"--cost-model: cannot use {args.cost_model}: {exc}") from None
+def _server_factory(
+    args: argparse.Namespace, store: Any, catalog: Any, config: Any, cost: Any
+) -> Any:
+    """``hooks -> EdgeServer`` configured from the command line."""
+    from ionn_net.server import EdgeServer
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with EdgeServer(
-            args.host, args.port, store=store, config=config, cost_model=cost, catalog=catalog
-        ) as server:
-            sys.stdout.write(f"ionn-server listening on {args.host}:{server.port}\n")
-            sys.stdout.flush()
-            await stop.wait()
+    worker = args.worker_channel is not None
 
-    run(main())
-    return 0
+    def make(hooks: Any) -> Any:
+        return EdgeServer(
+            args.host,
+            args.port,
+            store=store,
+            config=config,
+            cost_model=cost,
+            catalog=catalog,
+            hooks=hooks,
+            listen=not worker,
+        )
+
+    return make
+
+
+def _cost_model(path: Path | None) -> Any:
+    """The server cost model of ``--cost-model`` (None: calibrate); a file that does not
+    parse stops the start with one line."""
+    if path is None:
+        return None
+    from ionn_net.planner.costmodel import ServerCostModel
+
+    try:
+        return ServerCostModel.from_json(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--cost-model: cannot use {path}: {exc}") from None
+
+
+async def _supervise(args: argparse.Namespace, argv: list[str], ops: Any) -> int:
+    from ionn_net.ops.workers import Supervisor, worker_command
+
+    def worker_argv(index: int, channel: int) -> list[str]:
+        extra = ["--worker-channel", str(channel), "--worker-index", str(index)]
+        return worker_command([*argv, *extra])
+
+    supervisor = Supervisor(
+        worker_argv, args.workers, host=args.host, port=args.port, ops=ops, out=sys.stdout
+    )
+    return await supervisor.run()
 
 
 def _open_catalog(path: Path | None) -> Any:

@@ -41,10 +41,12 @@ class Extra:
 
 #: What each console script needs beyond the base dependencies. ``ionn-server``,
 #: ``ionn-demo`` and ``ionn-catalog`` run on the base dependencies alone (TensorFlow,
-#: Keras, NumPy, zstandard, uvloop); ``ionn-server --store redis://`` also needs
-#: :data:`REDIS_EXTRA`, checked when that option is given. ``ionn-bench`` draws its plots
-#: with matplotlib; grpcio, the other half of the
-#: ``bench`` extra, serves only the transport benchmark under ``bench/`` in a source
+#: Keras, NumPy, zstandard, uvloop, and prometheus_client for the server's metrics port: a
+#: base dependency, not an extra, because the health probes an orchestrator needs share
+#: that port and the package is small, pure Python and without dependencies of its own);
+#: ``ionn-server --store redis://`` also needs :data:`REDIS_EXTRA`, checked when that
+#: option is given. ``ionn-bench`` draws its plots with matplotlib; grpcio, the other half
+#: of the ``bench`` extra, serves only the transport benchmark under ``bench/`` in a source
 #: checkout, so the console script does not ask for it.
 SCRIPT_EXTRAS: dict[str, tuple[Extra, ...]] = {
     "ionn-server": (),

@@ -23,27 +23,24 @@ failure is logged once and answered with ``internal``; other sessions are unaffe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
 import math
 import os
-import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ionn_net import __version__
-from ionn_net.aio import ServerStream, serve
+from ionn_net.aio import ServerStream, TransportOptions, serve
 from ionn_net.aio.connection import AioConnection
 from ionn_net.catalog import Catalog
-from ionn_net.config import Limits
 from ionn_net.errors import ConfigError, IonnError, SpecError, StoreError, TensorError
 from ionn_net.messages import (
     Auth,
@@ -71,13 +68,14 @@ from ionn_net.messages import (
     request_type,
 )
 from ionn_net.model.graph import LayerGraph, TensorRef
-from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
-from ionn_net.model.schema import LOCAL_ONLY
-from ionn_net.model.spec import ModelManifest, graph_from_manifest, loads_manifest
+from ionn_net.model.spec import graph_from_manifest, loads_manifest
+from ionn_net.ops.hooks import ServerGauges, ServerHooks
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.proto import Codec, ErrorCode
-from ionn_net.server_catalog import PublicHoldings, check_warm_spec
-from ionn_net.server_stages import ModelStages, build_for_load
+from ionn_net.server_catalog import PublicHoldings
+from ionn_net.server_config import ServerConfig
+from ionn_net.server_model import ServerModel, lower_priority, to_thread_to_the_end, warm_up
+from ionn_net.server_stages import build_for_load
 from ionn_net.store import (
     BlobStore,
     DirectoryStore,
@@ -97,145 +95,24 @@ logger = logging.getLogger("ionn_net.server")
 Response = tuple[Reply, bytes]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServerConfig:
-    """Server policy; wire limits live in ``limits`` (protocol.md §14)."""
-
-    limits: Limits = field(default_factory=Limits)
-    spec_limits: SpecLimits = DEFAULT_LIMITS
-    max_models_per_session: int = 4
-    max_bytes_per_session: int = 1 << 30
-    max_queries_per_session: int = 8
-    max_sessions: int = 1024
-    max_connections_per_address: int = 16
-    max_manifest_bytes: int = 16 << 20
-    max_prepare_sets: int = 16
-    inference_threads: int = 2
-    #: Niceness added to the threads that build and compile loaded layers (0: none).
-    #: On a host shared with queries (and, in the bench, the client) a load otherwise
-    #: slows the queries it overlaps 2-5x (BENCHMARKS.md, ionn-bench); Linux only.
-    loader_nice: int = 10
-    secret: bytes | None = None
-    jit: bool | None = None
-    #: Catalog models built and compiled ahead, after the server listens: ``all``,
-    #: ``none``, a number N (the first N of the index) or comma-separated names/digests.
-    catalog_warm: str = "all"
-    #: Seconds between sweeps of stale partial uploads (§14.5; the store's TTL decides).
-    sweep_interval_s: float = 3600.0
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_models_per_session",
-            "max_bytes_per_session",
-            "max_queries_per_session",
-            "max_sessions",
-            "max_connections_per_address",
-            "max_manifest_bytes",
-            "max_prepare_sets",
-            "inference_threads",
-        ):
-            value = getattr(self, name)
-            if type(value) is not int or value < 1:
-                raise ConfigError(f"{name}: expected an integer >= 1, got {value!r}")
-        if type(self.loader_nice) is not int or not 0 <= self.loader_nice <= 19:
-            raise ConfigError(f"loader_nice: expected an integer 0..19, got {self.loader_nice!r}")
-        if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
-            raise ConfigError("secret: expected non-empty bytes or None")
-        check_warm_spec(self.catalog_warm)
-        if not isinstance(self.sweep_interval_s, int | float) or not self.sweep_interval_s > 0:
-            raise ConfigError(f"sweep_interval_s: expected > 0, got {self.sweep_interval_s!r}")
-
-
-class _Model:
-    """One validated model of one session, assembled incrementally."""
-
-    def __init__(self, manifest: ModelManifest, graph: LayerGraph, jit: bool | None) -> None:
-        self.manifest = manifest
-        self.graph = graph
-        self.digest = manifest.manifest_digest()
-        self.specs = {s.name: s for s in manifest.layers}
-        self.blob_sizes = {
-            s.blob_sha256: s.blob_size for s in manifest.layers if s.blob_sha256 is not None
-        }
-        #: declared weight stages (§10.12), None without: their digests are blobs too
-        self.stages = ModelStages.of(manifest)
-        self.blob_sizes.update(self.stages.sizes if self.stages else {})
-        self.refused = {
-            s.name: "this layer's class is kept on the client"
-            for s in manifest.layers
-            if s.cls == LOCAL_ONLY
-        }
-        self.ready: set[str] = set()
-        self.lock = asyncio.Lock()
-        self._jit = jit
-        self._executor: Any = None
-        #: which load built each layer: run sets are chained from per-load pieces
-        self.batch_of: dict[str, int] = {}
-        self.loads = 0
-        self._runners: dict[frozenset[str], Any] = {}
-        self.consolidating: set[frozenset[str]] = set()
-        self._complete = False
-        #: Blobs the session's latest manifest request marks public (§10.3.4).
-        self.public_marked: frozenset[str] = frozenset()
-
-    def share_executor(self, executor: Any) -> None:
-        """Run on a warm catalog model's executor (same manifest digest, so the same graph
-        and layers): its compiled slices serve this session at once."""
-        self._executor = executor
-
-    @property
-    def complete(self) -> bool:
-        """Every layer the client may upload is built: no more partitions will come."""
-        if not self._complete:  # once true it stays true: layers are never unloaded
-            self._complete = all(
-                n in self.ready or n in self.refused or spec.cls == "InputLayer"
-                for n, spec in self.specs.items()
-            )
-        return self._complete
-
-    def runner(self, run: Sequence[str]) -> Any:
-        """What runs ``run`` (worker thread): its whole compiled slice once built,
-        otherwise the chain of per-load pieces (§10.6), of which only pieces never
-        seen before are compiled, so a partition costs a compile of its own layers
-        and not of every layer of the run sets it extends."""
-        key = frozenset(run)
-        executor = self.executor()
-        whole = executor.cached(key)
-        if whole is not None:
-            return whole
-        chain = self._runners.get(key)
-        if chain is None:
-            chain = executor.prepare_chain(self.graph.pieces(key, self.batch_of))
-            self._runners[key] = chain
-        return chain
-
-    def consolidate(self, run: Sequence[str]) -> bool:
-        """Compile ``run`` as one slice (worker thread) so that it stops paying one
-        dispatch per piece; True if it was a chain."""
-        key = frozenset(run)
-        chain = self._runners.get(key)
-        if chain is None or len(getattr(chain, "pieces", ())) < 2:
-            return False
-        self.executor().prepare(key)
-        self._runners.pop(key, None)
-        return True
-
-    def executor(self) -> Any:
-        if self._executor is None:
-            from ionn_net.executor import Executor  # keras stays out of import time
-
-            self._executor = Executor(self.graph, {}, jit=self._jit)
-        return self._executor
-
-
 class _Session:
     def __init__(self, key: str, config: ServerConfig) -> None:
         self.key = key
         self.hash = hashlib.sha256(key.encode()).hexdigest()[:32]
-        self.models: dict[str, _Model] = {}
+        self.models: dict[str, ServerModel] = {}
         self.queries = asyncio.Semaphore(config.max_queries_per_session)
         self.last_used = time.monotonic()
         self.partials: set[str] = set()  # blobs with an unfinished upload in the store
+
+
+@dataclass(slots=True)
+class _Call:
+    """What one request's hooks report (filled in as it is answered)."""
+
+    kind: str = "unknown"
+    outcome: str = "cancelled"
+    qid: str | None = None
+    detail: str = ""
 
 
 @dataclass(slots=True)
@@ -257,6 +134,9 @@ class EdgeServer:
     are logged and the rest is served). ``cost_model`` is sent to clients in ``welcome``
     (§10.10); by default the server calibrates one on this machine on first start, cached
     in the store directory, in the Redis store (per host), or else in ``~/.cache/ionn_net``.
+    ``hooks`` receive every event (logs, metrics: :mod:`ionn_net.ops`). With
+    ``listen=False`` the server opens no socket and serves the connections handed to
+    :meth:`adopt` (a worker of ``ionn-server --workers``).
     """
 
     def __init__(
@@ -269,6 +149,8 @@ class EdgeServer:
         cost_model: ServerCostModel | None = None,
         ssl: Any = None,
         catalog: Catalog | str | os.PathLike[str] | None = None,
+        hooks: ServerHooks | None = None,
+        listen: bool = True,
     ) -> None:
         self.host = host
         self._port = port
@@ -281,6 +163,10 @@ class EdgeServer:
         )
         self._cost_model = cost_model
         self._ssl = ssl
+        self.hooks = hooks or ServerHooks()
+        self._listen = listen
+        self._draining = False
+        self._layers_ready = 0  # over every session's models (a gauge)
         self._sessions: dict[str, _Session] = {}
         self._conns: weakref.WeakKeyDictionary[AioConnection, _ConnState] = (
             weakref.WeakKeyDictionary()
@@ -303,7 +189,7 @@ class EdgeServer:
         self._loader = ThreadPoolExecutor(
             max_workers=_LOADER_THREADS,
             thread_name_prefix="ionn-loader",
-            initializer=_lower_priority,
+            initializer=lower_priority,
             initargs=(self.config.loader_nice,),
         )
 
@@ -325,16 +211,21 @@ class EdgeServer:
         await asyncio.to_thread(self.public.open_catalog, self._catalog, self.config.catalog_warm)
         if self._cost_model is None:
             self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
-        await asyncio.to_thread(_warm_up)
+        await asyncio.to_thread(warm_up)
         self._server = await serve(
             self._handle,
             self.host,
             self._port,
             limits=self.config.limits,
+            # A drain (§13.3) lets connections finish their streams until its own deadline,
+            # then aborts them (and counts them): each connection's deadline comes later.
+            options=TransportOptions(close_timeout_s=self.config.drain_timeout_s + 1.0),
             ssl=self._ssl,
+            listen=self._listen,
             on_connection=self._arm_hello_deadline,
         )
-        logger.info("edge server listening on %s:%d", self.host, self.port)
+        if self._listen:
+            logger.info("edge server listening on %s:%d", self.host, self.port)
         self.public.start_warm()  # its own thread, lowest priority: never on a query's path
         self._sweeper = asyncio.ensure_future(self._sweep_periodically())
         return self
@@ -349,6 +240,53 @@ class EdgeServer:
                     logger.info("swept %d stale partial uploads", swept)
             except StoreError as exc:
                 logger.warning("sweeping stale partial uploads failed: %s", exc)
+
+    async def adopt(self, sock: Any) -> None:
+        """Serve a connection another process accepted (see ``listen``)."""
+        if self._server is None:
+            raise ConfigError("the server is not started")
+        await self._server.adopt(sock)
+
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`drain` began: the server is not ready for new clients."""
+        return self._draining
+
+    def gauges(self) -> ServerGauges:
+        """What the server holds now (each O(1): read at every metrics scrape)."""
+        usage = self.store.usage()
+        connections = 0 if self._server is None else len(self._server.connections)
+        return ServerGauges(
+            connections=connections,
+            sessions=len(self._sessions),
+            layers_ready=self._layers_ready,
+            draining=self._draining,
+            store_blobs=None if usage is None else usage[0],
+            store_bytes=None if usage is None else usage[1],
+        )
+
+    async def drain(self, timeout: float | None = None) -> int:
+        """Graceful drain (§13.3, §13.4): stop accepting, send GOAWAY on every connection,
+        let the streams already accepted finish (queries answered, blob pieces stored)
+        until ``timeout`` (default ``config.drain_timeout_s``), abort what is left, then
+        close. Returns the number of connections aborted at the deadline."""
+        self._draining = True
+        timeout = self.config.drain_timeout_s if timeout is None else timeout
+        started = time.monotonic()
+        aborted = 0
+        server = self._server
+        if server is not None:
+            server.close()  # GOAWAY NO_ERROR with the last accepted stream id on each
+            try:
+                await asyncio.wait_for(server.wait_closed(), timeout)
+            except TimeoutError:
+                left = [c for c in server.connections if not c.closed]
+                aborted = len(left)
+                for conn in left:
+                    conn.abort(ErrorCode.TIMEOUT, "drain deadline passed")
+        self.hooks.drained(time.monotonic() - started, aborted)
+        await self.close()
+        return aborted
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -380,42 +318,79 @@ class EdgeServer:
         state = self._conns.get(conn)
         if state is None:  # weak keys: the state goes away with the connection
             if self._too_many_from(conn):
-                logger.warning("refusing a connection from %s: too many", conn.remote_address)
+                self.hooks.refused("connections_per_address", peer=conn.remote_address)
                 conn.close(ErrorCode.ENHANCE_YOUR_CALM, "too many connections from this address")
                 refusal = Error(code="busy", message="too many connections from this address")
                 await stream.respond(refusal.to_head())
                 return
             state = self._conns[conn] = _ConnState()
+            self._watch(conn, state)
         if state.session is not None:
             state.session.last_used = time.monotonic()
+        started = time.perf_counter()
+        call = _Call()
+        try:
+            reply, body = await self._answer(state, stream, call)
+            if reply is not None:
+                await stream.respond(reply.to_head(), body, codec=Codec.ZSTD if body else None)
+                self.hooks.sent(call.kind, len(body))
+        except BaseException:
+            call.outcome = "cancelled"  # the stream or connection went first
+            raise
+        finally:
+            session = None if state.session is None else state.session.hash
+            seconds = time.perf_counter() - started
+            self.hooks.request_done(
+                call.kind, call.outcome, seconds, session=session, qid=call.qid, detail=call.detail
+            )
+
+    async def _answer(
+        self, state: _ConnState, stream: ServerStream, call: _Call
+    ) -> tuple[Reply | None, bytes]:
+        """The reply to one request (None: authentication failed, the connection goes)
+        and its body; ``call`` records what the hooks report."""
         body = b""
-        kind: str | None = None
         try:
             cls = request_type(stream.head)  # unknown_message (§10.1.3)
-            kind = cls.KIND
+            call.kind = cls.KIND
             if state.pending_key is not None and cls is not Auth:
-                self._refuse_auth(stream, f"{kind!r} while authentication is pending")
-                return
+                self._refuse_auth(stream, f"{cls.KIND!r} while authentication is pending")
+                call.outcome = "bad_request"
+                return None, b""
             if state.session is None and cls not in (Hello, Auth):
                 raise RequestError("no_session", "send hello first (protocol.md §10.2.1)")
             if cls is Hello and state.session is not None:
                 raise RequestError("bad_request", "hello: the session is already established")
-            reply, body = await self._handlers[cls](state, stream, cls.parse(stream.head))
+            request = cls.parse(stream.head)
+            call.qid = request.qid if isinstance(request, Query) else None
+            reply, body = await self._handlers[cls](state, stream, request)
+            call.outcome = "ok"
         except RequestError as exc:
             self.stats["errors"] += 1
             reply = Error.of(exc)
         except StoreUnavailableError as exc:  # not the client's fault: the store is down
             self.stats["errors"] += 1
-            logger.warning("request %r failed: %s", kind, exc)
+            logger.warning("request %r failed: %s", call.kind, exc)
             reply = Error(code="internal", message=str(exc))
         except (SpecError, TensorError, StoreError) as exc:
             self.stats["errors"] += 1
             reply = Error(code="bad_request", message=str(exc))
         except IonnError as exc:
             self.stats["errors"] += 1
-            logger.warning("request %r failed: %s", kind, exc)
+            logger.warning("request %r failed: %s", call.kind, exc)
             reply = Error(code="internal", message=str(exc))
-        await stream.respond(reply.to_head(), body, codec=Codec.ZSTD if body else None)
+        if isinstance(reply, Error):
+            call.outcome, call.detail = reply.code, reply.message
+        return reply, body
+
+    def _watch(self, conn: AioConnection, state: _ConnState) -> None:
+        """Report the connection's end (a disconnect, with its session if it had one)."""
+
+        def closed(_: object) -> None:
+            session = None if state.session is None else state.session.hash
+            self.hooks.disconnected(session, conn.remote_address, conn.error)
+
+        asyncio.ensure_future(conn.wait_closed()).add_done_callback(closed)
 
     def _arm_hello_deadline(self, conn: AioConnection) -> None:
         """§14.4: a session (welcome) within the handshake deadline counted from the accept,
@@ -432,7 +407,7 @@ class EdgeServer:
         state = self._conns.get(conn)
         if state is not None and state.session is not None:
             return
-        logger.warning("closing %s: no session after the handshake deadline", conn.remote_address)
+        self.hooks.refused("handshake_timeout", peer=conn.remote_address)
         conn.close(ErrorCode.TIMEOUT, "no hello within the handshake deadline")
 
     def _too_many_from(self, conn: AioConnection) -> bool:
@@ -440,10 +415,12 @@ class EdgeServer:
         live = sum(1 for c in self._conns if not c.closed and _host(c.remote_address) == host)
         return live >= self.config.max_connections_per_address
 
-    @staticmethod
-    async def _read_body(stream: ServerStream, body_len: int, limit: int) -> bytes:
+    async def _read_body(
+        self, stream: ServerStream, body_len: int, limit: int, *, kind: str
+    ) -> bytes:
         expected = check_body_len(body_len, limit=limit)
         body = await stream.read_body(expected)
+        self.hooks.received(kind, len(body))
         if len(body) != expected:
             raise RequestError("bad_request", f"body: expected {expected} bytes, got {len(body)}")
         return body
@@ -455,7 +432,7 @@ class EdgeServer:
         key = hello.session
         nonce = bytes.fromhex(hello.nonce)
         if self.config.secret is None:
-            return self._welcome(state, key), b""
+            return self._welcome(state, key, stream.connection.remote_address), b""
         state.client_nonce, state.server_nonce = nonce, os.urandom(16)
         state.pending_key = key
         proof = hmac_proof(self.config.secret, "server", nonce, state.server_nonce)
@@ -472,22 +449,24 @@ class EdgeServer:
             self._refuse_auth(stream, "wrong proof")
             raise RequestError("bad_request", "auth: wrong proof")
         key, state.pending_key = state.pending_key, None
-        return self._welcome(state, key), b""
+        return self._welcome(state, key, stream.connection.remote_address), b""
 
-    @staticmethod
-    def _refuse_auth(stream: ServerStream, why: str) -> None:
+    def _refuse_auth(self, stream: ServerStream, why: str) -> None:
         """§10.2.3: GOAWAY AUTH_FAILED, revealing nothing."""
-        logger.warning("authentication failed from %s: %s", stream.connection.remote_address, why)
+        self.hooks.auth_failed(stream.connection.remote_address, why)
         stream.connection.close(ErrorCode.AUTH_FAILED, "authentication failed")
 
-    def _welcome(self, state: _ConnState, key: str) -> Welcome:
+    def _welcome(self, state: _ConnState, key: str, peer: Any) -> Welcome:
         session = self._sessions.get(key)
+        new = session is None
         if session is None:
             if len(self._sessions) >= self.config.max_sessions and not self._evict_idle():
+                self.hooks.refused("sessions", peer=peer)
                 raise RequestError("busy", "the server holds too many sessions")
             session = self._sessions[key] = _Session(key, self.config)
         session.last_used = time.monotonic()
         state.session = session
+        self.hooks.welcomed(session.hash, new=new, peer=peer)
         assert self._cost_model is not None
         limits = self.config.limits
         return Welcome(
@@ -515,12 +494,13 @@ class EdgeServer:
             return False
         victim = min(idle, key=lambda s: s.last_used)
         del self._sessions[victim.key]
+        self._layers_ready -= sum(len(m.ready) for m in victim.models.values())
         for digest in victim.partials:  # stale partial uploads expire with their session
             try:
                 self.store.drop_partial(partial_key(victim.hash, digest))
             except StoreError as exc:  # best effort: the store's sweep expires it later
                 logger.warning("could not drop a partial upload of %s: %s", victim.hash[:8], exc)
-        logger.info("forgot idle session %s to make room", victim.hash[:8])
+        self.hooks.evicted(victim.hash)
         return True
 
     # -- §10.3 manifest, §10.4 have ----------------------------------------------------
@@ -531,12 +511,15 @@ class EdgeServer:
         session = state.session
         assert session is not None
         digest = request.model
-        body = await self._read_body(stream, request.body_len, self.config.max_manifest_bytes)
+        body = await self._read_body(
+            stream, request.body_len, self.config.max_manifest_bytes, kind="manifest"
+        )
         if hashlib.sha256(body).hexdigest() != digest:
             raise RequestError("bad_manifest", "model: the digest does not match the manifest")
         model = session.models.get(digest)
         if model is None:
             if len(session.models) >= self.config.max_models_per_session:
+                self.hooks.refused("models_per_session", session=session.hash)
                 raise RequestError("limit_exceeded", "this session holds too many models")
             try:
                 model = await asyncio.to_thread(self._parse_model, body)
@@ -547,18 +530,21 @@ class EdgeServer:
         model.public_marked = self.public.marking(model.manifest, request.public)
         session.models[digest] = model
         self.public.publish(model.public_marked & self.store.owned_by(session.hash))
-        return ManifestOk(model=digest, holdings=self._holdings(session, model)), b""
+        holdings = self._holdings(session, model)
+        layers, held = len(model.specs), len(holdings.blobs_held)
+        self.hooks.manifest_accepted(session.hash, digest, layers=layers, held=held)
+        return ManifestOk(model=digest, holdings=holdings), b""
 
-    def _parse_model(self, body: bytes) -> _Model:
+    def _parse_model(self, body: bytes) -> ServerModel:
         manifest = loads_manifest(body, self.config.spec_limits, canonical=True)
         graph = graph_from_manifest(manifest, self.config.spec_limits)
-        model = _Model(manifest, graph, self.config.jit)
+        model = ServerModel(manifest, graph, self.config.jit)
         shared = self.public.shared_executor(model.digest)
         if shared is not None:  # a warm catalog model: its compiled slices serve at once
             model.share_executor(shared)
         return model
 
-    def _holdings(self, session: _Session, model: _Model) -> Holdings:
+    def _holdings(self, session: _Session, model: ServerModel) -> Holdings:
         owned = self.store.owned_by(session.hash)
         partial = {}
         for digest in model.blob_sizes:
@@ -576,7 +562,7 @@ class EdgeServer:
             blobs_public=self.public.held(model.blob_sizes),
         )
 
-    def _model(self, state: _ConnState, digest: str) -> _Model:
+    def _model(self, state: _ConnState, digest: str) -> ServerModel:
         assert state.session is not None
         model = state.session.models.get(digest)
         if model is None:
@@ -602,6 +588,7 @@ class EdgeServer:
         owned, stages = self.store.owned_by(session.hash), model.stages
         held = digest in owned or self.public.holds(digest, size)
         if held or (stages is not None and stages.completes(digest, owned)):
+            self.hooks.blob_resent(session.hash, digest)
             await stream.read_body(check_body_len(blob.body_len, limit=size))
             return BlobOk(sha256=digest, offset=size, complete=True), b""
         if stages is not None:  # §10.12.3: a refinement only after its base
@@ -619,6 +606,7 @@ class EdgeServer:
         reserved = sum(sizes.get(d, 0) for d in session.partials - {digest})
         reserved += stages.reserve(digest, size, model.blob_sizes) if stages else size
         if self.store.bytes_owned_by(session.hash) + reserved > self.config.max_bytes_per_session:
+            self.hooks.refused("bytes_per_session", session=session.hash)
             raise RequestError("limit_exceeded", "this session stores too many bytes")
         body_len = check_body_len(blob.body_len, limit=size - offset)
         session.partials.add(digest)
@@ -638,9 +626,12 @@ class EdgeServer:
             finally:
                 session.partials.discard(digest)  # stored, or dropped as corrupt
             self.stats["blobs"] += 1
+            self.hooks.blob_completed(session.hash, digest, size)
         return BlobOk(sha256=digest, offset=new_offset, complete=complete), b""
 
-    async def _complete_blob(self, session: _Session, model: _Model, digest: str, key: str) -> None:
+    async def _complete_blob(
+        self, session: _Session, model: ServerModel, digest: str, key: str
+    ) -> None:
         """Verify and store the finished partial (a refinement stage: the exact blob it
         rebuilds, §10.12.3); the store records this session as its owner (and, under a
         public marking, the blob as published, §10.3.4) with the commit, also when the
@@ -649,11 +640,11 @@ class EdgeServer:
         marked = frozenset().union(*(m.public_marked for m in session.models.values()))
         stages = model.stages
         if stages is not None:
-            await _to_thread_to_the_end(
+            await to_thread_to_the_end(
                 lambda: stages.complete(self.store, digest, key, owner=session.hash, public=marked)
             )
             return
-        await _to_thread_to_the_end(
+        await to_thread_to_the_end(
             lambda: self.store.complete_partial(
                 digest, key=key, owner=session.hash, public=digest in marked
             )
@@ -674,13 +665,14 @@ class EdgeServer:
                 pending_bytes += len(chunk)
                 if pending_bytes >= 1 << 20:
                     data, pending, pending_bytes = b"".join(pending), [], 0
-                    offset = await _to_thread_to_the_end(
+                    offset = await to_thread_to_the_end(
                         self.store.append_partial, key, offset, data
                     )
         finally:
+            self.hooks.received("blob", received)
             if pending:  # also when the client vanished: keep what arrived
                 data = b"".join(pending)
-                offset = await _to_thread_to_the_end(self.store.append_partial, key, offset, data)
+                offset = await to_thread_to_the_end(self.store.append_partial, key, offset, data)
         if received != body_len:
             raise RequestError("bad_request", f"body: expected {body_len} bytes, got {received}")
         return offset
@@ -709,11 +701,14 @@ class EdgeServer:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
         async with model.lock:
-            await _to_thread_to_the_end(self._build, model, names, usable, pool=self._loader)
+            before = len(model.ready)
+            await to_thread_to_the_end(self._build, model, names, usable, pool=self._loader)
+            built = len(model.ready) - before
+            self._layers_ready += built
             prepared = []
             for run in sets:
                 if set(run) <= model.ready:
-                    await _to_thread_to_the_end(model.runner, run, pool=self._loader)
+                    await to_thread_to_the_end(model.runner, run, pool=self._loader)
                     prepared.append(run)
         if model.complete:
             for run in prepared:
@@ -721,6 +716,9 @@ class EdgeServer:
         self.stats["loads"] += 1
         load_ms = (time.perf_counter() - started) * 1000.0
         ready = tuple(sorted(model.ready, key=model.graph.position))
+        self.hooks.loaded(
+            session.hash, model.digest, built=built, ready=len(ready), seconds=load_ms / 1000.0
+        )
         return LoadOk(
             layers_ready=ready,
             prepared=tuple(map(tuple, prepared)),
@@ -728,7 +726,7 @@ class EdgeServer:
             layers_base=_base_layers(model, model.ready),
         ), b""
 
-    def _build(self, model: _Model, names: Sequence[str], owned: Collection[str]) -> None:
+    def _build(self, model: ServerModel, names: Sequence[str], owned: Collection[str]) -> None:
         """Build the named layers from verified blobs (worker thread). The manifest was
         validated as a whole when it arrived; each layer is re-validated on its own by
         ``build_layer`` with the input shapes of the server's own graph. With declared
@@ -763,7 +761,7 @@ class EdgeServer:
             raise RequestError("layer_not_ready", f"layers not ready: {not_ready[:8]}")
         ins, outs = model.graph.boundary(run)
         limits = self.config.limits
-        body = await self._read_body(stream, query.body_len, limits.max_message_size)
+        body = await self._read_body(stream, query.body_len, limits.max_message_size, kind="query")
         signature = boundary_signature(model.graph, ins)
         try:
             tensors = decode_tensors(query.tensors, body, limits=limits, expected=signature)
@@ -772,7 +770,9 @@ class EdgeServer:
         except TensorError as exc:  # malformed descriptors or payload, NaN/Inf (§9)
             raise RequestError("bad_tensor", str(exc)) from None
         if session.queries.locked():
+            self.hooks.refused("queries_per_session", session=session.hash)
             raise RequestError("busy", "too many concurrent queries in this session")
+        queued = time.perf_counter()
         async with session.queries:
             # §14.3: the result is held back (not computed) until it fits under the
             # connection's outbound cap, so unread results cannot pile up in memory.
@@ -785,8 +785,9 @@ class EdgeServer:
                     raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
                 feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
                 started = time.perf_counter()
-                result, ran_base = await _to_thread_to_the_end(self._run, model, run, feeds)
+                result, ran_base = await to_thread_to_the_end(self._run, model, run, feeds)
                 server_ms = (time.perf_counter() - started) * 1000.0
+        self.hooks.query_computed(started - queued, server_ms / 1000.0)
         if model.complete:
             self._consolidate_later(model, run)
         self.stats["queries"] += 1
@@ -806,7 +807,7 @@ class EdgeServer:
 
     @staticmethod
     def _run(
-        model: _Model, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]
+        model: ServerModel, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]
     ) -> tuple[Any, frozenset[str]]:
         """The outputs, and the layers that ran at base precision (§10.12.5): the query
         runs on the weights it started with, a swap waits for it (server_stages)."""
@@ -816,7 +817,7 @@ class EdgeServer:
         with model.stages.lock.reading():
             return runner(feeds), model.stages.ran_base(run)
 
-    def _consolidate_later(self, model: _Model, run: Sequence[str]) -> None:
+    def _consolidate_later(self, model: ServerModel, run: Sequence[str]) -> None:
         """Once the model is complete no piece will ever be added: compile each run set
         in use as one slice in the background (once, at most ``max_prepare_sets`` per
         model), under the model lock so that it never races a load."""
@@ -828,47 +829,13 @@ class EdgeServer:
         async def work() -> None:
             async with model.lock:
                 try:
-                    await _to_thread_to_the_end(model.consolidate, run, pool=self._loader)
+                    await to_thread_to_the_end(model.consolidate, run, pool=self._loader)
                 except Exception:  # the chain keeps serving; nothing is lost
                     logger.exception("consolidating a run set of %d layers failed", len(run))
 
         task = asyncio.get_running_loop().create_task(work())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-async def _to_thread_to_the_end(
-    func: Callable[..., Any], *args: Any, pool: ThreadPoolExecutor | None = None
-) -> Any:
-    """``asyncio.to_thread`` (or ``pool``) that, when cancelled (a RESET, a vanished
-    client, §14.3), waits for the thread to finish before re-raising: a thread cannot be
-    stopped, so the locks and slots its caller holds (session queries, inference threads,
-    the model lock) stay taken until the work has really stopped (Rapid Reset,
-    MadeYouReset). Without this a client dropping connections mid-query could queue
-    unbounded inference."""
-    if pool is None:
-        work = asyncio.ensure_future(asyncio.to_thread(func, *args))
-    else:
-        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(pool, func, *args))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await asyncio.wait({work})
-        raise
-
-
-def _lower_priority(nice: int) -> None:
-    """Initializer of a loader thread: raise its niceness (Linux: per thread), so that
-    the scheduler runs query threads first. Best effort: where it is not allowed the
-    thread keeps the server's priority."""
-    if nice <= 0:
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
-    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
-        logger.debug("loader thread keeps its priority: %s", exc)
 
 
 def _result_nbytes(
@@ -885,7 +852,7 @@ def _result_nbytes(
     )
 
 
-def _base_layers(model: _Model, layers: Collection[str]) -> tuple[str, ...] | None:
+def _base_layers(model: ServerModel, layers: Collection[str]) -> tuple[str, ...] | None:
     """§10.12.4, §10.12.5: which of ``layers`` are at base precision (None: no stages)."""
     stages = model.stages
     return None if stages is None else stages.listed(layers, model.graph.position)
@@ -893,17 +860,3 @@ def _base_layers(model: _Model, layers: Collection[str]) -> tuple[str, ...] | No
 
 def _host(address: Any) -> Any:
     return address[0] if isinstance(address, tuple) and address else address
-
-
-def _warm_up() -> None:
-    """Import TensorFlow/Keras and run one tiny compiled slice before accepting clients:
-    otherwise the first ``load`` pays the import and runtime start-up (5-7 s here)."""
-    import keras
-
-    from ionn_net.executor import Executor
-    from ionn_net.model import layers as _layers  # noqa: F401  (imports the spec builder)
-
-    x = keras.Input((4,))
-    model = keras.Model(x, keras.layers.Dense(2)(x), name="warm_up")
-    executor = Executor.from_model(model)
-    executor.prepare(executor.graph.order)

@@ -14,6 +14,11 @@ uploads survive a disconnect or a crash (protocol.md §10.5, §14.5):
   process); a torn or corrupt partial is caught by the final digest check and discarded.
 * Tenant scoping: which session uploaded which blob is recorded in a per-session index,
   so the server reveals only a session's own blobs (§14.5), even after a restart.
+* Several processes may share one directory (``ionn-server --workers``): what another
+  process stored after this one opened the store is found on demand (a blob by one
+  ``stat``; a session's owner records by reading the new tail of its append-only file),
+  appends to a partial upload hold an exclusive ``flock`` on it, and the temporary files
+  of live writers are left alone when a process opens the store.
 * Public records: a blob a session uploaded under a public marking (§10.3.4) is recorded
   as published, in the store itself, so that every server sharing the store reveals it
   (§14.5.1). A blob discarded as corrupt loses its public record with it.
@@ -27,6 +32,7 @@ uploads survive a disconnect or a crash (protocol.md §10.5, §14.5):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import os
@@ -206,6 +212,11 @@ class BlobStore:
     def bytes_owned_by(self, session_hash: str) -> int:
         raise NotImplementedError
 
+    def usage(self) -> tuple[int, int] | None:
+        """(verified blobs, their bytes) as this process knows them, in O(1); None when
+        the store cannot tell cheaply (the server's metrics then leave it out)."""
+        return None
+
     # -- public blobs (protocol.md §10.3.4, §14.5.1) ------------------------------
 
     def record_public(self, digest: str) -> None:
@@ -240,6 +251,10 @@ class BlobStore:
 
     # -- maintenance --------------------------------------------------------------
 
+    def close(self) -> None:
+        """Release what the store holds open (connections); nothing for a local store.
+        The store stays usable."""
+
     def digests(self) -> Iterable[str]:
         """Every complete blob held (verified when it was stored; ``get`` verifies it
         again)."""
@@ -257,6 +272,7 @@ class MemoryStore(BlobStore):
     def __init__(self) -> None:
         super().__init__()
         self._blobs: dict[str, bytes] = {}
+        self._bytes = 0
         self._partials: dict[str, bytearray] = {}
 
     def has(self, digest: str) -> bool:
@@ -270,6 +286,10 @@ class MemoryStore(BlobStore):
 
     def _save(self, digest: str, data: bytes) -> None:
         self._blobs[digest] = data
+        self._bytes += len(data)
+
+    def usage(self) -> tuple[int, int] | None:
+        return len(self._blobs), self._bytes
 
     def partial_offset(self, digest: str) -> int:
         with self._lock:
@@ -335,6 +355,9 @@ class DirectoryStore(BlobStore):
         for sub in ("blobs", "partial", "sessions", "tmp", "public"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._sizes: dict[str, int] = {}
+        self._bytes = 0  # sum of self._sizes, kept as it changes
+        # bytes of each session file already read into self._sessions (append-only files)
+        self._session_read: dict[str, int] = {}
         self._scan()
 
     # -- layout -------------------------------------------------------------------
@@ -347,19 +370,47 @@ class DirectoryStore(BlobStore):
 
     def _scan(self) -> None:
         """Index blobs and session records left by an earlier process; temp files
-        from an interrupted write are removed (they were never renamed into place)."""
+        from an interrupted write are removed (they were never renamed into place),
+        except those of a writer that is still running (another process on this store)."""
         for tmp in (self.root / "tmp").iterdir():
-            tmp.unlink(missing_ok=True)
+            if not _writer_alive(tmp.name):
+                tmp.unlink(missing_ok=True)
         for path in (self.root / "blobs").glob("*/*"):
             if _DIGEST_RE.match(path.name):
-                self._sizes[path.name] = path.stat().st_size
+                with contextlib.suppress(FileNotFoundError):
+                    self._index(path.name, path.stat().st_size)
         for path in (self.root / "sessions").iterdir():
-            digests = {ln for ln in path.read_text().split() if _DIGEST_RE.match(ln)}
-            self._sessions[path.name] = digests
+            self._read_session(path.name)
         self._public = {
             p.name for p in (self.root / "public").iterdir() if _DIGEST_RE.match(p.name)
         }
         self.sweep_partials()
+
+    def _index(self, digest: str, size: int) -> None:
+        self._bytes += size - self._sizes.get(digest, 0)
+        self._sizes[digest] = size
+
+    def _unindex(self, digest: str) -> None:
+        self._bytes -= self._sizes.pop(digest, 0)
+
+    def _read_session(self, session_hash: str) -> None:
+        """Add the owner records appended to ``sessions/<hash>`` since the last read (by
+        this process or another): one ``stat`` when nothing is new. Only whole lines are
+        taken; a line being appended right now is read next time."""
+        path = self.root / "sessions" / session_hash
+        done = self._session_read.get(session_hash, 0)
+        try:
+            if path.stat().st_size <= done:
+                return
+            with open(path, "rb") as fh:
+                fh.seek(done)
+                tail = fh.read()
+        except FileNotFoundError:
+            return
+        whole = tail[: tail.rfind(b"\n") + 1]
+        digests = {ln for ln in whole.decode("ascii", "replace").split() if _DIGEST_RE.match(ln)}
+        self._sessions.setdefault(session_hash, set()).update(digests)
+        self._session_read[session_hash] = done + len(whole)
 
     def sweep_partials(self, *, now: float | None = None) -> int:
         """Delete partial uploads not appended to for ``partial_ttl_s`` seconds (those
@@ -380,7 +431,22 @@ class DirectoryStore(BlobStore):
     # -- complete blobs -----------------------------------------------------------
 
     def has(self, digest: str) -> bool:
-        return digest in self._sizes
+        if digest in self._sizes:
+            return True
+        if not _DIGEST_RE.match(digest):
+            return False
+        try:  # stored by another process since this one opened the store?
+            size = self._blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return False
+        with self._lock:
+            self._index(digest, size)
+        return True
+
+    def usage(self) -> tuple[int, int] | None:
+        """Blobs indexed at open and stored or found since (another process's blobs are
+        found when first asked for), and their bytes (kept as they change)."""
+        return len(self._sizes), self._bytes
 
     def get(self, digest: str) -> bytes:
         check_digest(digest)
@@ -389,13 +455,13 @@ class DirectoryStore(BlobStore):
             data = path.read_bytes()
         except FileNotFoundError:
             with self._lock:
-                self._sizes.pop(digest, None)
+                self._unindex(digest)
             raise StoreError(f"blob {digest} is not held") from None
         if sha256_hex(data) != digest:
             # Bit rot or tampering: never serve it; forget it so it is uploaded again.
             with self._lock:
                 path.unlink(missing_ok=True)
-                self._sizes.pop(digest, None)
+                self._unindex(digest)
                 self._forget_public(digest)
             raise BlobCorruptError(f"blob {digest} failed verification on read and was discarded")
         return data
@@ -415,7 +481,7 @@ class DirectoryStore(BlobStore):
         self._fault_hook("renamed")
         self._fsync_dir(final.parent)
         self._fault_hook("dir_fsynced")
-        self._sizes[digest] = len(data)
+        self._index(digest, len(data))
 
     def _fsync_dir(self, path: Path) -> None:
         if not self._fsync:
@@ -437,12 +503,15 @@ class DirectoryStore(BlobStore):
 
     def append_partial(self, digest: str, offset: int, data: bytes | memoryview) -> int:
         check_digest(digest)
-        with self._lock:
-            current = self.partial_offset(digest)
+        with self._lock, open(self._partial_path(digest), "ab") as fh:
+            # Another process may append to the same partial (a client that reconnected to
+            # another worker while the old one still writes what it received): the offset
+            # check and the write happen under one exclusive lock on the file.
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            current = os.fstat(fh.fileno()).st_size
             if offset != current:
                 raise StoreError(f"offset conflict for {digest}: expected {current}, got {offset}")
-            with open(self._partial_path(digest), "ab") as fh:
-                fh.write(data)
+            fh.write(data)
             return current + len(data)
 
     def partial_bytes(self, digest: str) -> bytes:
@@ -454,21 +523,51 @@ class DirectoryStore(BlobStore):
     def drop_partial(self, digest: str) -> None:
         self._partial_path(digest).unlink(missing_ok=True)
 
+    def complete_partial(
+        self,
+        digest: str,
+        *,
+        key: str | None = None,
+        owner: str | None = None,
+        public: bool = False,
+    ) -> None:
+        path = self._partial_path(key or digest)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115  (held across the whole completion)
+        except FileNotFoundError:
+            fh = None
+        try:
+            if fh is not None:  # no other process appends while it is checked and moved
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            super().complete_partial(digest, key=key, owner=owner, public=public)
+        finally:
+            if fh is not None:
+                fh.close()
+
     # -- tenant scoping -----------------------------------------------------------
 
     def record_owner(self, session_hash: str, digest: str) -> None:
         check_digest(digest)
         check_session_hash(session_hash)
         with self._lock:
+            self._read_session(session_hash)
             if digest in self._sessions.get(session_hash, ()):
                 return
             super().record_owner(session_hash, digest)
             path = self.root / "sessions" / session_hash
+            # One write of one short line to an O_APPEND file: other processes appending
+            # to the same session file never interleave inside it.
             with open(path, "a") as fh:
                 fh.write(digest + "\n")
                 fh.flush()
                 if self._fsync:
                     os.fsync(fh.fileno())
+
+    def owned_by(self, session_hash: str) -> frozenset[str]:
+        with self._lock:
+            if _SESSION_RE.match(session_hash):
+                self._read_session(session_hash)
+            return super().owned_by(session_hash)
 
     def bytes_owned_by(self, session_hash: str) -> int:
         with self._lock:
@@ -489,8 +588,39 @@ class DirectoryStore(BlobStore):
             (self.root / "public" / digest).unlink(missing_ok=True)
             super()._forget_public(digest)
 
+    def public_held(self, digests: Iterable[str]) -> frozenset[str]:
+        """One ``stat`` per digest asked for: another process sharing the directory
+        (``--workers``) may have published a blob, or discarded one, since this one
+        looked."""
+        digests = tuple(digests)
+        with self._lock:
+            for digest in digests:
+                if _DIGEST_RE.match(digest) and (self.root / "public" / digest).exists():
+                    self._public.add(digest)
+                else:
+                    self._public.discard(digest)
+            return super().public_held(digests)
+
     def digests(self) -> Iterable[str]:
         return tuple(self._sizes)
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Whether the process that named this temporary file (``<digest>.<pid>.<thread>``,
+    see ``_save``) is still running; an unparsable name counts as dead."""
+    parts = tmp_name.split(".")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False  # this process is opening the store: nothing of its own is in flight
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def open_store(spec: BlobStore | str | os.PathLike[str] | None, **options: Any) -> BlobStore:

@@ -273,3 +273,101 @@ def test_a_public_blob_discarded_as_corrupt_is_not_public_again_after_a_private_
         assert manifest(a)["m"] == "manifest_ok"
         assert blob(a, D1, BLOB1)["complete"] is True  # stored again, privately
         assert public_seen(srv) == []
+
+
+# ----- §14.5.1: public and private layers of the same digest ---------------------------------
+
+
+def twin_model() -> tuple[bytes, str, str, bytes]:
+    """x[4] -> Dense(4) "t1" -> Dense(4) "t2", the two layers with the very same weights (one
+    blob, one digest): (body, model digest, blob digest, blob)."""
+    rng = np.random.default_rng(7)
+    k, b = f32(rng.normal(0, 0.5, (4, 4))), f32(rng.normal(0, 0.5, (4,)))
+    m = Manifest("twin")
+    h = m.layer("t1", "Dense", {"units": 4}, [m.input("x", [4])], [k, b])
+    m.layer("t2", "Dense", {"units": 4}, [h], [k, b])
+    body = m.body(["t2:0"])
+    sha, data = m.blob_of("t1")
+    assert m.blob_of("t2")[0] == sha
+    return body, hashlib.sha256(body).hexdigest(), sha, data
+
+
+def head_model() -> tuple[bytes, str, str, bytes]:
+    """MODEL's "d1" (the same blob D1) under a new head "h2" of its own weights: (body, model
+    digest, the head's blob digest, its blob)."""
+    rng = np.random.default_rng(11)
+    m = Manifest("dense0-head")
+    h = m.layer(
+        "d1", "Dense", {"units": 3, "activation": "relu"}, [m.input("x", [4])],
+        [f32(WEIGHTS["k1"]), f32(WEIGHTS["b1"])],
+    )  # fmt: skip
+    m.layer(
+        "h2",
+        "Dense",
+        {"units": 2},
+        [h],
+        [f32(rng.normal(0, 0.5, (3, 2))), f32(rng.normal(0, 0.5, (2,)))],
+    )
+    assert m.blob_of("d1")[0] == D1
+    sha, data = m.blob_of("h2")
+    body = m.body(["h2:0"])
+    return body, hashlib.sha256(body).hexdigest(), sha, data
+
+
+def send(peer: RefPeer, head: dict[str, Any], body: bytes = b"") -> dict[str, Any]:
+    return dict(peer.request(head, body, urgency=5, incremental=True).head)
+
+
+def upload(peer: RefPeer, model: str, sha: str, data: bytes) -> dict[str, Any]:
+    head = {"m": "blob", "model": model, "sha256": sha, "size": len(data), "offset": 0}
+    return send(peer, head, data)
+
+
+@pytest.mark.spec("14.5.1", "10.3.4")
+def test_a_blob_a_marked_layer_shares_with_an_unmarked_one_is_published(server: Any) -> None:
+    body, model, sha, data = twin_model()
+    b = tenant(server)
+    assert send(b, manifest_head(model, ["t1"]), body)["m"] == "manifest_ok"  # t2 unmarked
+    assert upload(b, model, sha, data)["complete"] is True
+    c = tenant(server)
+    ok = send(c, manifest_head(model), body)
+    assert ok["blobs_public"] == [sha] and ok["blobs_held"] == [], ok
+    assert public_layers(json.loads(body), ok["blobs_public"]) == ["t1", "t2"]
+    reply = send(c, {"m": "load", "model": model, "layers": ["t1", "t2"]})
+    assert reply["m"] == "load_ok", reply  # the unmarked layer too: the same bytes
+
+
+@pytest.mark.spec("14.5.1")
+def test_a_private_head_on_a_public_backbone_stays_private(catalog_server: Any) -> None:
+    body, model, head_sha, head_blob = head_model()
+    a = tenant(catalog_server)  # the catalog holds d1's blob; A's head is its own
+    ok = send(a, manifest_head(model), body)
+    assert ok["blobs_public"] == [D1] and ok["blobs_held"] == [], ok
+    assert upload(a, model, head_sha, head_blob)["complete"] is True
+    assert send(a, {"m": "load", "model": model, "layers": ["d1", "h2"]})["m"] == "load_ok"
+    assert send(a, {"m": "have", "model": model})["blobs_held"] == [head_sha]
+    c = tenant(catalog_server)  # names the same model: learns the backbone, not the head
+    ok = send(c, manifest_head(model), body)
+    assert ok["blobs_public"] == [D1] and ok["blobs_held"] == [], ok
+    reply = send(c, {"m": "load", "model": model, "layers": ["d1", "h2"]})
+    assert reply["m"] == "error" and reply["code"] == "missing_blobs", reply
+    assert reply["layers"] == ["h2"]
+
+
+@pytest.mark.spec("14.5.1")
+def test_an_uploader_keeps_its_own_copy_when_the_same_digest_turns_public(server: Any) -> None:
+    key = os.urandom(16).hex()
+    a = tenant(server, key)  # A: D1 and D2, privately
+    assert manifest(a)["m"] == "manifest_ok"
+    for sha, data in ((D1, BLOB1), (D2, BLOB2)):
+        assert blob(a, sha, data)["complete"] is True
+    b = tenant(server)  # B publishes D1 by its own upload
+    assert manifest(b, ["d1"])["m"] == "manifest_ok"
+    assert blob(b, D1, BLOB1)["complete"] is True
+    a_again = tenant(server, key)  # A, reconnected: D1 both its own and public, D2 its own
+    ok = manifest(a_again)
+    assert ok["blobs_held"] == sorted([D1, D2]) and ok["blobs_public"] == [D1], ok
+    c = tenant(server)  # C: D1 public only; A's private D2 never shows
+    ok = manifest(c)
+    assert ok["blobs_held"] == [] and ok["blobs_public"] == [D1], ok
+    assert load(c, ["d2"])["code"] == "missing_blobs"

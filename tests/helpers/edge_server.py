@@ -2,16 +2,24 @@
 
 For tests that drive the server with a blocking client (the reference peer): the server gets
 its own event loop in a daemon thread, a fixed neutral cost model (no calibration run) and an
-in-memory store; everything is stopped and joined on exit.
+in-memory store (or ``store``); everything is stopped and joined on exit. :func:`call` runs
+a coroutine of the server (e.g. ``server.drain(1.0)``) on its loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+_LOOPS: dict[int, asyncio.AbstractEventLoop] = {}
+
+
+def call(server: Any, coro: Callable[[], Coroutine[Any, Any, Any]], timeout: float = 60.0) -> Any:
+    """Run ``coro()`` on the loop of a server from :func:`running_server`; its result."""
+    return asyncio.run_coroutine_threadsafe(coro(), _LOOPS[id(server)]).result(timeout)
 
 
 @contextmanager
@@ -26,6 +34,7 @@ def running_server(config: Any = None, timeout: float = 60.0, **options: Any) ->
 
     loop = asyncio.new_event_loop()
     server = EdgeServer("127.0.0.1", 0, config=config, cost_model=ServerCostModel(), **options)
+    _LOOPS[id(server)] = loop
     ready = threading.Event()
     failure: list[BaseException] = []
 
@@ -55,3 +64,4 @@ def running_server(config: Any = None, timeout: float = 60.0, **options: Any) ->
         thread.join(timeout)
         if not loop.is_running():
             loop.close()
+        _LOOPS.pop(id(server), None)

@@ -169,6 +169,111 @@ def test_partial_ttl_must_be_positive(tmp_path: Path) -> None:
         DirectoryStore(tmp_path, partial_ttl_s=0)
 
 
+# -- several processes on one directory (ionn-server --workers) ------------------------------
+
+
+def test_a_second_store_on_the_same_directory_sees_what_the_first_stored_later(
+    tmp_path: Path,
+) -> None:
+    first = DirectoryStore(tmp_path / "store")
+    second = DirectoryStore(tmp_path / "store")  # opened before anything was stored
+    first.put(DIGEST, BLOB)
+    first.record_owner(SESSION, DIGEST)
+    assert second.has(DIGEST)
+    assert second.owned_by(SESSION) == {DIGEST}
+    assert second.bytes_owned_by(SESSION) == len(BLOB)
+    assert second.usage() == (1, len(BLOB))
+    other = sha256_hex(b"other")
+    second.put(other, b"other")
+    second.record_owner(SESSION, other)
+    assert first.owned_by(SESSION) == {DIGEST, other}  # and the other way round
+
+
+def test_a_second_store_on_the_same_directory_sees_what_the_first_published_later(
+    tmp_path: Path,
+) -> None:
+    first = DirectoryStore(tmp_path / "store")
+    second = DirectoryStore(tmp_path / "store")  # opened before the blob was published
+    key = partial_key(SESSION, DIGEST)
+    first.append_partial(key, 0, BLOB)
+    first.complete_partial(DIGEST, key=key, owner=SESSION, public=True)
+    assert second.public_held([DIGEST]) == {DIGEST}
+    (tmp_path / "store" / "blobs" / DIGEST[:2] / DIGEST).write_bytes(BLOB[::-1])
+    with pytest.raises(BlobCorruptError):
+        first.get(DIGEST)  # discarded by the first: the second no longer reveals it
+    second.put(DIGEST, BLOB)  # a later private upload of the same bytes
+    assert second.public_held([DIGEST]) == frozenset()
+
+
+def test_owner_records_are_read_incrementally_and_only_whole_lines(tmp_path: Path) -> None:
+    first = DirectoryStore(tmp_path / "store")
+    second = DirectoryStore(tmp_path / "store")
+    first.put(DIGEST, BLOB)
+    path = tmp_path / "store" / "sessions" / SESSION
+    with open(path, "a") as fh:
+        fh.write(DIGEST[:40])  # a line another process is writing right now
+    assert second.owned_by(SESSION) == frozenset()
+    with open(path, "a") as fh:
+        fh.write(DIGEST[40:] + "\n")
+    assert second.owned_by(SESSION) == {DIGEST}
+
+
+def test_a_partial_is_appended_by_whichever_store_holds_the_right_offset(tmp_path: Path) -> None:
+    first = DirectoryStore(tmp_path / "store")
+    second = DirectoryStore(tmp_path / "store")
+    first.append_partial(DIGEST, 0, BLOB[:4000])
+    with pytest.raises(StoreError, match="expected 4000, got 0"):
+        second.append_partial(DIGEST, 0, BLOB[:4000])
+    assert second.append_partial(DIGEST, 4000, BLOB[4000:]) == len(BLOB)
+    first.complete_partial(DIGEST)
+    assert second.get(DIGEST) == BLOB
+
+
+def test_opening_the_store_keeps_the_temporary_files_of_live_writers(tmp_path: Path) -> None:
+    DirectoryStore(tmp_path / "store")
+    tmp = tmp_path / "store" / "tmp"
+    live = tmp / f"{DIGEST}.{os.getppid()}.1"  # the test runner's parent is alive
+    dead = tmp / f"{DIGEST}.{2**22 + 12345}.1"  # above pid_max's default: no such process
+    stray = tmp / "garbage"
+    for path in (live, dead, stray):
+        path.write_bytes(b"x")
+    DirectoryStore(tmp_path / "store")
+    assert live.exists()
+    assert not dead.exists() and not stray.exists()
+
+
+_RACER = """
+import json, sys
+from ionn_net.errors import StoreError
+from ionn_net.store import DirectoryStore
+store, key, won = DirectoryStore(sys.argv[1]), sys.argv[2], []
+for _ in range(int(sys.argv[3])):
+    try:
+        won.append(store.append_partial(key, store.partial_offset(key), b"x" * 100))
+    except StoreError:
+        pass  # another process appended in between: the offset check refused it
+print(json.dumps(won))
+"""
+
+
+def test_processes_racing_on_one_partial_never_both_win_the_same_offset(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = tmp_path / "store"
+    DirectoryStore(root)
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(root), DIGEST, "2000"], stdout=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    won = [o for r in racers for o in json.loads(r.communicate(timeout=120)[0])]
+    assert len(won) == len(set(won))  # each accepted append got an offset of its own
+    assert (root / "partial" / DIGEST).stat().st_size == 100 * len(won)
+
+
 # -- public records and owners recorded with the commit (protocol.md §10.3.4, §14.5.1) ------
 
 

@@ -18,6 +18,7 @@ installed; ``IONN_NET_NO_UVLOOP=1`` opts out); these functions run on the curren
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl as _ssl
 from collections.abc import Callable, Generator
 from typing import Any
@@ -139,6 +140,7 @@ class Server:
         self._closing = False
         self._closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._finisher: asyncio.Task[None] | None = None
+        self._ssl: _ssl.SSLContext | None = None
 
     def _protocol_factory(self) -> asyncio.BaseProtocol:
         conn = AioConnection(
@@ -160,11 +162,26 @@ class Server:
         elif self._on_connection is not None:
             self._on_connection(conn)
 
-    async def _start(self, host: str | None, port: int, ssl: _ssl.SSLContext | None) -> Server:
+    async def _start(
+        self, host: str | None, port: int, ssl: _ssl.SSLContext | None, listen: bool
+    ) -> Server:
+        self._ssl = ssl
+        if not listen:
+            return self
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol_factory, host, port, ssl=ssl)
         logger.debug("serving on %s", self.sockets)
         return self
+
+    async def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection accepted elsewhere (a supervisor process that accepts and
+        hands sockets to workers) as if this server had accepted it; closed at once if
+        the server is closing."""
+        if self._closing:
+            sock.close()
+            return
+        loop = asyncio.get_running_loop()
+        await loop.connect_accepted_socket(self._protocol_factory, sock, ssl=self._ssl)
 
     @property
     def sockets(self) -> list[Any]:
@@ -224,20 +241,21 @@ class _Serve:
         limits: Limits,
         options: TransportOptions,
         ssl: _ssl.SSLContext | None,
+        listen: bool,
         on_connection: ConnectionHook | None,
     ) -> None:
         if not callable(handler):
             raise ConfigError(f"handler: expected an async callable, got {handler!r}")
         if on_connection is not None and not callable(on_connection):
             raise ConfigError(f"on_connection: expected a callable, got {on_connection!r}")
-        self._args = (handler, host, _check_port(port), limits, options, ssl)
+        self._args = (handler, host, _check_port(port), limits, options, ssl, listen)
         self._on_connection = on_connection
         self._server: Server | None = None
 
     async def _open(self) -> Server:
-        handler, host, port, limits, options, ssl = self._args
+        handler, host, port, limits, options, ssl, listen = self._args
         server = Server(handler, limits, options, self._on_connection)
-        return await server._start(host, port, ssl)
+        return await server._start(host, port, ssl, listen)
 
     def __await__(self) -> Generator[Any, None, Server]:
         return self._open().__await__()
@@ -259,14 +277,16 @@ def serve(
     limits: Limits | None = None,
     options: TransportOptions | None = None,
     ssl: _ssl.SSLContext | None = None,
+    listen: bool = True,
     on_connection: ConnectionHook | None = None,
 ) -> _Serve:
     """Listen on ``host:port``; ``handler(stream)`` runs for every peer-initiated stream.
 
     A handler that raises resets its stream with INTERNAL_ERROR; one that returns without
-    ending its response likewise. Closing the server drains connections gracefully.
-    ``on_connection(conn)`` (optional) is called with every accepted connection as soon as
-    its socket is up, whatever the peer sends afterwards.
+    ending its response likewise. Closing the server drains connections gracefully. With
+    ``listen=False`` no socket is opened: the server serves what :meth:`Server.adopt`
+    hands it. ``on_connection(conn)`` (optional) is called with every accepted (or
+    adopted) connection as soon as its socket is up, whatever the peer sends afterwards.
     """
     return _Serve(
         handler,
@@ -275,5 +295,6 @@ def serve(
         limits=limits or Limits(),
         options=options or TransportOptions(),
         ssl=ssl,
+        listen=listen,
         on_connection=on_connection,
     )

@@ -253,6 +253,11 @@ def _write_report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     require_extras("ionn-bench")
+    rest = list(sys.argv[1:] if argv is None else argv)
+    if rest[:1] == ["cache"]:  # its own command: what a model catalog spares a client
+        from ionn_net.bench.cache import main as cache_main
+
+        return cache_main(rest[1:])
     args = _parser().parse_args(argv)
     if args.verbose:  # the server and worker processes read it (ionn_net.tflog)
         os.environ[VERBOSE_ENV] = "1"

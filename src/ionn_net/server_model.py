@@ -1,0 +1,158 @@
+"""One client model on the server (:class:`ServerModel`), and how the server runs work in
+threads (:func:`to_thread_to_the_end`, :func:`lower_priority`, :func:`warm_up`).
+
+:class:`ServerModel` is a validated manifest of one session, assembled incrementally:
+which layers are built, which load built each (run sets are chained from per-load pieces,
+protocol.md §10.6) and the compiled runners. :class:`~ionn_net.server.EdgeServer` owns
+one per (session, model digest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ionn_net.model.graph import LayerGraph
+from ionn_net.model.schema import LOCAL_ONLY
+from ionn_net.model.spec import ModelManifest
+from ionn_net.server_stages import ModelStages
+
+__all__ = ["ServerModel", "lower_priority", "to_thread_to_the_end", "warm_up"]
+
+logger = logging.getLogger("ionn_net.server")
+
+
+class ServerModel:
+    """One validated model of one session, assembled incrementally."""
+
+    def __init__(self, manifest: ModelManifest, graph: LayerGraph, jit: bool | None) -> None:
+        self.manifest = manifest
+        self.graph = graph
+        self.digest = manifest.manifest_digest()
+        self.specs = {s.name: s for s in manifest.layers}
+        self.blob_sizes = {
+            s.blob_sha256: s.blob_size for s in manifest.layers if s.blob_sha256 is not None
+        }
+        #: declared weight stages (§10.12), None without: their digests are blobs too
+        self.stages = ModelStages.of(manifest)
+        self.blob_sizes.update(self.stages.sizes if self.stages else {})
+        self.refused = {
+            s.name: "this layer's class is kept on the client"
+            for s in manifest.layers
+            if s.cls == LOCAL_ONLY
+        }
+        self.ready: set[str] = set()
+        self.lock = asyncio.Lock()
+        self._jit = jit
+        self._executor: Any = None
+        #: which load built each layer: run sets are chained from per-load pieces
+        self.batch_of: dict[str, int] = {}
+        self.loads = 0
+        self._runners: dict[frozenset[str], Any] = {}
+        self.consolidating: set[frozenset[str]] = set()
+        self._complete = False
+        #: Blobs the session's latest manifest request marks public (§10.3.4).
+        self.public_marked: frozenset[str] = frozenset()
+
+    def share_executor(self, executor: Any) -> None:
+        """Run on a warm catalog model's executor (same manifest digest, so the same graph
+        and layers): its compiled slices serve this session at once."""
+        self._executor = executor
+
+    @property
+    def complete(self) -> bool:
+        """Every layer the client may upload is built: no more partitions will come."""
+        if not self._complete:  # once true it stays true: layers are never unloaded
+            self._complete = all(
+                n in self.ready or n in self.refused or spec.cls == "InputLayer"
+                for n, spec in self.specs.items()
+            )
+        return self._complete
+
+    def runner(self, run: Sequence[str]) -> Any:
+        """What runs ``run`` (worker thread): its whole compiled slice once built,
+        otherwise the chain of per-load pieces (§10.6), of which only pieces never
+        seen before are compiled, so a partition costs a compile of its own layers
+        and not of every layer of the run sets it extends."""
+        key = frozenset(run)
+        executor = self.executor()
+        whole = executor.cached(key)
+        if whole is not None:
+            return whole
+        chain = self._runners.get(key)
+        if chain is None:
+            chain = executor.prepare_chain(self.graph.pieces(key, self.batch_of))
+            self._runners[key] = chain
+        return chain
+
+    def consolidate(self, run: Sequence[str]) -> bool:
+        """Compile ``run`` as one slice (worker thread) so that it stops paying one
+        dispatch per piece; True if it was a chain."""
+        key = frozenset(run)
+        chain = self._runners.get(key)
+        if chain is None or len(getattr(chain, "pieces", ())) < 2:
+            return False
+        self.executor().prepare(key)
+        self._runners.pop(key, None)
+        return True
+
+    def executor(self) -> Any:
+        if self._executor is None:
+            from ionn_net.executor import Executor  # keras stays out of import time
+
+            self._executor = Executor(self.graph, {}, jit=self._jit)
+        return self._executor
+
+
+async def to_thread_to_the_end(
+    func: Callable[..., Any], *args: Any, pool: ThreadPoolExecutor | None = None
+) -> Any:
+    """``asyncio.to_thread`` (or ``pool``) that, when cancelled (a RESET, a vanished
+    client, §14.3), waits for the thread to finish before re-raising: a thread cannot be
+    stopped, so the locks and slots its caller holds (session queries, inference threads,
+    the model lock) stay taken until the work has really stopped (Rapid Reset,
+    MadeYouReset). Without this a client dropping connections mid-query could queue
+    unbounded inference."""
+    if pool is None:
+        work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    else:
+        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(pool, func, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait({work})
+        raise
+
+
+def lower_priority(nice: int) -> None:
+    """Initializer of a loader thread: raise its niceness (Linux: per thread), so that
+    the scheduler runs query threads first. Best effort: where it is not allowed the
+    thread keeps the server's priority."""
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
+        logger.debug("loader thread keeps its priority: %s", exc)
+
+
+def warm_up() -> None:
+    """Import TensorFlow/Keras and run one tiny compiled slice before accepting clients:
+    otherwise the first ``load`` pays the import and runtime start-up (5-7 s here)."""
+    import keras
+
+    from ionn_net.executor import Executor
+    from ionn_net.model import layers as _layers  # noqa: F401  (imports the spec builder)
+
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Dense(2)(x), name="warm_up")
+    executor = Executor.from_model(model)
+    executor.prepare(executor.graph.order)
