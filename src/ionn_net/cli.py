@@ -24,6 +24,7 @@ from typing import Any, TextIO
 from ionn_net.argtypes import port, positive
 from ionn_net.errors import ConfigError, StoreError
 from ionn_net.extras import REDIS_EXTRA, require_extra, require_extras
+from ionn_net.handoff import cli as handoff_cli
 from ionn_net.store import REDIS_SCHEMES, open_store
 
 __all__ = ["demo_main", "demo_runs", "server_main"]
@@ -127,6 +128,7 @@ def _server_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also show TensorFlow's native start-up logs (hidden by default)",
     )
+    handoff_cli.add_arguments(p)
     ops = p.add_argument_group("operations")
     ops.add_argument(
         "--metrics-port",
@@ -224,6 +226,7 @@ def _server_config(args: argparse.Namespace, catalog: Any) -> Any:
             max_queries_per_session=args.max_queries,
             secret=secret,
             catalog_warm=args.catalog_warm,
+            handoff=handoff_cli.config_from(args),
             drain_timeout_s=args.drain_timeout,
         )
         if catalog is not None:  # a model name the catalog does not serve fails here

@@ -42,6 +42,8 @@ from ionn_net.aio import ServerStream, TransportOptions, serve
 from ionn_net.aio.connection import AioConnection
 from ionn_net.catalog import Catalog
 from ionn_net.errors import ConfigError, IonnError, SpecError, StoreError, TensorError
+from ionn_net.handoff.service import HandoffService
+from ionn_net.ingest import BlobIngest
 from ionn_net.messages import (
     Auth,
     Blob,
@@ -56,6 +58,7 @@ from ionn_net.messages import (
     LoadOk,
     Manifest,
     ManifestOk,
+    PullOk,
     Query,
     Reply,
     Request,
@@ -164,6 +167,9 @@ class EdgeServer:
         self._cost_model = cost_model
         self._ssl = ssl
         self.hooks = hooks or ServerHooks()
+        self.ingest = BlobIngest(
+            self.store, self.config.max_bytes_per_session, received=self.hooks.received
+        )
         self._listen = listen
         self._draining = False
         self._layers_ready = 0  # over every session's models (a gauge)
@@ -183,6 +189,16 @@ class EdgeServer:
             Load: self._on_load,
             Query: self._on_query,
         }
+        self.handoff = HandoffService(
+            self,
+            self.ingest,
+            self.config.handoff,
+            self.config.limits,
+            spec_limits=self.config.spec_limits,
+            max_manifest_bytes=self.config.max_manifest_bytes,
+            nice=self.config.loader_nice,
+        )
+        self._handlers.update(self.handoff.handlers())  # §15
         self.stats = {"queries": 0, "errors": 0, "blobs": 0, "loads": 0}
         self._background: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Future[None] | None = None
@@ -295,6 +311,7 @@ class EdgeServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self.handoff.close()
         if self._background:  # a compile in a thread cannot be interrupted: wait for it
             await asyncio.gather(*self._background, return_exceptions=True)
         self._loader.shutdown(wait=False)
@@ -332,7 +349,10 @@ class EdgeServer:
         try:
             reply, body = await self._answer(state, stream, call)
             if reply is not None:
-                await stream.respond(reply.to_head(), body, codec=Codec.ZSTD if body else None)
+                # Weights pulled by a peer cross the backhaul RAW: compressing them costs
+                # more CPU than the fast link saves (§12.4).
+                raw = not body or isinstance(reply, PullOk)
+                await stream.respond(reply.to_head(), body, codec=None if raw else Codec.ZSTD)
                 self.hooks.sent(call.kind, len(body))
         except BaseException:
             call.outcome = "cancelled"  # the stream or connection went first
@@ -525,10 +545,17 @@ class EdgeServer:
                 model = await asyncio.to_thread(self._parse_model, body)
             except SpecError as exc:
                 raise RequestError("bad_manifest", str(exc)) from None
-        # §10.3.4: a bad marking refuses the whole request; blobs this session already
-        # holds from its own verified uploads are published at once.
-        model.public_marked = self.public.marking(model.manifest, request.public)
+        # §10.3.4: a bad marking refuses the whole request (before anything is claimed).
+        marked = self.public.marking(model.manifest, request.public)
+        # blobs pushed ahead of this client become its own, with any layer built (§15.5)
+        built = self.handoff.claim(session, digest)
+        if isinstance(built, ServerModel) and digest not in session.models:
+            model = built
+            self._layers_ready += len(model.ready)
+        model.public_marked = marked
         session.models[digest] = model
+        # blobs this session already holds from its own verified uploads (or claimed) are
+        # published at once
         self.public.publish(model.public_marked & self.store.owned_by(session.hash))
         holdings = self._holdings(session, model)
         layers, held = len(model.specs), len(holdings.blobs_held)
@@ -561,6 +588,17 @@ class EdgeServer:
             layers_base=_base_layers(model, model.ready),
             blobs_public=self.public.held(model.blob_sizes),
         )
+
+    def find_session(self, session_hash: str) -> _Session | None:
+        """The remembered session whose owner hash is ``session_hash`` (§15.3)."""
+        return next((s for s in self._sessions.values() if s.hash == session_hash), None)
+
+    def holdings_of(self, session_key: str, model: str) -> Holdings:
+        """What this server holds of ``model`` for session ``session_key`` (§10.3.3, §15.4)."""
+        session = self._sessions.get(session_key)
+        if session is None or model not in session.models:
+            return Holdings()
+        return self._holdings(session, session.models[model])
 
     def _model(self, state: _ConnState, digest: str) -> ServerModel:
         assert state.session is not None
@@ -603,79 +641,37 @@ class EdgeServer:
             )
         # Unfinished uploads reserve their whole size: partials count against the budget.
         sizes = {d: n for m in session.models.values() for d, n in m.blob_sizes.items()}
-        reserved = sum(sizes.get(d, 0) for d in session.partials - {digest})
-        reserved += stages.reserve(digest, size, model.blob_sizes) if stages else size
-        if self.store.bytes_owned_by(session.hash) + reserved > self.config.max_bytes_per_session:
+        reserve = stages.reserve(digest, size, model.blob_sizes) if stages else size
+        try:
+            self.ingest.check_budget(
+                session.hash, session.partials, sizes, digest, size, reserve=reserve
+            )
+        except RequestError:
             self.hooks.refused("bytes_per_session", session=session.hash)
-            raise RequestError("limit_exceeded", "this session stores too many bytes")
+            raise
         body_len = check_body_len(blob.body_len, limit=size - offset)
         session.partials.add(digest)
-        new_offset = await self._append_body(stream, key, offset, body_len)
+        new_offset = await self.ingest.append(key, offset, stream, body_len)
         complete = new_offset == size
         if complete:
             try:
-                await self._complete_blob(session, model, digest, key)
-            except StoreUnavailableError as exc:
-                # Not the client's bytes: the partial stays (nothing acknowledged is lost)
-                # and the client completes it again once the store is back.
-                raise RequestError("internal", f"blob {digest}: {exc}") from None
-            except StoreError:
-                raise RequestError(
-                    "digest_mismatch", f"blob {digest}: bytes do not match"
-                ) from None
+                marked = frozenset().union(*(m.public_marked for m in session.models.values()))
+                via = None
+                if stages is not None:  # a refinement rebuilds its exact blob (§10.12.3)
+                    owner = session.hash
+
+                    def via() -> object:
+                        assert stages is not None
+                        return stages.complete(self.store, digest, key, owner=owner, public=marked)
+
+                await self.ingest.complete(
+                    session.hash, digest, key, public=digest in marked, via=via
+                )
             finally:
                 session.partials.discard(digest)  # stored, or dropped as corrupt
             self.stats["blobs"] += 1
             self.hooks.blob_completed(session.hash, digest, size)
         return BlobOk(sha256=digest, offset=new_offset, complete=complete), b""
-
-    async def _complete_blob(
-        self, session: _Session, model: ServerModel, digest: str, key: str
-    ) -> None:
-        """Verify and store the finished partial (a refinement stage: the exact blob it
-        rebuilds, §10.12.3); the store records this session as its owner (and, under a
-        public marking, the blob as published, §10.3.4) with the commit, also when the
-        client vanished while the digest was checked: the partial is consumed by then, so
-        without the record it would have to send it again."""
-        marked = frozenset().union(*(m.public_marked for m in session.models.values()))
-        stages = model.stages
-        if stages is not None:
-            await to_thread_to_the_end(
-                lambda: stages.complete(self.store, digest, key, owner=session.hash, public=marked)
-            )
-            return
-        await to_thread_to_the_end(
-            lambda: self.store.complete_partial(
-                digest, key=key, owner=session.hash, public=digest in marked
-            )
-        )
-
-    async def _append_body(self, stream: ServerStream, key: str, offset: int, body_len: int) -> int:
-        """Append the body to the partial blob as it arrives, about 1 MiB at a time, so
-        that an upload cut at any byte resumes from what was received (§10.5.2)."""
-        pending: list[bytes] = []
-        pending_bytes = 0
-        received = 0
-        try:
-            async for chunk in stream:
-                received += len(chunk)
-                if received > body_len:
-                    raise RequestError("bad_request", f"body: more than body_len={body_len}")
-                pending.append(chunk)
-                pending_bytes += len(chunk)
-                if pending_bytes >= 1 << 20:
-                    data, pending, pending_bytes = b"".join(pending), [], 0
-                    offset = await to_thread_to_the_end(
-                        self.store.append_partial, key, offset, data
-                    )
-        finally:
-            self.hooks.received("blob", received)
-            if pending:  # also when the client vanished: keep what arrived
-                data = b"".join(pending)
-                offset = await to_thread_to_the_end(self.store.append_partial, key, offset, data)
-        if received != body_len:
-            raise RequestError("bad_request", f"body: expected {body_len} bytes, got {received}")
-        return offset
 
     # -- §10.6 load ----------------------------------------------------------------------
 
@@ -700,16 +696,8 @@ class EdgeServer:
         if missing:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
-        async with model.lock:
-            before = len(model.ready)
-            await to_thread_to_the_end(self._build, model, names, usable, pool=self._loader)
-            built = len(model.ready) - before
-            self._layers_ready += built
-            prepared = []
-            for run in sets:
-                if set(run) <= model.ready:
-                    await to_thread_to_the_end(model.runner, run, pool=self._loader)
-                    prepared.append(run)
+        prepared, built = await self.build(model, names, sets, usable)
+        self._layers_ready += built
         if model.complete:
             for run in prepared:
                 self._consolidate_later(model, run)
@@ -725,6 +713,34 @@ class EdgeServer:
             load_ms=load_ms,
             layers_base=_base_layers(model, model.ready),
         ), b""
+
+    async def build(
+        self,
+        model: ServerModel,
+        names: Sequence[str],
+        sets: Sequence[Sequence[str]],
+        owned: Collection[str] | None = None,
+    ) -> tuple[list[list[str]], int]:
+        """Build ``names`` from verified blobs and compile the run sets of ``sets`` that are
+        then ready (§10.6); the sets compiled and how many layers were built. For a
+        ``load``, and for layers a peer pushed ahead of their client (§15.5.5). ``owned``:
+        the blobs the session may build from (a layer whose blob is not among them is
+        built from its base stage, §10.12.4); None: every blob of the model."""
+        held = frozenset(model.blob_sizes) if owned is None else owned
+        async with model.lock:
+            before = len(model.ready)
+            await to_thread_to_the_end(self._build, model, names, held, pool=self._loader)
+            built = len(model.ready) - before
+            prepared = []
+            for run in sets:
+                if set(run) <= model.ready:
+                    await to_thread_to_the_end(model.runner, run, pool=self._loader)
+                    prepared.append(list(run))
+        return prepared, built
+
+    def new_model(self, body: bytes) -> ServerModel:
+        """A model from a manifest body, validated as a client's (§10.3.2; worker thread)."""
+        return self._parse_model(body)
 
     def _build(self, model: ServerModel, names: Sequence[str], owned: Collection[str]) -> None:
         """Build the named layers from verified blobs (worker thread). The manifest was

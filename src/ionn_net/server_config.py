@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ionn_net.config import Limits
 from ionn_net.errors import ConfigError
+from ionn_net.handoff.config import HandoffConfig
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
 from ionn_net.server_catalog import check_warm_spec
 
@@ -35,6 +36,8 @@ class ServerConfig:
     loader_nice: int = 10
     secret: bytes | None = None
     jit: bool | None = None
+    #: Handoff to and from other servers: peers, grants, limits (protocol.md §14.7, §15).
+    handoff: HandoffConfig = field(default_factory=HandoffConfig)
     #: Catalog models built and compiled ahead, after the server listens: ``all``,
     #: ``none``, a number N (the first N of the index) or comma-separated names/digests.
     catalog_warm: str = "all"

@@ -10,17 +10,14 @@ one per (session, model digest).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 from ionn_net.model.graph import LayerGraph
 from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest
+from ionn_net.offthread import lower_priority, to_thread_to_the_end
 from ionn_net.server_stages import ModelStages
 
 __all__ = ["ServerModel", "lower_priority", "to_thread_to_the_end", "warm_up"]
@@ -108,40 +105,6 @@ class ServerModel:
 
             self._executor = Executor(self.graph, {}, jit=self._jit)
         return self._executor
-
-
-async def to_thread_to_the_end(
-    func: Callable[..., Any], *args: Any, pool: ThreadPoolExecutor | None = None
-) -> Any:
-    """``asyncio.to_thread`` (or ``pool``) that, when cancelled (a RESET, a vanished
-    client, §14.3), waits for the thread to finish before re-raising: a thread cannot be
-    stopped, so the locks and slots its caller holds (session queries, inference threads,
-    the model lock) stay taken until the work has really stopped (Rapid Reset,
-    MadeYouReset). Without this a client dropping connections mid-query could queue
-    unbounded inference."""
-    if pool is None:
-        work = asyncio.ensure_future(asyncio.to_thread(func, *args))
-    else:
-        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(pool, func, *args))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await asyncio.wait({work})
-        raise
-
-
-def lower_priority(nice: int) -> None:
-    """Initializer of a loader thread: raise its niceness (Linux: per thread), so that
-    the scheduler runs query threads first. Best effort: where it is not allowed the
-    thread keeps the server's priority."""
-    if nice <= 0:
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
-    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
-        logger.debug("loader thread keeps its priority: %s", exc)
 
 
 def warm_up() -> None:

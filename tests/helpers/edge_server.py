@@ -23,9 +23,11 @@ def call(server: Any, coro: Callable[[], Coroutine[Any, Any, Any]], timeout: flo
 
 
 @contextmanager
-def running_server(config: Any = None, timeout: float = 60.0, **options: Any) -> Iterator[Any]:
-    """Yield a started EdgeServer (``.port`` is bound on 127.0.0.1); ``options`` go to its
-    constructor (e.g. ``store``, ``catalog``).
+def running_server(
+    config: Any = None, timeout: float = 60.0, port: int = 0, **options: Any
+) -> Iterator[Any]:
+    """Yield a started EdgeServer (``.port`` is bound on 127.0.0.1; ``port`` 0: any free
+    one); ``options`` go to its constructor (e.g. ``store``, ``catalog``).
 
     The first start in a process imports TensorFlow: on a loaded 2-core machine that took
     more than the former 20 s budget when a conformance test was the first to start one."""
@@ -33,7 +35,7 @@ def running_server(config: Any = None, timeout: float = 60.0, **options: Any) ->
     from ionn_net.server import EdgeServer
 
     loop = asyncio.new_event_loop()
-    server = EdgeServer("127.0.0.1", 0, config=config, cost_model=ServerCostModel(), **options)
+    server = EdgeServer("127.0.0.1", port, config=config, cost_model=ServerCostModel(), **options)
     _LOOPS[id(server)] = loop
     ready = threading.Event()
     failure: list[BaseException] = []

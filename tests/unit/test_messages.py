@@ -19,6 +19,10 @@ from ionn_net.messages import (
     BlobOk,
     Challenge,
     Error,
+    Fetch,
+    FetchOk,
+    Grant,
+    GrantOk,
     Have,
     HaveOk,
     Hello,
@@ -32,10 +36,19 @@ from ionn_net.messages import (
     ProbeResult,
     ProbeUpload,
     ProbeUploadOk,
+    Pull,
+    PullOk,
+    Push,
+    PushOk,
     Query,
+    Redeem,
+    RedeemOk,
     RemoteError,
     RequestError,
     Result,
+    Stage,
+    StageBlob,
+    StageOk,
     UnexpectedReply,
     Welcome,
     check_body_len,
@@ -157,6 +170,75 @@ GOLDEN: list[tuple[Any, dict[str, Any]]] = [
     ),
     (ProbeUpload(body_len=4), {"m": "upload", "body_len": 4}),
     (ProbeUploadOk(received=4), {"m": "upload_ok", "received": 4}),
+    # §15 handoff
+    (Grant(model=D1, ttl_s=60), {"m": "grant", "model": D1, "ttl_s": 60}),
+    (
+        GrantOk(grant="g1.abc.def", ttl_s=60, uses=4),
+        {"m": "grant_ok", "grant": "g1.abc.def", "ttl_s": 60, "uses": 4},
+    ),
+    (
+        Redeem(grant="g1.abc.def", model=D1, tag=D2),
+        {"m": "redeem", "grant": "g1.abc.def", "model": D1, "tag": D2},
+    ),
+    (RedeemOk(model=D1, blobs={D2: 7}), {"m": "redeem_ok", "model": D1, "blobs": {D2: 7}}),
+    (
+        Pull(model=D1, sha256=D2, offset=4, length=3),
+        {"m": "pull", "model": D1, "sha256": D2, "offset": 4, "length": 3},
+    ),
+    (
+        PullOk(sha256=D2, offset=4, body_len=3),
+        {"m": "pull_ok", "sha256": D2, "offset": 4, "body_len": 3},
+    ),
+    (
+        Fetch(model=D1, source="10.0.0.1:7000", grant="g1.a.b", blobs=(D2,), deadline_ms=9),
+        {
+            "m": "fetch",
+            "model": D1,
+            "source": "10.0.0.1:7000",
+            "grant": "g1.a.b",
+            "blobs": [D2],
+            "deadline_ms": 9,
+        },
+    ),
+    (
+        FetchOk(fetched=(D2,), failed={D1: "unreachable"}, source_error="unreachable"),
+        {
+            "m": "fetch_ok",
+            "fetched": [D2],
+            "failed": {D1: "unreachable"},
+            "source_error": "unreachable",
+            "blobs_held": [],
+            "partial": {},
+            "layers_ready": [],
+            "refused": {},
+            "blobs_public": [],
+        },
+    ),
+    (
+        Push(model=D1, target="[::1]:7001", blobs=(D2,), deadline_ms=9),
+        {"m": "push", "model": D1, "target": "[::1]:7001", "blobs": [D2], "deadline_ms": 9},
+    ),
+    (
+        PushOk(pushed=(D2,), failed={}, target_error=None),
+        {"m": "push_ok", "pushed": [D2], "failed": {}},
+    ),
+    (
+        Stage(model=D1, tag=D2, body_len=5),
+        {"m": "stage", "model": D1, "tag": D2, "body_len": 5},
+    ),
+    (StageOk(model=D1), {"m": "stage_ok", "model": D1}),
+    (
+        StageBlob(model=D1, tag=D2, sha256=D2, size=9, offset=0, body_len=9),
+        {
+            "m": "stage_blob",
+            "model": D1,
+            "tag": D2,
+            "sha256": D2,
+            "size": 9,
+            "offset": 0,
+            "body_len": 9,
+        },
+    ),
     (
         Manifest(model=D1, body_len=12, public=True),
         {"m": "manifest", "model": D1, "body_len": 12, "public": True},
@@ -184,6 +266,7 @@ def test_every_section_10_message_has_a_golden_head() -> None:
 
 def _required(message: Any, head: dict[str, Any]) -> list[tuple[Any, dict[str, Any], str]]:
     optional = {"client", "prepare", "prepared", "offset", "layers", "body_len", "proof"}
+    optional |= {"source_error", "target_error"}  # §15: only when the other server failed
     optional |= {"public", "blobs_public"}  # §10.3.4, §10.3.3: absent means none
     cls = type(message)
     return [(cls, head, k) for k in head if k != "m" and k not in optional]

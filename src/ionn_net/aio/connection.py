@@ -214,6 +214,11 @@ class AioConnection:
         return self.protocol.bytes_written
 
     @property
+    def bytes_received(self) -> int:
+        """Bytes read from the transport so far."""
+        return self.protocol.bytes_received
+
+    @property
     def local_address(self) -> Any:
         return self.protocol.extra("sockname")
 

@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
         "emulated slow client, and write one JSON per run, latency-over-time plots, the "
         "simulator's prediction beside each measurement and a markdown summary.",
         epilog="Scenarios: " + ", ".join(_names(default_scenarios_dir())) + " (--list "
-        "describes them). Models: " + ", ".join(MODELS) + ".",
+        "describes them). Models: " + ", ".join(MODELS) + ". 'ionn-bench handoff --help': "
+        "a client moving between two edge servers.",
     )
     p.add_argument(
         "scenarios",
@@ -253,11 +254,15 @@ def _write_report(
 
 def main(argv: Sequence[str] | None = None) -> int:
     require_extras("ionn-bench")
-    rest = list(sys.argv[1:] if argv is None else argv)
-    if rest[:1] == ["cache"]:  # its own command: what a model catalog spares a client
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["handoff"]:  # a client moving between two servers (protocol.md §15)
+        from ionn_net.bench.handoff import main as handoff_main
+
+        return handoff_main(given[1:])
+    if given[:1] == ["cache"]:  # its own command: what a model catalog spares a client
         from ionn_net.bench.cache import main as cache_main
 
-        return cache_main(rest[1:])
+        return cache_main(given[1:])
     args = _parser().parse_args(argv)
     if args.verbose:  # the server and worker processes read it (ionn_net.tflog)
         os.environ[VERBOSE_ENV] = "1"

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ionn_net.bench.worker import emit
+from ionn_net.handoff import cli as handoff_cli
 
 __all__ = ["main"]
 
@@ -90,9 +91,11 @@ def workload_cost_model(name: str, seed: int, base: Any) -> tuple[Any, dict[str,
     return fitted, info
 
 
-async def serve(host: str, port: int, cache_dir: str, workload: str | None, seed: int) -> int:
+async def serve(
+    host: str, port: int, cache_dir: str, workload: str | None, seed: int, *, handoff: Any = None
+) -> int:
     from ionn_net.calibrate import load_or_calibrate
-    from ionn_net.server import EdgeServer
+    from ionn_net.server import EdgeServer, ServerConfig
 
     started = time.monotonic()
     cost = await asyncio.to_thread(load_or_calibrate, cache_dir)
@@ -105,7 +108,8 @@ async def serve(host: str, port: int, cache_dir: str, workload: str | None, seed
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with EdgeServer(host, port, cost_model=cost) as server:
+    config = ServerConfig() if handoff is None else ServerConfig(handoff=handoff)
+    async with EdgeServer(host, port, cost_model=cost, config=config) as server:
         emit(
             sys.stdout,
             "listening",
@@ -123,7 +127,8 @@ async def serve(host: str, port: int, cache_dir: str, workload: str | None, seed
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        emit(sys.stdout, "stats", **{k: int(v) for k, v in server.stats.items()})
+        stats = {**server.stats, **server.handoff.stats}  # §15 counters too
+        emit(sys.stdout, "stats", **{k: int(v) for k, v in stats.items()})
     return 0
 
 
@@ -134,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache-dir", required=True)
     p.add_argument("--workload-model", default=None, help="fit the cost model on this model")
     p.add_argument("--seed", type=int, default=0)
+    handoff_cli.add_arguments(p)  # peers for the handoff benchmark (protocol.md §15)
     args = p.parse_args(argv)
     from ionn_net.tflog import import_tensorflow
 
@@ -141,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     from ionn_net.aio import run
 
-    return run(serve(args.host, args.port, args.cache_dir, args.workload_model, args.seed))
+    handoff = handoff_cli.config_from(args)
+    return run(
+        serve(args.host, args.port, args.cache_dir, args.workload_model, args.seed, handoff=handoff)
+    )
 
 
 if __name__ == "__main__":

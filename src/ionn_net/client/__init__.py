@@ -30,11 +30,13 @@ The parts, cut along the client's two loops (both on the application's event loo
 * :mod:`.session`: the upload loop (connect, handshake, upload, load, re-plan, reconnect);
 * :mod:`.runner`: the query loop (segments, local and remote runs, mid-query join,
   exactly-once local fallback);
+* :mod:`.mobility`: moving between servers (grants, fetch, pre-migration, §15);
 * :mod:`.types`, :mod:`.progress`: the public value types and the progress feed.
 """
 
 from __future__ import annotations
 
+from ionn_net.client.mobility import HandoffOptions
 from ionn_net.client.offload import OffloadClient
 from ionn_net.client.plan_state import ActivePlan, PlanState
 from ionn_net.client.types import (
@@ -49,6 +51,7 @@ from ionn_net.client.types import (
 __all__ = [
     "ActivePlan",
     "ClientConfig",
+    "HandoffOptions",
     "InferenceResult",
     "OffloadClient",
     "PlanState",

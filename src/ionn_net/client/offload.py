@@ -15,13 +15,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ionn_net.aio import AioConnection
+from ionn_net.client.mobility import HandoffOptions, Mobility, server_name
 from ionn_net.client.plan_state import PlanState
 from ionn_net.client.prepare import PreparedModel, compile_client_side, prepare_model
 from ionn_net.client.progress import ProgressFeed
@@ -48,6 +49,7 @@ class _Parts:
     state: PlanState
     session: UploadSession
     runner: QueryRunner
+    mobility: Mobility
 
 
 class OffloadClient:
@@ -56,6 +58,13 @@ class OffloadClient:
     Before :meth:`start` only the constructor's arguments, ``stats`` and the progress
     API are available; the views of the model and of the plan raise
     :class:`~ionn_net.errors.OffloadError`.
+
+    Mobility (protocol.md §15): ``candidates`` are servers the client may move to next
+    (``"host:port"`` or ``(host, port)``); while on a server it asks that server to push
+    what it holds to them (pre-migration). :meth:`move_to` moves the session to another
+    server when the application decides (say, on a Wi-Fi roam): the new server fetches
+    from the previous one what it can, and the client uploads the rest. ``handoff`` tunes
+    this (:class:`~ionn_net.client.mobility.HandoffOptions`).
     """
 
     def __init__(
@@ -69,6 +78,8 @@ class OffloadClient:
         pattern: QueryPattern | None = None,
         on_progress: Callable[[UploadProgress], None] | None = None,
         ssl: Any = None,
+        candidates: Sequence[str | tuple[str, int]] = (),
+        handoff: HandoffOptions | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.model = model
@@ -84,6 +95,9 @@ class OffloadClient:
         self._ssl = ssl
         self._parts: _Parts | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._session_task: asyncio.Task[None] | None = None
+        self.handoff = handoff or HandoffOptions()
+        self._candidates = [c if isinstance(c, str) else server_name(*c) for c in candidates]
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -112,6 +126,15 @@ class OffloadClient:
                 compile_client_side, prepared.executor, local, prepared.grid_ends
             )
             state.switch(local, frozenset(), chunks)
+        mobility = Mobility(
+            prepared=prepared,
+            state=state,
+            options=self.handoff,
+            planner=self.planner_name,
+            current=server_name(self.host, self.port),
+            candidates=self._candidates,
+            stats=self.stats,
+        )
         session = UploadSession(
             self.host,
             self.port,
@@ -124,25 +147,30 @@ class OffloadClient:
             progress=self._progress,
             stats=self.stats,
             started=time.monotonic(),
+            mobility=mobility if uploads else None,
         )
         runner = QueryRunner(
             prepared=prepared, state=state, session=session, config=self.config, stats=self.stats
         )
-        self._parts = _Parts(prepared, state, session, runner)
+        self._parts = _Parts(prepared, state, session, runner, mobility)
         try:
             await session.connect()
         except (OSError, IonnError) as exc:
             logger.warning("edge server unavailable (%s): running locally until it answers", exc)
-        self._tasks.append(asyncio.create_task(session.run(), name="ionn-client-session"))
+        self._session_task = asyncio.create_task(session.run(), name="ionn-client-session")
+        if uploads:
+            run = mobility.run(lambda: session.connection)
+            self._tasks.append(asyncio.create_task(run, name="ionn-client-mobility"))
 
     async def close(self) -> None:
         """Stop the upload and close the connection (queries in flight may fail)."""
         parts = self._parts
         if parts is not None:
             parts.session.stop()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._session_task] if self._session_task else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         conn = None if parts is None else parts.session.connection
@@ -154,6 +182,41 @@ class OffloadClient:
         if self._parts is None:
             raise OffloadError("the client is not started: call start() or use 'async with'")
         return self._parts
+
+    # -- mobility (§15) -----------------------------------------------------------------
+
+    async def move_to(self, host: str, port: int) -> None:
+        """Move the session to the server at ``host:port``, now. Queries keep being
+        answered (locally until the new server has layers ready); the connection to the
+        current server is dropped; the new one fetches from it what it can (with the grant
+        the client holds), and the client uploads the rest. Returns once the move has
+        started, not when the new server is ready."""
+        parts = self._started()
+        name = server_name(host, port)
+        if name == parts.mobility.current:
+            return
+        task, self._session_task = self._session_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        parts.mobility.moved(name)
+        self.host, self.port = host, port
+        parts.state.new_server()  # plans follow what the new server reports (§15.4)
+        parts.session.set_server(host, port)
+        self._session_task = asyncio.create_task(parts.session.run(), name="ionn-client-session")
+
+    def set_candidates(self, candidates: Sequence[str | tuple[str, int]]) -> None:
+        """The servers this client may move to next (pre-migration targets, §15.5)."""
+        names = [c if isinstance(c, str) else server_name(*c) for c in candidates]
+        self._candidates = names
+        if self._parts is not None:
+            self._parts.mobility.set_candidates(names)
+
+    @property
+    def mobility(self) -> Mobility:
+        """Grants held, the previous server, what was pushed where (read-only use)."""
+        return self._started().mobility
 
     # -- queries -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ server segment and drops to the local plan when the server fails.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -101,9 +102,9 @@ class PlanState:
         self._server_ms: dict[str, float] = self._assumed_server_ms()
         self._load_ms: dict[str, float] = {}
         self._partition_overhead_ms = 0.0
+        self._cost_model_id = ""
         # the server's readiness
-        self._ready: frozenset[str] = frozenset()
-        self._base: frozenset[str] = frozenset()
+        self._ready = self._base = frozenset[str]()  # and which of them at base (§10.12.4)
         self._held_blobs: set[str] = set()
         self._public_blobs: frozenset[str] = frozenset()
         self._partial: dict[str, int] = {}
@@ -159,6 +160,11 @@ class PlanState:
         return self._partition_overhead_ms
 
     @property
+    def cost_model_id(self) -> str:
+        """Names the cost model adopted last (equal for equal documents; "" before one)."""
+        return self._cost_model_id
+
+    @property
     def ready(self) -> frozenset[str]:
         """Layers the server confirmed ready (§10.6)."""
         return self._ready
@@ -169,15 +175,9 @@ class PlanState:
         return self._base
 
     @property
-    def exact_ready(self) -> frozenset[str]:
-        """Ready layers on exact weights."""
-        return self._ready - self._base
-
-    @property
     def usable(self) -> frozenset[str]:
-        """Ready layers plans may run on the server: only exact ones unless the upload is
-        precision-first (a server's base layers are not exact for any other client)."""
-        return self._ready if self._stage_costs is not None else self.exact_ready
+        """Ready layers plans may run on the server: exact ones unless precision-first."""
+        return self._ready if self._stage_costs is not None else self._ready - self._base
 
     @property
     def held_blobs(self) -> frozenset[str]:
@@ -305,6 +305,7 @@ class PlanState:
 
     def adopt_cost_model(self, doc: object) -> None:
         """§10.10: the server's cost model, or (invalid) a 10x faster server."""
+        self._cost_model_id = hashlib.sha256(repr(doc).encode()).hexdigest()
         try:
             cost = ServerCostModel.from_doc(doc)
             self._server_ms = cost.exec_profile(self._graph)
@@ -337,13 +338,12 @@ class PlanState:
         self._take_exact(self._active)
 
     def observe_base(self, layers: Collection[str]) -> None:
-        """A result says these layers ran at base (§10.12.5): believe it over what a load
-        said, and stop starting exact queries with a plan that runs them on the server."""
+        """A result says these layers ran at base (§10.12.5): believe it over a load's
+        word, and start no exact query with a plan that runs them on the server."""
         found = frozenset(layers) & self._ready
-        if found - self._base:
-            self._base |= found
-            if self._active_exact.plan.server_layers & found:
-                self._active_exact = ActivePlan(self.local_plan(), frozenset())
+        self._base |= found
+        if self._active_exact.plan.server_layers & found:
+            self._active_exact = ActivePlan(self.local_plan(), frozenset())
 
     # -- the upload ------------------------------------------------------------------
 
@@ -355,19 +355,13 @@ class PlanState:
 
     def replan_due(self, now: float) -> bool:
         """True (once) when the rest of the upload should be re-planned: the measured
-        bandwidth has moved by more than 30% from the one the plan assumed, at most
-        every 5 s, while partitions remain."""
+        bandwidth moved over 30% from the plan's, at most every 5 s, partitions left."""
         bandwidth = self._link.bandwidth
-        if self._planned_bandwidth is None:
+        left = self._uploaded_parts < len(self._partitions)
+        due = _replan_due(bandwidth, self._planned_bandwidth, now - self._planned_at, left)
+        if due or self._planned_bandwidth is None:
             self._planned_bandwidth, self._planned_at = bandwidth, now
-            return False
-        moved = abs(bandwidth / self._planned_bandwidth - 1) > _REPLAN_MOVE
-        if not moved or now - self._planned_at < _REPLAN_EVERY_S:
-            return False
-        if self._uploaded_parts >= len(self._partitions):
-            return False
-        self._planned_bandwidth, self._planned_at = bandwidth, now
-        return True
+        return due
 
     def replace_rest(self, partitions: Sequence[frozenset[str]]) -> None:
         """Re-planned partitions for what has not gone up yet."""
@@ -422,25 +416,21 @@ class PlanState:
         ran: Sequence[str],
     ) -> float | None:
         """Learn the *effective* round-trip cost of a server segment: what a query pays
-        beyond the server's compute and the raw transfer time (queueing behind the
-        upload at the bottleneck, framing, scheduling). Plans charge it per round trip,
-        so a loaded link leads to plans with fewer client/server transitions. Returns
-        the server's compute milliseconds (None when implausible: not learned from).
+        beyond the server's compute and the raw transfer time (queueing behind the upload
+        at the bottleneck, framing, scheduling). Plans charge it per round trip, so a
+        loaded link leads to plans with fewer client/server transitions. Returns the
+        server's compute ms (None when implausible: not learned from).
 
-        Nothing is learned while a load is in flight: the server's loader then shares
-        its CPU with the query (a segment measured 2-4x slower in ionn-bench), and a
-        speed learned from that transient outlived the load, keeping layers the server
-        had ready on the client for seconds after the upload."""
+        Nothing is learned while a load is in flight: the server's loader then shares its
+        CPU with the query (a segment 2-4x slower in ionn-bench), and a speed learned from
+        that outlived the load, keeping ready layers on the client for seconds after."""
         if not 0 <= server_ms < 1e7:
             return None
         if self._loads_in_flight:
             return float(server_ms)
-        link = self._link
-        transfer = up_bytes / link.bandwidth + down_bytes / link.down
-        # The server's cost model may have been calibrated on a busier (or idler)
-        # machine: scale its predictions by what the server really takes for these layers.
-        ratio = _scale_ratio(self._server_ms, ran, server_ms)
+        transfer = up_bytes / self._link.bandwidth + down_bytes / self._link.down
         overhead_s = seconds - server_ms / 1000.0 - transfer
+        ratio = _scale_ratio(self._server_ms, ran, server_ms)
         self._learned.observe(overhead_s=overhead_s, scale_ratio=ratio, now=time.monotonic())
         self._take_learned_rtt()
         return float(server_ms)
@@ -467,10 +457,21 @@ class PlanState:
         self._take_exact(self._active)
 
     def _take_exact(self, active: ActivePlan) -> None:
-        """Exact queries start with ``active`` once none of its server layers is at base
-        (layers only ever become exact, so the plan they start with stays exact)."""
+        """Exact queries start with ``active`` once none of its server layers is at base."""
         if not active.plan.server_layers & self._base:
             self._active_exact = active
+
+    def new_server(self) -> None:
+        """The client moved to another server (§15): nothing the previous one held or was
+        learned about it counts there; queries run locally until the new one's holdings
+        are adopted and a plan is activated."""
+        self._ready = self._base = frozenset()
+        self._held_blobs = set()
+        self._partial = {}
+        self._refused = {}
+        self._learned = LearnedCosts(half_life_s=self._learned.half_life_s)
+        self._take_learned_rtt()
+        self.drop_to_local()
 
     def drop_to_local(self) -> None:
         """The server is gone: queries run locally until a plan is activated again."""
@@ -502,9 +503,20 @@ def _loadable(
     return frozenset(usable)
 
 
+def _replan_due(
+    bandwidth: float, planned: float | None, since_s: float, partitions_left: bool
+) -> bool:
+    """:meth:`PlanState.replan_due` for a plan made at ``planned`` bandwidth (None: no
+    plan yet) ``since_s`` ago."""
+    if planned is None or not partitions_left or since_s < _REPLAN_EVERY_S:
+        return False
+    return abs(bandwidth / planned - 1) > _REPLAN_MOVE
+
+
 def _scale_ratio(
     server_ms_map: Mapping[str, float], ran: Sequence[str], server_ms: float
 ) -> float | None:
-    """What the server really took for ``ran`` against what its cost model predicts."""
+    """What the server really took for ``ran`` against what its cost model predicts (the
+    model may have been calibrated on a busier or idler machine)."""
     predicted = sum(server_ms_map.get(n, 0.0) for n in ran)
     return server_ms / predicted if ran and predicted > 0.05 and server_ms > 0 else None

@@ -41,6 +41,7 @@ from typing import Any
 
 from ionn_net.aio import AioConnection, connect
 from ionn_net.client.background import Activations, head_start_layers, load_in_order
+from ionn_net.client.mobility import Mobility, PlanCache
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
@@ -128,8 +129,10 @@ class UploadSession:
         progress: ProgressFeed,
         stats: dict[str, int],
         started: float,
+        mobility: Mobility | None = None,
     ) -> None:
         self._host, self._port = host, port
+        self._mobility = mobility
         self._prepared = prepared
         self._state = state
         self._config = config
@@ -147,6 +150,7 @@ class UploadSession:
         self._replanning: asyncio.Future[list[frozenset[str]]] | None = None
         # plans activated after loads, compiled in the background
         self._activations = Activations(self.activate)
+        self._plans = PlanCache()
 
     @property
     def connection(self) -> AioConnection | None:
@@ -166,6 +170,14 @@ class UploadSession:
     def stop(self) -> None:
         """End the loop at its next turn (the caller cancels the task)."""
         self._closing = True
+
+    def set_server(self, host: str, port: int) -> None:
+        """Connect to this server from now on (§15: the client moved). The caller stops
+        the loop first and starts it again afterwards: the next turn connects there."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.abort(ErrorCode.CANCEL, "the client moved to another server")
+        self._host, self._port = host, port
 
     # -- connection ----------------------------------------------------------------------
 
@@ -277,8 +289,14 @@ class UploadSession:
 
     async def _plan_upload(self, conn: AioConnection) -> None:
         """Plan the upload with the strategy (worker thread), from what the server holds,
-        sending the head start meanwhile (see the module docstring)."""
+        sending the head start meanwhile (see the module docstring). A plan made earlier
+        from the same cost model, layers ready and layers never sent is used again: at a
+        server the client moved to, planning would delay the first partition (§15)."""
         state, prepared = self._state, self._prepared
+        key = (state.cost_model_id, state.ready, self._never_sent())
+        if (cached := self._plans.get(key)) is not None:
+            state.start_upload(*cached)
+            return
         head = head_start_layers(  # blobs that go up in _HEAD_BLOB_S at most
             prepared.graph,
             prepared.layer_blob,
@@ -286,6 +304,8 @@ class UploadSession:
             never=self._never_sent(),
             max_bytes=state.link.bandwidth * _HEAD_BLOB_S,
         )
+        if self._mobility is not None:  # from the previous server first (§15.4)
+            await self._mobility.fetch_layers(conn, head)
         # the first blob's frames are written before the planner's thread takes the CPU
         first = asyncio.ensure_future(_upload_layer(self, conn, head[0])) if head else None
         await asyncio.sleep(0)
@@ -314,6 +334,7 @@ class UploadSession:
                 first.cancel()  # only if the head start failed
             planning.cancel()  # likewise (the thread runs to its end)
             self._timeline = replace(self._timeline, head_start=tuple(sent))
+        self._plans.put(key, (found, partitions))
         state.start_upload(found, partitions)
 
     def _planned(self, _: object) -> None:
@@ -370,6 +391,8 @@ class UploadSession:
             index = 0
             while index < len(state.partitions):
                 part = state.partitions[index]
+                if self._mobility is not None:  # from the previous server first (§15.4)
+                    await self._mobility.fetch_layers(conn, part)
                 for name in sorted(part, key=self._prepared.graph.position):
                     await _upload_layer(self, conn, name)
                     if loader.done():
@@ -428,26 +451,11 @@ class UploadSession:
     ) -> BlobOk:
         if self._timeline.first_byte_at is None:
             self._timeline = replace(self._timeline, first_byte_at=time.monotonic())
-        blob = Blob(
-            model=self._prepared.model_digest,
-            sha256=digest,
-            size=size,
-            offset=offset,
-            body_len=len(body),
-        )
-        head, _ = await conn.request(
-            blob.to_head(),
-            body,
-            limit=self._config.limits.max_message_size,
-            urgency=UPLOAD_URGENCY,
-            incremental=True,
-            codec=codec if self._compress() else None,
-            element_width=width,
-        )
-        return parse_reply(head, BlobOk)
-
-    def _compress(self) -> bool:
-        return self._state.slower_than(self._config.compress_below_mbit)
+        model = self._prepared.model_digest
+        blob = Blob(model=model, sha256=digest, size=size, offset=offset, body_len=len(body))
+        compress = self._state.slower_than(self._config.compress_below_mbit)
+        limit = self._config.limits.max_message_size
+        return await send_blob(conn, blob, body, limit, compress, codec=codec, width=width)
 
     async def _load(self, conn: AioConnection, part: frozenset[str]) -> None:
         """§10.6: load ``part``, preparing the run sets of the best plan with it; then
@@ -499,15 +507,41 @@ class UploadSession:
                 layers_ready=len(state.ready),
                 elapsed_s=time.monotonic() - self._started,
                 bandwidth_mbit=state.link.bandwidth * 8e-6,
-                pacing_mbit=self._pacing_mbit(),
+                pacing_mbit=pacing_mbit(self._conn),
                 done=done,
             )
         )
 
-    def _pacing_mbit(self) -> float | None:
-        pacer = None if self._conn is None else self._conn.pacer
-        rate = None if pacer is None else pacer.pacing_rate
-        return None if rate is None else rate * 8e-6
+
+async def send_blob(
+    conn: AioConnection,
+    blob: Blob,
+    body: memoryview,
+    limit: int,
+    compress: bool,
+    *,
+    codec: Codec = Codec.ZSTD_SHUFFLE4,
+    width: int = 4,
+) -> BlobOk:
+    """§10.5: one piece of a blob, at the upload's urgency, compressed with ``codec``
+    (shuffled by ``width``: a weight stage's own, §10.12.3) when ``compress``."""
+    head, _ = await conn.request(
+        blob.to_head(),
+        body,
+        limit=limit,
+        urgency=UPLOAD_URGENCY,
+        incremental=True,
+        codec=codec if compress else None,
+        element_width=width,
+    )
+    return parse_reply(head, BlobOk)
+
+
+def pacing_mbit(conn: AioConnection | None) -> float | None:
+    """The rate ``conn``'s pacer sends at (Mbit/s), if it paces."""
+    pacer = None if conn is None else conn.pacer
+    rate = None if pacer is None else pacer.pacing_rate
+    return None if rate is None else rate * 8e-6
 
 
 async def _upload_layer(

@@ -9,6 +9,7 @@ package; nothing else spells a message's ``"m"`` or reads its members.
 * :mod:`.session`: ``hello``, ``challenge``, ``auth``, ``welcome`` (§10.2);
 * :mod:`.upload`: ``manifest``, ``have``, ``blob``, ``load`` and their replies (§10.3-§10.6);
 * :mod:`.query`: ``query``, ``result``, ``error`` (§10.7-§10.9);
+* :mod:`.handoff`: the handoff between servers (§15);
 * :mod:`.dispatch`: which message a head is, by its ``"m"``;
 * :mod:`.probe`: the transport benchmark's own messages (not §10).
 
@@ -27,6 +28,22 @@ from ionn_net.messages.dispatch import (
     parse_reply,
     parse_request,
     request_type,
+)
+from ionn_net.messages.handoff import (
+    MAX_PREPARE_SETS,
+    Fetch,
+    FetchOk,
+    Grant,
+    GrantOk,
+    Pull,
+    PullOk,
+    Push,
+    PushOk,
+    Redeem,
+    RedeemOk,
+    Stage,
+    StageBlob,
+    StageOk,
 )
 from ionn_net.messages.members import (
     CONTROL_URGENCY,
@@ -63,6 +80,7 @@ from ionn_net.messages.upload import (
 __all__ = [
     "CONTROL_URGENCY",
     "ERROR_CODES",
+    "MAX_PREPARE_SETS",
     "QUERY_URGENCY",
     "REPLIES",
     "REQUESTS",
@@ -72,6 +90,10 @@ __all__ = [
     "BlobOk",
     "Challenge",
     "Error",
+    "Fetch",
+    "FetchOk",
+    "Grant",
+    "GrantOk",
     "Have",
     "HaveOk",
     "Hello",
@@ -85,12 +107,21 @@ __all__ = [
     "ProbeResult",
     "ProbeUpload",
     "ProbeUploadOk",
+    "Pull",
+    "PullOk",
+    "Push",
+    "PushOk",
     "Query",
+    "Redeem",
+    "RedeemOk",
     "RemoteError",
     "Reply",
     "Request",
     "RequestError",
     "Result",
+    "Stage",
+    "StageBlob",
+    "StageOk",
     "UnexpectedReply",
     "Welcome",
     "bad_member",

@@ -12,6 +12,21 @@ from collections.abc import Mapping
 from typing import Any, Final, TypeVar, overload
 
 from ionn_net.errors import IonnError
+from ionn_net.messages.handoff import (
+    Fetch,
+    FetchOk,
+    Grant,
+    GrantOk,
+    Pull,
+    PullOk,
+    Push,
+    PushOk,
+    Redeem,
+    RedeemOk,
+    Stage,
+    StageBlob,
+    StageOk,
+)
 from ionn_net.messages.members import RequestError
 from ionn_net.messages.query import Error, Query, RemoteError, Result
 from ionn_net.messages.session import Auth, Challenge, Hello, Welcome
@@ -37,16 +52,54 @@ __all__ = [
     "request_type",
 ]
 
-Request = Hello | Auth | Manifest | Have | Blob | Load | Query
-Reply = Challenge | Welcome | ManifestOk | HaveOk | BlobOk | LoadOk | Result | Error
+Request = (
+    Hello
+    | Auth
+    | Manifest
+    | Have
+    | Blob
+    | Load
+    | Query
+    | Grant
+    | Redeem
+    | Pull
+    | Fetch
+    | Push
+    | Stage
+    | StageBlob
+)
+Reply = (
+    Challenge
+    | Welcome
+    | ManifestOk
+    | HaveOk
+    | BlobOk
+    | LoadOk
+    | Result
+    | Error
+    | GrantOk
+    | RedeemOk
+    | PullOk
+    | FetchOk
+    | PushOk
+    | StageOk
+)
 
-#: §10 requests by ``"m"``.
+#: §10 and §15 requests by ``"m"``.
 REQUESTS: Final[Mapping[str, type[Request]]] = {
-    cls.KIND: cls for cls in (Hello, Auth, Manifest, Have, Blob, Load, Query)
+    cls.KIND: cls
+    for cls in (
+        *(Hello, Auth, Manifest, Have, Blob, Load, Query),
+        *(Grant, Redeem, Pull, Fetch, Push, Stage, StageBlob),
+    )
 }
-#: §10 replies by ``"m"``.
+#: §10 and §15 replies by ``"m"``.
 REPLIES: Final[Mapping[str, type[Reply]]] = {
-    cls.KIND: cls for cls in (Challenge, Welcome, ManifestOk, HaveOk, BlobOk, LoadOk, Result, Error)
+    cls.KIND: cls
+    for cls in (
+        *(Challenge, Welcome, ManifestOk, HaveOk, BlobOk, LoadOk, Result, Error),
+        *(GrantOk, RedeemOk, PullOk, FetchOk, PushOk, StageOk),
+    )
 }
 
 R = TypeVar("R", bound=Reply)

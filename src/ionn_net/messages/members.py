@@ -52,7 +52,7 @@ QUERY_URGENCY: Final = 1
 CONTROL_URGENCY: Final = 2
 UPLOAD_URGENCY: Final = 5
 
-#: §10.9 error codes.
+#: §10.9 error codes, and those of §15.
 ERROR_CODES: Final = frozenset(
     {
         "unknown_message",
@@ -71,6 +71,13 @@ ERROR_CODES: Final = frozenset(
         "busy",
         "deadline_exceeded",
         "internal",
+        # §15 handoff
+        "bad_grant",
+        "grant_expired",
+        "grant_used_up",
+        "out_of_scope",
+        "unknown_peer",
+        "unreachable",
     }
 )
 

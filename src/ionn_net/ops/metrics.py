@@ -27,8 +27,11 @@ from ionn_net.ops.hooks import ServerGauges
 
 __all__ = ["LIMITS", "MESSAGES", "OUTCOMES", "ServerMetrics"]
 
-#: Request kinds (§10): the ``message`` label; anything else is counted as ``unknown``.
-MESSAGES = frozenset({"hello", "auth", "manifest", "have", "blob", "load", "query", "unknown"})
+#: Request kinds (§10, §15): the ``message`` label; anything else is counted as ``unknown``.
+MESSAGES = frozenset(
+    {"hello", "auth", "manifest", "have", "blob", "load", "query", "unknown"}
+    | {"grant", "redeem", "pull", "fetch", "push", "stage", "stage_blob"}
+)
 #: The ``outcome`` label: answered, refused with a §10.9 error code, or never answered.
 OUTCOMES = frozenset({"ok", "cancelled", *ERROR_CODES})
 #: The ``limit`` label of refusals (protocol.md §14, the server's own policy).

@@ -1,0 +1,55 @@
+"""Work in worker threads that the event loop waits for to the end, even when cancelled.
+
+Owns :func:`to_thread_to_the_end`, used by the server for everything slow (hashing and
+storing blobs, building layers, inference) and by the handoff service (§15), and
+:func:`lower_priority`, the initializer of threads whose work must yield to queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+__all__ = ["lower_priority", "to_thread_to_the_end"]
+
+logger = logging.getLogger("ionn_net.server")
+
+
+async def to_thread_to_the_end(
+    func: Callable[..., Any], *args: Any, pool: ThreadPoolExecutor | None = None
+) -> Any:
+    """``asyncio.to_thread`` (or ``pool``) that, when cancelled (a RESET, a vanished
+    client, §14.3), waits for the thread to finish before re-raising: a thread cannot be
+    stopped, so the locks and slots its caller holds (session queries, inference threads,
+    the model lock) stay taken until the work has really stopped (Rapid Reset,
+    MadeYouReset). Without this a client dropping connections mid-query could queue
+    unbounded inference."""
+    if pool is None:
+        work = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    else:
+        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(pool, func, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait({work})
+        raise
+
+
+def lower_priority(nice: int) -> None:
+    """Initializer of a worker thread: raise its niceness (Linux: per thread), so that
+    the scheduler runs query threads first. Best effort: where it is not allowed the
+    thread keeps the server's priority."""
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+    except (OSError, AttributeError) as exc:  # not Linux, or not permitted
+        logger.debug("worker thread keeps its priority: %s", exc)
