@@ -27,7 +27,7 @@ from ionn_net.extras import REDIS_EXTRA, require_extra, require_extras
 from ionn_net.handoff import cli as handoff_cli
 from ionn_net.store import REDIS_SCHEMES, open_store
 
-__all__ = ["demo_main", "server_main"]
+__all__ = ["demo_main", "demo_runs", "server_main"]
 
 MODELS = ("mobilenetv2", "resnet50", "inceptionv3", "vgg16")
 
@@ -354,6 +354,14 @@ def _demo_parser() -> argparse.ArgumentParser:
         help="upload planner of the main run (default %(default)s)",
     )
     p.add_argument(
+        "--precision",
+        default="exact",
+        choices=("exact", "16bit-first", "8bit-first"),
+        help="also run the planner uploading each layer first at this lower precision, then "
+        "its refinement (protocol.md §10.12): one more row in the table (default %(default)s: "
+        "none)",
+    )
+    p.add_argument(
         "--window",
         type=positive(float, "--window"),
         default=None,
@@ -389,6 +397,7 @@ class RunSummary:
     )  # (t, ms, server layers)
     upload_done_s: float | None = None
     fallbacks: int = 0
+    approximate: int = 0  # queries computed on base-stage weights
 
     def mean_during_upload(self) -> float:
         """Mean latency of queries that started before the upload was done (all
@@ -544,6 +553,7 @@ async def _demo_run(
     printer: _Printer,
     *,
     device: dict[str, dict[str, float]],
+    precision: str = "exact",
 ) -> RunSummary:
     import numpy as np
 
@@ -559,13 +569,15 @@ async def _demo_run(
         assumed_mbit=args.mbit,
         profile_cache=str(_cache_dir() / "profiles"),
         device_ms=device.get("ms"),  # every run on the same emulated device
+        precision=precision,
     )
-    summary = RunSummary(strategy)
+    label = strategy if precision == "exact" else f"{strategy} {precision}"
+    summary = RunSummary(label)
     rng = np.random.default_rng(0)
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     x = rng.uniform(-1, 1, (1, *shape)).astype(np.float32)
     printer.line(
-        f"== {strategy}: {args.mbit:g} Mbit/s, {2 * args.delay_ms:g} ms RTT, "
+        f"== {label}: {args.mbit:g} Mbit/s, {2 * args.delay_ms:g} ms RTT, "
         f"client slowdown {args.slowdown:g}x"
     )
     async with (
@@ -597,6 +609,7 @@ async def _demo_run(
             t = time.monotonic() - start
             summary.latencies.append((t, result.total_ms, result.server_layers))
             summary.fallbacks += int(result.fallback)
+            summary.approximate += int(not result.exact)
             printer.query(n, t, result, n_layers)
             printer.plan(client.explain())
     if strategy == "local":
@@ -630,6 +643,17 @@ def _ms_cell(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.1f}"
 
 
+def demo_runs(planner: str, precision: str, *, no_compare: bool) -> list[tuple[str, str]]:
+    """The demo's runs, in order, as (planner, upload precision): local-only, all-at-once
+    and the planner (unless ``no_compare``), then the planner again precision-first when
+    ``precision`` is not ``"exact"`` (one more row in the table)."""
+    strategies = [planner] if no_compare else ["local", "all_at_once", planner]
+    runs = [(s, "exact") for s in dict.fromkeys(strategies)]
+    if precision != "exact" and planner != "local":
+        runs.append((planner, precision))
+    return runs
+
+
 def demo_main(argv: list[str] | None = None) -> int:
     require_extras("ionn-demo")
     args = _demo_parser().parse_args(argv)
@@ -648,7 +672,7 @@ def demo_main(argv: list[str] | None = None) -> int:
 
     model = _load_model(args.model)
     cost = load_calibration(_cache_dir())
-    strategies = [args.planner] if args.no_compare else ["local", "all_at_once", args.planner]
+    runs = demo_runs(args.planner, args.precision, no_compare=args.no_compare)
     summaries: list[RunSummary] = []
 
     cost_file = _cache_dir() / "demo-costmodel.json"
@@ -657,19 +681,27 @@ def demo_main(argv: list[str] | None = None) -> int:
     device: dict[str, dict[str, float]] = {}
 
     async def main() -> None:
-        for strategy in dict.fromkeys(strategies):
+        for strategy, precision in runs:
             summaries.append(
-                await _demo_run(args, model, strategy, cost_file, printer, device=device)
+                await _demo_run(
+                    args, model, strategy, cost_file, printer, device=device, precision=precision
+                )
             )
 
     run(main())
     printer.line("")
     printer.line(_table(summaries))
     local = next((s for s in summaries if s.strategy == "local"), None)
-    main_run = summaries[-1]
-    if local is not None and main_run.strategy != "local":
-        ratio = local.mean_during_upload() / main_run.mean_during_upload()
-        printer.line(
-            f"\n{main_run.strategy}: {ratio:.1f}x faster than local-only during the upload"
-        )
+    mains = [i for i, (s, _) in enumerate(runs) if s == args.planner]
+    for main_run in summaries[mains[0] :]:
+        if local is not None and main_run.strategy != "local":
+            ratio = local.mean_during_upload() / main_run.mean_during_upload()
+            printer.line(
+                f"\n{main_run.strategy}: {ratio:.1f}x faster than local-only during the upload"
+            )
+        if main_run.approximate:
+            printer.line(
+                f"{main_run.strategy}: {main_run.approximate} of {len(main_run.latencies)} "
+                "queries ran on base-stage weights (approximate), the rest exact"
+            )
     return 0

@@ -276,6 +276,15 @@ class Executor:
             )
         return layer
 
+    def layer(self, name: str) -> Any:
+        """The built layer bound to ``name`` (e.g. to assign refined weights to its
+        variables: compiled slices read them, so no slice needs rebuilding)."""
+        with self._lock:
+            found = self._layers.get(name)
+        if found is None:
+            raise ExecutorError(f"layer {name!r}: not loaded here")
+        return found
+
     def has(self, names: Iterable[str]) -> bool:
         """True when every named layer can run here (input layers always can)."""
         return not self.missing(names)

@@ -46,10 +46,14 @@ class BlobIngest:
         sizes: Mapping[str, int],
         digest: str,
         size: int,
+        *,
+        reserve: int | None = None,
     ) -> None:
         """§14.5: ``limit_exceeded`` unless the session's stored blobs plus its unfinished
-        ones (each reserving its whole size, ``sizes`` by digest) plus this blob fit."""
-        reserved = sum(sizes.get(d, 0) for d in set(partials) - {digest}) + size
+        ones (each reserving its whole size, ``sizes`` by digest) plus this blob fit (it
+        reserves ``reserve`` bytes when given: a refinement stage its exact blob, §10.12.3)."""
+        reserved = sum(sizes.get(d, 0) for d in set(partials) - {digest})
+        reserved += size if reserve is None else reserve
         if self.store.bytes_owned_by(owner) + reserved > self.max_bytes_per_session:
             raise RequestError("limit_exceeded", "this session stores too many bytes")
 
@@ -91,7 +95,13 @@ class BlobIngest:
         return offset
 
     async def complete(
-        self, owner: str | None, digest: str, key: str, *, public: bool = False
+        self,
+        owner: str | None,
+        digest: str,
+        key: str,
+        *,
+        public: bool = False,
+        via: Callable[[], object] | None = None,
     ) -> None:
         """Verify and store the finished partial ``key`` as ``digest``; the store records
         ``owner`` as its owner (and, with ``public``, the blob as published, §10.3.4) with
@@ -99,10 +109,15 @@ class BlobIngest:
         is consumed by then, so without the record it would have to be sent again. Bytes
         that do not hash to ``digest`` are discarded: ``digest_mismatch``; a store that
         cannot be reached keeps the partial: ``internal``. With no ``owner`` (a blob staged
-        for a session yet to come, §15.5) nobody is recorded."""
+        for a session yet to come, §15.5) nobody is recorded. ``via`` completes it instead
+        (worker thread): a model with weight stages (§10.12.3) rebuilds a refinement's
+        exact blob there."""
         try:
             await to_thread_to_the_end(
-                lambda: self.store.complete_partial(digest, key=key, owner=owner, public=public)
+                via
+                or (
+                    lambda: self.store.complete_partial(digest, key=key, owner=owner, public=public)
+                )
             )
         except StoreUnavailableError as exc:
             # Not the sender's bytes: the partial stays (nothing acknowledged is lost) and

@@ -32,7 +32,7 @@ import math
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +75,7 @@ from ionn_net.messages import (
     request_type,
 )
 from ionn_net.model.graph import LayerGraph, TensorRef
-from ionn_net.model.spec import graph_from_manifest, loads_manifest, split_blob
+from ionn_net.model.spec import graph_from_manifest, loads_manifest
 from ionn_net.ops.hooks import ServerGauges, ServerHooks
 from ionn_net.planner.costmodel import ServerCostModel
 from ionn_net.planner.prior import LayerPrior
@@ -83,9 +83,9 @@ from ionn_net.proto import Codec, ErrorCode
 from ionn_net.server_catalog import PublicHoldings
 from ionn_net.server_config import ServerConfig
 from ionn_net.server_model import ServerModel, lower_priority, to_thread_to_the_end, warm_up
+from ionn_net.server_stages import build_for_load
 from ionn_net.server_timing import ServerTimer, WorkGauge, predicted_times
 from ionn_net.store import (
-    BlobCorruptError,
     BlobStore,
     DirectoryStore,
     StoreUnavailableError,
@@ -621,6 +621,7 @@ class EdgeServer:
             partial=partial,
             layers_ready=tuple(sorted(model.ready, key=model.graph.position)),
             refused=dict(model.refused),
+            layers_base=_base_layers(model, model.ready),
             blobs_public=self.public.held(model.blob_sizes),
         )
 
@@ -658,10 +659,14 @@ class EdgeServer:
         if size is None or blob.size != size:
             raise RequestError("unknown_blob", f"blob {digest}: not in this model's manifest")
         key = partial_key(session.hash, digest)
-        if digest in self.store.owned_by(session.hash) or self.public.holds(digest, size):
+        owned, stages = self.store.owned_by(session.hash), model.stages
+        held = digest in owned or self.public.holds(digest, size)
+        if held or (stages is not None and stages.completes(digest, owned)):
             self.hooks.blob_resent(session.hash, digest)
             await stream.read_body(check_body_len(blob.body_len, limit=size))
             return BlobOk(sha256=digest, offset=size, complete=True), b""
+        if stages is not None:  # §10.12.3: a refinement only after its base
+            stages.check_order(digest, owned)
         offset = blob.offset
         if offset > size:
             raise bad_member("offset", f"an integer in 0..{size}", offset)
@@ -672,8 +677,11 @@ class EdgeServer:
             )
         # Unfinished uploads reserve their whole size: partials count against the budget.
         sizes = {d: n for m in session.models.values() for d, n in m.blob_sizes.items()}
+        reserve = stages.reserve(digest, size, model.blob_sizes) if stages else size
         try:
-            self.ingest.check_budget(session.hash, session.partials, sizes, digest, size)
+            self.ingest.check_budget(
+                session.hash, session.partials, sizes, digest, size, reserve=reserve
+            )
         except RequestError:
             self.hooks.refused("bytes_per_session", session=session.hash)
             raise
@@ -683,8 +691,18 @@ class EdgeServer:
         complete = new_offset == size
         if complete:
             try:
-                public = any(digest in m.public_marked for m in session.models.values())
-                await self.ingest.complete(session.hash, digest, key, public=public)
+                marked = frozenset().union(*(m.public_marked for m in session.models.values()))
+                via = None
+                if stages is not None:  # a refinement rebuilds its exact blob (§10.12.3)
+                    owner = session.hash
+
+                    def via() -> object:
+                        assert stages is not None
+                        return stages.complete(self.store, digest, key, owner=owner, public=marked)
+
+                await self.ingest.complete(
+                    session.hash, digest, key, public=digest in marked, via=via
+                )
             finally:
                 session.partials.discard(digest)  # stored, or dropped as corrupt
             self.stats["blobs"] += 1
@@ -709,10 +727,12 @@ class EdgeServer:
                 raise RequestError("bad_request", f"layer {name!r}: {model.refused[name]}")
         usable = self.store.owned_by(session.hash) | set(self.public.held(model.blob_sizes))
         missing = [n for n in names if model.specs[n].blob_sha256 not in (None, *usable)]
+        if model.stages is not None and load.precision == "base":  # §10.12.4
+            missing = [n for n in missing if not model.stages.buildable(n, model.ready, usable)]
         if missing:
             raise RequestError("missing_blobs", f"blobs missing for {missing[:8]}", layers=missing)
         started = time.perf_counter()
-        prepared, built = await self.build(model, names, sets)
+        prepared, built = await self.build(model, names, sets, usable)
         self._layers_ready += built
         if model.complete:
             for run in prepared:
@@ -724,19 +744,29 @@ class EdgeServer:
             session.hash, model.digest, built=built, ready=len(ready), seconds=load_ms / 1000.0
         )
         return LoadOk(
-            layers_ready=ready, prepared=tuple(map(tuple, prepared)), load_ms=load_ms
+            layers_ready=ready,
+            prepared=tuple(map(tuple, prepared)),
+            load_ms=load_ms,
+            layers_base=_base_layers(model, model.ready),
         ), b""
 
     async def build(
-        self, model: ServerModel, names: Sequence[str], sets: Sequence[Sequence[str]]
+        self,
+        model: ServerModel,
+        names: Sequence[str],
+        sets: Sequence[Sequence[str]],
+        owned: Collection[str] | None = None,
     ) -> tuple[list[list[str]], int]:
         """Build ``names`` from verified blobs and compile the run sets of ``sets`` that are
         then ready (§10.6); the sets compiled and how many layers were built. For a
-        ``load``, and for layers a peer pushed ahead of their client (§15.5.5)."""
+        ``load``, and for layers a peer pushed ahead of their client (§15.5.5). ``owned``:
+        the blobs the session may build from (a layer whose blob is not among them is
+        built from its base stage, §10.12.4); None: every blob of the model."""
+        held = frozenset(model.blob_sizes) if owned is None else owned
         async with model.lock:
             before = len(model.ready)
             with self.work:  # §10.11.1: the timer pauses while a load runs
-                await to_thread_to_the_end(self._build, model, names, pool=self._loader)
+                await to_thread_to_the_end(self._build, model, names, held, pool=self._loader)
                 built = len(model.ready) - before
                 prepared = []
                 for run in sets:
@@ -749,37 +779,25 @@ class EdgeServer:
         """A model from a manifest body, validated as a client's (§10.3.2; worker thread)."""
         return self._parse_model(body)
 
-    def _build(self, model: ServerModel, names: Sequence[str]) -> None:
+    def _build(self, model: ServerModel, names: Sequence[str], owned: Collection[str]) -> None:
         """Build the named layers from verified blobs (worker thread). The manifest was
         validated as a whole when it arrived; each layer is re-validated on its own by
-        ``build_layer`` with the input shapes of the server's own graph."""
-        from ionn_net.model.layers import build_layer
-
-        limits = self.config.spec_limits
-        built = {}
-        for name in names:
-            if name in model.ready:
-                continue
-            spec = model.specs[name]
-            shapes = [model.graph[r.layer].output_shapes[r.index] for r in spec.inbound]
-            prebuilt = self.public.reuse(model.digest, spec, shapes)  # catalog layers only
-            if prebuilt is not None:
-                built[name] = prebuilt
-                continue
-            weights = []
-            if spec.blob_sha256 is not None:
-                try:
-                    blob = self.public.read(spec.blob_sha256)  # verified on read
-                except BlobCorruptError:  # discarded by the store: the owner uploads it again
-                    raise RequestError(
-                        "missing_blobs", f"blob of {name!r} failed verification", layers=[name]
-                    ) from None
-                weights = split_blob(spec, blob, limits)
-            built[name] = build_layer(spec, shapes, weights, limits=limits)
+        ``build_layer`` with the input shapes of the server's own graph. With declared
+        stages (§10.12.4) a layer may be built from its base stage, and a layer built so
+        becomes exact by a swap once its blob is held (server_stages.build_for_load);
+        catalog layers built ahead are reused (§14.5.1)."""
+        built, refined = build_for_load(
+            model.stages, names, specs=model.specs, graph=model.graph, ready=model.ready,
+            owned=owned, store=self.store, limits=self.config.spec_limits,
+            read=self.public.read,
+            reuse=lambda spec, shapes: self.public.reuse(model.digest, spec, shapes),
+        )  # fmt: skip
         model.executor().add_layers(built)
         model.batch_of.update(dict.fromkeys(built, model.loads))
         model.loads += 1 if built else 0
         model.ready.update(built)
+        if model.stages is not None and refined:
+            model.stages.swap(model.executor(), refined)
 
     # -- §10.7 query ---------------------------------------------------------------------
 
@@ -790,6 +808,8 @@ class EdgeServer:
         model = self._model(state, query.model)
         qid, deadline_ms, run = query.qid, query.deadline_ms, list(query.run)
         not_ready = [n for n in run if n not in model.ready]
+        if query.exact and model.stages is not None:  # §10.12.5: never on base weights
+            not_ready += sorted(model.stages.ran_base(run), key=model.graph.position)
         if not run or not_ready:
             raise RequestError("layer_not_ready", f"layers not ready: {not_ready[:8]}")
         ins, outs = model.graph.boundary(run)
@@ -819,7 +839,7 @@ class EdgeServer:
                 feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
                 started = time.perf_counter()
                 with self.work:
-                    result = await to_thread_to_the_end(self._run, model, run, feeds)
+                    result, ran_base = await to_thread_to_the_end(self._run, model, run, feeds)
                 server_ms = (time.perf_counter() - started) * 1000.0
         self.hooks.query_computed(started - queued, server_ms / 1000.0)
         if model.complete:
@@ -835,12 +855,21 @@ class EdgeServer:
             tensors=descs,
             server_ms=server_ms,
             body_len=len(out_body),
+            ran_base=_base_layers(model, ran_base),
         )
         return reply, out_body
 
     @staticmethod
-    def _run(model: ServerModel, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]) -> Any:
-        return model.runner(run)(feeds)  # compiled by load's prepare (§10.6)
+    def _run(
+        model: ServerModel, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]
+    ) -> tuple[Any, frozenset[str]]:
+        """The outputs, and the layers that ran at base precision (§10.12.5): the query
+        runs on the weights it started with, a swap waits for it (server_stages)."""
+        runner = model.runner(run)  # compiled by load's prepare (§10.6), outside the lock
+        if model.stages is None:
+            return runner(feeds), frozenset()
+        with model.stages.lock.reading():
+            return runner(feeds), model.stages.ran_base(run)
 
     def _consolidate_later(self, model: ServerModel, run: Sequence[str]) -> None:
         """Once the model is complete no piece will ever be added: compile each run set
@@ -876,6 +905,12 @@ def _result_nbytes(
         * np.dtype(graph[r.layer].output_dtype).itemsize
         for r in outs
     )
+
+
+def _base_layers(model: ServerModel, layers: Collection[str]) -> tuple[str, ...] | None:
+    """§10.12.4, §10.12.5: which of ``layers`` are at base precision (None: no stages)."""
+    stages = model.stages
+    return None if stages is None else stages.listed(layers, model.graph.position)
 
 
 def _host(address: Any) -> Any:

@@ -19,6 +19,7 @@ from ionn_net.model.graph import LayerGraph
 from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest
 from ionn_net.offthread import lower_priority, to_thread_to_the_end
+from ionn_net.server_stages import ModelStages
 
 __all__ = ["ServerModel", "lower_priority", "to_thread_to_the_end", "warm_up"]
 
@@ -42,6 +43,9 @@ class ServerModel:
         self.blob_sizes = {
             s.blob_sha256: s.blob_size for s in manifest.layers if s.blob_sha256 is not None
         }
+        #: declared weight stages (§10.12), None without: their digests are blobs too
+        self.stages = ModelStages.of(manifest)
+        self.blob_sizes.update(self.stages.sizes if self.stages else {})
         self.refused = {
             s.name: "this layer's class is kept on the client"
             for s in manifest.layers

@@ -39,3 +39,23 @@ def test_demo_shows_no_upload_bar_for_local() -> None:
     printer = _Printer(io.StringIO(), quiet=True)
     assert printer.progress_callback("local") is None
     assert printer.progress_callback("ours") == printer.bar
+
+
+def test_demo_precision_adds_a_row_for_the_planner_precision_first() -> None:
+    from ionn_net.cli import _demo_parser, demo_runs
+
+    args = _demo_parser().parse_args(["--precision", "8bit-first"])
+    assert demo_runs(args.planner, args.precision, no_compare=False) == [
+        ("local", "exact"),
+        ("all_at_once", "exact"),
+        ("ours", "exact"),
+        ("ours", "8bit-first"),
+    ]
+    assert demo_runs("ours", "exact", no_compare=False)[-1] == ("ours", "exact")
+    assert demo_runs("ionn", "16bit-first", no_compare=True) == [
+        ("ionn", "exact"),
+        ("ionn", "16bit-first"),
+    ]
+    approx = RunSummary("ours 8bit-first", latencies=[(0.5, 80.0, 10)], upload_done_s=1.0)
+    rows = _table([approx]).splitlines()
+    assert rows[2].startswith("| ours 8bit-first | 1 | 80.0 | 0.50 |")

@@ -218,7 +218,12 @@ def _apply_overrides(sc: Scenario, args: argparse.Namespace) -> Scenario:
 def _write_report(
     out: Path, groups: list[list[dict[str, Any]]], command: str, console: Console
 ) -> Path:
-    from ionn_net.bench.report import plot_group, plot_prediction, summary_markdown
+    from ionn_net.bench.report import (
+        plot_group,
+        plot_prediction,
+        precision_lines,
+        summary_markdown,
+    )
 
     plots: dict[tuple[str, str], list[str]] = {}
     for docs in groups:
@@ -241,6 +246,9 @@ def _write_report(
     )
     path = out / "summary.md"
     path.write_text(text)
+    for line in precision_lines(groups):
+        if line.startswith("- "):
+            console.line(line[2:])
     return path
 
 

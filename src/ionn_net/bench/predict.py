@@ -10,10 +10,16 @@ model). Queries run back to back with the execution policy the client really use
 (best ``fine`` plan for the layers ready when a query starts, no mid-query
 re-planning), until the measured run's last query.
 
+A precision-first run (``ours-16``, ``ours-8``) is replayed with its stages: the client's
+own stage costs (the stages' wire bytes it measured, the server's decode and swap priors)
+and the plan's refinements after its base partitions (the simulator then completes any
+layer left at base), each predicted query marked exact or not.
+
 Errors reported: per-query latency error (each measured query against the predicted
 query in progress at its issue time: mean and median absolute percentage error,
 mean signed error), and the error of every summary metric (mean latency during
-upload, upload completion, first offloaded query, time to N queries).
+upload and in the lossless window, upload completion, first offloaded query, time to
+N queries).
 
 Two replays: the main one takes the server's speed, its loads' duration, the contention
 between its loader and its queries, the client's own contention and compile time and the
@@ -35,11 +41,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ionn_net.bench.measured import MeasuredInputs, measured_inputs
-from ionn_net.bench.results import QueryPoint, metrics_from_points
+from ionn_net.bench.results import QueryPoint, lossless_window_s, metrics_from_points
 from ionn_net.model.graph import LayerGraph
 from ionn_net.planner.link import Link
 from ionn_net.planner.simulate import SimResult, simulate_partitions
-from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern
+from ionn_net.planner.workload import (
+    ExecutionPolicy,
+    PlanningContext,
+    QueryPattern,
+    Refinement,
+    StageCosts,
+)
 
 __all__ = ["latency_errors", "predict_run", "sim_points"]
 
@@ -123,6 +135,7 @@ def _replay(
     weight_ratio = float(doc["model"].get("weight_ratio", 1.0))
     link = _link(doc, weight_ratio)
     objective = (plan.get("policy") or {}).get("objective", "latency")
+    stages = plan.get("stages")
     overhead = _overhead_ms(doc)
     server_ms, load_ms = per_layer["server_ms"], per_layer["load_ms"]
     extra = 0.0
@@ -143,7 +156,11 @@ def _replay(
         pattern=QueryPattern.back_to_back(),
         objective=objective,
         partition_overhead_ms=overhead,
+        stages=None if not stages else StageCosts(**stages),
     )
+    refinements = [
+        Refinement(frozenset(layers), int(k)) for layers, k in plan.get("refinements", [])
+    ]
     timing = doc.get("timing") or {}
     # the planning time the run really took (the client sends its head start meanwhile)
     planned_s = max(0.0, float(timing.get("planned_s") or 0.0))
@@ -154,6 +171,7 @@ def _replay(
         ExecutionPolicy("fine", objective=objective),
         until_s=horizon,
         max_queries=_MAX_SIM_QUERIES,
+        refinements=refinements if stages else (),
         head_start=head,
         planned_s=planned_s,
         pace=inputs.pace if inputs is not None else (),
@@ -180,12 +198,15 @@ def _errors(
     uploads = doc["strategy"] != "local"
     done = result.upload_done_s if result.partitions else (0.0 if uploads else None)
     n = int(doc["metrics"].get("n", 100))
-    pm = metrics_from_points(points, done, uploads=uploads, n=n)
+    window = lossless_window_s(doc)
+    pm = metrics_from_points(points, done, uploads=uploads, n=n, window_s=window)
+    pm["approximate_in_window"] = result.approximate_queries(0.0, window or 0.0)
     mm = doc["metrics"]
     errors: dict[str, float | None] = dict(latency_errors(measured, points))
     errors["mean_during_upload_pct"] = _pct(
         pm["mean_during_upload_ms"], mm.get("mean_during_upload_ms")
     )
+    errors["mean_in_window_pct"] = _pct(pm["mean_in_window_ms"], mm.get("mean_in_window_ms"))
     errors["upload_done_pct"] = _pct(pm["upload_done_s"], mm.get("upload_done_s"))
     errors["first_offloaded_diff_s"] = _diff(pm["first_offloaded_s"], mm.get("first_offloaded_s"))
     errors["time_to_n_pct"] = _pct(pm["time_to_n_s"], mm.get("time_to_n_s"))
@@ -216,11 +237,11 @@ def predict_run(
         "policy": "fine, not adaptive (what the client executes)",
         "inputs": inputs.to_dict(),
         "queries": [
-            [round(p.issued_s, 4), round(p.latency_ms, 3), len(q.server_layers)]
+            [round(p.issued_s, 4), round(p.latency_ms, 3), len(q.server_layers), q.exact]
             for p, q in zip(points, result.queries, strict=True)
         ],
         "partitions": [
-            [round(r.sent_s, 4), round(r.arrived_s, 4), round(r.ready_s, 4), len(r.layers)]
+            [round(r.sent_s, 4), round(r.arrived_s, 4), round(r.ready_s, 4), len(r.layers), r.stage]
             for r in result.partitions
         ],
         "metrics": pm,

@@ -5,7 +5,10 @@ strategy, upload progress on a second axis), :func:`plot_prediction` (measured a
 predicted latency per strategy, with the prediction error) and :func:`summary_markdown`
 (machine, command, link and device, then per scenario x model the table of mean
 latency during upload, time to first offloaded query, time to complete N queries,
-upload completion, and the simulator's error). Matplotlib runs headless (Agg).
+upload completion, and the simulator's error; the mean latency in the lossless window W
+measured and simulated; and, when the precision-first strategies ran, their gain over
+``ionn`` in W across the groups, measured and simulated: :func:`precision_lines`).
+Matplotlib runs headless (Agg).
 """
 
 from __future__ import annotations
@@ -15,7 +18,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["common_window", "plot_group", "plot_prediction", "summary_markdown"]
+__all__ = [
+    "common_window",
+    "plot_group",
+    "plot_prediction",
+    "precision_lines",
+    "summary_markdown",
+]
 
 _COLORS = {
     "local": "#7f7f7f",
@@ -24,7 +33,12 @@ _COLORS = {
     "ionn": "#ff7f0e",
     "efficiency": "#2ca02c",
     "ours": "#d62728",
+    "ours-16": "#e377c2",
+    "ours-8": "#8c564b",
 }
+#: The precision-first strategies and the exact one they are compared with.
+_PRECISION_FIRST = ("ours-16", "ours-8")
+_BASELINE = "ionn"
 
 
 def _pyplot() -> Any:
@@ -68,6 +82,18 @@ def plot_group(docs: Sequence[Mapping[str, Any]], path: Path) -> Path:
             color=color,
             label=d["strategy"],
         )
+        approx = [q for q in qs if not q.get("exact", True)]
+        if approx:  # ran on base-stage weights (precision-first): hollow circles
+            ax.plot(
+                [q["t"] for q in approx],
+                [q["ms"] for q in approx],
+                linestyle="none",
+                marker="o",
+                markersize=5,
+                markerfacecolor="none",
+                color=color,
+                label=f"{d['strategy']}: on base-stage weights",
+            )
         prog = [p for p in d["progress"] if p["total"] > 0]
         if prog and d["strategy"] != "local":
             ts = [0.0] + [p["t"] for p in prog]
@@ -227,6 +253,81 @@ def _prediction_table(docs: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _window_table(docs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Mean latency in the lossless window W, measured and simulated, per strategy."""
+    window = next(
+        (d["metrics"].get("window_s") for d in docs if d["metrics"].get("window_s")), None
+    )
+    lines = [
+        f"Lossless window W = {_f(window)} s (the model's raw weight bytes at the measured "
+        "upload rate):",
+        "",
+        "| strategy | mean latency in W: measured / simulated (ms) | error | queries in W on "
+        "base-stage weights: measured / simulated |",
+        "|---|---|---|---|",
+    ]
+    for d in docs:
+        if d["status"] != "ok":
+            continue
+        m = d["metrics"]
+        pred = d.get("prediction") or {}
+        pm, e = pred.get("metrics") or {}, pred.get("errors") or {}
+        lines.append(
+            f"| {d['strategy']} | {_f(m.get('mean_in_window_ms'))} / "
+            f"{_f(pm.get('mean_in_window_ms'))} | {_pct(e.get('mean_in_window_pct'))} | "
+            f"{m.get('approximate_in_window', 0)} / {pm.get('approximate_in_window', 0)} |"
+        )
+    return lines
+
+
+def _in_window(doc: Mapping[str, Any] | None, key: str) -> float | None:
+    if doc is None or doc["status"] != "ok":
+        return None
+    source = doc["metrics"] if key == "measured" else (doc.get("prediction") or {}).get("metrics")
+    value = (source or {}).get("mean_in_window_ms")
+    return float(value) if value else None
+
+
+def precision_lines(groups: Sequence[Sequence[Mapping[str, Any]]]) -> list[str]:
+    """The precision-first strategies against ``ionn`` in the lossless window, per group
+    and as geometric means, measured and simulated (the simulator replaying the same
+    runs); empty when none of them ran."""
+    rows: dict[str, list[tuple[str, float, float | None]]] = {s: [] for s in _PRECISION_FIRST}
+    out = ["| group | strategy | ionn / strategy in W: measured | simulated |", "|---|---|---|---|"]
+    for docs in groups:
+        by = {d["strategy"]: d for d in docs}
+        base = (_in_window(by.get(_BASELINE), "measured"), _in_window(by.get(_BASELINE), "sim"))
+        for strategy in _PRECISION_FIRST:
+            mine = (_in_window(by.get(strategy), "measured"), _in_window(by.get(strategy), "sim"))
+            if base[0] is None or mine[0] is None:
+                continue
+            sim = base[1] / mine[1] if base[1] and mine[1] else None
+            group = f"{docs[0]['scenario']['name']} / {docs[0]['model']['name']}"
+            rows[strategy].append((group, base[0] / mine[0], sim))
+            out.append(
+                f"| {group} | {strategy} | {base[0] / mine[0]:.3f}x | {_f(sim, '{:.3f}x')} |"
+            )
+    if not any(rows.values()):
+        return []
+    lines = ["", "## Precision-first against ionn (mean latency in the lossless window W)", ""]
+    lines += [*out, ""]
+    for strategy, found in rows.items():
+        if not found:
+            continue
+        measured = math.exp(sum(math.log(g) for _, g, _ in found) / len(found))
+        sims = [s for _, _, s in found if s]
+        simulated = math.exp(sum(map(math.log, sims)) / len(sims)) if sims else None
+        worst = min(found, key=lambda r: r[1])
+        agree = "-" if simulated is None else f"{(measured / simulated - 1) * 100:+.0f}%"
+        lines.append(
+            f"- {strategy}: geomean gain over ionn {measured:.3f}x measured, "
+            f"{_f(simulated, '{:.3f}x')} simulated (measured vs simulated {agree}); "
+            f"worst group {worst[0]} {worst[1]:.3f}x; no more than 3% behind ionn in every "
+            f"group: {'yes' if worst[1] >= 1 / 1.03 else 'no'} ({len(found)} groups)"
+        )
+    return lines
+
+
 def _link_lines(doc: Mapping[str, Any]) -> list[str]:
     link = doc["link"]
     lines = [f"- link: {link['message']}"]
@@ -292,6 +393,8 @@ def summary_markdown(
             "",
         ]
         out += _prediction_table(docs)
+        out += ["", *_window_table(docs)]
         for rel in plots.get((d["scenario"]["name"], d["model"]["name"]), ()):
             out += ["", f"![{rel}]({rel})"]
+    out += precision_lines(groups)
     return "\n".join(out) + "\n"

@@ -11,7 +11,12 @@ and for the simulator's predicted ones:
   least one layer on the server (and did not fall back);
 * **time to complete N queries**: when the N-th query finished (``None`` when the
   run ended before);
-* **mean latency after upload**, upload completion time, counts;
+* **mean latency in the lossless window** W: of the queries issued before the whole
+  model's raw weight bytes could cross the link (its measured upload rate, or the
+  configured one): the same span for every strategy of a group, exact or precision-first
+  (``bench/planner_sim.py`` compares strategies on it too);
+* **mean latency after upload**, upload completion time, counts (and how many queries
+  ran on base-stage weights, for the precision-first strategies);
 * **client prediction error**: mean absolute percentage error of the latency the
   client predicted for each query's plan against the measured latency.
 
@@ -41,6 +46,7 @@ __all__ = [
     "SCHEMA",
     "QueryPoint",
     "check_run_doc",
+    "lossless_window_s",
     "metrics_from_points",
     "query_points",
     "run_metrics",
@@ -78,19 +84,39 @@ def _mean(values: Sequence[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def lossless_window_s(doc: Mapping[str, Any]) -> float | None:
+    """W of a run document: its model's raw weight bytes at the link's upload rate (the
+    probed one when there is one), or None without either."""
+    raw = (doc.get("model") or {}).get("weight_bytes")
+    link = doc.get("link") or {}
+    probe = (link.get("measured") or {}).get("up") or {}
+    rate = probe.get("measured_rate_bps") or (link.get("configured") or {}).get("rate_bps")
+    if not raw or not rate:
+        return None
+    return float(raw) * 8.0 / float(rate)
+
+
 def metrics_from_points(
-    points: Sequence[QueryPoint], upload_done_s: float | None, *, uploads: bool, n: int = 100
+    points: Sequence[QueryPoint],
+    upload_done_s: float | None,
+    *,
+    uploads: bool,
+    n: int = 100,
+    window_s: float | None = None,
 ) -> dict[str, Any]:
     """The summary metrics of one timeline (see the module docstring)."""
     end = upload_done_s if (uploads and upload_done_s is not None) else math.inf
     during = [p.latency_ms for p in points if p.issued_s < end]
     after = [p.latency_ms for p in points if p.issued_s >= end]
     first = next((p.issued_s for p in points if p.offloaded), None)
+    window = [p.latency_ms for p in points if window_s is not None and p.issued_s < window_s]
     return {
         "queries": len(points),
         "mean_ms": _mean([p.latency_ms for p in points]),
         "mean_during_upload_ms": _mean(during),
         "queries_during_upload": len(during),
+        "window_s": window_s,
+        "mean_in_window_ms": _mean(window),
         "mean_after_upload_ms": _mean(after),
         "first_offloaded_s": first,
         "time_to_n_s": points[n - 1].ended_s if len(points) >= n else None,
@@ -117,12 +143,17 @@ def run_metrics(doc: Mapping[str, Any], *, n: int = 100) -> dict[str, Any]:
     queries = doc.get("queries", [])
     uploads = doc.get("strategy") != "local"
     done = next((float(p["t"]) for p in doc.get("progress", []) if p.get("done")), None)
-    out = metrics_from_points(query_points(queries), done, uploads=uploads, n=n)
+    window = lossless_window_s(doc)
+    out = metrics_from_points(query_points(queries), done, uploads=uploads, n=n, window_s=window)
     # the client's own prediction of each query (its plan's cost) against the latency
     ape = [abs(q["pred_ms"] - q["ms"]) / q["ms"] * 100.0 for q in queries if q.get("pred_ms")]
     out["client_prediction_mape_pct"] = _mean(ape)
     out["fallbacks"] = sum(1 for q in queries if q.get("fallback"))
     out["wrong_outputs"] = sum(1 for q in queries if not q.get("ok", True))
+    out["approximate_queries"] = sum(1 for q in queries if not q.get("exact", True))
+    out["approximate_in_window"] = sum(
+        1 for q in queries if not q.get("exact", True) and window is not None and q["t"] < window
+    )
     last = doc.get("progress", [])[-1] if doc.get("progress") else None
     out["uploaded_bytes"] = int(last["sent"]) if last else 0
     out["upload_total_bytes"] = int(last["total"]) if last else 0

@@ -18,7 +18,8 @@ Owns the scenario schema and its TOML loader (:func:`load_scenario`). A scenario
 
     [run]
     models = ["mobilenetv2", "resnet50"]
-    strategies = ["local", "all_at_once", "neurosurgeon", "ionn", "efficiency", "ours"]
+    strategies = ["local", "all_at_once", "neurosurgeon", "ionn", "efficiency", "ours",
+                  "ours-16", "ours-8"]
     target_queries = 100   # keep querying until this many completed ...
     tail_s = 3.0           # ... and this long after the upload finished ...
     max_run_s = 120.0      # ... but never longer than this per run
@@ -57,6 +58,7 @@ __all__ = [
     "quick_scenario",
     "scenario_files",
     "scenario_from_doc",
+    "strategy_planner",
 ]
 
 #: Strategies the bench knows, in the order runs and tables list them.
@@ -67,7 +69,18 @@ STRATEGIES: tuple[str, ...] = (
     "ionn",
     "efficiency",
     "ours",
+    "ours-16",
+    "ours-8",
 )
+#: Strategies that are a planner with a precision-first upload (protocol.md §10.12).
+_PRECISION_FIRST = {"ours-16": ("ours", "16bit-first"), "ours-8": ("ours", "8bit-first")}
+
+
+def strategy_planner(strategy: str) -> tuple[str, str]:
+    """The planner and the upload precision (``ClientConfig.precision``) of a strategy:
+    ``ours-16`` and ``ours-8`` are ``ours`` uploading 16-bit and 8-bit bases first."""
+    return _PRECISION_FIRST.get(strategy, (strategy, "exact"))
+
 
 DeviceMode = Literal["auto", "cgroup", "slowdown"]
 

@@ -34,7 +34,7 @@ from ionn_net.errors import IonnError, OffloadError
 from ionn_net.model.graph import LayerGraph
 from ionn_net.planner.link import Link
 from ionn_net.planner.upload import get_planner
-from ionn_net.planner.workload import QueryPattern, UploadPlan
+from ionn_net.planner.workload import QueryPattern, StageCosts, UploadPlan
 
 __all__ = ["OffloadClient"]
 
@@ -221,21 +221,26 @@ class OffloadClient:
 
     # -- queries -------------------------------------------------------------------------
 
-    async def infer(self, x: np.ndarray) -> np.ndarray | list[np.ndarray]:
-        """The model's output for ``x`` (batch 1), computed collaboratively."""
-        return (await self.infer_detailed(x)).output
+    async def infer(
+        self, x: np.ndarray, *, exact: bool | None = None
+    ) -> np.ndarray | list[np.ndarray]:
+        """The model's output for ``x`` (batch 1), computed collaboratively. ``exact``:
+        run only on exact weights (default: unless the upload is precision-first,
+        ``ClientConfig.precision``); layers the server holds at base precision then run
+        here (protocol.md §10.12.5)."""
+        return (await self.infer_detailed(x, exact=exact)).output
 
-    async def infer_detailed(self, x: np.ndarray) -> InferenceResult:
-        """:meth:`infer` with the query's segments, timings and prediction. A query
-        running a long local segment may switch, between two of its precompiled chunks,
-        to a plan that layers landing meanwhile made faster (planner.midquery)."""
-        return await self._started().runner.infer(x)
+    async def infer_detailed(self, x: np.ndarray, *, exact: bool | None = None) -> InferenceResult:
+        """:meth:`infer` with the query's segments, timings, prediction and precision. A
+        query running a long local segment may switch, between two of its precompiled
+        chunks, to a plan that layers landing meanwhile made faster (planner.midquery)."""
+        return await self._started().runner.infer(x, exact=exact)
 
     async def replan(self) -> None:
         """Re-plan now for the layers the server holds, with what queries taught so far,
         and switch to that plan once its client side is compiled."""
         parts = self._started()
-        await parts.session.activate(parts.state.ready)
+        await parts.session.activate(parts.state.usable)
 
     # -- progress ------------------------------------------------------------------------
 
@@ -345,3 +350,8 @@ class OffloadClient:
     @property
     def upload_plan(self) -> UploadPlan | None:
         return self._started().state.upload_plan
+
+    @property
+    def stage_costs(self) -> StageCosts | None:
+        """What the planner charges for a precision-first upload's stages (None: exact)."""
+        return self._started().prepared.stage_costs

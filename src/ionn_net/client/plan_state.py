@@ -4,11 +4,13 @@ It holds what both of the client's loops plan with, and nothing else does:
 
 * the link estimate and what queries taught (the learned server speed and round trip),
 * the server's costs (its cost model, §10.10),
-* the server's readiness: layers ready, blobs held, partial offsets, layers it refused
-  and layers this client keeps local,
+* the server's readiness: layers ready (and which of them at base precision, §10.12.4),
+  blobs held, partial offsets, layers it refused and layers this client keeps local,
 * the upload: the strategy's plan and its partitions, how many went up and were loaded,
-* the active plan (the one queries start with) with its ready set, and the table of
-  compiled chunks of client segments.
+* the active plan (the one queries start with) with its ready set, the plan exact queries
+  start with (``active_exact``: the last active plan whose server layers were all exact;
+  the same plan when the upload is exact), and the table of compiled chunks of client
+  segments.
 
 Every field is set in ``__init__``; outside code reads them through read-only
 properties and changes them only through the methods here, always on the event loop.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
@@ -89,6 +91,7 @@ class PlanState:
         slowdown: float,
     ) -> None:
         self._graph = prepared.graph
+        self._stage_costs = prepared.stage_costs
         self._client_ms: Mapping[str, float] = MappingProxyType(dict(prepared.client_ms))
         self._pattern = pattern
         self._slowdown = slowdown
@@ -103,7 +106,7 @@ class PlanState:
         self._partition_overhead_ms = 0.0
         self._cost_model_id = ""
         # the server's readiness
-        self._ready: frozenset[str] = frozenset()
+        self._ready = self._base = frozenset[str]()  # and which of them at base (§10.12.4)
         self._held_blobs: set[str] = set()
         self._public_blobs: frozenset[str] = frozenset()
         self._partial: dict[str, int] = {}
@@ -121,6 +124,7 @@ class PlanState:
         self._chunks: dict[tuple[str, ...], tuple[tuple[str, ...], ...]] = {}
         self._coster = SegmentCoster(self._graph, self._client_ms, {}, self._link)
         self._active = ActivePlan(self.local_plan(), frozenset())
+        self._active_exact = self._active
 
     # -- reading ---------------------------------------------------------------------
 
@@ -173,6 +177,16 @@ class PlanState:
         return self._ready
 
     @property
+    def base(self) -> frozenset[str]:
+        """Ready layers the server runs on base-stage weights (§10.12.4)."""
+        return self._base
+
+    @property
+    def usable(self) -> frozenset[str]:
+        """Ready layers plans may run on the server: exact ones unless precision-first."""
+        return self._ready if self._stage_costs is not None else self._ready - self._base
+
+    @property
     def held_blobs(self) -> frozenset[str]:
         return frozenset(self._held_blobs)
 
@@ -193,21 +207,7 @@ class PlanState:
         """Layers not ready that the server can load without any upload: those whose blob
         it holds (publicly or for this session), and the weightless layers fed only by
         them, by ready layers or by model inputs (topological order)."""
-        inputs = set(self._graph.inputs)
-        usable: set[str] = set()
-        for name in self._graph.order:
-            if name in never or name in self._ready:
-                continue
-            digest = layer_blob[name][0]
-            if digest is not None:
-                if not self.needs_upload(digest):
-                    usable.add(name)
-            elif all(
-                r.layer in usable or r.layer in self._ready or r.layer in inputs
-                for r in self._graph[name].inbound
-            ):
-                usable.add(name)
-        return frozenset(usable)
+        return _loadable(self._graph, self._ready, frozenset(never), layer_blob, self.needs_upload)
 
     @property
     def partial(self) -> Mapping[str, int]:
@@ -248,6 +248,11 @@ class PlanState:
     def active(self) -> ActivePlan:
         return self._active
 
+    @property
+    def active_exact(self) -> ActivePlan:
+        """The plan an exact query starts with: no server layer of it is at base."""
+        return self._active_exact
+
     def chunks_of(self, layers: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
         """The compiled chunks of the client segment ``layers`` (itself if unchunked)."""
         return self._chunks.get(layers, (layers,))
@@ -274,6 +279,7 @@ class PlanState:
             held=self._ready if held is None else held,
             pattern=self._pattern,
             partition_overhead_ms=self._partition_overhead_ms,
+            stages=self._stage_costs,
         )
 
     def best_plan(
@@ -327,11 +333,24 @@ class PlanState:
         self._public_blobs = frozenset(holdings.blobs_public)
         self._partial = dict(holdings.partial)
         self._ready = frozenset(holdings.layers_ready) & frozenset(self._graph.order)
+        self._base = frozenset(holdings.layers_base or ()) & self._ready
         self._refused = dict(holdings.refused)
 
-    def adopt_ready(self, layers_ready: Collection[str]) -> None:
-        """The layers ready after a load (§10.6)."""
+    def adopt_ready(
+        self, layers_ready: Collection[str], layers_base: Collection[str] | None = None
+    ) -> None:
+        """The layers ready after a load (§10.6), and which of them at base (§10.12.4)."""
         self._ready = frozenset(layers_ready) & frozenset(self._graph.order)
+        self._base = frozenset(layers_base or ()) & self._ready
+        self._take_exact(self._active)
+
+    def observe_base(self, layers: Collection[str]) -> None:
+        """A result says these layers ran at base (§10.12.5): believe it over a load's
+        word, and start no exact query with a plan that runs them on the server."""
+        found = frozenset(layers) & self._ready
+        self._base |= found
+        if self._active_exact.plan.server_layers & found:
+            self._active_exact = ActivePlan(self.local_plan(), frozenset())
 
     # -- the upload ------------------------------------------------------------------
 
@@ -344,22 +363,16 @@ class PlanState:
 
     def replan_due(self, now: float) -> bool:
         """True (once) when the rest of the upload should be re-planned: the measured
-        bandwidth has moved by more than 30% from the one the plan assumed, at most
-        every 5 s, while partitions remain."""
+        bandwidth moved over 30% from the plan's (at most every 5 s) or the server's measured
+        times changed; partitions left."""
         bandwidth = self._link.bandwidth
-        if self._planned_bandwidth is None:
+        left = self._uploaded_parts < len(self._partitions)
+        due = _replan_due(bandwidth, self._planned_bandwidth, now - self._planned_at, left)
+        if self._planned_bandwidth is not None and left and self._times.take_change():
+            due = True  # the server's measured times changed (§10.11): re-plan once
+        if due or self._planned_bandwidth is None:
             self._planned_bandwidth, self._planned_at = bandwidth, now
-            return False
-        moved = abs(bandwidth / self._planned_bandwidth - 1) > _REPLAN_MOVE
-        if self._uploaded_parts >= len(self._partitions):
-            return False
-        if self._times.take_change():  # the server's times changed (§10.11): re-plan once
-            self._planned_bandwidth, self._planned_at = bandwidth, now
-            return True
-        if not moved or now - self._planned_at < _REPLAN_EVERY_S:
-            return False
-        self._planned_bandwidth, self._planned_at = bandwidth, now
-        return True
+        return due
 
     def replace_rest(self, partitions: Sequence[frozenset[str]]) -> None:
         """Re-planned partitions for what has not gone up yet."""
@@ -414,29 +427,23 @@ class PlanState:
         ran: Sequence[str],
     ) -> float | None:
         """Learn the *effective* round-trip cost of a server segment: what a query pays
-        beyond the server's compute and the raw transfer time (queueing behind the
-        upload at the bottleneck, framing, scheduling). Plans charge it per round trip,
-        so a loaded link leads to plans with fewer client/server transitions. Returns
-        the server's compute milliseconds (None when implausible: not learned from).
+        beyond the server's compute and the raw transfer time (queueing behind the upload
+        at the bottleneck, framing, scheduling). Plans charge it per round trip, so a
+        loaded link leads to plans with fewer client/server transitions. Returns the
+        server's compute ms (None when implausible: not learned from).
 
-        Nothing is learned while a load is in flight: the server's loader then shares
-        its CPU with the query (a segment measured 2-4x slower in ionn-bench), and a
-        speed learned from that transient outlived the load, keeping layers the server
-        had ready on the client for seconds after the upload."""
+        Nothing is learned while a load is in flight: the server's loader then shares its
+        CPU with the query (a segment 2-4x slower in ionn-bench), and a speed learned from
+        that outlived the load, keeping ready layers on the client for seconds after."""
         if not 0 <= server_ms < 1e7:
             return None
         if self._loads_in_flight:
             return float(server_ms)
-        link = self._link
-        transfer = up_bytes / link.bandwidth + down_bytes / link.down
-        # The server's cost model may have been calibrated on a busier (or idler)
-        # machine: scale its predictions by what the server really takes for these layers.
+        transfer = up_bytes / self._link.bandwidth + down_bytes / self._link.down
+        overhead_s = seconds - server_ms / 1000.0 - transfer
+        # the server's cost model may have been calibrated on a busier (or idler) machine
         ratio = self._times.observe(ran, server_ms) if ran else None
-        self._learned.observe(
-            overhead_s=seconds - server_ms / 1000.0 - transfer,
-            scale_ratio=ratio,
-            now=time.monotonic(),
-        )
+        self._learned.observe(overhead_s=overhead_s, scale_ratio=ratio, now=time.monotonic())
         self._take_learned_rtt()
         return float(server_ms)
 
@@ -459,12 +466,18 @@ class PlanState:
         chunk table of its client segments, kept for every later plan that shares them)."""
         self._chunks.update(chunks)
         self._active = ActivePlan(plan, ready)
+        self._take_exact(self._active)
+
+    def _take_exact(self, active: ActivePlan) -> None:
+        """Exact queries start with ``active`` once none of its server layers is at base."""
+        if not active.plan.server_layers & self._base:
+            self._active_exact = active
 
     def new_server(self) -> None:
         """The client moved to another server (§15): nothing the previous one held or was
         learned about it counts there; queries run locally until the new one's holdings
         are adopted and a plan is activated."""
-        self._ready = frozenset()
+        self._ready = self._base = frozenset()
         self._held_blobs = set()
         self._partial = {}
         self._refused = {}
@@ -475,3 +488,38 @@ class PlanState:
     def drop_to_local(self) -> None:
         """The server is gone: queries run locally until a plan is activated again."""
         self._active = ActivePlan(self.local_plan(), frozenset())
+        self._active_exact = self._active
+
+
+def _loadable(
+    graph: LayerGraph,
+    ready: frozenset[str],
+    never: frozenset[str],
+    layer_blob: Mapping[str, tuple[str | None, int]],
+    needs_upload: Callable[[str | None], bool],
+) -> frozenset[str]:
+    """:meth:`PlanState.loadable_now` of a server with ``ready`` layers."""
+    inputs = set(graph.inputs)
+    usable: set[str] = set()
+    for name in graph.order:
+        if name in never or name in ready:
+            continue
+        digest = layer_blob[name][0]
+        if digest is not None:
+            if not needs_upload(digest):
+                usable.add(name)
+        elif all(
+            r.layer in usable or r.layer in ready or r.layer in inputs for r in graph[name].inbound
+        ):
+            usable.add(name)
+    return frozenset(usable)
+
+
+def _replan_due(
+    bandwidth: float, planned: float | None, since_s: float, partitions_left: bool
+) -> bool:
+    """:meth:`PlanState.replan_due` for a plan made at ``planned`` bandwidth (None: no
+    plan yet) ``since_s`` ago."""
+    if planned is None or not partitions_left or since_s < _REPLAN_EVERY_S:
+        return False
+    return abs(bandwidth / planned - 1) > _REPLAN_MOVE

@@ -10,15 +10,18 @@ shared state.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from ionn_net.client.staged import StagedLayer, declare_stages, stage_costs
 from ionn_net.client.types import ClientConfig
 from ionn_net.errors import ConfigError
 from ionn_net.model.graph import LayerGraph
 from ionn_net.planner.execution import ExecutionPlan
 from ionn_net.planner.midquery import chunk_segment, split_at
 from ionn_net.planner.profiles import ClientProfile, ProfileCache
+from ionn_net.planner.workload import StageCosts
 
 __all__ = ["ChunkTable", "PreparedModel", "compile_client_side", "prepare_model"]
 
@@ -36,6 +39,9 @@ class PreparedModel:
     are the layers no server may run (and why); ``client_ms`` the per-layer milliseconds
     of this (emulated) device; ``grid_ends`` the last layers of the chunks of the whole
     model's chunk grid (empty when nothing will be uploaded, so nothing is chunked).
+    A precision-first upload (``precision`` not ``"exact"``, protocol.md §10.12) also has
+    ``staged``, the layers whose blobs go up as stages (declared in the manifest), and
+    ``stage_costs``, what the planner charges for them.
     """
 
     executor: Any
@@ -47,6 +53,21 @@ class PreparedModel:
     local_only: Mapping[str, str]
     client_ms: Mapping[str, float]
     grid_ends: frozenset[str]
+    precision: str = "exact"
+    staged: Mapping[str, StagedLayer] = field(default_factory=lambda: MappingProxyType({}))
+    stage_costs: StageCosts | None = None
+
+    def upload_unit(self, name: str, stage: int) -> tuple[str, bytes, str | None] | None:
+        """What goes up for stage ``stage`` of layer ``name``: (digest, bytes, encoding),
+        the encoding None for a whole blob (a layer without stages, at stage 0); None
+        when nothing does (no blob, or no such stage)."""
+        layer = self.staged.get(name)
+        if layer is not None:
+            if stage >= len(layer.digests):
+                return None
+            return layer.digests[stage], layer.data[stage], layer.encodings[stage]
+        digest = self.layer_blob[name][0]
+        return None if digest is None or stage else (digest, self.blobs[digest], None)
 
 
 def prepare_model(model: Any, config: ClientConfig, *, chunked: bool) -> PreparedModel:
@@ -60,6 +81,9 @@ def prepare_model(model: Any, config: ClientConfig, *, chunked: bool) -> Prepare
     executor = Executor.from_model(model)
     graph: LayerGraph = executor.graph
     manifest, blobs, local_only = extract_manifest(model)
+    staged: dict[str, StagedLayer] = {}
+    if config.precision != "exact":
+        manifest, staged = declare_stages(manifest, blobs, config.precision)
     digest = manifest.manifest_digest()
     whole = executor.prepare(graph.order)
     fixed = config.device_ms
@@ -73,16 +97,23 @@ def prepare_model(model: Any, config: ClientConfig, *, chunked: bool) -> Prepare
     if chunked:
         grid = chunk_segment(graph, graph.order, client_ms, cut_points=graph.cut_points())
         grid_ends = frozenset(chunk[-1] for chunk in grid)
+    layer_blob = {s.name: (s.blob_sha256, s.blob_size) for s in manifest.layers}
+    costs = None
+    if staged:
+        costs = stage_costs(config.precision, staged, layer_blob, blobs)
     return PreparedModel(
         executor=executor,
         graph=graph,
         manifest_body=manifest.to_json_bytes(),
         model_digest=digest,
         blobs=blobs,
-        layer_blob={s.name: (s.blob_sha256, s.blob_size) for s in manifest.layers},
+        layer_blob=layer_blob,
         local_only=local_only,
         client_ms=client_ms,
         grid_ends=grid_ends,
+        precision=config.precision if staged else "exact",
+        staged=MappingProxyType(staged),
+        stage_costs=costs,
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 
+from ionn_net.client.staged import StagedLayer
 from ionn_net.client.types import UploadProgress
 
 __all__ = ["ProgressFeed", "upload_progress"]
@@ -29,15 +30,30 @@ def upload_progress(
     bandwidth_mbit: float,
     pacing_mbit: float | None,
     done: bool,
+    staged: Mapping[str, StagedLayer] | None = None,
+    layers_base: Collection[str] = (),
 ) -> UploadProgress:
     """Bytes planned and sent so far: a blob the server holds counts whole, a partly sent
-    one by its offset."""
+    one by its offset. A layer sent as stages (§10.12) counts each stage, whole once the
+    server holds it or the exact blob it makes; a layer at base precision that no
+    partition names (its base went up before a re-plan or a reconnect) counts its
+    refinement."""
     parts = [list(p) for p in partitions]
     total = sent = 0
-    for name in (n for p in parts for n in p):
+    planned = [n for p in parts for n in p]
+    refining = sorted(set(layers_base) - set(planned))
+    for name, first in [(n, 0) for n in planned] + [(n, 1) for n in refining]:
         digest, size = layer_blob[name]
-        total += size
-        sent += size if digest in held else int(partial.get(digest or "", 0))
+        layer = None if staged is None else staged.get(name)
+        units = (
+            [(digest, size)]
+            if layer is None
+            else [(d, len(b)) for d, b in zip(layer.digests, layer.data, strict=True)][first:]
+        )
+        for unit, n in units:
+            total += n
+            whole = unit in held or (layer is not None and layer.blob in held)
+            sent += n if whole else int(partial.get(unit or "", 0))
     return UploadProgress(
         sent_bytes=sent,
         total_bytes=total,
@@ -48,6 +64,7 @@ def upload_progress(
         bandwidth_mbit=bandwidth_mbit,
         pacing_mbit=pacing_mbit,
         done=done,
+        layers_base=len(layers_base),
     )
 
 

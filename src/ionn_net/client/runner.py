@@ -1,12 +1,15 @@
 """The query loop: :class:`QueryRunner` runs each query's segments, locally and on the
 server, and guarantees exactly one result (protocol.md §10.7, §10.8).
 
-Each query starts with the plan active at that moment (``PlanState.active``). Its client
-segments run as their precompiled chunks; between two chunks it may join a plan that
-became active meanwhile (:mod:`ionn_net.planner.midquery`). A server segment that fails
-(connection lost, reset, timeout, an ``error``, a malformed result) is finished locally
-from the tensors the query holds, once; a lost connection also drops the plan to local
-until the upload session activates one again.
+Each query starts with the plan active at that moment (``PlanState.active``, or for a
+query that must be exact ``PlanState.active_exact``, whose server layers are all exact).
+Its client segments run as their precompiled chunks; between two chunks it may join a plan
+that became active meanwhile (:mod:`ionn_net.planner.midquery`). A server segment that
+fails (connection lost, reset, timeout, an ``error``, a malformed result, or an exact
+query's result computed on base-stage weights, §10.12.5) is finished locally from the
+tensors the query holds, once; a lost connection also drops the plan to local until the
+upload session activates one again. A result says which server layers ran on base-stage
+weights; the query reports itself approximate then (``InferenceResult.exact``).
 
 It reads the plan state and the upload session's connection, and changes the plan state
 only through two of its methods: ``observe_round_trip`` (what each server segment taught)
@@ -23,11 +26,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import numpy as np
 
 from ionn_net.aio import ConnectionClosedError, StreamResetError
-from ionn_net.client.plan_state import PlanState
+from ionn_net.client.plan_state import ActivePlan, PlanState
 from ionn_net.client.prepare import PreparedModel
 from ionn_net.client.session import UploadSession
+from ionn_net.client.staged import PRECISION_LABEL
 from ionn_net.client.types import ClientConfig, InferenceResult, SegmentTiming
-from ionn_net.errors import TensorError
+from ionn_net.errors import OffloadError, TensorError
 from ionn_net.messages import (
     QUERY_URGENCY,
     Query,
@@ -43,7 +47,7 @@ from ionn_net.planner.midquery import Continuation, choose_continuation
 from ionn_net.proto import Codec, ErrorCode
 from ionn_net.tensors import boundary_signature, decode_tensors, encode_tensors
 
-__all__ = ["LocalRun", "QueryRunner"]
+__all__ = ["ApproximateResultError", "LocalRun", "QueryRunner"]
 
 logger = logging.getLogger("ionn_net.client")
 
@@ -54,8 +58,15 @@ LocalRun = Callable[
     Awaitable[tuple[Tensors, float]],
 ]
 
+
+class ApproximateResultError(OffloadError):
+    """A query that must be exact got a result computed on base-stage weights
+    (protocol.md §10.12.5): the client does not use it and finishes the segment here."""
+
+
 #: What a failed server segment raises: the query goes on locally.
 _SERVER_FAILURES = (
+    ApproximateResultError,
     ConnectionClosedError,
     StreamResetError,
     RemoteError,
@@ -66,7 +77,7 @@ _SERVER_FAILURES = (
     OSError,
 )
 #: Failures where the server answered (badly): the plan stays, the connection works.
-_ANSWERED = (RemoteError, RequestError, UnexpectedReply, TensorError)
+_ANSWERED = (RemoteError, RequestError, UnexpectedReply, TensorError, ApproximateResultError)
 
 
 class QueryRunner:
@@ -94,26 +105,35 @@ class QueryRunner:
         self._qid = 0
         self.run_local: LocalRun = self.execute_locally
 
-    async def infer(self, x: object) -> InferenceResult:
-        """One query (batch 1): its output, segments, timings and prediction."""
+    async def infer(self, x: object, *, exact: bool | None = None) -> InferenceResult:
+        """One query (batch 1): its output, segments, timings, prediction and precision.
+        ``exact`` (default: unless the upload is precision-first) runs it only on exact
+        weights."""
         feeds = self._check_input(x)
-        plan = self._state.active.plan
+        exact = self._config.precision == "exact" if exact is None else bool(exact)
+        plan = self._view(exact).plan
         predicted_ms = plan.predicted_s * 1000.0
         started = time.perf_counter()
         deadline = time.monotonic() + self._config.query_timeout_s
         tensors: Tensors = dict(feeds)
         timings: list[SegmentTiming] = []
+        approximate: set[str] = set()
         segments, index, replans = plan.segments, 0, 0
         while index < len(segments):
             seg = segments[index]
             index += 1
             if seg.location == "server":
-                timings.append(await self._server_segment(seg, tensors, deadline))
+                timings.append(
+                    await self._server_segment(seg, tensors, deadline, exact, approximate)
+                )
                 continue
-            plan, join = await self._client_segment(seg, plan, segments[index:], tensors, timings)
+            plan, join = await self._client_segment(
+                seg, plan, segments[index:], tensors, timings, exact=exact
+            )
             if join is not None:
                 segments, index, replans = join.plan.segments, join.index, replans + 1
         outputs = [tensors[r] for r in self._prepared.graph.outputs]
+        label = PRECISION_LABEL.get(self._prepared.precision, "base")
         return InferenceResult(
             output=outputs[0] if len(outputs) == 1 else outputs,
             segments=tuple(timings),
@@ -121,7 +141,13 @@ class QueryRunner:
             predicted_ms=predicted_ms,
             fallback=any(t.fallback for t in timings),
             replans=replans,
+            exact=not approximate,
+            precision=label if approximate else "exact",
         )
+
+    def _view(self, exact: bool) -> ActivePlan:
+        """The plan a query starts (and may join) with: an exact one for exact queries."""
+        return self._state.active_exact if exact else self._state.active
 
     async def _client_segment(
         self,
@@ -130,6 +156,8 @@ class QueryRunner:
         after: Sequence[Segment],
         tensors: Tensors,
         timings: list[SegmentTiming],
+        *,
+        exact: bool,
     ) -> tuple[ExecutionPlan, Continuation | None]:
         """Run ``seg`` chunk by chunk. After each chunk but the last, a plan activated
         meanwhile is considered once, whatever the answer: joining it (the returned
@@ -141,9 +169,9 @@ class QueryRunner:
             out, due = await self.run_local(chunk, tensors, due)
             tensors.update(out)
             timings.append(SegmentTiming("client", chunk, (time.perf_counter() - t0) * 1e3))
-            if i + 1 == len(chunks) or self._state.active.plan is plan:
+            if i + 1 == len(chunks) or self._view(exact).plan is plan:
                 continue
-            plan = self._state.active.plan
+            plan = self._view(exact).plan
             rest = (Segment("client", sum(chunks[i + 1 :], ())), *after)
             join = self._join(plan, rest, tensors)
             if join is not None:
@@ -163,15 +191,16 @@ class QueryRunner:
         return choose_continuation(self._state.coster(), rest, newer, tensors.keys(), remaining)
 
     async def _server_segment(
-        self, seg: Segment, tensors: Tensors, deadline: float
+        self, seg: Segment, tensors: Tensors, deadline: float, exact: bool, approximate: set[str]
     ) -> SegmentTiming:
         """Run ``seg`` on the server, or locally if the server fails; adds its outputs
-        to ``tensors``."""
+        to ``tensors`` and the layers that ran on base-stage weights to ``approximate``."""
         t0 = time.perf_counter()
         fallback = False
         server_ms: float | None = None
         try:
-            out, server_ms = await self._run_remote(seg, tensors, deadline)
+            out, server_ms, ran_base = await self._run_remote(seg, tensors, deadline, exact)
+            approximate.update(ran_base)
         except _SERVER_FAILURES as exc:
             logger.warning("server segment failed (%s): finishing locally", exc)
             self._stats["fallbacks"] += 1
@@ -230,9 +259,10 @@ class QueryRunner:
         return out, due
 
     async def _run_remote(
-        self, seg: Segment, tensors: Mapping[TensorRef, np.ndarray], deadline: float
-    ) -> tuple[Tensors, float | None]:
-        """The segment's outputs and the compute time the server reported (§10.7)."""
+        self, seg: Segment, tensors: Mapping[TensorRef, np.ndarray], deadline: float, exact: bool
+    ) -> tuple[Tensors, float | None, tuple[str, ...]]:
+        """The segment's outputs, the compute time the server reported (§10.7) and the
+        layers that ran on base-stage weights (§10.12.5: an exact query refuses them)."""
         conn = self._session.connection
         if conn is None or conn.closed:
             raise ConnectionClosedError(
@@ -253,6 +283,7 @@ class QueryRunner:
             run=tuple(seg.layers),
             tensors=descs,
             body_len=len(body),
+            exact=exact and bool(self._prepared.staged),
         )
         codec = Codec.ZSTD if state.slower_than(self._config.compress_below_mbit) else None
         limits = self._config.limits
@@ -268,6 +299,11 @@ class QueryRunner:
             remaining,
         )
         result = parse_reply(head, Result)
+        ran_base = result.ran_base or ()
+        if ran_base:
+            state.observe_base(ran_base)
+            if exact:
+                raise ApproximateResultError(f"an exact query ran at base precision: {ran_base}")
         server_ms = state.observe_round_trip(
             time.monotonic() - sent,
             len(body),
@@ -277,4 +313,4 @@ class QueryRunner:
         )
         expected = boundary_signature(graph, outs)
         decoded = decode_tensors(result.tensors, data, limits=limits, expected=expected)
-        return {TensorRef.parse(k): v for k, v in decoded.items()}, server_ms
+        return {TensorRef.parse(k): v for k, v in decoded.items()}, server_ms, ran_base

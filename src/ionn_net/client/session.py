@@ -10,7 +10,11 @@ newly activated plan (compiled in a worker thread first, then switched to on the
 
 Pipeline: the next partition's blobs go up (urgency 5, incremental, §8.1) while the server
 loads (and both sides compile for) the previous one; loads run one at a time, in plan
-order. After the upload, the session re-plans once a second as what queries taught fades.
+order. A precision-first upload (§10.12) sends each layer's base stage in the partitions
+and loads them at base precision, then the refinements (:func:`.staged.refinement_units`:
+the plan's order, then whatever else is still at base after a re-plan or a reconnect),
+each unit loaded again to swap its exact weights in. After the upload, the session
+re-plans once a second as what queries taught fades.
 
 No idle link while the client plans: planning an upload can take seconds of CPU (``ours``
 simulates many candidate orders), so the strategy plans in a worker thread while the
@@ -42,6 +46,7 @@ from ionn_net.client.mobility import Mobility, PlanCache
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
+from ionn_net.client.staged import refinement_units, stage_codec
 from ionn_net.client.timings import TimingsFollower
 from ionn_net.client.types import ClientConfig, UploadTimeline
 from ionn_net.config import Setting
@@ -78,6 +83,8 @@ _BLOB_PIECE = 64 << 20
 _REFRESH_S = 1.0
 #: At most this many run sets are named in a load's ``prepare`` (§10.6).
 _MAX_PREPARE = 16
+#: Times a stage refused with ``digest_mismatch`` is sent again on one connection (§10.12.3).
+_STAGE_ATTEMPTS = 3
 #: A head-start blob must go up in at most this many seconds at the estimated bandwidth:
 #: the plan, once known, waits for the blob in flight.
 _HEAD_BLOB_S = 0.25
@@ -256,7 +263,7 @@ class UploadSession:
         state = self._state
         if not state.fade(time.monotonic()):
             return
-        ready = state.ready
+        ready = state.usable
         plan = state.best_plan(ready, held=ready)
         if plan.server_layers != state.active.plan.server_layers:
             logger.info("learned costs faded: re-planning")
@@ -302,7 +309,7 @@ class UploadSession:
         if self._mobility is not None:  # from the previous server first (§15.4)
             await self._mobility.fetch_layers(conn, head)
         # the first blob's frames are written before the planner's thread takes the CPU
-        first = asyncio.ensure_future(self._upload_layer(conn, head[0])) if head else None
+        first = asyncio.ensure_future(_upload_layer(self, conn, head[0])) if head else None
         await asyncio.sleep(0)
         ctx, never = state.context(), self._never_sent()
         strategy = get_planner(self._planner)
@@ -321,7 +328,7 @@ class UploadSession:
             for name in head[1:]:
                 if planning.done():
                     break
-                await self._upload_layer(conn, name)
+                await _upload_layer(self, conn, name)
                 sent.append(name)
             found, partitions = await planning
         finally:
@@ -379,7 +386,7 @@ class UploadSession:
                 await self._load(conn, held)
         await self._plan_upload(conn)
         if state.ready:
-            await self.activate(state.ready)
+            await self.activate(state.usable)
         loads: asyncio.Queue[frozenset[str] | None] = asyncio.Queue()
         loader = asyncio.create_task(load_in_order(loads, partial(self._load_parts, conn)))
         try:
@@ -389,7 +396,7 @@ class UploadSession:
                 if self._mobility is not None:  # from the previous server first (§15.4)
                     await self._mobility.fetch_layers(conn, part)
                 for name in sorted(part, key=self._prepared.graph.position):
-                    await self._upload_layer(conn, name)
+                    await _upload_layer(self, conn, name)
                     if loader.done():
                         loader.result()  # a failed load ends the session attempt
                 loads.put_nowait(part)
@@ -405,68 +412,65 @@ class UploadSession:
             if self._replanning is not None:  # the plan it would change is all sent
                 self._replanning.cancel()
                 self._replanning = None
+        await self._refine_all(conn)
         self._emit_progress(done=True)
+
+    async def _refine_all(self, conn: AioConnection) -> None:
+        """§10.12: the refinements of every layer still at base precision, unit by unit,
+        each loaded again (the server swaps the exact weights in)."""
+        state, graph = self._state, self._prepared.graph
+        units = refinement_units(
+            state.upload_plan.refinements if state.upload_plan else (),
+            state.base & frozenset(self._prepared.staged),
+            first=state.active.plan.server_layers,
+            order=graph.order,
+        )
+        for unit in units:
+            for name in sorted(unit, key=graph.position):
+                await _upload_layer(self, conn, name, stage=1)
+            load = Load(model=self._prepared.model_digest, layers=tuple(sorted(unit)))
+            limit = self._config.limits.max_message_size
+            head, _ = await conn.request(load.to_head(), b"", limit=limit, urgency=CONTROL_URGENCY)
+            done = parse_reply(head, LoadOk)
+            state.adopt_ready(done.layers_ready, done.layers_base)
+            self._emit_progress()
 
     async def _load_parts(self, conn: AioConnection, layers: frozenset[str], parts: int) -> None:
         await self._load(conn, layers)
         self._state.mark_loaded(parts)
         self._emit_progress()
 
-    async def _upload_layer(self, conn: AioConnection, name: str) -> None:
-        """Send one layer's blob from the server's offset, in messages of at most
-        ``_BLOB_PIECE`` bytes (and the peer's MAX_MESSAGE_SIZE): VGG16's first dense
-        layer alone is 411 MB, above the 256 MiB default (protocol.md §10.5.1)."""
-        state = self._state
-        digest, size = self._prepared.layer_blob[name]
-        if digest is None or not state.needs_upload(digest):
-            return
-        blob = memoryview(self._prepared.blobs[digest])
-        offset = int(state.partial.get(digest, 0))
-        piece = min(_BLOB_PIECE, conn.peer_settings[Setting.MAX_MESSAGE_SIZE])
-        while True:
-            n = min(piece, size - offset)
-            started, written = time.monotonic(), conn.bytes_sent
-            try:
-                ok = await self._send_blob_piece(
-                    conn, digest, size, offset, blob[offset : offset + n]
-                )
-            except RemoteError as exc:
-                if exc.code != "offset_conflict":
-                    raise
-                offset = exc.error.offset or 0  # the server's offset is authoritative
-                continue
-            state.observe_transfer(conn.bytes_sent - written, time.monotonic() - started)
-            self._stats["sent_bytes"] += n
-            self._uploaded.add(digest)
-            offset += n
-            state.record_piece(digest, offset)
-            if ok.complete or offset >= size:
-                break
-            self._emit_progress()
-        state.record_held(digest)
-        self._emit_progress()
-
     async def _send_blob_piece(
-        self, conn: AioConnection, digest: str, size: int, offset: int, body: memoryview
+        self,
+        conn: AioConnection,
+        digest: str,
+        size: int,
+        offset: int,
+        body: memoryview,
+        *,
+        codec: Codec,
+        width: int,
     ) -> BlobOk:
         if self._timeline.first_byte_at is None:
             self._timeline = replace(self._timeline, first_byte_at=time.monotonic())
         model = self._prepared.model_digest
         blob = Blob(model=model, sha256=digest, size=size, offset=offset, body_len=len(body))
         compress = self._state.slower_than(self._config.compress_below_mbit)
-        return await send_blob(conn, blob, body, self._config.limits.max_message_size, compress)
+        limit = self._config.limits.max_message_size
+        return await send_blob(conn, blob, body, limit, compress, codec=codec, width=width)
 
     async def _load(self, conn: AioConnection, part: frozenset[str]) -> None:
         """§10.6: load ``part``, preparing the run sets of the best plan with it; then
         activate that plan."""
         state, graph = self._state, self._prepared.graph
         state.fade(time.monotonic())
-        plan = state.best_plan(state.ready | part)
+        plan = state.best_plan(state.usable | part)
         runs = [s.layers for s in plan.segments if s.location == "server"]
         load = Load(
             model=self._prepared.model_digest,
             layers=tuple(sorted(part, key=graph.position)),
             prepare=tuple(runs[:_MAX_PREPARE]),
+            precision="base" if self._prepared.staged else "exact",
         )
         started = time.monotonic()
         limit = self._config.limits.max_message_size
@@ -476,7 +480,7 @@ class UploadSession:
         finally:
             state.load_finished()
         done = parse_reply(head, LoadOk)
-        state.adopt_ready(done.layers_ready)
+        state.adopt_ready(done.layers_ready, done.layers_base)
         record = (started, time.monotonic(), len(part), float(done.load_ms))
         self._timeline = replace(self._timeline, loads=(*self._timeline.loads, record))
         logger.info(
@@ -485,7 +489,7 @@ class UploadSession:
             time.monotonic() - started,
             done.load_ms,
         )
-        self._activations.submit(state.ready, plan)
+        self._activations.submit(state.usable, plan)
 
     # -- progress ------------------------------------------------------------------------
 
@@ -499,6 +503,8 @@ class UploadSession:
                 self._prepared.layer_blob,
                 state.held_blobs,
                 state.partial,
+                staged=self._prepared.staged,
+                layers_base=state.base,
                 partitions_done=state.loaded_parts,
                 layers_ready=len(state.ready),
                 elapsed_s=time.monotonic() - self._started,
@@ -510,17 +516,25 @@ class UploadSession:
 
 
 async def send_blob(
-    conn: AioConnection, blob: Blob, body: memoryview, limit: int, compress: bool
+    conn: AioConnection,
+    blob: Blob,
+    body: memoryview,
+    limit: int,
+    compress: bool,
+    *,
+    codec: Codec = Codec.ZSTD_SHUFFLE4,
+    width: int = 4,
 ) -> BlobOk:
-    """§10.5: one piece of a blob, at the upload's urgency, zstd+shuffle when ``compress``."""
+    """§10.5: one piece of a blob, at the upload's urgency, compressed with ``codec``
+    (shuffled by ``width``: a weight stage's own, §10.12.3) when ``compress``."""
     head, _ = await conn.request(
         blob.to_head(),
         body,
         limit=limit,
         urgency=UPLOAD_URGENCY,
         incremental=True,
-        codec=Codec.ZSTD_SHUFFLE4 if compress else None,
-        element_width=4,
+        codec=codec if compress else None,
+        element_width=width,
     )
     return parse_reply(head, BlobOk)
 
@@ -530,3 +544,54 @@ def pacing_mbit(conn: AioConnection | None) -> float | None:
     pacer = None if conn is None else conn.pacer
     rate = None if pacer is None else pacer.pacing_rate
     return None if rate is None else rate * 8e-6
+
+
+async def _upload_layer(
+    session: UploadSession, conn: AioConnection, name: str, stage: int = 0
+) -> None:
+    """``session`` sends one layer's blob (or stage ``stage`` of it, §10.12.3) from the
+    server's offset, in messages of at most ``_BLOB_PIECE`` bytes (and the peer's
+    MAX_MESSAGE_SIZE): VGG16's first dense layer alone is 411 MB, above the 256 MiB
+    default (protocol.md §10.5.1). A stage refused with ``digest_mismatch`` goes again
+    from its start (the server dropped it), a few times. A function of the session's
+    module, not a method, so that the session class stays small."""
+    state = session._state
+    unit = session._prepared.upload_unit(name, stage)
+    blob_digest = session._prepared.layer_blob[name][0]
+    if unit is None or not state.needs_upload(unit[0]) or not state.needs_upload(blob_digest):
+        return
+    digest, data, encoding = unit
+    size, blob = len(data), memoryview(data)
+    codec, width = stage_codec(encoding) if encoding else (Codec.ZSTD_SHUFFLE4, 4)
+    offset = int(state.partial.get(digest, 0))
+    piece = min(_BLOB_PIECE, conn.peer_settings[Setting.MAX_MESSAGE_SIZE])
+    attempts = 0
+    while True:
+        n = min(piece, size - offset)
+        started, written = time.monotonic(), conn.bytes_sent
+        try:
+            ok = await session._send_blob_piece(
+                conn, digest, size, offset, blob[offset : offset + n], codec=codec, width=width
+            )
+        except RemoteError as exc:
+            attempts += exc.code == "digest_mismatch"
+            if exc.code == "digest_mismatch" and encoding and attempts < _STAGE_ATTEMPTS:
+                logger.warning("stage %s of %s refused (%s): sending it again", stage, name, exc)
+                offset = 0
+                state.record_piece(digest, 0)
+                continue
+            if exc.code != "offset_conflict":
+                raise
+            offset = exc.error.offset or 0  # the server's offset is authoritative
+            continue
+        state.observe_transfer(conn.bytes_sent - written, time.monotonic() - started)
+        session._stats["sent_bytes"] += n
+        session._uploaded.add(digest)
+        offset += n
+        state.record_piece(digest, offset)
+        if ok.complete or offset >= size:
+            break
+        session._emit_progress()
+    # a refinement is never held itself: the server rebuilt the exact blob from it
+    state.record_held(blob_digest if stage and blob_digest else digest)
+    session._emit_progress()

@@ -14,6 +14,7 @@ from ionn_net.aio.options import TransportOptions
 from ionn_net.aio.pacing import PacingConfig
 from ionn_net.config import Limits
 from ionn_net.errors import ConfigError
+from ionn_net.model.stages import PRECISIONS
 
 __all__ = [
     "ClientConfig",
@@ -61,6 +62,12 @@ class ClientConfig:
     #: the rate is known and TCP cannot see the bottleneck (a userspace proxy in between),
     #: or ``TransportOptions()`` for no pacing.
     transport: TransportOptions = field(default_factory=paced_transport)
+    #: ``"exact"`` (every result equal to local execution, the whole blobs uploaded), or
+    #: ``"16bit-first"`` / ``"8bit-first"``: each layer goes up first as a low-precision base
+    #: stage the server serves queries with, then its refinement (protocol.md §10.12); a
+    #: result computed on base weights says so (``InferenceResult.exact``), and a query
+    #: may still ask for exact weights (``infer(x, exact=True)``).
+    precision: str = "exact"
     #: Publish this model's blobs (protocol.md §10.3.4): ``True`` every blob, a tuple of
     #: layer names those layers' blobs. Once this client's upload of a marked blob is
     #: verified, the server tells any later session naming the same blob that it holds
@@ -76,6 +83,10 @@ class ClientConfig:
             raise ConfigError(f"slowdown: expected >= 1, got {self.slowdown!r}")
         if not isinstance(self.transport, TransportOptions):
             raise ConfigError(f"transport: expected TransportOptions, got {self.transport!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}"
+            )
         if self.backoff_max_s < self.backoff_initial_s:
             raise ConfigError("backoff_max_s: expected >= backoff_initial_s")
         public = self.public
@@ -113,6 +124,10 @@ class InferenceResult:
     #: Times the query left its plan mid-way for one made possible by layers that
     #: landed while it ran (ionn_net.planner.midquery).
     replans: int = 0
+    #: False when a server layer ran on base-stage weights (protocol.md §10.12.5)
+    exact: bool = True
+    #: The lowest precision any layer ran at: ``"exact"``, ``"16bit"`` or ``"8bit"``
+    precision: str = "exact"
 
     @property
     def offloaded(self) -> bool:
@@ -137,6 +152,8 @@ class UploadProgress:
     #: the rate the upload is currently paced at (None: unpaced, or still measuring)
     pacing_mbit: float | None = None
     done: bool = False
+    #: ready layers still at base precision (a precision-first upload, §10.12.4)
+    layers_base: int = 0
 
     @property
     def fraction(self) -> float:

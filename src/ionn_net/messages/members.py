@@ -30,6 +30,7 @@ __all__ = [
     "check_body_len",
     "get_body_len",
     "get_bool",
+    "get_choice",
     "get_digest",
     "get_digest_list",
     "get_hex",
@@ -39,6 +40,7 @@ __all__ = [
     "get_layer_sets",
     "get_number",
     "get_offsets",
+    "get_optional_layer_list",
     "get_reasons",
     "get_str",
     "hmac_proof",
@@ -61,6 +63,7 @@ ERROR_CODES: Final = frozenset(
         "unknown_blob",
         "offset_conflict",
         "digest_mismatch",
+        "stage_order",
         "missing_blobs",
         "layer_not_ready",
         "bad_tensor",
@@ -197,6 +200,23 @@ def _layer_list(member: str, value: object, max_len: int) -> tuple[str, ...]:
         if not isinstance(item, str) or not _LAYER.match(item):
             raise MemberError(member, "layer names matching [A-Za-z0-9_.-]{1,64}", item)
     return tuple(value)
+
+
+def get_optional_layer_list(head: Mapping[str, Any], member: str) -> tuple[str, ...] | None:
+    """A layer list that a head may leave out (None when absent)."""
+    return get_layer_list(head, member) if member in head else None
+
+
+def get_choice(
+    head: Mapping[str, Any], member: str, choices: tuple[str, ...], *, default: str
+) -> str:
+    """One of ``choices``; ``default`` when the member is absent."""
+    if member not in head:
+        return default
+    value = head[member]
+    if not isinstance(value, str) or value not in choices:
+        raise MemberError(member, f"one of {list(choices)}", value)
+    return value
 
 
 def get_layer_sets(

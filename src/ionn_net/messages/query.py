@@ -16,10 +16,12 @@ from ionn_net.errors import IonnError
 from ionn_net.messages.members import (
     RequestError,
     get_body_len,
+    get_bool,
     get_digest,
     get_int,
     get_layer_list,
     get_number,
+    get_optional_layer_list,
     get_str,
 )
 
@@ -31,7 +33,8 @@ _MAX_ERROR_TEXT = 1 << 16
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Query:
-    """§10.7: run ``run`` on the input ``tensors`` (the body) within ``deadline_ms``."""
+    """§10.7: run ``run`` on the input ``tensors`` (the body) within ``deadline_ms``.
+    ``exact`` (§10.12.5; the member left out when false): run only on exact weights."""
 
     KIND: ClassVar[str] = "query"
     model: str
@@ -40,6 +43,7 @@ class Query:
     run: tuple[str, ...]
     tensors: object
     body_len: int
+    exact: bool = False
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> Query:
@@ -50,10 +54,11 @@ class Query:
             run=get_layer_list(head, "run"),
             tensors=head.get("tensors"),
             body_len=get_body_len(head),
+            exact=get_bool(head, "exact") if "exact" in head else False,
         )
 
     def to_head(self) -> dict[str, object]:
-        return {
+        head: dict[str, object] = {
             "m": self.KIND,
             "model": self.model,
             "qid": self.qid,
@@ -62,12 +67,17 @@ class Query:
             "tensors": self.tensors,
             "body_len": self.body_len,
         }
+        if self.exact:
+            head["exact"] = True
+        return head
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
     """§10.8: the boundary outputs of the query's ``run`` set (the body); ``ran`` in
-    execution order and the compute time ``server_ms``."""
+    execution order and the compute time ``server_ms``. ``ran_base`` (§10.12.5): the
+    layers of ``ran`` that ran on base-stage weights; None (absent) for a model that
+    declares no stages."""
 
     KIND: ClassVar[str] = "result"
     qid: str
@@ -76,6 +86,7 @@ class Result:
     tensors: object
     server_ms: float
     body_len: int
+    ran_base: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> Result:
@@ -86,10 +97,11 @@ class Result:
             tensors=head.get("tensors"),
             server_ms=get_number(head, "server_ms"),
             body_len=get_body_len(head),
+            ran_base=get_optional_layer_list(head, "ran_base"),
         )
 
     def to_head(self) -> dict[str, object]:
-        return {
+        head: dict[str, object] = {
             "m": self.KIND,
             "qid": self.qid,
             "ran": list(self.ran),
@@ -98,6 +110,9 @@ class Result:
             "server_ms": self.server_ms,
             "body_len": self.body_len,
         }
+        if self.ran_base is not None:
+            head["ran_base"] = list(self.ran_base)
+        return head
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

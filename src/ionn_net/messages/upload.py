@@ -18,6 +18,7 @@ from ionn_net.messages.members import (
     MemberError,
     get_body_len,
     get_bool,
+    get_choice,
     get_digest,
     get_digest_list,
     get_int,
@@ -25,10 +26,12 @@ from ionn_net.messages.members import (
     get_layer_sets,
     get_number,
     get_offsets,
+    get_optional_layer_list,
     get_reasons,
 )
 
 __all__ = [
+    "LOAD_PRECISIONS",
     "Blob",
     "BlobOk",
     "Have",
@@ -83,12 +86,15 @@ class Holdings:
     """What the server holds of one model for this session (§10.3.3, §10.4, §14.5):
     ``blobs_held`` this session uploaded; ``blobs_public`` the server holds publicly (a
     catalog or another session's published upload, §14.5.1), which the client need not
-    upload. An answer without ``blobs_public`` (a server that predates it) holds none."""
+    upload. An answer without ``blobs_public`` (a server that predates it) holds none.
+    ``layers_base`` (§10.12.4): the ready layers that run on base-stage weights; None
+    (the member absent) for a model that declares no stages."""
 
     blobs_held: tuple[str, ...] = ()
     partial: Mapping[str, int] = field(default_factory=dict)
     layers_ready: tuple[str, ...] = ()
     refused: Mapping[str, str] = field(default_factory=dict)
+    layers_base: tuple[str, ...] | None = None
     blobs_public: tuple[str, ...] = ()
 
     @classmethod
@@ -98,17 +104,21 @@ class Holdings:
             partial=get_offsets(head, "partial"),
             layers_ready=get_layer_list(head, "layers_ready"),
             refused=get_reasons(head, "refused"),
+            layers_base=get_optional_layer_list(head, "layers_base"),
             blobs_public=(get_digest_list(head, "blobs_public") if "blobs_public" in head else ()),
         )
 
     def members(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "blobs_held": list(self.blobs_held),
             "partial": dict(self.partial),
             "layers_ready": list(self.layers_ready),
             "refused": dict(self.refused),
             "blobs_public": list(self.blobs_public),
         }
+        if self.layers_base is not None:
+            out["layers_base"] = list(self.layers_base)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,15 +227,21 @@ class BlobOk:
         }
 
 
+#: §10.12.4: what a ``load`` makes its layers ready at.
+LOAD_PRECISIONS = ("exact", "base")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Load:
     """§10.6: build ``layers``; compile the run sets in ``prepare`` (the server caps
-    their number)."""
+    their number). ``precision`` (§10.12.4): ``"exact"`` (the default, the member left
+    out) or ``"base"`` (layers with declared stages may be built from their base)."""
 
     KIND: ClassVar[str] = "load"
     model: str
     layers: tuple[str, ...]
     prepare: tuple[tuple[str, ...], ...] = ()
+    precision: str = "exact"
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> Load:
@@ -233,25 +249,31 @@ class Load:
             model=get_digest(head, "model"),
             layers=get_layer_list(head, "layers"),
             prepare=get_layer_sets(head, "prepare"),
+            precision=get_choice(head, "precision", LOAD_PRECISIONS, default="exact"),
         )
 
     def to_head(self) -> dict[str, object]:
-        return {
+        head: dict[str, object] = {
             "m": self.KIND,
             "model": self.model,
             "layers": list(self.layers),
             "prepare": [list(s) for s in self.prepare],
         }
+        if self.precision != "exact":
+            head["precision"] = self.precision
+        return head
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoadOk:
-    """§10.6: every layer ready now, the run sets compiled, and how long it took."""
+    """§10.6: every layer ready now, the run sets compiled, and how long it took;
+    ``layers_base`` as in :class:`Holdings` (§10.12.4)."""
 
     KIND: ClassVar[str] = "load_ok"
     layers_ready: tuple[str, ...]
     prepared: tuple[tuple[str, ...], ...]
     load_ms: float
+    layers_base: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, head: Mapping[str, Any]) -> LoadOk:
@@ -259,12 +281,16 @@ class LoadOk:
             layers_ready=get_layer_list(head, "layers_ready"),
             prepared=get_layer_sets(head, "prepared"),
             load_ms=get_number(head, "load_ms"),
+            layers_base=get_optional_layer_list(head, "layers_base"),
         )
 
     def to_head(self) -> dict[str, object]:
-        return {
+        head: dict[str, object] = {
             "m": self.KIND,
             "layers_ready": list(self.layers_ready),
             "prepared": [list(s) for s in self.prepared],
             "load_ms": self.load_ms,
         }
+        if self.layers_base is not None:
+            head["layers_base"] = list(self.layers_base)
+        return head

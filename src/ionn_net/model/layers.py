@@ -129,19 +129,22 @@ def build_layer(
     weights: Sequence[np.ndarray],
     *,
     limits: SpecLimits = DEFAULT_LIMITS,
+    digests: bool = True,
 ) -> Any:
     """Build one allowlisted Keras layer from a spec, with its weights set.
 
     ``input_shapes`` exclude the batch dim and must come from the server's own
     graph (:func:`~ionn_net.model.spec.graph_from_manifest`). The spec is validated
     again here, and ``weights`` are checked (count, dtype, shape, finiteness and the
-    spec's SHA-256s) before any Keras object exists. Raises :class:`SpecError`, or
+    spec's SHA-256s) before any Keras object exists; ``digests=False`` skips the
+    SHA-256s, for weights decoded from a base stage (protocol.md §10.12.4), which the
+    caller has checked as far as a base can be. Raises :class:`SpecError`, or
     :class:`UnsupportedLayerError` for ``LocalOnly`` and unknown classes.
     """
     info = validate_layer(spec, input_shapes, limits)
     if spec.cls not in _KERAS_CLASSES:
         raise UnsupportedLayerError(f"layer {spec.name!r}: class {spec.cls!r} is never built")
-    return _construct(spec, info, input_shapes, check_weights(spec, info, weights))
+    return _construct(spec, info, input_shapes, check_weights(spec, info, weights, digests=digests))
 
 
 def build_placeholder_layer(

@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from ionn_net.model.schema import (
     LayerInfo,
     infer_layer,
 )
+
+if TYPE_CHECKING:  # stages.py imports this module; its names are imported where used
+    from ionn_net.model.stages import StageSpec
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -124,6 +127,9 @@ class LayerSpec:
     weights: tuple[WeightSpec, ...] = ()
     blob_sha256: str | None = None
     blob_size: int = 0
+    #: the blob as weight stages (protocol.md §10.12.1): base first; empty when it is
+    #: sent whole only
+    stages: tuple[StageSpec, ...] = ()
 
     def to_json_obj(self) -> dict[str, object]:
         obj: dict[str, object] = {
@@ -134,7 +140,10 @@ class LayerSpec:
             "weights": [w.to_json_obj() for w in self.weights],
         }
         if self.blob_sha256 is not None:
-            obj["blob"] = {"sha256": self.blob_sha256, "size": self.blob_size}
+            blob: dict[str, object] = {"sha256": self.blob_sha256, "size": self.blob_size}
+            if self.stages:
+                blob["stages"] = [s.to_json_obj() for s in self.stages]
+            obj["blob"] = blob
         return obj
 
 
@@ -392,15 +401,27 @@ def _layer_from_obj(value: object, index: int, limits: SpecLimits) -> LayerSpec:
         _weight_from_obj(w, f"{where}.weights[{i}]", limits) for i, w in enumerate(raw_weights)
     )
     blob_sha, blob_size = None, 0
+    stages: tuple[StageSpec, ...] = ()
     if "blob" in obj:
-        blob = _obj(obj["blob"], f"{where}.blob", {"sha256", "size"})
+        blob = _obj(obj["blob"], f"{where}.blob", {"sha256", "size"}, frozenset({"stages"}))
         blob_sha = _sha(blob["sha256"], f"{where}.blob.sha256")
         size = blob["size"]
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise SpecError(f"{where}.blob.size: expected a positive integer, got {size!r:.40}")
         blob_size = size
+        if "stages" in blob:
+            stages = _stages_from_obj(blob["stages"], f"{where}.blob.stages")
     frozen = MappingProxyType({k: _freeze(v) for k, v in config.items()})
-    return LayerSpec(name, cls, frozen, inbound, weights, blob_sha, blob_size)
+    return LayerSpec(name, cls, frozen, inbound, weights, blob_sha, blob_size, stages)
+
+
+def _stages_from_obj(value: object, where: str) -> tuple[StageSpec, ...]:
+    """§10.12.1: the declared stages of a blob (their format; what they must be for the
+    layer is checked by :func:`validate_manifest`)."""
+    from ionn_net.model.stages import StageSpec
+
+    items = _list(value, where, 2, 8)
+    return tuple(StageSpec.from_json_obj(s, f"{where}[{i}]") for i, s in enumerate(items))
 
 
 def _input_from_obj(value: object, index: int, limits: SpecLimits) -> InputSpec:
@@ -556,6 +577,10 @@ def validate_manifest(
         _cap_total("activation bytes at batch 1", act, limits.max_model_activation_bytes, spec.name)
         _cap_total("multiply-accumulates at batch 1", macs, limits.max_model_macs, spec.name)
     _check_inputs(m, infos, limits)
+    if any(spec.stages for spec in m.layers):
+        from ionn_net.model.stages import check_manifest_stages
+
+        check_manifest_stages(m.layers, limits)
     seen: set[TensorRef] = set()
     if not isinstance(m.outputs, tuple) or not 1 <= len(m.outputs) <= limits.max_outputs:
         raise SpecError(f"manifest.outputs: expected a tuple of 1..{limits.max_outputs} refs")
@@ -728,9 +753,11 @@ def split_blob(
     return arrays
 
 
-def _decode_weight(layer: str, i: int, w: WeightSpec, chunk: memoryview) -> np.ndarray:
+def _decode_weight(
+    layer: str, i: int, w: WeightSpec, chunk: memoryview, *, digest: bool = True
+) -> np.ndarray:
     where = f"layer {layer!r}: weight {i}"
-    if hashlib.sha256(chunk).hexdigest() != w.sha256:
+    if digest and hashlib.sha256(chunk).hexdigest() != w.sha256:
         raise SpecError(f"{where}: SHA-256 does not match {w.sha256}")
     wire = _NP_DTYPES[w.dtype]
     # astype copies (never aliases the buffer) in C order; ascontiguousarray would
@@ -742,10 +769,13 @@ def _decode_weight(layer: str, i: int, w: WeightSpec, chunk: memoryview) -> np.n
     return array
 
 
-def check_weights(spec: LayerSpec, info: LayerInfo, weights: Iterable[object]) -> list[np.ndarray]:
+def check_weights(
+    spec: LayerSpec, info: LayerInfo, weights: Iterable[object], *, digests: bool = True
+) -> list[np.ndarray]:
     """Check arrays against what the validator expects for ``spec`` (count, dtype,
-    shape, finiteness) and against the spec's declared SHA-256s; return C-contiguous
-    native-order copies. Used by ``layers.build_layer``."""
+    shape, finiteness) and against the spec's declared SHA-256s (unless ``digests`` is
+    False: weights decoded from a base stage, §10.12.4); return C-contiguous native-order
+    copies. Used by ``layers.build_layer``."""
     where = f"layer {spec.name!r} ({spec.cls})"
     if not isinstance(weights, list | tuple):
         raise SpecError(f"{where}: expected a list of weight arrays, got {type(weights).__name__}")
@@ -762,5 +792,6 @@ def check_weights(spec: LayerSpec, info: LayerInfo, weights: Iterable[object]) -
                 f"got {a.dtype} {list(a.shape)}"
             )
         wire = np.asarray(a).astype(_NP_DTYPES[e.dtype], order="C", copy=False)
-        out.append(_decode_weight(spec.name, i, w, wire.reshape(-1).view(np.uint8).data))
+        chunk = wire.reshape(-1).view(np.uint8).data
+        out.append(_decode_weight(spec.name, i, w, chunk, digest=digests))
     return out

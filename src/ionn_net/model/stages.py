@@ -95,9 +95,12 @@ __all__ = [
     "EncodedLayer",
     "StageDecoder",
     "StageSpec",
+    "check_declared",
+    "check_manifest_stages",
     "decode_base",
     "encode_layer",
     "output_channel_axes",
+    "precision_of",
     "reconstruct",
     "stage_encodings",
     "stage_sizes",
@@ -283,6 +286,70 @@ def stage_encodings(
     without kernels)."""
     n = len(stage_sizes(spec, precision, limits))
     return STAGE_ENCODINGS[precision][:n]
+
+
+def precision_of(stages: Sequence[StageSpec]) -> str | None:
+    """The precision whose encodings ``stages`` declare, base first (None if none)."""
+    encodings = tuple(getattr(s, "encoding", None) for s in stages)
+    return next((p for p, encs in STAGE_ENCODINGS.items() if encs == encodings), None)
+
+
+def check_declared(spec: LayerSpec, limits: SpecLimits = DEFAULT_LIMITS) -> str:
+    """The precision of ``spec``'s declared stages (protocol.md §10.12.1), checked against
+    what its blob allows: the encodings of one precision, base first; each stage's size
+    as computed from the layer's weights; a blob with at least one kernel (a blob
+    without kernels travels whole); stage digests distinct from each other and from the
+    blob's. :class:`StageError` names what is wrong."""
+    where = f"layer {spec.name!r}: blob.stages"
+    if spec.blob_sha256 is None:
+        raise StageError(f"{where}: expected no stages for a layer without a blob")
+    precision = precision_of(spec.stages)
+    if precision is None:
+        raise StageError(
+            f"{where}: expected the encodings of one of {dict(STAGE_ENCODINGS)}, got "
+            f"{[getattr(s, 'encoding', None) for s in spec.stages]}"
+        )
+    sizes = stage_sizes(spec, precision, limits)
+    if len(sizes) < 2:
+        raise StageError(f"{where}: expected none: a blob without kernels travels whole")
+    got = tuple(s.size for s in spec.stages)
+    if got != sizes:
+        raise StageError(f"{where}: expected sizes {list(sizes)}, got {list(got)}")
+    digests = {s.sha256 for s in spec.stages} | {spec.blob_sha256}
+    if len(digests) != len(spec.stages) + 1:
+        raise StageError(f"{where}: expected digests distinct from each other and the blob's")
+    return precision
+
+
+def check_manifest_stages(layers: Sequence[LayerSpec], limits: SpecLimits = DEFAULT_LIMITS) -> None:
+    """Every layer's stages (:func:`check_declared`) and the rule that makes a digest
+    name one thing in a manifest (§10.12.1): a whole blob, a base stage (which blobs of
+    the same size may share), or a refinement of one blob; layers with the same blob
+    declare the same stages or none."""
+    roles: dict[str, tuple[str, object]] = {}
+    stages_of: dict[str, tuple[StageSpec, ...]] = {}
+
+    def claim(digest: str, role: str, owner: object, where: str) -> None:
+        held = roles.setdefault(digest, (role, owner))
+        if held != (role, owner):
+            raise StageError(f"{where}: digest {digest} already names a {held[0]} elsewhere")
+
+    for spec in layers:
+        where = f"layer {spec.name!r}: blob"
+        if spec.blob_sha256 is None:
+            if spec.stages:
+                check_declared(spec, limits)  # raises: no blob, no stages
+            continue
+        claim(spec.blob_sha256, "blob", spec.blob_size, where)
+        if not spec.stages:
+            continue
+        check_declared(spec, limits)
+        if stages_of.setdefault(spec.blob_sha256, spec.stages) != spec.stages:
+            raise StageError(f"{where}.stages: expected the stages other layers declare for it")
+        base, *rest = spec.stages
+        claim(base.sha256, "base stage", base.size, f"{where}.stages[0]")
+        for i, stage in enumerate(rest, 1):
+            claim(stage.sha256, "refinement", spec.blob_sha256, f"{where}.stages[{i}]")
 
 
 # -- bit-level helpers ---------------------------------------------------------------------

@@ -208,8 +208,10 @@ class Uploader:
         part = self.current
         self.records[-1] = replace(self.records[-1], arrived_s=self.now)
         if self.stages is not None:  # base stages: approximate until refined
-            self.level.update(dict.fromkeys(part, 0))
-            self.inexact |= part
+            # only layers with weights travel as stages (§10.12.1): the others are exact
+            staged = frozenset(n for n in part if self.ctx.graph[n].weight_bytes > 0)
+            self.level.update(dict.fromkeys(staged, 0))
+            self.inexact |= staged
         self.pending.append(len(self.records) - 1)
         self.sent_layers |= part
         self.usable.append(self.usable[-1] | part)

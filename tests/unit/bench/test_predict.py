@@ -94,3 +94,42 @@ def test_query_points_mark_offloaded_queries_but_not_fallbacks() -> None:
         {"t": 0.2, "end": 0.3, "ms": 100.0, "segments": [["server", [[1, 2]], 99.0, False]]},
     ]
     assert [p.offloaded for p in query_points(qs)] == [False, False, True]
+
+
+def test_a_precision_first_run_is_replayed_with_its_stages() -> None:
+    """The base goes up at a quarter of the raw bytes, then the refinement; queries on the
+    base are marked approximate, and the plan's refinements are charged."""
+    doc = run_doc("ours-8", [["a", "b"]])
+    doc["plan"]["refinements"] = [[["a"], 1]]
+    doc["plan"]["stages"] = {
+        "precision": "8bit-first",
+        "wire_fraction": [0.25, 0.6],
+        "decode_ms_per_mb": [0.0, 0.0],
+        "swap_ms_per_mb": 0.0,
+        "swap_ms_per_layer": 0.0,
+    }
+    measured = points(*((0.12 * i, 120.0, False) for i in range(5)))
+    out = predict_run(doc, chain(), measured)
+    # 100 000 raw bytes x 0.25 at 1 MB/s = 25 ms, + 5 ms load; then 60 ms of refinement
+    base, refinement = out["partitions"]
+    assert base[1] == pytest.approx(0.025) and base[4] == 0
+    assert refinement[4] == 1 and refinement[1] == pytest.approx(0.085)
+    assert out["metrics"]["upload_done_s"] == pytest.approx(0.085)
+    exact = [q[3] for q in out["queries"]]
+    assert exact[0] and exact[-1]  # local at first; exact after the refinement
+    assert out["metrics"]["window_s"] is None  # this document has no model bytes
+
+
+def test_the_lossless_window_is_the_raw_bytes_at_the_measured_rate() -> None:
+    from ionn_net.bench.results import lossless_window_s, metrics_from_points
+
+    doc = run_doc("ours", [["a", "b"]])
+    doc["model"]["weight_bytes"] = 2_000_000
+    doc["link"]["configured"]["rate_bps"] = 10e6  # the probed rate wins over it
+    assert lossless_window_s(doc) == pytest.approx(2.0)  # 16 Mbit at 8 Mbit/s
+    del doc["link"]["measured"]["up"]
+    doc["link"]["configured"]["rate_bps"] = 16e6
+    assert lossless_window_s(doc) == pytest.approx(1.0)
+    pts = points((0.0, 100.0, False), (0.5, 10.0, True), (1.5, 20.0, True))
+    m = metrics_from_points(pts, 3.0, uploads=True, window_s=1.0)
+    assert m["mean_in_window_ms"] == pytest.approx(55.0) and m["window_s"] == 1.0

@@ -136,3 +136,36 @@ def first_table(text: str) -> list[str]:
         if "---" not in line:
             rows.append(line)
     return rows
+
+
+def _with_window(doc: dict[str, Any], measured: float, simulated: float) -> dict[str, Any]:
+    doc["metrics"]["mean_in_window_ms"] = measured
+    doc["prediction"]["metrics"]["mean_in_window_ms"] = simulated
+    return doc
+
+
+def test_precision_first_lines_compare_with_ionn_in_the_lossless_window() -> None:
+    from ionn_net.bench.report import precision_lines
+
+    groups = []
+    for model, (ionn, ours8, sim8) in {
+        "a": (100.0, 50.0, 40.0),
+        "b": (100.0, 102.0, 100.0),
+    }.items():
+        group = [
+            _with_window(make_doc("ionn", 4.0), ionn, 100.0),
+            _with_window(make_doc("ours-8", 2.0), ours8, sim8),
+        ]
+        for d in group:
+            d["model"]["name"] = model
+        groups.append(group)
+    lines = precision_lines(groups)
+    summary = next(line for line in lines if line.startswith("- ours-8"))
+    # measured gains 2.0 and 0.980: geomean 1.400; simulated 2.5 and 1.0: 1.581
+    assert "geomean gain over ionn 1.400x measured, 1.581x simulated" in summary
+    assert "(measured vs simulated -11%)" in summary
+    assert "worst group wifi / b 0.980x" in summary
+    assert summary.endswith("no more than 3% behind ionn in every group: yes (2 groups)")
+    groups[1][1]["metrics"]["mean_in_window_ms"] = 104.0  # 0.962x: 3.8% behind
+    assert "every group: no" in next(ln for ln in precision_lines(groups) if "ours-8" in ln[:8])
+    assert precision_lines([[make_doc("ionn", 4.0), make_doc("ours", 2.0)]]) == []
