@@ -23,3 +23,17 @@ def test_measured_times_stay_and_reconnects_keep_them() -> None:
     times.adopt_model({"conv": 3.0, "dense": 4.0}, "cost_model")  # a reconnect's welcome
     assert dict(times.ms) == {"conv": 0.5, "dense": 0.7}
     assert times.source["dense"] == "predicted"
+
+
+def test_another_server_takes_none_of_the_previous_ones_times() -> None:
+    """§15: after a move, the new server's cost model applies and it times the model
+    again; what the previous server measured says nothing of this one."""
+    times = ServerTimes({"conv": 1.0, "dense": 2.0})
+    same_dict = times.ms
+    times.adopt_timings(TimingTable({"conv": 0.5}, {"dense": 0.7}), done=True)
+    times.observe(["conv"], 1.0)
+    times.forget({"conv": 1.0, "dense": 2.0})
+    assert times.ms is same_dict  # updated in place: holders of ``ms`` see the reset
+    assert set(times.source.values()) == {"assumed"} and not times.done and not times.errors
+    times.adopt_model({"conv": 3.0, "dense": 4.0}, "cost_model")  # the new server's welcome
+    assert dict(times.ms) == {"conv": 3.0, "dense": 4.0}

@@ -79,8 +79,7 @@ def with_completion(
 
 
 class PlanState:
-    """What the client plans with (see the module docstring); changed only by its methods,
-    on the event loop."""
+    """What the client plans with (module docstring); changed only by its methods, on the loop."""
 
     def __init__(
         self,
@@ -115,8 +114,7 @@ class PlanState:
         # the upload
         self._upload_plan: UploadPlan | None = None
         self._partitions: list[frozenset[str]] = []
-        self._uploaded_parts = 0
-        self._loaded_parts = 0
+        self._uploaded_parts = self._loaded_parts = 0
         self._planned_bandwidth: float | None = None
         self._planned_at = 0.0
         self._loads_in_flight = 0
@@ -362,9 +360,8 @@ class PlanState:
         self._times.changed = False  # planned with the times known now
 
     def replan_due(self, now: float) -> bool:
-        """True (once) when the rest of the upload should be re-planned: the measured
-        bandwidth moved over 30% from the plan's (at most every 5 s) or the server's measured
-        times changed; partitions left."""
+        """True (once) when the rest of the upload should be re-planned: partitions left, and
+        the bandwidth moved over 30% from the plan's (every 5 s at most) or the times changed."""
         bandwidth = self._link.bandwidth
         left = self._uploaded_parts < len(self._partitions)
         due = _replan_due(bandwidth, self._planned_bandwidth, now - self._planned_at, left)
@@ -410,9 +407,8 @@ class PlanState:
         self._take_learned_rtt()
 
     def observe_transfer(self, nbytes: int, seconds: float) -> None:
-        """What the connection carried while one blob piece went up, queries included:
-        they overtake the blob and slow it, but the link is no slower for them (planned
-        transfers use all of it)."""
+        """What the connection carried while a blob piece went up, queries included: they
+        slow the blob, not the link (planned transfers use all of it)."""
         rate = self._bandwidth.add(nbytes, seconds)
         if rate is not None:
             self._link = self._link.with_bandwidth(rate)
@@ -426,15 +422,12 @@ class PlanState:
         server_ms: float,
         ran: Sequence[str],
     ) -> float | None:
-        """Learn the *effective* round-trip cost of a server segment: what a query pays
-        beyond the server's compute and the raw transfer time (queueing behind the upload
-        at the bottleneck, framing, scheduling). Plans charge it per round trip, so a
-        loaded link leads to plans with fewer client/server transitions. Returns the
-        server's compute ms (None when implausible: not learned from).
-
-        Nothing is learned while a load is in flight: the server's loader then shares its
-        CPU with the query (a segment 2-4x slower in ionn-bench), and a speed learned from
-        that outlived the load, keeping ready layers on the client for seconds after."""
+        """Learn the *effective* round-trip cost of a server segment, which plans charge per
+        round trip: what a query pays beyond the server's compute and the raw transfer
+        (queueing behind the upload, framing, scheduling). Returns the server's compute ms
+        (None when implausible: not learned from). Nothing is learned while a load is in
+        flight: the loader then shares the server's CPU with the query, and a speed learned
+        from that outlived the load, keeping ready layers on the client for seconds after."""
         if not 0 <= server_ms < 1e7:
             return None
         if self._loads_in_flight:
@@ -448,15 +441,13 @@ class PlanState:
         return float(server_ms)
 
     def fade(self, now: float) -> bool:
-        """Let what queries taught fade toward the priors; True if it moved enough that
-        the best plan may have changed."""
+        """Let what queries taught fade toward the priors; True if the best plan may change."""
         if not self._learned.fade(now):
             return False
         self._take_learned_rtt()
         return True
 
-    def _take_learned_rtt(self) -> None:
-        """Plans charge the learned effective round trip (planner.learned)."""
+    def _take_learned_rtt(self) -> None:  # plans charge the learned round trip
         self._link = replace(self._link, rtt_s=self._learned.rtt_s)
 
     # -- the active plan -----------------------------------------------------------------
@@ -474,13 +465,11 @@ class PlanState:
             self._active_exact = active
 
     def new_server(self) -> None:
-        """The client moved to another server (§15): nothing the previous one held or was
-        learned about it counts there; queries run locally until the new one's holdings
-        are adopted and a plan is activated."""
-        self._ready = self._base = frozenset()
-        self._held_blobs = set()
-        self._partial = {}
-        self._refused = {}
+        """The client moved to another server (§15): nothing the previous one held, timed
+        or taught counts there; queries run locally until a plan is activated again."""
+        self._ready, self._base, self._held_blobs = frozenset(), frozenset(), set()
+        self._partial, self._refused = {}, {}
+        self._times.forget(self._assumed_server_ms())
         self._learned = LearnedCosts(half_life_s=self._learned.half_life_s)
         self._take_learned_rtt()
         self.drop_to_local()

@@ -52,6 +52,15 @@ class ServerTimes:
         self.errors.append(ratio - 1.0)
         return ratio
 
+    def forget(self, assumed: Mapping[str, float]) -> None:
+        """Another server (§15): nothing the previous one announced or measured holds for
+        this one, which times the model again (§10.11) after its own cost model."""
+        self.ms.clear()
+        self.ms.update(assumed)
+        self._source = dict.fromkeys(self.ms, "assumed")
+        self.done = self.changed = False
+        self.errors.clear()
+
     def adopt_model(self, model_ms: Mapping[str, float], source: str) -> None:
         """A cost model's times (``source``: ``cost_model`` or ``assumed``). A reconnect
         brings the cost model again: layers the server timed keep their times."""
