@@ -138,6 +138,15 @@ class BottleneckPath:
         self._free_at = leaves
         return leaves
 
+    def stall(self, now: float, seconds: float) -> None:
+        """The bottleneck delivers nothing for ``seconds`` from ``now`` (a receiver or a
+        host that stopped for a moment); what it holds and what arrives meanwhile waits,
+        then leaves at the rate again."""
+        self.advance(now)
+        self._free_at = max(self._free_at, now) + seconds
+        self._tokens = 0.0
+        self._last_token = self._free_at
+
     def queue_s(self, now: float) -> float:
         """How long a byte written now waits before its own transfer: unsent bytes ahead of
         it plus the bottleneck's backlog."""

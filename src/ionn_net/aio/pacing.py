@@ -68,9 +68,12 @@ _AFTER_RAMP_MIN_S = 0.01
 #: The first probe follows the ramp after this many control intervals: it calibrates the
 #: ramp's estimate, which the ramp's growth and a bottleneck's burst allowance blur.
 _FIRST_PROBE_INTERVALS = 4
-#: A queue this many times queue_high_s is no sample's noise: the estimate goes straight
-#: down to what the path delivered (a path that got slower).
+#: A queue this many times queue_high_s is no sample's noise: the estimate goes down to what
+#: the path delivered (a path that got slower)...
 _LONG_QUEUE = 4.0
+#: ...but by at most this share per control interval: a path that stalled for a moment
+#: (a host stopped by CPU contention) delivered next to nothing meanwhile, and is not slower.
+_LONG_QUEUE_STEP = 0.25
 #: A probe's steps stay at PacingConfig.increase until it has raised the estimate by this
 #: factor (well past 1 / gain: the path got faster), then grow by _PROBE_GROWTH per step, up to
 #: _PROBE_MAX_STEP, so a path much faster than estimated is found within a few seconds.
@@ -257,6 +260,8 @@ class Pacer:
         self._shrinks = 0  # how often the ramp went back to the deliveries...
         self._stall_rate = 0.0  # ...since it first did so, at this rate
         self._after_ramp: tuple[float, int] | None = None  # (when it ended, bytes_acked)
+        self._after_step: tuple[float, int] | None = None  # (a bounded step, bytes_acked)
+        self._recall = 0.0  # the estimate before bounded steps no probe has yet confirmed
         self._no_info = False  # TCP_INFO was unavailable: never paced (estimated mode)
         self._chunk = 0
         self._samples = 0
@@ -428,6 +433,8 @@ class Pacer:
         self._log.add(info, now, self._written)
         if self._after_ramp is not None:
             self._measure_after_ramp(info, now)
+        if self._after_step is not None:
+            self._measure_after_step(info, now)
         if self._estimate is not None:
             self._control(info, now)
         elif self._ramp is None:
@@ -604,6 +611,26 @@ class Pacer:
             self._floor = delivered * self.config.min_fraction
             self._install(now)
 
+    def _measure_after_step(self, info: TcpInfo, now: float) -> None:
+        """After a bounded step down (the path delivered far less than the estimate over
+        the last span), the queue that made it is still there and the upload waits for it
+        to drain (it is owed): for most of a round trip, which the queue lengthens, the
+        path delivers at its own rate now. A path that stalled and came back delivers at
+        its full rate: the estimate returns to that (only ever up; a path still stalled or
+        slower leaves it, and the next interval's queue steps it further down)."""
+        assert self._after_step is not None and self._estimate is not None
+        start, acked = self._after_step
+        if now - start < _AFTER_RAMP * info.rtt_s:
+            return
+        self._after_step = None
+        if now - start < _AFTER_RAMP_MIN_S:
+            return
+        delivered = (info.bytes_acked - acked) / (now - start)
+        if delivered > self._estimate:
+            self._count("estimate raised by the drain after a step")
+            self._estimate = self._measured = delivered
+            self._install(now)
+
     # ------------------------------------------------------------------ steady state
 
     def _control(self, info: TcpInfo, now: float) -> None:
@@ -667,6 +694,13 @@ class Pacer:
         # burst allowance, and over two short intervals read 2% high)
         span = max(cfg.min_span_s, 2.0 * info.rtt_s)
         path = self._path_rate(info, now, span)
+        bounded = path is not None and path < self._estimate * (1.0 - _LONG_QUEUE_STEP)
+        recall = max(self._recall, self._estimate)
+        if bounded:
+            # A stall or a much slower path: one bounded step; the queue's drain, or else
+            # a probe soon after, tells which (see _measure_after_step, _probe_up).
+            path = self._estimate * (1.0 - _LONG_QUEUE_STEP)
+            self._after_step = (now, info.bytes_acked)
         if self._probe_from is not None and path is not None:
             self._end_probe(info, now, path)
         elif path is not None and signals.queue > _LONG_QUEUE * cfg.queue_high_s:
@@ -680,6 +714,10 @@ class Pacer:
                 self._measured = min(self._measured, max(self._floor, path))
             self._end_probe(info, now, None)
             self._estimate = max(self._floor, lower)
+        if bounded:
+            self._recall = recall
+            interval = max(cfg.control_interval_s, 4.0 * info.min_rtt_s)
+            self._next_probe = min(self._next_probe, now + _FIRST_PROBE_INTERVALS * interval)
         self._install(now)
         self._owe(self._backlog(info), now)
 
@@ -752,8 +790,23 @@ class Pacer:
             assert self._probe_hold is not None
             since, acked = self._probe_hold
             if now - since >= max(2.0 * interval, _PROBE_MEASURE_S):
+                delivered = (info.bytes_acked - acked) / (now - since)
+                if self._estimate < self._recall and self._delivered_all(
+                    info, since, now, delivered
+                ):
+                    # Below what the path carried before a stall, and it delivered all
+                    # that was written: the queue was the host's (a millisecond of
+                    # scheduling), not the path's, and what was delivered is only this
+                    # probe's own low rate. Taken for the path's, it kept the estimate
+                    # low for minutes. The rise goes on.
+                    self._count("probe's queue was not the path's")
+                    self._probe_hold = None
+                    if not used or signals.window_bound:
+                        return False
+                    self._probe_up()
+                    return True
                 self._count("probe measured the path")
-                self._end_probe(info, now, (info.bytes_acked - acked) / (now - since))
+                self._end_probe(info, now, delivered)
                 return True
             if signals.queue > self._queue_base + cfg.queue_high_s:
                 self._count("probe found a queue")
@@ -768,12 +821,24 @@ class Pacer:
         self._probe_up()
         return True
 
+    def _delivered_all(self, info: TcpInfo, since: float, now: float, delivered: float) -> bool:
+        """Whether the path delivered, from ``since`` to ``now``, about all that was written
+        (queries too) a round trip before: then it kept up, and what it delivered is only
+        the sending rate, not the path's (unknown: no)."""
+        written = self._log.written(since - info.rtt_s, now - info.rtt_s)
+        return written is not None and delivered >= _BEHIND * written
+
     def _probe_up(self) -> None:
         """One step of a probe: small where the path's rate is expected (a step that
         overshoots queues for as long as the queue takes to show), growing past that."""
         assert self._estimate is not None and self._probe_from is not None
-        if self._estimate > self._probe_from * _PROBE_SPAN:
+        if self._estimate < self._recall or self._estimate > self._probe_from * _PROBE_SPAN:
             self._probe_step = min(_PROBE_MAX_STEP, self._probe_step * _PROBE_GROWTH)
+        elif self._estimate >= self._recall > 0:
+            # (past the rate it was at before a stall: small steps again, the path's rate
+            # may be near)
+            self._recall = 0.0
+            self._probe_step = self.config.increase
         self._estimate *= 1.0 + self._probe_step
 
     def _end_probe(self, info: TcpInfo, now: float, delivered: float | None) -> None:
@@ -784,6 +849,7 @@ class Pacer:
         self._probe_hold = None
         if start is None:
             return
+        self._recall = 0.0  # (what it found is the path's rate now)
         self._next_probe = now + self.config.probe_interval_s
         assert self._estimate is not None
         if delivered is None:

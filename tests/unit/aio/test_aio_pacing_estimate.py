@@ -240,3 +240,21 @@ def test_unsent_bytes_a_slow_reader_holds_back_are_no_reason_to_back_off() -> No
     assert _after_a_held_socket(reader=True) == pytest.approx(1.0, abs=0.02)
     # Held by the kernel (its own pacing, a window after a loss): ours to back off on.
     assert _after_a_held_socket(reader=False) < 0.9
+
+
+@pytest.mark.parametrize("delay_s", [0.0001, 0.02])
+def test_the_estimate_comes_back_after_the_path_stalls(delay_s: float) -> None:
+    # The path delivers nothing for 0.3 s (a host stopped by CPU contention) while the queue
+    # shows, then the link's full rate again: a stall is not a slower path. Taking what was
+    # delivered meanwhile for the path's rate sank the estimate to a quarter of the link, and
+    # a later probe that measured only its own low rate kept it there for minutes
+    # (bench/transport.py at 20 Mbit/s: the upload at 26% of the link).
+    def stall(path: BottleneckPath, now: float) -> None:
+        path.stall(now, 0.3)
+
+    run, _ = _run(20, delay_s, 10.0, events=[(3.0, stall)])
+    assert _pacing(run, 2.0, 3.0) / (20 * MBIT) >= 0.9
+    # Within 5 s of the stall's end the estimate is back at 90% of the link or more (the
+    # upload is paced at the gain, 0.95, times the estimate), and stays there.
+    assert _pacing(run, 7.3, 8.3) / (20 * MBIT) >= 0.9 * 0.95
+    assert _pacing(run, 7.3) / (20 * MBIT) >= 0.9 * 0.95
