@@ -74,6 +74,8 @@ _LONG_QUEUE = 4.0
 #: ...but by at most this share per control interval: a path that stalled for a moment
 #: (a host stopped by CPU contention) delivered next to nothing meanwhile, and is not slower.
 _LONG_QUEUE_STEP = 0.25
+#: Deliveries over two halves of a span this close are a path's steady rate, not a stall's.
+_STEADY = 0.8
 #: A probe's steps stay at PacingConfig.increase until it has raised the estimate by this
 #: factor (well past 1 / gain: the path got faster), then grow by _PROBE_GROWTH per step, up to
 #: _PROBE_MAX_STEP, so a path much faster than estimated is found within a few seconds.
@@ -272,6 +274,7 @@ class Pacer:
         self._next_probe = float("inf")
         self._probe_from: float | None = None  # the estimate a running probe began at
         self._probe_step = 0.0
+        self._probe_span_from = 0.0  # where a probe's steps start to grow from (see _probe_up)
         self._probe_hold: tuple[float, int] | None = None  # since when a probe measures
         self._measured = 0.0  # the path's rate as last measured (the ramp, a probe)
         self._queue_base = 0.0  # queueing delay when no probe runs (smoothed)
@@ -612,12 +615,13 @@ class Pacer:
             self._install(now)
 
     def _measure_after_step(self, info: TcpInfo, now: float) -> None:
-        """After a bounded step down (the path delivered far less than the estimate over
-        the last span), the queue that made it is still there and the upload waits for it
-        to drain (it is owed): for most of a round trip, which the queue lengthens, the
-        path delivers at its own rate now. A path that stalled and came back delivers at
-        its full rate: the estimate returns to that (only ever up; a path still stalled or
-        slower leaves it, and the next interval's queue steps it further down)."""
+        """After a bounded step down, the queue that made it is still there and the upload
+        waits for it to drain (it is owed): for most of a round trip, which the queue
+        lengthens, the path delivers at its own rate now. A path that stalled and came back
+        delivers at its full rate: the estimate returns to that. A path that got slower
+        delivers at its new rate, steadily (both halves of the span within _STEADY of each
+        other): the estimate goes down to that. A stall delivers nothing, or unevenly as it
+        ends: no measurement (the next interval's queue steps it further down)."""
         assert self._after_step is not None and self._estimate is not None
         start, acked = self._after_step
         if now - start < _AFTER_RAMP * info.rtt_s:
@@ -626,10 +630,19 @@ class Pacer:
         if now - start < _AFTER_RAMP_MIN_S:
             return
         delivered = (info.bytes_acked - acked) / (now - start)
+        middle = (start + now) / 2
+        first, second = self._log.acked(start, middle), self._log.acked(middle, now)
         if delivered > self._estimate:
             self._count("estimate raised by the drain after a step")
-            self._estimate = self._measured = delivered
-            self._install(now)
+        elif first and second and min(first, second) >= _STEADY * max(first, second):
+            self._count("estimate lowered by the drain after a step")
+        else:
+            return
+        self._estimate = self._measured = max(self._floor, delivered)
+        # (measured: no rate from before the stall to go back to, no early probe)
+        self._recall = 0.0
+        self._next_probe = now + self.config.probe_interval_s
+        self._install(now)
 
     # ------------------------------------------------------------------ steady state
 
@@ -666,7 +679,7 @@ class Pacer:
                 return
             if now >= self._next_probe:
                 self._count("probe")
-                self._probe_from = self._estimate
+                self._probe_from = self._probe_span_from = self._estimate
                 self._probe_step = cfg.increase
                 self._estimate *= 1.0 + cfg.increase
             elif self._estimate < self._measured and queue < self._queue_base + cfg.queue_low_s:
@@ -684,8 +697,9 @@ class Pacer:
     def _decrease(self, info: TcpInfo, now: float, signals: _Signals) -> None:
         """A queue that grows: if the path was behind, what it delivered is its rate (at
         most one step down unless the queue is long: a sample can read low; a probe that
-        went past the path ends there); else one step down. The queue is owed, so it
-        drains before the upload goes on."""
+        went past the path ends there; at most one bounded step either way, see
+        _step_down); else one step down. The queue is owed, so it drains before the upload
+        goes on."""
         assert self._estimate is not None
         cfg = self.config
         in_socket = signals.in_socket > cfg.queue_high_s
@@ -694,16 +708,13 @@ class Pacer:
         # burst allowance, and over two short intervals read 2% high)
         span = max(cfg.min_span_s, 2.0 * info.rtt_s)
         path = self._path_rate(info, now, span)
-        bounded = path is not None and path < self._estimate * (1.0 - _LONG_QUEUE_STEP)
-        recall = max(self._recall, self._estimate)
-        if bounded:
-            # A stall or a much slower path: one bounded step; the queue's drain, or else
-            # a probe soon after, tells which (see _measure_after_step, _probe_up).
-            path = self._estimate * (1.0 - _LONG_QUEUE_STEP)
-            self._after_step = (now, info.bytes_acked)
-        if self._probe_from is not None and path is not None:
+        long_queue = signals.queue > _LONG_QUEUE * cfg.queue_high_s
+        step = self._estimate * (1.0 - _LONG_QUEUE_STEP)
+        if path is not None and path < step and (long_queue or self._probe_from is not None):
+            self._step_down(info, now, path, step)
+        elif self._probe_from is not None and path is not None:
             self._end_probe(info, now, path)
-        elif path is not None and signals.queue > _LONG_QUEUE * cfg.queue_high_s:
+        elif path is not None and long_queue:
             self._end_probe(info, now, None)
             self._estimate = self._measured = max(self._floor, path)  # the path got slower
         else:
@@ -714,12 +725,28 @@ class Pacer:
                 self._measured = min(self._measured, max(self._floor, path))
             self._end_probe(info, now, None)
             self._estimate = max(self._floor, lower)
-        if bounded:
-            self._recall = recall
-            interval = max(cfg.control_interval_s, 4.0 * info.min_rtt_s)
-            self._next_probe = min(self._next_probe, now + _FIRST_PROBE_INTERVALS * interval)
         self._install(now)
         self._owe(self._backlog(info), now)
+
+    def _step_down(self, info: TcpInfo, now: float, path: float, step: float) -> None:
+        """The path delivered far less than the estimate while a long queue showed: it got
+        much slower, or it stalled (a host stopped for a moment by CPU contention: next to
+        nothing delivered, then the full rate again). Which one, this span cannot tell;
+        taking the stall's deliveries for the rate sank the estimate to its floor, where
+        nothing measured the path again until a probe. So the estimate goes one bounded
+        step down (``step``; the next interval's queue takes it further), the path's
+        rate as measured to what it delivered, and two measurements follow: the drain of
+        the queue right after (_measure_after_step), else a probe within a few intervals
+        that rises quickly back to the rate held before (_probe_up)."""
+        assert self._estimate is not None
+        recall = max(self._recall, self._estimate)
+        self._end_probe(info, now, None)
+        self._estimate = max(self._floor, step)
+        self._measured = max(self._floor, min(self._measured, path))
+        self._recall = recall
+        self._after_step = (now, info.bytes_acked)
+        interval = max(self.config.control_interval_s, 4.0 * info.min_rtt_s)
+        self._next_probe = min(self._next_probe, now + _FIRST_PROBE_INTERVALS * interval)
 
     def _path_rate(self, info: TcpInfo, now: float, span: float) -> float | None:
         """What the path delivered over the last ``span`` if it was behind meanwhile: then
@@ -791,6 +818,7 @@ class Pacer:
             since, acked = self._probe_hold
             if now - since >= max(2.0 * interval, _PROBE_MEASURE_S):
                 delivered = (info.bytes_acked - acked) / (now - since)
+                assert self._estimate is not None
                 if self._estimate < self._recall and self._delivered_all(
                     info, since, now, delivered
                 ):
@@ -832,13 +860,14 @@ class Pacer:
         """One step of a probe: small where the path's rate is expected (a step that
         overshoots queues for as long as the queue takes to show), growing past that."""
         assert self._estimate is not None and self._probe_from is not None
-        if self._estimate < self._recall or self._estimate > self._probe_from * _PROBE_SPAN:
-            self._probe_step = min(_PROBE_MAX_STEP, self._probe_step * _PROBE_GROWTH)
-        elif self._estimate >= self._recall > 0:
-            # (past the rate it was at before a stall: small steps again, the path's rate
-            # may be near)
+        if self._recall > 0 and self._estimate >= self._recall:
+            # Back at the rate held before a stall: from here on as a probe that began
+            # here, in small steps (the path's rate may be near).
             self._recall = 0.0
+            self._probe_span_from = self._estimate
             self._probe_step = self.config.increase
+        elif self._estimate < self._recall or self._estimate > self._probe_span_from * _PROBE_SPAN:
+            self._probe_step = min(_PROBE_MAX_STEP, self._probe_step * _PROBE_GROWTH)
         self._estimate *= 1.0 + self._probe_step
 
     def _end_probe(self, info: TcpInfo, now: float, delivered: float | None) -> None:

@@ -30,6 +30,7 @@ def _run(
     query_bytes: int = 16 * 1024,
     query_every_s: float | None = None,
     host_rate: float | None = None,
+    rtt_noise: Callable[[float], float] | None = None,
 ) -> tuple[Run, Pacer]:
     """An upload of ``seconds`` of the link, paced at an estimated rate."""
     rate = rate_mbit * MBIT
@@ -48,6 +49,7 @@ def _run(
         query_bytes=query_bytes,
         events=events,
         host_rate=host_rate,
+        rtt_noise=rtt_noise,
     )
     return run, made[0]
 
@@ -258,3 +260,19 @@ def test_the_estimate_comes_back_after_the_path_stalls(delay_s: float) -> None:
     # upload is paced at the gain, 0.95, times the estimate), and stays there.
     assert _pacing(run, 7.3, 8.3) / (20 * MBIT) >= 0.9 * 0.95
     assert _pacing(run, 7.3) / (20 * MBIT) >= 0.9 * 0.95
+
+
+def test_a_probe_after_a_stall_does_not_take_the_hosts_noise_for_the_path() -> None:
+    # For a second after the stall the RTT carries 3 ms of scheduling noise (the host that
+    # stalled is still busy): a queue to the probe that rises from the step's low rate.
+    # What the path delivered meanwhile is all that was written, the probe's own rate, not
+    # the path's: the rise goes on.
+    def stall(path: BottleneckPath, now: float) -> None:
+        path.stall(now, 0.3)
+
+    def noise(now: float) -> float:
+        return 0.003 if 4.3 <= now < 5.3 else 0.0
+
+    run, pacer = _run(20, 0.02, 10.0, events=[(3.0, stall)], rtt_noise=noise)
+    assert pacer.events.get("probe's queue was not the path's", 0) >= 1
+    assert _pacing(run, 7.3, 8.3) / (20 * MBIT) >= 0.9 * 0.95
