@@ -169,6 +169,10 @@ def server_main(argv: list[str] | None = None) -> int:
     args = _server_parser().parse_args(argv)
     if args.workers > 1 and args.store is None and args.worker_channel is None:
         raise SystemExit("--workers: more than 1 worker needs --store (a directory or Redis)")
+    if args.workers > 1 and args.peer:
+        # a grant is verified, and a session's blobs are pulled, by the process that holds
+        # the session (§15.2.2, §15.3): a peer's connection may reach another worker
+        raise SystemExit("--peer: handoff needs a single worker (--workers 1)")
     if args.store is not None and args.store.startswith(REDIS_SCHEMES):
         require_extra("ionn-server", REDIS_EXTRA, "--store redis://")
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,14 @@ def test_staged_entries_expire_and_drop_their_partials() -> None:
     with pytest.raises(RequestError) as gone:
         area.entry("p", "t" * 64, MODEL, now=11.0)
     assert code(gone) == "unknown_model"
+
+
+def test_ionn_server_refuses_peers_with_several_workers(tmp_path: Path) -> None:
+    """A grant and the session it serves live in one process (§15.2.2, §15.3): with
+    ``--workers`` a peer's connection could reach another, so the server does not start."""
+    from ionn_net import cli
+
+    argv = ["--store", str(tmp_path), "--workers", "2", "--peer", "b:7878=10.0.0.2:7878"]
+    with pytest.raises(SystemExit) as info:
+        cli.server_main(argv)
+    assert str(info.value.code) == "--peer: handoff needs a single worker (--workers 1)"
