@@ -139,10 +139,12 @@ class Pacer:
        right after tells the two apart: a path that came back delivers above the estimate
        (back up to that), a slower one steadily below it (down to that); else a probe
        soon after, rising fast to the rate held before, where a queue the path delivered
-       in full (a host's scheduling noise) is no measurement of its rate. The estimate does not creep up on its own: pacing
-       below the bottleneck, a path that got faster looks the same as one that did not, and
-       an estimate raised whenever no queue showed settled where gain x estimate filled the
-       link: a standing queue, the upload at 96-97% of a 200 Mbit/s link, not the gain's
+       in full (a host's scheduling noise) is no measurement of its rate.
+
+       The estimate does not creep up on its own: pacing below the bottleneck, a path
+       that got faster looks the same as one that did not, and an estimate raised
+       whenever no queue showed settled where gain x estimate filled the link: a standing
+       queue, the upload at 96-97% of a 200 Mbit/s link, not the gain's
        95%. After a step down it comes back, but only up to the rate last measured.
     3. *Probes* measure: every ``probe_interval_s``, and first shortly after the ramp, the
        estimate rises by ``increase`` per interval until the queue is ``queue_low_s`` above
