@@ -259,7 +259,8 @@ def test_the_estimate_comes_back_after_the_path_stalls(delay_s: float) -> None:
     # Within 5 s of the stall's end the estimate is back at 90% of the link or more (the
     # upload is paced at the gain, 0.95, times the estimate), and stays there.
     assert _pacing(run, 7.3, 8.3) / (20 * MBIT) >= 0.9 * 0.95
-    assert _pacing(run, 7.3) / (20 * MBIT) >= 0.9 * 0.95
+    # ...and stays there, not past the link (the gain's 95% of it, within a sample's error).
+    assert 0.9 * 0.95 <= _pacing(run, 7.3) / (20 * MBIT) <= 0.97
 
 
 def test_a_probe_after_a_stall_does_not_take_the_hosts_noise_for_the_path() -> None:
@@ -276,3 +277,15 @@ def test_a_probe_after_a_stall_does_not_take_the_hosts_noise_for_the_path() -> N
     run, pacer = _run(20, 0.02, 10.0, events=[(3.0, stall)], rtt_noise=noise)
     assert pacer.events.get("probe's queue was not the path's", 0) >= 1
     assert _pacing(run, 7.3, 8.3) / (20 * MBIT) >= 0.9 * 0.95
+
+
+def test_a_much_slower_path_is_not_taken_for_a_stall() -> None:
+    # The path drops to 30% at once: its long queue takes the estimate one bounded step
+    # down, and the queue's drain, steady at the new rate, takes it the rest of the way
+    # (bounded steps alone left a 25 ms queue for two seconds).
+    def slower(path: BottleneckPath, now: float) -> None:
+        path.rate *= 0.3
+
+    run, _ = _run(20, 0.02, 8.0, events=[(3.0, slower)])
+    assert _pacing(run, 5.0) / (0.3 * 20 * MBIT) <= 1.0
+    assert max(run.extra(5.0, 9.0)) * 1e3 <= 3.0
