@@ -63,9 +63,25 @@ in use, from when every query runs on exact weights, and the share of the querie
 that ran on approximate ones.
 
 Usage: ``python bench/planner_sim.py [--models ...] [--gap 100 10] [--remeasure]
-[--data DIR] [--bound N] [--precision P]``; ``--bound N`` adds, per cell, an optimistic
-bound on what the upload order can buy (:func:`polished_bound`) and its geometric mean
-against IONN.
+[--data DIR] [--bound N] [--precision P] [--regret] [--remeasure-calibration]``;
+``--bound N`` adds, per cell, an optimistic bound on what the upload order can buy
+(:func:`polished_bound`) and its geometric mean against IONN.
+
+The server's prior (``ionn_net.calibrate``) is fitted on ``calibration.json`` of the data
+directory: ten ``keras.applications`` models timed in chunks, measured by
+``--remeasure-calibration`` exactly as a server calibrates at start. Its held-out error
+(each of the four models left out of the fit in turn) is printed after the cost-model
+check.
+
+``--regret`` (:func:`regret_report`) then runs every strategy with the server profile a
+client would really have had instead of the true one: first the server's prediction (the
+prior fitted without the model; its per-layer relative error, measured on the calibration
+data, applied to this set's true profile), then, from the moment the server has timed the
+model (``--timed-after``, measured per model by ``bench/server_timing.py``), the server's
+measurement (each timed chunk's true time with a ``--timing-noise`` relative error, shared
+among its layers by the prediction), re-planning the rest of the upload then. Costs are
+always charged with the true profile. It prints each strategy's loss of mean latency
+during the upload window against the same strategy planned with exact profiles.
 """
 
 from __future__ import annotations
@@ -92,6 +108,16 @@ from ionn_net.planner.link import Link
 from ionn_net.planner.simulate import SimResult, simulate, simulate_partitions
 from ionn_net.planner.upload import get_planner
 from ionn_net.planner.workload import ExecutionPolicy, PlanningContext, QueryPattern, StageCosts
+from planner_regret import (  # type: ignore[import-not-found]
+    DEFAULT_TIMED_AFTER_S,
+    DEFAULT_TIMING_NOISE,
+    TIMED_AFTER_S,
+    load_calibration_data,
+    measure_calibration_data,
+    predicted_profiles,
+    prior_report,
+    regret_report,
+)
 
 DATA = Path(__file__).resolve().parent / "data" / "planner"
 MODELS = ("MobileNetV2", "ResNet50", "InceptionV3", "VGG16")
@@ -386,6 +412,78 @@ def geomean(values: Sequence[float]) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values))
 
 
+# -- the server's prior and its regret (bench/planner_regret.py) ---------------------------
+
+
+def add_regret_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--regret",
+        action="store_true",
+        help="also run every strategy with predicted, then measured server profiles",
+    )
+    ap.add_argument(
+        "--remeasure-calibration",
+        action="store_true",
+        help="time the calibration models again (as a server does at start)",
+    )
+    ap.add_argument(
+        "--timed-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds until the server has timed a model (default: measured per model)",
+    )
+    ap.add_argument("--timing-noise", type=float, default=DEFAULT_TIMING_NOISE)
+
+
+def model_checks(args: argparse.Namespace, measured: dict[str, Measured]) -> dict[str, Any] | None:
+    """The cost model's check, then the prior's (returns the calibration data)."""
+    if len(measured) > 1:
+        cost_model_report(measured)
+    return calibration_data(args)
+
+
+def calibration_data(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The calibration measurements of the data directory (measured on request); prints
+    the prior's held-out error when there are some."""
+    path = args.data / "calibration.json"
+    cal = measure_calibration_data(path) if args.remeasure_calibration else None
+    cal = cal or load_calibration_data(path)
+    if cal is not None:
+        prior_report(cal)
+    return cal
+
+
+def run_regret(
+    args: argparse.Namespace, measured: dict[str, Measured], cal: dict[str, Any] | None
+) -> None:
+    if cal is None:
+        print("\nregret: no calibration.json in the data directory (--remeasure-calibration)")
+        return
+    ratios = predicted_profiles(cal, [m for m in measured if m in cal])
+    cells = []
+    for gap in args.gap:
+        for name, m in measured.items():
+            if name not in ratios:
+                continue
+            for mbit, rtt in NETWORKS:
+                ctx, window = cell_context(m, gap, mbit, rtt)
+                cells.append((name, gap, f"{mbit:g}M/{rtt:g}ms", ctx, window))
+
+    def timed_after(name: str) -> float:
+        if args.timed_after is not None:
+            return float(args.timed_after)
+        return TIMED_AFTER_S.get(name, DEFAULT_TIMED_AFTER_S)
+
+    regret_report(cells, ratios, timed_after=timed_after, noise=args.timing_noise)
+
+
+def cell_context(m: Measured, gap: float, mbit: float, rtt: float) -> tuple[PlanningContext, float]:
+    """The true planning context of one cell and its window W."""
+    ctx = _context(m, gap, mbit, rtt)
+    return ctx, m.graph.total_weight_bytes / ctx.link.bandwidth
+
+
 def _context(m: Measured, gap: float, mbit: float, rtt: float) -> PlanningContext:
     return PlanningContext(
         graph=m.graph,
@@ -449,7 +547,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="exact",
         help="upload of ours: exact blobs, or base stages first (the baselines stay exact)",
     )
+    add_regret_arguments(ap)
     return ap.parse_args(argv)
+
+
+def print_plan_times(plan_times: dict[str, list[tuple[float, float]]]) -> None:
+    print("ours planning time per model, max over its cells (wall / CPU s):")
+    for name, times in plan_times.items():
+        if times:
+            wall = max(w for w, _ in times)
+            cpu = max(c for _, c in times)
+            print(f"  {name:12s} {wall:5.2f} / {cpu:5.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -457,8 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     measured = {name: load_or_measure(name, args.remeasure, args.data) for name in args.models}
     describe(measured, args.precision)
-    if len(measured) > 1:
-        cost_model_report(measured)
+    calibration = model_checks(args, measured)
 
     ratios: dict[str, list[float]] = {"ionn": [], "efficiency": []}
     same_ratios: dict[str, list[float]] = {"ionn": [], "efficiency": []}
@@ -512,15 +619,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bounds:
         print(f"geomean of the polished bound below ionn: {geomean(bounds):.2f}x")
     print("ours <= ionn and efficiency in every cell:", failures or "yes")
-    print("ours planning time per model, max over its cells (wall / CPU s):")
-    for name, times in plan_times.items():
-        if times:
-            wall = max(w for w, _ in times)
-            cpu = max(c for _, c in times)
-            print(f"  {name:12s} {wall:5.2f} / {cpu:5.2f}")
+    print_plan_times(plan_times)
     if staged:
         print(f"ours, {args.precision} (whole session until every stage is in use):")
         print("\n".join(staged))
+    if args.regret:
+        run_regret(args, measured, calibration)
     return 0
 
 

@@ -72,8 +72,9 @@ def _server_parser() -> argparse.ArgumentParser:
         "--cost-model",
         type=Path,
         default=None,
-        help="JSON file of the server cost model to send clients (default: calibrate on this "
-        "machine once and cache the result)",
+        help="JSON file of the server cost model to send clients, or of a whole calibration "
+        "(its cache file: cost model and prior) (default: calibrate on this machine once and "
+        "cache the result)",
     )
     p.add_argument(
         "--secret-file",
@@ -193,7 +194,7 @@ def server_main(argv: list[str] | None = None) -> int:
     )
     catalog = _open_catalog(args.catalog)
     config = _server_config(args, catalog)
-    cost = _cost_model(args.cost_model)  # a bad file stops the supervisor, not each worker
+    cost = _cost_model_file(args.cost_model)  # a bad file stops the supervisor, not each worker
     from ionn_net.aio import run
 
     if args.workers > 1 and args.worker_channel is None:
@@ -241,9 +242,10 @@ def _server_config(args: argparse.Namespace, catalog: Any) -> Any:
 
 
 def _server_factory(
-    args: argparse.Namespace, store: Any, catalog: Any, config: Any, cost: Any
+    args: argparse.Namespace, store: Any, catalog: Any, config: Any, cost: tuple[Any, Any]
 ) -> Any:
-    """``hooks -> EdgeServer`` configured from the command line."""
+    """``hooks -> EdgeServer`` configured from the command line (``cost``: the cost model
+    and the prior of ``--cost-model``, or ``None`` for each)."""
     from ionn_net.server import EdgeServer
 
     worker = args.worker_channel is not None
@@ -254,26 +256,14 @@ def _server_factory(
             args.port,
             store=store,
             config=config,
-            cost_model=cost,
+            cost_model=cost[0],
+            prior=cost[1],
             catalog=catalog,
             hooks=hooks,
             listen=not worker,
         )
 
     return make
-
-
-def _cost_model(path: Path | None) -> Any:
-    """The server cost model of ``--cost-model`` (None: calibrate); a file that does not
-    parse stops the start with one line."""
-    if path is None:
-        return None
-    from ionn_net.planner.costmodel import ServerCostModel
-
-    try:
-        return ServerCostModel.from_json(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"--cost-model: cannot use {path}: {exc}") from None
 
 
 async def _supervise(args: argparse.Namespace, argv: list[str], ops: Any) -> int:
@@ -301,6 +291,25 @@ def _open_catalog(path: Path | None) -> Any:
         return Catalog.open(path)
     except CatalogError as exc:
         raise SystemExit(f"ionn-server: {exc}") from None
+
+
+def _cost_model_file(path: Path | None) -> tuple[Any, Any]:
+    """``--cost-model``: a calibration (cost model, prior; its held-out error is logged)
+    or a bare cost model (the server then predicts a client's layers with it)."""
+    if path is None:
+        return None, None
+    from ionn_net.calibrate import Calibration
+    from ionn_net.planner.costmodel import ServerCostModel
+
+    try:
+        text = path.read_text()
+        if '"ionn-calibration/' in text:
+            found = Calibration.from_json(text)
+            found.log_held_out()
+            return found.cost_model, found.prior
+        return ServerCostModel.from_json(text), None
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--cost-model: cannot use {path}: {exc}") from None
 
 
 # -- ionn-demo -----------------------------------------------------------------------------
@@ -433,6 +442,7 @@ class _Printer:
         self.out, self.quiet = out, quiet
         self.tty = out.isatty()
         self._last_bar = 0.0
+        self._plan: tuple[tuple[str, str, str], ...] = ()
 
     def bar(self, progress: Any) -> None:
         now = time.monotonic()
@@ -475,6 +485,15 @@ class _Printer:
     def line(self, text: str) -> None:
         self.out.write(("\r\x1b[K" if self.tty else "") + text + "\n")
         self.out.flush()
+
+    def plan(self, explained: Any) -> None:
+        """One line each time the active plan changes: what it runs where and why
+        (``OffloadClient.explain``)."""
+        key = tuple((s.location, s.first, s.last) for s in explained.segments)
+        if self.quiet or key == self._plan:
+            return
+        self._plan = key
+        self.line(f"  {explained.line()}")
 
 
 @contextlib.asynccontextmanager
@@ -579,6 +598,7 @@ async def _demo_run(
             summary.latencies.append((t, result.total_ms, result.server_layers))
             summary.fallbacks += int(result.fallback)
             printer.query(n, t, result, n_layers)
+            printer.plan(client.explain())
     if strategy == "local":
         summary.upload_done_s = None
     return summary
@@ -624,10 +644,10 @@ def demo_main(argv: list[str] | None = None) -> int:
 
     import_tensorflow(verbose=args.verbose)  # the server process inherits the choice
     from ionn_net.aio import run
-    from ionn_net.calibrate import load_or_calibrate
+    from ionn_net.calibrate import load_calibration
 
     model = _load_model(args.model)
-    cost = load_or_calibrate(_cache_dir())
+    cost = load_calibration(_cache_dir())
     strategies = [args.planner] if args.no_compare else ["local", "all_at_once", args.planner]
     summaries: list[RunSummary] = []
 

@@ -31,6 +31,7 @@ __all__ = [
     "LoadTimes",
     "measure_load_times",
     "measure_profile",
+    "measure_profiles",
     "profile_layers",
     "time_slice",
 ]
@@ -72,6 +73,19 @@ class LayerProfile:
     def total_ms(self) -> float:
         return sum(self.layer_ms.values())
 
+    def net_chunk_ms(self) -> list[float]:
+        """Each chunk's time net of what one call costs, chosen so that the chunks add
+        up to the whole model less one call (needs ``whole_ms``). A chunk call costs
+        more or less than the identity slice (its tensors in and out, work that the
+        whole model overlaps across the cut), by 10-25% of the whole measured here
+        either way; the difference is shared evenly among the calls, floored at a tenth
+        of each chunk."""
+        if self.whole_ms is None:
+            raise ExecutorError("net_chunk_ms: the whole model was not timed (whole=True)")
+        target = max(self.whole_ms - self.call_overhead_ms, 0.0)
+        per_call = (sum(self.chunk_ms) - target) / len(self.chunk_ms)
+        return [max(t - per_call, 0.1 * t) for t in self.chunk_ms]
+
 
 def profile_layers(
     executor: Executor,
@@ -112,33 +126,71 @@ def measure_profile(
     """:func:`profile_layers` with its measurements; ``whole=True`` also compiles the
     whole model and times it in the same rounds (a check of the profile's total that
     the machine's load affects like the chunks)."""
-    graph = executor.graph
+    found = measure_profiles(
+        {"model": executor}, runs=runs, chunks=chunks, warmup=warmup, seed=seed, whole=whole
+    )
+    return found["model"]
+
+
+def measure_profiles(
+    executors: Mapping[str, Executor],
+    *,
+    runs: int = 5,
+    chunks: int | None = None,
+    layers_per_chunk: float = 20.0,
+    warmup: int = 3,
+    seed: int = 0,
+    whole: bool = False,
+) -> dict[str, LayerProfile]:
+    """:func:`measure_profile` of several models at once: every round calls every
+    chunk of every model (and each whole model), so that a machine whose load changes
+    while they are measured slows them all alike and their profiles stay comparable.
+    Without ``chunks``, each model is cut into about one chunk per
+    ``layers_per_chunk`` layers (at most 12 at the default of 20)."""
     if runs < 1 or warmup < 0:
         raise ExecutorError(f"runs, warmup: expected >= 1 and >= 0, got {runs}, {warmup}")
-    missing = executor.missing(graph.order)
-    if missing:
-        raise ExecutorError(f"profile: layers not loaded here: {list(missing)}")
-    count = chunks if chunks is not None else min(12, max(1, round(len(graph) / 20)))
-    if count < 1:
-        raise ExecutorError(f"chunks: expected >= 1, got {count}")
-    parts = _chunks(graph, count)
-    slices = [executor.prepare(p) for p in parts]
-    extra = [executor.prepare({graph.inputs[0]})]
-    if whole:
-        extra.append(executor.prepare(graph.order))
-    values = _random_inputs(graph, seed)
-    for compiled in slices:
-        values.update(compiled(values))
-    medians = _interleaved_medians([*extra, *slices], values, runs=runs, warmup=warmup)
-    overhead, times = medians[0], medians[len(extra) :]
-    net = [max(t - overhead, 0.1 * t) for t in times]
-    return LayerProfile(
-        layer_ms=_apportion(graph, parts, net),
-        chunks=tuple(parts),
-        chunk_ms=tuple(times),
-        call_overhead_ms=overhead,
-        whole_ms=medians[1] if whole else None,
-    )
+    if not executors:
+        raise ExecutorError("profile: expected at least one model, got none")
+    cap = 12 if layers_per_chunk >= 20 else 10**6
+    plans = []
+    for executor in executors.values():
+        graph = executor.graph
+        missing = executor.missing(graph.order)
+        if missing:
+            raise ExecutorError(f"profile: layers not loaded here: {list(missing)}")
+        count = chunks or min(cap, max(1, round(len(graph) / layers_per_chunk)))
+        if count < 1:
+            raise ExecutorError(f"chunks: expected >= 1, got {count}")
+        parts = _chunks(graph, count)
+        slices = [executor.prepare(p) for p in parts]
+        if whole:
+            slices.append(executor.prepare(graph.order))
+        values = _random_inputs(graph, seed)
+        for compiled in slices[: len(parts)]:
+            values.update(compiled(values))
+        plans.append((graph, parts, slices, values))
+    first = next(iter(executors.values()))
+    identity = first.prepare({first.graph.inputs[0]})
+    # layer names may repeat across models: each slice is fed from its own model's values
+    every = [identity.constant_feeds(plans[0][3])] + [
+        s.constant_feeds(values) for _, _, slices, values in plans for s in slices
+    ]
+    calls = [identity] + [s for _, _, slices, _ in plans for s in slices]
+    medians = _timed_rounds(calls, every, runs=runs, warmup=warmup)
+    overhead, at = medians[0], 1
+    found = {}
+    for name, (graph, parts, slices, _) in zip(executors, plans, strict=True):
+        times = medians[at : at + len(parts)]
+        at += len(slices)
+        net = [max(t - overhead, 0.1 * t) for t in times]
+        found[name] = LayerProfile(
+            layer_ms=_apportion(graph, parts, net),
+            chunks=tuple(parts),
+            chunk_ms=tuple(times),
+            call_overhead_ms=overhead,
+            whole_ms=medians[at - 1] if whole else None,
+        )
+    return found
 
 
 def _random_inputs(graph: LayerGraph, seed: int) -> dict[TensorRef, np.ndarray]:
@@ -161,6 +213,12 @@ def _interleaved_medians(
     """Median milliseconds per slice over ``runs`` rounds that each call every slice
     once (interleaving spreads the shared machine's noise evenly)."""
     feeds = [s.constant_feeds(values) for s in slices]
+    return _timed_rounds(slices, feeds, runs=runs, warmup=warmup)
+
+
+def _timed_rounds(
+    slices: Sequence[CompiledSlice], feeds: Sequence[Sequence[Any]], *, runs: int, warmup: int
+) -> list[float]:
     samples: list[list[float]] = [[] for _ in slices]
     for round_no in range(warmup + runs):
         for compiled, feed, out in zip(slices, feeds, samples, strict=True):

@@ -2,9 +2,11 @@
 
 This module owns the server side of protocol.md §10. One :class:`EdgeServer` serves
 many clients, one *session* each (named by the client's session key, so it survives
-reconnects). Per session it keeps the validated manifests, the layers built so far and
-a server-side :class:`~ionn_net.executor.Executor` per model; blobs live in a
-content-addressed :class:`~ionn_net.store.BlobStore` shared by all sessions.
+reconnects). Per session it keeps one :class:`~ionn_net.server_model.ServerModel` per
+validated manifest (the layers built so far, their executor and run sets); blobs live in
+a content-addressed :class:`~ionn_net.store.BlobStore` shared by all sessions. Once a
+manifest is valid the server times its layers in the background
+(:mod:`ionn_net.server_timing`) and tells the client what it measured (§10.11).
 
 Tenant rule (protocol.md §14.5): the server only ever tells a session about blobs that
 this session uploaded (``blobs_held``) or that are public (``blobs_public``: its catalog
@@ -64,6 +66,8 @@ from ionn_net.messages import (
     Request,
     RequestError,
     Result,
+    Timings,
+    TimingsOk,
     Welcome,
     bad_member,
     check_body_len,
@@ -74,10 +78,12 @@ from ionn_net.model.graph import LayerGraph, TensorRef
 from ionn_net.model.spec import graph_from_manifest, loads_manifest, split_blob
 from ionn_net.ops.hooks import ServerGauges, ServerHooks
 from ionn_net.planner.costmodel import ServerCostModel
+from ionn_net.planner.prior import LayerPrior
 from ionn_net.proto import Codec, ErrorCode
 from ionn_net.server_catalog import PublicHoldings
 from ionn_net.server_config import ServerConfig
 from ionn_net.server_model import ServerModel, lower_priority, to_thread_to_the_end, warm_up
+from ionn_net.server_timing import ServerTimer, WorkGauge, predicted_times
 from ionn_net.store import (
     BlobCorruptError,
     BlobStore,
@@ -150,6 +156,7 @@ class EdgeServer:
         store: BlobStore | str | os.PathLike[str] | None = None,
         config: ServerConfig | None = None,
         cost_model: ServerCostModel | None = None,
+        prior: LayerPrior | None = None,
         ssl: Any = None,
         catalog: Catalog | str | os.PathLike[str] | None = None,
         hooks: ServerHooks | None = None,
@@ -165,6 +172,7 @@ class EdgeServer:
             self.store, limits=self.config.spec_limits, jit=self.config.jit
         )
         self._cost_model = cost_model
+        self._prior = prior
         self._ssl = ssl
         self.hooks = hooks or ServerHooks()
         self.ingest = BlobIngest(
@@ -188,6 +196,7 @@ class EdgeServer:
             Blob: self._on_blob,
             Load: self._on_load,
             Query: self._on_query,
+            Timings: self._on_timings,
         }
         self.handoff = HandoffService(
             self,
@@ -208,6 +217,11 @@ class EdgeServer:
             initializer=lower_priority,
             initargs=(self.config.loader_nice,),
         )
+        #: queries and loads in flight: the timer keeps out of their way (§10.11.1)
+        self.work = WorkGauge()
+        self._timer = ServerTimer(
+            self.config.timing, self.work, limits=self.config.spec_limits, jit=self.config.jit
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -226,7 +240,7 @@ class EdgeServer:
     async def start(self) -> EdgeServer:
         await asyncio.to_thread(self.public.open_catalog, self._catalog, self.config.catalog_warm)
         if self._cost_model is None:
-            self._cost_model = await asyncio.to_thread(self._load_or_calibrate)
+            self._cost_model, self._prior = await asyncio.to_thread(self._load_or_calibrate)
         await asyncio.to_thread(warm_up)
         self._server = await serve(
             self._handle,
@@ -314,6 +328,7 @@ class EdgeServer:
         await self.handoff.close()
         if self._background:  # a compile in a thread cannot be interrupted: wait for it
             await asyncio.gather(*self._background, return_exceptions=True)
+        await self._timer.close()
         self._loader.shutdown(wait=False)
 
     async def __aenter__(self) -> EdgeServer:
@@ -322,11 +337,13 @@ class EdgeServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def _load_or_calibrate(self) -> ServerCostModel:
-        from ionn_net.calibrate import load_or_calibrate
+    def _load_or_calibrate(self) -> tuple[ServerCostModel, LayerPrior]:
+        from ionn_net.calibrate import load_calibration
 
         root = self.store.root if isinstance(self.store, DirectoryStore) else None
-        return load_or_calibrate(root, notes=self.store)
+        found = load_calibration(root, notes=self.store)
+        found.log_held_out()
+        return found.cost_model, found.prior
 
     # -- dispatch ----------------------------------------------------------------------
 
@@ -554,6 +571,8 @@ class EdgeServer:
             self._layers_ready += len(model.ready)
         model.public_marked = marked
         session.models[digest] = model
+        # §10.11.1: timed in the background, after this answer
+        model.timing = self._timer.start(session.key, model.graph, model.manifest, model.predicted)
         # blobs this session already holds from its own verified uploads (or claimed) are
         # published at once
         self.public.publish(model.public_marked & self.store.owned_by(session.hash))
@@ -565,11 +584,28 @@ class EdgeServer:
     def _parse_model(self, body: bytes) -> ServerModel:
         manifest = loads_manifest(body, self.config.spec_limits, canonical=True)
         graph = graph_from_manifest(manifest, self.config.spec_limits)
-        model = ServerModel(manifest, graph, self.config.jit)
+        predict = self._prior.profile if self._prior is not None else self._predict_v1
+        model = ServerModel(manifest, graph, self.config.jit, predicted_times(graph, predict))
         shared = self.public.shared_executor(model.digest)
         if shared is not None:  # a warm catalog model: its compiled slices serve at once
             model.share_executor(shared)
         return model
+
+    def _predict_v1(self, graph: LayerGraph) -> dict[str, float]:
+        assert self._cost_model is not None
+        return self._cost_model.exec_profile(graph)
+
+    # -- §10.11 timings ------------------------------------------------------------------
+
+    async def _on_timings(self, state: _ConnState, stream: ServerStream, ask: Timings) -> Response:
+        model = self._model(state, ask.model)
+        timing = model.timing
+        await timing.wait(ask.wait_ms / 1000.0)
+        body = timing.table().encode()
+        reply = TimingsOk(
+            model=ask.model, done=timing.done, call_ms=timing.call_ms, body_len=len(body)
+        )
+        return reply, body
 
     def _holdings(self, session: _Session, model: ServerModel) -> Holdings:
         owned = self.store.owned_by(session.hash)
@@ -699,13 +735,14 @@ class EdgeServer:
         ``load``, and for layers a peer pushed ahead of their client (§15.5.5)."""
         async with model.lock:
             before = len(model.ready)
-            await to_thread_to_the_end(self._build, model, names, pool=self._loader)
-            built = len(model.ready) - before
-            prepared = []
-            for run in sets:
-                if set(run) <= model.ready:
-                    await to_thread_to_the_end(model.runner, run, pool=self._loader)
-                    prepared.append(list(run))
+            with self.work:  # §10.11.1: the timer pauses while a load runs
+                await to_thread_to_the_end(self._build, model, names, pool=self._loader)
+                built = len(model.ready) - before
+                prepared = []
+                for run in sets:
+                    if set(run) <= model.ready:
+                        await to_thread_to_the_end(model.runner, run, pool=self._loader)
+                        prepared.append(list(run))
         return prepared, built
 
     def new_model(self, body: bytes) -> ServerModel:
@@ -781,7 +818,8 @@ class EdgeServer:
                     raise RequestError("deadline_exceeded", f"query {qid}: deadline passed")
                 feeds = {TensorRef.parse(k): v for k, v in tensors.items()}
                 started = time.perf_counter()
-                result = await to_thread_to_the_end(self._run, model, run, feeds)
+                with self.work:
+                    result = await to_thread_to_the_end(self._run, model, run, feeds)
                 server_ms = (time.perf_counter() - started) * 1000.0
         self.hooks.query_computed(started - queued, server_ms / 1000.0)
         if model.complete:
@@ -816,7 +854,8 @@ class EdgeServer:
         async def work() -> None:
             async with model.lock:
                 try:
-                    await to_thread_to_the_end(model.consolidate, run, pool=self._loader)
+                    with self.work:
+                        await to_thread_to_the_end(model.consolidate, run, pool=self._loader)
                 except Exception:  # the chain keeps serving; nothing is lost
                     logger.exception("consolidating a run set of %d layers failed", len(run))
 

@@ -1,6 +1,6 @@
 """The edge server's policy (:class:`ServerConfig`): per-session quotas, thread counts,
-the shared secret and the drain deadline; wire limits live in its ``limits`` (protocol.md
-§14). Re-exported by :mod:`ionn_net.server`.
+the shared secret, the drain deadline and the timing of clients' models (protocol.md
+§10.11); wire limits live in its ``limits`` (§14). Re-exported by :mod:`ionn_net.server`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from ionn_net.errors import ConfigError
 from ionn_net.handoff.config import HandoffConfig
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
 from ionn_net.server_catalog import check_warm_spec
+from ionn_net.server_timing import TimingConfig
 
 __all__ = ["ServerConfig"]
 
@@ -45,6 +46,8 @@ class ServerConfig:
     sweep_interval_s: float = 3600.0
     #: Deadline of a graceful drain (§13.3): connections still open then are aborted.
     drain_timeout_s: float = 10.0
+    #: Timing clients' models before their weights arrive (§10.11) and its bounds.
+    timing: TimingConfig = field(default_factory=TimingConfig)
 
     def __post_init__(self) -> None:
         for name in (

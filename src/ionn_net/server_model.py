@@ -1,17 +1,18 @@
 """One client model on the server (:class:`ServerModel`), and how the server runs work in
 threads (:func:`to_thread_to_the_end`, :func:`lower_priority`, :func:`warm_up`).
 
-:class:`ServerModel` is a validated manifest of one session, assembled incrementally:
-which layers are built, which load built each (run sets are chained from per-load pieces,
-protocol.md §10.6) and the compiled runners. :class:`~ionn_net.server.EdgeServer` owns
-one per (session, model digest).
+:class:`ServerModel` is a validated manifest of one session, assembled incrementally: its
+graph, layer specs, blob sizes and the layers it refuses, which layers are built and which
+load built each (run sets are chained from per-load pieces, then one slice once the model
+is complete, protocol.md §10.6), the compiled runners, and the server's timing of its
+layers (§10.11). :class:`~ionn_net.server.EdgeServer` owns one per (session, model digest).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ionn_net.model.graph import LayerGraph
@@ -27,7 +28,13 @@ logger = logging.getLogger("ionn_net.server")
 class ServerModel:
     """One validated model of one session, assembled incrementally."""
 
-    def __init__(self, manifest: ModelManifest, graph: LayerGraph, jit: bool | None) -> None:
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        graph: LayerGraph,
+        jit: bool | None,
+        predicted: Mapping[str, float],
+    ) -> None:
         self.manifest = manifest
         self.graph = graph
         self.digest = manifest.manifest_digest()
@@ -50,6 +57,9 @@ class ServerModel:
         self._runners: dict[frozenset[str], Any] = {}
         self.consolidating: set[frozenset[str]] = set()
         self._complete = False
+        #: the prior's times of the layers the server may run, and their timing (§10.11)
+        self.predicted = predicted
+        self.timing: Any = None
         #: Blobs the session's latest manifest request marks public (§10.3.4).
         self.public_marked: frozenset[str] = frozenset()
 

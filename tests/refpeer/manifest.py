@@ -152,3 +152,44 @@ def cost_model_problems(doc: object) -> list[str]:
     except ValueError:
         problems.append("JSON numbers only (no NaN or infinity)")
     return problems
+
+
+#: §10.11: the largest time a server may announce for one layer or for ``call_ms``.
+MAX_LAYER_MS = 1e5
+
+
+def timings_problems(head: object, body: bytes, manifest: dict[str, Any]) -> list[str]:
+    """Every way a ``timings_ok`` (head and decoded body) about ``manifest`` (its JSON
+    object) breaks §10.11 (empty: valid)."""
+    if not isinstance(head, dict) or head.get("m") != "timings_ok":
+        return ["a timings_ok message"]
+    problems = []
+    if not isinstance(head.get("done"), bool):
+        problems.append("done: a boolean")
+    call = head.get("call_ms")
+    if not _number(call, 0.0, MAX_LAYER_MS) or not math.isfinite(call):
+        problems.append("call_ms: a finite number in [0, 1e5]")
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return [*problems, "body: JSON"]
+    if not isinstance(doc, dict) or set(doc) != {"measured", "predicted"}:
+        return [*problems, "body: exactly 'measured' and 'predicted'"]
+    runnable = {
+        s["name"] for s in manifest["layers"] if s["class"] not in ("InputLayer", "LocalOnly")
+    }
+    for part in ("measured", "predicted"):
+        table = doc[part]
+        if not isinstance(table, dict):
+            problems.append(f"{part}: an object")
+            continue
+        for name, ms in table.items():
+            if name not in runnable:
+                problems.append(f"{part}.{name}: a layer of the manifest the server may run")
+            if not _number(ms, 0.0, MAX_LAYER_MS) or not math.isfinite(ms):
+                problems.append(f"{part}.{name}: a finite number in [0, 1e5]")
+    if isinstance(doc["measured"], dict) and isinstance(doc["predicted"], dict):
+        both = set(doc["measured"]) & set(doc["predicted"])
+        if both:
+            problems.append(f"a layer in at most one of the two: {sorted(both)[:3]}")
+    return problems

@@ -49,6 +49,8 @@ from ionn_net.messages import (
     Stage,
     StageBlob,
     StageOk,
+    Timings,
+    TimingsOk,
     UnexpectedReply,
     Welcome,
     check_body_len,
@@ -163,6 +165,14 @@ GOLDEN: list[tuple[Any, dict[str, Any]]] = [
         Error(code="missing_blobs", message="blobs missing", layers=("a",)),
         {"m": "error", "code": "missing_blobs", "message": "blobs missing", "layers": ["a"]},
     ),
+    (
+        Timings(model="a" * 64, wait_ms=500),
+        {"m": "timings", "model": "a" * 64, "wait_ms": 500},
+    ),
+    (
+        TimingsOk(model="a" * 64, done=True, call_ms=0.25, body_len=40),
+        {"m": "timings_ok", "model": "a" * 64, "done": True, "call_ms": 0.25, "body_len": 40},
+    ),
     (ProbeQuery(body_len=4), {"m": "query", "body_len": 4}),
     (
         ProbeResult(body_len=4, t_head=1.0, t_body=2.0, lag_s=0.5),
@@ -265,7 +275,7 @@ def test_every_section_10_message_has_a_golden_head() -> None:
 
 
 def _required(message: Any, head: dict[str, Any]) -> list[tuple[Any, dict[str, Any], str]]:
-    optional = {"client", "prepare", "prepared", "offset", "layers", "body_len", "proof"}
+    optional = {"client", "prepare", "prepared", "offset", "layers", "body_len", "proof", "wait_ms"}
     optional |= {"source_error", "target_error"}  # §15: only when the other server failed
     optional |= {"public", "blobs_public"}  # §10.3.4, §10.3.3: absent means none
     cls = type(message)

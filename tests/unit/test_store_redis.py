@@ -307,10 +307,12 @@ def test_a_redis_server_caches_its_cost_model_in_the_store(
 ) -> None:
     from ionn_net import calibrate
     from ionn_net.planner.costmodel import LinearFit, ServerCostModel
+    from ionn_net.planner.prior import LayerPrior
 
     fitted = ServerCostModel(exec_fits={"conv": LinearFit("macs", 0.0, 3.0)})
     calls: list[int] = []
-    monkeypatch.setattr(calibrate, "calibrate", lambda: (calls.append(1) or fitted, {}))
+    found = calibrate.Calibration(cost_model=fitted, prior=LayerPrior())
+    monkeypatch.setattr(calibrate, "calibrate", lambda: calls.append(1) or found)
     monkeypatch.setenv("HOME", str(tmp_path))  # no cache file anywhere else
     for _ in range(2):  # two starts, two servers of the site
         assert calibrate.load_or_calibrate(None, notes=RedisStore(redis_url)) == fitted

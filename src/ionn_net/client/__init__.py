@@ -30,12 +30,15 @@ The parts, cut along the client's two loops (both on the application's event loo
 * :mod:`.session`: the upload loop (connect, handshake, upload, load, re-plan, reconnect);
 * :mod:`.runner`: the query loop (segments, local and remote runs, mid-query join,
   exactly-once local fallback);
+* :mod:`.timings`: the server's timings of the model (§10.11), followed during the upload;
+* :mod:`.explain`: what the client decided and why (:meth:`OffloadClient.explain`);
 * :mod:`.mobility`: moving between servers (grants, fetch, pre-migration, §15);
 * :mod:`.types`, :mod:`.progress`: the public value types and the progress feed.
 """
 
 from __future__ import annotations
 
+from ionn_net.client.explain import PlanExplanation, SegmentCost
 from ionn_net.client.mobility import HandoffOptions
 from ionn_net.client.offload import OffloadClient
 from ionn_net.client.plan_state import ActivePlan, PlanState
@@ -54,7 +57,9 @@ __all__ = [
     "HandoffOptions",
     "InferenceResult",
     "OffloadClient",
+    "PlanExplanation",
     "PlanState",
+    "SegmentCost",
     "SegmentTiming",
     "UploadProgress",
     "UploadTimeline",

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ionn_net.aio import AioConnection
+from ionn_net.client.explain import PlanExplanation, explain
 from ionn_net.client.mobility import HandoffOptions, Mobility, server_name
 from ionn_net.client.plan_state import PlanState
 from ionn_net.client.prepare import PreparedModel, compile_client_side, prepare_model
@@ -252,6 +253,13 @@ class OffloadClient:
         await self._progress.wait_done(timeout)
 
     # -- read-only views -----------------------------------------------------------------
+
+    def explain(self) -> PlanExplanation:
+        """What the client decided and why: per segment of the active plan its predicted
+        local, server and transfer time, what the upload will bring, where the server's
+        times came from and how far they were from what it then took
+        (:mod:`ionn_net.client.explain`; ``.line()`` prints it on one line)."""
+        return explain(self._started().state)
 
     @property
     def plan_state(self) -> PlanState:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from ionn_net.client.prepare import ChunkTable, PreparedModel
+from ionn_net.client.server_times import ServerTimes
 from ionn_net.errors import PlannerError
 from ionn_net.messages import Holdings
 from ionn_net.model.graph import LayerGraph
@@ -95,8 +96,9 @@ class PlanState:
         self._link = Link.from_mbit(assumed_mbit, 1.0)
         self._learned = LearnedCosts()
         self._bandwidth = BandwidthMeter()
-        # the server's costs: until a cost model is adopted, a 10x faster server
-        self._server_ms: dict[str, float] = self._assumed_server_ms()
+        # the server's times per layer and their sources (§10.10, §10.11)
+        self._times = ServerTimes(self._assumed_server_ms())
+        self._server_ms = self._times.ms  # the same dict, updated in place
         self._load_ms: dict[str, float] = {}
         self._partition_overhead_ms = 0.0
         self._cost_model_id = ""
@@ -150,6 +152,11 @@ class PlanState:
     @property
     def load_ms(self) -> Mapping[str, float]:
         return MappingProxyType(self._load_ms)
+
+    @property
+    def timings(self) -> ServerTimes:
+        """The server's times of this model's layers and their sources (§10.11)."""
+        return self._times
 
     @property
     def partition_overhead_ms(self) -> float:
@@ -302,12 +309,12 @@ class PlanState:
         self._cost_model_id = hashlib.sha256(repr(doc).encode()).hexdigest()
         try:
             cost = ServerCostModel.from_doc(doc)
-            self._server_ms = cost.exec_profile(self._graph)
+            self._times.adopt_model(cost.exec_profile(self._graph), "cost_model")
             self._load_ms = cost.load_profile(self._graph)
             self._partition_overhead_ms = cost.partition_overhead_ms
         except PlannerError as exc:
             logger.warning("invalid server cost model (%s): assuming a 10x faster server", exc)
-            self._server_ms = self._assumed_server_ms()
+            self._times.adopt_model(self._assumed_server_ms(), "assumed")
             self._load_ms = {}
             self._partition_overhead_ms = 0.0
 
@@ -333,6 +340,7 @@ class PlanState:
         self._upload_plan = plan
         self._partitions = list(partitions)
         self._uploaded_parts = self._loaded_parts = 0
+        self._times.changed = False  # planned with the times known now
 
     def replan_due(self, now: float) -> bool:
         """True (once) when the rest of the upload should be re-planned: the measured
@@ -343,9 +351,12 @@ class PlanState:
             self._planned_bandwidth, self._planned_at = bandwidth, now
             return False
         moved = abs(bandwidth / self._planned_bandwidth - 1) > _REPLAN_MOVE
-        if not moved or now - self._planned_at < _REPLAN_EVERY_S:
-            return False
         if self._uploaded_parts >= len(self._partitions):
+            return False
+        if self._times.take_change():  # the server's times changed (§10.11): re-plan once
+            self._planned_bandwidth, self._planned_at = bandwidth, now
+            return True
+        if not moved or now - self._planned_at < _REPLAN_EVERY_S:
             return False
         self._planned_bandwidth, self._planned_at = bandwidth, now
         return True
@@ -420,11 +431,7 @@ class PlanState:
         transfer = up_bytes / link.bandwidth + down_bytes / link.down
         # The server's cost model may have been calibrated on a busier (or idler)
         # machine: scale its predictions by what the server really takes for these layers.
-        ratio = None
-        if ran:
-            predicted = sum(self._server_ms.get(n, 0.0) for n in ran)
-            if predicted > 0.05 and server_ms > 0:
-                ratio = server_ms / predicted
+        ratio = self._times.observe(ran, server_ms) if ran else None
         self._learned.observe(
             overhead_s=seconds - server_ms / 1000.0 - transfer,
             scale_ratio=ratio,

@@ -37,10 +37,12 @@ from typing import Any
 
 from ionn_net.aio import AioConnection, connect
 from ionn_net.client.background import Activations, head_start_layers, load_in_order
+from ionn_net.client.explain import log_why_local
 from ionn_net.client.mobility import Mobility, PlanCache
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
+from ionn_net.client.timings import TimingsFollower
 from ionn_net.client.types import ClientConfig, UploadTimeline
 from ionn_net.config import Setting
 from ionn_net.errors import IonnError, OffloadError
@@ -138,6 +140,7 @@ class UploadSession:
         self._conn: AioConnection | None = None
         self._closing = False
         self._uploaded: set[str] = set()
+        self._timings = TimingsFollower(state, prepared.model_digest, config, self.activate)
         self._timeline = UploadTimeline()
         # the re-planning of the rest of the upload in a worker thread, while it goes on
         self._replanning: asyncio.Future[list[frozenset[str]]] | None = None
@@ -195,6 +198,7 @@ class UploadSession:
                 manifest.to_head(), prepared.manifest_body, limit=limit, urgency=CONTROL_URGENCY
             )
             holdings = parse_reply(head, ManifestOk).holdings
+            await self._timings.fetch(conn)  # the server's times, before planning (§10.11)
         except BaseException:
             conn.abort()
             raise
@@ -210,11 +214,12 @@ class UploadSession:
         while not self._closing:
             progress = (stats["sent_bytes"], self._state.loaded_parts)
             try:
-                if self._conn_down():
+                if self._conn is None or self._conn.closed:
                     await self.connect()
                     stats["reconnects"] += 1
-                await self._upload_all()
-                await self._until_closed()
+                async with self._timings.following(self._conn):
+                    await self._upload_all()
+                    await self._until_closed()
             except asyncio.CancelledError:
                 raise
             except (OSError, IonnError) as exc:
@@ -226,13 +231,10 @@ class UploadSession:
                 # The attempt made progress: retry soon. One that failed without any
                 # (e.g. a limit it keeps hitting) backs off up to backoff_max_s.
                 delay = config.backoff_initial_s
-            if self._conn_down():
+            if self._conn is None or self._conn.closed:
                 self._state.drop_to_local()
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, config.backoff_max_s)
-
-    def _conn_down(self) -> bool:
-        return self._conn is None or self._conn.closed
 
     async def _until_closed(self) -> None:
         """Wait for the connection to close; meanwhile (the upload is over) re-plan once
@@ -329,14 +331,14 @@ class UploadSession:
             self._timeline = replace(self._timeline, head_start=tuple(sent))
         self._plans.put(key, (found, partitions))
         state.start_upload(found, partitions)
+        log_why_local(state)  # once, with the numbers, at INFO
 
     def _planned(self, _: object) -> None:
         self._timeline = replace(self._timeline, planned_at=time.monotonic())
 
     async def _maybe_replan(self) -> None:
-        """Re-plan the rest of the upload when the measured bandwidth has moved by more
-        than 30% from the one the plan assumed (at most every 5 s: planning costs CPU), in
-        a worker thread while the upload goes on (``ours`` plans for seconds); the result,
+        """Re-plan the rest of the upload when the bandwidth moved by 30% from the plan's (at
+        most every 5 s) or the server's times changed (§10.11), in a worker thread; the result,
         minus what went up meanwhile, replaces the rest at the next partition boundary."""
         state = self._state
         task = self._replanning
@@ -349,7 +351,7 @@ class UploadSession:
         now = time.monotonic()
         if not state.replan_due(now):
             return
-        logger.info("bandwidth now %.1f Mbit/s: re-planning", state.link.bandwidth * 8e-6)
+        logger.info("re-planning the upload (%.1f Mbit/s)", state.link.bandwidth * 8e-6)
         sent, ctx, never = state.sent(), state.context(), self._never_sent()
         strategy = get_planner(self._planner)
 

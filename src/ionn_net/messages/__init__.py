@@ -9,6 +9,7 @@ package; nothing else spells a message's ``"m"`` or reads its members.
 * :mod:`.session`: ``hello``, ``challenge``, ``auth``, ``welcome`` (§10.2);
 * :mod:`.upload`: ``manifest``, ``have``, ``blob``, ``load`` and their replies (§10.3-§10.6);
 * :mod:`.query`: ``query``, ``result``, ``error`` (§10.7-§10.9);
+* :mod:`.timing`: ``timings``, ``timings_ok`` and their body (§10.11);
 * :mod:`.handoff`: the handoff between servers (§15);
 * :mod:`.dispatch`: which message a head is, by its ``"m"``;
 * :mod:`.probe`: the transport benchmark's own messages (not §10).
@@ -65,6 +66,7 @@ from ionn_net.messages.probe import (
 )
 from ionn_net.messages.query import Error, Query, RemoteError, Result
 from ionn_net.messages.session import Auth, Challenge, Hello, Welcome
+from ionn_net.messages.timing import Timings, TimingsOk, TimingTable
 from ionn_net.messages.upload import (
     Blob,
     BlobOk,
@@ -122,6 +124,9 @@ __all__ = [
     "Stage",
     "StageBlob",
     "StageOk",
+    "TimingTable",
+    "Timings",
+    "TimingsOk",
     "UnexpectedReply",
     "Welcome",
     "bad_member",

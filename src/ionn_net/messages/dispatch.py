@@ -30,6 +30,7 @@ from ionn_net.messages.handoff import (
 from ionn_net.messages.members import RequestError
 from ionn_net.messages.query import Error, Query, RemoteError, Result
 from ionn_net.messages.session import Auth, Challenge, Hello, Welcome
+from ionn_net.messages.timing import Timings, TimingsOk
 from ionn_net.messages.upload import (
     Blob,
     BlobOk,
@@ -67,6 +68,7 @@ Request = (
     | Push
     | Stage
     | StageBlob
+    | Timings
 )
 Reply = (
     Challenge
@@ -83,6 +85,7 @@ Reply = (
     | FetchOk
     | PushOk
     | StageOk
+    | TimingsOk
 )
 
 #: §10 and §15 requests by ``"m"``.
@@ -91,6 +94,7 @@ REQUESTS: Final[Mapping[str, type[Request]]] = {
     for cls in (
         *(Hello, Auth, Manifest, Have, Blob, Load, Query),
         *(Grant, Redeem, Pull, Fetch, Push, Stage, StageBlob),
+        Timings,
     )
 }
 #: §10 and §15 replies by ``"m"``.
@@ -99,6 +103,7 @@ REPLIES: Final[Mapping[str, type[Reply]]] = {
     for cls in (
         *(Challenge, Welcome, ManifestOk, HaveOk, BlobOk, LoadOk, Result, Error),
         *(GrantOk, RedeemOk, PullOk, FetchOk, PushOk, StageOk),
+        TimingsOk,
     )
 }
 

@@ -36,6 +36,7 @@ from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
 from ionn_net.model.schema import BUILDABLE_CLASSES, LOCAL_ONLY
 from ionn_net.model.spec import (
     InputSpec,
+    LayerInfo,
     LayerSpec,
     ModelManifest,
     WeightSpec,
@@ -46,7 +47,7 @@ from ionn_net.model.spec import (
     validate_manifest,
 )
 
-__all__ = ["build_layer", "build_layers", "extract_manifest"]
+__all__ = ["build_layer", "build_layers", "build_placeholder_layer", "extract_manifest"]
 
 L = keras.layers
 A = keras.activations
@@ -138,10 +139,47 @@ def build_layer(
     :class:`UnsupportedLayerError` for ``LocalOnly`` and unknown classes.
     """
     info = validate_layer(spec, input_shapes, limits)
-    factory = _KERAS_CLASSES.get(spec.cls)
-    if factory is None:
+    if spec.cls not in _KERAS_CLASSES:
         raise UnsupportedLayerError(f"layer {spec.name!r}: class {spec.cls!r} is never built")
-    arrays = check_weights(spec, info, weights)
+    return _construct(spec, info, input_shapes, check_weights(spec, info, weights))
+
+
+def build_placeholder_layer(
+    spec: LayerSpec,
+    input_shapes: Sequence[Sequence[int]],
+    *,
+    limits: SpecLimits = DEFAULT_LIMITS,
+    seed: int = 0,
+) -> Any:
+    """:func:`build_layer` with placeholder weights of the declared shapes and dtypes
+    instead of the client's (small positive floats, ones for integers): the same
+    computation at the same cost, for timing a layer before its blob arrives
+    (protocol.md §10.11). The spec is validated as in :func:`build_layer`."""
+    info = validate_layer(spec, input_shapes, limits)
+    if spec.cls not in _KERAS_CLASSES:
+        raise UnsupportedLayerError(f"layer {spec.name!r}: class {spec.cls!r} is never built")
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for w in info.weights:
+        if w.dtype == "float32":
+            a = rng.random(w.shape, dtype=np.float32)  # in place: no float64 copy
+            a *= 0.5
+            a += 0.5
+        else:
+            a = np.ones(w.shape, dtype=w.dtype)
+        arrays.append(a)
+    return _construct(spec, info, input_shapes, arrays)
+
+
+def _construct(
+    spec: LayerSpec,
+    info: LayerInfo,
+    input_shapes: Sequence[Sequence[int]],
+    arrays: list[np.ndarray],
+) -> Any:
+    """The Keras layer of a validated spec, called on symbolic inputs of the server's
+    shapes (checked against the validator's output shape), its weights set."""
+    factory = _KERAS_CLASSES[spec.cls]
     kwargs = dict(info.kwargs)
     if "activation" in kwargs:
         kwargs["activation"] = _ACTIVATIONS[str(kwargs["activation"])]

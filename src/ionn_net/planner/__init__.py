@@ -4,7 +4,8 @@ Pure (no keras, no asyncio, no clock reads). Modules:
 
 * :mod:`.link` - the link model; :mod:`.energy` - client power and objectives;
 * :mod:`.profiles` - client per-layer profiles and their cache;
-* :mod:`.costmodel` - the server's per-layer-type execution/load regressions;
+* :mod:`.costmodel` - the server's per-layer-type execution/load regressions (§10.10);
+* :mod:`.prior` - the server's per-class prior of a client's layers (§10.11);
 * :mod:`.execution` - the plan of one query (methods ``fine`` and ``ionn``);
 * :mod:`.workload` - planning context, query pattern, execution policy, upload plan;
 * :mod:`.upload` - the strategy registry (:func:`~.upload.get_planner`) and the

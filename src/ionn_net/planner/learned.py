@@ -65,6 +65,11 @@ class LearnedCosts:
             self.server_scale = (1 - _NEW) * self.server_scale + _NEW * ratio
         self.observed_at = now
 
+    def reset_scale(self) -> None:
+        """The predictions the scale corrects changed (the server timed the layers,
+        protocol.md §10.11): what was learned against the old ones starts again at 1."""
+        self.server_scale = 1.0
+
     def fade(self, now: float) -> bool:
         """Move both values toward their priors by what ``now - observed_at`` allows at
         the half-life (from the last observation or fade); True if either moved by more

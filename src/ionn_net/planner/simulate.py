@@ -66,6 +66,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,7 @@ from ionn_net.planner.workload import (
 )
 
 __all__ = [
+    "Belief",
     "PartitionRecord",
     "QueryRecord",
     "Replanner",
@@ -118,6 +120,22 @@ class _Acc:
 
 _LinkKey = tuple[Link, object]
 _MEMO_LIMIT = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Belief:
+    """The per-layer times a client plans with when it does not know the true ones
+    (those of the simulated context, which every cost is charged with): ``before``
+    until ``switch_s`` (e.g. the server's predictions), then ``after`` (its
+    measurements, protocol.md §10.11). Execution plans and the run sets the server
+    prepares are chosen with the belief at the moment of the decision."""
+
+    before: LayerTimes
+    after: LayerTimes
+    switch_s: float = math.inf
+
+    def at(self, t: float) -> tuple[int, LayerTimes]:
+        return (0, self.before) if t < self.switch_s else (1, self.after)
 
 
 class SimMemo:
@@ -169,6 +187,7 @@ class _Runner:
         loader_extra_s: float = 0.0,
         client_extra_s: float = 0.0,
         view: LayerTimes | None = None,
+        belief: Belief | None = None,
     ) -> None:
         self.ctx = ctx
         self.policy = policy
@@ -179,8 +198,14 @@ class _Runner:
         self.view = ctx.times if view is None else view
         self.learned = view is None
         self.planner: ExecutionPlanner = planner_for(ctx.graph, policy.method)
+        self.belief = belief
+        #: when the decision being made is taken (the belief may change over time)
+        self.now = 0.0
         self.plans = memo.plans
         self.run_sets = memo.run_sets
+        # plans made with the second belief are kept apart from the first's
+        self.later: tuple[dict[Any, ExecutionPlan], dict[Any, tuple[frozenset[str], ...]]]
+        self.later = ({}, {})
         up.run_sets = self.run_sets_for
         up.piece_memo = memo.pieces
         self.seg_costs = memo.seg_costs
@@ -189,20 +214,27 @@ class _Runner:
     def run_sets_for(self, usable: frozenset[str], link: Link) -> tuple[frozenset[str], ...]:
         """Server segments of the best plan with ``usable`` layers: what the server
         prepares when a partition lands."""
+        phase, times = self._times(self.up.now)
+        table = self.run_sets if phase == 0 else self.later[1]
         key = (usable, _link_key(link), self.learned)
-        if key in self.run_sets:
-            return self.run_sets[key]
+        if key in table:
+            return table[key]
         plan = self.planner.solve(
-            self.view,
+            times,
             self.planner.servable(usable),
             link,
             objective=self.policy.objective,
             power=self.ctx.power,
         )
-        self.run_sets[key] = tuple(
+        table[key] = tuple(
             frozenset(seg.layers) for seg in plan.segments if seg.location == "server"
         )
-        return self.run_sets[key]
+        return table[key]
+
+    def _times(self, t: float) -> tuple[int, LayerTimes]:
+        """The times decisions at ``t`` are made with: the planning view (the true ones
+        once learned), or the belief."""
+        return (0, self.view) if self.belief is None else self.belief.at(t)
 
     def _piece_overhead_s(self, seg: Segment, t: float) -> float:
         """Dispatch of the extra pieces of a chained segment, until consolidated. Its
@@ -218,18 +250,20 @@ class _Runner:
 
     def plan(self, k: int, link_idx: int, link: Link, start: int = 0) -> ExecutionPlan:
         del link_idx  # the link itself is part of the key
+        phase, times = self._times(self.now)
+        plans = self.plans if phase == 0 else self.later[0]
         usable = self.up.usable[k]
         key = (usable, _link_key(link), start, self.learned)
-        if key not in self.plans:
-            self.plans[key] = self.planner.solve(
-                self.view,
+        if key not in plans:
+            plans[key] = self.planner.solve(
+                times,
                 self.planner.servable(usable),
                 link,
                 objective=self.policy.objective,
                 power=self.ctx.power,
                 start=start,
             )
-        return self.plans[key]
+        return plans[key]
 
     def _server_cost(self, seg: Segment, link: Link) -> tuple[float, float, float]:
         """(up wire bytes, server seconds, down wire bytes) from the graph itself."""
@@ -313,6 +347,7 @@ class _Runner:
     def run(self, start: float, acc: _Acc, *, uploading: bool = False) -> float:
         """Execute one query from time ``start``; return its finish time. ``uploading``:
         the upload is not over, so its client segments pay ``client_extra_s``."""
+        self.now = start
         k = self.up.usable_count(start)
         link_idx, link = self.up.link_at(start)
         segments = list(self.plan(k, link_idx, link).segments)
@@ -334,6 +369,7 @@ class _Runner:
             )
             if changed is None:
                 continue
+            self.now = t
             rest = self.plan(k, link_idx, link, pos)
             fresh = self.plan(*changed, pos)
             if changed[1] != link_idx or (
@@ -373,6 +409,7 @@ def simulate(
     replanner: Replanner | None = None,
     until_s: float | None = None,
     max_queries: int = 200_000,
+    belief: Belief | None = None,
 ) -> SimResult:
     """Replay ``plan`` with the queries of ``ctx.pattern``.
 
@@ -388,8 +425,27 @@ def simulate(
         replanner=replanner,
         until_s=until_s,
         max_queries=max_queries,
+        belief=belief,
         refinements=plan.refinements,
     )
+
+
+def _planning_view(
+    ctx: PlanningContext,
+    memo: SimMemo | None,
+    belief: Belief | None,
+    plan_server_ms: Mapping[str, float] | None,
+) -> tuple[LayerTimes | None, SimMemo | None]:
+    """The planning view of ``plan_server_ms`` (None: the true times) and the memo the
+    simulation may share (none when its plans are not the truth's)."""
+    if belief is not None and memo is not None:
+        raise PlannerError("simulation: a memo holds plans made with the true times, not a belief")
+    if belief is not None and plan_server_ms is not None:
+        raise PlannerError("simulation: a belief and a planning view are exclusive")
+    if plan_server_ms is None:
+        return None, memo
+    # plans chosen with this view are this simulation's own
+    return LayerTimes.from_ms(ctx.graph, ctx.client_ms, plan_server_ms), None
 
 
 def simulate_partitions(
@@ -402,6 +458,7 @@ def simulate_partitions(
     until_s: float | None = None,
     max_queries: int = 200_000,
     memo: SimMemo | None = None,
+    belief: Belief | None = None,
     head_start: Sequence[str] = (),
     planned_s: float = 0.0,
     loader_extra_s: float = 0.0,
@@ -424,7 +481,9 @@ def simulate_partitions(
     bytes/s) the upload's pacing rate over time (query tensors are not paced);
     ``client_extra_s``: what a query's client side pays while the upload runs (see
     "Client contention"); ``plan_server_ms``: the server times plans are chosen with
-    until a query has run on the server (see "Planning view")."""
+    until a query has run on the server (see "Planning view"). With a ``belief`` the
+    client decides with its times while every cost is charged with the context's (then
+    ``memo`` cannot be shared: its plans are the truth's; not with ``plan_server_ms``)."""
     for name, values in (
         ("activation_s", activation_s),
         ("load_s", load_s),
@@ -435,10 +494,7 @@ def simulate_partitions(
             raise PlannerError(f"{name}: expected finite seconds >= 0, got {values!r}")
     if not 1 <= max_queries <= _MAX_QUERIES:
         raise PlannerError(f"max_queries: expected 1..{_MAX_QUERIES}, got {max_queries}")
-    view = None
-    if plan_server_ms is not None:
-        view = LayerTimes.from_ms(ctx.graph, ctx.client_ms, plan_server_ms)
-        memo = None  # plans chosen with this view are this simulation's own
+    view, memo = _planning_view(ctx, memo, belief, plan_server_ms)
     if memo is None:
         memo = SimMemo(ctx, policy)
     memo.check(ctx, policy)
@@ -466,6 +522,7 @@ def simulate_partitions(
         loader_extra_s=loader_extra_s,
         client_extra_s=client_extra_s,
         view=view,
+        belief=belief,
     )
     pattern = ctx.pattern
     limit = min(
@@ -486,6 +543,7 @@ def simulate_partitions(
         acc = _Acc()
         done = up.finished_by(started)
         steady = done and math.isinf(up.next_change(started))
+        steady = steady and (belief is None or started >= belief.switch_s)
         prev_end = runner.run(started, acc, uploading=not done)
         energy = ctx.power.energy_j(compute_s=acc.compute, transfer_s=acc.transfer, wait_s=acc.wait)
         rec = QueryRecord(

@@ -9,6 +9,7 @@ runs the installed package and not the sources."""
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -25,10 +26,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 @pytest.fixture(scope="module")
 def quick_run(
-    tmp_path_factory: pytest.TempPathFactory, wheel_venv: Path
+    tmp_path_factory: pytest.TempPathFactory, wheel_venv: Path, calibration_dir: Path
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("bench")
     out = root / "out"
+    # the server's calibration of this machine is the session's (it takes minutes afresh)
+    shutil.copytree(calibration_dir, root / "cache")
     argv = [str(wheel_venv / "ionn-bench"), "--quick", "--out", str(out)]
     argv += ["--cache-dir", str(root / "cache")]
     proc = subprocess.run(
