@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ionn_net.aio.pacing import Pacer
 from ionn_net.aio.sockopts import TcpInfo
@@ -138,6 +138,15 @@ class BottleneckPath:
         self._free_at = leaves
         return leaves
 
+    def stall(self, now: float, seconds: float) -> None:
+        """The bottleneck delivers nothing for ``seconds`` from ``now`` (a receiver or a
+        host that stopped for a moment); what it holds and what arrives meanwhile waits,
+        then leaves at the rate again."""
+        self.advance(now)
+        self._free_at = max(self._free_at, now) + seconds
+        self._tokens = 0.0
+        self._last_token = self._free_at
+
     def queue_s(self, now: float) -> float:
         """How long a byte written now waits before its own transfer: unsent bytes ahead of
         it plus the bottleneck's backlog."""
@@ -195,16 +204,26 @@ def simulate(
     host_rate: float | None = None,
     events: Sequence[tuple[float, Callable[[BottleneckPath, float], None]]] = (),
     deadline_s: float = 120.0,
+    rtt_noise: Callable[[float], float] | None = None,
 ) -> Run:
     """Upload ``upload`` bytes paced by the pacer ``pacer_for(info_source)`` makes, with a
     query of ``query_bytes`` written every ``query_every_s`` from t = 0 (the upload's first
     byte); the writer wakes ``wake_late_s`` after the time it asked for and releases at most
     ``host_rate`` bytes/s (a busy host; None: no limit). Each of ``events`` is called with
-    the path and the time once that time has come (a path that changes its rate, ...)."""
+    the path and the time once that time has come (a path that changes its rate, ...).
+    ``rtt_noise(now)`` seconds are added to the RTT that TCP_INFO reports (a busy host's
+    scheduling: the path itself does not change)."""
     path = BottleneckPath(rate, delay_s)
     path.handshake()
     clock = [0.0]
-    pacer = pacer_for(lambda: path.info(clock[0]))
+
+    def info() -> TcpInfo:
+        now = clock[0]
+        if rtt_noise is None:
+            return path.info(now)
+        return replace(path.info(now), rtt_s=path.info(now).rtt_s + rtt_noise(now))
+
+    pacer = pacer_for(info)
     sent = 0
     now = 0.0
     next_query = 0.0

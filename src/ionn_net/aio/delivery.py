@@ -110,6 +110,10 @@ class DeliveryLog:
         less history than that)."""
         return self._rate(now - span, now, 1)
 
+    def acked(self, start: float, end: float) -> float | None:
+        """Bytes/s acknowledged between two past moments (None: not known then)."""
+        return self._rate(start, end, 1)
+
     def sent(self, start: float, end: float) -> float | None:
         """Bytes/s the kernel sent between two past moments (None: not known then)."""
         return self._rate(start, end, 2)

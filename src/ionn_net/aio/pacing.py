@@ -28,8 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ionn_net.aio.delivery import DEFAULT_MSS, DeliveryLog, LinkRateMeter, Ramp, RateEstimator
+from ionn_net.aio.pacing_config import PacingConfig
 from ionn_net.aio.sockopts import TcpInfo
-from ionn_net.errors import ConfigError
 from ionn_net.proto.flood import TokenBucket
 
 __all__ = ["LinkRateMeter", "Pacer", "PacingConfig", "RateEstimator"]
@@ -68,9 +68,14 @@ _AFTER_RAMP_MIN_S = 0.01
 #: The first probe follows the ramp after this many control intervals: it calibrates the
 #: ramp's estimate, which the ramp's growth and a bottleneck's burst allowance blur.
 _FIRST_PROBE_INTERVALS = 4
-#: A queue this many times queue_high_s is no sample's noise: the estimate goes straight
-#: down to what the path delivered (a path that got slower).
+#: A queue this many times queue_high_s is no sample's noise: the estimate goes down to what
+#: the path delivered (a path that got slower)...
 _LONG_QUEUE = 4.0
+#: ...but by at most this share per control interval: a path that stalled for a moment
+#: (a host stopped by CPU contention) delivered next to nothing meanwhile, and is not slower.
+_LONG_QUEUE_STEP = 0.25
+#: Deliveries over two halves of a span this close are a path's steady rate, not a stall's.
+_STEADY = 0.8
 #: A probe's steps stay at PacingConfig.increase until it has raised the estimate by this
 #: factor (well past 1 / gain: the path got faster), then grow by _PROBE_GROWTH per step, up to
 #: _PROBE_MAX_STEP, so a path much faster than estimated is found within a few seconds.
@@ -82,100 +87,6 @@ _PROBE_MEASURE_S = 0.1
 #: Time constant of the queueing delay outside probes: what a probe's queue is measured
 #: against (on a busy host the RTT carries a millisecond or two of scheduling).
 _BASE_SMOOTHING_S = 1.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PacingConfig:
-    """How upload-urgency streams are paced (see :class:`Pacer`).
-
-    ``rate_bps`` (bits/s) fixes the bottleneck rate; None estimates it. Streams whose
-    urgency is >= ``min_urgency`` are paced (uploads are urgency 5, §8.1) at ``gain`` x the
-    bottleneck rate, counting every byte the connection writes. ``burst_s`` bounds how much
-    sending may catch up after a late wake-up (at least two chunks). Each release carries
-    about ``chunk_time_s`` of link time (on a slow link one smaller frame), so an urgent
-    frame waits behind about that much upload at the bottleneck.
-
-    An estimated rate starts at ``initial_window`` segments (or TCP's larger congestion
-    window) per round trip, at most ``initial_rate_bps``, and ramps up (doubling every
-    ``ramp_rtts`` feedback delays, at least ``ramp_min_s``, never past ``ramp_gain`` x what
-    the path delivered, measured over at least ``ramp_span_s``) until a queue of
-    ``ramp_exit_s`` shows or the path stops keeping up. Then every control interval (at
-    least ``control_interval_s``) the queueing delay steers it: above ``queue_high_s`` with
-    the path behind, down by at most ``decrease`` (never below ``min_fraction`` of the
-    first estimate); every ``probe_interval_s`` a probe raises it in steps of ``increase``
-    until the queue grows by ``queue_low_s``. ``sample_interval_s`` spaces the
-    ``TCP_INFO`` reads; delivery is measured over at least ``min_span_s``, and
-    ``window_s`` is the meter's memory.
-
-    Unpaced bytes (queries) are charged to the same bucket, but never starve the upload:
-    they can put it at most ``max_debt_s`` of pacing time in debt, and while the debt is
-    over half of that, paced streams still get ``min_share`` of the pacing rate. Without
-    these, queries sending more than the pacing rate (ResNet50's 600 KB inputs back to back
-    on an 80 Mbit/s link whose estimate had sunk) stopped an upload for minutes in
-    ionn-bench.
-    """
-
-    rate_bps: float | None = None
-    gain: float = 0.95
-    min_urgency: int = 4
-    burst_s: float = 0.006
-    chunk_time_s: float = 0.003
-    window_s: float = 5.0
-    sample_interval_s: float = 0.01
-    min_span_s: float = 0.25
-    initial_rate_bps: float = 8e6
-    initial_window: int = 10
-    ramp_rtts: float = 2.0
-    ramp_min_s: float = 0.03
-    ramp_gain: float = 1.15
-    ramp_span_s: float = 0.02
-    ramp_exit_s: float = 0.002
-    probe_interval_s: float = 10.0
-    control_interval_s: float = 0.05
-    queue_low_s: float = 0.001
-    queue_high_s: float = 0.004
-    increase: float = 0.005
-    decrease: float = 0.03
-    min_fraction: float = 0.25
-    min_share: float = 0.1
-    max_debt_s: float = 0.1
-
-    def __post_init__(self) -> None:
-        checks: tuple[tuple[str, float | None, float, float], ...] = (
-            ("rate_bps", self.rate_bps, 1e3, 1e12),
-            ("gain", self.gain, 0.1, 2.0),
-            ("burst_s", self.burst_s, 0.0, 1.0),
-            ("chunk_time_s", self.chunk_time_s, 0.0001, 1.0),
-            ("window_s", self.window_s, 0.1, 600.0),
-            ("sample_interval_s", self.sample_interval_s, 0.001, 10.0),
-            ("min_span_s", self.min_span_s, 0.001, 60.0),
-            ("initial_rate_bps", self.initial_rate_bps, 1e3, 1e12),
-            ("initial_window", self.initial_window, 1, 1000),
-            ("ramp_rtts", self.ramp_rtts, 0.5, 100.0),
-            ("ramp_min_s", self.ramp_min_s, 0.001, 10.0),
-            ("ramp_gain", self.ramp_gain, 1.0, 4.0),
-            ("ramp_span_s", self.ramp_span_s, 0.001, 10.0),
-            ("ramp_exit_s", self.ramp_exit_s, 0.0, 10.0),
-            ("probe_interval_s", self.probe_interval_s, 0.1, 3600.0),
-            ("control_interval_s", self.control_interval_s, 0.001, 60.0),
-            ("queue_low_s", self.queue_low_s, 0.0, 10.0),
-            ("queue_high_s", self.queue_high_s, 0.0, 10.0),
-            ("increase", self.increase, 0.0, 1.0),
-            ("decrease", self.decrease, 0.0, 0.9),
-            ("min_fraction", self.min_fraction, 0.0, 1.0),
-            ("min_share", self.min_share, 0.0, 1.0),
-            ("max_debt_s", self.max_debt_s, 0.0, 10.0),
-        )
-        for name, value, low, high in checks:
-            if value is not None and not low <= value <= high:
-                raise ConfigError(f"PacingConfig.{name}: expected {low}..{high}, got {value!r}")
-        if self.queue_low_s > self.queue_high_s:
-            raise ConfigError(
-                f"PacingConfig.queue_low_s: expected <= queue_high_s ({self.queue_high_s}), "
-                f"got {self.queue_low_s}"
-            )
-        if not 0 <= self.min_urgency <= 7:
-            raise ConfigError(f"PacingConfig.min_urgency: expected 0..7, got {self.min_urgency}")
 
 
 def _segment(info: TcpInfo) -> int:
@@ -220,11 +131,20 @@ class Pacer:
     2. *Steady state*: every control interval (four minimum RTTs, at least
        ``control_interval_s``) a queue above ``queue_high_s`` that grew, or that the path
        is behind on (it acknowledged less than was written), takes the estimate a step of
-       ``decrease`` down, to what the path delivered if it was behind (straight there when
-       the queue is long), and is owed. The estimate does not creep up on its own: pacing
-       below the bottleneck, a path that got faster looks the same as one that did not, and
-       an estimate raised whenever no queue showed settled where gain x estimate filled the
-       link: a standing queue, the upload at 96-97% of a 200 Mbit/s link, not the gain's
+       ``decrease`` down, to what the path delivered if it was behind, and is owed. When
+       the queue is long, the step is larger but bounded (a quarter per interval): a path
+       that stalled for 0.3 s (a host stopped by CPU contention) delivered next to nothing
+       and is not slower, and going straight to its deliveries kept the estimate at a
+       quarter of the link for minutes (bench/transport.py at 20 Mbit/s). The queue's drain
+       right after tells the two apart: a path that came back delivers above the estimate
+       (back up to that), a slower one steadily below it (down to that); else a probe
+       soon after, rising fast to the rate held before, where a queue the path delivered
+       in full (a host's scheduling noise) is no measurement of its rate.
+
+       The estimate does not creep up on its own: pacing below the bottleneck, a path
+       that got faster looks the same as one that did not, and an estimate raised
+       whenever no queue showed settled where gain x estimate filled the link: a standing
+       queue, the upload at 96-97% of a 200 Mbit/s link, not the gain's
        95%. After a step down it comes back, but only up to the rate last measured.
     3. *Probes* measure: every ``probe_interval_s``, and first shortly after the ramp, the
        estimate rises by ``increase`` per interval until the queue is ``queue_low_s`` above
@@ -257,6 +177,8 @@ class Pacer:
         self._shrinks = 0  # how often the ramp went back to the deliveries...
         self._stall_rate = 0.0  # ...since it first did so, at this rate
         self._after_ramp: tuple[float, int] | None = None  # (when it ended, bytes_acked)
+        self._after_step: tuple[float, int] | None = None  # (a bounded step, bytes_acked)
+        self._recall = 0.0  # the estimate before bounded steps no probe has yet confirmed
         self._no_info = False  # TCP_INFO was unavailable: never paced (estimated mode)
         self._chunk = 0
         self._samples = 0
@@ -267,6 +189,7 @@ class Pacer:
         self._next_probe = float("inf")
         self._probe_from: float | None = None  # the estimate a running probe began at
         self._probe_step = 0.0
+        self._probe_span_from = 0.0  # where a probe's steps start to grow from (see _probe_up)
         self._probe_hold: tuple[float, int] | None = None  # since when a probe measures
         self._measured = 0.0  # the path's rate as last measured (the ramp, a probe)
         self._queue_base = 0.0  # queueing delay when no probe runs (smoothed)
@@ -428,6 +351,8 @@ class Pacer:
         self._log.add(info, now, self._written)
         if self._after_ramp is not None:
             self._measure_after_ramp(info, now)
+        if self._after_step is not None:
+            self._measure_after_step(info, now)
         if self._estimate is not None:
             self._control(info, now)
         elif self._ramp is None:
@@ -604,6 +529,36 @@ class Pacer:
             self._floor = delivered * self.config.min_fraction
             self._install(now)
 
+    def _measure_after_step(self, info: TcpInfo, now: float) -> None:
+        """After a bounded step down, the queue that made it is still there and the upload
+        waits for it to drain (it is owed): for most of a round trip, which the queue
+        lengthens, the path delivers at its own rate now. A path that stalled and came back
+        delivers at its full rate: the estimate returns to that. A path that got slower
+        delivers at its new rate, steadily (both halves of the span within _STEADY of each
+        other): the estimate goes down to that. A stall delivers nothing, or unevenly as it
+        ends: no measurement (the next interval's queue steps it further down)."""
+        assert self._after_step is not None and self._estimate is not None
+        start, acked = self._after_step
+        if now - start < _AFTER_RAMP * info.rtt_s:
+            return
+        self._after_step = None
+        if now - start < _AFTER_RAMP_MIN_S:
+            return
+        delivered = (info.bytes_acked - acked) / (now - start)
+        middle = (start + now) / 2
+        first, second = self._log.acked(start, middle), self._log.acked(middle, now)
+        if delivered > self._estimate:
+            self._count("estimate raised by the drain after a step")
+        elif first and second and min(first, second) >= _STEADY * max(first, second):
+            self._count("estimate lowered by the drain after a step")
+        else:
+            return
+        self._estimate = self._measured = max(self._floor, delivered)
+        # (measured: no rate from before the stall to go back to, no early probe)
+        self._recall = 0.0
+        self._next_probe = now + self.config.probe_interval_s
+        self._install(now)
+
     # ------------------------------------------------------------------ steady state
 
     def _control(self, info: TcpInfo, now: float) -> None:
@@ -639,7 +594,7 @@ class Pacer:
                 return
             if now >= self._next_probe:
                 self._count("probe")
-                self._probe_from = self._estimate
+                self._probe_from = self._probe_span_from = self._estimate
                 self._probe_step = cfg.increase
                 self._estimate *= 1.0 + cfg.increase
             elif self._estimate < self._measured and queue < self._queue_base + cfg.queue_low_s:
@@ -657,8 +612,9 @@ class Pacer:
     def _decrease(self, info: TcpInfo, now: float, signals: _Signals) -> None:
         """A queue that grows: if the path was behind, what it delivered is its rate (at
         most one step down unless the queue is long: a sample can read low; a probe that
-        went past the path ends there); else one step down. The queue is owed, so it
-        drains before the upload goes on."""
+        went past the path ends there; at most one bounded step either way, see
+        _step_down); else one step down. The queue is owed, so it drains before the upload
+        goes on."""
         assert self._estimate is not None
         cfg = self.config
         in_socket = signals.in_socket > cfg.queue_high_s
@@ -667,9 +623,13 @@ class Pacer:
         # burst allowance, and over two short intervals read 2% high)
         span = max(cfg.min_span_s, 2.0 * info.rtt_s)
         path = self._path_rate(info, now, span)
-        if self._probe_from is not None and path is not None:
+        long_queue = signals.queue > _LONG_QUEUE * cfg.queue_high_s
+        step = self._estimate * (1.0 - _LONG_QUEUE_STEP)
+        if path is not None and path < step and (long_queue or self._probe_from is not None):
+            self._step_down(info, now, path, step)
+        elif self._probe_from is not None and path is not None:
             self._end_probe(info, now, path)
-        elif path is not None and signals.queue > _LONG_QUEUE * cfg.queue_high_s:
+        elif path is not None and long_queue:
             self._end_probe(info, now, None)
             self._estimate = self._measured = max(self._floor, path)  # the path got slower
         else:
@@ -682,6 +642,26 @@ class Pacer:
             self._estimate = max(self._floor, lower)
         self._install(now)
         self._owe(self._backlog(info), now)
+
+    def _step_down(self, info: TcpInfo, now: float, path: float, step: float) -> None:
+        """The path delivered far less than the estimate while a long queue showed: it got
+        much slower, or it stalled (a host stopped for a moment by CPU contention: next to
+        nothing delivered, then the full rate again). Which one, this span cannot tell;
+        taking the stall's deliveries for the rate sank the estimate to its floor, where
+        nothing measured the path again until a probe. So the estimate goes one bounded
+        step down (``step``; the next interval's queue takes it further), the path's
+        rate as measured to what it delivered, and two measurements follow: the drain of
+        the queue right after (_measure_after_step), else a probe within a few intervals
+        that rises quickly back to the rate held before (_probe_up)."""
+        assert self._estimate is not None
+        recall = max(self._recall, self._estimate)
+        self._end_probe(info, now, None)
+        self._estimate = max(self._floor, step)
+        self._measured = max(self._floor, min(self._measured, path))
+        self._recall = recall
+        self._after_step = (now, info.bytes_acked)
+        interval = max(self.config.control_interval_s, 4.0 * info.min_rtt_s)
+        self._next_probe = min(self._next_probe, now + _FIRST_PROBE_INTERVALS * interval)
 
     def _path_rate(self, info: TcpInfo, now: float, span: float) -> float | None:
         """What the path delivered over the last ``span`` if it was behind meanwhile: then
@@ -752,8 +732,24 @@ class Pacer:
             assert self._probe_hold is not None
             since, acked = self._probe_hold
             if now - since >= max(2.0 * interval, _PROBE_MEASURE_S):
+                delivered = (info.bytes_acked - acked) / (now - since)
+                assert self._estimate is not None
+                if self._estimate < self._recall and self._delivered_all(
+                    info, since, now, delivered
+                ):
+                    # Below what the path carried before a stall, and it delivered all
+                    # that was written: the queue was the host's (a millisecond of
+                    # scheduling), not the path's, and what was delivered is only this
+                    # probe's own low rate. Taken for the path's, it kept the estimate
+                    # low for minutes. The rise goes on.
+                    self._count("probe's queue was not the path's")
+                    self._probe_hold = None
+                    if not used or signals.window_bound:
+                        return False
+                    self._probe_up()
+                    return True
                 self._count("probe measured the path")
-                self._end_probe(info, now, (info.bytes_acked - acked) / (now - since))
+                self._end_probe(info, now, delivered)
                 return True
             if signals.queue > self._queue_base + cfg.queue_high_s:
                 self._count("probe found a queue")
@@ -768,11 +764,24 @@ class Pacer:
         self._probe_up()
         return True
 
+    def _delivered_all(self, info: TcpInfo, since: float, now: float, delivered: float) -> bool:
+        """Whether the path delivered, from ``since`` to ``now``, about all that was written
+        (queries too) a round trip before: then it kept up, and what it delivered is only
+        the sending rate, not the path's (unknown: no)."""
+        written = self._log.written(since - info.rtt_s, now - info.rtt_s)
+        return written is not None and delivered >= _BEHIND * written
+
     def _probe_up(self) -> None:
         """One step of a probe: small where the path's rate is expected (a step that
         overshoots queues for as long as the queue takes to show), growing past that."""
         assert self._estimate is not None and self._probe_from is not None
-        if self._estimate > self._probe_from * _PROBE_SPAN:
+        if self._recall > 0 and self._estimate >= self._recall:
+            # Back at the rate held before a stall: from here on as a probe that began
+            # here, in small steps (the path's rate may be near).
+            self._recall = 0.0
+            self._probe_span_from = self._estimate
+            self._probe_step = self.config.increase
+        elif self._estimate < self._recall or self._estimate > self._probe_span_from * _PROBE_SPAN:
             self._probe_step = min(_PROBE_MAX_STEP, self._probe_step * _PROBE_GROWTH)
         self._estimate *= 1.0 + self._probe_step
 
@@ -784,6 +793,7 @@ class Pacer:
         self._probe_hold = None
         if start is None:
             return
+        self._recall = 0.0  # (what it found is the path's rate now)
         self._next_probe = now + self.config.probe_interval_s
         assert self._estimate is not None
         if delivered is None:

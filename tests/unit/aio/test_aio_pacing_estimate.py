@@ -30,6 +30,7 @@ def _run(
     query_bytes: int = 16 * 1024,
     query_every_s: float | None = None,
     host_rate: float | None = None,
+    rtt_noise: Callable[[float], float] | None = None,
 ) -> tuple[Run, Pacer]:
     """An upload of ``seconds`` of the link, paced at an estimated rate."""
     rate = rate_mbit * MBIT
@@ -48,6 +49,7 @@ def _run(
         query_bytes=query_bytes,
         events=events,
         host_rate=host_rate,
+        rtt_noise=rtt_noise,
     )
     return run, made[0]
 
@@ -240,3 +242,50 @@ def test_unsent_bytes_a_slow_reader_holds_back_are_no_reason_to_back_off() -> No
     assert _after_a_held_socket(reader=True) == pytest.approx(1.0, abs=0.02)
     # Held by the kernel (its own pacing, a window after a loss): ours to back off on.
     assert _after_a_held_socket(reader=False) < 0.9
+
+
+@pytest.mark.parametrize("delay_s", [0.0001, 0.02])
+def test_the_estimate_comes_back_after_the_path_stalls(delay_s: float) -> None:
+    # The path delivers nothing for 0.3 s (a host stopped by CPU contention) while the queue
+    # shows, then the link's full rate again: a stall is not a slower path. Taking what was
+    # delivered meanwhile for the path's rate sank the estimate to a quarter of the link, and
+    # a later probe that measured only its own low rate kept it there for minutes
+    # (bench/transport.py at 20 Mbit/s: the upload at 26% of the link).
+    def stall(path: BottleneckPath, now: float) -> None:
+        path.stall(now, 0.3)
+
+    run, _ = _run(20, delay_s, 10.0, events=[(3.0, stall)])
+    assert _pacing(run, 2.0, 3.0) / (20 * MBIT) >= 0.9
+    # Within 5 s of the stall's end the estimate is back at 90% of the link or more (the
+    # upload is paced at the gain, 0.95, times the estimate), and stays there.
+    assert _pacing(run, 7.3, 8.3) / (20 * MBIT) >= 0.9 * 0.95
+    # ...and stays there, not past the link (the gain's 95% of it, within a sample's error).
+    assert 0.9 * 0.95 <= _pacing(run, 7.3) / (20 * MBIT) <= 0.97
+
+
+def test_a_probe_after_a_stall_does_not_take_the_hosts_noise_for_the_path() -> None:
+    # For a second after the stall the RTT carries 3 ms of scheduling noise (the host that
+    # stalled is still busy): a queue to the probe that rises from the step's low rate.
+    # What the path delivered meanwhile is all that was written, the probe's own rate, not
+    # the path's: the rise goes on.
+    def stall(path: BottleneckPath, now: float) -> None:
+        path.stall(now, 0.3)
+
+    def noise(now: float) -> float:
+        return 0.003 if 4.3 <= now < 5.3 else 0.0
+
+    run, pacer = _run(20, 0.02, 10.0, events=[(3.0, stall)], rtt_noise=noise)
+    assert pacer.events.get("probe's queue was not the path's", 0) >= 1
+    assert _pacing(run, 7.3, 8.3) / (20 * MBIT) >= 0.9 * 0.95
+
+
+def test_a_much_slower_path_is_not_taken_for_a_stall() -> None:
+    # The path drops to 30% at once: its long queue takes the estimate one bounded step
+    # down, and the queue's drain, steady at the new rate, takes it the rest of the way
+    # (bounded steps alone left a 25 ms queue for two seconds).
+    def slower(path: BottleneckPath, now: float) -> None:
+        path.rate *= 0.3
+
+    run, _ = _run(20, 0.02, 8.0, events=[(3.0, slower)])
+    assert _pacing(run, 5.0) / (0.3 * 20 * MBIT) <= 1.0
+    assert max(run.extra(5.0, 9.0)) * 1e3 <= 3.0
