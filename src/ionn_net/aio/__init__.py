@@ -12,9 +12,8 @@ from ionn_net.aio.connection import AioConnection, Handler, ServerStream, Stream
 from ionn_net.aio.errors import ConnectionClosedError, StreamResetError
 from ionn_net.aio.loop import ENV_NO_UVLOOP, loop_factory, new_event_loop, run, uvloop_wanted
 from ionn_net.aio.options import TransportOptions
-from ionn_net.aio.pacing import Pacer, PacingConfig, RateEstimator
+from ionn_net.aio.pacing import Pacer, PacingConfig, RateEstimator, TokenBucket
 from ionn_net.aio.stream import BaseStream, StreamHost
-from ionn_net.proto.flood import TokenBucket  # the pacer's bucket, shared with §14.3
 
 __all__ = [
     "ENV_NO_UVLOOP",

@@ -128,9 +128,7 @@ class ConnectionBase:
         self._control_budget = WindowCounter(
             limits.control_frames_per_window, limits.control_window_s
         )
-        self._reset_bucket = TokenBucket(
-            limits.reset_rate_per_s, limits.reset_burst, now, full=True
-        )
+        self._reset_bucket = TokenBucket(limits.reset_burst, limits.reset_rate_per_s, now)
         self._useless = 0
         self._pings: dict[bytes, float] = {}
         self._keepalive: bytes | None = None
