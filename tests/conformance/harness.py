@@ -17,10 +17,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tests.conformance.vectors import Vector
 from tests.refpeer import wire as rw
-from tests.refpeer.channels import PeerTimeout, PipeChannel
+from tests.refpeer.channels import PeerTimeout, PipeChannel, SocketChannel
+from tests.refpeer.manifest import Weight
 from tests.refpeer.peer import PeerClosed, RefPeer
+from tests.refpeer.session import hello
 from tests.refpeer.wire import PeerError
 
 from ionn_net.config import Limits
@@ -317,3 +320,18 @@ def refpeer_outcome(data: bytes, settings: dict[int, int] | None = None) -> Outc
     except (PeerClosed, PeerTimeout):
         pass
     return Outcome("ignored")
+
+
+def session(server: Any, *, timeout: float = 30.0) -> RefPeer:
+    """A reference-peer connection to the live ``server`` (anything with a ``port``), past
+    the §10.2 exchange: the server's answer to ``hello`` was ``welcome``."""
+    peer = RefPeer(SocketChannel.connect("127.0.0.1", server.port), client=True, timeout=timeout)
+    peer.handshake()
+    (welcome,) = hello(peer)
+    assert welcome.head["m"] == "welcome", welcome.head
+    return peer
+
+
+def f32(a: np.ndarray) -> Weight:
+    """A manifest weight of ``a``'s shape, its values as little-endian float32 (§10.3.1)."""
+    return Weight(list(a.shape), np.ascontiguousarray(a, dtype="<f4").tobytes())

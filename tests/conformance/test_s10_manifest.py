@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.conformance.harness import f32, session
 from tests.helpers.edge_server import running_server
 from tests.refpeer import RefPeer, SocketChannel
-from tests.refpeer.manifest import Manifest, Weight, cost_model_problems
+from tests.refpeer.manifest import Manifest, cost_model_problems
 from tests.refpeer.session import hello, welcome_cost_model
 
 from ionn_net.errors import PlannerError
@@ -32,18 +33,6 @@ from ionn_net.planner.costmodel import ServerCostModel
 def server() -> Iterator[Any]:
     with running_server() as srv:
         yield srv
-
-
-def session(srv: Any) -> RefPeer:
-    peer = RefPeer(SocketChannel.connect("127.0.0.1", srv.port), client=True, timeout=30.0)
-    peer.handshake()
-    (welcome,) = hello(peer)
-    assert welcome.head["m"] == "welcome", welcome.head
-    return peer
-
-
-def f32(a: np.ndarray) -> Weight:
-    return Weight(list(a.shape), np.ascontiguousarray(a, dtype="<f4").tobytes())
 
 
 def upload(peer: RefPeer, m: Manifest, body: bytes) -> str:

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.conformance.harness import f32
 from tests.helpers.edge_server import running_server
 from tests.refpeer import RefPeer, SocketChannel
 from tests.refpeer.holdings import holdings_problems, manifest_head, public_layers
-from tests.refpeer.manifest import Manifest, Weight
+from tests.refpeer.manifest import Manifest
 from tests.refpeer.session import hello
 
 from ionn_net.catalog import add_manifest
@@ -44,10 +45,6 @@ def dense_model(seed: int = 0) -> tuple[Manifest, bytes, dict[str, np.ndarray]]:
     )
     m.layer("d2", "Dense", {"units": 2}, [h], [f32(w["k2"]), f32(w["b2"])])
     return m, m.body(["d2:0"]), w
-
-
-def f32(a: np.ndarray) -> Weight:
-    return Weight(list(a.shape), np.ascontiguousarray(a, dtype="<f4").tobytes())
 
 
 def reference(w: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:

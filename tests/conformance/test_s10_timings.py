@@ -15,15 +15,17 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pytest
+from tests.conformance.harness import f32
+from tests.conformance.harness import session as harness_session
 from tests.conformance.test_s10_client import FakeServer, _run_client
 from tests.helpers.edge_server import running_server
-from tests.refpeer import RefPeer, SocketChannel
-from tests.refpeer.manifest import Manifest, Weight, timings_problems
-from tests.refpeer.session import hello
+from tests.refpeer import RefPeer
+from tests.refpeer.manifest import Manifest, timings_problems
 
 from ionn_net.planner.costmodel import LinearFit, ServerCostModel
 
@@ -36,16 +38,7 @@ def server() -> Iterator[Any]:
         yield srv
 
 
-def session(srv: Any) -> RefPeer:
-    peer = RefPeer(SocketChannel.connect("127.0.0.1", srv.port), client=True, timeout=60.0)
-    peer.handshake()
-    (welcome,) = hello(peer)
-    assert welcome.head["m"] == "welcome", welcome.head
-    return peer
-
-
-def f32(a: np.ndarray) -> Weight:
-    return Weight(list(a.shape), np.ascontiguousarray(a, dtype="<f4").tobytes())
+session = partial(harness_session, timeout=60.0)
 
 
 def small_cnn(name: str) -> Manifest:
