@@ -31,7 +31,7 @@ from ionn_net.proto.events import (
     Event,
     StreamReset,
 )
-from ionn_net.proto.flood import TokenBucket, WindowCounter
+from ionn_net.proto.flood import EventBucket, WindowCounter
 from ionn_net.proto.flowtune import RttEstimator, grown_window
 from ionn_net.proto.outbound import FrameParts, Outbound
 from ionn_net.proto.streams import FrameKind, Stream, StreamState
@@ -128,7 +128,7 @@ class ConnectionBase:
         self._control_budget = WindowCounter(
             limits.control_frames_per_window, limits.control_window_s
         )
-        self._reset_bucket = TokenBucket(limits.reset_burst, limits.reset_rate_per_s, now)
+        self._reset_bucket = EventBucket(limits.reset_rate_per_s, limits.reset_burst, now)
         self._useless = 0
         self._pings: dict[bytes, float] = {}
         self._keepalive: bytes | None = None

@@ -1,13 +1,14 @@
 """Flood budgets of protocol.md §14.3, driven by the ``now`` the caller passes in.
 
 This module owns the two rate primitives the connection uses: a fixed-window counter
-(PING/SETTINGS per window) and a token bucket (RESET burst then steady rate). Neither
-reads a clock.
+(PING/SETTINGS per window) and an event bucket (RESET burst then steady rate). Neither
+reads a clock. (The pacer's byte bucket is ``ionn_net.aio.pacing.TokenBucket``; both take
+``rate, burst, now`` in that order.)
 """
 
 from __future__ import annotations
 
-__all__ = ["TokenBucket", "WindowCounter"]
+__all__ = ["EventBucket", "WindowCounter"]
 
 
 class WindowCounter:
@@ -30,12 +31,13 @@ class WindowCounter:
         return self._count <= self.limit
 
 
-class TokenBucket:
-    """``burst`` tokens, refilled at ``rate`` per second; each event takes one."""
+class EventBucket:
+    """``burst`` events at once, refilled at ``rate`` events per second; each event takes
+    one."""
 
     __slots__ = ("_last", "_tokens", "burst", "rate")
 
-    def __init__(self, burst: int, rate: float, now: float) -> None:
+    def __init__(self, rate: float, burst: int, now: float) -> None:
         self.burst = burst
         self.rate = rate
         self._tokens = float(burst)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ionn_net.proto.flood import TokenBucket, WindowCounter
+from ionn_net.proto.flood import EventBucket, WindowCounter
 
 
 def test_window_counter_allows_limit_per_window_then_resets() -> None:
@@ -12,8 +12,8 @@ def test_window_counter_allows_limit_per_window_then_resets() -> None:
     assert counter.allow(10.0)  # a new window starts
 
 
-def test_token_bucket_burst_then_rate() -> None:
-    bucket = TokenBucket(5, 2.0, now=0.0)
+def test_event_bucket_burst_then_rate() -> None:
+    bucket = EventBucket(rate=2.0, burst=5, now=0.0)
     assert all(bucket.allow(0.0) for _ in range(5))
     assert not bucket.allow(0.0)
     assert bucket.allow(0.5)  # one token back after 0.5 s at 2/s
