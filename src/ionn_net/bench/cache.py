@@ -66,6 +66,9 @@ class CacheOptions:
     backend: str
     out: Path
     seed: int
+    #: a calibration or cost model file for ``ionn-server --cost-model`` (None: the server
+    #: calibrates this machine once and caches it, as a fresh install does)
+    cost_model: Path | None = None
 
 
 def variant(name: str, which: str, seed: int) -> Any:
@@ -155,9 +158,13 @@ class _Server:
     """An ``ionn-server`` process on the server side of the link, listening and (with a
     catalog) done building it ahead."""
 
-    def __init__(self, link: BenchLink, catalog: Path | None, log: Path) -> None:
+    def __init__(
+        self, link: BenchLink, catalog: Path | None, log: Path, cost_model: Path | None
+    ) -> None:
         argv = [*link.prefix("server"), str(Path(sys.executable).parent / "ionn-server")]
         argv += ["--host", link.server_host, "--port", "0", "--log-level", "INFO"]
+        if cost_model is not None:
+            argv += ["--cost-model", str(cost_model)]
         if catalog is not None:
             argv += ["--catalog", str(catalog), "--catalog-warm", "all"]
         self.argv, self.catalog, self.log = argv, catalog, log
@@ -264,7 +271,8 @@ async def _run(opts: CacheOptions) -> list[dict[str, Any]]:
             print(f"== {config.describe()}: {link.message}", file=sys.stderr)
             for with_catalog in sorted({CASES[c][1] for c in opts.cases}):
                 log = opts.out / "logs" / f"server_{rate:g}_{int(with_catalog)}.log"
-                async with _Server(link, catalog if with_catalog else None, log) as server:
+                held = catalog if with_catalog else None
+                async with _Server(link, held, log, opts.cost_model) as server:
                     for case, (_, uses, _) in CASES.items():
                         if uses != with_catalog or case not in opts.cases:
                             continue
@@ -293,6 +301,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cost-model",
+        type=Path,
+        default=None,
+        help="calibration or cost model file for the servers (ionn-server --cost-model; "
+        "default: they calibrate this machine once and cache it)",
+    )
     return p
 
 
@@ -330,7 +345,14 @@ def _options(args: argparse.Namespace) -> CacheOptions:
         backend="userspace-proxy" if quick and args.backend == "auto" else args.backend,
         out=args.out or Path("bench/out") / f"{stamp}-cache{'-quick' if quick else ''}",
         seed=args.seed,
+        cost_model=_cost_model_file(args.cost_model),
     )
+
+
+def _cost_model_file(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise SystemExit(f"ionn-bench cache: --cost-model: expected a file, got {str(path)!r}")
+    return None if path is None else path.resolve()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,9 +19,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
-def cache_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
+def cache_run(
+    tmp_path_factory: pytest.TempPathFactory, calibration_dir: Path
+) -> tuple[dict[str, Any], str]:
+    from ionn_net.calibrate import cache_path
+
     out = tmp_path_factory.mktemp("cache") / "out"
     argv = [str(Path(sys.executable).parent / "ionn-bench"), "cache", "--quick", "--out", str(out)]
+    # the servers take the session's calibration of this machine (it takes minutes afresh)
+    argv += ["--cost-model", str(cache_path(calibration_dir))]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=580, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "cache.json").read_text()), proc.stdout

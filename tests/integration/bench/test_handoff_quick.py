@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,12 @@ LINE = re.compile(
 
 @pytest.fixture(scope="module")
 def quick_handoff(
-    tmp_path_factory: pytest.TempPathFactory, wheel_venv: Path
+    tmp_path_factory: pytest.TempPathFactory, wheel_venv: Path, calibration_dir: Path
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("handoff")
     out = root / "out"
+    # the servers' calibration of this machine is the session's (it takes minutes afresh)
+    shutil.copytree(calibration_dir, root / "cache")
     argv = [str(wheel_venv / "ionn-bench"), "handoff", "--quick", "--out", str(out)]
     argv += ["--cache-dir", str(root / "cache")]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=560, check=False,
