@@ -15,9 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ionn-demo
 
+# The suite and the mutation check share one calibration of this machine (made by the first
+# test that needs it, in a directory of this run's own).
 test: $(STAMP) lint typecheck redis-server
-	$(BIN)/python -m pytest -q -p no:cacheprovider
-	$(BIN)/python tests/mutation/run.py
+	@costs=$$(mktemp -d) && trap 'rm -rf "$$costs"' EXIT && \
+	IONN_TEST_COST_MODEL_DIR="$$costs" $(BIN)/python -m pytest -q -p no:cacheprovider && \
+	$(BIN)/python tests/mutation/run.py --cost-model-dir "$$costs"
 
 # Each deliberate bug of tests/mutation/table.py must make its tests fail (RELIABILITY.md).
 mutation: $(STAMP)

@@ -10,7 +10,8 @@ occur exactly once, otherwise the mutation fails as "pattern not found" or "patt
 ambiguous": the code moved and the table must follow it); run only the tests named for it,
 with pytest from the copy and ``PYTHONPATH=<copy>/src:<copy>`` so that the copy is what
 gets imported (checked before each run). A mutation is *caught* when at least one of its
-tests fails. Hypothesis runs with the no-shrink ``mutation`` profile (tests/conftest.py).
+tests fails (its run stops at the first failure, ``pytest -x``). Hypothesis runs with the
+no-shrink ``mutation`` profile (tests/conftest.py).
 
 A control run comes first: every named test on an unmutated copy must pass, or a failure
 under a mutation would prove nothing. The calibrated server cost model is kept across the
@@ -128,9 +129,15 @@ def check_import_location(copy: Path, env: dict[str, str]) -> None:
 
 
 def run_pytest(
-    copy: Path, tests: Sequence[str], env: dict[str, str], timeout_s: float
+    copy: Path,
+    tests: Sequence[str],
+    env: dict[str, str],
+    timeout_s: float,
+    *,
+    first_failure: bool = False,
 ) -> tuple[int | None, list[str], str]:
-    """(pytest exit code or None if it hung, failed test ids, tail of its output)."""
+    """(pytest exit code or None if it hung, failed test ids, tail of its output); with
+    ``first_failure`` pytest stops at the first failing test (a mutation is caught by one)."""
     report = copy / "mutation-report.xml"
     cmd = [
         sys.executable,
@@ -141,6 +148,7 @@ def run_pytest(
         "no:cacheprovider",
         "--hypothesis-profile=mutation",
         f"--junitxml={report}",
+        *(["-x"] if first_failure else []),
         *tests,
     ]
     try:
@@ -168,7 +176,7 @@ def run_one(mutation: Mutation, work: Path, cost_dir: Path, timeout_s: float) ->
         return Outcome(mutation.name, status, time.monotonic() - started, detail=str(exc))
     env = _env(copy, cost_dir)
     check_import_location(copy, env)
-    code, failed, tail = run_pytest(copy, mutation.tests, env, timeout_s)
+    code, failed, tail = run_pytest(copy, mutation.tests, env, timeout_s, first_failure=True)
     elapsed = time.monotonic() - started
     shutil.rmtree(copy, ignore_errors=True)
     if code is None:
