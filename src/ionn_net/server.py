@@ -809,7 +809,7 @@ class EdgeServer:
         qid, deadline_ms, run = query.qid, query.deadline_ms, list(query.run)
         not_ready = [n for n in run if n not in model.ready]
         if query.exact and model.stages is not None:  # §10.12.5: never on base weights
-            not_ready += sorted(model.stages.ran_base(run), key=model.graph.position)
+            not_ready += model.stages.listed(run, model.graph.position)
         if not run or not_ready:
             raise RequestError("layer_not_ready", f"layers not ready: {not_ready[:8]}")
         ins, outs = model.graph.boundary(run)
@@ -855,21 +855,24 @@ class EdgeServer:
             tensors=descs,
             server_ms=server_ms,
             body_len=len(out_body),
-            ran_base=_base_layers(model, ran_base),
+            ran_base=ran_base,
         )
         return reply, out_body
 
     @staticmethod
     def _run(
         model: ServerModel, run: Sequence[str], feeds: Mapping[TensorRef, np.ndarray]
-    ) -> tuple[Any, frozenset[str]]:
-        """The outputs, and the layers that ran at base precision (§10.12.5): the query
-        runs on the weights it started with, a swap waits for it (server_stages)."""
+    ) -> tuple[Any, tuple[str, ...] | None]:
+        """The outputs, and the layers that ran at base precision (§10.12.5; None without
+        stages): the query runs on the weights it started with, a swap waits for it
+        (server_stages). Both are taken under the same read lock and the result reports
+        this list as it is: a swap may land before the result is made, and the layers'
+        precision then is not the one the query ran on."""
         runner = model.runner(run)  # compiled by load's prepare (§10.6), outside the lock
         if model.stages is None:
-            return runner(feeds), frozenset()
+            return runner(feeds), None
         with model.stages.lock.reading():
-            return runner(feeds), model.stages.ran_base(run)
+            return runner(feeds), model.stages.listed(run, model.graph.position)
 
     def _consolidate_later(self, model: ServerModel, run: Sequence[str]) -> None:
         """Once the model is complete no piece will ever be added: compile each run set

@@ -125,12 +125,10 @@ class ModelStages:
         reader holding :meth:`WeightLock.reading` sees one consistent set)."""
         return self._base
 
-    def ran_base(self, run: Collection[str]) -> frozenset[str]:
-        """The layers of ``run`` at base precision now (read under the read lock)."""
-        return self._base.intersection(run)
-
     def listed(self, layers: Collection[str], position: Callable[[str], int]) -> tuple[str, ...]:
-        """The layers of ``layers`` at base precision, in ``position`` order (§10.12.4)."""
+        """The layers of ``layers`` at base precision now, in ``position`` order (§10.12.4,
+        §10.12.5). A snapshot: a query takes it under the read lock, with its run, and
+        reports that, never a later reading (a swap may land in between)."""
         return tuple(sorted(self._base.intersection(layers), key=position))
 
     # -- §10.12.3 upload -------------------------------------------------------------

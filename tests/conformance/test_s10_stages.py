@@ -10,6 +10,7 @@ precision.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -561,6 +562,62 @@ def test_no_query_sees_weights_change_while_it_runs(server: Any) -> None:
 
 
 # ----- §10.12.5 queries and results --------------------------------------------------------
+
+
+def _pausing_lock() -> Any:
+    """A weight lock whose first reader, once it has run and released the lock, waits in its
+    worker thread for ``go`` (``ran`` tells the test it got there): the query has computed
+    its output and is about to make its result, and a swap can take the lock meanwhile."""
+    from ionn_net.server_stages import WeightLock
+
+    class PausingLock(WeightLock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ran = threading.Event()
+            self.go = threading.Event()
+
+        @contextlib.contextmanager
+        def reading(self) -> Iterator[None]:
+            with super().reading():
+                yield
+            if not self.ran.is_set():
+                self.ran.set()
+                self.go.wait(60)
+
+    return PausingLock()
+
+
+@pytest.mark.spec("10.12.5")
+def test_ran_base_names_the_weights_a_query_ran_on_when_a_swap_lands_before_its_result(
+    server: Any,
+) -> None:
+    """A query runs at base; before the server has made its result, the refinements arrive
+    and a ``load`` swaps both layers to exact (``load_ok``: none at base). The result must
+    still say that both ran at base, and its output must be the base model's: ``ran_base``
+    is what the query ran on, not what the layers are when the result leaves."""
+    model = Staged("8bit-first", seed=11)
+    key = os.urandom(16).hex()
+    peer = _at_base(_session(server, key), model)
+    session = server.find_session(hashlib.sha256(key.encode()).hexdigest()[:32])
+    stages = session.models[model.digest].stages
+    lock = stages.lock = _pausing_lock()
+    other = _session(server, key)
+    replies: list[Message] = []
+    query = threading.Thread(target=lambda: replies.append(_query(other, model)))
+    query.start()
+    try:
+        assert lock.ran.wait(60), "the query never ran"
+        for layer in ("d1", "d2"):
+            assert _send(peer, model, *_stage(model, layer, 1)).head["complete"]
+        assert _load(peer, model, ["d1", "d2"], None).head["layers_base"] == []
+    finally:
+        lock.go.set()
+        query.join(60)
+    (reply,) = replies
+    base = model.expected(X, frozenset({"d1", "d2"}))
+    np.testing.assert_allclose(_output(reply), base, rtol=1e-4, atol=1e-5)
+    assert reply.head["ran_base"] == ["d1", "d2"]
+    assert _query(peer, model).head["ran_base"] == []  # the next query runs exact
 
 
 @pytest.mark.spec("10.12.5")

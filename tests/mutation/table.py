@@ -145,6 +145,37 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         ("tests/integration/test_offload.py::test_server_closed_mid_upload_loses_no_query",),
     ),
+    # -- a result says the precision it ran at (§10.12.5) ---------------------------------
+    Mutation(
+        "ran_base_read_when_the_result_is_made",
+        "a result's ran_base names the weights its query ran on, even if a swap follows",
+        (
+            Edit(
+                SERVER,
+                "            ran_base=ran_base,\n",
+                "            ran_base=_base_layers(model, ran_base or ()),\n",
+            ),
+        ),
+        (
+            "tests/conformance/test_s10_stages.py::test_ran_base_names_the_weights_a_query_ran"
+            "_on_when_a_swap_lands_before_its_result",
+        ),
+    ),
+    Mutation(
+        "client_believes_a_result_older_than_the_load",
+        "a result older than the load_ok that made a layer exact leaves it exact (§10.12.4)",
+        (
+            Edit(
+                "src/ionn_net/client/plan_state.py",
+                "        found = (frozenset(layers) - frozenset(base_when_sent)) & self._ready\n",
+                "        found = frozenset(layers) & self._ready\n",
+            ),
+        ),
+        (
+            "tests/unit/test_plan_state_base.py::test_a_result_older_than_the_load_that_made_a"
+            "_layer_exact_leaves_it_exact",
+        ),
+    ),
     # -- queries overtake the upload (§8) ---------------------------------------------------
     Mutation(
         "client_query_urgency_below_upload",

@@ -12,6 +12,12 @@ It holds what both of the client's loops plan with, and nothing else does:
   the same plan when the upload is exact), and the table of compiled chunks of client
   segments.
 
+A result that says layers ran at base (§10.12.5) is believed over a ``load_ok`` that said
+they were exact before its query went out: exact queries then start with no plan that runs
+them on the server. Not over a newer ``load_ok``: a query runs on the weights it started
+with (§10.12.4), so a query sent while a layer was at base may report it at base after the
+``load_ok`` that made it exact, and that says nothing about the layer now.
+
 Every field is set in ``__init__``; outside code reads them through read-only
 properties and changes them only through the methods here, always on the event loop.
 Work done in worker threads (planning, compiling) returns values that the loop then
@@ -342,10 +348,10 @@ class PlanState:
         self._base = frozenset(layers_base or ()) & self._ready
         self._take_exact(self._active)
 
-    def observe_base(self, layers: Collection[str]) -> None:
-        """A result says these layers ran at base (§10.12.5): believe it over a load's
-        word, and start no exact query with a plan that runs them on the server."""
-        found = frozenset(layers) & self._ready
+    def observe_base(self, layers: Collection[str], base_when_sent: Collection[str]) -> None:
+        """A result says ``layers`` ran at base (§10.12.5); ``base_when_sent``: :attr:`base`
+        when its query went out. Believed for the layers exact then (module docstring)."""
+        found = (frozenset(layers) - frozenset(base_when_sent)) & self._ready
         self._base |= found
         if self._active_exact.plan.server_layers & found:
             self._active_exact = ActivePlan(self.local_plan(), frozenset())

@@ -287,7 +287,7 @@ class QueryRunner:
         )
         codec = Codec.ZSTD if state.slower_than(self._config.compress_below_mbit) else None
         limits = self._config.limits
-        sent = time.monotonic()
+        sent, base_when_sent = time.monotonic(), state.base
         head, data = await asyncio.wait_for(
             conn.request(
                 query.to_head(),
@@ -301,7 +301,7 @@ class QueryRunner:
         result = parse_reply(head, Result)
         ran_base = result.ran_base or ()
         if ran_base:
-            state.observe_base(ran_base)
+            state.observe_base(ran_base, base_when_sent)
             if exact:
                 raise ApproximateResultError(f"an exact query ran at base precision: {ran_base}")
         server_ms = state.observe_round_trip(
