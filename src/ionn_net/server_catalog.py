@@ -348,7 +348,8 @@ class PublicHoldings:
             whole = model.complete and all(s.cls != LOCAL_ONLY for s in model.manifest.layers)
             sets = warm_sets(model.manifest, model.graph, self._trunks) if whole else []
             for layers in sets:
-                executor.prepare(layers)
+                with self.slices.in_background():  # a load never waits for it: it compiles
+                    executor.prepare(layers)
                 self.slices.pin(executor, layers)
             compile_s = time.perf_counter() - started
         except (IonnError, OSError) as exc:

@@ -25,18 +25,21 @@ shapes: the same traced computation.
 **Bounds.** Slices compiled ahead by the operator's warm-up are *pinned* and stay; the
 others (compiled by a session's load) are kept for the ``capacity`` most recently used.
 A slice holds no weights of its own (it reads the layers' variables), so each costs its
-traced graph only. Concurrent requests for one key wait for one compile.
+traced graph only. Concurrent requests for one key wait for one compile, except a compile
+started in the background (:meth:`SharedSlices.in_background`, the warm-up's, at the lowest
+priority): a load never waits for one, it compiles at its own priority.
 
 This module imports no framework: the executor hands it its builder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -80,6 +83,22 @@ class _Entry:
     outputs: tuple[_Token, ...]
 
 
+class _State:
+    """What every handle of one :class:`SharedSlices` shares."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.lock = threading.Lock()
+        self.objects: dict[int, Any] = {}  # id -> object: kept alive, so ids stay unique
+        self.slices: OrderedDict[Hashable, _Entry] = OrderedDict()
+        self.pinned: set[Hashable] = set()
+        #: content -> (the compile under way, whether it runs in the background)
+        self.building: dict[Hashable, tuple[Future[_Entry], bool]] = {}
+        self.compiled = 0
+        self.reused = 0
+        self.local = threading.local()  # .background: this thread compiles in the background
+
+
 class SharedSlices:
     """Compiled slices over registered layer objects, shared by content (see the module
     docstring). Thread-safe. ``compiled`` and ``reused`` count the slices compiled here
@@ -88,37 +107,45 @@ class SharedSlices:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         if type(capacity) is not int or capacity < 0:
             raise ValueError(f"capacity: expected an integer >= 0, got {capacity!r}")
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._objects: dict[int, Any] = {}  # id -> object: kept alive, so ids stay unique
-        self._slices: OrderedDict[Hashable, _Entry] = OrderedDict()
-        self._pinned: set[Hashable] = set()
-        self._building: dict[Hashable, Future[_Entry]] = {}
-        self._compiled = 0
-        self._reused = 0
+        self._state = _State(capacity)
+
+    @contextlib.contextmanager
+    def in_background(self) -> Iterator[None]:
+        """Mark the compiles this thread starts inside as background ones (a warm-up at the
+        lowest priority): nobody waits for them, so a load that asks for the same content
+        meanwhile compiles it at its own priority instead."""
+        self._state.local.background = True
+        try:
+            yield
+        finally:
+            self._state.local.background = False
+
+    @property
+    def capacity(self) -> int:
+        return self._state.capacity
 
     @property
     def compiled(self) -> int:
         """Slices over shared layers compiled so far (by a warm-up or a load)."""
-        with self._lock:
-            return self._compiled
+        with self._state.lock:
+            return self._state.compiled
 
     @property
     def reused(self) -> int:
         """Times an executor got a shared slice without compiling it."""
-        with self._lock:
-            return self._reused
+        with self._state.lock:
+            return self._state.reused
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._slices)
+        with self._state.lock:
+            return len(self._state.slices)
 
     def register(self, layers: Iterable[Any]) -> None:
         """Let slices over these built layer objects be shared. The caller guarantees that
         they are never changed in place (the server's prebuilt catalog layers)."""
-        with self._lock:
+        with self._state.lock:
             for layer in layers:
-                self._objects[id(layer)] = layer
+                self._state.objects[id(layer)] = layer
 
     def prepare(
         self,
@@ -127,31 +154,47 @@ class SharedSlices:
         build: Callable[[frozenset[str]], CompiledSlice],
     ) -> CompiledSlice:
         """The slice for ``layers`` of ``executor``: a shared one with the same content
-        (as a view in ``executor``'s names), else ``build(layers)``, shared from then on
-        when every layer of the set is registered."""
+        (as a view in ``executor``'s names; waiting for its compile if one is under way,
+        unless that one runs in the background), else ``build(layers)``, shared from then
+        on when every layer of the set is registered."""
         content = self._content(executor, layers)
         if content is None:
             return build(layers)
-        with self._lock:
-            entry = self._slices.get(content.key)
-            pending = None if entry is not None else self._building.get(content.key)
+        state, key = self._state, content.key
+        background = bool(getattr(state.local, "background", False))
+        mine: Future[_Entry] | None = None
+        with state.lock:
+            entry = state.slices.get(key)
+            pending = None if entry is not None else state.building.get(key)
             if entry is not None:
-                self._slices.move_to_end(content.key)
-                self._reused += 1
-            elif pending is None:
-                mine: Future[_Entry] = Future()
-                self._building[content.key] = mine
-        if entry is None and pending is not None:
-            entry = pending.result()
-            with self._lock:
-                self._reused += 1
-        if entry is not None:
+                state.slices.move_to_end(key)
+                state.reused += 1
+            elif pending is None or (pending[1] and not background):
+                mine = Future()
+                state.building[key] = (mine, background)
+        if mine is None:
+            if entry is None:
+                assert pending is not None
+                entry = pending[0].result()
+                with state.lock:
+                    state.reused += 1
             return _view(entry, content, layers)
+        return self._build(content, layers, build, mine)
+
+    def _build(
+        self,
+        content: _Content,
+        layers: frozenset[str],
+        build: Callable[[frozenset[str]], CompiledSlice],
+        mine: Future[_Entry],
+    ) -> CompiledSlice:
+        state, key = self._state, content.key
         try:
             compiled = build(layers)
         except BaseException as exc:
-            with self._lock:
-                del self._building[content.key]
+            with state.lock:
+                if state.building.get(key, (None, False))[0] is mine:
+                    del state.building[key]
             mine.set_exception(exc)
             raise
         entry = _Entry(
@@ -159,10 +202,11 @@ class SharedSlices:
             tuple(content.token(r) for r in compiled.inputs),
             tuple(content.token(r) for r in compiled.outputs),
         )
-        with self._lock:
-            del self._building[content.key]
-            self._compiled += 1
-            self._slices[content.key] = entry
+        with state.lock:
+            if state.building.get(key, (None, False))[0] is mine:
+                del state.building[key]
+            state.compiled += 1
+            entry = state.slices.setdefault(key, entry)  # a concurrent compile may be first
             self._evict()
         mine.set_result(entry)
         return compiled
@@ -171,16 +215,18 @@ class SharedSlices:
         """Keep the shared slice of ``layers`` of ``executor`` whatever the capacity (a
         slice the operator chose to compile ahead); True if there is one."""
         content = self._content(executor, frozenset(layers))
-        with self._lock:
-            if content is None or content.key not in self._slices:
+        state = self._state
+        with state.lock:
+            if content is None or content.key not in state.slices:
                 return False
-            self._pinned.add(content.key)
+            state.pinned.add(content.key)
             return True
 
     def _evict(self) -> None:
-        unpinned = [k for k in self._slices if k not in self._pinned]  # oldest first
-        for key in unpinned[: max(0, len(unpinned) - self.capacity)]:
-            del self._slices[key]
+        state = self._state  # the caller holds its lock
+        unpinned = [k for k in state.slices if k not in state.pinned]  # oldest first
+        for key in unpinned[: max(0, len(unpinned) - state.capacity)]:
+            del state.slices[key]
 
     def _content(self, executor: Executor, layers: frozenset[str]) -> _Content | None:
         """The content key of ``layers`` in ``executor`` (module docstring), or None when
@@ -207,8 +253,8 @@ class SharedSlices:
                 items.append(("input", tuple(map(tuple, node.output_shapes)), node.output_dtype))
                 continue
             op = executor.layer(name)
-            with self._lock:
-                registered = self._objects.get(id(op)) is op
+            with self._state.lock:
+                registered = self._state.objects.get(id(op)) is op
             if not registered:
                 return None
             call = json.dumps(executor.call_template(name), sort_keys=True, default=str)

@@ -180,3 +180,36 @@ def test_concurrent_requests_for_one_content_wait_for_one_compile(
     for t in threads:
         t.join(60)
     assert (shared.compiled, shared.reused) == (1, 2)
+
+
+def test_a_load_never_waits_for_a_compile_in_the_background(models: tuple[Any, Any]) -> None:
+    """A warm-up compiles at the lowest priority: a load asking for the same content while
+    it runs compiles the slice itself instead of waiting for it."""
+    base, _ = models
+    shared = SharedSlices()
+    graph, layers = server_side(base)
+    shared.register(layers.values())
+    started, release = threading.Event(), threading.Event()
+
+    def slow_build(key: frozenset[str]) -> Any:
+        started.set()
+        release.wait(120)
+        return Executor(graph, layers).prepare(key)
+
+    def warm() -> None:
+        with shared.in_background():
+            shared.prepare(Executor(graph, layers, shared=shared), frozenset(TRUNK), slow_build)
+
+    warming = threading.Thread(target=warm)
+    warming.start()
+    assert started.wait(60)  # the warm-up's compile is under way
+    loading = threading.Thread(target=Executor(graph, layers, shared=shared).prepare, args=[TRUNK])
+    loading.start()
+    loading.join(30)
+    done_before_the_warm_up = not loading.is_alive()
+    release.set()
+    warming.join(60)
+    assert done_before_the_warm_up
+    assert (shared.compiled, shared.reused, len(shared)) == (2, 0, 1)
+    Executor(graph, layers, shared=shared).prepare(TRUNK)  # now one slice serves all
+    assert (shared.compiled, shared.reused) == (2, 1)
