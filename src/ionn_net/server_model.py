@@ -20,6 +20,7 @@ from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest
 from ionn_net.offthread import lower_priority, to_thread_to_the_end
 from ionn_net.server_stages import ModelStages
+from ionn_net.shared_slices import SharedSlices
 
 __all__ = ["ServerModel", "lower_priority", "to_thread_to_the_end", "warm_up"]
 
@@ -35,7 +36,7 @@ class ServerModel:
         graph: LayerGraph,
         jit: bool | None,
         predicted: Mapping[str, float],
-        shared: Any = None,
+        shared: SharedSlices | None = None,
     ) -> None:
         self.manifest = manifest
         self.graph = graph

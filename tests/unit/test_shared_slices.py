@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 from tests.helpers.small_models import model_pair, small_model
 
+from ionn_net.errors import ConfigError
 from ionn_net.executor import Executor
 from ionn_net.model.graph import TensorRef
 from ionn_net.model.layers import build_layers, extract_manifest
 from ionn_net.model.spec import graph_from_manifest
+from ionn_net.server_catalog import warm_sets
+from ionn_net.server_config import ServerConfig
 from ionn_net.shared_slices import SharedSlices
 
 TRUNK = ("conv1", "bn1", "relu1", "conv2", "gap")
@@ -213,3 +216,17 @@ def test_a_load_never_waits_for_a_compile_in_the_background(models: tuple[Any, A
     assert (shared.compiled, shared.reused, len(shared)) == (2, 0, 1)
     Executor(graph, layers, shared=shared).prepare(TRUNK)  # now one slice serves all
     assert (shared.compiled, shared.reused) == (2, 1)
+
+
+def test_the_warm_up_compiles_the_full_offload_and_the_trunks_asked_for(
+    models: tuple[Any, Any],
+) -> None:
+    base, _ = models
+    manifest, _, _ = extract_manifest(base)
+    graph = graph_from_manifest(manifest)
+    full = ["conv1", "bn1", "relu1", "conv2", "gap", "head"]
+    assert warm_sets(manifest, graph, 0) == [full]
+    assert warm_sets(manifest, graph, 2) == [full, full[:5], full[:4]]
+    assert len(warm_sets(manifest, graph, 8)) == 6  # one per cut point before the top
+    with pytest.raises(ConfigError, match="catalog_trunks"):
+        ServerConfig(catalog_trunks=9)
