@@ -16,6 +16,7 @@ import pytest
 
 from ionn_net.client import ClientConfig, InferenceResult, OffloadClient
 from ionn_net.netem.proxy import LinkSpec, ShapingProxy
+from ionn_net.ops.hooks import ServerHooks
 from ionn_net.server import EdgeServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -91,12 +92,44 @@ async def test_reconnect_uploads_nothing_twice(
         assert result.offloaded
 
 
+class _QueryArrival(ServerHooks):
+    """Server hooks that tell the test when a query's tensors reached the server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = asyncio.Event()
+
+    def received(self, message: str, nbytes: int) -> None:
+        super().received(message, nbytes)
+        if message == "query":
+            self.arrived.set()
+
+
+async def _query_cut_at_the_server(
+    client: OffloadClient, xs: list[np.ndarray], hooks: _QueryArrival, cut: Any
+) -> tuple[int, InferenceResult]:
+    """Query until one reaches the server, then ``cut()`` the path before its answer can
+    come back (the proxy holds it for its 1 ms delay): that query's server segment fails.
+    Returns the index of that query's input and its result."""
+    for i, x in enumerate(xs):
+        hooks.arrived.clear()
+        query = asyncio.ensure_future(client.infer_detailed(x))
+        arrival = asyncio.ensure_future(hooks.arrived.wait())
+        await asyncio.wait({query, arrival}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        arrival.cancel()
+        if hooks.arrived.is_set():
+            await cut()
+            return i, await asyncio.wait_for(query, 60)
+        await asyncio.wait_for(query, 60)  # ran on the client alone: try the next one
+    raise AssertionError(f"no query reached the server; progress: {client.last_progress}")
+
+
 async def test_server_closed_mid_upload_loses_no_query(
     small_model: Any, cost_model: Any, tmp_path: Path
 ) -> None:
-    """The server goes away while queries offload and the upload still runs: the query
-    whose server segment fails then finishes locally (a fallback), and every query
-    returns the model's output."""
+    """The path to the server breaks while a query is on the server and the upload still
+    runs: that query finishes locally (a fallback), the later ones run locally, and every
+    query returns the model's output."""
     model = small_model
     xs = inputs(6, 96)
     expected = [model(x, training=False).numpy() for x in xs]
@@ -104,25 +137,31 @@ async def test_server_closed_mid_upload_loses_no_query(
     # 40x: offloading pays as soon as the first partition is loaded (at 5x no query
     # offloaded before the upload ended on this machine, so nothing was tested).
     config = ClientConfig(slowdown=40.0, profile_cache=str(tmp_path / "p"), reconnect=False)
-    server = await EdgeServer(cost_model=cost_model).start()
+    hooks = _QueryArrival()
+    server = await EdgeServer(cost_model=cost_model, hooks=hooks).start()
     proxy = await ShapingProxy("127.0.0.1", server.port, up=slow, down=slow).start()
+
+    async def cut() -> None:
+        await proxy.close()  # the path breaks first: the answer in flight is lost
+        await server.close()
+
     try:
         async with OffloadClient("127.0.0.1", proxy.port, model, config=config) as client:
             before = await _query_until_offloaded(client, xs[0], timeout_s=120.0)
             progress = client.last_progress
             assert progress is not None and not progress.done, progress  # still uploading
-            await server.close()  # the server goes away mid-upload
-            await proxy.close()
+            index, cut_query = await _query_cut_at_the_server(client, xs, hooks, cut)
             after = [await asyncio.wait_for(client.infer_detailed(x), 60) for x in xs]
             fallbacks = client.stats["fallbacks"]
     finally:
         await server.close()
         await proxy.close()
     np.testing.assert_allclose(before.output, expected[0], rtol=1e-4, atol=1e-5)
+    assert cut_query.fallback, cut_query.segments
+    np.testing.assert_allclose(cut_query.output, expected[index], rtol=1e-4, atol=1e-5)
+    assert fallbacks >= 1
     for result, want in zip(after, expected, strict=True):
         np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
-    assert any(r.fallback for r in after), [r.segments for r in after]
-    assert fallbacks >= 1
     assert not any(r.offloaded for r in after)
 
 

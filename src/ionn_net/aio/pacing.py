@@ -206,13 +206,16 @@ class LinkRateMeter:
     each the growth of ``bytes_acked`` over at least ``min_span_s`` and two smoothed RTTs
     (one ACK burst on a fast path would otherwise look like a fast link)."""
 
-    __slots__ = ("_estimator", "_history", "_min_span", "latest", "samples")
+    __slots__ = ("_estimator", "_history", "_min_span", "latest", "path_samples", "samples")
 
     def __init__(self, window_s: float, min_span_s: float) -> None:
         self._estimator = RateEstimator(window_s)
         self._min_span = min_span_s
         self._history: deque[tuple[float, int, bool]] = deque(maxlen=4096)
         self.samples = 0
+        #: samples taken while the sender kept the path busy (none app-limited): only
+        #: those measure the path; the others are lower bounds
+        self.path_samples = 0
         self.latest: float | None = None  # the most recent sample (bytes/s)
 
     def update(self, info: TcpInfo, now: float) -> None:
@@ -230,6 +233,7 @@ class LinkRateMeter:
         self.latest = (info.bytes_acked - acked0) / (now - t0)
         self._estimator.add(self.latest, now, app_limited=app_limited)
         self.samples += 1
+        self.path_samples += not app_limited
 
     def estimate(self, now: float) -> float | None:
         """Bytes/s: the largest sample of the window, or None before the first."""
@@ -243,7 +247,8 @@ class Pacer:
 
     1. *Startup*: for ``startup_s`` after the first chunk nothing is paced, and a
        :class:`LinkRateMeter` measures what the path delivers (``bytes_acked`` growth over
-       ``min_span_s`` spans): the largest such rate is the first estimate.
+       ``min_span_s`` spans): the largest such rate is the first estimate, taken once at
+       least one sample was not app-limited (until then nothing is paced).
     2. *Steady state*: the queueing delay the upload causes (smoothed RTT minus the minimum
        RTT, plus the kernel's unsent bytes at the paced rate, from ``TCP_INFO``) steers the
        estimate every control interval (four minimum RTTs,
@@ -403,7 +408,11 @@ class Pacer:
             return
         started = self._start is not None and now - self._start >= self.config.startup_s
         estimate = self._meter.estimate(now)
-        if started and estimate is not None:
+        # Startup ends on a sample of the path, not on lower bounds alone: an upload that
+        # sends small blobs request by request leaves the path idle between them, and a
+        # rate taken from those (40 KB/s on loopback while the server was busy) paced the
+        # next 5 MB blob for a minute before the slow increase found the path again.
+        if started and estimate is not None and self._meter.path_samples:
             self._estimate = estimate
             self._floor = estimate * self.config.min_fraction
             self._last_control = now

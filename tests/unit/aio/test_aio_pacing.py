@@ -161,6 +161,29 @@ def test_pacer_estimates_at_startup_then_steers_by_queueing_delay() -> None:
     assert pacer.bottleneck_rate == pytest.approx(rate * 1.01 * 0.97)
 
 
+def test_startup_does_not_end_on_app_limited_samples_alone() -> None:
+    """Blobs sent request by request leave the path idle between them: every sample is a
+    lower bound (app-limited). Pacing at such a rate would throttle the next large blob
+    far below the path, so the pacer stays unpaced until a sample measures the path."""
+    clock = [0.0]
+    limited = [True]
+
+    def info() -> TcpInfo:  # 40 kB/s acknowledged while the sender mostly waits
+        return _info(0.0, acked=int(40_000 * clock[0]), app_limited=limited[0])
+
+    config = PacingConfig(startup_s=0.2, sample_interval_s=0.01, min_span_s=0.05)
+    pacer = Pacer(config, info, now=0.0)
+    for step in range(100):  # a whole second of app-limited samples
+        clock[0] = step * 0.01
+        assert pacer.delay(1000, clock[0]) == 0.0
+    assert pacer.samples > 0 and pacer.pacing_rate is None
+    limited[0] = False  # a large blob keeps the path busy: now the samples measure it
+    for step in range(100, 110):
+        clock[0] = step * 0.01
+        pacer.delay(1000, clock[0])
+    assert pacer.bottleneck_rate == pytest.approx(40_000, rel=0.05)
+
+
 def test_rate_meter_sample_spans_several_rtts() -> None:
     # A burst of ACKs within one RTT must not be taken as the link rate.
     meter = LinkRateMeter(window_s=10.0, min_span_s=0.01)
