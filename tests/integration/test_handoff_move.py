@@ -82,12 +82,15 @@ async def _queries_across_the_move(
 
     task = asyncio.create_task(mover())
     answers, wrong, after = 0, 0, []
-    end = time.monotonic() + 60
+    # Bounded: 120 s for the upload to reach half, then 60 s after the move for the new
+    # server to serve (a slow machine may take most of a minute to get to the move).
+    end = time.monotonic() + 120
     while time.monotonic() < end:
         result = await client.infer_detailed(x)
         answers += 1
         wrong += not np.allclose(result.output, want, rtol=1e-3, atol=1e-4)
         if "t" in moved:
+            end = moved["t"] + 60
             after.append(result)
             if len(after) >= 5 and any(r.offloaded for r in after):
                 break
@@ -104,6 +107,9 @@ async def _queries_across_the_move(
     }
 
 
+# Timing-sensitive on a shared 2-core machine (RELIABILITY.md, "Tests given one rerun"):
+# a broken guarantee fails both runs.
+@pytest.mark.flaky(reruns=1, reruns_delay=2)
 @pytest.mark.parametrize("mode", ["fetch", "premigrate", "reupload"])
 async def test_a_move_mid_upload_loses_no_query(
     model: Any, cost_model: Any, tmp_path: Path, mode: str

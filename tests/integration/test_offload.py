@@ -285,6 +285,12 @@ async def test_a_client_that_stopped_offloading_on_bad_measurements_comes_back(
             await asyncio.sleep(0.1)
         result = await client.infer_detailed(x)
         assert result.offloaded  # it tried the server again, which is fast in truth
+        # and its answers bring the scale back down (bounded: a few queries, for the odd
+        # slow one on a shared machine; with the 20x spell learned for good it stays ~20)
+        for _ in range(5):
+            if learned.server_scale < 5.0:
+                break
+            await client.infer_detailed(x)
         assert learned.server_scale < 5.0
 
 
@@ -331,6 +337,9 @@ def test_client_config_rejects_a_transport_that_is_not_transport_options() -> No
         ClientConfig(transport={"pacing": None})  # type: ignore[arg-type]
 
 
+# Timing-sensitive on a shared 2-core machine (RELIABILITY.md, "Tests given one rerun"):
+# a broken guarantee fails both runs.
+@pytest.mark.flaky(reruns=1, reruns_delay=2)
 async def test_queries_during_the_upload_do_not_make_the_link_look_slower(
     model: Any, cost_model: Any, tmp_path: Path
 ) -> None:

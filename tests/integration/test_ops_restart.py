@@ -173,6 +173,9 @@ async def _restart_during_upload(
     return run
 
 
+# Timing-sensitive on a shared 2-core machine (RELIABILITY.md, "Tests given one rerun"):
+# a broken guarantee fails both runs.
+@pytest.mark.flaky(reruns=1, reruns_delay=2)
 async def test_sigterm_during_upload_and_queries_loses_nothing(
     mobilenet: Any, tmp_path: Path, cost_file: Path
 ) -> None:

