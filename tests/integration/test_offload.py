@@ -8,6 +8,7 @@ takes a few seconds and queries run while it is in progress.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,24 +94,33 @@ async def test_reconnect_uploads_nothing_twice(
 
 
 class _QueryArrival(ServerHooks):
-    """Server hooks that tell the test when a query's tensors reached the server."""
+    """Server hooks that tell the test when a query's tensors reached the server, and that
+    call ``on_query`` right then (on the server's loop, before the query runs)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.arrived = asyncio.Event()
+        self.on_query: Callable[[], None] | None = None
 
     def received(self, message: str, nbytes: int) -> None:
         super().received(message, nbytes)
         if message == "query":
+            if self.on_query is not None:
+                self.on_query()
             self.arrived.set()
 
 
 async def _query_cut_at_the_server(
-    client: OffloadClient, xs: list[np.ndarray], hooks: _QueryArrival, cut: Any
+    client: OffloadClient,
+    xs: list[np.ndarray],
+    hooks: _QueryArrival,
+    sever: Callable[[], None],
+    cut: Any,
 ) -> tuple[int, InferenceResult]:
-    """Query until one reaches the server, then ``cut()`` the path before its answer can
-    come back (the proxy holds it for its 1 ms delay): that query's server segment fails.
-    Returns the index of that query's input and its result."""
+    """Query until one reaches the server, whose arrival breaks the path at once (``sever``:
+    before the query runs, so its answer can never come back), then ``cut()`` the rest: that
+    query's server segment fails. Returns the index of that query's input and its result."""
+    hooks.on_query = sever
     for i, x in enumerate(xs):
         hooks.arrived.clear()
         query = asyncio.ensure_future(client.infer_detailed(x))
@@ -150,7 +160,7 @@ async def test_server_closed_mid_upload_loses_no_query(
             before = await _query_until_offloaded(client, xs[0], timeout_s=120.0)
             progress = client.last_progress
             assert progress is not None and not progress.done, progress  # still uploading
-            index, cut_query = await _query_cut_at_the_server(client, xs, hooks, cut)
+            index, cut_query = await _query_cut_at_the_server(client, xs, hooks, proxy.sever, cut)
             after = [await asyncio.wait_for(client.infer_detailed(x), 60) for x in xs]
             fallbacks = client.stats["fallbacks"]
     finally:

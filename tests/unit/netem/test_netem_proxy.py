@@ -156,6 +156,25 @@ async def test_stats_and_connection_limit(echo_target: Target) -> None:
         w1.close()
 
 
+async def test_sever_breaks_open_connections_at_once_and_accepts_new_ones(
+    echo_target: Target,
+) -> None:
+    async with ShapingProxy("127.0.0.1", echo_target.port, up=LinkSpec(delay_ms=50)) as px:
+        r1, w1 = await asyncio.open_connection("127.0.0.1", px.port)
+        w1.write(b"abc")
+        assert await asyncio.wait_for(r1.readexactly(3), 5) == b"abc"
+        w1.write(b"held")  # still in the 50 ms delay line when the path breaks
+        await asyncio.sleep(0.01)
+        px.sever()
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(r1.readexactly(4), 5)  # the held bytes never come back
+        r2, w2 = await asyncio.open_connection("127.0.0.1", px.port)
+        w2.write(b"new")
+        assert await asyncio.wait_for(r2.readexactly(3), 5) == b"new"
+        w1.close()
+        w2.close()
+
+
 def test_threaded_proxy_from_blocking_code() -> None:
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
