@@ -210,6 +210,10 @@ class _Pipe:
         self._room = asyncio.Event()
         self.forwarded = 0
 
+    def abort(self) -> None:
+        """Break the connection at this pipe's sink now (what it still holds is lost)."""
+        self._writer.transport.abort()
+
     def _due(self, departure: float, lost: int) -> float:
         spec = self._link.spec
         delay = spec.delay_ms / 1000
@@ -311,7 +315,6 @@ class ShapingProxy:
         self._server: asyncio.Server | None = None
         self._conns = TaskSet()
         self._pipes: list[tuple[_Pipe, _Pipe]] = []
-        self._writers: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
         self._counts = {"connections": 0, "refused": 0, "up": 0, "down": 0}
         self.port = 0
 
@@ -334,9 +337,9 @@ class ShapingProxy:
         """Break every open connection now, on both sides (the path is gone: bytes the link
         still holds are lost). Synchronous, so a caller on the event loop can break the path
         at an exact point, before anything else runs; new connections are still accepted."""
-        for pair in list(self._writers):
-            for writer in pair:
-                writer.transport.abort()
+        for pair in list(self._pipes):
+            for pipe in pair:
+                pipe.abort()
 
     async def __aenter__(self) -> ShapingProxy:
         return await self.start()
@@ -386,9 +389,8 @@ class ShapingProxy:
             set_rcvbuf(w, _RCVBUF)
         up = _Pipe(creader, twriter, self._links["up"], self._rng, self._max_buffer)
         down = _Pipe(treader, cwriter, self._links["down"], self._rng, self._max_buffer)
-        pair, writers = (up, down), (cwriter, twriter)
+        pair = (up, down)
         self._pipes.append(pair)
-        self._writers.append(writers)
         try:
             await run_until_first_error(
                 [up.pump_in(), up.pump_out(), down.pump_in(), down.pump_out()]
@@ -397,7 +399,6 @@ class ShapingProxy:
             pass  # a reset on either side ends the connection; the other side is aborted
         finally:
             self._pipes.remove(pair)
-            self._writers.remove(writers)
             self._counts["up"] += up.forwarded
             self._counts["down"] += down.forwarded
             for w in (cwriter, twriter):
