@@ -35,6 +35,7 @@ from ionn_net.model.spec import (
     split_blob,
     validate_layer,
 )
+from ionn_net.model.stages import StageSpec
 
 FUZZ = settings(
     max_examples=250,
@@ -273,6 +274,21 @@ def test_hand_built_objects(data: st.DataObject) -> None:
     reason = _must_refuse(value)
     if reason is not None and not reason.startswith("not JSON"):  # hand-built: any type
         assert graph is None, f"accepted despite {reason}: {value!r:.300}"
+
+
+@pytest.mark.parametrize(
+    "stages",
+    [True, [1], (1,), ("q8",), (StageSpec("x", 1, "a" * 64),), (StageSpec("int8-channel", 1, []),)],
+    ids=["bool", "list", "int item", "str item", "unknown encoding", "unhashable sha256"],
+)
+def test_hand_built_stages_of_any_type_are_refused_as_a_spec_error(stages: object) -> None:
+    """What hypothesis once found: ``stages=True`` reached the stage checks and raised a
+    TypeError instead of a SpecError."""
+    m = _MANIFEST
+    layer = dataclasses.replace(m.layers[1], stages=stages)  # type: ignore[arg-type]
+    m = dataclasses.replace(m, layers=(m.layers[0], layer, *m.layers[2:]))
+    with pytest.raises(SpecError, match=r"blob\.stages"):
+        graph_from_manifest(m)
 
 
 # -- known-bad edits of a valid manifest: each refused for its own reason -------------------
