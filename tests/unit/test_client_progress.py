@@ -62,3 +62,12 @@ async def test_feed_reaches_callback_iterators_and_waiters() -> None:
     assert feed.last is not None and feed.last.done
     with pytest.raises(TimeoutError):
         await ProgressFeed(None).wait_done(0.01)
+
+
+async def test_a_wait_that_times_out_says_how_far_the_upload_got() -> None:
+    feed = ProgressFeed(None)
+    with pytest.raises(TimeoutError, match="no progress reported yet"):
+        await feed.wait_done(0.01)
+    feed.publish(_progress(sent=300))
+    with pytest.raises(TimeoutError, match=r"after 0\.01 s: 300 of \d+ bytes sent"):
+        await feed.wait_done(0.01)

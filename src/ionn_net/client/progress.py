@@ -103,5 +103,22 @@ class ProgressFeed:
             self._queues.remove(queue)
 
     async def wait_done(self, timeout: float | None = None) -> None:
-        """Until an event has said the upload is done (TimeoutError after ``timeout``)."""
-        await asyncio.wait_for(self._done.wait(), timeout)
+        """Until an event has said the upload is done (TimeoutError after ``timeout``,
+        saying how far the upload got: a stalled upload and a slow link look alike
+        otherwise)."""
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"upload not done after {timeout} s: {self.where()}") from None
+
+    def where(self) -> str:
+        """How far the upload got, from the latest event, on one line."""
+        p = self.last
+        if p is None:
+            return "no progress reported yet"
+        pacing = "unpaced" if p.pacing_mbit is None else f"paced at {p.pacing_mbit:.2f} Mbit/s"
+        return (
+            f"{p.sent_bytes} of {p.total_bytes} bytes sent, {p.partitions_done} of "
+            f"{p.partitions_total} partitions done, {p.layers_ready} layers ready, "
+            f"{p.elapsed_s:.1f} s in; link estimate {p.bandwidth_mbit:.2f} Mbit/s, {pacing}"
+        )
