@@ -126,6 +126,9 @@ async def test_upload_cut_repeatedly_resumes_without_resending_layers(
         await again.wait_uploaded(timeout=60)
         # A restarted server kept every layer: none is sent again. (A layer the first
         # client's final plan left local, at the bandwidth it measured under the cuts,
-        # may be worth offloading at this client's estimate: it goes up once, now.)
+        # may be worth offloading at this client's estimate: it goes up once, now; how
+        # many such layers there are depends on that estimate.)
         assert not (again.uploaded & client.uploaded)
-        assert again.stats["sent_bytes"] < 0.05 * total
+        new_bytes = sum(len(again.blobs[d]) for d in again.uploaded)
+        assert again.stats["sent_bytes"] <= new_bytes, (again.stats["sent_bytes"], new_bytes)
+        assert again.stats["sent_bytes"] + client.stats["sent_bytes"] <= total
