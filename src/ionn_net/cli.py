@@ -25,6 +25,7 @@ from ionn_net.argtypes import port, positive
 from ionn_net.errors import ConfigError, StoreError
 from ionn_net.extras import REDIS_EXTRA, require_extra, require_extras
 from ionn_net.handoff import cli as handoff_cli
+from ionn_net.server_catalog import DEFAULT_TRUNKS
 from ionn_net.store import REDIS_SCHEMES, open_store
 
 __all__ = ["demo_main", "demo_runs", "server_main"]
@@ -67,6 +68,15 @@ def _server_parser() -> argparse.ArgumentParser:
         help="catalog models to build and compile ahead, after the server listens, at the "
         "lowest priority: all, none, a number N (the first N) or comma-separated names or "
         "digests (default %(default)s; about 5 s of CPU and 120 MB of memory for ResNet50)",
+    )
+    p.add_argument(
+        "--catalog-trunks",
+        type=int,
+        default=DEFAULT_TRUNKS,
+        metavar="N",
+        help="also compile ahead, for each warm catalog model, the model cut after each of "
+        "its last N cut points (0-8): what a client of a fine-tuned head on it runs first "
+        "(default %(default)s; each about one more compile of the model)",
     )
     p.add_argument(
         "--cost-model",
@@ -231,6 +241,7 @@ def _server_config(args: argparse.Namespace, catalog: Any) -> Any:
             max_queries_per_session=args.max_queries,
             secret=secret,
             catalog_warm=args.catalog_warm,
+            catalog_trunks=args.catalog_trunks,
             handoff=handoff_cli.config_from(args),
             drain_timeout_s=args.drain_timeout,
         )

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import keras
 import numpy as np
@@ -62,6 +62,9 @@ from ionn_net.model.keras_graph import (
     model_operations,
     node_class_name,
 )
+
+if TYPE_CHECKING:
+    from ionn_net.shared_slices import SharedSlices
 
 __all__ = ["DEFAULT_JIT", "INPUT_CLASS", "CompiledSlice", "Executor", "SliceChain"]
 
@@ -211,7 +214,10 @@ class Executor:
     ``layers`` maps layer names to built Keras layers (or raw Keras operations);
     ``InputLayer`` nodes need no entry. Layers may be added later with
     :meth:`add_layers`. ``jit`` selects XLA (default :data:`DEFAULT_JIT`);
-    ``max_batch`` bounds the batch dimension of every call.
+    ``max_batch`` bounds the batch dimension of every call. ``shared``: compiled slices
+    shared with other executors by content (a server's catalog layers,
+    :class:`~ionn_net.shared_slices.SharedSlices`); a set this executor has not compiled
+    is looked up there first.
     """
 
     def __init__(
@@ -221,6 +227,7 @@ class Executor:
         *,
         jit: bool | None = None,
         max_batch: int = 1,
+        shared: SharedSlices | None = None,
     ) -> None:
         if not isinstance(graph, LayerGraph):
             raise ExecutorError(f"expected a LayerGraph, got {type(graph).__name__}")
@@ -233,6 +240,7 @@ class Executor:
         self._lock = threading.Lock()
         self._cache: dict[frozenset[str], CompiledSlice] = {}
         self._building: dict[frozenset[str], Future[CompiledSlice]] = {}
+        self._shared = shared
         self.add_layers(layers)
 
     @classmethod
@@ -276,6 +284,11 @@ class Executor:
             )
         return layer
 
+    def layers(self) -> dict[str, Any]:
+        """Every built layer bound here, by name (a copy)."""
+        with self._lock:
+            return dict(self._layers)
+
     def layer(self, name: str) -> Any:
         """The built layer bound to ``name`` (e.g. to assign refined weights to its
         variables: compiled slices read them, so no slice needs rebuilding)."""
@@ -295,12 +308,21 @@ class Executor:
             held = set(self._layers)
         out = []
         for name in names:
-            if name not in held and not (name in self.graph and self._is_input(name)):
+            if name not in held and not (name in self.graph and self.is_input(name)):
                 out.append(name)
         return tuple(out)
 
-    def _is_input(self, name: str) -> bool:
+    def is_input(self, name: str) -> bool:
+        """Layer ``name`` is a model input (the identity inside a slice)."""
         return self.graph[name].cls == INPUT_CLASS
+
+    def call_template(self, name: str) -> Mapping[str, object]:
+        """How layer ``name`` is called on its inbound tensors (``fill_call``'s template)."""
+        template = self.graph[name].params.get(CALL_KEY)
+        if template is None:  # graphs rebuilt from a manifest carry no call template
+            return _default_call(len(self.graph[name].inbound))
+        assert isinstance(template, Mapping)
+        return template
 
     # -- slices ----------------------------------------------------------------------
 
@@ -319,7 +341,8 @@ class Executor:
         if pending is not None:
             return pending.result()
         try:
-            built = self._build(key)
+            shared = self._shared
+            built = self._build(key) if shared is None else shared.prepare(self, key, self._build)
         except BaseException as exc:
             with self._lock:
                 del self._building[key]
@@ -392,12 +415,12 @@ class Executor:
         graph = self.graph
         order = tuple(n for n in graph.order if n in key)
         boundary_in, outputs = graph.boundary(key)
-        own_inputs = {TensorRef(n, 0) for n in order if self._is_input(n)}
+        own_inputs = {TensorRef(n, 0) for n in order if self.is_input(n)}
         inputs = tuple(sorted({*boundary_in, *own_inputs}, key=_ref_key(graph)))
         if not outputs:
             raise ExecutorError(f"layer set {sorted(key)}: produces no tensor used elsewhere")
         with self._lock:
-            steps = [self._step(n) for n in order if not self._is_input(n)]
+            steps = [self._step(n) for n in order if not self.is_input(n)]
         shapes = tuple(graph[r.layer].output_shapes[r.index] for r in inputs)
         dtypes = tuple(graph[r.layer].output_dtype for r in inputs)
         batch = 1 if self.max_batch == 1 else None
@@ -439,9 +462,7 @@ class Executor:
         """A closure computing layer ``name`` from ``values`` into ``values``."""
         node = self.graph[name]
         op = self._layers[name]
-        template = node.params.get(CALL_KEY)
-        if template is None:  # graphs rebuilt from a manifest carry no call template
-            template = _default_call(len(node.inbound))
+        template = self.call_template(name)
         extra = {}
         if "training" not in _kwargs_of(template) and _accepts_training(op):
             extra["training"] = False  # inference, as Model.predict does

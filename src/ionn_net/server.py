@@ -169,7 +169,10 @@ class EdgeServer:
         self._catalog = catalog
         #: The catalog and the published blobs (§14.5.1).
         self.public = PublicHoldings(
-            self.store, limits=self.config.spec_limits, jit=self.config.jit
+            self.store,
+            limits=self.config.spec_limits,
+            jit=self.config.jit,
+            trunks=self.config.catalog_trunks,
         )
         self._cost_model = cost_model
         self._prior = prior
@@ -585,7 +588,8 @@ class EdgeServer:
         manifest = loads_manifest(body, self.config.spec_limits, canonical=True)
         graph = graph_from_manifest(manifest, self.config.spec_limits)
         predict = self._prior.profile if self._prior is not None else self._predict_v1
-        model = ServerModel(manifest, graph, self.config.jit, predicted_times(graph, predict))
+        predicted = predicted_times(graph, predict)
+        model = ServerModel(manifest, graph, self.config.jit, predicted, self.public.slices)
         shared = self.public.shared_executor(model.digest)
         if shared is not None:  # a warm catalog model: its compiled slices serve at once
             model.share_executor(shared)

@@ -16,14 +16,26 @@ This module owns the server side of protocol.md §10.3.4 (the public marking), t
   upload, or public) is the caller's check (§10.6).
 * **Catalog layers built ahead** ("warm"): :meth:`PublicHoldings.warm` builds catalog
   models through the server's safe path (``build_catalog_model``) and compiles their
-  full-offload run set, in a thread of its own at the lowest priority, after the server
-  listens: a client never waits for it, neither on a query (queries run on their own
-  threads) nor on a load (a load never waits for a warm-up: what is not built yet is
-  built by the load itself). A session's layer reuses a prebuilt Keras layer only when
-  class, config, declared weights, blob digest and input shapes are equal (a key; never
-  by name), and a session whose manifest *is* a warm catalog model (same digest) shares
-  that model's executor, compiled whole-model slice included, so its first query after
-  the ``load`` runs at once.
+  full-offload run set and its trunks (:func:`warm_sets`), in a thread of its own at the
+  lowest priority, after the server listens: a client never waits for it, neither on a
+  query (queries run on their own threads) nor on a load (a load never waits for a
+  warm-up: what is not built yet is built by the load itself). A session's layer reuses a
+  prebuilt Keras layer only when class, config, declared weights, blob digest and input
+  shapes are equal (a key; never by name), and a session whose manifest *is* a warm
+  catalog model (same digest) shares that model's executor, compiled whole-model slice
+  included, so its first query after the ``load`` runs at once.
+* **Compiled slices are shared by content** (:attr:`PublicHoldings.slices`,
+  :class:`~ionn_net.shared_slices.SharedSlices`): a slice over prebuilt layers, compiled
+  by the warm-up or by any session's load, serves every later session whose run set is
+  the same layers wired the same way, whatever its manifest and layer names. So a
+  fine-tuned head on a catalog backbone, whose first load asks for the backbone's trunk,
+  runs on the slice the warm-up compiled for that trunk; and a run set no warm-up
+  foresaw is compiled once for all the sessions that ask for it, not once per session.
+  Sharing by content rather than by model is what an operator expects from a cache of
+  public layers: what is paid for once is paid for once, whoever the tenant is. Only
+  slices made entirely of public layers are shared, so no blob nor anything private is
+  ever revealed (§14.5.1); what a load's time can tell is that some session ran the same
+  public layers as one run set before.
 
 Prebuilt layers are shared between sessions and must never be changed in place (their
 weights are the catalog's verified bytes).
@@ -43,14 +55,29 @@ from typing import Any
 from ionn_net.catalog import Catalog, CatalogError, build_catalog_model
 from ionn_net.errors import ConfigError, IonnError
 from ionn_net.messages import bad_member
+from ionn_net.model.graph import LayerGraph
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
 from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import LayerSpec, ModelManifest, canonical_json
+from ionn_net.shared_slices import SharedSlices
 from ionn_net.store import BlobCorruptError, BlobStore
 
-__all__ = ["PublicHoldings", "WarmResult", "check_warm_spec", "select_warm"]
+__all__ = [
+    "DEFAULT_TRUNKS",
+    "PublicHoldings",
+    "WarmResult",
+    "check_trunks",
+    "check_warm_spec",
+    "select_warm",
+    "warm_sets",
+]
 
 logger = logging.getLogger("ionn_net.server")
+
+#: Trunks of each catalog model compiled ahead besides its full offload (:func:`warm_sets`).
+DEFAULT_TRUNKS = 2
+#: At most this many: each costs about one more compile of the model, and memory.
+MAX_TRUNKS = 8
 
 _WARM_SPEC = re.compile(r"^(all|none|[0-9]{1,6}|[A-Za-z0-9_.,\-]{1,4096})$")
 
@@ -64,6 +91,13 @@ def check_warm_spec(spec: object) -> str:
             f"or digests, got {spec!r}"
         )
     return spec
+
+
+def check_trunks(trunks: object) -> int:
+    """``trunks`` if it is a number of trunks to compile ahead (0..:data:`MAX_TRUNKS`)."""
+    if type(trunks) is not int or not 0 <= trunks <= MAX_TRUNKS:
+        raise ConfigError(f"catalog_trunks: expected an integer 0..{MAX_TRUNKS}, got {trunks!r}")
+    return trunks
 
 
 def select_warm(catalog: Catalog, spec: str) -> list[str]:
@@ -96,6 +130,8 @@ class WarmResult:
     compile_s: float
     compiled: bool
     error: str | None = None
+    #: slices compiled ahead: the full offload and its trunks (:func:`warm_sets`)
+    slices: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +155,23 @@ def full_offload_set(manifest: ModelManifest) -> list[str]:
     return [s.name for s in manifest.layers if s.cls != "InputLayer"]
 
 
+def warm_sets(manifest: ModelManifest, graph: LayerGraph, trunks: int) -> list[list[str]]:
+    """The run sets a warm-up compiles for a complete catalog model: its full offload
+    (:func:`full_offload_set`), then its ``trunks`` longest *trunks*: the full offload cut
+    after each of the last cut points before the model's last layer (a single tensor
+    leaves there, :meth:`~ionn_net.model.graph.LayerGraph.cut_points`). A fine-tuned
+    head replaces the layers after such a point (a new classifier after the pooling, or
+    new pooling and classifier after the last feature map), and a client of one asks the
+    server to run the trunk first, on the catalog's layers, while its head uploads."""
+    full = full_offload_set(manifest)
+    sets = [full]
+    points = [p for p in graph.cut_points() if graph[p].cls != "InputLayer"][:-1]
+    for point in reversed(points[-trunks:] if trunks else []):
+        cut = graph.position(point)
+        sets.append([n for n in full if graph.position(n) <= cut])
+    return sets
+
+
 class PublicHoldings:
     """The catalog and the published blobs of one server (see the module docstring).
     Thread-safe."""
@@ -130,11 +183,16 @@ class PublicHoldings:
         *,
         limits: SpecLimits = DEFAULT_LIMITS,
         jit: bool | None = None,
+        trunks: int = DEFAULT_TRUNKS,
     ) -> None:
         self._store = store
         self.catalog = catalog
         self._limits = limits
         self._jit = jit
+        self._trunks = trunks
+        #: Compiled slices over the layers built ahead, shared by every session whose
+        #: layers they are (by content, not by the session's model).
+        self.slices = SharedSlices()
         self._lock = threading.Lock()
         self._prebuilt: dict[bytes, Any] = {}
         self._shared: dict[str, _Warm] = {}
@@ -285,32 +343,53 @@ class PublicHoldings:
             built = build_catalog_model(
                 catalog, digest, compile=False, jit=self._jit, limits=self._limits
             )
-            graph = model.graph
-            keys = {
-                layer_key(spec, [graph[r.layer].output_shapes[r.index] for r in spec.inbound]): n
-                for n, spec in ((s.name, s) for s in model.manifest.layers)
-                if n in built.layers
-            }
+            executor, keys = self._shared_executor(model.manifest, model.graph, built.layers)
             started = time.perf_counter()
             whole = model.complete and all(s.cls != LOCAL_ONLY for s in model.manifest.layers)
-            if whole:
-                built.executor.prepare(full_offload_set(model.manifest))
+            sets = warm_sets(model.manifest, model.graph, self._trunks) if whole else []
+            for layers in sets:
+                with self.slices.in_background():  # a load never waits for it: it compiles
+                    executor.prepare(layers)
+                self.slices.pin(executor, layers)
             compile_s = time.perf_counter() - started
         except (IonnError, OSError) as exc:
             logger.warning("catalog: building %s (%s) ahead failed: %s", model.name, digest, exc)
             return WarmResult(digest, model.name, 0.0, 0.0, False, str(exc))
+        layers = executor.layers()
         with self._lock:
-            for key, name in keys.items():
-                self._prebuilt.setdefault(key, built.layers[name])
+            for name, key in keys.items():
+                self._prebuilt.setdefault(key, layers[name])
             if whole:
-                self._shared[digest] = _Warm(built.executor, dict(built.layers))
+                self._shared[digest] = _Warm(executor, layers)
         logger.info(
-            "catalog: %s built ahead in %.2f s, compiled in %.2f s",
+            "catalog: %s built ahead in %.2f s, %d slices compiled in %.2f s",
             model.name,
             built.build_s,
+            len(sets),
             compile_s,
         )
-        return WarmResult(digest, model.name, built.build_s, compile_s, whole)
+        return WarmResult(digest, model.name, built.build_s, compile_s, whole, slices=len(sets))
+
+    def _shared_executor(
+        self, manifest: ModelManifest, graph: LayerGraph, built: Mapping[str, Any]
+    ) -> tuple[Any, dict[str, bytes]]:
+        """An executor of ``graph`` on the layer objects sessions will reuse: for each
+        layer, the first object built ahead with its :func:`layer_key` (this model's or an
+        earlier one's), registered with :attr:`slices`, so that what it compiles is what a
+        session's slice over the same layers is (one object per key: equal weightless
+        layers of a model, e.g. its activations, share one); and each layer's key."""
+        from ionn_net.executor import Executor  # keras stays out of import time
+
+        keys = {
+            s.name: layer_key(s, [graph[r.layer].output_shapes[r.index] for r in s.inbound])
+            for s in manifest.layers
+            if s.name in built
+        }
+        with self._lock:
+            known = dict(self._prebuilt)
+        layers = {n: known.setdefault(k, built[n]) for n, k in keys.items()}
+        self.slices.register(layers.values())
+        return Executor(graph, layers, jit=self._jit, shared=self.slices), keys
 
 
 def _lowest_priority() -> None:

@@ -11,7 +11,7 @@ from ionn_net.config import Limits
 from ionn_net.errors import ConfigError
 from ionn_net.handoff.config import HandoffConfig
 from ionn_net.model.limits import DEFAULT_LIMITS, SpecLimits
-from ionn_net.server_catalog import check_warm_spec
+from ionn_net.server_catalog import DEFAULT_TRUNKS, check_trunks, check_warm_spec
 from ionn_net.server_timing import TimingConfig
 
 __all__ = ["ServerConfig"]
@@ -42,6 +42,9 @@ class ServerConfig:
     #: Catalog models built and compiled ahead, after the server listens: ``all``,
     #: ``none``, a number N (the first N of the index) or comma-separated names/digests.
     catalog_warm: str = "all"
+    #: Trunks of each warm catalog model also compiled ahead (0..8): the model cut after
+    #: each of its last cut points, what a client of a fine-tuned head on it runs first.
+    catalog_trunks: int = DEFAULT_TRUNKS
     #: Seconds between sweeps of stale partial uploads (§14.5; the store's TTL decides).
     sweep_interval_s: float = 3600.0
     #: Deadline of a graceful drain (§13.3): connections still open then are aborted.
@@ -68,6 +71,7 @@ class ServerConfig:
         if self.secret is not None and (not isinstance(self.secret, bytes) or not self.secret):
             raise ConfigError("secret: expected non-empty bytes or None")
         check_warm_spec(self.catalog_warm)
+        check_trunks(self.catalog_trunks)
         if not isinstance(self.sweep_interval_s, int | float) or not self.sweep_interval_s > 0:
             raise ConfigError(f"sweep_interval_s: expected > 0, got {self.sweep_interval_s!r}")
         timeout = self.drain_timeout_s

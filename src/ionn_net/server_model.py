@@ -20,6 +20,7 @@ from ionn_net.model.schema import LOCAL_ONLY
 from ionn_net.model.spec import ModelManifest
 from ionn_net.offthread import lower_priority, to_thread_to_the_end
 from ionn_net.server_stages import ModelStages
+from ionn_net.shared_slices import SharedSlices
 
 __all__ = ["ServerModel", "lower_priority", "to_thread_to_the_end", "warm_up"]
 
@@ -35,6 +36,7 @@ class ServerModel:
         graph: LayerGraph,
         jit: bool | None,
         predicted: Mapping[str, float],
+        shared: SharedSlices | None = None,
     ) -> None:
         self.manifest = manifest
         self.graph = graph
@@ -54,6 +56,8 @@ class ServerModel:
         self.ready: set[str] = set()
         self.lock = asyncio.Lock()
         self._jit = jit
+        #: compiled slices shared by content with other sessions (catalog layers)
+        self._shared = shared
         self._executor: Any = None
         #: which load built each layer: run sets are chained from per-load pieces
         self.batch_of: dict[str, int] = {}
@@ -113,7 +117,7 @@ class ServerModel:
         if self._executor is None:
             from ionn_net.executor import Executor  # keras stays out of import time
 
-            self._executor = Executor(self.graph, {}, jit=self._jit)
+            self._executor = Executor(self.graph, {}, jit=self._jit, shared=self._shared)
         return self._executor
 
 

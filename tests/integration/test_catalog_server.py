@@ -182,3 +182,67 @@ async def test_a_server_starts_with_the_good_entries_of_a_catalog(
         assert client.uploaded == {head.name}
     finally:
         await server.close()
+
+
+def twin_activations(head_seed: int, backbone_from: Any = None) -> Any:
+    """A model whose backbone has two equal activations (same class, config and input
+    shapes: one layer object built ahead serves both, as ResNet's do) and a Dense head;
+    ``backbone_from`` copies another's backbone weights."""
+    import keras
+
+    keras.utils.set_random_seed(head_seed)
+    x = keras.Input((16, 16, 3), name="image")
+    y = keras.layers.Conv2D(8, 3, padding="same", name="conv1")(x)
+    y = keras.layers.ReLU(name="relu1")(y)
+    y = keras.layers.Conv2D(8, 3, padding="same", name="conv2")(y)
+    y = keras.layers.ReLU(name="relu2")(y)
+    y = keras.layers.GlobalAveragePooling2D(name="gap")(y)
+    model = keras.Model(x, keras.layers.Dense(4, name="head")(y), name="twins")
+    if backbone_from is not None:
+        for name in ("conv1", "conv2"):
+            model.get_layer(name).set_weights(backbone_from.get_layer(name).get_weights())
+    return model
+
+
+async def test_a_head_on_a_warm_backbone_is_loaded_without_compiling(tmp_path: Path) -> None:
+    """The warm-up compiles the catalog model's trunks: a fine-tuned head's first load (the
+    backbone's layers, under another manifest) runs on them and compiles nothing."""
+    base = twin_activations(1)
+    tuned = twin_activations(2, backbone_from=base)
+    export(base, tmp_path / "catalog")
+    server = await warm_server(tmp_path / "catalog")
+    try:
+        slices = server.public.slices
+        [warmed] = server.public.warmed
+        assert warmed.slices == 3 == slices.compiled  # full offload and two trunks
+        client, results = await offload(server, tuned, tmp_path)
+        await client.close()
+        assert results[-1].offloaded
+        assert slices.compiled == 3 and slices.reused >= 1
+    finally:
+        await server.close()
+
+
+async def test_a_run_set_of_catalog_layers_is_compiled_once_for_every_head(
+    models: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """Without trunks compiled ahead, the first head's load compiles the backbone's run set
+    once; a second session naming the same catalog layers under a different head (another
+    manifest) gets its load done on that slice, without compiling again."""
+    base, tuned = models
+    export(base, tmp_path / "catalog")
+    server = await warm_server(tmp_path / "catalog", catalog_trunks=0)
+    try:
+        slices = server.public.slices
+        assert slices.compiled == 1  # the full offload only
+        first, _ = await offload(server, tuned, tmp_path)
+        await first.close()
+        assert slices.compiled == 2
+        reused = slices.reused
+        other = small_model(3, backbone_from=base)
+        second, results = await offload(server, other, tmp_path)
+        await second.close()
+        assert results[-1].offloaded
+        assert slices.compiled == 2 and slices.reused > reused
+    finally:
+        await server.close()
