@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tests.helpers.hang_report import hang_report
 from tests.helpers.redis_server import own_redis, redis_server, redis_url
 from tests.helpers.wheel_env import build_wheel, extra_distributions, make_venv
 
@@ -15,7 +16,7 @@ from tests.helpers.wheel_env import build_wheel, extra_distributions, make_venv
 #: check runs pytest many times on one machine); unset, every run calibrates afresh.
 COST_MODEL_DIR = "IONN_TEST_COST_MODEL_DIR"
 
-__all__ = ["own_redis", "redis_server", "redis_url"]
+__all__ = ["hang_report", "own_redis", "redis_server", "redis_url"]
 
 
 #: The calibration's smaller models: the server's own calibration (ten models, among them
