@@ -188,28 +188,35 @@ class SharedSlices:
         build: Callable[[frozenset[str]], CompiledSlice],
         mine: Future[_Entry],
     ) -> CompiledSlice:
+        """Compile, share and resolve ``mine`` whatever happens: a future left pending in
+        ``building`` would block every later request for the same content for good."""
         state, key = self._state, content.key
         try:
             compiled = build(layers)
+            entry = _Entry(
+                compiled,
+                tuple(content.token(r) for r in compiled.inputs),
+                tuple(content.token(r) for r in compiled.outputs),
+            )
+            with state.lock:
+                self._forget(key, mine)
+                state.compiled += 1
+                entry = state.slices.setdefault(key, entry)  # a concurrent compile may be first
+                self._evict()
         except BaseException as exc:
             with state.lock:
-                if state.building.get(key, (None, False))[0] is mine:
-                    del state.building[key]
+                self._forget(key, mine)
             mine.set_exception(exc)
             raise
-        entry = _Entry(
-            compiled,
-            tuple(content.token(r) for r in compiled.inputs),
-            tuple(content.token(r) for r in compiled.outputs),
-        )
-        with state.lock:
-            if state.building.get(key, (None, False))[0] is mine:
-                del state.building[key]
-            state.compiled += 1
-            entry = state.slices.setdefault(key, entry)  # a concurrent compile may be first
-            self._evict()
         mine.set_result(entry)
         return compiled
+
+    def _forget(self, key: Hashable, mine: Future[_Entry]) -> None:
+        """No longer list ``mine`` as the compile under way for ``key`` (the caller holds
+        the lock; a later compile may have taken its place)."""
+        building = self._state.building
+        if building.get(key, (None, False))[0] is mine:
+            del building[key]
 
     def pin(self, executor: Executor, layers: Iterable[str]) -> bool:
         """Keep the shared slice of ``layers`` of ``executor`` whatever the capacity (a

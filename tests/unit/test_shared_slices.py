@@ -230,3 +230,31 @@ def test_the_warm_up_compiles_the_full_offload_and_the_trunks_asked_for(
     assert len(warm_sets(manifest, graph, 8)) == 6  # one per cut point before the top
     with pytest.raises(ConfigError, match="catalog_trunks"):
         ServerConfig(catalog_trunks=9)
+
+
+def test_a_compile_that_fails_after_building_leaves_no_request_waiting(
+    models: tuple[Any, Any],
+) -> None:
+    """However a compile fails (here its slice names a tensor outside its content, which
+    sharing refuses after the build), the next request for the same content compiles
+    instead of waiting for a compile that will never end."""
+    import dataclasses
+
+    base, _ = models
+    shared = SharedSlices()
+    graph, layers = server_side(base)
+    shared.register(layers.values())
+    executor = Executor(graph, layers, shared=shared)
+
+    def broken(key: frozenset[str]) -> Any:
+        good = Executor(graph, layers).prepare(key)
+        return dataclasses.replace(good, inputs=(TensorRef("nowhere"),))
+
+    with pytest.raises(ValueError):
+        shared.prepare(executor, frozenset(TRUNK), broken)
+    done: list[Any] = []
+    again = threading.Thread(target=lambda: done.append(executor.prepare(TRUNK)), daemon=True)
+    again.start()
+    again.join(60)
+    assert done, "the next request for the same content still waits for the failed compile"
+    assert shared.compiled == 1
