@@ -63,14 +63,16 @@ async def test_queries_during_upload_are_correct_and_get_faster(
     ):
         results = [await client.infer_detailed(x) for x in xs]
         await client.wait_uploaded(timeout=120)
-        late = await client.infer_detailed(xs[0])
-    for got, want in zip(results, expected, strict=True):
+        # the steady latency once the upload is done: the best of three (the first query
+        # on the final plan pays its slices' first calls: 203 ms against 159-163 here)
+        late = [await client.infer_detailed(x) for x in xs[:3]]
+    for got, want in zip(results + late, expected + expected[:3], strict=True):
         np.testing.assert_allclose(got.output, want, rtol=1e-4, atol=1e-5)
-    assert not any(r.fallback for r in results)
+    assert not any(r.fallback for r in results + late)
     assert results[0].server_layers == 0  # nothing was uploaded yet
-    assert late.offloaded
-    first, last = results[0].total_ms, late.total_ms
-    assert last < 0.6 * first, (first, last)
+    assert all(r.offloaded for r in late)
+    first, last = results[0].total_ms, min(r.total_ms for r in late)
+    assert last < 0.6 * first, (first, [r.total_ms for r in late])
 
 
 async def test_reconnect_uploads_nothing_twice(
