@@ -501,20 +501,9 @@ def _check_structure(spec: LayerSpec, limits: SpecLimits) -> None:
             )
         _shape(list(w.shape), f"{where}.weights[{i}].shape", limits, min_dims=0)
         _sha(w.sha256, f"{where}.weights[{i}].sha256")
-    _check_stage_specs(spec.stages, f"{where}.blob.stages")
+    from ionn_net.model.stages import check_stage_specs  # stages.py imports this module
 
-
-def _check_stage_specs(stages: object, where: str) -> None:
-    """Hand-built stages (no parsing) are checked as parsed ones are (§10.12.1's format):
-    a tuple of StageSpec whose fields a manifest could carry."""
-    from ionn_net.model.stages import StageSpec  # stages.py imports this module
-
-    if not isinstance(stages, tuple):
-        raise SpecError(f"{where}: expected a tuple of StageSpec, got {type(stages).__name__}")
-    for i, stage in enumerate(stages):
-        if not isinstance(stage, StageSpec):
-            raise SpecError(f"{where}[{i}]: expected a StageSpec, got {type(stage).__name__}")
-        StageSpec.from_json_obj(stage.to_json_obj(), f"{where}[{i}]")
+    check_stage_specs(spec.stages, f"{where}.blob.stages")
 
 
 def _check_blob(spec: LayerSpec) -> None:

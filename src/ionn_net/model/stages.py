@@ -97,6 +97,7 @@ __all__ = [
     "StageSpec",
     "check_declared",
     "check_manifest_stages",
+    "check_stage_specs",
     "decode_base",
     "encode_layer",
     "output_channel_axes",
@@ -292,6 +293,17 @@ def precision_of(stages: Sequence[StageSpec]) -> str | None:
     """The precision whose encodings ``stages`` declare, base first (None if none)."""
     encodings = tuple(getattr(s, "encoding", None) for s in stages)
     return next((p for p, encs in STAGE_ENCODINGS.items() if encs == encodings), None)
+
+
+def check_stage_specs(stages: object, where: str) -> None:
+    """Hand-built stages (no parsing) checked as parsed ones are (§10.12.1's format): a
+    tuple of :class:`StageSpec` whose fields a manifest could carry."""
+    if not isinstance(stages, tuple):
+        raise SpecError(f"{where}: expected a tuple of StageSpec, got {type(stages).__name__}")
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, StageSpec):
+            raise SpecError(f"{where}[{i}]: expected a StageSpec, got {type(stage).__name__}")
+        StageSpec.from_json_obj(stage.to_json_obj(), f"{where}[{i}]")
 
 
 def check_declared(spec: LayerSpec, limits: SpecLimits = DEFAULT_LIMITS) -> str:
