@@ -29,7 +29,7 @@ from types import TracebackType
 
 from ionn_net.errors import ConfigError
 from ionn_net.netem.base import BackendUnavailableError, NetemError
-from ionn_net.netem.netns import PREFIX, environment_problem
+from ionn_net.netem.netns import PREFIX, environment_problem, receive_in_order
 from ionn_net.netem.proxy import LinkSpec
 
 __all__ = ["LinkDef", "Topology"]
@@ -128,6 +128,7 @@ class Topology:
                 _run(["ip", "-n", ns, "link", "set", "dev", dev, "gso_max_size", "1500",
                       "gso_max_segs", "1"])  # fmt: skip
             _run(["ip", "-n", ns, "link", "set", "dev", dev, "up"])
+            receive_in_order(ns, dev)
             self.ends[(link.name, node)] = (dev, address)
         _tbf(na, dev_a, link.up)
         _tbf(nb, dev_b, link.down)

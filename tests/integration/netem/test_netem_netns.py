@@ -235,3 +235,14 @@ def test_tcp_counters_are_per_namespace_and_see_retransmissions() -> None:
     assert after_a["RetransSegs"] >= 5  # the sender (a) repaired the delay line's drops
     assert after_b["RetransSegs"] <= after_a["RetransSegs"]
     assert "DelayedACKs" in after_b  # TcpExt read too
+
+
+def test_a_fast_link_keeps_the_flow_in_order() -> None:
+    # A veth queues each frame on the backlog of the CPU that sent it, and tbf sends from
+    # the writer's context or from its timer's: without one receive CPU the flow arrives
+    # reordered, and every reordering costs TCP a spurious retransmission and its window.
+    with NamespaceLink(rate_bps=200e6) as link:
+        link.probe(duration_s=1.0, pings=0)
+        sender, receiver = link.tcp_counters("a"), link.tcp_counters("b")
+    assert receiver.get("TCPOFOQueue", 0) == 0, receiver
+    assert sender.get("RetransSegs", 0) == 0, sender
