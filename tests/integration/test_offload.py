@@ -49,7 +49,7 @@ def inputs(n: int, side: int = 224) -> list[np.ndarray]:
 
 
 # A ratio of two latencies of one run: a neighbour's burst of CPU during the late queries
-# made it 0.64 against 0.6 once in five full suites (0.47 usually).
+# made it 0.64 against 0.6 in one of three full suites run on 2026-12-07 (0.47 usually).
 @pytest.mark.flaky(reruns=1, reruns_delay=2)
 async def test_queries_during_upload_are_correct_and_get_faster(
     model: Any, cost_model: Any, tmp_path: Path
