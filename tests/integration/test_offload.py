@@ -276,6 +276,9 @@ async def test_blobs_above_the_peers_message_size_go_up_in_pieces(
     np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
 
 
+# One rerun, as the suite's other timing-ratio tests: under a full suite's load the server's
+# answers measured 2x+ its predictions for five queries in a row once in many runs.
+@pytest.mark.flaky(reruns=1, reruns_delay=2)
 async def test_a_client_that_stopped_offloading_on_bad_measurements_comes_back(
     small_model: Any, cost_model: Any, tmp_path: Path
 ) -> None:
@@ -308,9 +311,9 @@ async def test_a_client_that_stopped_offloading_on_bad_measurements_comes_back(
             await asyncio.sleep(0.1)
         result = await client.infer_detailed(x)
         assert result.offloaded  # it tried the server again, which is fast in truth
-        # and its answers bring the scale back down (bounded: a few queries, for the odd
-        # slow one on a shared machine; with the 20x spell learned for good it stays ~20)
-        for _ in range(5):
+        # and its answers bring the scale back down (bounded: ten queries, for slow ones on
+        # a shared machine; with the 20x spell learned for good it stays ~20)
+        for _ in range(10):
             if learned.server_scale < 5.0:
                 break
             await client.infer_detailed(x)
