@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import logging
+import os
 import signal
 import subprocess
 import sys
@@ -15,11 +17,13 @@ import pytest
 
 from ionn_net.netem.base import BackendUnavailableError
 from ionn_net.netem.netns import (
+    PREFIX,
     NamespaceLink,
     cleanup_stale,
     environment_problem,
     list_namespaces,
     netem_available,
+    receive_in_order,
 )
 from ionn_net.netem.probe import ProbeResult
 from ionn_net.netem.proxy import LinkSpec
@@ -246,3 +250,20 @@ def test_a_fast_link_keeps_the_flow_in_order() -> None:
         sender, receiver = link.tcp_counters("a"), link.tcp_counters("b")
     assert receiver.get("TCPOFOQueue", 0) == 0, receiver
     assert sender.get("RetransSegs", 0) == 0, sender
+
+
+def test_a_kernel_without_receive_steering_gets_a_warning_not_a_failed_link(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """receive_in_order is best effort: where ``rps_cpus`` cannot be written (here: no
+    such device) the link still comes up, and the log says it may reorder."""
+    ns = f"{PREFIX}rps-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ionn_net.netem"):
+            receive_in_order(ns, "no-such-dev0")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+    assert any(
+        "no-such-dev0" in r.getMessage() and "reorder" in r.getMessage() for r in caplog.records
+    )
