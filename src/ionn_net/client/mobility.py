@@ -96,6 +96,12 @@ class PlanCache:
         self._kept = kept
         self._plans: dict[object, tuple[UploadPlan, list[frozenset[str]]]] = {}
 
+    @staticmethod
+    def key(cost_model_id: object, ready: frozenset[str], never: frozenset[str]) -> object:
+        """What a plan was made from: the server's cost model, the layers ready there and
+        the layers never sent."""
+        return (cost_model_id, ready, never)
+
     def get(self, key: object) -> tuple[UploadPlan, list[frozenset[str]]] | None:
         return self._plans.get(key)
 
@@ -140,6 +146,8 @@ class Mobility:
         self._pushed: dict[str, set[str]] = {}
         self._push_failed_at: dict[str, float] = {}
         self._order: tuple[str, ...] | None = None
+        #: the upload plans of this client's sessions, shared with them (see push_order)
+        self.plans = PlanCache()
         self._no_grant: set[str] = set()
         #: blobs the previous server does not hold (it said so): not asked for again
         self._not_at_source: set[str] = set()
@@ -302,7 +310,7 @@ class Mobility:
             return
         held = self._state.held_blobs
         done = self._pushed.setdefault(target, set())
-        todo = [d for d in await self._push_order() if d in held and d not in done]
+        todo = [d for d in await self.push_order() if d in held and d not in done]
         if not todo:
             return
         timeout = self._options.push_timeout_s
@@ -343,21 +351,35 @@ class Mobility:
         runs = tuple(s.layers for s in plan.segments if s.location == "server")
         return runs[:MAX_PREPARE_SETS]
 
-    async def _push_order(self) -> tuple[str, ...]:
+    async def push_order(self) -> tuple[str, ...]:
         """Blob digests in the order the upload planner would send the model to a server
-        holding nothing (benefit at the next server per byte), computed once."""
+        holding nothing (benefit at the next server per byte), computed once; empty until
+        the upload session has planned. A session that began at a server holding nothing
+        planned exactly that: its plan is taken as it is. Planning it again took the
+        client's CPU for seconds (``ours`` on ResNet50) and held every push back until it
+        ended, past a move that came early in the upload."""
         if self._order is None:
             state, prepared = self._state, self._prepared
-            ctx = state.context(held=frozenset())
             never = state.never() | frozenset(prepared.graph.inputs)
+            if state.upload_plan is None:
+                return ()
+            cached = self.plans.get(PlanCache.key(state.cost_model_id, frozenset(), never))
+            if cached is not None:
+                self._order = self._blob_order(cached[1])
+                return self._order
+            ctx = state.context(held=frozenset())
             strategy = get_planner(self._planner)
 
             def plan() -> tuple[str, ...]:
                 found = strategy.plan(ctx)
-                parts = with_completion(ctx, found.partitions, frozenset(), never)
-                order = [n for p in parts for n in sorted(p, key=prepared.graph.position)]
-                digests = (prepared.layer_blob[n][0] for n in order)
-                return tuple(dict.fromkeys(d for d in digests if d is not None))
+                return self._blob_order(with_completion(ctx, found.partitions, frozenset(), never))
 
             self._order = await asyncio.to_thread(plan)
         return self._order
+
+    def _blob_order(self, partitions: Sequence[frozenset[str]]) -> tuple[str, ...]:
+        """The blobs of ``partitions``' layers, in partition order, each once."""
+        graph, layer_blob = self._prepared.graph, self._prepared.layer_blob
+        order = [n for p in partitions for n in sorted(p, key=graph.position)]
+        digests = (layer_blob[n][0] for n in order)
+        return tuple(dict.fromkeys(d for d in digests if d is not None))

@@ -153,7 +153,8 @@ class UploadSession:
         self._replanning: asyncio.Future[list[frozenset[str]]] | None = None
         # plans activated after loads, compiled in the background
         self._activations = Activations(self.activate)
-        self._plans = PlanCache()
+        # (shared with pre-migration, which pushes in the order of a plan made here)
+        self._plans = mobility.plans if mobility is not None else PlanCache()
 
     @property
     def connection(self) -> AioConnection | None:
@@ -295,7 +296,7 @@ class UploadSession:
         from the same cost model, layers ready and layers never sent is used again: at a
         server the client moved to, planning would delay the first partition (§15)."""
         state, prepared = self._state, self._prepared
-        key = (state.cost_model_id, state.ready, self._never_sent())
+        key = PlanCache.key(state.cost_model_id, state.ready, self._never_sent())
         if (cached := self._plans.get(key)) is not None:
             state.start_upload(*cached)
             return
