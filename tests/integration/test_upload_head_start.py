@@ -4,6 +4,7 @@ server loads teaches the client nothing. Real client, real server, real TCP."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +72,31 @@ async def test_the_first_upload_byte_leaves_while_the_client_plans(
     np.testing.assert_allclose(
         result.output, small_model(x, training=False).numpy(), rtol=1e-4, atol=1e-5
     )
+
+
+async def test_layers_the_server_holds_ready_serve_before_the_rest_is_planned(
+    small_model: Any, cost_model: Any, tmp_path: Path
+) -> None:
+    # A first session leaves the server with its first partitions ready; a second one (same
+    # key, as after a move to a server that pre-migration filled, protocol.md §15.5.5)
+    # activates a plan over them at once: its compile starts before `ours` has planned the
+    # rest of the upload, not after.
+    config = ClientConfig(
+        slowdown=10.0, profile_cache=str(tmp_path / "p"), assumed_mbit=20.0, session_key="ab" * 16
+    )
+    async with EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server:
+        async with OffloadClient(
+            "127.0.0.1", server.port, small_model, planner="ionn", config=config
+        ) as first:
+            while not first.plan_state.ready:
+                await asyncio.sleep(0.01)
+        async with OffloadClient(
+            "127.0.0.1", server.port, small_model, planner="ours", config=config
+        ) as second:
+            while second.upload_timeline.planned_at is None:
+                await asyncio.sleep(0.01)
+            timeline = second.upload_timeline
+            assert second.plan_state.ready, "the server kept no layer ready for the key"
+            assert timeline.planned_at is not None and timeline.activations, timeline
+            started, _ = timeline.activations[0]
+            assert started < timeline.planned_at, timeline

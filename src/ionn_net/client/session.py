@@ -385,6 +385,11 @@ class UploadSession:
             if held:  # and the upload plans only the rest (a head on a catalog backbone)
                 logger.info("the server holds %d layers' blobs: loading them first", len(held))
                 await self._load(conn, held)
+        if state.ready:
+            # Layers the server holds ready (built ahead from a pre-migration push, §15.5.5,
+            # or an earlier session's) serve queries from now on, not once the rest of the
+            # upload is planned (seconds for ``ours``).
+            self._activations.submit(state.usable, state.best_plan(state.usable, held=state.usable))
         await self._plan_upload(conn)
         if state.ready:
             await self.activate(state.usable)
