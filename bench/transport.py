@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -254,10 +255,26 @@ def _hol_row(label: str, r: dict[str, Any], link_bps: float, grpc_p99: float | N
     return (
         f"  {label:38s} {r['idle_p50'] * 1e3:6.1f} {r['idle_p99'] * 1e3:6.1f} |"
         f" {r['busy_p50'] * 1e3:7.1f} {r['busy_p99'] * 1e3:7.1f} |"
-        f" {(r['busy_p99'] - r['idle_p99']) * 1e3:+7.1f} | {gain} |"
+        f" {(r['busy_p99'] - r['idle_p99']) * 1e3:+7.1f} | {_split(r)} | {gain} |"
         f" {r['upload_rate'] * 8 / 1e6:6.1f} {r['upload_rate'] * 8 / link_bps:6.1%} |"
         f" {r['busy_n']:4d}" + _discarded(r)
     )
+
+
+def _split(r: dict[str, Any]) -> str:
+    """p99 minus idle p99 of the queries issued in the upload's first second (count) and of
+    the rest: the first ones meet whatever the upload's start left in the queues."""
+    if "first_n" not in r:
+        return f"{'-':>20s}"
+    first = _minus_idle(r, "first_p99")
+    return f"{first:>7s} ({r['first_n']:3d}) {_minus_idle(r, 'rest_p99'):>8s}"
+
+
+def _minus_idle(r: dict[str, Any], key: str) -> str:
+    value = r.get(key)
+    if value is None or math.isnan(value):  # no query in that part
+        return "-"
+    return f"{(value - r['idle_p99']) * 1e3:+.1f}"
 
 
 def _discarded(r: dict[str, Any]) -> str:
@@ -352,6 +369,27 @@ def _cwnd_watch(r: dict[str, Any]) -> str:
     )
 
 
+def _pacer_trace(trace: list[list[Any]], link_bps: float) -> str:
+    """The pacing rate and the bottleneck estimate as shares of the probed link, and the
+    queueing delay the pacer saw, at a few moments of the upload (its start in detail),
+    then the median pacing rate over the upload's second half."""
+    link = link_bps / 8
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value / link:.3f}"
+
+    marks = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
+    shown, at = [], 0
+    for t, pacing, estimate, queue, *_ in trace:
+        if at < len(marks) and t >= marks[at]:
+            shown.append(f"@{t:.2f}s {share(pacing)}/{share(estimate)} q={queue}")
+            while at < len(marks) and t >= marks[at]:
+                at += 1
+    late = sorted(row[1] for row in trace[len(trace) // 2 :] if row[1] is not None)
+    median = f"{late[len(late) // 2] / link:.3f}" if late else "-"
+    return ", ".join(shown) + f"; median pacing rate over the second half {median}"
+
+
 def _kernel_view(q: dict[str, Any]) -> str:
     """When the query's head reached the client's socket and what the socket held then
     (unsent bytes, segments in flight x MSS against the congestion window, the peer's
@@ -403,7 +441,7 @@ def bench_link(
     )
     print(
         f"  {'transport':38s} {'idle p50/p99 ms':>13s} | {'busy p50/p99 ms':>15s} | p99-idle |"
-        f" p99 gain | {'upload Mbit/s':>13s} | n"
+        f" {'1st s (n) / after':>20s} | p99 gain | {'upload Mbit/s':>13s} | n"
     )
     rows: dict[str, dict[str, Any]] = {}
     for name, kind, label, pacing in HOL_CASES:
@@ -413,7 +451,9 @@ def bench_link(
             "test": "hol",
             "idle_queries": 50 if quick else 150,
             "upload_bytes": upload,
-            "warmup_s": 1.0 if quick else 2.0,
+            # Queries from the upload's first byte on: in IONN's use the first queries are
+            # issued exactly when the upload begins.
+            "warmup_s": 0.0,
             "gap_s": gap_s,
             "deadline_s": 3 * expected_s + 30,
         }
@@ -437,7 +477,11 @@ def bench_link(
             if drops_before is not None and drops_after is not None:
                 rows[label]["qdisc_drops"] = drops_after - drops_before
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            print(f"  {label:38s} FAILED: {str(exc).splitlines()[-1][:200]}")
+            lines = str(exc).splitlines() or [""]
+            print(f"  {label:38s} FAILED: {lines[-1][:200]}")
+            for line in lines:
+                if line.startswith("upload past its deadline"):
+                    print(f"    {line[:3000]}")
     grpc = rows.get(HOL_CASES[-1][2])
     for label, r in rows.items():
         gain_base = None if grpc is None or label.startswith("gRPC") else grpc["busy_p99"]
@@ -449,9 +493,20 @@ def bench_link(
             print(f"  congestion states of '{label}' (2 ms samples): {_cwnd_watch(r)}")
         if r.get("tcp_counters"):
             print(f"  TCP counters during '{label}': {r['tcp_counters']}")
+        if r.get("pacer_trace"):
+            print(f"  pacer of '{label}' (x link): {_pacer_trace(r['pacer_trace'], measured)}")
+        if r.get("pacer_events"):
+            print(f"  pacer decisions of '{label}': {r['pacer_events']}")
     for r in rows.values():
         r["link_bps"] = measured
     return rows
+
+
+def _save(path: str | None, link: str, rows: dict[str, dict[str, Any]]) -> None:
+    """Append the link's raw results (every query, the pacer's trace) as one JSON line."""
+    if path is not None:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"link": link, "rows": rows}) + "\n")
 
 
 LONGFAT_CASES = (
@@ -495,7 +550,8 @@ def bench_longfat(quick: bool, backend: str | None, reps: int | None) -> None:
 
 
 def _verdicts(name: str, rows: dict[str, dict[str, Any]], slack_ms: float) -> list[str]:
-    """The issue's targets, for each ionn_net variant that ran."""
+    """The targets, for each ionn_net variant that ran: the p99 of every query, and apart
+    the p99 of those issued in the upload's first second and of the rest."""
     grpc = rows.get(HOL_CASES[-1][2])
     lines = []
     for _, _, label, _ in HOL_CASES[:3]:
@@ -506,6 +562,11 @@ def _verdicts(name: str, rows: dict[str, dict[str, Any]], slack_ms: float) -> li
         extra = (r["busy_p99"] - r["idle_p99"]) * 1e3
         share = r["upload_rate"] * 8 / r["link_bps"]
         parts = [f"p99 {extra:+.1f} ms vs idle (<= +{slack_ms:g}: {_ok(extra <= slack_ms)})"]
+        for key, what in (("first_p99", "first second"), ("rest_p99", "after it")):
+            value = r.get(key)
+            if value is not None and not math.isnan(value):  # some query ran then
+                part = (value - r["idle_p99"]) * 1e3
+                parts.append(f"{what} {part:+.1f} ms ({_ok(part <= slack_ms)})")
         if grpc is not None:
             ratio = grpc["busy_p99"] / r["busy_p99"]
             parts.append(f"{ratio:.1f}x below gRPC's p99 (>= 10x: {_ok(ratio >= 10)})")
@@ -536,6 +597,7 @@ def bench_hol(
     cases: Sequence[str] = HOL_CASE_NAMES,
     all_counters: bool = False,
     congestion: str | None = None,
+    save: str | None = None,
 ) -> None:
     from ionn_net.netem.select import choose_backend
 
@@ -557,6 +619,7 @@ def bench_hol(
                 f" > 5 ms after due, worst {stats.late_max_us / 1e3:.1f} ms late"
             )
         verdicts += _verdicts(link.name, rows, slack_ms)
+        _save(save, key, rows)
     print("== targets (p99 of query RTT during the upload; link = probed goodput)")
     print("\n".join(verdicts))
 
@@ -605,6 +668,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="TCP congestion control of the ionn_net cases (default: TransportOptions')",
     )
+    parser.add_argument(
+        "--save", default=None, help="append each link's raw results as a JSON line here"
+    )
     args = parser.parse_args(argv)
     if args.bulk_only:
         args.only = "bulk"
@@ -621,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             cases=args.cases,
             all_counters=args.all_tcp_counters,
             congestion=args.congestion,
+            save=args.save,
         )
 
 

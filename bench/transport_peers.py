@@ -443,6 +443,8 @@ class _IonnClient:
         self._trace_heads()
         self.discarded: float | None = None
         self.forgiven: float | None = None
+        self.pacer_trace: list[tuple[Any, ...]] = []
+        self.pacer_events: dict[str, int] = {}
         #: the server's clock (host monotonic) when the last query's head and body arrived
         self.server_stamps = (0.0, 0.0)
         self.server_lag_s = 0.0  # the server loop's worst lateness since its previous answer
@@ -498,11 +500,33 @@ class _IonnClient:
         else:  # rate lost, and bytes never charged, while the upload ran (not before it)
             pacer.settle(asyncio.get_running_loop().time())
             discarded, forgiven = pacer.discarded_bytes, pacer.forgiven_bytes
-            await _send_body(stream, total, _block())
+            watch = asyncio.create_task(self._watch_pacer(pacer))
+            try:
+                await _send_body(stream, total, _block())
+            finally:
+                watch.cancel()
             self.discarded = pacer.discarded_bytes - discarded
             self.forgiven = pacer.forgiven_bytes - forgiven
+            self.pacer_events = dict(getattr(pacer, "events", {}))
         if ProbeUploadOk.parse(await stream.receive_head()).received != total:
             raise RuntimeError("ionn: upload size mismatch")
+
+    async def _watch_pacer(self, pacer: Any) -> None:
+        """Every 20 ms: (s since the upload began, pacing rate, bottleneck estimate, both
+        bytes/s or None, the queueing delay the pacer last saw in ms, whether it ramps)."""
+        began = time.monotonic()
+        while True:
+            queue = pacer.queue_delay_s
+            self.pacer_trace.append(
+                (
+                    round(time.monotonic() - began, 3),
+                    pacer.pacing_rate,
+                    pacer.bottleneck_rate,
+                    None if queue is None else round(queue * 1e3, 2),
+                    getattr(pacer, "ramping", None),
+                )
+            )
+            await asyncio.sleep(0.02)
 
     def tcp_raw(self) -> dict[str, int] | None:
         """The socket's ``_TCP_RAW_FIELDS`` now (None: no socket, or no TCP_INFO here)."""
@@ -539,8 +563,10 @@ async def _timed_queries(
     rng: random.Random,
     *,
     gap_s: float,
+    starts: list[float] | None = None,
 ) -> list[float]:
-    """Sequential queries with random gaps (mean ``gap_s``) so they sample every phase."""
+    """Sequential queries with random gaps (mean ``gap_s``) so they sample every phase;
+    ``starts`` (if given) receives when each was issued (``time.perf_counter``)."""
     rtts: list[float] = []
     for _ in range(count):
         if until():
@@ -548,6 +574,8 @@ async def _timed_queries(
         start = time.perf_counter()
         await client.query(payload)
         rtts.append(time.perf_counter() - start)
+        if starts is not None:
+            starts.append(start)
         pause = rng.uniform(0.0, 2 * gap_s)
         deadline = time.perf_counter() + pause
         while not until() and time.perf_counter() < deadline:  # stop early when done
@@ -688,6 +716,7 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
             client, payload, params["idle_queries"], lambda: False, rng, gap_s=0.005
         )
         total = params["upload_bytes"]
+        began = time.perf_counter()
         upload = asyncio.create_task(_timed(client.upload(total)))
         deadline = time.perf_counter() + params["deadline_s"]
         await asyncio.wait([upload], timeout=params["warmup_s"])
@@ -698,14 +727,28 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
         traced = _TracedQueries(client)
         watch = _CwndWatch(client)
         watching = asyncio.create_task(watch.run(stop))
-        busy = await _timed_queries(traced, payload, 100_000, stop, rng, gap_s=gap)
+        starts: list[float] = []
+        busy = await _timed_queries(traced, payload, 100_000, stop, rng, gap_s=gap, starts=starts)
         trace = traced.summary()  # while the socket is still open
         await watching
         trace |= watch.summary()
         elapsed = await asyncio.wait_for(upload, max(0.1, deadline - time.perf_counter()))
+    except TimeoutError:  # say where a paced upload stood (the orchestrator shows stderr)
+        tail = getattr(client, "pacer_trace", [])[-20:]
+        print(f"upload past its deadline; pacer trace tail: {tail}", file=sys.stderr)
+        raise
     finally:
         await client.close()
+    # Queries issued in the upload's first second (its start, before any rate is known)
+    # and after it.
+    first = [rtt for rtt, at in zip(busy, starts, strict=True) if at - began < 1.0]
+    rest = busy[len(first) :]
     return trace | {
+        "first_p99": _pct(first, 99),
+        "first_n": len(first),
+        "first_all": [round(x * 1e3, 1) for x in first],
+        "rest_p99": _pct(rest, 99),
+        "rest_n": len(rest),
         "idle_p50": _pct(idle, 50),
         "idle_p99": _pct(idle, 99),
         "busy_p50": _pct(busy, 50),
@@ -717,6 +760,8 @@ async def _hol(kind: str, host: str, port: int, params: dict[str, Any]) -> dict[
         "upload_bytes": total,
         "pacer_discarded": getattr(client, "discarded", None),
         "pacer_forgiven": getattr(client, "forgiven", None),
+        "pacer_trace": getattr(client, "pacer_trace", None),
+        "pacer_events": getattr(client, "pacer_events", None),
     }
 
 

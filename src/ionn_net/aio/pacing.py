@@ -6,19 +6,15 @@ are empty (~100 ms p50 at 20 Mbit/s with TCP_NOTSENT_LOWAT alone, measured by
 bench/transport.py). Releasing upload bytes at a little under the bottleneck rate keeps that
 queue near empty, so a query sees about one upload frame of extra delay.
 
-Owns pure pieces (time passed in, no clock reads) and their composition:
+Owns the composition of pure pieces (time passed in, no clock reads):
 
-* :class:`TokenBucket` -- debt-based bucket: a chunk may leave whenever the balance is not
-  negative, then the balance drops by its size; the average rate is exact and one chunk is
-  never split.
-* :class:`RateEstimator` -- windowed maximum of rate samples; app-limited samples are lower
-  bounds and only count when they raise the maximum.
-* :class:`LinkRateMeter` -- rate samples from the growth of the kernel's ``TCP_INFO``
-  ``bytes_acked`` over a few round trips.
+* :class:`~ionn_net.aio.token_bucket.TokenBucket` in bytes, with debt: a chunk may leave
+  whenever the balance is not negative, then the balance drops by its size; the average
+  rate is exact and one chunk is never split.
+* :mod:`ionn_net.aio.delivery` -- what the connection delivers, from ``TCP_INFO``, and the
+  start of an estimated rate.
 * :class:`Pacer` -- paces at ``gain`` x the bottleneck rate, given by the caller or
-  estimated: measured during a short unpaced startup, then steered by the queueing delay
-  (smoothed minus minimum RTT) the upload causes, which finds a faster path without the
-  probing bursts BBR uses and backs off when the path slows.
+  estimated, from the first byte on (see its docstring).
 
 Which streams are paced is decided by the caller (urgency >= ``PacingConfig.min_urgency``);
 every byte the connection writes is charged to the bucket (:meth:`Pacer.account`), so the
@@ -31,232 +27,130 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ionn_net.aio.delivery import DEFAULT_MSS, DeliveryLog, LinkRateMeter, Ramp, RateEstimator
+from ionn_net.aio.pacing_config import PacingConfig
 from ionn_net.aio.sockopts import TcpInfo
-from ionn_net.errors import ConfigError
+from ionn_net.aio.token_bucket import TokenBucket
 
 __all__ = ["LinkRateMeter", "Pacer", "PacingConfig", "RateEstimator", "TokenBucket"]
 
 #: Unpaced bytes above this share of the pacing rate within a control interval make its
-#: queueing delay no reason to back off (see Pacer._control).
+#: queueing delay no reason to back off (see Pacer._signals).
 _HEAVY_UNPACED = 0.25
 #: Time constant of the smoothed unpaced rate: a few back-to-back queries.
 _UNPACED_SMOOTHING_S = 0.5
 #: Share of a control interval held back by the peer's receive window above which unsent
-#: bytes in the socket are the reader's doing (see Pacer._control).
+#: bytes in the socket are the reader's doing (see Pacer._signals).
 _WINDOW_BOUND = 0.1
+#: Acknowledged below this share of what was written a round trip before: the path does
+#: not keep up (over PacingConfig.min_span_s, where a sample is accurate to ~1%).
+_BEHIND = 0.98
+#: Segments acknowledged before the kernel's smoothed RTT (a 1/8 average per ACK, one ACK
+#: per two segments) has mostly taken in a new level: how long a queue takes to show in it.
+_SRTT_SEGMENTS = 16
+#: What the smoothed RTT keeps of a past sample per ACK.
+_SRTT_KEEPS = 7 / 8
+#: A ramp grows only while the path acknowledges at least this share of what was written
+#: a round trip before (the span is short: one sample can read 10% low)...
+_RAMP_KEEPS_UP = 0.85
+#: ...a test skipped while one unpaced write is more than this share of what was written
+#: over the span compared (a 16 KiB query is a sixth of 40 ms at 20 Mbit/s).
+_RAMP_UNPACED = 0.1
+#: A ramp that went back to its deliveries more often than this at one rate ends there.
+_RAMP_SHRINKS = 3
+#: The shortest span the end of a ramp measures the path's delivery over (a bottleneck's
+#: burst allowance passes faster than its rate: 2 ms of it at 200 Mbit/s in tbf).
+_EXIT_SPAN_S = 0.05
+#: After a ramp, the path's deliveries over this share of a round trip are measured...
+_AFTER_RAMP = 0.8
+#: ...when that is at least this long (a few dozen ACKs).
+_AFTER_RAMP_MIN_S = 0.01
+#: The first probe follows the ramp after this many control intervals: it calibrates the
+#: ramp's estimate, which the ramp's growth and a bottleneck's burst allowance blur.
+_FIRST_PROBE_INTERVALS = 4
+#: A queue this many times queue_high_s is no sample's noise: the estimate goes down to what
+#: the path delivered (a path that got slower)...
+_LONG_QUEUE = 4.0
+#: ...but by at most this share per control interval: a path that stalled for a moment
+#: (a host stopped by CPU contention) delivered next to nothing meanwhile, and is not slower.
+_LONG_QUEUE_STEP = 0.25
+#: Deliveries over two halves of a span this close are a path's steady rate, not a stall's.
+_STEADY = 0.8
+#: A probe's steps stay at PacingConfig.increase until it has raised the estimate by this
+#: factor (well past 1 / gain: the path got faster), then grow by _PROBE_GROWTH per step, up to
+#: _PROBE_MAX_STEP, so a path much faster than estimated is found within a few seconds.
+_PROBE_SPAN = 1.2
+_PROBE_GROWTH = 1.5
+_PROBE_MAX_STEP = 0.04
+#: A probe measures the path over at least this long (at 200 Mbit/s a 64 KiB ACK is 2.6 ms).
+_PROBE_MEASURE_S = 0.1
+#: Time constant of the queueing delay outside probes: what a probe's queue is measured
+#: against (on a busy host the RTT carries a millisecond or two of scheduling).
+_BASE_SMOOTHING_S = 1.0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PacingConfig:
-    """How upload-urgency streams are paced (see :class:`Pacer`).
-
-    ``rate_bps`` (bits/s) fixes the bottleneck rate; None estimates it (startup measurement,
-    then steering by queueing delay). Streams whose urgency is >= ``min_urgency`` are paced
-    (uploads are urgency 5, §8.1) at ``gain`` x the bottleneck rate, counting every byte the
-    connection writes. ``burst_s`` bounds how much sending may catch up after a late
-    wake-up (at least two chunks). Each release carries about ``chunk_time_s`` of link time
-    (on a slow link one smaller frame), so an urgent frame waits behind about that much
-    upload at the bottleneck.
-
-    Unpaced bytes (queries) are charged to the same bucket, but never starve the upload:
-    they can put it at most ``max_debt_s`` of pacing time in debt, and while the debt is
-    over half of that, paced streams still get ``min_share`` of the pacing rate. Without
-    these, queries sending more than the pacing rate (ResNet50's 600 KB inputs back to back
-    on an 80 Mbit/s link whose estimate had sunk) stopped an upload for minutes in
-    ionn-bench.
-    """
-
-    rate_bps: float | None = None
-    gain: float = 0.95
-    min_urgency: int = 4
-    burst_s: float = 0.006
-    chunk_time_s: float = 0.003
-    window_s: float = 5.0
-    sample_interval_s: float = 0.01
-    min_span_s: float = 0.25
-    startup_s: float = 1.0
-    control_interval_s: float = 0.05
-    queue_low_s: float = 0.001
-    queue_high_s: float = 0.004
-    increase: float = 0.005
-    decrease: float = 0.03
-    min_fraction: float = 0.25
-    min_share: float = 0.1
-    max_debt_s: float = 0.1
-
-    def __post_init__(self) -> None:
-        checks: tuple[tuple[str, float | None, float, float], ...] = (
-            ("rate_bps", self.rate_bps, 1e3, 1e12),
-            ("gain", self.gain, 0.1, 2.0),
-            ("burst_s", self.burst_s, 0.0, 1.0),
-            ("chunk_time_s", self.chunk_time_s, 0.0001, 1.0),
-            ("window_s", self.window_s, 0.1, 600.0),
-            ("sample_interval_s", self.sample_interval_s, 0.001, 10.0),
-            ("min_span_s", self.min_span_s, 0.001, 60.0),
-            ("startup_s", self.startup_s, 0.0, 60.0),
-            ("control_interval_s", self.control_interval_s, 0.001, 60.0),
-            ("queue_low_s", self.queue_low_s, 0.0, 10.0),
-            ("queue_high_s", self.queue_high_s, 0.0, 10.0),
-            ("increase", self.increase, 0.0, 1.0),
-            ("decrease", self.decrease, 0.0, 0.9),
-            ("min_fraction", self.min_fraction, 0.0, 1.0),
-            ("min_share", self.min_share, 0.0, 1.0),
-            ("max_debt_s", self.max_debt_s, 0.0, 10.0),
-        )
-        for name, value, low, high in checks:
-            if value is not None and not low <= value <= high:
-                raise ConfigError(f"PacingConfig.{name}: expected {low}..{high}, got {value!r}")
-        if self.queue_low_s > self.queue_high_s:
-            raise ConfigError(
-                f"PacingConfig.queue_low_s: expected <= queue_high_s ({self.queue_high_s}), "
-                f"got {self.queue_low_s}"
-            )
-        if not 0 <= self.min_urgency <= 7:
-            raise ConfigError(f"PacingConfig.min_urgency: expected 0..7, got {self.min_urgency}")
+def _segment(info: TcpInfo) -> int:
+    """The segment size ACKs come back for: the MSS, at most an Ethernet one (loopback's
+    64 KiB MSS is not what a paced sender's segments are: its chunks are smaller)."""
+    return min(info.mss or DEFAULT_MSS, DEFAULT_MSS)
 
 
-class TokenBucket:
-    """Debt-based token bucket in bytes; ``rate`` in bytes/s; time passed in."""
+@dataclass(frozen=True, slots=True)
+class _Signals:
+    """What one control interval of the estimated rate saw: the queueing delay (network and
+    socket, seconds) and the socket's part, whether unpaced bytes were heavy, whether the
+    peer's receive window held the socket back, and whether the path was behind (see
+    Pacer._path_rate)."""
 
-    __slots__ = ("_balance", "_burst", "_last", "discarded", "forgiven", "max_debt", "rate")
-
-    def __init__(
-        self, rate: float, burst: float, now: float, *, max_debt: float = float("inf")
-    ) -> None:
-        if rate <= 0 or burst < 0 or not max_debt >= 0:
-            raise ConfigError(
-                "TokenBucket: expected rate > 0, burst >= 0 and max_debt >= 0, got "
-                f"{rate}, {burst}, {max_debt}"
-            )
-        self.rate = rate
-        self._burst = burst
-        #: the balance never falls below -max_debt bytes (forgiven beyond)
-        self.max_debt = max_debt
-        self._balance = 0.0
-        self._last = now
-        #: bytes of rate lost to the burst cap: time nothing was sent although it could
-        self.discarded = 0.0
-        #: bytes sent but never charged: debt beyond ``max_debt``
-        self.forgiven = 0.0
-
-    def settle(self, now: float) -> None:
-        """Refill up to ``now`` (done lazily otherwise, when next asked), so that
-        :attr:`discarded` includes an idle spell that ends at ``now``."""
-        if now > self._last:
-            full = self._balance + (now - self._last) * self.rate
-            self._balance = min(self._burst, full)
-            self.discarded += full - self._balance
-            self._last = now
-
-    def set_rate(self, rate: float, burst: float, now: float) -> None:
-        """Change the rate from ``now`` on (the debt so far is kept)."""
-        self.settle(now)
-        self.rate = max(rate, 1.0)
-        self._burst = max(burst, 0.0)
-        self._balance = min(self._balance, self._burst)
-
-    def delay(self, now: float) -> float:
-        """Seconds until the next chunk may leave (0.0: now)."""
-        self.settle(now)
-        return 0.0 if self._balance >= 0 else -self._balance / self.rate
-
-    def debt(self, now: float) -> float:
-        """Bytes sent ahead of the rate that the bucket is still making up for (0.0: none)."""
-        self.settle(now)
-        return max(0.0, -self._balance)
-
-    def consume(self, nbytes: int, now: float) -> None:
-        """Charge a chunk that was just released (debt beyond ``max_debt`` is forgiven)."""
-        self.settle(now)
-        owed = self._balance - nbytes
-        self._balance = max(owed, -self.max_debt)
-        self.forgiven += self._balance - owed
-
-
-class RateEstimator:
-    """Windowed maximum of delivery-rate samples (bytes/s)."""
-
-    __slots__ = ("_samples", "_window")
-
-    def __init__(self, window_s: float) -> None:
-        self._window = window_s
-        # Monotone deque (time, rate) with decreasing rates: the front is the window maximum.
-        self._samples: deque[tuple[float, float]] = deque()
-
-    def add(self, rate: float, now: float, *, app_limited: bool) -> None:
-        """Record a sample; an app-limited one counts only if it raises the maximum."""
-        if rate <= 0:
-            return
-        current = self.estimate(now)
-        if app_limited and current is not None and rate <= current:
-            return
-        while self._samples and self._samples[-1][1] <= rate:
-            self._samples.pop()
-        self._samples.append((now, rate))
-
-    def estimate(self, now: float) -> float | None:
-        """The maximum over the window, or None without samples."""
-        while self._samples and self._samples[0][0] < now - self._window:
-            self._samples.popleft()
-        return self._samples[0][1] if self._samples else None
-
-
-class LinkRateMeter:
-    """Delivery rate of a TCP connection from ``TCP_INFO``: a windowed maximum of samples,
-    each the growth of ``bytes_acked`` over at least ``min_span_s`` and two smoothed RTTs
-    (one ACK burst on a fast path would otherwise look like a fast link)."""
-
-    __slots__ = ("_estimator", "_history", "_min_span", "latest", "path_samples", "samples")
-
-    def __init__(self, window_s: float, min_span_s: float) -> None:
-        self._estimator = RateEstimator(window_s)
-        self._min_span = min_span_s
-        self._history: deque[tuple[float, int, bool]] = deque(maxlen=4096)
-        self.samples = 0
-        #: samples taken while the sender kept the path busy (none app-limited): only
-        #: those measure the path; the others are lower bounds
-        self.path_samples = 0
-        self.latest: float | None = None  # the most recent sample (bytes/s)
-
-    def update(self, info: TcpInfo, now: float) -> None:
-        """Add (now, bytes_acked) and derive a sample over the span behind it."""
-        history = self._history
-        history.append((now, info.bytes_acked, info.app_limited))
-        span = max(self._min_span, 2.0 * info.rtt_s)
-        if now - history[0][0] < span:
-            return
-        # Drop points older than needed, keeping the newest one at least `span` back.
-        while len(history) > 2 and now - history[1][0] >= span:
-            history.popleft()
-        t0, acked0, _ = history[0]
-        app_limited = any(limited for _, _, limited in history)
-        self.latest = (info.bytes_acked - acked0) / (now - t0)
-        self._estimator.add(self.latest, now, app_limited=app_limited)
-        self.samples += 1
-        self.path_samples += not app_limited
-
-    def estimate(self, now: float) -> float | None:
-        """Bytes/s: the largest sample of the window, or None before the first."""
-        return self._estimator.estimate(now)
+    queue: float
+    in_socket: float
+    heavy: bool
+    window_bound: bool
+    behind: bool
 
 
 class Pacer:
     """Releases chunks of paced streams at ``gain`` x the bottleneck rate.
 
-    With ``PacingConfig.rate_bps`` the bottleneck rate is given. Otherwise it is estimated:
+    With ``PacingConfig.rate_bps`` the bottleneck rate is given. Otherwise it is estimated
+    from ``TCP_INFO``, and paced from the first byte:
 
-    1. *Startup*: for ``startup_s`` after the first chunk nothing is paced, and a
-       :class:`LinkRateMeter` measures what the path delivers (``bytes_acked`` growth over
-       ``min_span_s`` spans): the largest such rate is the first estimate, taken once at
-       least one sample was not app-limited (until then nothing is paced).
-    2. *Steady state*: the queueing delay the upload causes (smoothed RTT minus the minimum
-       RTT, plus the kernel's unsent bytes at the paced rate, from ``TCP_INFO``) steers the
-       estimate every control interval (four minimum RTTs,
-       at least ``control_interval_s``): above ``queue_high_s``, if the path also delivers
-       less than is sent, it shrinks by ``decrease`` (never below ``min_fraction`` of the
-       startup estimate); below ``queue_low_s`` it grows by ``increase``. This finds a
-       faster path without probing bursts and backs off when the path slows or other
-       traffic shares it.
+    1. *Ramp* (:class:`~ionn_net.aio.delivery.Ramp`): from TCP's own window per handshake
+       RTT, it doubles every ``ramp_rtts`` feedback delays (a round trip and the few ACKs
+       the kernel's smoothed RTT needs), never past ``ramp_gain`` x what the path delivered
+       and was released a feedback delay before. It ends at a queue in the network of
+       ``ramp_exit_s`` (less what the queries' own bytes explain), or when the path keeps
+       acknowledging less than was written a round trip before (full, or this host cannot
+       send faster: back to its deliveries at once, and the end if that lasts). The
+       estimate is what the path delivered over the last round trips, raised to what it
+       delivers over the round trip after (what the ramp queued still keeps it full);
+       that queue is owed to the bucket, so the upload waits until it drains instead of
+       queries waiting behind it. An unpaced start filled the bottleneck's queue before
+       any rate was known: the first query, issued as the upload began, waited 93-94 ms at
+       20 Mbit/s with 20 ms each way (BENCHMARKS.md).
+    2. *Steady state*: every control interval (four minimum RTTs, at least
+       ``control_interval_s``) a queue above ``queue_high_s`` that grew, or that the path
+       is behind on (it acknowledged less than was written), takes the estimate a step of
+       ``decrease`` down, to what the path delivered if it was behind, and is owed. When
+       the queue is long, the step is larger but bounded (a quarter per interval): a path
+       that stalled for 0.3 s (a host stopped by CPU contention) delivered next to nothing
+       and is not slower, and going straight to its deliveries kept the estimate at a
+       quarter of the link for minutes (bench/transport.py at 20 Mbit/s). The queue's drain
+       right after tells the two apart: a path that came back delivers above the estimate
+       (back up to that), a slower one steadily below it (down to that); else a probe
+       soon after, rising fast to the rate held before, where a queue the path delivered
+       in full (a host's scheduling noise) is no measurement of its rate.
+
+       The estimate does not creep up on its own: pacing below the bottleneck, a path
+       that got faster looks the same as one that did not, and an estimate raised
+       whenever no queue showed settled where gain x estimate filled the link: a standing
+       queue, the upload at 96-97% of a 200 Mbit/s link, not the gain's
+       95%. After a step down it comes back, but only up to the rate last measured.
+    3. *Probes* measure: every ``probe_interval_s``, and first shortly after the ramp, the
+       estimate rises by ``increase`` per interval until the queue is ``queue_low_s`` above
+       its level before; then, while the queue stays, what the path delivers over at least
+       two intervals is its rate (a queue past ``queue_high_s`` first: back to where the
+       probe began; a queue that went: the rise goes on).
 
     ``info_source`` returns the connection's TCP_INFO (or None: then nothing is paced
     unless the rate was given).
@@ -267,25 +161,47 @@ class Pacer:
     ) -> None:
         self.config = config
         self._info = info_source
-        self._meter = LinkRateMeter(config.window_s, config.min_span_s)
+        self._log = DeliveryLog()
         self._bucket: TokenBucket | None = None
         self._reserve: TokenBucket | None = None  # the upload's min_share
         self._paced_pending = 0  # released paced bytes not yet charged
+        self._written = 0
+        self._unpaced_writes: deque[tuple[float, int]] = deque(maxlen=64)  # (time, bytes)
         self._unpaced_since_control = 0
         self._unpaced_rate = 0.0  # bytes/s, smoothed over _UNPACED_SMOOTHING_S
         self._rwnd_limited = 0.0  # TcpInfo.rwnd_limited_s at the last control step
         self._estimate: float | None = None
         self._floor = 0.0
+        self._ramp: Ramp | None = None
+        self._stalled_since: float | None = None  # the ramp's path stopped keeping up
+        self._shrinks = 0  # how often the ramp went back to the deliveries...
+        self._stall_rate = 0.0  # ...since it first did so, at this rate
+        self._after_ramp: tuple[float, int] | None = None  # (when it ended, bytes_acked)
+        self._after_step: tuple[float, int] | None = None  # (a bounded step, bytes_acked)
+        self._recall = 0.0  # the estimate before bounded steps no probe has yet confirmed
+        self._no_info = False  # TCP_INFO was unavailable: never paced (estimated mode)
         self._chunk = 0
-        self._start: float | None = None
+        self._samples = 0
         self._last_sample = -1e18
         self._last_control = -1e18
         self._active_since_control = False
-        self._written = 0
+        self._held = False  # the bucket made a paced chunk wait since the last step
+        self._next_probe = float("inf")
+        self._probe_from: float | None = None  # the estimate a running probe began at
+        self._probe_step = 0.0
+        self._probe_span_from = 0.0  # where a probe's steps start to grow from (see _probe_up)
+        self._probe_hold: tuple[float, int] | None = None  # since when a probe measures
+        self._measured = 0.0  # the path's rate as last measured (the ramp, a probe)
+        self._queue_base = 0.0  # queueing delay when no probe runs (smoothed)
+        self._queues = (0.0, 0.0)  # the queueing delay of the last two control intervals
         self.queue_delay_s: float | None = None
+        #: how often each decision of the estimated rate was taken (diagnostics)
+        self.events: dict[str, int] = {}
         if config.rate_bps is not None:
             self._estimate = config.rate_bps / 8.0
             self._install(now)
+
+    # ------------------------------------------------------------------ state
 
     @property
     def bottleneck_rate(self) -> float | None:
@@ -298,8 +214,14 @@ class Pacer:
         return None if self._bucket is None else self._bucket.rate
 
     @property
+    def ramping(self) -> bool:
+        """Whether an estimated rate is still in its ramp."""
+        return self._ramp is not None
+
+    @property
     def samples(self) -> int:
-        return self._meter.samples
+        """``TCP_INFO`` reads so far."""
+        return self._samples
 
     @property
     def discarded_bytes(self) -> float:
@@ -307,139 +229,34 @@ class Pacer:
         burst): idle time between uploads, or stalls during one."""
         return 0.0 if self._bucket is None else self._bucket.discarded
 
+    @property
+    def forgiven_bytes(self) -> float:
+        """Bytes sent beyond the rate and never charged (debt over ``max_debt_s``)."""
+        return 0.0 if self._bucket is None else self._bucket.forgiven
+
     def settle(self, now: float) -> None:
         """Bring the counters up to ``now`` (the bucket refills lazily, when next asked): read
         :attr:`discarded_bytes` after this to exclude what an idle spell before ``now`` lost."""
         if self._bucket is not None:
             self._bucket.settle(now)
 
-    @property
-    def forgiven_bytes(self) -> float:
-        """Bytes sent beyond the rate and never charged (debt over ``max_debt_s``)."""
-        return 0.0 if self._bucket is None else self._bucket.forgiven
-
-    def _burst(self, rate: float) -> float:
-        return max(2.0 * self._chunk, rate * self.config.burst_s)
-
-    def _install(self, now: float) -> None:
-        assert self._estimate is not None
-        cfg = self.config
-        rate = self._estimate * cfg.gain
-        if self._bucket is None:
-            self._bucket = TokenBucket(rate, self._burst(rate), now)
-        else:
-            self._bucket.set_rate(rate, self._burst(rate), now)
-        self._bucket.max_debt = rate * cfg.max_debt_s
-        share = rate * cfg.min_share
-        if share <= 0:
-            self._reserve = None
-        elif self._reserve is None:
-            self._reserve = TokenBucket(share, 2.0 * self._chunk, now)
-        else:
-            self._reserve.set_rate(share, 2.0 * self._chunk, now)
-
-    def _control(self, info: TcpInfo, now: float) -> None:
-        """Steer the estimate by the queueing delay (steady state, estimated mode)."""
-        assert self._estimate is not None
-        cfg = self.config
-        interval = max(cfg.control_interval_s, 4.0 * info.min_rtt_s)
-        elapsed = now - self._last_control
-        if elapsed < interval:
-            return
-        self._last_control = now
-        active, self._active_since_control = self._active_since_control, False
-        sending = self._bucket.rate if self._bucket is not None else None
-        unpaced, self._unpaced_since_control = self._unpaced_since_control, 0
-        # Heavy unpaced traffic (large query tensors) queues at the bottleneck in bursts
-        # that pacing cannot prevent and the bucket already yields to: that queue says
-        # nothing about the rate, and backing off on it starved the upload (ionn-bench,
-        # ResNet50 over 80 Mbit/s: 80 -> 20 Mbit/s estimated while queries sent ~34). A
-        # burst outlives the interval it was written in, so its rate is smoothed.
-        weight = min(1.0, elapsed / _UNPACED_SMOOTHING_S)
-        self._unpaced_rate += weight * (unpaced / elapsed - self._unpaced_rate)
-        heavy = sending is not None and self._unpaced_rate > _HEAVY_UNPACED * sending
-        # Our queue is in the network (RTT above its minimum) and, when the kernel's own
-        # pacing (BBR) holds back what we release too fast, in the socket (not yet sent);
-        # not when the peer's receive window held the socket back: then the reader is slow
-        # (an edge server busy loading a partition), not the path, and backing off only
-        # lowered the estimate for the rest of the upload (ionn-bench: 70 -> 49 Mbit/s on a
-        # 76 Mbit/s link, every step taken on unsent bytes at a 2 ms RTT).
-        window_bound = info.rwnd_limited_s - self._rwnd_limited > _WINDOW_BOUND * elapsed
-        self._rwnd_limited = info.rwnd_limited_s
-        # Unsent bytes up to the bucket's debt were written ahead of the rate (a query's
-        # tensor, a released chunk) and the bucket already holds the upload back until the
-        # link has drained them: they are not the rate's fault. Counting them backed off
-        # on every large query while the upload ran on its reserve share (ionn-bench,
-        # ResNet50's 600 KB inputs: the estimate sank from ~70 to 35-50 Mbit/s on 76).
-        owed = self._bucket.debt(now) if self._bucket is not None else 0.0
-        excess = max(0.0, info.notsent_bytes - owed)
-        in_socket = excess / sending if sending and not window_bound else 0.0
-        queue = max(0.0, info.rtt_s - info.min_rtt_s) + in_socket
-        self.queue_delay_s = queue
-        delivered = self._meter.latest
-        # Unsent bytes in our socket are otherwise ours. A longer RTT is ours to drain only
-        # if the path delivers less than we send: with everything delivered (a slower
-        # delay line, cross traffic that left) backing off could starve the upload.
-        behind = sending is None or delivered is None or delivered < 0.97 * sending
-        decrease = in_socket > cfg.queue_high_s or (queue > cfg.queue_high_s and behind)
-        if decrease and heavy:
-            return
-        if decrease:
-            self._estimate = max(self._floor, self._estimate * (1.0 - cfg.decrease))
-        # (an interval bound by the reader says nothing about the network's rate either)
-        elif queue < cfg.queue_low_s and active and not window_bound:
-            self._estimate *= 1.0 + cfg.increase
-        else:
-            return
-        self._install(now)
-
-    def _sample(self, now: float) -> None:
-        if now - self._last_sample < self.config.sample_interval_s:
-            return
-        self._last_sample = now
-        if self.config.rate_bps is not None:
-            return
-        info = self._info()
-        if info is None:
-            return
-        self._meter.update(info, now)
-        if self._estimate is not None:
-            self._control(info, now)
-            return
-        started = self._start is not None and now - self._start >= self.config.startup_s
-        estimate = self._meter.estimate(now)
-        # Startup ends on a sample of the path, not on lower bounds alone: an upload that
-        # sends small blobs request by request leaves the path idle between them, and a
-        # rate taken from those (40 KB/s on loopback while the server was busy) paced the
-        # next 5 MB blob for a minute before the slow increase found the path again.
-        if started and estimate is not None and self._meter.path_samples:
-            self._estimate = estimate
-            self._floor = estimate * self.config.min_fraction
-            self._last_control = now
-            assert self._start is not None
-            # The unpaced rate starts from what was written beside the startup's upload.
-            self._unpaced_rate = self._unpaced_since_control / max(now - self._start, 1e-3)
-            self._unpaced_since_control = 0
-            self._rwnd_limited = info.rwnd_limited_s
-            self._install(now)
-            # The unpaced startup left a queue: bytes unsent in the socket and queued at the
-            # bottleneck (the RTT above its minimum). Owing them makes the first paced
-            # chunks wait until they drain, instead of a query waiting behind both (and
-            # the control loop backing off on a queue it did not make).
-            assert self._bucket is not None
-            queued = max(0.0, info.rtt_s - info.min_rtt_s) * estimate
-            self._bucket.consume(int(info.notsent_bytes + queued), now)
+    # ------------------------------------------------------------------ the writer's calls
 
     def chunk_size(self, upper: int) -> int:
         """Bytes released per token wait: ``chunk_time_s`` of link time within [4 KiB, upper].
 
         On a slow link that is less than a frame, so frames shrink with it; on a fast one
         it is several frames per wake-up (the core still cuts frames at ``max_chunk``).
-        Unpaced (startup, or no estimate): ``upper``.
+        Before an estimated rate starts, one initial window; unpaced (no TCP_INFO):
+        ``upper``.
         """
         rate = self.pacing_rate
         if rate is None:
-            return upper
+            if self._no_info:
+                return upper
+            # The first chunk of an estimated rate: one initial window, not a burst the
+            # ramp would start behind.
+            return min(upper, self.config.initial_window * DEFAULT_MSS)
         return max(min(4096, upper), min(upper, int(rate * self.config.chunk_time_s)))
 
     def delay(self, chunk: int, now: float) -> float:
@@ -450,10 +267,10 @@ class Pacer:
             if self._bucket is not None:  # the burst floor is two chunks
                 rate = self._bucket.rate
                 self._bucket.set_rate(rate, self._burst(rate), now)
-        if self._start is None:
-            self._start = now
         self._sample(now)
         wait = 0.0 if self._bucket is None else self._bucket.delay(now)
+        if wait > 0:
+            self._held = True
         if wait > self.config.max_debt_s / 2 and self._reserve is not None:
             # Unpaced bytes hold the bucket deep in debt (not just the few milliseconds
             # a query leaves, which the upload waits out so as not to queue behind it):
@@ -471,6 +288,8 @@ class Pacer:
         paced = min(nbytes, self._paced_pending)
         self._paced_pending -= paced
         self._unpaced_since_control += nbytes - paced
+        if nbytes > paced:
+            self._unpaced_writes.append((now, nbytes - paced))
         if self._bucket is not None:
             self._bucket.consume(nbytes, now)
 
@@ -482,3 +301,505 @@ class Pacer:
         self._written = total_written
         if delta > 0:
             self.consume(delta, now)
+
+    # ------------------------------------------------------------------ the bucket
+
+    def _burst(self, rate: float) -> float:
+        return max(2.0 * self._chunk, rate * self.config.burst_s)
+
+    def _install(self, now: float, rate: float | None = None) -> None:
+        """Pace at ``rate`` (default: gain x the estimate) from ``now`` on."""
+        cfg = self.config
+        if rate is None:
+            assert self._estimate is not None
+            rate = self._estimate * cfg.gain
+        if self._bucket is None:
+            self._bucket = TokenBucket(rate, self._burst(rate), now)
+        else:
+            self._bucket.set_rate(rate, self._burst(rate), now)
+        self._bucket.max_debt = rate * cfg.max_debt_s
+        share = rate * cfg.min_share
+        if share <= 0:
+            self._reserve = None
+        elif self._reserve is None:
+            self._reserve = TokenBucket(share, 2.0 * self._chunk, now)
+        else:
+            self._reserve.set_rate(share, 2.0 * self._chunk, now)
+
+    def _owe(self, nbytes: float, now: float) -> None:
+        """Charge bytes that queue ahead of the upload (it waits until they drained)."""
+        if self._bucket is not None and nbytes > 0:
+            self._bucket.consume(int(nbytes), now)
+
+    # ------------------------------------------------------------------ measuring
+
+    def _sample(self, now: float) -> None:
+        cfg = self.config
+        interval = cfg.sample_interval_s
+        if self._ramp is not None:  # a ramp reacts within a fraction of its doubling
+            interval = min(interval, cfg.ramp_min_s / 10)
+        if now - self._last_sample < interval:
+            return
+        self._last_sample = now
+        if cfg.rate_bps is not None:
+            return
+        info = self._info()
+        if info is None:
+            self._no_info = self._bucket is None
+            return
+        self._samples += 1
+        self._log.add(info, now, self._written)
+        if self._after_ramp is not None:
+            self._measure_after_ramp(info, now)
+        if self._after_step is not None:
+            self._measure_after_step(info, now)
+        if self._estimate is not None:
+            self._control(info, now)
+        elif self._ramp is None:
+            self._ramp = Ramp(
+                info, now, initial_window=cfg.initial_window, cap=cfg.initial_rate_bps / 8
+            )
+            self._install(now, self._ramp.rate)
+        else:
+            self._ramp_step(info, now)
+
+    def _queue(self, info: TcpInfo, now: float, sending: float) -> tuple[float, float]:
+        """(queueing delay in the network and the socket, the socket's part alone) in
+        seconds at ``sending`` bytes/s.
+
+        Unsent bytes up to the bucket's debt were written ahead of the rate (a query's
+        tensor, a released chunk) and the bucket already holds the upload back until the
+        link has drained them: they are not the rate's fault. Counting them backed off on
+        every large query while the upload ran on its reserve share (ionn-bench, ResNet50's
+        600 KB inputs: the estimate sank from ~70 to 35-50 Mbit/s on 76).
+        """
+        if sending <= 0:
+            return max(0.0, info.rtt_s - info.min_rtt_s), 0.0
+        owed = self._bucket.debt(now) if self._bucket is not None else 0.0
+        # (two chunks may always wait: the writer hands the socket one while one leaves)
+        in_socket = max(0.0, info.notsent_bytes - owed - 2 * self._chunk) / sending
+        network = max(0.0, info.rtt_s - info.min_rtt_s - self._unpaced_queue(info, now, sending))
+        return network + in_socket, in_socket
+
+    def _unpaced_queue(self, info: TcpInfo, now: float, sending: float) -> float:
+        """How much of the smoothed RTT the unpaced bytes written lately still explain.
+
+        A query's own bytes queue at the bottleneck for their transfer time (at 2 Mbit/s a
+        16 KiB query is 69 ms), the bytes written behind them wait as long, and the smoothed
+        RTT keeps 7/8 of that per ACK once their ACKs came back: not the upload's queue.
+        """
+        acks_per_s = sending / (2.0 * _segment(info))
+        explained = 0.0
+        for at, nbytes in reversed(self._unpaced_writes):
+            if now - at > 1.0:
+                break
+            height = nbytes / sending
+            since = now - (at + height + info.rtt_s)  # since its last ACK came back
+            explained += height * _SRTT_KEEPS ** (max(0.0, since) * acks_per_s)
+        return explained
+
+    def _backlog(self, info: TcpInfo) -> float:
+        """Bytes queued on the path: in flight beyond one bandwidth-delay product at the
+        estimate (the smoothed RTT trails a queue that is still growing; this does not)."""
+        assert self._estimate is not None
+        inflight = info.unacked_segments * (info.mss or DEFAULT_MSS)
+        by_rtt = max(0.0, info.rtt_s - info.min_rtt_s) * self._estimate
+        return max(by_rtt, inflight - self._estimate * info.min_rtt_s)
+
+    def _count(self, event: str) -> None:
+        self.events[event] = self.events.get(event, 0) + 1
+
+    # ------------------------------------------------------------------ the ramp
+
+    def _ramp_step(self, info: TcpInfo, now: float) -> None:
+        ramp = self._ramp
+        assert ramp is not None
+        cfg = self.config
+        queue, in_socket = self._queue(info, now, ramp.rate)
+        self.queue_delay_s = queue
+        if queue - in_socket > cfg.ramp_exit_s:
+            # Only a queue in the network ends the ramp at once: unsent bytes in the socket
+            # are the congestion window's (slow start opens it within a few round trips).
+            self._count("ramp ended by a queue")
+            self._end_ramp(info, now)
+            return
+        span = max(info.rtt_s, cfg.ramp_span_s)
+        # From a send to the ACK that shows its queue: a round trip and the few ACKs the
+        # kernel's smoothed RTT needs.
+        lag = info.rtt_s + _SRTT_SEGMENTS * _segment(info) / ramp.rate
+        delivered = self._log.delivered(now, span)
+        # What was written over the span whose bytes are acknowledged now: no more than the
+        # ramp's rate then (the rest is a query's burst, which the bucket yields to).
+        sent = self._log.written(now - lag - span, now - lag)
+        if sent is not None:
+            sent = min(sent, ramp.rate_at(now - lag - span / 2))
+        used, self._held = self._held, False
+        if self._keeps_up(delivered, sent, span, in_socket):
+            self._stalled_since = None
+            if ramp.rate > self._stall_rate * cfg.ramp_gain:
+                self._shrinks = 0  # past where it last stalled: that was a sample's noise
+            # Never more than ramp_gain x what the path delivered over the last round trip,
+            # nor than was released then (a bottleneck's burst allowance passes a few
+            # milliseconds faster than its rate): once the rate passes the path's, the
+            # deliveries stop growing and so does the rate, before a queue shows.
+            cap = ramp.rate_at(now - lag - span / 2)
+            if delivered is not None:
+                cap = min(cap, delivered)
+            doubling = max(cfg.ramp_min_s, cfg.ramp_rtts * (lag + span / 2))
+            used = used and in_socket <= cfg.ramp_exit_s
+            ramp.grow(now, used=used, cap=cfg.ramp_gain * cap, doubling=doubling)
+        else:
+            # Acknowledged less than was written a round trip before: the path is full
+            # (its queue shows a round trip or two later) or this host cannot send that
+            # fast. Either way the deliveries are what the rate can be: back to them at
+            # once, so a full path's queue stops growing; if that lasts, or keeps coming
+            # back at one rate, the ramp ends.
+            if self._stalled_since is None:
+                self._stalled_since = now
+            if not self._shrinks:
+                self._stall_rate = ramp.rate
+            self._shrinks += 1
+            lasting = now - self._stalled_since >= 2.0 * (lag + span)
+            if lasting or self._shrinks > _RAMP_SHRINKS:
+                self._count("ramp ended by deliveries")
+                self._end_ramp(info, now)
+                return
+            self._count("ramp back to deliveries")
+            assert delivered is not None
+            ramp.shrink(now, delivered)
+        self._install(now, ramp.rate)
+
+    def _keeps_up(
+        self, delivered: float | None, sent: float | None, span: float, in_socket: float = 0.0
+    ) -> bool:
+        """Whether the path acknowledged, over the last ``span``, about what was written a
+        round trip before. Unknown counts as yes: too little history, bytes the congestion
+        window holds in the socket (slow start), or an unpaced write too large for the span
+        to compare."""
+        if delivered is None or sent is None or in_socket > 0:
+            return True
+        largest = max((nbytes for _, nbytes in self._unpaced_writes), default=0)
+        if largest > _RAMP_UNPACED * sent * span:
+            return True
+        return delivered >= _RAMP_KEEPS_UP * sent
+
+    def _end_ramp(self, info: TcpInfo, now: float) -> None:
+        """The path is full: it delivered all it could over the last round trips, and no
+        more than was released a round trip before (its burst allowance aside)."""
+        ramp = self._ramp
+        assert ramp is not None
+        span = max(2.0 * info.rtt_s, _EXIT_SPAN_S)
+        estimate = ramp.rate_at(now - info.rtt_s - span / 2)
+        delivered = self._log.delivered(now, span)
+        if delivered is not None:
+            estimate = min(estimate, delivered)
+        estimate = max(estimate, ramp.first)
+        self._ramp = None
+        self._estimate = self._measured = estimate
+        self._floor = estimate * self.config.min_fraction
+        self._last_control = now
+        self._rwnd_limited = info.rwnd_limited_s
+        interval = max(self.config.control_interval_s, 4.0 * info.min_rtt_s)
+        self._next_probe = now + _FIRST_PROBE_INTERVALS * interval
+        self._install(now)
+        # The ramp's last round trip left a queue: bytes unsent in the socket and queued on
+        # the path. Owing them makes the next paced chunks wait until they drain, instead
+        # of a query waiting behind both.
+        self._owe(info.notsent_bytes + self._backlog(info), now)
+        self._after_ramp = (now, info.bytes_acked)
+
+    def _measure_after_ramp(self, info: TcpInfo, now: float) -> None:
+        """For a round trip after the ramp the path still delivers what the ramp's last
+        round trip sent, above its rate, at exactly its rate (its queue is not empty, so
+        no burst allowance either): a measurement without the ramp's growth in it, which
+        the deliveries before the end lag by a round trip or two (at 20 Mbit/s with 20 ms
+        each way they read 35% low). Only raises the estimate; needs a round trip long
+        enough for a few dozen ACKs."""
+        assert self._after_ramp is not None and self._estimate is not None
+        start, acked = self._after_ramp
+        if now - start < _AFTER_RAMP * info.rtt_s:
+            return
+        self._after_ramp = None
+        if now - start < _AFTER_RAMP_MIN_S:
+            return
+        delivered = (info.bytes_acked - acked) / (now - start)
+        if delivered > self._estimate:
+            self._count("ramp's estimate raised by its last round trip")
+            self._estimate = self._measured = delivered
+            self._floor = delivered * self.config.min_fraction
+            self._install(now)
+
+    def _measure_after_step(self, info: TcpInfo, now: float) -> None:
+        """After a bounded step down, the queue that made it is still there and the upload
+        waits for it to drain (it is owed): for most of a round trip, which the queue
+        lengthens, the path delivers at its own rate now. A path that stalled and came back
+        delivers at its full rate: the estimate returns to that. A path that got slower
+        delivers at its new rate, steadily (both halves of the span within _STEADY of each
+        other): the estimate goes down to that. A stall delivers nothing, or unevenly as it
+        ends: no measurement (the next interval's queue steps it further down)."""
+        assert self._after_step is not None and self._estimate is not None
+        start, acked = self._after_step
+        if now - start < _AFTER_RAMP * info.rtt_s:
+            return
+        self._after_step = None
+        if now - start < _AFTER_RAMP_MIN_S:
+            return
+        delivered = (info.bytes_acked - acked) / (now - start)
+        middle = (start + now) / 2
+        first, second = self._log.acked(start, middle), self._log.acked(middle, now)
+        if delivered > self._estimate:
+            self._count("estimate raised by the drain after a step")
+        elif first and second and min(first, second) >= _STEADY * max(first, second):
+            self._count("estimate lowered by the drain after a step")
+        else:
+            return
+        self._estimate = self._measured = max(self._floor, delivered)
+        # (measured: no rate from before the stall to go back to, no early probe)
+        self._recall = 0.0
+        self._next_probe = now + self.config.probe_interval_s
+        self._install(now)
+
+    # ------------------------------------------------------------------ steady state
+
+    def _control(self, info: TcpInfo, now: float) -> None:
+        """Steer the estimate by the queueing delay (steady state, estimated mode)."""
+        assert self._estimate is not None
+        cfg = self.config
+        interval = max(cfg.control_interval_s, 4.0 * info.min_rtt_s)
+        elapsed = now - self._last_control
+        if elapsed < interval:
+            return
+        self._last_control = now
+        active, self._active_since_control = self._active_since_control, False
+        held, self._held = self._held, False
+        signals = self._signals(info, now, elapsed)
+        queue, in_socket = signals.queue, signals.in_socket
+        # A queue that grew over the last two intervals is the path not keeping up as much
+        # as one it is behind on: a little too fast (an estimate 1% high) is too little
+        # to show as behind, but its queue grows without end.
+        growing = queue > self._queues[1] > self._queues[0]
+        self._queues = (self._queues[1], queue)
+        long_queue = queue > cfg.queue_high_s and (signals.behind or growing)
+        decrease = in_socket > cfg.queue_high_s or long_queue
+        if decrease and signals.heavy:
+            return
+        if decrease:
+            self._decrease(info, now, signals)
+        elif self._probe_from is not None:
+            if not self._probe(info, now, signals, interval, held and active):
+                return
+        else:
+            self._queue_base += min(1.0, elapsed / _BASE_SMOOTHING_S) * (queue - self._queue_base)
+            if not (held and active):
+                return
+            if now >= self._next_probe:
+                self._count("probe")
+                self._probe_from = self._probe_span_from = self._estimate
+                self._probe_step = cfg.increase
+                self._estimate *= 1.0 + cfg.increase
+            elif self._estimate < self._measured and queue < self._queue_base + cfg.queue_low_s:
+                # Back up after a step down, but never past what the path was measured to
+                # deliver: a step down may have been a noisy sample's (a busy host delays
+                # ACKs), and only a probe may find that the path got faster.
+                self._estimate = min(self._measured, self._estimate * (1.0 + cfg.increase))
+            elif self._estimate > self._measured and queue > self._queue_base + cfg.queue_low_s:
+                # ...and down to it, step by step, while a queue shows.
+                self._estimate = max(self._measured, self._estimate * (1.0 - cfg.decrease))
+            else:
+                return
+        self._install(now)
+
+    def _decrease(self, info: TcpInfo, now: float, signals: _Signals) -> None:
+        """A queue that grows: if the path was behind, what it delivered is its rate (at
+        most one step down unless the queue is long: a sample can read low; a probe that
+        went past the path ends there; at most one bounded step either way, see
+        _step_down); else one step down. The queue is owed, so it drains before the upload
+        goes on."""
+        assert self._estimate is not None
+        cfg = self.config
+        in_socket = signals.in_socket > cfg.queue_high_s
+        self._count("decrease: unsent bytes" if in_socket else "decrease")
+        # (at least min_span_s: the first of an excess passes at once, a bottleneck's
+        # burst allowance, and over two short intervals read 2% high)
+        span = max(cfg.min_span_s, 2.0 * info.rtt_s)
+        path = self._path_rate(info, now, span)
+        long_queue = signals.queue > _LONG_QUEUE * cfg.queue_high_s
+        step = self._estimate * (1.0 - _LONG_QUEUE_STEP)
+        if path is not None and path < step and (long_queue or self._probe_from is not None):
+            self._step_down(info, now, path, step)
+        elif self._probe_from is not None and path is not None:
+            self._end_probe(info, now, path)
+        elif path is not None and long_queue:
+            self._end_probe(info, now, None)
+            self._estimate = self._measured = max(self._floor, path)  # the path got slower
+        else:
+            lower = self._estimate * (1.0 - cfg.decrease)
+            if path is not None:
+                lower = max(lower, min(self._estimate, path))
+                # (the path was full: no coming back above what it delivered)
+                self._measured = min(self._measured, max(self._floor, path))
+            self._end_probe(info, now, None)
+            self._estimate = max(self._floor, lower)
+        self._install(now)
+        self._owe(self._backlog(info), now)
+
+    def _step_down(self, info: TcpInfo, now: float, path: float, step: float) -> None:
+        """The path delivered far less than the estimate while a long queue showed: it got
+        much slower, or it stalled (a host stopped for a moment by CPU contention: next to
+        nothing delivered, then the full rate again). Which one, this span cannot tell;
+        taking the stall's deliveries for the rate sank the estimate to its floor, where
+        nothing measured the path again until a probe. So the estimate goes one bounded
+        step down (``step``; the next interval's queue takes it further), the path's
+        rate as measured to what it delivered, and two measurements follow: the drain of
+        the queue right after (_measure_after_step), else a probe within a few intervals
+        that rises quickly back to the rate held before (_probe_up)."""
+        assert self._estimate is not None
+        recall = max(self._recall, self._estimate)
+        self._end_probe(info, now, None)
+        self._estimate = max(self._floor, step)
+        self._measured = max(self._floor, min(self._measured, path))
+        self._recall = recall
+        self._after_step = (now, info.bytes_acked)
+        interval = max(self.config.control_interval_s, 4.0 * info.min_rtt_s)
+        self._next_probe = min(self._next_probe, now + _FIRST_PROBE_INTERVALS * interval)
+
+    def _path_rate(self, info: TcpInfo, now: float, span: float) -> float | None:
+        """What the path delivered over the last ``span`` if it was behind meanwhile: then
+        that is its rate. None: it kept up (or too little history).
+
+        Behind: it acknowledged less than was written a round trip before (what a full path
+        leaves queued, in the network or, once the congestion window caught up with it,
+        in the socket). Not less than the pacing rate: a busy host may not write that
+        much, and measuring the path then measures the host, an estimate that sinks with
+        the CPU. Nor more than the pacing rate: what the path owes on top of that is
+        unpaced bursts, a query's tensor, which the bucket already yields to.
+        """
+        delivered = self._log.delivered(now, span)
+        sent = self._log.written(now - info.rtt_s - span, now - info.rtt_s)
+        if delivered is None or sent is None:
+            return None
+        if self._bucket is not None:
+            sent = min(sent, self._bucket.rate)
+        return delivered if delivered < _BEHIND * sent else None
+
+    def _signals(self, info: TcpInfo, now: float, elapsed: float) -> _Signals:
+        """What one control interval saw (see _Signals)."""
+        sending = self._bucket.rate if self._bucket is not None else 0.0
+        unpaced, self._unpaced_since_control = self._unpaced_since_control, 0
+        # Heavy unpaced traffic (large query tensors) queues at the bottleneck in bursts
+        # that pacing cannot prevent and the bucket already yields to: that queue says
+        # nothing about the rate, and backing off on it starved the upload (ionn-bench,
+        # ResNet50 over 80 Mbit/s: 80 -> 20 Mbit/s estimated while queries sent ~34). A
+        # burst outlives the interval it was written in, so its rate is smoothed.
+        weight = min(1.0, elapsed / _UNPACED_SMOOTHING_S)
+        self._unpaced_rate += weight * (unpaced / elapsed - self._unpaced_rate)
+        heavy = sending > 0 and self._unpaced_rate > _HEAVY_UNPACED * sending
+        # Our queue is in the network (RTT above its minimum) and, when the kernel's own
+        # pacing (BBR) holds back what we release too fast, in the socket (not yet sent);
+        # not when the peer's receive window held the socket back: then the reader is slow
+        # (an edge server busy loading a partition), not the path, and backing off only
+        # lowered the estimate for the rest of the upload (ionn-bench: 70 -> 49 Mbit/s on a
+        # 76 Mbit/s link, every step taken on unsent bytes at a 2 ms RTT).
+        window_bound = info.rwnd_limited_s - self._rwnd_limited > _WINDOW_BOUND * elapsed
+        self._rwnd_limited = info.rwnd_limited_s
+        queue, in_socket = self._queue(info, now, sending)
+        if window_bound:
+            queue -= in_socket
+            in_socket = 0.0
+        self.queue_delay_s = queue
+        behind = self._path_rate(info, now, max(self.config.min_span_s, 2.0 * info.rtt_s))
+        return _Signals(queue, in_socket, heavy, window_bound, behind is not None)
+
+    def _probe(
+        self, info: TcpInfo, now: float, signals: _Signals, interval: float, used: bool
+    ) -> bool:
+        """One interval of a running probe; False: nothing changed.
+
+        A queue above its level before the probe stops the rise, and what the path
+        delivers from then on is measured: with the queue still there after two intervals,
+        the path was full all along and that is its rate. (Not from before the queue showed:
+        the first of an excess passes at once, a bottleneck's burst allowance, and read 2%
+        high over the intervals before.) A queue that went came from elsewhere (a query,
+        the host's scheduling): the rise goes on. Past ``queue_high_s`` before two intervals
+        the estimate returns to where the probe began.
+        """
+        cfg = self.config
+        queued = signals.queue > self._queue_base + cfg.queue_low_s
+        if queued and self._probe_hold is None:
+            self._probe_hold = (now, info.bytes_acked)
+            return False
+        if queued:
+            assert self._probe_hold is not None
+            since, acked = self._probe_hold
+            if now - since >= max(2.0 * interval, _PROBE_MEASURE_S):
+                delivered = (info.bytes_acked - acked) / (now - since)
+                assert self._estimate is not None
+                if self._estimate < self._recall and self._delivered_all(
+                    info, since, now, delivered
+                ):
+                    # Below what the path carried before a stall, and it delivered all
+                    # that was written: the queue was the host's (a millisecond of
+                    # scheduling), not the path's, and what was delivered is only this
+                    # probe's own low rate. Taken for the path's, it kept the estimate
+                    # low for minutes. The rise goes on.
+                    self._count("probe's queue was not the path's")
+                    self._probe_hold = None
+                    if not used or signals.window_bound:
+                        return False
+                    self._probe_up()
+                    return True
+                self._count("probe measured the path")
+                self._end_probe(info, now, delivered)
+                return True
+            if signals.queue > self._queue_base + cfg.queue_high_s:
+                self._count("probe found a queue")
+                self._end_probe(info, now, None)
+                return True
+            return False
+        self._probe_hold = None
+        # (an interval bound by the reader, or one the upload could not fill, says
+        # nothing about the network's rate)
+        if not used or signals.window_bound:
+            return False
+        self._probe_up()
+        return True
+
+    def _delivered_all(self, info: TcpInfo, since: float, now: float, delivered: float) -> bool:
+        """Whether the path delivered, from ``since`` to ``now``, about all that was written
+        (queries too) a round trip before: then it kept up, and what it delivered is only
+        the sending rate, not the path's (unknown: no)."""
+        written = self._log.written(since - info.rtt_s, now - info.rtt_s)
+        return written is not None and delivered >= _BEHIND * written
+
+    def _probe_up(self) -> None:
+        """One step of a probe: small where the path's rate is expected (a step that
+        overshoots queues for as long as the queue takes to show), growing past that."""
+        assert self._estimate is not None and self._probe_from is not None
+        if self._recall > 0 and self._estimate >= self._recall:
+            # Back at the rate held before a stall: from here on as a probe that began
+            # here, in small steps (the path's rate may be near).
+            self._recall = 0.0
+            self._probe_span_from = self._estimate
+            self._probe_step = self.config.increase
+        elif self._estimate < self._recall or self._estimate > self._probe_span_from * _PROBE_SPAN:
+            self._probe_step = min(_PROBE_MAX_STEP, self._probe_step * _PROBE_GROWTH)
+        self._estimate *= 1.0 + self._probe_step
+
+    def _end_probe(self, info: TcpInfo, now: float, delivered: float | None) -> None:
+        """Stop a running probe (if any) at the queue it found: the path's rate is what it
+        delivered meanwhile (``delivered``; None: back to where the probe began), and the
+        queue is owed, so it drains before the upload goes on."""
+        start, self._probe_from = self._probe_from, None
+        self._probe_hold = None
+        if start is None:
+            return
+        self._recall = 0.0  # (what it found is the path's rate now)
+        self._next_probe = now + self.config.probe_interval_s
+        assert self._estimate is not None
+        if delivered is None:
+            self._estimate = max(self._floor, start)
+        else:
+            self._estimate = self._measured = max(self._floor, delivered)
+        self._install(now)
+        queued = max(0.0, info.rtt_s - info.min_rtt_s - self._queue_base) * self._estimate
+        self._owe(queued, now)

@@ -43,6 +43,8 @@ _TCP_INFO: int | None = getattr(socket, "TCP_INFO", 11 if sys.platform == "linux
 _TI_FLAGS_OFFSET = 7  # bit 0: tcpi_delivery_rate_app_limited
 _TI_RTT = struct.Struct("=II")  # tcpi_rtt, tcpi_rttvar (microseconds) at offset 68
 _TI_RTT_OFFSET = 68
+_TI_SND_MSS_OFFSET = 16
+_TI_UNACKED_OFFSET = 24
 _TI_CWND_OFFSET = 80
 _TI_TOTAL_RETRANS_OFFSET = 100
 _TI_BYTES_ACKED_OFFSET = 120
@@ -53,6 +55,8 @@ _TI_MIN_SIZE = 168
 # tcpi_rwnd_limited (microseconds the peer's receive window held sending back, Linux 4.10+;
 # checked live: a receiver that stops reading for 0.5 s adds ~0.5 s here)
 _TI_RWND_LIMITED_OFFSET = 176
+# tcpi_bytes_sent (bytes the kernel has sent, retransmissions included; Linux 4.19+)
+_TI_BYTES_SENT_OFFSET = 200
 _U32 = struct.Struct("=I")
 _U64 = struct.Struct("=Q")
 
@@ -100,6 +104,14 @@ class TcpInfo:
     rwnd_limited_s: float = 0.0
     #: Segments retransmitted over the connection's life (tcpi_total_retrans).
     total_retrans: int = 0
+    #: The sender's maximum segment size in bytes (tcpi_snd_mss; 0 if unknown): with
+    #: ``cwnd_segments`` the window in bytes.
+    mss: int = 0
+    #: Segments sent and not yet acknowledged (tcpi_unacked): in flight or queued on the path.
+    unacked_segments: int = 0
+    #: Bytes the kernel has sent so far, retransmissions included (tcpi_bytes_sent; 0 if
+    #: unknown): unlike what the application wrote, not what waits in the socket.
+    bytes_sent: int = 0
 
 
 def _is_tcp(sock: SocketLike) -> bool:
@@ -197,4 +209,11 @@ def read_tcp_info(sock: SocketLike) -> TcpInfo | None:
             else 0.0
         ),
         total_retrans=_U32.unpack_from(raw, _TI_TOTAL_RETRANS_OFFSET)[0],
+        mss=_U32.unpack_from(raw, _TI_SND_MSS_OFFSET)[0],
+        unacked_segments=_U32.unpack_from(raw, _TI_UNACKED_OFFSET)[0],
+        bytes_sent=(
+            _U64.unpack_from(raw, _TI_BYTES_SENT_OFFSET)[0]
+            if len(raw) >= _TI_BYTES_SENT_OFFSET + 8
+            else 0
+        ),
     )

@@ -78,12 +78,15 @@ def test_tcp_info_counts_acknowledged_bytes(pair: tuple[socket.socket, socket.so
         if info.bytes_acked >= len(payload):
             break
     assert info is not None
-    # bytes_acked counts the SYN as one byte (RFC 4898).
+    # bytes_acked counts the SYN as one byte (RFC 4898); bytes_sent does not.
     assert info.bytes_acked == len(payload) + 1
+    assert info.bytes_sent == len(payload)
     assert info.notsent_bytes == 0
     assert info.total_retrans == 0  # loopback loses nothing; neighbours of the field are > 0
     assert 0 < info.rtt_s < 1.0
     assert info.delivery_rate > 0
+    # The sender's MSS as the socket reports it (loopback: MTU 65536 less the headers).
+    assert info.mss == client.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
 
 
 @linux_only
