@@ -87,6 +87,12 @@ _PROBE_MEASURE_S = 0.1
 #: Time constant of the queueing delay outside probes: what a probe's queue is measured
 #: against (on a busy host the RTT carries a millisecond or two of scheduling).
 _BASE_SMOOTHING_S = 1.0
+#: Pacing rate left unused (nothing ready to send) above this share of a span makes what
+#: the path delivered over it a lower bound of the path's rate (see Pacer._app_limited).
+_APP_LIMITED = 0.02
+#: Chunks of fewer segments than this often end on a lone segment that the receiver holds
+#: until the next chunk arrives (see Pacer._ack_delay).
+_ACK_SEGMENTS = 2
 
 
 def _segment(info: TcpInfo) -> int:
@@ -180,6 +186,8 @@ class Pacer:
         self._after_step: tuple[float, int] | None = None  # (a bounded step, bytes_acked)
         self._recall = 0.0  # the estimate before bounded steps no probe has yet confirmed
         self._no_info = False  # TCP_INFO was unavailable: never paced (estimated mode)
+        self._discarded = 0.0  # the bucket's discarded bytes at the last sample
+        self._unused = 0.0  # of those, lost while the kernel had nothing to send either
         self._chunk = 0
         self._samples = 0
         self._last_sample = -1e18
@@ -267,6 +275,7 @@ class Pacer:
             if self._bucket is not None:  # the burst floor is two chunks
                 rate = self._bucket.rate
                 self._bucket.set_rate(rate, self._burst(rate), now)
+        self.settle(now)  # (an idle spell that ends now shows as unused rate in the sample)
         self._sample(now)
         wait = 0.0 if self._bucket is None else self._bucket.delay(now)
         if wait > 0:
@@ -348,7 +357,14 @@ class Pacer:
             self._no_info = self._bucket is None
             return
         self._samples += 1
-        self._log.add(info, now, self._written)
+        # Rate the bucket lost since the last sample counts as unused only if the kernel
+        # had nothing to send either: a writer blocked on a full socket (a full path, a
+        # slow reader) lets the bucket overflow too, and is not application-limited.
+        discarded = self.discarded_bytes
+        if info.app_limited:
+            self._unused += discarded - self._discarded
+        self._discarded = discarded
+        self._log.add(info, now, self._written, self._unused)
         if self._after_ramp is not None:
             self._measure_after_ramp(info, now)
         if self._after_step is not None:
@@ -378,8 +394,27 @@ class Pacer:
         owed = self._bucket.debt(now) if self._bucket is not None else 0.0
         # (two chunks may always wait: the writer hands the socket one while one leaves)
         in_socket = max(0.0, info.notsent_bytes - owed - 2 * self._chunk) / sending
-        network = max(0.0, info.rtt_s - info.min_rtt_s - self._unpaced_queue(info, now, sending))
+        explained = self._unpaced_queue(info, now, sending) + self._ack_delay(info, sending)
+        network = max(0.0, info.rtt_s - info.min_rtt_s - explained)
         return network + in_socket, in_socket
+
+    def _ack_delay(self, info: TcpInfo, sending: float) -> float:
+        """How much of the smoothed RTT the receiver's delayed ACKs may explain (seconds).
+
+        A receiver acknowledges every second full-sized segment at once but holds a lone
+        one until the next segment arrives (or its delayed-ACK timer fires). A paced chunk
+        of few segments often ends on a lone one, whose RTT sample then includes the wait
+        for the next chunk: up to one chunk's spacing at the pacing rate. On loopback
+        (64 KiB MSS, so every chunk is one segment) that was the whole "queue": a smoothed
+        RTT of 5-19 ms with nothing unsent and at most two segments in flight, which ended
+        the ramp at once and stepped the estimate down to its floor (1.9 Mbit/s), so that
+        clients stopped offloading. Chunks of several segments end on a lone one in few
+        of their ACKs: nothing to explain.
+        """
+        mss = info.mss or DEFAULT_MSS
+        if self._chunk <= 0 or self._chunk >= _ACK_SEGMENTS * mss:
+            return 0.0
+        return self._chunk / sending
 
     def _unpaced_queue(self, info: TcpInfo, now: float, sending: float) -> float:
         """How much of the smoothed RTT the unpaced bytes written lately still explain.
@@ -402,9 +437,28 @@ class Pacer:
         """Bytes queued on the path: in flight beyond one bandwidth-delay product at the
         estimate (the smoothed RTT trails a queue that is still growing; this does not)."""
         assert self._estimate is not None
-        inflight = info.unacked_segments * (info.mss or DEFAULT_MSS)
-        by_rtt = max(0.0, info.rtt_s - info.min_rtt_s) * self._estimate
+        # (a segment is at most one chunk: loopback's MSS is 64 KiB, a slow rate's chunk 4 KiB)
+        segment = min(info.mss or DEFAULT_MSS, self._chunk or DEFAULT_MSS)
+        inflight = float(info.unacked_segments * segment)
+        queued = info.rtt_s - info.min_rtt_s - self._ack_delay(info, self._estimate)
+        by_rtt = max(0.0, queued) * self._estimate
         return max(by_rtt, inflight - self._estimate * info.min_rtt_s)
+
+    def _app_limited(self, start: float, now: float) -> bool:
+        """Whether the sender left more than a small share of the pacing rate unused
+        (nothing was ready to send: a blob waiting for the reply to the one before, a
+        server busy loading) between ``start`` and ``now``.
+
+        Then what the path delivered for the bytes written since ``start`` is only what
+        was written: a lower bound of its rate, as BBR treats an application-limited
+        sample. It may raise an estimate but never lowers one, never caps a ramp's growth
+        and never ends a ramp: blob pieces go up request by request, and deliveries taken
+        for the path's rate held the pacing rate at what the sender happened to write.
+        """
+        if self._bucket is None:
+            return False
+        unused = self._log.unused(start, now)
+        return unused is not None and unused > _APP_LIMITED * self._bucket.rate
 
     def _count(self, event: str) -> None:
         self.events[event] = self.events.get(event, 0) + 1
@@ -417,16 +471,20 @@ class Pacer:
         cfg = self.config
         queue, in_socket = self._queue(info, now, ramp.rate)
         self.queue_delay_s = queue
-        if queue - in_socket > cfg.ramp_exit_s:
-            # Only a queue in the network ends the ramp at once: unsent bytes in the socket
-            # are the congestion window's (slow start opens it within a few round trips).
-            self._count("ramp ended by a queue")
-            self._end_ramp(info, now)
-            return
         span = max(info.rtt_s, cfg.ramp_span_s)
         # From a send to the ACK that shows its queue: a round trip and the few ACKs the
         # kernel's smoothed RTT needs.
         lag = info.rtt_s + _SRTT_SEGMENTS * _segment(info) / ramp.rate
+        limited = self._app_limited(now - lag - span, now)
+        # Only a queue in the network ends the ramp at once: unsent bytes in the socket are
+        # the congestion window's (slow start opens it within a few round trips). Not while
+        # the sender leaves the rate unused: the last segment before a pause waits for the
+        # receiver's delayed-ACK timer (tens of ms), an RTT that is no queue (loopback: the
+        # ramp ended at its first rate, 8 Mbit/s), and a queue a pause drains is no limit.
+        if queue - in_socket > cfg.ramp_exit_s and not limited:
+            self._count("ramp ended by a queue")
+            self._end_ramp(info, now)
+            return
         delivered = self._log.delivered(now, span)
         # What was written over the span whose bytes are acknowledged now: no more than the
         # ramp's rate then (the rest is a query's burst, which the bucket yields to).
@@ -434,6 +492,8 @@ class Pacer:
         if sent is not None:
             sent = min(sent, ramp.rate_at(now - lag - span / 2))
         used, self._held = self._held, False
+        if limited:
+            delivered = None  # a lower bound: no cap on growth, no sign of a full path
         if self._keeps_up(delivered, sent, span, in_socket):
             self._stalled_since = None
             if ramp.rate > self._stall_rate * cfg.ramp_gain:
@@ -491,7 +551,7 @@ class Pacer:
         span = max(2.0 * info.rtt_s, _EXIT_SPAN_S)
         estimate = ramp.rate_at(now - info.rtt_s - span / 2)
         delivered = self._log.delivered(now, span)
-        if delivered is not None:
+        if delivered is not None and not self._app_limited(now - info.rtt_s - span, now):
             estimate = min(estimate, delivered)
         estimate = max(estimate, ramp.first)
         self._ramp = None
@@ -549,7 +609,12 @@ class Pacer:
         first, second = self._log.acked(start, middle), self._log.acked(middle, now)
         if delivered > self._estimate:
             self._count("estimate raised by the drain after a step")
-        elif first and second and min(first, second) >= _STEADY * max(first, second):
+        elif (
+            first
+            and second
+            and min(first, second) >= _STEADY * max(first, second)
+            and not self._app_limited(start - info.rtt_s, now)
+        ):
             self._count("estimate lowered by the drain after a step")
         else:
             return
@@ -676,7 +741,7 @@ class Pacer:
         """
         delivered = self._log.delivered(now, span)
         sent = self._log.written(now - info.rtt_s - span, now - info.rtt_s)
-        if delivered is None or sent is None:
+        if delivered is None or sent is None or self._app_limited(now - info.rtt_s - span, now):
             return None
         if self._bucket is not None:
             sent = min(sent, self._bucket.rate)
@@ -734,8 +799,12 @@ class Pacer:
             if now - since >= max(2.0 * interval, _PROBE_MEASURE_S):
                 delivered = (info.bytes_acked - acked) / (now - since)
                 assert self._estimate is not None
-                if self._estimate < self._recall and self._delivered_all(
-                    info, since, now, delivered
+                lower_bound = delivered < self._estimate and self._app_limited(
+                    since - info.rtt_s, now
+                )
+                if lower_bound or (
+                    self._estimate < self._recall
+                    and self._delivered_all(info, since, now, delivered)
                 ):
                     # Below what the path carried before a stall, and it delivered all
                     # that was written: the queue was the host's (a millisecond of
