@@ -182,6 +182,8 @@ class Run:
     path: BottleneckPath
     #: (time, pacing rate or None) after every release
     rates: list[tuple[float, float | None]]
+    #: when the first chunk of each blob was released (with ``blobs``)
+    blob_starts: list[float] = field(default_factory=list)
 
     def extra(self, start: float = 0.0, end: float = float("inf")) -> list[float]:
         return [x for at, x in self.queries if start <= at < end]
@@ -189,6 +191,45 @@ class Run:
     def share(self) -> float:
         """The upload's goodput as a share of the bottleneck."""
         return self.upload_bytes / self.upload_s / self.path.rate
+
+
+class _Requests:
+    """Blobs sent request by request: after each, the writer waits until the path has
+    acknowledged all that was written, then ``reply_s`` (the reply's way back and the
+    server's work), before the next."""
+
+    def __init__(self, blobs: Sequence[int], reply_s: float) -> None:
+        self._ends = [sum(blobs[: i + 1]) for i in range(len(blobs))]
+        self._firsts = {0, *self._ends[:-1]} if blobs else set()
+        self._reply_s = reply_s
+        self._awaited: int | None = None  # bytes written when the last blob went
+        self._reply_at: float | None = None
+        self.starts: list[float] = []  # when each blob's first chunk was released
+
+    def end(self, upload: int) -> int:
+        """Where the blob being sent ends."""
+        return self._ends[0] if self._ends else upload
+
+    def released(self, sent: int, now: float) -> None:
+        """A chunk that starts at byte ``sent`` of the upload went at ``now``."""
+        if sent in self._firsts:
+            self.starts.append(now)
+
+    def waiting(self, path: BottleneckPath, sent: int, now: float) -> float | None:
+        """None: the writer may go on; else the time to look again (awaiting a reply)."""
+        if self._ends and sent == self._ends[0]:
+            self._ends.pop(0)
+            self._awaited = path.bytes_written
+        if self._awaited is None:
+            return None
+        path.advance(now)
+        if self._reply_at is None and path.bytes_acked >= self._awaited:
+            self._reply_at = now + self._reply_s
+        if self._reply_at is None or now < self._reply_at:
+            event = path.next_event()
+            return self._reply_at or (event if event is not None else now + 0.001)
+        self._awaited = self._reply_at = None
+        return None
 
 
 def simulate(
@@ -205,6 +246,8 @@ def simulate(
     events: Sequence[tuple[float, Callable[[BottleneckPath, float], None]]] = (),
     deadline_s: float = 120.0,
     rtt_noise: Callable[[float], float] | None = None,
+    blobs: Sequence[int] = (),
+    reply_s: float = 0.0,
 ) -> Run:
     """Upload ``upload`` bytes paced by the pacer ``pacer_for(info_source)`` makes, with a
     query of ``query_bytes`` written every ``query_every_s`` from t = 0 (the upload's first
@@ -212,7 +255,12 @@ def simulate(
     ``host_rate`` bytes/s (a busy host; None: no limit). Each of ``events`` is called with
     the path and the time once that time has come (a path that changes its rate, ...).
     ``rtt_noise(now)`` seconds are added to the RTT that TCP_INFO reports (a busy host's
-    scheduling: the path itself does not change)."""
+    scheduling: the path itself does not change).
+
+    ``blobs`` (if any) cut the upload into blobs sent request by request, as the client
+    sends layers: after each one the writer waits until the path acknowledged all that was
+    written, then a way back and ``reply_s`` (the server's reply), before the next: an
+    application-limited sender. ``upload`` is then their sum."""
     path = BottleneckPath(rate, delay_s)
     path.handshake()
     clock = [0.0]
@@ -231,6 +279,8 @@ def simulate(
     issued: dict[int, float] = {}
     rates: list[tuple[float, float | None]] = []
     pending = sorted(events, key=lambda event: event[0])
+    upload = sum(blobs) or upload
+    requests = _Requests(blobs, delay_s + reply_s)
     while sent < upload and now < deadline_s:
         while pending and pending[0][0] <= now:
             at, change = pending.pop(0)
@@ -246,13 +296,18 @@ def simulate(
             event = path.next_event()
             now = min(next_query, event if event is not None else now + 0.001)
             continue
+        later = requests.waiting(path, sent, now)
+        if later is not None:
+            now = min(next_query, later)
+            continue
         pacer.account(path.bytes_written, now)
-        chunk = min(pacer.chunk_size(chunk_cap), upload - sent)
+        chunk = min(pacer.chunk_size(chunk_cap), requests.end(upload) - sent)
         wait = pacer.delay(chunk, now)
         if wait > 0:
             now = min(next_query, now + wait + wake_late_s)
             continue
         path.write(chunk, now)
+        requests.released(sent, now)
         sent += chunk
         rates.append((now, pacer.pacing_rate))
         # the writer's own time per release
@@ -266,4 +321,4 @@ def simulate(
         for t, at in issued.items()
         if t in path.done and at < end
     ]
-    return Run(queries, end, upload, path, rates)
+    return Run(queries, end, upload, path, rates, requests.starts)

@@ -90,6 +90,12 @@ _BASE_SMOOTHING_S = 1.0
 #: Pacing rate left unused (nothing ready to send) above this share of a span makes what
 #: the path delivered over it a lower bound of the path's rate (see Pacer._app_limited).
 _APP_LIMITED = 0.02
+#: How long the most a ramp's path delivered bounds its growth while the sender is
+#: application-limited (a few dozen round trips at 20 ms).
+_RAMP_BEST_S = 1.0
+_RAMP_BEST_SPAN_S = 0.1
+#: How far back the kernel's delivery-rate samples tell whether the path keeps up.
+_FLIGHTS_S = 0.1
 #: Chunks of fewer segments than this often end on a lone segment that the receiver holds
 #: until the next chunk arrives (see Pacer._ack_delay).
 _ACK_SEGMENTS = 2
@@ -179,6 +185,9 @@ class Pacer:
         self._estimate: float | None = None
         self._floor = 0.0
         self._ramp: Ramp | None = None
+        #: what the path delivered during the ramp, most lately (app-limited: only if more)
+        self._ramp_best = RateEstimator(_RAMP_BEST_S)
+        self._flights = RateEstimator(_FLIGHTS_S)  # the kernel's delivery samples, lately
         self._stalled_since: float | None = None  # the ramp's path stopped keeping up
         self._shrinks = 0  # how often the ramp went back to the deliveries...
         self._stall_rate = 0.0  # ...since it first did so, at this rate
@@ -476,16 +485,29 @@ class Pacer:
         # kernel's smoothed RTT needs.
         lag = info.rtt_s + _SRTT_SEGMENTS * _segment(info) / ramp.rate
         limited = self._app_limited(now - lag - span, now)
+        self._flights.add(info.delivery_rate, now, app_limited=False)
+        flights = self._flights.estimate(now)
         # Only a queue in the network ends the ramp at once: unsent bytes in the socket are
         # the congestion window's (slow start opens it within a few round trips). Not while
         # the sender leaves the rate unused: the last segment before a pause waits for the
         # receiver's delayed-ACK timer (tens of ms), an RTT that is no queue (loopback: the
         # ramp ended at its first rate, 8 Mbit/s), and a queue a pause drains is no limit.
-        if queue - in_socket > cfg.ramp_exit_s and not limited:
+        # Nor while the kernel's delivery samples (each over one flight, as BBR's) show the
+        # path keeping up with what was released: then the queue is the receiver's ACKs.
+        kept_up = flights is not None and flights >= _BEHIND * ramp.rate_at(now - lag)
+        if queue - in_socket > cfg.ramp_exit_s and not limited and not kept_up:
             self._count("ramp ended by a queue")
             self._end_ramp(info, now)
             return
         delivered = self._log.delivered(now, span)
+        # (over a longer span: after a pause a bottleneck's burst allowance passes at once,
+        # and the most delivered over a round trip would be that, not the path's rate)
+        longer = self._log.delivered(now, max(span, _RAMP_BEST_SPAN_S))
+        if longer is not None:
+            self._ramp_best.add(longer, now, app_limited=limited)
+        # The kernel's own sample covers one flight (send to ACK), not the pauses between
+        # blobs, as BBR's do: a lower bound that may raise the most delivered.
+        self._ramp_best.add(info.delivery_rate, now, app_limited=True)
         # What was written over the span whose bytes are acknowledged now: no more than the
         # ramp's rate then (the rest is a query's burst, which the bucket yields to).
         sent = self._log.written(now - lag - span, now - lag)
@@ -493,7 +515,10 @@ class Pacer:
             sent = min(sent, ramp.rate_at(now - lag - span / 2))
         used, self._held = self._held, False
         if limited:
-            delivered = None  # a lower bound: no cap on growth, no sign of a full path
+            # A lower bound: no sign of a full path, and the growth is bounded by the most
+            # the path was seen to deliver lately (BBR's windowed maximum), not by this.
+            delivered = self._ramp_best.estimate(now)
+            sent = None
         if self._keeps_up(delivered, sent, span, in_socket):
             self._stalled_since = None
             if ramp.rate > self._stall_rate * cfg.ramp_gain:

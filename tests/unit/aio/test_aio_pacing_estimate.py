@@ -289,3 +289,46 @@ def test_a_much_slower_path_is_not_taken_for_a_stall() -> None:
     run, _ = _run(20, 0.02, 8.0, events=[(3.0, slower)])
     assert _pacing(run, 5.0) / (0.3 * 20 * MBIT) <= 1.0
     assert max(run.extra(5.0, 9.0)) * 1e3 <= 3.0
+
+
+# ---------------------------------------------------------------------------- app-limited
+
+
+def _blobs_then_bulk(
+    rate_mbit: float, delay_s: float, *, small: int, count: int, reply_s: float, bulk_s: float
+) -> tuple[Run, Pacer]:
+    """``count`` blobs of ``small`` bytes sent request by request (the writer waits for each
+    reply: an application-limited sender, as the client with a model's small layers), then
+    one blob of ``bulk_s`` seconds of the link."""
+    rate = rate_mbit * MBIT
+    made: list[Pacer] = []
+
+    def pacer_for(info: Callable[[], TcpInfo]) -> Pacer:
+        made.append(Pacer(PacingConfig(), info, 0.0))
+        return made[0]
+
+    run = simulate(
+        pacer_for,
+        rate=rate,
+        delay_s=delay_s,
+        upload=0,
+        query_every_s=16 * 1024 / (0.04 * rate),
+        blobs=[small] * count + [int(rate * bulk_s)],
+        reply_s=reply_s,
+    )
+    return run, made[0]
+
+
+def test_an_app_limited_start_does_not_hold_the_ramp_down() -> None:
+    # A model's small layers first: 40 blobs of 20 kB, each waiting for its reply (a round
+    # trip and 20 ms of the server's work), so the path delivers only what was written, a
+    # fifth of the link. Those deliveries are lower bounds: the bulk blob after them is
+    # paced up to the link as from a start of its own, not held near what the small ones
+    # happened to deliver.
+    small, count = 20_000, 40
+    run, _ = _blobs_then_bulk(20, 0.02, small=small, count=count, reply_s=0.02, bulk_s=5.0)
+    bulk = run.blob_starts[count]
+    assert count * small / bulk < 0.25 * 20 * MBIT  # application-limited indeed
+    assert _pacing(run, bulk + 2.0) / (20 * MBIT) >= 0.9
+    # ...and the first queries wait as little as with a start of the bulk alone.
+    assert max(run.extra(0.0, bulk + 1.0)) * 1e3 <= 15.0
