@@ -9,15 +9,28 @@ Pure pieces of :mod:`ionn_net.aio.pacing` (time passed in, no clock reads):
 * :class:`DeliveryLog` -- bytes acknowledged and bytes the kernel sent at each sample: how
   fast the path delivered over a recent span, and how fast it was fed a round trip before.
 * :class:`Ramp` -- the first rate of an estimated pacing rate and its growth.
+* :func:`ack_delay`, :func:`unpaced_queue` -- what of the smoothed RTT is no queue of the
+  upload's.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 
+from ionn_net.aio.pacing_tuning import ACK_SEGMENTS, SRTT_KEEPS
 from ionn_net.aio.sockopts import TcpInfo
 
-__all__ = ["DEFAULT_MSS", "DeliveryLog", "LinkRateMeter", "Ramp", "RateEstimator"]
+__all__ = [
+    "DEFAULT_MSS",
+    "DeliveryLog",
+    "LinkRateMeter",
+    "Ramp",
+    "RateEstimator",
+    "ack_delay",
+    "ack_segment",
+    "unpaced_queue",
+]
 
 #: Segment size assumed where TCP_INFO does not give one.
 DEFAULT_MSS = 1448
@@ -196,3 +209,52 @@ class Ramp:
                 break
             rate = value
         return rate
+
+
+def ack_segment(info: TcpInfo) -> int:
+    """The segment size ACKs come back for: the MSS, at most an Ethernet one (loopback's
+    64 KiB MSS is not what a paced sender's segments are: its chunks are smaller)."""
+    return min(info.mss or DEFAULT_MSS, DEFAULT_MSS)
+
+
+def ack_delay(info: TcpInfo, chunk: int, sending: float) -> float:
+    """How much of the smoothed RTT the receiver's delayed ACKs may explain (seconds), for
+    paced chunks of ``chunk`` bytes at ``sending`` bytes/s.
+
+    A receiver acknowledges every second full-sized segment at once but holds a lone one
+    until the next segment arrives (or its delayed-ACK timer fires). A paced chunk of one
+    segment is such a lone one, whose RTT sample then includes the wait for the next
+    chunk: up to one chunk's spacing. On loopback (64 KiB MSS, so every chunk is one
+    segment) that was the whole "queue": a smoothed RTT of 5-19 ms with nothing unsent and
+    at most two segments in flight, which ended the ramp at once and stepped the estimate
+    down to its floor (1.9 Mbit/s), so that clients stopped offloading. Chunks of several
+    segments end on a lone one in few of their ACKs: nothing to explain.
+    """
+    mss = info.mss or DEFAULT_MSS
+    if chunk <= 0 or chunk >= ACK_SEGMENTS * mss or sending <= 0:
+        return 0.0
+    return chunk / sending
+
+
+def unpaced_queue(
+    writes: Iterable[tuple[float, int]],
+    info: TcpInfo,
+    now: float,
+    sending: float,
+) -> float:
+    """How much of the smoothed RTT the unpaced bytes written lately (``writes``: (time,
+    bytes), oldest first) still explain, at ``sending`` bytes/s.
+
+    A query's own bytes queue at the bottleneck for their transfer time (at 2 Mbit/s a
+    16 KiB query is 69 ms), the bytes written behind them wait as long, and the smoothed
+    RTT keeps 7/8 of that per ACK once their ACKs came back: not the upload's queue.
+    """
+    acks_per_s = sending / (2.0 * ack_segment(info))
+    explained = 0.0
+    for at, nbytes in reversed(list(writes)):
+        if now - at > 1.0:
+            break
+        height = nbytes / sending
+        since = now - (at + height + info.rtt_s)  # since its last ACK came back
+        explained += height * SRTT_KEEPS ** (max(0.0, since) * acks_per_s)
+    return explained

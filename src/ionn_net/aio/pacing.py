@@ -27,84 +27,22 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ionn_net.aio.delivery import DEFAULT_MSS, DeliveryLog, LinkRateMeter, Ramp, RateEstimator
+import ionn_net.aio.pacing_tuning as tune
+from ionn_net.aio.delivery import (
+    DEFAULT_MSS,
+    DeliveryLog,
+    LinkRateMeter,
+    Ramp,
+    RateEstimator,
+    ack_delay,
+    ack_segment,
+    unpaced_queue,
+)
 from ionn_net.aio.pacing_config import PacingConfig
 from ionn_net.aio.sockopts import TcpInfo
 from ionn_net.aio.token_bucket import TokenBucket
 
 __all__ = ["LinkRateMeter", "Pacer", "PacingConfig", "RateEstimator", "TokenBucket"]
-
-#: Unpaced bytes above this share of the pacing rate within a control interval make its
-#: queueing delay no reason to back off (see Pacer._signals).
-_HEAVY_UNPACED = 0.25
-#: Time constant of the smoothed unpaced rate: a few back-to-back queries.
-_UNPACED_SMOOTHING_S = 0.5
-#: Share of a control interval held back by the peer's receive window above which unsent
-#: bytes in the socket are the reader's doing (see Pacer._signals).
-_WINDOW_BOUND = 0.1
-#: Acknowledged below this share of what was written a round trip before: the path does
-#: not keep up (over PacingConfig.min_span_s, where a sample is accurate to ~1%).
-_BEHIND = 0.98
-#: Segments acknowledged before the kernel's smoothed RTT (a 1/8 average per ACK, one ACK
-#: per two segments) has mostly taken in a new level: how long a queue takes to show in it.
-_SRTT_SEGMENTS = 16
-#: What the smoothed RTT keeps of a past sample per ACK.
-_SRTT_KEEPS = 7 / 8
-#: A ramp grows only while the path acknowledges at least this share of what was written
-#: a round trip before (the span is short: one sample can read 10% low)...
-_RAMP_KEEPS_UP = 0.85
-#: ...a test skipped while one unpaced write is more than this share of what was written
-#: over the span compared (a 16 KiB query is a sixth of 40 ms at 20 Mbit/s).
-_RAMP_UNPACED = 0.1
-#: A ramp that went back to its deliveries more often than this at one rate ends there.
-_RAMP_SHRINKS = 3
-#: The shortest span the end of a ramp measures the path's delivery over (a bottleneck's
-#: burst allowance passes faster than its rate: 2 ms of it at 200 Mbit/s in tbf).
-_EXIT_SPAN_S = 0.05
-#: After a ramp, the path's deliveries over this share of a round trip are measured...
-_AFTER_RAMP = 0.8
-#: ...when that is at least this long (a few dozen ACKs).
-_AFTER_RAMP_MIN_S = 0.01
-#: The first probe follows the ramp after this many control intervals: it calibrates the
-#: ramp's estimate, which the ramp's growth and a bottleneck's burst allowance blur.
-_FIRST_PROBE_INTERVALS = 4
-#: A queue this many times queue_high_s is no sample's noise: the estimate goes down to what
-#: the path delivered (a path that got slower)...
-_LONG_QUEUE = 4.0
-#: ...but by at most this share per control interval: a path that stalled for a moment
-#: (a host stopped by CPU contention) delivered next to nothing meanwhile, and is not slower.
-_LONG_QUEUE_STEP = 0.25
-#: Deliveries over two halves of a span this close are a path's steady rate, not a stall's.
-_STEADY = 0.8
-#: A probe's steps stay at PacingConfig.increase until it has raised the estimate by this
-#: factor (well past 1 / gain: the path got faster), then grow by _PROBE_GROWTH per step, up to
-#: _PROBE_MAX_STEP, so a path much faster than estimated is found within a few seconds.
-_PROBE_SPAN = 1.2
-_PROBE_GROWTH = 1.5
-_PROBE_MAX_STEP = 0.04
-#: A probe measures the path over at least this long (at 200 Mbit/s a 64 KiB ACK is 2.6 ms).
-_PROBE_MEASURE_S = 0.1
-#: Time constant of the queueing delay outside probes: what a probe's queue is measured
-#: against (on a busy host the RTT carries a millisecond or two of scheduling).
-_BASE_SMOOTHING_S = 1.0
-#: Pacing rate left unused (nothing ready to send) above this share of a span makes what
-#: the path delivered over it a lower bound of the path's rate (see Pacer._app_limited).
-_APP_LIMITED = 0.02
-#: How long the most a ramp's path delivered bounds its growth while the sender is
-#: application-limited (a few dozen round trips at 20 ms).
-_RAMP_BEST_S = 1.0
-_RAMP_BEST_SPAN_S = 0.1
-#: How far back the kernel's delivery-rate samples tell whether the path keeps up.
-_FLIGHTS_S = 0.1
-#: Chunks of fewer segments than this often end on a lone segment that the receiver holds
-#: until the next chunk arrives (see Pacer._ack_delay).
-_ACK_SEGMENTS = 2
-
-
-def _segment(info: TcpInfo) -> int:
-    """The segment size ACKs come back for: the MSS, at most an Ethernet one (loopback's
-    64 KiB MSS is not what a paced sender's segments are: its chunks are smaller)."""
-    return min(info.mss or DEFAULT_MSS, DEFAULT_MSS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,14 +118,14 @@ class Pacer:
         self._written = 0
         self._unpaced_writes: deque[tuple[float, int]] = deque(maxlen=64)  # (time, bytes)
         self._unpaced_since_control = 0
-        self._unpaced_rate = 0.0  # bytes/s, smoothed over _UNPACED_SMOOTHING_S
+        self._unpaced_rate = 0.0  # bytes/s, smoothed over tune.UNPACED_SMOOTHING_S
         self._rwnd_limited = 0.0  # TcpInfo.rwnd_limited_s at the last control step
         self._estimate: float | None = None
         self._floor = 0.0
         self._ramp: Ramp | None = None
         #: what the path delivered during the ramp, most lately (app-limited: only if more)
-        self._ramp_best = RateEstimator(_RAMP_BEST_S)
-        self._flights = RateEstimator(_FLIGHTS_S)  # the kernel's delivery samples, lately
+        self._ramp_best = RateEstimator(tune.RAMP_BEST_S)
+        self._flights = RateEstimator(tune.FLIGHTS_S)  # the kernel's delivery samples, lately
         self._stalled_since: float | None = None  # the ramp's path stopped keeping up
         self._shrinks = 0  # how often the ramp went back to the deliveries...
         self._stall_rate = 0.0  # ...since it first did so, at this rate
@@ -403,44 +341,11 @@ class Pacer:
         owed = self._bucket.debt(now) if self._bucket is not None else 0.0
         # (two chunks may always wait: the writer hands the socket one while one leaves)
         in_socket = max(0.0, info.notsent_bytes - owed - 2 * self._chunk) / sending
-        explained = self._unpaced_queue(info, now, sending) + self._ack_delay(info, sending)
+        explained = unpaced_queue(self._unpaced_writes, info, now, sending) + ack_delay(
+            info, self._chunk, sending
+        )
         network = max(0.0, info.rtt_s - info.min_rtt_s - explained)
         return network + in_socket, in_socket
-
-    def _ack_delay(self, info: TcpInfo, sending: float) -> float:
-        """How much of the smoothed RTT the receiver's delayed ACKs may explain (seconds).
-
-        A receiver acknowledges every second full-sized segment at once but holds a lone
-        one until the next segment arrives (or its delayed-ACK timer fires). A paced chunk
-        of few segments often ends on a lone one, whose RTT sample then includes the wait
-        for the next chunk: up to one chunk's spacing at the pacing rate. On loopback
-        (64 KiB MSS, so every chunk is one segment) that was the whole "queue": a smoothed
-        RTT of 5-19 ms with nothing unsent and at most two segments in flight, which ended
-        the ramp at once and stepped the estimate down to its floor (1.9 Mbit/s), so that
-        clients stopped offloading. Chunks of several segments end on a lone one in few
-        of their ACKs: nothing to explain.
-        """
-        mss = info.mss or DEFAULT_MSS
-        if self._chunk <= 0 or self._chunk >= _ACK_SEGMENTS * mss:
-            return 0.0
-        return self._chunk / sending
-
-    def _unpaced_queue(self, info: TcpInfo, now: float, sending: float) -> float:
-        """How much of the smoothed RTT the unpaced bytes written lately still explain.
-
-        A query's own bytes queue at the bottleneck for their transfer time (at 2 Mbit/s a
-        16 KiB query is 69 ms), the bytes written behind them wait as long, and the smoothed
-        RTT keeps 7/8 of that per ACK once their ACKs came back: not the upload's queue.
-        """
-        acks_per_s = sending / (2.0 * _segment(info))
-        explained = 0.0
-        for at, nbytes in reversed(self._unpaced_writes):
-            if now - at > 1.0:
-                break
-            height = nbytes / sending
-            since = now - (at + height + info.rtt_s)  # since its last ACK came back
-            explained += height * _SRTT_KEEPS ** (max(0.0, since) * acks_per_s)
-        return explained
 
     def _backlog(self, info: TcpInfo) -> float:
         """Bytes queued on the path: in flight beyond one bandwidth-delay product at the
@@ -449,7 +354,7 @@ class Pacer:
         # (a segment is at most one chunk: loopback's MSS is 64 KiB, a slow rate's chunk 4 KiB)
         segment = min(info.mss or DEFAULT_MSS, self._chunk or DEFAULT_MSS)
         inflight = float(info.unacked_segments * segment)
-        queued = info.rtt_s - info.min_rtt_s - self._ack_delay(info, self._estimate)
+        queued = info.rtt_s - info.min_rtt_s - ack_delay(info, self._chunk, self._estimate)
         by_rtt = max(0.0, queued) * self._estimate
         return max(by_rtt, inflight - self._estimate * info.min_rtt_s)
 
@@ -467,7 +372,7 @@ class Pacer:
         if self._bucket is None:
             return False
         unused = self._log.unused(start, now)
-        return unused is not None and unused > _APP_LIMITED * self._bucket.rate
+        return unused is not None and unused > tune.APP_LIMITED * self._bucket.rate
 
     def _count(self, event: str) -> None:
         self.events[event] = self.events.get(event, 0) + 1
@@ -483,7 +388,7 @@ class Pacer:
         span = max(info.rtt_s, cfg.ramp_span_s)
         # From a send to the ACK that shows its queue: a round trip and the few ACKs the
         # kernel's smoothed RTT needs.
-        lag = info.rtt_s + _SRTT_SEGMENTS * _segment(info) / ramp.rate
+        lag = info.rtt_s + tune.SRTT_SEGMENTS * ack_segment(info) / ramp.rate
         limited = self._app_limited(now - lag - span, now)
         self._flights.add(info.delivery_rate, now, app_limited=False)
         flights = self._flights.estimate(now)
@@ -494,7 +399,7 @@ class Pacer:
         # ramp ended at its first rate, 8 Mbit/s), and a queue a pause drains is no limit.
         # Nor while the kernel's delivery samples (each over one flight, as BBR's) show the
         # path keeping up with what was released: then the queue is the receiver's ACKs.
-        kept_up = flights is not None and flights >= _BEHIND * ramp.rate_at(now - lag)
+        kept_up = flights is not None and flights >= tune.BEHIND * ramp.rate_at(now - lag)
         if queue - in_socket > cfg.ramp_exit_s and not limited and not kept_up:
             self._count("ramp ended by a queue")
             self._end_ramp(info, now)
@@ -502,7 +407,7 @@ class Pacer:
         delivered = self._log.delivered(now, span)
         # (over a longer span: after a pause a bottleneck's burst allowance passes at once,
         # and the most delivered over a round trip would be that, not the path's rate)
-        longer = self._log.delivered(now, max(span, _RAMP_BEST_SPAN_S))
+        longer = self._log.delivered(now, max(span, tune.RAMP_BEST_SPAN_S))
         if longer is not None:
             self._ramp_best.add(longer, now, app_limited=limited)
         # The kernel's own sample covers one flight (send to ACK), not the pauses between
@@ -545,7 +450,7 @@ class Pacer:
                 self._stall_rate = ramp.rate
             self._shrinks += 1
             lasting = now - self._stalled_since >= 2.0 * (lag + span)
-            if lasting or self._shrinks > _RAMP_SHRINKS:
+            if lasting or self._shrinks > tune.RAMP_SHRINKS:
                 self._count("ramp ended by deliveries")
                 self._end_ramp(info, now)
                 return
@@ -564,16 +469,16 @@ class Pacer:
         if delivered is None or sent is None or in_socket > 0:
             return True
         largest = max((nbytes for _, nbytes in self._unpaced_writes), default=0)
-        if largest > _RAMP_UNPACED * sent * span:
+        if largest > tune.RAMP_UNPACED * sent * span:
             return True
-        return delivered >= _RAMP_KEEPS_UP * sent
+        return delivered >= tune.RAMP_KEEPS_UP * sent
 
     def _end_ramp(self, info: TcpInfo, now: float) -> None:
         """The path is full: it delivered all it could over the last round trips, and no
         more than was released a round trip before (its burst allowance aside)."""
         ramp = self._ramp
         assert ramp is not None
-        span = max(2.0 * info.rtt_s, _EXIT_SPAN_S)
+        span = max(2.0 * info.rtt_s, tune.EXIT_SPAN_S)
         estimate = ramp.rate_at(now - info.rtt_s - span / 2)
         delivered = self._log.delivered(now, span)
         if delivered is not None and not self._app_limited(now - info.rtt_s - span, now):
@@ -585,7 +490,7 @@ class Pacer:
         self._last_control = now
         self._rwnd_limited = info.rwnd_limited_s
         interval = max(self.config.control_interval_s, 4.0 * info.min_rtt_s)
-        self._next_probe = now + _FIRST_PROBE_INTERVALS * interval
+        self._next_probe = now + tune.FIRST_PROBE_INTERVALS * interval
         self._install(now)
         # The ramp's last round trip left a queue: bytes unsent in the socket and queued on
         # the path. Owing them makes the next paced chunks wait until they drain, instead
@@ -602,10 +507,10 @@ class Pacer:
         enough for a few dozen ACKs."""
         assert self._after_ramp is not None and self._estimate is not None
         start, acked = self._after_ramp
-        if now - start < _AFTER_RAMP * info.rtt_s:
+        if now - start < tune.AFTER_RAMP * info.rtt_s:
             return
         self._after_ramp = None
-        if now - start < _AFTER_RAMP_MIN_S:
+        if now - start < tune.AFTER_RAMP_MIN_S:
             return
         delivered = (info.bytes_acked - acked) / (now - start)
         if delivered > self._estimate:
@@ -619,15 +524,15 @@ class Pacer:
         waits for it to drain (it is owed): for most of a round trip, which the queue
         lengthens, the path delivers at its own rate now. A path that stalled and came back
         delivers at its full rate: the estimate returns to that. A path that got slower
-        delivers at its new rate, steadily (both halves of the span within _STEADY of each
+        delivers at its new rate, steadily (both halves of the span within tune.STEADY of each
         other): the estimate goes down to that. A stall delivers nothing, or unevenly as it
         ends: no measurement (the next interval's queue steps it further down)."""
         assert self._after_step is not None and self._estimate is not None
         start, acked = self._after_step
-        if now - start < _AFTER_RAMP * info.rtt_s:
+        if now - start < tune.AFTER_RAMP * info.rtt_s:
             return
         self._after_step = None
-        if now - start < _AFTER_RAMP_MIN_S:
+        if now - start < tune.AFTER_RAMP_MIN_S:
             return
         delivered = (info.bytes_acked - acked) / (now - start)
         middle = (start + now) / 2
@@ -637,7 +542,7 @@ class Pacer:
         elif (
             first
             and second
-            and min(first, second) >= _STEADY * max(first, second)
+            and min(first, second) >= tune.STEADY * max(first, second)
             and not self._app_limited(start - info.rtt_s, now)
         ):
             self._count("estimate lowered by the drain after a step")
@@ -679,7 +584,9 @@ class Pacer:
             if not self._probe(info, now, signals, interval, held and active):
                 return
         else:
-            self._queue_base += min(1.0, elapsed / _BASE_SMOOTHING_S) * (queue - self._queue_base)
+            self._queue_base += min(1.0, elapsed / tune.BASE_SMOOTHING_S) * (
+                queue - self._queue_base
+            )
             if not (held and active):
                 return
             if now >= self._next_probe:
@@ -713,8 +620,8 @@ class Pacer:
         # burst allowance, and over two short intervals read 2% high)
         span = max(cfg.min_span_s, 2.0 * info.rtt_s)
         path = self._path_rate(info, now, span)
-        long_queue = signals.queue > _LONG_QUEUE * cfg.queue_high_s
-        step = self._estimate * (1.0 - _LONG_QUEUE_STEP)
+        long_queue = signals.queue > tune.LONG_QUEUE * cfg.queue_high_s
+        step = self._estimate * (1.0 - tune.LONG_QUEUE_STEP)
         if path is not None and path < step and (long_queue or self._probe_from is not None):
             self._step_down(info, now, path, step)
         elif self._probe_from is not None and path is not None:
@@ -751,7 +658,7 @@ class Pacer:
         self._recall = recall
         self._after_step = (now, info.bytes_acked)
         interval = max(self.config.control_interval_s, 4.0 * info.min_rtt_s)
-        self._next_probe = min(self._next_probe, now + _FIRST_PROBE_INTERVALS * interval)
+        self._next_probe = min(self._next_probe, now + tune.FIRST_PROBE_INTERVALS * interval)
 
     def _path_rate(self, info: TcpInfo, now: float, span: float) -> float | None:
         """What the path delivered over the last ``span`` if it was behind meanwhile: then
@@ -770,7 +677,7 @@ class Pacer:
             return None
         if self._bucket is not None:
             sent = min(sent, self._bucket.rate)
-        return delivered if delivered < _BEHIND * sent else None
+        return delivered if delivered < tune.BEHIND * sent else None
 
     def _signals(self, info: TcpInfo, now: float, elapsed: float) -> _Signals:
         """What one control interval saw (see _Signals)."""
@@ -781,16 +688,16 @@ class Pacer:
         # nothing about the rate, and backing off on it starved the upload (ionn-bench,
         # ResNet50 over 80 Mbit/s: 80 -> 20 Mbit/s estimated while queries sent ~34). A
         # burst outlives the interval it was written in, so its rate is smoothed.
-        weight = min(1.0, elapsed / _UNPACED_SMOOTHING_S)
+        weight = min(1.0, elapsed / tune.UNPACED_SMOOTHING_S)
         self._unpaced_rate += weight * (unpaced / elapsed - self._unpaced_rate)
-        heavy = sending > 0 and self._unpaced_rate > _HEAVY_UNPACED * sending
+        heavy = sending > 0 and self._unpaced_rate > tune.HEAVY_UNPACED * sending
         # Our queue is in the network (RTT above its minimum) and, when the kernel's own
         # pacing (BBR) holds back what we release too fast, in the socket (not yet sent);
         # not when the peer's receive window held the socket back: then the reader is slow
         # (an edge server busy loading a partition), not the path, and backing off only
         # lowered the estimate for the rest of the upload (ionn-bench: 70 -> 49 Mbit/s on a
         # 76 Mbit/s link, every step taken on unsent bytes at a 2 ms RTT).
-        window_bound = info.rwnd_limited_s - self._rwnd_limited > _WINDOW_BOUND * elapsed
+        window_bound = info.rwnd_limited_s - self._rwnd_limited > tune.WINDOW_BOUND * elapsed
         self._rwnd_limited = info.rwnd_limited_s
         queue, in_socket = self._queue(info, now, sending)
         if window_bound:
@@ -821,7 +728,7 @@ class Pacer:
         if queued:
             assert self._probe_hold is not None
             since, acked = self._probe_hold
-            if now - since >= max(2.0 * interval, _PROBE_MEASURE_S):
+            if now - since >= max(2.0 * interval, tune.PROBE_MEASURE_S):
                 delivered = (info.bytes_acked - acked) / (now - since)
                 assert self._estimate is not None
                 lower_bound = delivered < self._estimate and self._app_limited(
@@ -863,7 +770,7 @@ class Pacer:
         (queries too) a round trip before: then it kept up, and what it delivered is only
         the sending rate, not the path's (unknown: no)."""
         written = self._log.written(since - info.rtt_s, now - info.rtt_s)
-        return written is not None and delivered >= _BEHIND * written
+        return written is not None and delivered >= tune.BEHIND * written
 
     def _probe_up(self) -> None:
         """One step of a probe: small where the path's rate is expected (a step that
@@ -875,8 +782,11 @@ class Pacer:
             self._recall = 0.0
             self._probe_span_from = self._estimate
             self._probe_step = self.config.increase
-        elif self._estimate < self._recall or self._estimate > self._probe_span_from * _PROBE_SPAN:
-            self._probe_step = min(_PROBE_MAX_STEP, self._probe_step * _PROBE_GROWTH)
+        elif (
+            self._estimate < self._recall
+            or self._estimate > self._probe_span_from * tune.PROBE_SPAN
+        ):
+            self._probe_step = min(tune.PROBE_MAX_STEP, self._probe_step * tune.PROBE_GROWTH)
         self._estimate *= 1.0 + self._probe_step
 
     def _end_probe(self, info: TcpInfo, now: float, delivered: float | None) -> None:
