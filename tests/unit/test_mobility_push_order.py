@@ -10,11 +10,10 @@ import asyncio
 from typing import Any
 
 import pytest
+from tests.helpers.dense_chain import dense_chain_prepared
 
-from ionn_net.client import ClientConfig
 from ionn_net.client.mobility import HandoffOptions, Mobility, PlanCache
 from ionn_net.client.plan_state import PlanState, with_completion
-from ionn_net.client.prepare import prepare_model
 from ionn_net.errors import PlannerError
 from ionn_net.planner.upload import get_planner
 from ionn_net.planner.workload import QueryPattern
@@ -22,16 +21,7 @@ from ionn_net.planner.workload import QueryPattern
 
 @pytest.fixture(scope="module")
 def prepared() -> Any:
-    import keras
-
-    keras.utils.set_random_seed(5)
-    inputs = keras.Input((16,), name="x")
-    hidden = keras.layers.Dense(64, activation="relu", name="d1")(inputs)
-    hidden = keras.layers.Dense(64, activation="relu", name="d2")(hidden)
-    outputs = keras.layers.Dense(4, name="out")(hidden)
-    model = keras.Model(inputs, outputs)
-    config = ClientConfig(slowdown=1.0, device_ms={"x": 0.01, "d1": 40.0, "d2": 40.0, "out": 5.0})
-    return prepare_model(model, config, chunked=False)
+    return dense_chain_prepared(5)
 
 
 def _mobility(prepared: Any, planner: str) -> tuple[Mobility, PlanState]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.helpers.dense_chain import dense_chain_prepared
 
-from ionn_net.client import ClientConfig
 from ionn_net.client.plan_state import PlanState
-from ionn_net.client.prepare import prepare_model
 from ionn_net.messages import TimingTable
 from ionn_net.messages.upload import Holdings
 from ionn_net.planner.workload import QueryPattern
@@ -19,17 +18,7 @@ from ionn_net.planner.workload import QueryPattern
 
 @pytest.fixture(scope="module")
 def state_parts() -> Any:
-    import keras
-
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((16,), name="x")
-    hidden = keras.layers.Dense(64, activation="relu", name="d1")(inputs)
-    hidden = keras.layers.Dense(64, activation="relu", name="d2")(hidden)
-    outputs = keras.layers.Dense(4, name="out")(hidden)
-    model = keras.Model(inputs, outputs)
-    device_ms = {"x": 0.01, "d1": 40.0, "d2": 40.0, "out": 5.0}
-    config = ClientConfig(slowdown=1.0, device_ms=device_ms)
-    return prepare_model(model, config, chunked=False)
+    return dense_chain_prepared(3)
 
 
 def _state(prepared: Any) -> PlanState:
