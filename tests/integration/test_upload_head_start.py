@@ -93,9 +93,12 @@ async def test_layers_the_server_holds_ready_serve_before_the_rest_is_planned(
         async with OffloadClient(
             "127.0.0.1", server.port, small_model, planner="ours", config=config
         ) as second:
-            while second.upload_timeline.planned_at is None:
+            # (an activation is on record once its compile is over, maybe after planning)
+            for _ in range(6000):
+                timeline = second.upload_timeline
+                if timeline.planned_at is not None and timeline.activations:
+                    break
                 await asyncio.sleep(0.01)
-            timeline = second.upload_timeline
             assert second.plan_state.ready, "the server kept no layer ready for the key"
             assert timeline.planned_at is not None and timeline.activations, timeline
             started, _ = timeline.activations[0]

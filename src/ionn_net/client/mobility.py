@@ -292,8 +292,13 @@ class Mobility:
         one push at a time. ``connection`` returns the upload session's
         connection (None or closed while it has none)."""
         every = self._options.push_every_s
+        task = asyncio.current_task()
         while True:
             await asyncio.sleep(every)
+            if task is not None and task.cancelling():
+                # A cancel that asyncio.wait_for swallowed (CPython 3.11: the request it
+                # waited on ended at the same moment): the loop went on and close() hung.
+                raise asyncio.CancelledError
             conn = connection()
             if conn is None or conn.closed:
                 continue

@@ -153,7 +153,6 @@ class UploadSession:
         self._replanning: asyncio.Future[list[frozenset[str]]] | None = None
         # plans activated after loads, compiled in the background
         self._activations = Activations(self.activate)
-        # (shared with pre-migration, which pushes in the order of a plan made here)
         self._plans = mobility.plans if mobility is not None else PlanCache()
 
     @property
@@ -176,8 +175,7 @@ class UploadSession:
         self._closing = True
 
     def set_server(self, host: str, port: int) -> None:
-        """Connect to this server from now on (§15: the client moved). The caller stops
-        the loop first and starts it again afterwards: the next turn connects there."""
+        """Connect here from now on (§15: the client moved; the caller restarts the loop)."""
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.abort(ErrorCode.CANCEL, "the client moved to another server")
@@ -385,11 +383,8 @@ class UploadSession:
             if held:  # and the upload plans only the rest (a head on a catalog backbone)
                 logger.info("the server holds %d layers' blobs: loading them first", len(held))
                 await self._load(conn, held)
-        if state.ready:
-            # Layers the server holds ready (built ahead from a pre-migration push, §15.5.5,
-            # or an earlier session's) serve queries from now on, not once the rest of the
-            # upload is planned (seconds for ``ours``).
-            self._activations.submit(state.usable, state.best_plan(state.usable, held=state.usable))
+        if ready := state.usable if state.ready else None:  # serve now, not after planning
+            self._activations.submit(ready, state.best_plan(ready, held=ready))  # (§15.5.5)
         await self._plan_upload(conn)
         if state.ready:
             await self.activate(state.usable)
