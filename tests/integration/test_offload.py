@@ -173,7 +173,10 @@ async def test_server_closed_mid_upload_loses_no_query(
             before = await _query_until_offloaded(client, xs[0], timeout_s=120.0)
             progress = client.last_progress
             assert progress is not None and not progress.done, progress  # still uploading
+            ran = _record_local_runs(client)
             index, cut_query = await _query_cut_at_the_server(client, xs, hooks, proxy.sever, cut)
+            failed = [s.layers for s in cut_query.segments if s.fallback]
+            pieces = [client.runner.fallback_pieces(layers) for layers in failed]
             after = [await asyncio.wait_for(client.infer_detailed(x), 60) for x in xs]
             fallbacks = client.stats["fallbacks"]
     finally:
@@ -181,11 +184,29 @@ async def test_server_closed_mid_upload_loses_no_query(
         await proxy.close()
     np.testing.assert_allclose(before.output, expected[0], rtol=1e-4, atol=1e-5)
     assert cut_query.fallback, cut_query.segments
+    # The failed segment ran on the local plan's chunk grid, never compiled whole.
+    assert any(len(p) >= 2 for p in pieces), (failed, pieces)
+    for layers, cut_up in zip(failed, pieces, strict=True):
+        assert all(p in ran for p in cut_up), (cut_up, ran)
+        assert len(cut_up) == 1 or layers not in ran, (layers, ran)
     np.testing.assert_allclose(cut_query.output, expected[index], rtol=1e-4, atol=1e-5)
     assert fallbacks >= 1
     for result, want in zip(after, expected, strict=True):
         np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
     assert not any(r.offloaded for r in after)
+
+
+def _record_local_runs(client: OffloadClient) -> list[tuple[str, ...]]:
+    """Wrap the runner's ``run_local`` hook: the layer lists it runs, in order."""
+    ran: list[tuple[str, ...]] = []
+    run = client.runner.run_local
+
+    async def recording(layers: Any, tensors: Any, due: Any) -> Any:
+        ran.append(tuple(layers))
+        return await run(layers, tensors, due)
+
+    client.runner.run_local = recording
+    return ran
 
 
 async def _query_until_offloaded(

@@ -286,7 +286,8 @@ class UploadSession:
         )
         # Fallback slices for the server segments are not compiled ahead: a failure is
         # rare, and compiling every plan's fallback would double the client's compile
-        # work during the upload. A failed segment compiles its slice on demand.
+        # work during the upload. A failed segment runs on the chunks the local plan
+        # compiled (QueryRunner.fallback_pieces), compiling at most its two end pieces.
 
     async def _plan_upload(self, conn: AioConnection) -> None:
         """Plan the upload with the strategy (worker thread), from what the server holds,
