@@ -379,11 +379,14 @@ class UploadSession:
         if not self._config.upload or self._planner == "local":
             self._emit_progress(done=True)
             return
-        if state.public_blobs:  # §10.3.3: what the server holds publicly is used at once,
+        moved = self._mobility is not None and await self._mobility.fetch_held_before(conn)
+        if state.public_blobs or moved:  # §10.3.3, §15.4: what the server holds publicly,
             held = state.loadable_now(self._prepared.layer_blob, self._never_sent())
-            if held:  # and the upload plans only the rest (a head on a catalog backbone)
+            if held:  # or fetched at a move, is used at once; the upload plans the rest
                 logger.info("the server holds %d layers' blobs: loading them first", len(held))
-                await self._load(conn, held)
+                pieces = self._mobility.load_pieces(held) if self._mobility and moved else [held]
+                for piece in pieces:
+                    await self._load(conn, piece)
         if ready := state.usable if state.ready else None:  # serve now, not after planning
             self._activations.submit(ready, state.best_plan(ready, held=ready))  # (§15.5.5)
         await self._plan_upload(conn)
