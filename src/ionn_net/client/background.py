@@ -1,7 +1,8 @@
 """What the upload session does beside sending bytes, so that the link never waits.
 
 Owns :class:`Activations` (compile and switch to the plan of each load in the background,
-newest first), :func:`head_start_layers` (what goes up while the client still plans) and
+newest first), :func:`held_first` (what the server can load before anything is planned),
+:func:`head_start_layers` (what goes up while the client still plans) and
 :func:`load_in_order` (loads that never hold the upload back).
 """
 
@@ -12,10 +13,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
+from ionn_net.aio import AioConnection
+from ionn_net.client.mobility import Mobility
+from ionn_net.client.plan_state import PlanState
 from ionn_net.model.graph import LayerGraph
 from ionn_net.planner.execution import ExecutionPlan
 
-__all__ = ["Activations", "head_start_layers", "load_in_order"]
+__all__ = ["Activations", "head_start_layers", "held_first", "load_in_order"]
 
 logger = logging.getLogger("ionn_net.client")
 
@@ -59,6 +63,27 @@ class Activations:
     def cancel(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+
+
+async def held_first(
+    conn: AioConnection,
+    state: PlanState,
+    layer_blob: Mapping[str, tuple[str | None, int]],
+    never: Collection[str],
+    mobility: Mobility | None,
+) -> list[frozenset[str]]:
+    """What a session loads before it plans, in this order: the layers whose blobs the
+    server holds publicly (§10.3.3: a head on a catalog backbone) or, right after a move,
+    fetched from the previous server (§15.4, :meth:`Mobility.fetch_held_before`), cut
+    into the pieces of the plan made there (:meth:`Mobility.load_pieces`)."""
+    moved = mobility is not None and await mobility.fetch_held_before(conn)
+    if not (state.public_blobs or moved):
+        return []
+    held = state.loadable_now(layer_blob, never)
+    if not held:
+        return []
+    logger.info("the server holds %d layers' blobs: loading them first", len(held))
+    return mobility.load_pieces(held) if mobility is not None and moved else [held]
 
 
 def head_start_layers(

@@ -40,7 +40,12 @@ from functools import partial
 from typing import Any
 
 from ionn_net.aio import AioConnection, connect
-from ionn_net.client.background import Activations, head_start_layers, load_in_order
+from ionn_net.client.background import (
+    Activations,
+    head_start_layers,
+    held_first,
+    load_in_order,
+)
 from ionn_net.client.explain import log_why_local
 from ionn_net.client.mobility import Mobility, PlanCache
 from ionn_net.client.plan_state import PlanState, with_completion
@@ -379,14 +384,9 @@ class UploadSession:
         if not self._config.upload or self._planner == "local":
             self._emit_progress(done=True)
             return
-        moved = self._mobility is not None and await self._mobility.fetch_held_before(conn)
-        if state.public_blobs or moved:  # §10.3.3, §15.4: what the server holds publicly,
-            held = state.loadable_now(self._prepared.layer_blob, self._never_sent())
-            if held:  # or fetched at a move, is used at once; the upload plans the rest
-                logger.info("the server holds %d layers' blobs: loading them first", len(held))
-                pieces = self._mobility.load_pieces(held) if self._mobility and moved else [held]
-                for piece in pieces:
-                    await self._load(conn, piece)
+        layer_blob, never = self._prepared.layer_blob, self._never_sent()
+        for piece in await held_first(conn, state, layer_blob, never, self._mobility):
+            await self._load(conn, piece)  # the upload then plans only the rest
         if ready := state.usable if state.ready else None:  # serve now, not after planning
             self._activations.submit(ready, state.best_plan(ready, held=ready))  # (§15.5.5)
         await self._plan_upload(conn)
