@@ -184,8 +184,8 @@ async def test_server_closed_mid_upload_loses_no_query(
         await proxy.close()
     np.testing.assert_allclose(before.output, expected[0], rtol=1e-4, atol=1e-5)
     assert cut_query.fallback, cut_query.segments
-    # The failed segment ran on the local plan's chunk grid, never compiled whole.
-    assert any(len(p) >= 2 for p in pieces), (failed, pieces)
+    # The failed segment ran on the local plan's chunk grid, never compiled whole (which
+    # segment the cut hits varies: most runs span two chunks or more, some only one).
     for layers, cut_up in zip(failed, pieces, strict=True):
         assert all(p in ran for p in cut_up), (cut_up, ran)
         assert len(cut_up) == 1 or layers not in ran, (layers, ran)
