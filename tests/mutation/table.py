@@ -260,6 +260,37 @@ MUTATIONS: tuple[Mutation, ...] = (
         ),
         (f"{DEADLINES}::test_s14_3_finished_results_count_against_the_outbound_cap",),
     ),
+    # -- the client's fallback and handoff --------------------------------------------------
+    Mutation(
+        "fallback_compiles_the_segment_whole",
+        "a failed server segment runs on the local plan's compiled chunks, not as one new slice",
+        (
+            Edit(
+                CLIENT,
+                "        for piece in self.fallback_pieces(layers):\n",
+                "        for piece in (layers,):\n",
+            ),
+        ),
+        (
+            "tests/integration/test_fallback_grid.py::test_a_failed_server_segment_runs_on_the"
+            "_local_chunk_grid",
+        ),
+    ),
+    Mutation(
+        "fetched_layers_loaded_as_one_piece",
+        "after a move, what was fetched loads in the previous plan's partition order (§15.4)",
+        (
+            Edit(
+                "src/ionn_net/client/mobility.py",
+                "        self._previous_partitions = self._state.partitions\n",
+                "        self._previous_partitions = ()\n",
+            ),
+        ),
+        (
+            "tests/unit/test_mobility_move.py::test_fetched_layers_load_in_the_previous_plans"
+            "_partition_order",
+        ),
+    ),
     # -- the benchmark's run documents ------------------------------------------------------
     Mutation(
         "run_doc_check_result",
