@@ -1,7 +1,8 @@
 """ionn_net.client.mobility at a move (protocol.md §15.4): what the new server fetched from
-the previous one is loaded in the order of the plan made there, partition by partition (its
-most useful first), then whatever no partition held, rather than as one load of everything
-(which kept every query local until all of it was built)."""
+the previous one is loaded in the order of the plan made there: the fewest of its first
+partitions with which offloading pays as one load, then the others one by one, then whatever
+no partition held; not as one load of everything (which kept every query local until all of
+it was built), nor one partition at a time before anything pays (a compile per load)."""
 
 from __future__ import annotations
 
@@ -42,10 +43,14 @@ def test_fetched_layers_load_in_the_previous_plans_partition_order(prepared: Any
     state.start_upload(found, [frozenset({"out"}), frozenset({"d2"})])
     mobility.moved("127.0.0.1:2")
     state.new_server()  # as OffloadClient.move_to does: the new server's state is empty
+    state.set_ping(0.01)  # a 10 ms round trip: worth it for d1 or d2 (40 ms), not "out" (5)
+    # "out" alone (5 ms) is not worth a round trip; with d2 (40 ms) it is: one first load
     pieces = mobility.load_pieces(frozenset({"d1", "d2", "out"}))
-    assert pieces == [frozenset({"out"}), frozenset({"d2"}), frozenset({"d1"})]
+    assert pieces == [frozenset({"out", "d2"}), frozenset({"d1"})]
     # only what is loadable is loaded: a partition with nothing of it is skipped
     assert mobility.load_pieces(frozenset({"d1", "d2"})) == [frozenset({"d2"}), frozenset({"d1"})]
+    # nothing that pays: one load of it all
+    assert mobility.load_pieces(frozenset({"out"})) == [frozenset({"out"})]
 
 
 def test_before_any_move_there_is_no_previous_plan_to_follow(prepared: Any) -> None:

@@ -254,18 +254,27 @@ class Mobility:
         return len(self._state.held_blobs) > before
 
     def load_pieces(self, layers: frozenset[str]) -> list[frozenset[str]]:
-        """``layers`` (loadable at the new server after :meth:`fetch_held_before`) cut
-        into the partitions of the plan made at the previous server, in its order (most
-        useful first), then whatever no partition held: loaded whole, a model's worth of
-        layers kept every query local until all were built (2.2-2.5 s for MobileNetV2's
-        149 at the new server of the handoff bench), where its first partition serves
-        sooner."""
+        """``layers`` (loadable at the new server after :meth:`fetch_held_before`) in the
+        loads that serve soonest: first the fewest partitions of the plan made at the
+        previous server, in its order (most useful first), with which offloading pays,
+        as one load; then its other partitions one by one, then whatever no partition
+        held. Loaded whole, a model's worth of layers kept every query local until all
+        were built (2.2-2.5 s for MobileNetV2's 149 at the new server of the handoff
+        bench); loaded partition by partition, each load compiled plans that did not yet
+        offload (five loads before ResNet50's first offloading plan there)."""
         pieces, left = [], set(layers)
         for part in self._previous_partitions:
             if piece := frozenset(part & left):
                 pieces.append(piece)
                 left -= piece
-        return [*pieces, frozenset(left)] if left else pieces
+        if left:
+            pieces.append(frozenset(left))
+        ready, first = self._state.usable, frozenset[str]()
+        for count, piece in enumerate(pieces, 1):
+            first |= piece
+            if self._state.best_plan(ready | first, held=ready | first).offloads:
+                return [first, *pieces[count:]]
+        return [first] if first else []
 
     async def fetch_layers(self, conn: AioConnection, layers: Collection[str]) -> None:
         """:meth:`fetch` the blobs of ``layers``, in layer order."""
