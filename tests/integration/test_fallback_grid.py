@@ -8,10 +8,10 @@ plan is switched to by hand with a server segment spanning three chunks of the g
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from tests.helpers.local_runs import record_local_runs
 from tests.helpers.peered import free_port
 
 from ionn_net.client import ClientConfig, OffloadClient
@@ -43,14 +43,7 @@ async def test_a_failed_server_segment_runs_on_the_local_chunk_grid(tmp_path: Pa
         )
         plan = ExecutionPlan(segments=segments, predicted_s=0.01, breakdown={})
         client.plan_state.switch(plan, frozenset(server), {})
-        ran: list[tuple[str, ...]] = []
-        run = client.runner.run_local
-
-        async def recording(layers: Any, tensors: Any, due: Any) -> Any:
-            ran.append(tuple(layers))
-            return await run(layers, tensors, due)
-
-        client.runner.run_local = recording
+        ran = record_local_runs(client)
         result = await client.infer_detailed(x)
     np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
     assert result.fallback and [s.layers for s in result.segments if s.fallback] == [server]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.helpers.local_runs import record_local_runs
 
 from ionn_net.client import ClientConfig, InferenceResult, OffloadClient
 from ionn_net.netem.proxy import LinkSpec, ShapingProxy
@@ -173,7 +174,7 @@ async def test_server_closed_mid_upload_loses_no_query(
             before = await _query_until_offloaded(client, xs[0], timeout_s=120.0)
             progress = client.last_progress
             assert progress is not None and not progress.done, progress  # still uploading
-            ran = _record_local_runs(client)
+            ran = record_local_runs(client)
             index, cut_query = await _query_cut_at_the_server(client, xs, hooks, proxy.sever, cut)
             failed = [s.layers for s in cut_query.segments if s.fallback]
             pieces = [client.runner.fallback_pieces(layers) for layers in failed]
@@ -194,19 +195,6 @@ async def test_server_closed_mid_upload_loses_no_query(
     for result, want in zip(after, expected, strict=True):
         np.testing.assert_allclose(result.output, want, rtol=1e-4, atol=1e-5)
     assert not any(r.offloaded for r in after)
-
-
-def _record_local_runs(client: OffloadClient) -> list[tuple[str, ...]]:
-    """Wrap the runner's ``run_local`` hook: the layer lists it runs, in order."""
-    ran: list[tuple[str, ...]] = []
-    run = client.runner.run_local
-
-    async def recording(layers: Any, tensors: Any, due: Any) -> Any:
-        ran.append(tuple(layers))
-        return await run(layers, tensors, due)
-
-    client.runner.run_local = recording
-    return ran
 
 
 async def _query_until_offloaded(
