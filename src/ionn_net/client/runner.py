@@ -218,8 +218,7 @@ class QueryRunner:
         model's chunk grid, whose chunks the local plan compiled, so at most the two end
         pieces compile when it fails. Compiled whole, a long segment cost seconds of
         tracing first (3.4 s for 141 layers of ResNet50, a query in flight at a move)."""
-        ends = self._prepared.grid_ends
-        return split_at(layers, ends) if ends else (layers,)
+        return split_at(layers, self._prepared.grid_ends)  # no grid: one piece
 
     async def _finish_locally(self, layers: tuple[str, ...], tensors: Tensors) -> None:
         due: float | None = None
