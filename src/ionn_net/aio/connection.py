@@ -621,7 +621,8 @@ class AioConnection:
         assert pacer is not None
         while True:
             now = self.loop.time()
-            pacer.account(self.protocol.bytes_written, now)
+            paced = self.core.stream_bytes_sent(pacer.config.min_urgency)
+            pacer.account(self.protocol.bytes_written, now, paced_written=paced)
             delay = pacer.delay(n, now)
             if delay <= 0:
                 break

@@ -60,6 +60,10 @@ BASE_SMOOTHING_S = 1.0
 #: Pacing rate left unused (nothing ready to send) above this share of a span makes what
 #: the path delivered over it a lower bound of the path's rate (see Pacer._app_limited).
 APP_LIMITED = 0.02
+#: What the path delivered over this long, the sender not application-limited, bounds the
+#: rate last measured from below (see Pacer._delivered_at_least): long enough that a
+#: bottleneck's burst allowance is a small part of it (2 ms at 200 Mbit/s in tbf).
+LOWER_BOUND_S = 0.5
 #: How long the most a ramp's path delivered bounds its growth while the sender is
 #: application-limited (a few dozen round trips at 20 ms).
 RAMP_BEST_S = 1.0

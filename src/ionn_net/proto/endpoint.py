@@ -479,6 +479,13 @@ class ConnectionBase:
             allowed = self._streams_may_send()  # a drain may have closed the connection
         return out, total
 
+    def stream_bytes_sent(self, min_urgency: int) -> int:
+        """Wire bytes (frame headers included) that streams of urgency ``min_urgency`` or
+        less urgent have emitted so far: with the total a transport wrote, it tells a
+        pacer of those streams what it sent from what the others did (compressed frames
+        are shorter than the body a sender released, §12.4)."""
+        return sum(self._out.sent_by_urgency[max(0, min_urgency) :])
+
     def next_frame(self) -> bytes | None:
         """Exactly one frame (or the preface), highest priority first, or ``None``."""
         parts = self.next_frame_parts()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from ionn_net.config import SETTING_DEFAULTS, Limits, Setting
 from ionn_net.proto.codecs import Codec, encode_if_smaller
-from ionn_net.proto.scheduler import Scheduler
+from ionn_net.proto.scheduler import URGENCY_LEVELS, Scheduler
 from ionn_net.proto.streams import HalfState, OutChunk, Stream
 from ionn_net.proto.wire import FLAG_END_STREAM, FRAME_HEADER, HEADER_SIZE
 
@@ -37,6 +37,7 @@ class Outbound:
         "scheduler",
         "send_limit",
         "sent",
+        "sent_by_urgency",
     )
 
     def __init__(self, limits: Limits) -> None:
@@ -47,6 +48,10 @@ class Outbound:
         self.send_limit = SETTING_DEFAULTS[Setting.INITIAL_CONNECTION_CREDIT]
         self.sent = 0  # cumulative DATA wire bytes sent (§7)
         self.body_bytes = 0  # queued, not yet framed body bytes of all streams
+        # Cumulative wire bytes of stream frames (HEADERS and DATA, header included) per
+        # urgency: what a pacer of some urgencies sent, as against everything else. Body
+        # sizes say nothing of it once frames are compressed (§12.4).
+        self.sent_by_urgency = [0] * URGENCY_LEVELS
         # Our streams whose opening HEADERS is still queued, in id order. §6.1.1 makes the
         # peer refuse an id lower than one it has seen, so opening HEADERS leave in id
         # order, ahead of all stream DATA (they are tens of bytes): a query opened behind an
@@ -150,6 +155,7 @@ class Outbound:
                 self.opened_sent = sid
             if not stream.outq and stream.local is HalfState.ENDED:
                 stream.end_emitted = True
+            self.sent_by_urgency[stream.urgency] += len(headers)
             parts: FrameParts = (headers, b"")
         else:
             parts = self._emit_data(stream)
@@ -244,6 +250,7 @@ class Outbound:
             credit -= size
             taken += size + HEADER_SIZE
         sent = off - start
+        self.sent_by_urgency[stream.urgency] += taken
         chunk.offset = off
         stream.sent += sent
         self.sent += sent
@@ -274,6 +281,7 @@ class Outbound:
             # Never longer than ``piece``, so the credit reserved above is enough.
             codec, payload = encode_if_smaller(piece, chunk.codec, self.level, self.min_gain)
         wire = len(payload)
+        self.sent_by_urgency[stream.urgency] += HEADER_SIZE + wire
         stream.sent += wire
         self.sent += wire
         stream.out_bytes -= size
