@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from ionn_net.aio import AioConnection
 from ionn_net.client.plan_state import PlanState, with_completion
@@ -45,6 +46,7 @@ from ionn_net.messages import (
     RemoteError,
     parse_reply,
 )
+from ionn_net.offthread import at_lower_priority
 from ionn_net.planner.upload import UploadPlan, get_planner
 
 __all__ = ["HandoffOptions", "Mobility", "PlanCache", "server_name"]
@@ -397,7 +399,7 @@ class Mobility:
             if n not in never and (layer_blob[n][0] is None or layer_blob[n][0] in blobs)
         )
         ctx, link = self._state.context(held=usable), self._state.link  # a snapshot, here
-        plan = await asyncio.to_thread(ctx.best_plan, usable, link=link)
+        plan = await at_lower_priority(partial(ctx.best_plan, usable, link=link))
         runs = tuple(s.layers for s in plan.segments if s.location == "server")
         return runs[:MAX_PREPARE_SETS]
 
@@ -424,7 +426,7 @@ class Mobility:
                 found = strategy.plan(ctx)
                 return self._blob_order(with_completion(ctx, found.partitions, frozenset(), never))
 
-            self._order = await asyncio.to_thread(plan)
+            self._order = await at_lower_priority(plan)
         return self._order
 
     def _blob_order(self, partitions: Sequence[frozenset[str]]) -> tuple[str, ...]:

@@ -73,6 +73,7 @@ from ionn_net.messages import (
     hmac_proof,
     parse_reply,
 )
+from ionn_net.offthread import at_lower_priority
 from ionn_net.planner.execution import ExecutionPlan
 from ionn_net.planner.upload import get_planner
 from ionn_net.planner.workload import PlanningContext, UploadPlan
@@ -323,7 +324,7 @@ class UploadSession:
             found = strategy.plan(ctx)
             return found, with_completion(ctx, found.partitions, ctx.held, never)
 
-        planning = asyncio.ensure_future(asyncio.to_thread(plan))
+        planning = asyncio.ensure_future(at_lower_priority(plan))
         planning.add_done_callback(self._planned)
         sent: list[str] = []
         try:
@@ -371,7 +372,7 @@ class UploadSession:
             found = strategy.replan(ctx, sent - ctx.held, ctx.link, now - self._started)
             return with_completion(ctx, found.partitions, sent, never)
 
-        self._replanning = asyncio.ensure_future(asyncio.to_thread(replan, ctx))
+        self._replanning = asyncio.ensure_future(at_lower_priority(replan, ctx))
 
     def _never_sent(self) -> frozenset[str]:
         return self._state.never() | frozenset(self._prepared.graph.inputs)
