@@ -147,6 +147,7 @@ class Pacer:
         self._probe_from: float | None = None  # the estimate a running probe began at
         self._probe_step = 0.0
         self._probe_span_from = 0.0  # where a probe's steps start to grow from (see _probe_up)
+        self._after_ramp_probe = False  # the next probe is the first after the ramp
         self._probe_hold: tuple[float, int] | None = None  # since when a probe measures
         self._measured = 0.0  # the path's rate as last measured (the ramp, a probe)
         self._lowered_at = -1e18  # when a queue or a measurement last took the rate down
@@ -518,6 +519,12 @@ class Pacer:
         self._rwnd_limited = info.rwnd_limited_s
         interval = max(self.config.control_interval_s, 4.0 * info.min_rtt_s)
         self._next_probe = now + tune.FIRST_PROBE_INTERVALS * interval
+        # A path that delivered all that was written a round trip before was not full: the
+        # queue that ended the ramp was the host's (see _probe_span).
+        written = self._log.written(now - info.rtt_s - span, now - info.rtt_s)
+        self._after_ramp_probe = (
+            delivered is not None and written is not None and delivered >= tune.BEHIND * written
+        )
         self._install(now)
         # The ramp's last round trip left a queue: bytes unsent in the socket and queued on
         # the path. Owing them makes the next paced chunks wait until they drain, instead
@@ -685,7 +692,15 @@ class Pacer:
                 lower = max(lower, min(self._estimate, path))
                 # (the path was full: no coming back above what it delivered)
                 self._measured = min(self._measured, max(self._floor, path))
+            probe_start = self._probe_from
             self._end_probe(info, now, None)
+            if probe_start is not None:
+                # A probe's last step may be far past the path (the first after the ramp
+                # grows fast), and a step down from it would stay there: no further than
+                # what the path delivered while it filled up, nor below where it began.
+                recent = max(2.0 * info.rtt_s, tune.EXIT_SPAN_S)  # (since it filled up)
+                delivered = self._log.delivered(now, recent) or 0.0
+                lower = min(lower, max(probe_start, delivered))
             self._estimate = max(self._floor, lower)
         self._install(now)
         self._owe(self._backlog(info), now)
@@ -834,10 +849,22 @@ class Pacer:
             self._probe_step = self.config.increase
         elif (
             self._estimate < self._recall
-            or self._estimate > self._probe_span_from * tune.PROBE_SPAN
+            or self._estimate > self._probe_span_from * self._probe_span()
         ):
-            self._probe_step = min(tune.PROBE_MAX_STEP, self._probe_step * tune.PROBE_GROWTH)
+            top = tune.RAMP_PROBE_MAX_STEP if self._after_ramp_probe else tune.PROBE_MAX_STEP
+            self._probe_step = min(top, self._probe_step * tune.PROBE_GROWTH)
         self._estimate *= 1.0 + self._probe_step
+
+    def _probe_span(self) -> float:
+        """How far a probe rises in small steps before they grow. The first after a ramp
+        that the path kept up with to its end grows once past where a right estimate's
+        path is (1 / gain), and up to a ramp's pace: the queue that ended it was a busy
+        host's RTT, not the path's, and left the estimate at a fraction of the path, down
+        to the ramp's first rate; small steps took seconds back (ionn-bench, ResNet50 over
+        80 Mbit/s Wi-Fi: from 8 Mbit/s, 5 s)."""
+        if self._after_ramp_probe:
+            return tune.RAMP_PROBE_SPAN / self.config.gain
+        return tune.PROBE_SPAN
 
     def _end_probe(self, info: TcpInfo, now: float, delivered: float | None) -> None:
         """Stop a running probe (if any) at the queue it found: the path's rate is what it
@@ -847,6 +874,7 @@ class Pacer:
         self._probe_hold = None
         if start is None:
             return
+        self._after_ramp_probe = False
         self._recall = 0.0  # (what it found is the path's rate now)
         self._next_probe = now + self.config.probe_interval_s
         assert self._estimate is not None
