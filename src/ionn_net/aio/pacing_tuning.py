@@ -52,11 +52,11 @@ STEADY = 0.8
 PROBE_SPAN = 1.2
 PROBE_GROWTH = 1.5
 PROBE_MAX_STEP = 0.04
-#: The first probe after the ramp grows past this share above 1 / gain, up to
+#: The first probe after the ramp grows past this factor above 1 / gain, by up to
 #: RAMP_PROBE_MAX_STEP per step (see Pacer._probe_span): a ramp that a busy host's RTT ended
-#: early is back within a second or two.
-RAMP_PROBE_SPAN = 1.01
-RAMP_PROBE_MAX_STEP = 0.2
+#: early is back within a second or two, with a few milliseconds of queue at its last step.
+RAMP_PROBE_SPAN = 1.05
+RAMP_PROBE_MAX_STEP = 0.1
 #: A probe measures the path over at least this long (at 200 Mbit/s a 64 KiB ACK is 2.6 ms).
 PROBE_MEASURE_S = 0.1
 #: Time constant of the queueing delay outside probes: what a probe's queue is measured

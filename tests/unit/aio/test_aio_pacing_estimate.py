@@ -404,9 +404,9 @@ def test_what_the_path_delivered_keeps_a_low_measurement_from_pulling_the_estima
 
 def test_a_ramp_a_busy_hosts_rtt_ended_is_made_up_for_by_the_first_probe() -> None:
     # 4 ms of scheduling noise in the RTT for the first 0.2 s (the client's planner busy)
-    # ends the ramp near its first rate on an 80 Mbit/s path that delivered all it was
-    # sent. The first probe then grows past 1 / gain at a ramp's pace instead of in 0.5%
-    # steps (ionn-bench: 5 s from 8 Mbit/s back to the link).
+    # ends the ramp near its first rate on an 80 Mbit/s path. The first probe then grows
+    # once past 1 / gain, and faster, instead of in 0.5% steps until 1.2x (ionn-bench: 5 s
+    # from 8 Mbit/s back to the link; here 3.2 s).
     def noise(now: float) -> float:
         return 0.004 if now < 0.2 else 0.0
 
@@ -414,6 +414,6 @@ def test_a_ramp_a_busy_hosts_rtt_ended_is_made_up_for_by_the_first_probe() -> No
     assert pacer.events.get("ramp ended by a queue") == 1
     assert _pacing(run, 0.1, 0.3) / (80 * MBIT) < 0.2
     back = next(at for at, rate in run.rates if rate and rate >= 0.85 * 80 * MBIT)
-    assert back <= 2.4
+    assert back <= 2.9
     assert max(run.extra(0.3, 6.0)) * 1e3 <= 5.0  # (its last step's queue)
     assert 0.93 <= _pacing(run, 3.0) / (80 * MBIT) <= 0.97
