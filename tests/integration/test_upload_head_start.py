@@ -96,10 +96,43 @@ async def test_layers_the_server_holds_ready_serve_before_the_rest_is_planned(
             # (an activation is on record once its compile is over, maybe after planning)
             for _ in range(6000):
                 timeline = second.upload_timeline
-                if timeline.planned_at is not None and timeline.activations:
+                if timeline.strategy_planned_at is not None and timeline.activations:
                     break
                 await asyncio.sleep(0.01)
             assert second.plan_state.ready, "the server kept no layer ready for the key"
-            assert timeline.planned_at is not None and timeline.activations, timeline
+            assert timeline.strategy_planned_at is not None and timeline.activations, timeline
             started, _ = timeline.activations[0]
-            assert started < timeline.planned_at, timeline
+            assert timeline.strategy_planned_at is not None
+            assert started < timeline.strategy_planned_at, timeline
+
+
+async def test_the_server_loads_a_quick_plan_while_the_strategy_still_plans(
+    small_model: Any, cost_model: Any, tmp_path: Path
+) -> None:
+    # ClientConfig.plan_wait_s: past it, the upload starts on efficiency's plan, whose
+    # partitions the server loads (and queries use) before `ours` has planned; its plan,
+    # once known, replaces the partitions not sent yet. A slow link keeps the upload
+    # going for longer than `ours` plans.
+    link = LinkSpec(rate_bps=4e6, delay_ms=2.0)
+    config = ClientConfig(
+        slowdown=10.0, profile_cache=str(tmp_path / "p"), assumed_mbit=4.0, plan_wait_s=0.0
+    )
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32)
+    async with (
+        EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server,
+        ShapingProxy("127.0.0.1", server.port, up=link, down=link) as proxy,
+        OffloadClient("127.0.0.1", proxy.port, small_model, planner="ours", config=config) as c,
+    ):
+        await c.wait_uploaded(timeout=120)
+        result = await c.infer_detailed(x)
+        timeline = c.upload_timeline
+        plan = c.upload_plan
+    assert timeline.quick_plan == "efficiency", timeline
+    assert timeline.planned_at is not None and timeline.strategy_planned_at is not None
+    assert timeline.planned_at < timeline.strategy_planned_at, timeline
+    assert timeline.loads and timeline.loads[0][0] < timeline.strategy_planned_at, timeline
+    assert plan is not None and plan.strategy == "ours"  # (adopted before the end)
+    assert result.offloaded
+    np.testing.assert_allclose(
+        result.output, small_model(x, training=False).numpy(), rtol=1e-4, atol=1e-5
+    )

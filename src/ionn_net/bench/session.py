@@ -258,6 +258,8 @@ def _timeline_doc(client: Any, run: _RunState) -> dict[str, Any]:
         "session_ready_s": rel(tl.ready_at),
         "first_byte_s": rel(tl.first_byte_at),
         "planned_s": rel(tl.planned_at),
+        "strategy_planned_s": rel(tl.strategy_planned_at),
+        "quick_plan": tl.quick_plan,
         "first_byte_delay_ms": None if delay is None else round(delay * 1000, 3),
         "head_start": list(tl.head_start),
         "loads": [[rel(a), rel(b), n, round(ms, 3)] for a, b, n, ms in tl.loads],

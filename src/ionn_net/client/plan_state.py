@@ -377,6 +377,13 @@ class PlanState:
             self._planned_bandwidth, self._planned_at = bandwidth, now
         return due
 
+    def adopt(self, plan: UploadPlan, rest: Sequence[frozenset[str]]) -> None:
+        """The strategy's plan, known after the upload began on a quick one: it becomes
+        the upload's plan, and ``rest`` (its partitions less what went up) replaces the
+        partitions not sent yet."""
+        self._upload_plan = plan
+        self._partitions[self._uploaded_parts :] = rest
+
     def replace_rest(self, partitions: Sequence[frozenset[str]]) -> None:
         """Re-planned partitions for what has not gone up yet."""
         self._partitions[self._uploaded_parts :] = partitions

@@ -73,6 +73,13 @@ class ClientConfig:
     #: verified, the server tells any later session naming the same blob that it holds
     #: it; unmarked blobs stay private to this session key (§14.5).
     public: bool | tuple[str, ...] = False
+    #: Seconds after the session is ready that the upload waits for the strategy's plan
+    #: (sending the head start meanwhile) before it starts on a quick plan, the
+    #: ``efficiency`` strategy's (~0.1 s of planning), whose partitions the server loads
+    #: at once; the strategy's plan, once known, replaces the partitions not yet sent.
+    #: ``ours`` plans ResNet50 for 1.5-5 s, while head-start blobs wait unloaded. ``None``:
+    #: always wait. Exact uploads only (a precision-first plan orders stages as well).
+    plan_wait_s: float | None = 0.5
 
     def __post_init__(self) -> None:
         for name in ("query_timeout_s", "slowdown", "assumed_mbit", "backoff_initial_s"):
@@ -87,6 +94,9 @@ class ClientConfig:
             raise ConfigError(
                 f"precision: expected one of {list(PRECISIONS)}, got {self.precision!r}"
             )
+        wait = self.plan_wait_s
+        if wait is not None and (not isinstance(wait, int | float) or not 0 <= wait < 1e9):
+            raise ConfigError(f"plan_wait_s: expected None or a number >= 0, got {wait!r}")
         if self.backoff_max_s < self.backoff_initial_s:
             raise ConfigError("backoff_max_s: expected >= backoff_initial_s")
         public = self.public
@@ -165,13 +175,17 @@ class UploadTimeline:
     """When the latest upload session reached its milestones (``time.monotonic()``
     seconds; None: not yet). ``ready_at``: the manifest was acknowledged (§10.3), the
     session can upload; ``first_byte_at``: the first blob message was handed to the
-    connection; ``planned_at``: the strategy's upload plan was known. The client does not
-    wait for its plan to start uploading: until then it sends ``head_start``, the first
-    layers of the model in order (see :mod:`ionn_net.client.session`)."""
+    connection; ``planned_at``: the upload's partitions were known (the strategy's plan, or a
+    quick one after ``ClientConfig.plan_wait_s``: then ``quick_plan`` names its strategy,
+    and ``strategy_planned_at`` is when the strategy's own plan replaced it). The client
+    does not wait for a plan to start uploading: until then it sends ``head_start``, the
+    first layers of the model in order (see :mod:`ionn_net.client.session`)."""
 
     ready_at: float | None = None
     first_byte_at: float | None = None
     planned_at: float | None = None
+    strategy_planned_at: float | None = None
+    quick_plan: str | None = None
     head_start: tuple[str, ...] = ()
     #: each load of the session (§10.6): (sent at, answered at, layers, the server's
     #: own ``load_ms``)
