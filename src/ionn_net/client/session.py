@@ -23,8 +23,12 @@ each blob small enough to go up in a fraction of a second, until the plan is kno
 strategy that offloads a prefix of the network sends them first anyway, and every plan
 completes with the layers the best plan runs on the server (:func:`with_completion`),
 which include them when offloading pays at all; their blobs are then simply held when
-their partition comes (§10.5). The session records when it became ready, when the first
-upload byte left and when the plan was known (:class:`~ionn_net.client.types.UploadTimeline`).
+their partition comes (§10.5). Past ``ClientConfig.plan_wait_s`` the upload starts on a
+quick plan (``efficiency``'s, a tenth of a second of planning), so that the server loads
+partitions and queries offload while the strategy still plans; the strategy's plan, once
+known, replaces the partitions not sent yet. The session records when it became ready,
+when the first upload byte left, when its partitions were known and when the strategy's
+own plan was (:class:`~ionn_net.client.types.UploadTimeline`).
 """
 
 from __future__ import annotations
