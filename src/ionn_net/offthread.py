@@ -63,7 +63,7 @@ def lower_priority(nice: int) -> None:
 
 async def at_lower_priority(func: Callable[..., _T], *args: Any) -> _T:
     """Run ``func`` in a worker thread that runs at a lower priority than the event loop
-    (one for the process, niced by :data:`BACKGROUND_NICE`): for seconds of CPU that must
+    (a pool of the process, niced by :data:`BACKGROUND_NICE`): for seconds of CPU that must
     not starve the loop's writes. The client's planner is such work (ResNet50: ~2 s); in a
     thread at the loop's priority it held the upload's writer, and on one core a link
     emulator, to 50 of 76 Mbit/s, which the pacer then took for the path's rate
@@ -73,8 +73,9 @@ async def at_lower_priority(func: Callable[..., _T], *args: Any) -> _T:
 
 @functools.cache
 def _background_pool() -> ThreadPoolExecutor:
+    # (several: a cancelled plan's thread runs to its end, and must not hold up the next)
     return ThreadPoolExecutor(
-        max_workers=1,
+        max_workers=4,
         thread_name_prefix="ionn-background",
         initializer=lower_priority,
         initargs=(BACKGROUND_NICE,),

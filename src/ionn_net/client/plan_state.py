@@ -148,8 +148,7 @@ class PlanState:
 
     @property
     def learned(self) -> LearnedCosts:
-        """The server speed and round trip learned from queries (read; tests may set its
-        ``half_life_s``)."""
+        """Server speed and round trip learned from queries (tests may set half_life_s)."""
         return self._learned
 
     @property
@@ -377,16 +376,10 @@ class PlanState:
             self._planned_bandwidth, self._planned_at = bandwidth, now
         return due
 
-    def adopt(self, plan: UploadPlan, rest: Sequence[frozenset[str]]) -> None:
-        """The strategy's plan, known after the upload began on a quick one: it becomes
-        the upload's plan, and ``rest`` (its partitions less what went up) replaces the
-        partitions not sent yet."""
-        self._upload_plan = plan
+    def replace_rest(self, rest: Sequence[frozenset[str]], plan: UploadPlan | None = None) -> None:
+        """Re-planned partitions for what has not gone up (``plan``: the strategy's)."""
         self._partitions[self._uploaded_parts :] = rest
-
-    def replace_rest(self, partitions: Sequence[frozenset[str]]) -> None:
-        """Re-planned partitions for what has not gone up yet."""
-        self._partitions[self._uploaded_parts :] = partitions
+        self._upload_plan = plan or self._upload_plan
 
     def mark_uploaded(self, count: int) -> None:
         """The first ``count`` partitions have gone up."""

@@ -39,7 +39,6 @@ import logging
 import os
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -54,6 +53,7 @@ from ionn_net.client.background import (
 from ionn_net.client.explain import log_why_local
 from ionn_net.client.mobility import Mobility, PlanCache
 from ionn_net.client.plan_state import PlanState, with_completion
+from ionn_net.client.planning import StrategyPlan, plan_upload
 from ionn_net.client.prepare import PreparedModel, compile_client_side
 from ionn_net.client.progress import ProgressFeed, upload_progress
 from ionn_net.client.staged import refinement_units, stage_codec
@@ -81,7 +81,7 @@ from ionn_net.messages import (
 from ionn_net.offthread import at_lower_priority
 from ionn_net.planner.execution import ExecutionPlan
 from ionn_net.planner.upload import get_planner
-from ionn_net.planner.workload import PlanningContext, UploadPlan
+from ionn_net.planner.workload import PlanningContext
 from ionn_net.proto import Codec, ErrorCode
 
 __all__ = ["UploadSession", "handshake"]
@@ -99,9 +99,6 @@ _STAGE_ATTEMPTS = 3
 #: A head-start blob must go up in at most this many seconds at the estimated bandwidth:
 #: the plan, once known, waits for the blob in flight.
 _HEAD_BLOB_S = 0.25
-#: The strategy of the quick plan (see ClientConfig.plan_wait_s): of the published ones,
-#: the one with the earliest first offload in ionn-bench (ResNet50 over Wi-Fi: 2.5-3.4 s).
-_QUICK_PLANNER = "efficiency"
 
 
 async def handshake(
@@ -165,8 +162,8 @@ class UploadSession:
         self._timeline = UploadTimeline()
         # the re-planning of the rest of the upload in a worker thread, while it goes on
         self._replanning: asyncio.Future[list[frozenset[str]]] | None = None
-        # the strategy's plan (and its cache key), when the upload began on a quick one
-        self._strategy_plan: tuple[asyncio.Future[_Planned], object] | None = None
+        # the strategy's plan, when the upload began on a quick one
+        self._strategy_plan = StrategyPlan()
         # plans activated after loads, compiled in the background
         self._activations = Activations(self.activate)
         self._plans = mobility.plans if mobility is not None else PlanCache()
@@ -306,12 +303,12 @@ class UploadSession:
         # compiled (QueryRunner.fallback_pieces), compiling at most its two end pieces.
 
     async def _plan_upload(self, conn: AioConnection) -> None:
-        """Plan the upload with the strategy (worker thread), from what the server holds,
-        sending the head start meanwhile (see the module docstring). A plan made earlier
-        from the same cost model, layers ready and layers never sent is used again: at a
-        server the client moved to, planning would delay the first partition (§15)."""
+        """Plan the upload from what the server holds, sending the head start meanwhile
+        (:func:`.planning.plan_upload`). A plan made earlier from the same cost model,
+        layers ready and layers never sent is used again: at a server the client moved
+        to, planning would delay the first partition (§15)."""
         state, prepared = self._state, self._prepared
-        self._drop_strategy_plan()  # (one a failed attempt left)
+        self._strategy_plan.drop()  # (one a failed attempt left)
         key = PlanCache.key(state.cost_model_id, state.ready, self._never_sent())
         if (cached := self._plans.get(key)) is not None:
             state.start_upload(*cached)
@@ -325,105 +322,43 @@ class UploadSession:
         )
         if self._mobility is not None:  # from the previous server first (§15.4)
             await self._mobility.fetch_layers(conn, head)
-        # the first blob's frames are written before the planner's thread takes the CPU
-        first = asyncio.ensure_future(_upload_layer(self, conn, head[0])) if head else None
-        await asyncio.sleep(0)
-        ctx, never = state.context(), self._never_sent()
-        strategy = get_planner(self._planner)
-
-        def plan() -> tuple[UploadPlan, list[frozenset[str]]]:
-            found = strategy.plan(ctx)
-            return found, with_completion(ctx, found.partitions, ctx.held, never)
-
-        planning = asyncio.ensure_future(at_lower_priority(plan))
-        planning.add_done_callback(self._strategy_planned)
-        quick = ctx.stages is None and self._config.plan_wait_s is not None
-        try:
-            await self._send_head_start(conn, head, first, planning, quick=quick)
-            if planning.done() or not quick:
-                found, partitions = await planning
-            else:  # the strategy's plan replaces the rest when known (_maybe_replan)
-                found, partitions = await asyncio.to_thread(_quick_plan, ctx, never)
-                self._strategy_plan = (planning, key)
-                self._timeline = replace(self._timeline, quick_plan=found.strategy)
-        finally:
-            if first is not None:
-                first.cancel()  # only if the head start failed
-            if self._strategy_plan is None:
-                planning.cancel()  # likewise (the thread runs to its end)
-        if self._strategy_plan is None:
-            self._plans.put(key, (found, partitions))
-        state.start_upload(found, partitions)
-        self._timeline = replace(self._timeline, planned_at=time.monotonic())
+        made = await plan_upload(
+            state,
+            self._never_sent(),
+            self._planner,
+            upload=partial(_upload_layer, self, conn),
+            head=head,
+            wait_s=self._config.plan_wait_s,
+            pending=self._strategy_plan,
+            key=key,
+            on_planned=self._strategy_planned,
+        )
+        self._timeline = replace(
+            self._timeline,
+            head_start=made.head_start,
+            quick_plan=made.quick,
+            planned_at=time.monotonic(),
+        )
+        if made.quick is None:
+            self._plans.put(key, (made.plan, made.partitions))
+        state.start_upload(made.plan, made.partitions)
         log_why_local(state)  # once, with the numbers, at INFO
-
-    async def _send_head_start(
-        self,
-        conn: AioConnection,
-        head: Sequence[str],
-        first: asyncio.Future[None] | None,
-        planning: asyncio.Future[Any],
-        *,
-        quick: bool,
-    ) -> None:
-        """Send ``head`` (its first layer is ``first``, already going up) until the
-        strategy's plan is known or, with ``quick``, ``ClientConfig.plan_wait_s`` after the
-        session was ready; then, with ``quick``, wait for the plan until then."""
-        wait = self._config.plan_wait_s if quick else None
-        ready = self._timeline.ready_at or time.monotonic()
-        deadline = float("inf") if wait is None else ready + wait
-        sent: list[str] = []
-        try:
-            if first is not None:
-                await first
-                sent.append(head[0])
-            for name in head[1:]:
-                if planning.done() or time.monotonic() >= deadline:
-                    return
-                await _upload_layer(self, conn, name)
-                sent.append(name)
-            if wait is not None:
-                await asyncio.wait({planning}, timeout=max(0.0, deadline - time.monotonic()))
-        finally:
-            self._timeline = replace(self._timeline, head_start=tuple(sent))
-
-    def _drop_strategy_plan(self) -> None:
-        if self._strategy_plan is not None:
-            self._strategy_plan[0].cancel()
-            self._strategy_plan = None
 
     def _strategy_planned(self, _: object) -> None:
         self._timeline = replace(self._timeline, strategy_planned_at=time.monotonic())
-
-    def _adopt_strategy_plan(self) -> bool:
-        """The strategy's plan, if it arrived after the upload began on a quick one:
-        it replaces the partitions not sent yet (True: it was pending, done or not)."""
-        pending = self._strategy_plan
-        if pending is None:
-            return False
-        planning, key = pending
-        if not planning.done():
-            return True
-        self._strategy_plan = None
-        state = self._state
-        try:
-            found, partitions = planning.result()
-        except Exception as exc:  # the quick plan stays: it is a whole plan too
-            logger.warning("the %s plan failed (%s): keeping the quick plan", self._planner, exc)
-            return True
-        self._plans.put(key, (found, partitions))
-        sent = state.sent()
-        state.adopt(found, [p - sent for p in partitions if p - sent])
-        logger.info("the %s plan replaces the quick plan's rest", found.strategy)
-        return True
 
     async def _maybe_replan(self) -> None:
         """Re-plan the rest of the upload when the bandwidth moved by 30% from the plan's (at
         most every 5 s) or the server's times changed (§10.11), in a worker thread; the result,
         minus what went up meanwhile, replaces the rest at the next partition boundary."""
-        if self._adopt_strategy_plan():
-            return
         state = self._state
+        if self._strategy_plan.pending:  # the strategy's plan replaces the quick one's rest
+            if (taken := self._strategy_plan.take(self._planner)) is not None:
+                (found, partitions), key = taken
+                self._plans.put(key, (found, partitions))
+                sent = state.sent()
+                state.replace_rest([p - sent for p in partitions if p - sent], plan=found)
+            return
         task = self._replanning
         if task is not None:
             if task.done():
@@ -488,7 +423,7 @@ class UploadSession:
             if self._replanning is not None:  # the plan it would change is all sent
                 self._replanning.cancel()
                 self._replanning = None
-            self._drop_strategy_plan()  # likewise
+            self._strategy_plan.drop()  # likewise
         await self._refine_all(conn)
         self._emit_progress(done=True)
 
@@ -614,16 +549,6 @@ async def send_blob(
         element_width=width,
     )
     return parse_reply(head, BlobOk)
-
-
-_Planned = tuple[UploadPlan, list[frozenset[str]]]
-
-
-def _quick_plan(ctx: PlanningContext, never: frozenset[str]) -> _Planned:
-    """The quick plan the upload starts on while the strategy still plans (see
-    ``ClientConfig.plan_wait_s``): ``efficiency``'s, ~0.1 s for ResNet50."""
-    found = get_planner(_QUICK_PLANNER).plan(ctx)
-    return found, with_completion(ctx, found.partitions, ctx.held, never)
 
 
 def pacing_mbit(conn: AioConnection | None) -> float | None:

@@ -73,12 +73,12 @@ class ClientConfig:
     #: verified, the server tells any later session naming the same blob that it holds
     #: it; unmarked blobs stay private to this session key (§14.5).
     public: bool | tuple[str, ...] = False
-    #: Seconds after the session is ready that the upload waits for the strategy's plan
-    #: (sending the head start meanwhile) before it starts on a quick plan, the
-    #: ``efficiency`` strategy's (~0.1 s of planning), whose partitions the server loads
-    #: at once; the strategy's plan, once known, replaces the partitions not yet sent.
-    #: ``ours`` plans ResNet50 for 1.5-5 s, while head-start blobs wait unloaded. ``None``:
-    #: always wait. Exact uploads only (a precision-first plan orders stages as well).
+    #: Seconds from the start of planning (the session just ready) that the upload waits
+    #: for the strategy's plan (sending the head start meanwhile) before it starts on a
+    #: quick plan, the ``efficiency`` strategy's (~0.1 s of planning), whose partitions the
+    #: server loads at once; the strategy's plan, once known, replaces the partitions not
+    #: yet sent. ``ours`` plans ResNet50 for 1.5-5 s, while head-start blobs wait unloaded.
+    #: ``None``: always wait. Exact uploads only (a precision-first plan orders stages too).
     plan_wait_s: float | None = 0.5
 
     def __post_init__(self) -> None:
