@@ -3,7 +3,7 @@
 Owns :func:`to_thread_to_the_end`, used by the server for everything slow (hashing and
 storing blobs, building layers, inference) and by the handoff service (§15),
 :func:`lower_priority`, the initializer of threads whose work must yield to queries, and
-:func:`at_lower_priority`, the client's thread for planning.
+:class:`BackgroundWork`, the client's threads for planning.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["at_lower_priority", "lower_priority", "to_thread_to_the_end"]
+__all__ = ["BackgroundWork", "lower_priority", "to_thread_to_the_end"]
 
 _T = TypeVar("_T")
 #: How much nicer than the event loop :func:`at_lower_priority`'s thread runs.
@@ -61,22 +61,28 @@ def lower_priority(nice: int) -> None:
         logger.debug("worker thread keeps its priority: %s", exc)
 
 
-async def at_lower_priority(func: Callable[..., _T], *args: Any) -> _T:
-    """Run ``func`` in a worker thread that runs at a lower priority than the event loop
-    (a pool of the process, niced by :data:`BACKGROUND_NICE`): for seconds of CPU that must
-    not starve the loop's writes. The client's planner is such work (ResNet50: ~2 s); in a
-    thread at the loop's priority it held the upload's writer, and on one core a link
-    emulator, to 50 of 76 Mbit/s, which the pacer then took for the path's rate
-    (ionn-bench over 80 Mbit/s Wi-Fi)."""
-    return await asyncio.get_running_loop().run_in_executor(_background_pool(), func, *args)
+class BackgroundWork:
+    """Threads at a lower priority than the event loop (niced by :data:`BACKGROUND_NICE`),
+    for seconds of CPU that must not starve the loop's writes. The client's planner is such
+    work (ResNet50: ~2 s); in a thread at the loop's priority it held the upload's writer,
+    and on one core a link emulator, to 50 of 76 Mbit/s, which the pacer then took for the
+    path's rate (ionn-bench over 80 Mbit/s Wi-Fi). Its owner closes it: :meth:`aclose`
+    waits for the work in progress (a thread cannot be stopped, and a cancelled plan's
+    would otherwise go on taking the CPU from whatever runs next)."""
 
+    def __init__(self, threads: int = 2) -> None:
+        # (two: a cancelled plan's thread runs to its end, and must not hold up the next)
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads,
+            thread_name_prefix="ionn-background",
+            initializer=lower_priority,
+            initargs=(BACKGROUND_NICE,),
+        )
 
-@functools.cache
-def _background_pool() -> ThreadPoolExecutor:
-    # (several: a cancelled plan's thread runs to its end, and must not hold up the next)
-    return ThreadPoolExecutor(
-        max_workers=4,
-        thread_name_prefix="ionn-background",
-        initializer=lower_priority,
-        initargs=(BACKGROUND_NICE,),
-    )
+    async def run(self, func: Callable[..., _T], *args: Any) -> _T:
+        """``func(*args)`` in one of the threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
+
+    async def aclose(self) -> None:
+        """Refuse new work, drop what has not started, and wait for what has."""
+        await asyncio.to_thread(functools.partial(self._pool.shutdown, cancel_futures=True))

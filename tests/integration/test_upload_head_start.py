@@ -5,6 +5,8 @@ server loads teaches the client nothing. Real client, real server, real TCP."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +33,33 @@ def small_model() -> Any:
     return keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35)
 
 
-async def test_the_first_upload_byte_leaves_while_the_client_plans(
-    small_model: Any, cost_model: Any, tmp_path: Path
-) -> None:
-    link = LinkSpec(rate_bps=20e6, delay_ms=2.0)
-    config = ClientConfig(slowdown=10.0, profile_cache=str(tmp_path / "p"), assumed_mbit=20.0)
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32)
+def _input() -> np.ndarray:
+    return np.random.default_rng(0).uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32)
+
+
+@contextlib.asynccontextmanager
+async def _ours_over_a_link(
+    model: Any, cost_model: Any, tmp_path: Path, mbit: float, **config: Any
+) -> AsyncIterator[OffloadClient]:
+    """A client planning with ``ours``, on a real server behind a shaping proxy of ``mbit``
+    Mbit/s each way and 2 ms, its device 10x slower than this host."""
+    link = LinkSpec(rate_bps=mbit * 1e6, delay_ms=2.0)
+    options = ClientConfig(
+        slowdown=10.0, profile_cache=str(tmp_path / "p"), assumed_mbit=mbit, **config
+    )
     async with (
         EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server,
         ShapingProxy("127.0.0.1", server.port, up=link, down=link) as proxy,
-        OffloadClient("127.0.0.1", proxy.port, small_model, planner="ours", config=config) as c,
+        OffloadClient("127.0.0.1", proxy.port, model, planner="ours", config=options) as c,
     ):
+        yield c
+
+
+async def test_the_first_upload_byte_leaves_while_the_client_plans(
+    small_model: Any, cost_model: Any, tmp_path: Path
+) -> None:
+    x = _input()
+    async with _ours_over_a_link(small_model, cost_model, tmp_path, 20.0) as c:
         await c.wait_uploaded(timeout=120)
         result = await c.infer_detailed(x)
         timeline = c.upload_timeline
@@ -113,16 +131,8 @@ async def test_the_server_loads_a_quick_plan_while_the_strategy_still_plans(
     # partitions the server loads (and queries use) before `ours` has planned; its plan,
     # once known, replaces the partitions not sent yet. A slow link keeps the upload
     # going for longer than `ours` plans.
-    link = LinkSpec(rate_bps=4e6, delay_ms=2.0)
-    config = ClientConfig(
-        slowdown=10.0, profile_cache=str(tmp_path / "p"), assumed_mbit=4.0, plan_wait_s=0.0
-    )
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32)
-    async with (
-        EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server,
-        ShapingProxy("127.0.0.1", server.port, up=link, down=link) as proxy,
-        OffloadClient("127.0.0.1", proxy.port, small_model, planner="ours", config=config) as c,
-    ):
+    x = _input()
+    async with _ours_over_a_link(small_model, cost_model, tmp_path, 4.0, plan_wait_s=0.0) as c:
         await c.wait_uploaded(timeout=120)
         result = await c.infer_detailed(x)
         timeline = c.upload_timeline

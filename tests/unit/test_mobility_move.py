@@ -13,6 +13,7 @@ from tests.helpers.dense_chain import dense_chain_prepared
 
 from ionn_net.client.mobility import HandoffOptions, Mobility
 from ionn_net.client.plan_state import PlanState
+from ionn_net.offthread import BackgroundWork
 from ionn_net.planner.upload import get_planner
 from ionn_net.planner.workload import QueryPattern
 
@@ -32,6 +33,7 @@ def _mobility(prepared: Any) -> tuple[Mobility, PlanState]:
         current="127.0.0.1:1",
         candidates=[],
         stats={},
+        background=BackgroundWork(),
     )
     return mobility, state
 

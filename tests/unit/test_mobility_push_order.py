@@ -15,6 +15,7 @@ from tests.helpers.dense_chain import dense_chain_prepared
 from ionn_net.client.mobility import HandoffOptions, Mobility, PlanCache
 from ionn_net.client.plan_state import PlanState, with_completion
 from ionn_net.errors import PlannerError
+from ionn_net.offthread import BackgroundWork
 from ionn_net.planner.upload import get_planner
 from ionn_net.planner.workload import QueryPattern
 
@@ -34,6 +35,7 @@ def _mobility(prepared: Any, planner: str) -> tuple[Mobility, PlanState]:
         current="127.0.0.1:1",
         candidates=["127.0.0.1:2"],
         stats={},
+        background=BackgroundWork(),
     )
     return mobility, state
 

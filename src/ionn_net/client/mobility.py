@@ -46,7 +46,7 @@ from ionn_net.messages import (
     RemoteError,
     parse_reply,
 )
-from ionn_net.offthread import at_lower_priority
+from ionn_net.offthread import BackgroundWork
 from ionn_net.planner.upload import UploadPlan, get_planner
 
 __all__ = ["HandoffOptions", "Mobility", "PlanCache", "server_name"]
@@ -135,8 +135,10 @@ class Mobility:
         current: str,
         candidates: Sequence[str],
         stats: dict[str, int],
+        background: BackgroundWork,
     ) -> None:
         self._prepared = prepared
+        self._background = background  # planning's threads (the client closes them)
         self._state = state
         self._options = options
         self._planner = planner
@@ -399,7 +401,7 @@ class Mobility:
             if n not in never and (layer_blob[n][0] is None or layer_blob[n][0] in blobs)
         )
         ctx, link = self._state.context(held=usable), self._state.link  # a snapshot, here
-        plan = await at_lower_priority(partial(ctx.best_plan, usable, link=link))
+        plan = await self._background.run(partial(ctx.best_plan, usable, link=link))
         runs = tuple(s.layers for s in plan.segments if s.location == "server")
         return runs[:MAX_PREPARE_SETS]
 
@@ -426,7 +428,7 @@ class Mobility:
                 found = strategy.plan(ctx)
                 return self._blob_order(with_completion(ctx, found.partitions, frozenset(), never))
 
-            self._order = await at_lower_priority(plan)
+            self._order = await self._background.run(plan)
         return self._order
 
     def _blob_order(self, partitions: Sequence[frozenset[str]]) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from ionn_net.client.session import UploadSession
 from ionn_net.client.types import ClientConfig, InferenceResult, UploadProgress, UploadTimeline
 from ionn_net.errors import IonnError, OffloadError
 from ionn_net.model.graph import LayerGraph
+from ionn_net.offthread import BackgroundWork
 from ionn_net.planner.link import Link
 from ionn_net.planner.upload import get_planner
 from ionn_net.planner.workload import QueryPattern, StageCosts, UploadPlan
@@ -97,6 +98,7 @@ class OffloadClient:
         self._parts: _Parts | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._session_task: asyncio.Task[None] | None = None
+        self._background = BackgroundWork()  # planning, niced (closed by close())
         self.handoff = handoff or HandoffOptions()
         self._candidates = [c if isinstance(c, str) else server_name(*c) for c in candidates]
 
@@ -135,6 +137,7 @@ class OffloadClient:
             current=server_name(self.host, self.port),
             candidates=self._candidates,
             stats=self.stats,
+            background=self._background,
         )
         session = UploadSession(
             self.host,
@@ -148,6 +151,7 @@ class OffloadClient:
             progress=self._progress,
             stats=self.stats,
             started=time.monotonic(),
+            background=self._background,
             mobility=mobility if uploads else None,
         )
         runner = QueryRunner(
@@ -178,6 +182,7 @@ class OffloadClient:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.aclose(), 2.0)
+        await self._background.aclose()  # a plan in progress runs to its end (a thread)
 
     def _started(self) -> _Parts:
         if self._parts is None:

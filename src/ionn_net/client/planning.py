@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from ionn_net.client.plan_state import PlanState, with_completion
-from ionn_net.offthread import at_lower_priority
+from ionn_net.offthread import BackgroundWork
 from ionn_net.planner.upload import get_planner
 from ionn_net.planner.workload import PlanningContext, UploadPlan
 
@@ -91,6 +91,7 @@ async def plan_upload(
     never: frozenset[str],
     planner: str,
     *,
+    background: BackgroundWork,
     upload: Callable[[str], Awaitable[None]],
     head: Sequence[str],
     wait_s: float | None,
@@ -98,7 +99,7 @@ async def plan_upload(
     key: object,
     on_planned: Callable[[object], None],
 ) -> MadePlan:
-    """Plan with ``planner`` in a low-priority thread while ``upload`` sends ``head``; past
+    """Plan with ``planner`` in ``background`` while ``upload`` sends ``head``; past
     ``wait_s`` seconds (None: never) start on the quick plan instead and hand the
     strategy's over to ``pending`` (exact uploads only: a precision-first plan orders
     stages as well). ``on_planned`` is called when the strategy's plan is known."""
@@ -112,7 +113,7 @@ async def plan_upload(
         found = strategy.plan(ctx)
         return found, with_completion(ctx, found.partitions, ctx.held, never)
 
-    planning = asyncio.ensure_future(at_lower_priority(plan))
+    planning = asyncio.ensure_future(background.run(plan))
     planning.add_done_callback(on_planned)
     if ctx.stages is not None:
         wait_s = None

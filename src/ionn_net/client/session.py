@@ -78,7 +78,7 @@ from ionn_net.messages import (
     hmac_proof,
     parse_reply,
 )
-from ionn_net.offthread import at_lower_priority
+from ionn_net.offthread import BackgroundWork
 from ionn_net.planner.execution import ExecutionPlan
 from ionn_net.planner.upload import get_planner
 from ionn_net.planner.workload import PlanningContext
@@ -142,6 +142,7 @@ class UploadSession:
         progress: ProgressFeed,
         stats: dict[str, int],
         started: float,
+        background: BackgroundWork,
         mobility: Mobility | None = None,
     ) -> None:
         self._host, self._port = host, port
@@ -155,6 +156,7 @@ class UploadSession:
         self._progress = progress
         self._stats = stats
         self._started = started
+        self._background = background  # planning's threads (the client closes them)
         self._conn: AioConnection | None = None
         self._closing = False
         self._uploaded: set[str] = set()
@@ -326,6 +328,7 @@ class UploadSession:
             state,
             self._never_sent(),
             self._planner,
+            background=self._background,
             upload=partial(_upload_layer, self, conn),
             head=head,
             wait_s=self._config.plan_wait_s,
@@ -333,12 +336,8 @@ class UploadSession:
             key=key,
             on_planned=self._strategy_planned,
         )
-        self._timeline = replace(
-            self._timeline,
-            head_start=made.head_start,
-            quick_plan=made.quick,
-            planned_at=time.monotonic(),
-        )
+        known = replace(self._timeline, head_start=made.head_start, quick_plan=made.quick)
+        self._timeline = replace(known, planned_at=time.monotonic())
         if made.quick is None:
             self._plans.put(key, (made.plan, made.partitions))
         state.start_upload(made.plan, made.partitions)
@@ -377,7 +376,7 @@ class UploadSession:
             found = strategy.replan(ctx, sent - ctx.held, ctx.link, now - self._started)
             return with_completion(ctx, found.partitions, sent, never)
 
-        self._replanning = asyncio.ensure_future(at_lower_priority(replan, ctx))
+        self._replanning = asyncio.ensure_future(self._background.run(replan, ctx))
 
     def _never_sent(self) -> frozenset[str]:
         return self._state.never() | frozenset(self._prepared.graph.inputs)
