@@ -291,6 +291,36 @@ MUTATIONS: tuple[Mutation, ...] = (
             "_partition_order",
         ),
     ),
+    Mutation(
+        "pacer_counts_compressed_chunks_by_release",
+        "the pacer counts as paced only the bytes paced streams wrote, compressed or not",
+        (
+            Edit(
+                "src/ionn_net/aio/connection.py",
+                "paced_written=paced)\n",
+                ")\n",
+            ),
+        ),
+        (
+            "tests/integration/aio/test_aio_paced.py::test_the_pacer_tells_a_compressed_upload"
+            "_from_the_queries_beside_it",
+        ),
+    ),
+    Mutation(
+        "quick_plan_never_replaced",
+        "the strategy's plan replaces the quick plan's partitions not sent yet",
+        (
+            Edit(
+                "src/ionn_net/client/session.py",
+                "        if self._strategy_plan.pending:",
+                "        if self._strategy_plan.pending and False:",
+            ),
+        ),
+        (
+            "tests/integration/test_upload_head_start.py::test_the_server_loads_a_quick_plan"
+            "_while_the_strategy_still_plans",
+        ),
+    ),
     # -- the benchmark's run documents ------------------------------------------------------
     Mutation(
         "run_doc_check_result",
