@@ -97,7 +97,7 @@ async def plan_upload(
     wait_s: float | None,
     pending: StrategyPlan,
     key: object,
-    on_planned: Callable[[object], None],
+    on_planned: Callable[[asyncio.Future[Planned]], None],
 ) -> MadePlan:
     """Plan with ``planner`` in ``background`` while ``upload`` sends ``head``; past
     ``wait_s`` seconds (None: never) start on the quick plan instead and hand the

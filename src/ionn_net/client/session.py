@@ -343,8 +343,9 @@ class UploadSession:
         state.start_upload(made.plan, made.partitions)
         log_why_local(state)  # once, with the numbers, at INFO
 
-    def _strategy_planned(self, _: object) -> None:
-        self._timeline = replace(self._timeline, strategy_planned_at=time.monotonic())
+    def _strategy_planned(self, planning: asyncio.Future[Any]) -> None:
+        if not planning.cancelled():  # (a plan the upload outlived is not on record)
+            self._timeline = replace(self._timeline, strategy_planned_at=time.monotonic())
 
     async def _maybe_replan(self) -> None:
         """Re-plan the rest of the upload when the bandwidth moved by 30% from the plan's (at
