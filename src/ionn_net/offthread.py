@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 __all__ = ["BackgroundWork", "lower_priority", "to_thread_to_the_end"]
 
 _T = TypeVar("_T")
-#: How much nicer than the event loop :func:`at_lower_priority`'s thread runs.
+#: How much nicer than the event loop the threads of :class:`BackgroundWork` run.
 BACKGROUND_NICE = 10
 
 logger = logging.getLogger("ionn_net.server")
