@@ -101,25 +101,28 @@ class LinkRateMeter:
 
 class DeliveryLog:
     """(time, bytes acknowledged, bytes the kernel sent, bytes the application wrote, rate
-    left unused) at each ``TCP_INFO`` sample.
+    left unused, time the peer's receive window held sending back) at each ``TCP_INFO``
+    sample.
 
     Sent means on the path: bytes waiting in the socket (a congestion window that holds
     them back) or in the transport are not. Written counts them too. Unused is the pacing
     bucket's running count of rate it could not spend because nothing was ready to send
     (:attr:`~ionn_net.aio.token_bucket.TokenBucket.discarded`): where it grows, the sender
     was application-limited, and what the path delivered then is a lower bound of its rate.
+    So it is where the receive window held sending back (``TcpInfo.rwnd_limited_s``): the
+    path delivered what the reader took.
     """
 
     __slots__ = ("_log",)
 
     def __init__(self, length: int = 512) -> None:
-        self._log: deque[tuple[float, int, int, int, float]] = deque(maxlen=length)
+        self._log: deque[tuple[float, int, int, int, float, float]] = deque(maxlen=length)
 
     def add(self, info: TcpInfo, now: float, written: int, unused: float = 0.0) -> None:
         sent = info.bytes_sent or info.bytes_acked + info.unacked_segments * (
             info.mss or DEFAULT_MSS
         )
-        self._log.append((now, info.bytes_acked, sent, written, unused))
+        self._log.append((now, info.bytes_acked, sent, written, unused, info.rwnd_limited_s))
 
     def delivered(self, now: float, span: float) -> float | None:
         """Bytes/s acknowledged over the last ``span`` seconds up to the newest sample (None:
@@ -142,6 +145,11 @@ class DeliveryLog:
         """Bytes/s of pacing rate left unused between two past moments, the sender having
         nothing to send (None: not known then)."""
         return self._rate(start, end, 4)
+
+    def window_held(self, start: float, end: float) -> float | None:
+        """Share of the time between two past moments that the peer's receive window held
+        sending back, a reader slower than the path (None: not known then)."""
+        return self._rate(start, end, 5)
 
     def _rate(self, start: float, end: float, field: int) -> float | None:
         log = self._log

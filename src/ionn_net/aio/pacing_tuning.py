@@ -57,13 +57,17 @@ PROBE_MAX_STEP = 0.04
 #: early is back within a second or two, with a few milliseconds of queue at its last step.
 RAMP_PROBE_SPAN = 1.05
 RAMP_PROBE_MAX_STEP = 0.1
+#: Probes after the ramp until one measured the path (each cut short by a queue that was
+#: not its own, or a slow reader, is followed by the next a few intervals on; see
+#: Pacer._end_probe): the ramp's estimate reads a bottleneck's burst allowance too.
+CALIBRATION_PROBES = 6
 #: A probe measures the path over at least this long (at 200 Mbit/s a 64 KiB ACK is 2.6 ms).
 PROBE_MEASURE_S = 0.1
 #: Time constant of the queueing delay outside probes: what a probe's queue is measured
 #: against (on a busy host the RTT carries a millisecond or two of scheduling).
 BASE_SMOOTHING_S = 1.0
 #: Pacing rate left unused (nothing ready to send) above this share of a span makes what
-#: the path delivered over it a lower bound of the path's rate (see Pacer._app_limited).
+#: the path delivered over it a lower bound of the path's rate (see Pacer._lower_bound_only).
 APP_LIMITED = 0.02
 #: What the path delivered over this long, the sender not application-limited, bounds the
 #: rate last measured from below (see Pacer._delivered_at_least): long enough that a
