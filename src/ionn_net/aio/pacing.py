@@ -71,9 +71,11 @@ class Pacer:
        and was released a feedback delay before. It ends at a queue in the network of
        ``ramp_exit_s`` (less what the queries' own bytes explain), or when the path keeps
        acknowledging less than was written a round trip before (full, or this host cannot
-       send faster: back to its deliveries at once, and the end if that lasts). The
-       estimate is what the path delivered over the last round trips, raised to what it
-       delivers over the round trip after (what the ramp queued still keeps it full);
+       send faster: back to its deliveries at once, and the end if that lasts); not at a
+       stall's queue (the path delivering a fraction of the ramp's rate: a host stopped
+       for a moment), through which it holds its rate. The estimate is what the path
+       delivered over the last round trips, raised to what it delivers over the round
+       trip after (what the ramp queued still keeps it full);
        that queue is owed to the bucket, so the upload waits until it drains instead of
        queries waiting behind it. An unpaced start filled the bottleneck's queue before
        any rate was known: the first query, issued as the upload began, waited 93-94 ms at
@@ -152,6 +154,7 @@ class Pacer:
         self._probe_span_from = 0.0  # where a probe's steps start to grow from (see _probe_up)
         self._after_ramp_probe = False  # the next probe is the first after the ramp
         self._calibrations = 0  # probes left to calibrate the ramp's estimate
+        self._ramp_stall_since: float | None = None  # since when the ramp holds (a stall)
         self._probe_hold: tuple[float, int] | None = None  # since when a probe measures
         self._measured = 0.0  # the path's rate as last measured (the ramp, a probe)
         self._lowered_at = -1e18  # when a queue or a measurement last took the rate down
@@ -443,9 +446,8 @@ class Pacer:
         # Nor while the kernel's delivery samples (each over one flight, as BBR's) show the
         # path keeping up with what was released: then the queue is the receiver's ACKs.
         kept_up = flights is not None and flights >= tune.BEHIND * ramp.rate_at(now - lag)
-        if queue - in_socket > cfg.ramp_exit_s and not limited and not kept_up:
-            self._count("ramp ended by a queue")
-            self._end_ramp(info, now)
+        queued = queue - in_socket > cfg.ramp_exit_s
+        if self._ramp_queue_ends_step(ramp, info, now, queued, ends=not (limited or kept_up)):
             return
         delivered = self._log.delivered(now, span)
         # (over a longer span: after a pause a bottleneck's burst allowance passes at once,
@@ -501,6 +503,46 @@ class Pacer:
             assert delivered is not None
             ramp.shrink(now, delivered)
         self._install(now, ramp.rate)
+
+    def _ramp_queue_ends_step(
+        self, ramp: Ramp, info: TcpInfo, now: float, queued: bool, *, ends: bool
+    ) -> bool:
+        """A queue in the network (``queued``) ends the ramp if it ``ends`` (see
+        _ramp_step), but holds it through a stall (see _ramp_stalled). True: this step
+        is over (the ramp ended or holds)."""
+        since = self._ramp_stall_since
+        if not queued and since is not None and now - since > tune.RAMP_STALL_S:
+            self._ramp_stall_since = None
+        if not (queued and ends):
+            return False
+        if not self._ramp_stalled(ramp, info, now):
+            self._count("ramp ended by a queue")
+            self._end_ramp(info, now)
+        return True
+
+    def _ramp_stalled(self, ramp: Ramp, info: TcpInfo, now: float) -> bool:
+        """Whether the queue that would end the ramp is a stall's: the path delivered a
+        fraction of the ramp's rate over the last round trips (the ramp grows no faster
+        than the path delivers, so the path kept up until then), as a host stopped for a
+        moment does (the link emulator, an edge server loading, a client planning). For
+        ``tune.RAMP_STALL_S`` from then on, while the stall lasts, its queue drains and
+        what the writer held back meanwhile goes out, no queue ends the ramp: ended there,
+        the stall's deliveries left the estimate at a sixth of an 80 Mbit/s link for 15 s
+        (ionn-bench, ResNet50 over Wi-Fi)."""
+        if self._ramp_stall_since is None:
+            span = max(2.0 * info.rtt_s, tune.EXIT_SPAN_S)
+            delivered = self._log.delivered(now, span)
+            # (below both the ramp's rate and the most the path delivered lately: a ramp
+            # grown past the path while the sender left it unused is no stall)
+            best = self._ramp_best.estimate(now)
+            rate = min(ramp.rate_at(now - info.rtt_s - span / 2), best or 0.0)
+            if delivered is None or delivered >= (1.0 - tune.LONG_QUEUE_STEP) * rate:
+                return False
+            self._ramp_stall_since = now
+        if now - self._ramp_stall_since > tune.RAMP_STALL_S:
+            return False
+        self._count("ramp held through a stall")
+        return True
 
     def _keeps_up(
         self, delivered: float | None, sent: float | None, span: float, in_socket: float = 0.0

@@ -26,6 +26,9 @@ RAMP_KEEPS_UP = 0.85
 #: ...a test skipped while one unpaced write is more than this share of what was written
 #: over the span compared (a 16 KiB query is a sixth of 40 ms at 20 Mbit/s).
 RAMP_UNPACED = 0.1
+#: The longest a ramp holds its rate through a stall (see Pacer._ramp_stalled): a host
+#: stopped for a moment, not a path that got slower.
+RAMP_STALL_S = 0.3
 #: A ramp that went back to its deliveries more often than this at one rate ends there.
 RAMP_SHRINKS = 3
 #: The shortest span the end of a ramp measures the path's delivery over (a bottleneck's
