@@ -179,7 +179,7 @@ class Ramp:
     released a round trip ago, which the path's answer now is about, can be looked up.
     """
 
-    __slots__ = ("_history", "_last", "first", "rate", "started")
+    __slots__ = ("_history", "_last", "first", "rate", "stall_since", "started")
 
     def __init__(self, info: TcpInfo, now: float, *, initial_window: int, cap: float) -> None:
         rtt = info.min_rtt_s if info.min_rtt_s > 0 else info.rtt_s
@@ -188,6 +188,9 @@ class Ramp:
         self.rate = min(cap, window / rtt) if rtt > 0 else cap
         self.first = self.rate
         self.started = now
+        #: since when the path stalled under the ramp (None: it did not lately), for the
+        #: caller's hold through a stall
+        self.stall_since: float | None = None
         self._last = now
         self._history: deque[tuple[float, float]] = deque([(now, self.rate)], maxlen=1024)
 

@@ -132,6 +132,9 @@ class Pacer:
         self._ramp: Ramp | None = None
         #: what the path delivered during the ramp, most lately (app-limited: only if more)
         self._ramp_best = RateEstimator(tune.RAMP_BEST_S)
+        # (the most the path delivered lately as the log shows it, not the kernel's
+        # per-flight samples, which a bottleneck's burst allowance makes read far higher)
+        self._ramp_delivered = RateEstimator(tune.RAMP_BEST_S)
         self._flights = RateEstimator(tune.FLIGHTS_S)  # the kernel's delivery samples, lately
         self._stalled_since: float | None = None  # the ramp's path stopped keeping up
         self._shrinks = 0  # how often the ramp went back to the deliveries...
@@ -154,7 +157,6 @@ class Pacer:
         self._probe_span_from = 0.0  # where a probe's steps start to grow from (see _probe_up)
         self._after_ramp_probe = False  # the next probe is the first after the ramp
         self._calibrations = 0  # probes left to calibrate the ramp's estimate
-        self._ramp_stall_since: float | None = None  # since when the ramp holds (a stall)
         self._probe_hold: tuple[float, int] | None = None  # since when a probe measures
         self._measured = 0.0  # the path's rate as last measured (the ramp, a probe)
         self._lowered_at = -1e18  # when a queue or a measurement last took the rate down
@@ -437,15 +439,13 @@ class Pacer:
         lag = info.rtt_s + tune.SRTT_SEGMENTS * ack_segment(info) / ramp.rate
         limited = self._lower_bound_only(now - lag - span, now)
         self._flights.add(info.delivery_rate, now, app_limited=False)
-        flights = self._flights.estimate(now)
         # Only a queue in the network ends the ramp at once: unsent bytes in the socket are
         # the congestion window's (slow start opens it within a few round trips). Not while
         # the sender leaves the rate unused: the last segment before a pause waits for the
         # receiver's delayed-ACK timer (tens of ms), an RTT that is no queue (loopback: the
         # ramp ended at its first rate, 8 Mbit/s), and a queue a pause drains is no limit.
-        # Nor while the kernel's delivery samples (each over one flight, as BBR's) show the
-        # path keeping up with what was released: then the queue is the receiver's ACKs.
-        kept_up = flights is not None and flights >= tune.BEHIND * ramp.rate_at(now - lag)
+        # Nor while the path keeps up with what was released (_ramp_kept_up).
+        kept_up = self._ramp_kept_up(ramp, now, lag, span)
         queued = queue - in_socket > cfg.ramp_exit_s
         if self._ramp_queue_ends_step(ramp, info, now, queued, ends=not (limited or kept_up)):
             return
@@ -455,6 +455,7 @@ class Pacer:
         longer = self._log.delivered(now, max(span, tune.RAMP_BEST_SPAN_S))
         if longer is not None:
             self._ramp_best.add(longer, now, app_limited=limited)
+            self._ramp_delivered.add(longer, now, app_limited=False)
         # The kernel's own sample covers one flight (send to ACK), not the pauses between
         # blobs, as BBR's do: a lower bound that may raise the most delivered.
         self._ramp_best.add(info.delivery_rate, now, app_limited=True)
@@ -504,15 +505,31 @@ class Pacer:
             ramp.shrink(now, delivered)
         self._install(now, ramp.rate)
 
+    def _ramp_kept_up(self, ramp: Ramp, now: float, lag: float, span: float) -> bool:
+        """Whether the kernel's delivery samples (each over one flight, as BBR's) show the
+        path keeping up with what the ramp released (then a queue is the receiver's ACKs),
+        and the bytes it acknowledged over the last ``span`` do too: ACKs a delay line
+        releases in bursts make the kernel's samples read far above the path, and the
+        ramp then never ended (simulated: paced at 1.3x the link, queries waiting 106 ms).
+        """
+        flights = self._flights.estimate(now)
+        released = ramp.rate_at(now - lag)
+        acked = self._log.delivered(now, span)  # (a short span: read to RAMP_KEEPS_UP)
+        return (
+            flights is not None
+            and flights >= tune.BEHIND * released
+            and (acked is None or acked >= tune.RAMP_KEEPS_UP * released)
+        )
+
     def _ramp_queue_ends_step(
         self, ramp: Ramp, info: TcpInfo, now: float, queued: bool, *, ends: bool
     ) -> bool:
         """A queue in the network (``queued``) ends the ramp if it ``ends`` (see
         _ramp_step), but holds it through a stall (see _ramp_stalled). True: this step
         is over (the ramp ended or holds)."""
-        since = self._ramp_stall_since
+        since = ramp.stall_since
         if not queued and since is not None and now - since > tune.RAMP_STALL_S:
-            self._ramp_stall_since = None
+            ramp.stall_since = None
         if not (queued and ends):
             return False
         if not self._ramp_stalled(ramp, info, now):
@@ -529,17 +546,17 @@ class Pacer:
         what the writer held back meanwhile goes out, no queue ends the ramp: ended there,
         the stall's deliveries left the estimate at a sixth of an 80 Mbit/s link for 15 s
         (ionn-bench, ResNet50 over Wi-Fi)."""
-        if self._ramp_stall_since is None:
+        if ramp.stall_since is None:
             span = max(2.0 * info.rtt_s, tune.EXIT_SPAN_S)
             delivered = self._log.delivered(now, span)
             # (below both the ramp's rate and the most the path delivered lately: a ramp
             # grown past the path while the sender left it unused is no stall)
-            best = self._ramp_best.estimate(now)
+            best = self._ramp_delivered.estimate(now)
             rate = min(ramp.rate_at(now - info.rtt_s - span / 2), best or 0.0)
             if delivered is None or delivered >= (1.0 - tune.LONG_QUEUE_STEP) * rate:
                 return False
-            self._ramp_stall_since = now
-        if now - self._ramp_stall_since > tune.RAMP_STALL_S:
+            ramp.stall_since = now
+        if now - ramp.stall_since > tune.RAMP_STALL_S:
             return False
         self._count("ramp held through a stall")
         return True

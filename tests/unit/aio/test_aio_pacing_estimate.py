@@ -349,16 +349,27 @@ def test_a_much_slower_path_is_not_taken_for_a_stall() -> None:
 
 
 def _blobs_then_bulk(
-    rate_mbit: float, delay_s: float, *, small: int, count: int, reply_s: float, bulk_s: float
+    rate_mbit: float,
+    delay_s: float,
+    *,
+    small: int,
+    count: int,
+    reply_s: float,
+    bulk_s: float,
+    kernel_samples: float = 0.0,
 ) -> tuple[Run, Pacer]:
     """``count`` blobs of ``small`` bytes sent request by request (the writer waits for each
     reply: an application-limited sender, as the client with a model's small layers), then
-    one blob of ``bulk_s`` seconds of the link."""
+    one blob of ``bulk_s`` seconds of the link. ``kernel_samples``: the kernel's
+    per-flight delivery samples read that many times the link (0: none)."""
     rate = rate_mbit * MBIT
     made: list[Pacer] = []
 
     def pacer_for(info: Callable[[], TcpInfo]) -> Pacer:
-        made.append(Pacer(PacingConfig(), info, 0.0))
+        def sampled() -> TcpInfo:
+            return replace(info(), delivery_rate=kernel_samples * rate)
+
+        made.append(Pacer(PacingConfig(), sampled, 0.0))
         return made[0]
 
     run = simulate(
@@ -388,6 +399,21 @@ def test_an_app_limited_start_does_not_hold_the_ramp_down() -> None:
     # ...and the queries from the first byte on wait no longer than behind a start of the
     # bulk alone (test_the_start_leaves_the_first_queries_no_long_queue).
     assert max(run.extra(0.0, bulk + 1.0)) * 1e3 <= 10.0
+
+
+def test_kernel_delivery_samples_that_read_high_do_not_keep_the_ramp_from_ending() -> None:
+    # ACKs a delay line releases in bursts (the link emulation's) make the kernel's
+    # per-flight delivery samples read far above the path (here 3x). Taken alone as the
+    # path keeping up, they kept the ramp from ending at its queue: paced at 1.3x the link,
+    # queries waited up to 106 ms. The bytes the path acknowledged show it does not.
+    count = 40
+    run, pacer = _blobs_then_bulk(
+        20, 0.0001, small=20_000, count=count, reply_s=0.02, bulk_s=5.0, kernel_samples=3.0
+    )
+    bulk = run.blob_starts[count]
+    assert pacer.events.get("ramp ended by a queue") == 1
+    assert _pacing(run, bulk + 1.0) / (20 * MBIT) <= 0.97
+    assert max(run.extra(bulk + 1.0)) * 1e3 <= 10.0
 
 
 def _loopback(seconds: float, *, delivery_samples: bool = True) -> Pacer:
