@@ -321,6 +321,36 @@ MUTATIONS: tuple[Mutation, ...] = (
             "_while_the_strategy_still_plans",
         ),
     ),
+    Mutation(
+        "pacer_measures_a_slow_reader_as_the_path",
+        "deliveries a closed receive window held back are only a lower bound of the path",
+        (
+            Edit(
+                "src/ionn_net/aio/pacing.py",
+                "        if self._reader_held(start, now):\n            return True\n",
+                "",
+            ),
+        ),
+        (
+            "tests/unit/aio/test_aio_pacing_estimate.py::test_what_a_slow_reader_took_is_not"
+            "_measured_as_the_path",
+        ),
+    ),
+    Mutation(
+        "pacer_ramp_ends_at_a_stall",
+        "a stall's queue does not end the ramp at the stall's deliveries",
+        (
+            Edit(
+                "src/ionn_net/aio/pacing.py",
+                "        if not self._ramp_stalled(ramp, info, now):\n",
+                "        if True:\n",
+            ),
+        ),
+        (
+            "tests/unit/aio/test_aio_pacing_estimate.py::test_a_stall_as_the_ramp_nears_the_link"
+            "_does_not_end_it_at_the_stalls_rate",
+        ),
+    ),
     # -- the benchmark's run documents ------------------------------------------------------
     Mutation(
         "run_doc_check_result",
