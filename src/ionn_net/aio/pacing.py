@@ -126,7 +126,6 @@ class Pacer:
         self._unpaced_writes: deque[tuple[float, int]] = deque(maxlen=64)  # (time, bytes)
         self._unpaced_since_control = 0
         self._unpaced_rate = 0.0  # bytes/s, smoothed over tune.UNPACED_SMOOTHING_S
-        self._rwnd_limited = 0.0  # TcpInfo.rwnd_limited_s at the last control step
         self._estimate: float | None = None
         self._floor = 0.0
         self._ramp: Ramp | None = None
@@ -155,8 +154,9 @@ class Pacer:
         self._probe_from: float | None = None  # the estimate a running probe began at
         self._probe_step = 0.0
         self._probe_span_from = 0.0  # where a probe's steps start to grow from (see _probe_up)
-        self._after_ramp_probe = False  # the next probe is the first after the ramp
-        self._calibrations = 0  # probes left to calibrate the ramp's estimate
+        # probes left to calibrate the ramp's estimate (0: the next is no longer the first
+        # after the ramp)
+        self._calibrations = 0
         self._probe_hold: tuple[float, int] | None = None  # since when a probe measures
         self._measured = 0.0  # the path's rate as last measured (the ramp, a probe)
         self._lowered_at = -1e18  # when a queue or a measurement last took the rate down
@@ -445,11 +445,11 @@ class Pacer:
         # receiver's delayed-ACK timer (tens of ms), an RTT that is no queue (loopback: the
         # ramp ended at its first rate, 8 Mbit/s), and a queue a pause drains is no limit.
         # Nor while the path keeps up with what was released (_ramp_kept_up).
-        kept_up = self._ramp_kept_up(ramp, now, lag, span)
+        delivered = self._log.delivered(now, span)
+        kept_up = self._ramp_kept_up(ramp, now, lag, delivered)
         queued = queue - in_socket > cfg.ramp_exit_s
         if self._ramp_queue_ends_step(ramp, info, now, queued, ends=not (limited or kept_up)):
             return
-        delivered = self._log.delivered(now, span)
         # (over a longer span: after a pause a bottleneck's burst allowance passes at once,
         # and the most delivered over a round trip would be that, not the path's rate)
         longer = self._log.delivered(now, max(span, tune.RAMP_BEST_SPAN_S))
@@ -505,19 +505,19 @@ class Pacer:
             ramp.shrink(now, delivered)
         self._install(now, ramp.rate)
 
-    def _ramp_kept_up(self, ramp: Ramp, now: float, lag: float, span: float) -> bool:
+    def _ramp_kept_up(self, ramp: Ramp, now: float, lag: float, acked: float | None) -> bool:
         """Whether the kernel's delivery samples (each over one flight, as BBR's) show the
         path keeping up with what the ramp released (then a queue is the receiver's ACKs),
-        and the bytes it acknowledged over the last ``span`` do too: ACKs a delay line
-        releases in bursts make the kernel's samples read far above the path, and the
-        ramp then never ended (simulated: paced at 1.3x the link, queries waiting 106 ms).
-        """
+        and the bytes it acknowledged over the ramp's last span (``acked``, bytes/s) do
+        too: ACKs a delay line releases in bursts make the kernel's samples read far above
+        the path, and the ramp then never ended (simulated: paced at 1.3x the link,
+        queries waiting 106 ms)."""
         flights = self._flights.estimate(now)
         released = ramp.rate_at(now - lag)
-        acked = self._log.delivered(now, span)  # (a short span: read to RAMP_KEEPS_UP)
         return (
             flights is not None
             and flights >= tune.BEHIND * released
+            # (a short span: read to RAMP_KEEPS_UP)
             and (acked is None or acked >= tune.RAMP_KEEPS_UP * released)
         )
 
@@ -590,10 +590,8 @@ class Pacer:
         self._estimate = self._measured = estimate
         self._floor = estimate * self.config.min_fraction
         self._last_control = now
-        self._rwnd_limited = info.rwnd_limited_s
         interval = max(self.config.control_interval_s, 4.0 * info.min_rtt_s)
         self._next_probe = now + tune.FIRST_PROBE_INTERVALS * interval
-        self._after_ramp_probe = True
         self._calibrations = tune.CALIBRATION_PROBES
         self._install(now)
         # The ramp's last round trip left a queue: bytes unsent in the socket and queued on
@@ -836,8 +834,7 @@ class Pacer:
         # (an edge server busy loading a partition), not the path, and backing off only
         # lowered the estimate for the rest of the upload (ionn-bench: 70 -> 49 Mbit/s on a
         # 76 Mbit/s link, every step taken on unsent bytes at a 2 ms RTT).
-        window_bound = info.rwnd_limited_s - self._rwnd_limited > tune.WINDOW_BOUND * elapsed
-        self._rwnd_limited = info.rwnd_limited_s
+        window_bound = self._reader_held(now - elapsed, now)
         queue, in_socket = self._queue(info, now, sending)
         if window_bound:
             queue -= in_socket
@@ -925,7 +922,7 @@ class Pacer:
             self._estimate < self._recall
             or self._estimate > self._probe_span_from * self._probe_span()
         ):
-            top = tune.RAMP_PROBE_MAX_STEP if self._after_ramp_probe else tune.PROBE_MAX_STEP
+            top = tune.RAMP_PROBE_MAX_STEP if self._calibrations else tune.PROBE_MAX_STEP
             self._probe_step = min(top, self._probe_step * tune.PROBE_GROWTH)
         self._estimate *= 1.0 + self._probe_step
 
@@ -936,7 +933,7 @@ class Pacer:
         fraction of the path, down to its first rate, and small steps took seconds back
         (ionn-bench, ResNet50 over 80 Mbit/s Wi-Fi while the client plans: 27 -> 64 Mbit/s
         in 3.5 s, from 8 Mbit/s 5 s). A right estimate meets its queue before that."""
-        if self._after_ramp_probe:
+        if self._calibrations:
             return tune.RAMP_PROBE_SPAN / self.config.gain
         return tune.PROBE_SPAN
 
@@ -949,7 +946,7 @@ class Pacer:
         if start is None:
             return
         self._recall = 0.0  # (what it found is the path's rate now)
-        if delivered is None and self._after_ramp_probe and self._calibrations > 1:
+        if delivered is None and self._calibrations > 1:
             # The first probe after the ramp calibrates its estimate, which a bottleneck's
             # burst allowance leaves a few percent high (above the path: the queries
             # queue behind it). Ended before it measured (by a slow reader, a queue that
@@ -958,7 +955,7 @@ class Pacer:
             interval = max(self.config.control_interval_s, 4.0 * info.min_rtt_s)
             self._next_probe = now + tune.FIRST_PROBE_INTERVALS * interval
         else:
-            self._after_ramp_probe = False
+            self._calibrations = 0
             self._next_probe = now + self.config.probe_interval_s
         assert self._estimate is not None
         if delivered is None:
