@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ionn_net.client import ClientConfig, OffloadClient
+from ionn_net.client import ClientConfig, OffloadClient, planning
 from ionn_net.netem.proxy import LinkSpec, ShapingProxy
+from ionn_net.planner.upload import UploadPlanner, get_planner
+from ionn_net.planner.workload import PlanningContext, UploadPlan
 from ionn_net.server import EdgeServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -124,15 +127,44 @@ async def test_layers_the_server_holds_ready_serve_before_the_rest_is_planned(
             assert started < timeline.strategy_planned_at, timeline
 
 
+class _OursAfterTheFirstPartition(UploadPlanner):
+    """``ours``, planning only once the client has sent a whole partition (at most 120 s):
+    a device whose planner takes longer than a partition's upload, by construction rather
+    than by this host's speed against the link's (the quick plan's first partition may
+    hold most of the model)."""
+
+    name = "ours"
+
+    def __init__(self, client: list[OffloadClient]) -> None:
+        self._client = client
+        self._inner = get_planner("ours")
+
+    def plan(self, ctx: PlanningContext) -> UploadPlan:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self._client and self._client[0].plan_state.uploaded_parts >= 1:
+                break
+            time.sleep(0.02)
+        return self._inner.plan(ctx)
+
+
 async def test_the_server_loads_a_quick_plan_while_the_strategy_still_plans(
-    small_model: Any, cost_model: Any, tmp_path: Path
+    small_model: Any, cost_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # ClientConfig.plan_wait_s: past it, the upload starts on efficiency's plan, whose
     # partitions the server loads (and queries use) before `ours` has planned; its plan,
-    # once known, replaces the partitions not sent yet. A slow link keeps the upload
-    # going for longer than `ours` plans.
+    # once known, replaces the partitions not sent yet.
+    client: list[OffloadClient] = []
+
+    def planners(name: str, **options: object) -> UploadPlanner:
+        if name == "ours" and not options:
+            return _OursAfterTheFirstPartition(client)
+        return get_planner(name, **options)
+
+    monkeypatch.setattr(planning, "get_planner", planners)
     x = _input()
     async with _ours_over_a_link(small_model, cost_model, tmp_path, 4.0, plan_wait_s=0.0) as c:
+        client.append(c)
         await c.wait_uploaded(timeout=120)
         result = await c.infer_detailed(x)
         timeline = c.upload_timeline
