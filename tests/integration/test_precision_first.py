@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.helpers.device import slowdown_for
 
 from ionn_net.aio import connect
 from ionn_net.client import ClientConfig, OffloadClient
@@ -40,6 +41,14 @@ def model() -> Any:
 
     keras.utils.set_random_seed(3)
     return keras.applications.MobileNetV2(weights=None, input_shape=(SIDE, SIDE, 3), alpha=0.35)
+
+
+@pytest.fixture(scope="module")
+def slowdown(model: Any) -> float:
+    """A device that takes about two seconds per query: every layer's upload pays, the
+    classifier's 1.3 M weights included, on a fast host as on a slow one (at a fixed 20x
+    a host three times faster left six blobs not worth sending)."""
+    return slowdown_for(model, 2000.0)
 
 
 def inputs(n: int) -> list[np.ndarray]:
@@ -64,12 +73,12 @@ async def held_blobs(port: int, key: str, client: OffloadClient) -> frozenset[st
 
 @pytest.mark.parametrize("precision", ["8bit-first", "16bit-first"])
 async def test_the_upload_ends_exact_and_every_result_equals_local_execution(
-    model: Any, cost_model: Any, tmp_path: Path, precision: str
+    model: Any, cost_model: Any, tmp_path: Path, slowdown: float, precision: str
 ) -> None:
     xs = inputs(4)
     key = "cd" * 16
     config = ClientConfig(
-        slowdown=20.0, profile_cache=str(tmp_path / "p"), precision=precision, session_key=key
+        slowdown=slowdown, profile_cache=str(tmp_path / "p"), precision=precision, session_key=key
     )
     async with (
         EdgeServer(cost_model=cost_model) as server,
@@ -107,11 +116,13 @@ def _bases_only_budget(model: Any, precision: str) -> int:
 
 
 @contextlib.asynccontextmanager
-async def bases_only(model: Any, cost_model: Any, tmp_path: Path) -> AsyncIterator[OffloadClient]:
+async def bases_only(
+    model: Any, cost_model: Any, tmp_path: Path, slowdown: float
+) -> AsyncIterator[OffloadClient]:
     """A precision-first client whose server holds its layers at base precision only."""
     precision = "8bit-first"
     config = ClientConfig(
-        slowdown=20.0, profile_cache=str(tmp_path / "p"), precision=precision, reconnect=False
+        slowdown=slowdown, profile_cache=str(tmp_path / "p"), precision=precision, reconnect=False
     )
     server_config = ServerConfig(max_bytes_per_session=_bases_only_budget(model, precision))
     async with (
@@ -155,7 +166,7 @@ async def _join_after_first_chunk(client: OffloadClient, x: np.ndarray, *, exact
 
 
 async def test_while_the_server_holds_only_bases_exact_queries_run_here(
-    model: Any, cost_model: Any, tmp_path: Path
+    model: Any, cost_model: Any, tmp_path: Path, slowdown: float
 ) -> None:
     """Default queries run on the layers at base and say so; exact queries run those layers
     here. Mid-query re-planning (planner.midquery) joins a plan on base layers for a query
@@ -163,7 +174,7 @@ async def test_while_the_server_holds_only_bases_exact_queries_run_here(
     x = inputs(1)[0]
     want = local(model, x)
     tolerance = 0.05 * np.abs(want).max()
-    async with bases_only(model, cost_model, tmp_path) as client:
+    async with bases_only(model, cost_model, tmp_path, slowdown) as client:
         approx = await client.infer_detailed(x)
         exact = await client.infer_detailed(x, exact=True)
         base = client.plan_state.base
@@ -182,9 +193,11 @@ async def test_while_the_server_holds_only_bases_exact_queries_run_here(
 
 
 async def test_a_cut_during_the_refinements_resumes_without_sending_a_stage_twice(
-    model: Any, cost_model: Any, tmp_path: Path
+    model: Any, cost_model: Any, tmp_path: Path, slowdown: float
 ) -> None:
-    config = ClientConfig(slowdown=20.0, profile_cache=str(tmp_path / "p"), precision="16bit-first")
+    config = ClientConfig(
+        slowdown=slowdown, profile_cache=str(tmp_path / "p"), precision="16bit-first"
+    )
     cut: list[float] = []
     holder: list[OffloadClient] = []
     totals: list[int] = []

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.helpers.device import slowdown_for
 
 from ionn_net.client import ClientConfig, OffloadClient, planning
 from ionn_net.netem.proxy import LinkSpec, ShapingProxy
@@ -24,6 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 #: The bound: from the manifest's acknowledgement to the first blob leaving.
 FIRST_BYTE_S = 0.050
+#: What a query of the model takes on the emulated device.
+DEVICE_MS = 1000.0
 
 
 @pytest.fixture(scope="module")
@@ -36,19 +39,26 @@ def small_model() -> Any:
     return keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35)
 
 
+@pytest.fixture(scope="module")
+def slowdown(small_model: Any) -> float:
+    """A device that takes about a second per query: offloading pays over 4 Mbit/s (the
+    input alone takes 220 ms), on a fast host as on a slow one."""
+    return slowdown_for(small_model, DEVICE_MS)
+
+
 def _input() -> np.ndarray:
     return np.random.default_rng(0).uniform(-1, 1, (1, 96, 96, 3)).astype(np.float32)
 
 
 @contextlib.asynccontextmanager
 async def _ours_over_a_link(
-    model: Any, cost_model: Any, tmp_path: Path, mbit: float, **config: Any
+    model: Any, cost_model: Any, tmp_path: Path, mbit: float, slowdown: float, **config: Any
 ) -> AsyncIterator[OffloadClient]:
     """A client planning with ``ours``, on a real server behind a shaping proxy of ``mbit``
     Mbit/s each way and 2 ms, its device 10x slower than this host."""
     link = LinkSpec(rate_bps=mbit * 1e6, delay_ms=2.0)
     options = ClientConfig(
-        slowdown=10.0, profile_cache=str(tmp_path / "p"), assumed_mbit=mbit, **config
+        slowdown=slowdown, profile_cache=str(tmp_path / "p"), assumed_mbit=mbit, **config
     )
     async with (
         EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server,
@@ -59,10 +69,10 @@ async def _ours_over_a_link(
 
 
 async def test_the_first_upload_byte_leaves_while_the_client_plans(
-    small_model: Any, cost_model: Any, tmp_path: Path
+    small_model: Any, cost_model: Any, tmp_path: Path, slowdown: float
 ) -> None:
     x = _input()
-    async with _ours_over_a_link(small_model, cost_model, tmp_path, 20.0) as c:
+    async with _ours_over_a_link(small_model, cost_model, tmp_path, 20.0, slowdown) as c:
         await c.wait_uploaded(timeout=120)
         result = await c.infer_detailed(x)
         timeline = c.upload_timeline
@@ -96,14 +106,17 @@ async def test_the_first_upload_byte_leaves_while_the_client_plans(
 
 
 async def test_layers_the_server_holds_ready_serve_before_the_rest_is_planned(
-    small_model: Any, cost_model: Any, tmp_path: Path
+    small_model: Any, cost_model: Any, tmp_path: Path, slowdown: float
 ) -> None:
     # A first session leaves the server with its first partitions ready; a second one (same
     # key, as after a move to a server that pre-migration filled, protocol.md §15.5.5)
     # activates a plan over them at once: its compile starts before `ours` has planned the
     # rest of the upload, not after.
     config = ClientConfig(
-        slowdown=10.0, profile_cache=str(tmp_path / "p"), assumed_mbit=20.0, session_key="ab" * 16
+        slowdown=slowdown,
+        profile_cache=str(tmp_path / "p"),
+        assumed_mbit=20.0,
+        session_key="ab" * 16,
     )
     async with EdgeServer(store=tmp_path / "store", cost_model=cost_model) as server:
         async with OffloadClient(
@@ -128,10 +141,10 @@ async def test_layers_the_server_holds_ready_serve_before_the_rest_is_planned(
 
 
 class _OursAfterTheFirstPartition(UploadPlanner):
-    """``ours``, planning only once the client has sent a whole partition (at most 120 s):
-    a device whose planner takes longer than a partition's upload, by construction rather
-    than by this host's speed against the link's (the quick plan's first partition may
-    hold most of the model)."""
+    """``ours``, planning only once the client has sent a whole partition (or the upload
+    ended, or 120 s passed): a device whose planner takes longer than a partition's
+    upload, by construction rather than by this host's speed against the link's (the
+    quick plan's first partition may hold most of the model)."""
 
     name = "ours"
 
@@ -142,14 +155,20 @@ class _OursAfterTheFirstPartition(UploadPlanner):
     def plan(self, ctx: PlanningContext) -> UploadPlan:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            if self._client and self._client[0].plan_state.uploaded_parts >= 1:
-                break
+            if self._client:
+                progress = self._client[0].last_progress
+                if self._client[0].plan_state.uploaded_parts >= 1 or (progress and progress.done):
+                    break
             time.sleep(0.02)
         return self._inner.plan(ctx)
 
 
 async def test_the_server_loads_a_quick_plan_while_the_strategy_still_plans(
-    small_model: Any, cost_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_model: Any,
+    cost_model: Any,
+    tmp_path: Path,
+    slowdown: float,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # ClientConfig.plan_wait_s: past it, the upload starts on efficiency's plan, whose
     # partitions the server loads (and queries use) before `ours` has planned; its plan,
@@ -163,7 +182,9 @@ async def test_the_server_loads_a_quick_plan_while_the_strategy_still_plans(
 
     monkeypatch.setattr(planning, "get_planner", planners)
     x = _input()
-    async with _ours_over_a_link(small_model, cost_model, tmp_path, 4.0, plan_wait_s=0.0) as c:
+    async with _ours_over_a_link(
+        small_model, cost_model, tmp_path, 4.0, slowdown, plan_wait_s=0.0
+    ) as c:
         client.append(c)
         await c.wait_uploaded(timeout=120)
         result = await c.infer_detailed(x)
