@@ -5,6 +5,8 @@ redis-server processes (tests/helpers/redis_server.py)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -29,13 +31,26 @@ QUICK_MODELS = ("MobileNetV2", "MobileNet", "MobileNetV3Large", "EfficientNetB0"
 def calibration_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A calibration cache directory holding this machine's calibration on
     :data:`QUICK_MODELS` (made once per run, or kept in ``IONN_TEST_COST_MODEL_DIR``)."""
-    from ionn_net.calibrate import cache_path, calibrate, store_calibration
+    from ionn_net.calibrate import cache_path
 
     kept = os.environ.get(COST_MODEL_DIR)
     root: Path = Path(kept) if kept else tmp_path_factory.mktemp("costmodel")
     if not cache_path(root).exists():
-        store_calibration(root, calibrate(models=QUICK_MODELS))
+        # In a process of its own, as a server calibrates at its first start: made inside
+        # a test process that had run some 700 tests, the load times it fits came out up
+        # to 7x longer (a depthwise layer's 303 ms against 43), and the plans of the tests
+        # that use it uploaded less than their premises need.
+        subprocess.run(
+            [sys.executable, "-c", _CALIBRATE, str(root), *QUICK_MODELS], check=True, timeout=900
+        )
     return root
+
+
+_CALIBRATE = """
+import sys
+from ionn_net.calibrate import calibrate, store_calibration
+store_calibration(sys.argv[1], calibrate(models=tuple(sys.argv[2:])))
+"""
 
 
 @pytest.fixture(scope="session")
