@@ -55,7 +55,7 @@ async def _ours_over_a_link(
     model: Any, cost_model: Any, tmp_path: Path, mbit: float, slowdown: float, **config: Any
 ) -> AsyncIterator[OffloadClient]:
     """A client planning with ``ours``, on a real server behind a shaping proxy of ``mbit``
-    Mbit/s each way and 2 ms, its device 10x slower than this host."""
+    Mbit/s each way and 2 ms, its device ``slowdown`` times slower than this host."""
     link = LinkSpec(rate_bps=mbit * 1e6, delay_ms=2.0)
     options = ClientConfig(
         slowdown=slowdown, profile_cache=str(tmp_path / "p"), assumed_mbit=mbit, **config
